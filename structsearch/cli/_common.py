@@ -1,0 +1,56 @@
+"""Shared CLI plumbing: one-line errors, output formats, model kwargs from flags."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from structsearch.errors import StructsearchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit non-zero: how every user error ends."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run a command body, turning :class:`StructsearchError` into a one-line error and exit 2."""
+    try:
+        return fn()
+    except StructsearchError as e:
+        fail(str(e))
+        raise  # unreachable; keeps type checkers happy
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["img_size=32", "patch_size=4"]`` -> ``{"img_size": 32, "patch_size": 4}`` (values as JSON when they parse)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise StructsearchError(f"invalid --kw '{item}': use KEY=VALUE, e.g. --kw img_size=32")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

@@ -1,0 +1,132 @@
+"""``structsearch models | space | cost``: what can be searched and what it costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
+
+KwOpt = Annotated[Optional[list[str]], typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable), e.g. --kw num_classes=10")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+
+
+def models(format: FormatOpt = Format.table) -> None:
+    """List the model families structsearch can search, with example timm names."""
+    from structsearch.space import list_families
+
+    fams = [{"family": f.name, "description": f.description, "examples": list(f.examples)} for f in list_families()]
+    if format is Format.json:
+        print_json(fams)
+        return
+    table = Table("family", "what is searched", "examples")
+    for f in fams:
+        table.add_row(f["family"], f["description"], ", ".join(f["examples"]))
+    console.print(table)
+
+
+def space(
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50 or cifar_resnet56")],
+    kw: KwOpt = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Print a model's block-wise search space and the smallest and largest MACs it reaches."""
+
+    def body() -> None:
+        from structsearch.cost import default_input_size, format_count, measure_cost
+        from structsearch.models import create_model
+        from structsearch.space import space_of
+        from structsearch.surgery import build_student
+
+        kwargs = parse_kwargs(kw)
+        teacher = create_model(model, **kwargs).eval()
+        sp = space_of(teacher, model, kwargs)
+        size = (3, input_size, input_size) if input_size else default_input_size(teacher)
+        largest = measure_cost(teacher, size)
+        smallest = measure_cost(build_student(teacher, sp.smallest_spec()), size)
+        if format is Format.json:
+            print_json(
+                {
+                    "model": model,
+                    "family": sp.family,
+                    "input_size": list(size),
+                    "stages": [
+                        [
+                            {"name": c.name, "removable": c.removable, "width_base": c.width_base,
+                             "widths": list(c.widths), "heads": list(c.heads) if c.heads else None}
+                            for c in stage
+                        ]
+                        for stage in sp.stages
+                    ],
+                    "smallest": smallest.to_dict(),
+                    "largest": largest.to_dict(),
+                }
+            )
+            return
+        console.print(f"[bold]{model}[/] (family {sp.family}), input {size[1]}x{size[2]}, {sp.num_blocks} blocks")
+        table = Table("stage", "blocks", "droppable", "width (base x ratios)", "heads")
+        for i, stage in enumerate(sp.stages):
+            widths = sorted({c.width_base for c in stage})
+            heads = sorted({h for c in stage for h in (c.heads or ())})
+            table.add_row(
+                str(i),
+                str(len(stage)),
+                str(sum(c.removable for c in stage)),
+                f"{'/'.join(map(str, widths))} x {{{', '.join(f'{r:g}' for r in stage[0].widths)}}}",
+                f"{min(heads)}..{max(heads)}" if heads else "-",
+            )
+        console.print(table)
+        console.print(
+            f"MACs: smallest {format_count(smallest.macs)} ({format_count(smallest.params)} params), "
+            f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  [{largest.convention}]"
+        )
+
+    run_guarded(body)
+
+
+def cost(
+    model: Annotated[Optional[str], typer.Argument(help="timm model name (omit when --spec names it)")] = None,
+    spec: Annotated[Optional[Path], typer.Option(help="ArchSpec JSON of a student; its model and kwargs are used")] = None,
+    kw: KwOpt = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Count MACs (fvcore: 1 multiply-add = 1 flop) and parameters of a model or a student."""
+
+    def body() -> None:
+        from structsearch.cost import default_input_size, format_count, measure_cost
+        from structsearch.errors import StructsearchError
+        from structsearch.models import create_model
+        from structsearch.space import ArchSpec
+        from structsearch.surgery import build_student
+
+        arch = ArchSpec.load(spec) if spec else None
+        name = arch.model if arch else model
+        if not name:
+            raise StructsearchError("give a MODEL name or --spec SPEC.json")
+        if arch and model and model != arch.model:
+            raise StructsearchError(f"--spec is for '{arch.model}', not '{model}'; drop MODEL or use a matching spec")
+        kwargs = {**(arch.kwargs if arch else {}), **parse_kwargs(kw)}
+        net = create_model(name, **kwargs).eval()
+        if arch:
+            net = build_student(net, arch)
+        size = (3, input_size, input_size) if input_size else default_input_size(net)
+        report = measure_cost(net, size)
+        if format is Format.json:
+            print_json({"model": name, **report.to_dict()})
+            return
+        table = Table("model", "input", "MACs", "params", "convention")
+        table.add_row(
+            name + (" (student)" if arch else ""),
+            "x".join(map(str, size)),
+            format_count(report.macs),
+            format_count(report.params),
+            report.convention,
+        )
+        console.print(table)
+
+    run_guarded(body)

@@ -1,0 +1,103 @@
+"""Creating teachers and base models by name, with optional checkpoints.
+
+Every model structsearch works with is a timm model found by name; importing this package also
+registers structsearch's own timm models (the CIFAR ResNets). Errors are one line: an unknown name
+suggests close matches, a checkpoint that does not fit lists the mismatched keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from structsearch.errors import CheckpointError, UnknownModelError
+from structsearch.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`UnknownModelError` (with suggestions) unless timm knows ``name``."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists the known names"
+    raise UnknownModelError(f"unknown model '{name}'{hint}")
+
+
+def create_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a timm model by name; ``checkpoint`` loads a local state dict (safely, ``weights_only``).
+
+    ``pretrained=True`` downloads timm's weights from the hub (needs internet); structsearch itself
+    never sets it.
+    """
+    check_model_name(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # a kwarg the model does not accept
+        raise UnknownModelError(f"cannot build '{name}' with {kwargs}: {e}") from None
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's state dict: unwraps ``state_dict``/``model`` keys, strips ``module.``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {p}: {first}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {p} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into ``model`` strictly; a mismatch is a one-line :class:`CheckpointError`."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    # old checkpoints lack BatchNorm's step counter; it does not affect the model's function
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__}: keys {'; '.join(parts)}; "
+            "check the model name and its kwargs (e.g. num_classes)"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def file_hash(path: str | Path, length: int = 16) -> str:
+    """Short sha256 of a file: identifies a checkpoint in cache keys and stored results."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

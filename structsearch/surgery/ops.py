@@ -1,0 +1,90 @@
+"""In-place slicing of layers: the primitives every family adapter uses.
+
+Layers are sliced *in place* (their parameters and buffers replaced by the kept slices, their size
+attributes updated) rather than rebuilt, so subclasses with extra behaviour -- timm's
+``BatchNormAct2d`` with its fused activation, ``Conv2dSame`` with its padding -- keep working.
+After slicing the removed channels are physically gone: there are no masks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _param(t: Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=like.requires_grad)
+
+
+def slice_conv(conv: nn.Conv2d, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> None:
+    """Keep output channels ``out_idx`` and input channels ``in_idx`` of ``conv``.
+
+    Depthwise convolutions (``groups == in_channels == out_channels``) are sliced on both sides by
+    the same indices; pass ``out_idx`` only.
+    """
+    w = conv.weight
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    if depthwise:
+        idx = out_idx if out_idx is not None else in_idx
+        if idx is None:
+            return
+        conv.weight = _param(w.data[idx], w)
+        if conv.bias is not None:
+            conv.bias = _param(conv.bias.data[idx], conv.bias)
+        conv.in_channels = conv.out_channels = conv.groups = len(idx)
+        return
+    if conv.groups != 1:
+        raise ValueError(f"cannot slice a grouped convolution with groups={conv.groups}")
+    data = w.data
+    if out_idx is not None:
+        data = data[out_idx]
+        if conv.bias is not None:
+            conv.bias = _param(conv.bias.data[out_idx], conv.bias)
+        conv.out_channels = len(out_idx)
+    if in_idx is not None:
+        data = data[:, in_idx]
+        conv.in_channels = len(in_idx)
+    conv.weight = _param(data, w)
+
+
+def slice_linear(lin: nn.Linear, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> None:
+    """Keep output features ``out_idx`` and input features ``in_idx`` of ``lin``."""
+    w = lin.weight
+    data = w.data
+    if out_idx is not None:
+        data = data[out_idx]
+        if lin.bias is not None:
+            lin.bias = _param(lin.bias.data[out_idx], lin.bias)
+        lin.out_features = len(out_idx)
+    if in_idx is not None:
+        data = data[:, in_idx]
+        lin.in_features = len(in_idx)
+    lin.weight = _param(data, w)
+
+
+def slice_norm(norm: nn.Module, idx: Tensor) -> None:
+    """Keep channels ``idx`` of a BatchNorm (any subclass) or LayerNorm over channels."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        for name in ("running_mean", "running_var"):
+            buf = getattr(norm, name)
+            if buf is not None:
+                setattr(norm, name, buf[idx].clone())
+        norm.num_features = len(idx)
+    elif isinstance(norm, nn.LayerNorm):
+        norm.normalized_shape = (len(idx),)
+    else:
+        raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
+    if norm.weight is not None:
+        norm.weight = _param(norm.weight.data[idx], norm.weight)
+    if norm.bias is not None:
+        norm.bias = _param(norm.bias.data[idx], norm.bias)
+
+
+def head_channels(heads: Tensor, head_dim: int) -> Tensor:
+    """Channel indices of the given heads in a ``(heads * head_dim)`` layout."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def keep_blocks(blocks: nn.Sequential, keep: list[bool]) -> nn.Sequential:
+    """A new ``Sequential`` with only the kept blocks (same objects, same order)."""
+    return nn.Sequential(*[b for b, k in zip(blocks, keep) if k])

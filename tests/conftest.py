@@ -1,0 +1,24 @@
+"""Shared fixtures: small models of every family, real data paths, a fixed torch thread count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR_TRAIN = SHARED / "data" / "cifar10" / "train.npz"
+CIFAR_TEST = SHARED / "data" / "cifar10" / "test.npz"
+WEIGHTS = SHARED / "weights" / "cifar_resnet"
+RESNET20_CKPT = WEIGHTS / "resnet20-12fca82f.th"
+RESNET56_CKPT = WEIGHTS / "resnet56-4bfd9763.th"
+
+
+def needs_shared(*paths: Path) -> pytest.MarkDecorator:
+    """Skip a test when the shared real data is absent (it is present here and in CI)."""
+    missing = [str(p) for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {missing}")

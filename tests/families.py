@@ -1,0 +1,20 @@
+"""Small instances of every registered family, used by the tests parametrised over the registry.
+
+Each case is (model name, constructor kwargs, input resolution), chosen small so property tests
+over random specs stay fast. A family registered without a case here fails `test_every_family_has_cases`.
+"""
+
+from __future__ import annotations
+
+FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
+    "cifar_resnet": [("cifar_resnet20", {}, 32)],
+    "resnet": [("resnet18", {"num_classes": 10}, 64), ("resnet50", {"num_classes": 10}, 64)],
+    "mobilenet": [("mobilenetv2_100", {"num_classes": 10}, 64), ("efficientnet_b0", {"num_classes": 10}, 64)],
+    "vit": [
+        ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
+        ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),
+    ],
+}
+
+CASES = [(fam, *case) for fam, cases in FAMILY_CASES.items() for case in cases]
+CASE_IDS = [c[1] for c in CASES]

@@ -1,0 +1,166 @@
+"""Property tests over every registered family: students build, run, shrink, and inherit weights."""
+
+from __future__ import annotations
+
+import functools
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from structsearch.cost import measure_cost
+from structsearch.errors import SpecError
+from structsearch.models import create_model
+from structsearch.space import ArchSpec, BlockSpec, Space, family_for, list_families, space_of
+from structsearch.surgery import RandomImportance, build_student, build_student_with_recipe, save_student
+from tests.families import CASE_IDS, CASES, FAMILY_CASES
+
+PROPERTY = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@functools.lru_cache(maxsize=None)
+def teacher_and_space(name: str, kwargs_items: tuple) -> tuple[torch.nn.Module, Space, int]:
+    torch.manual_seed(0)
+    kwargs = dict(kwargs_items)
+    teacher = create_model(name, **kwargs).eval()
+    return teacher, space_of(teacher, name, kwargs), measure_cost(teacher, _size(name)).macs
+
+
+def _size(name: str) -> int:
+    return next(c[3] for c in CASES if c[1] == name)
+
+
+def _setup(name: str, kwargs: dict):
+    return teacher_and_space(name, tuple(sorted(kwargs.items())))
+
+
+def test_every_family_has_cases() -> None:
+    assert {f.name for f in list_families()} == set(FAMILY_CASES)
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_family_found_by_model(family: str, name: str, kwargs: dict, size: int) -> None:
+    teacher, space, _ = _setup(name, kwargs)
+    assert family_for(teacher).name == family == space.family
+    assert space.num_blocks > 0
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_identity_spec_reproduces_teacher(family: str, name: str, kwargs: dict, size: int) -> None:
+    teacher, space, _ = _setup(name, kwargs)
+    student = build_student(teacher, space.full_spec()).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1))
+def test_random_student_is_smaller_and_runs(family: str, name: str, kwargs: dict, size: int, seed: int) -> None:
+    teacher, space, teacher_macs = _setup(name, kwargs)
+    spec = space.sample(random.Random(seed))
+    space.validate(spec)
+    student = build_student(teacher, spec).eval()
+    with torch.no_grad():
+        out = student(torch.randn(2, 3, size, size))
+    assert out.shape == (2, kwargs.get("num_classes", 10))
+    cost = measure_cost(student, size)
+    assert cost.macs <= teacher_macs
+    assert cost.params <= sum(p.numel() for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1))
+def test_single_width_reduction_never_raises_macs(family: str, name: str, kwargs: dict, size: int, seed: int) -> None:
+    teacher, space, _ = _setup(name, kwargs)
+    rng = random.Random(seed)
+    spec = space.sample(rng)
+    candidates = [
+        (i, j, b) for i, j, b in spec.blocks() if b.keep and b.width > min(space.stages[i][j].widths)
+    ]
+    if not candidates:
+        return
+    i, j, b = rng.choice(candidates)
+    narrower = max(w for w in space.stages[i][j].widths if w < b.width)
+    reduced = spec.replace_block(i, j, BlockSpec(keep=True, width=narrower, heads=b.heads))
+    before = measure_cost(build_student(teacher, spec), size).macs
+    after = measure_cost(build_student(teacher, reduced), size).macs
+    assert after <= before
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_smallest_spec_is_valid_and_cheapest(family: str, name: str, kwargs: dict, size: int) -> None:
+    teacher, space, teacher_macs = _setup(name, kwargs)
+    smallest = measure_cost(build_student(teacher, space.smallest_spec()), size).macs
+    assert smallest < teacher_macs
+    sample = measure_cost(build_student(teacher, space.sample(random.Random(1))), size).macs
+    assert smallest <= sample
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_random_importance_differs_from_l1(family: str, name: str, kwargs: dict, size: int) -> None:
+    teacher, space, _ = _setup(name, kwargs)
+    spec = space.smallest_spec()
+    _, r1 = build_student_with_recipe(teacher, spec)
+    _, r2 = build_student_with_recipe(teacher, spec, RandomImportance(seed=3))
+    assert r1["importance"] == "l1" and r2["importance"] == "random"
+    assert r1["blocks"] != r2["blocks"]
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES[::2], ids=CASE_IDS[::2])
+def test_saved_student_reloads_in_fresh_process(family: str, name: str, kwargs: dict, size: int, tmp_path: Path) -> None:
+    teacher, space, _ = _setup(name, kwargs)
+    student, recipe = build_student_with_recipe(teacher, space.sample(random.Random(7)))
+    student.eval()
+    save_student(tmp_path / "s", student, space.sample(random.Random(7)), recipe)
+    x = torch.randn(2, 3, size, size)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(student(x), tmp_path / "expected.pt")
+    code = (
+        "import torch, structsearch;"
+        f"m = structsearch.load({str(tmp_path / 's')!r});"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r});"
+        f"e = torch.load({str(tmp_path / 'expected.pt')!r});"
+        "d = (m(x) - e).abs().max().item();"
+        "print(d); assert d < 1e-5"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_spec_json_round_trip_and_hash(family: str, name: str, kwargs: dict, size: int) -> None:
+    _, space, _ = _setup(name, kwargs)
+    spec = space.sample(random.Random(5))
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec and hash(again) == hash(spec)
+    assert again.kwargs == kwargs
+
+
+def test_invalid_specs_name_the_block() -> None:
+    _, space, _ = _setup("cifar_resnet20", {})
+    full = space.full_spec()
+    with pytest.raises(SpecError, match=r"layer2\.0.*cannot be dropped"):
+        space.validate(full.replace_block(1, 0, BlockSpec(keep=False)))
+    with pytest.raises(SpecError, match=r"layer1\.1.*width 0\.3"):
+        space.validate(full.replace_block(0, 1, BlockSpec(width=0.3)))
+    with pytest.raises(SpecError, match="heads"):
+        space.validate(full.replace_block(0, 1, BlockSpec(heads=2)))
+    with pytest.raises(SpecError, match="stages"):
+        space.validate(ArchSpec.make("cifar_resnet20", [[BlockSpec()]]))
+    all_dropped = full
+    for j in range(1, 3):
+        all_dropped = all_dropped.replace_block(0, j, BlockSpec(keep=False))
+    with pytest.raises(SpecError, match="stage 0"):
+        space.validate(all_dropped.replace_block(0, 0, BlockSpec(keep=False)))
+    with pytest.raises(SpecError, match="width"):
+        ArchSpec.from_dict({"model": "x", "stages": [[{"keep": True, "width": 2}]]})
+    with pytest.raises(SpecError, match="JSON"):
+        ArchSpec.from_json("{not json")
