@@ -1,0 +1,188 @@
+"""Adapter for timm's Vision Transformers (ViT, DeiT, distilled DeiT): depth, MLP width, heads.
+
+All transformer blocks form a single stage. Every block is a residual ``x + f(x)`` with the same
+token shape in and out, so any block can be dropped (the stage keeps at least one). Inside a block
+two things shrink, while the embedding dimension (the residual stream shared by every block, the
+position embedding and the head) never changes:
+
+* ``width`` -- the MLP hidden size: ``fc1`` output rows, the optional hidden ``norm`` and ``fc2``
+  input columns, ranked by the L1 norm of those rows and columns;
+* ``heads`` -- whole attention heads, each keeping its ``head_dim``: the head's q, k and v rows of
+  ``qkv`` (layout ``(3, heads, head_dim)``), its ``proj`` input columns and, where present, its
+  rows of the output ``gate`` and channels of the scale ``norm``. Because ``head_dim`` and hence
+  the softmax scale stay the same, a kept head computes exactly what it did in the teacher.
+  ``qk_norm`` normalises over ``head_dim`` and needs no change.
+
+A LayerNorm over a sliced width (``scale_mlp_norm`` / ``scale_attn_norm`` models) is sliced with
+it; it then normalises over the kept channels only, so the identity spec stays exact but a
+narrowed block only approximates the teacher's (the distillation proxy recovers the rest).
+After blocks are dropped, ``feature_info`` is rebuilt for the remaining blocks; ``forward`` and
+``forward_intermediates`` only read ``len(model.blocks)``.
+
+Supported: :class:`~timm.models.vision_transformer.VisionTransformer` and its distilled DeiT
+subclass (which differs only in its extra token and second head, both outside the blocks; in
+``distilled_training`` mode its training forward returns two logits, a matter for the trainer) built
+from the standard pre-norm ``Block`` with timm's ``Attention`` and ``Mlp``. Not supported (not
+``handles``): post-norm ``ResPostBlock`` (the same slicing would apply; no example needs it yet), parallel blocks (their fused in/out projections would
+need their own slicing), ``DiffAttention`` (heads are paired), gated MLPs (``GluMlp``/SwiGLU:
+the hidden units are split into value and gate halves), convolutional MLPs, and hidden / scale
+norms other than LayerNorm (``slice_norm`` cannot slice e.g. ``RmsNorm``). Exact type checks keep
+unknown subclasses, whose ``forward`` may differ, out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.layers import Attention, Mlp
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from structsearch.space.base import BlockChoices, Family
+from structsearch.space.registry import register_family
+from structsearch.space.spec import ArchSpec
+from structsearch.surgery.importance import Importance, TensorDim
+from structsearch.surgery.ops import head_channels, keep_blocks, slice_linear, slice_norm
+
+#: The one stage: timm keeps every transformer block in ``model.blocks``.
+STAGE = "blocks"
+
+
+# -- what the adapter understands -----------------------------------------------------------------
+def _gate(attn: nn.Module) -> nn.Module | None:
+    """The optional per-channel output gate of ``Attention`` (absent in older timm releases)."""
+    return getattr(attn, "gate", None)
+
+
+def _sliceable_norm(norm: nn.Module) -> bool:
+    """Hidden/scale norms we can narrow: none at all, or a LayerNorm over the sliced channels."""
+    return isinstance(norm, (nn.Identity, nn.LayerNorm))
+
+
+def _plain_attention(attn: nn.Module) -> bool:
+    """timm's ``Attention`` (not a subclass) with one fused qkv projection of ``3 * attn_dim`` rows."""
+    return (
+        type(attn) is Attention
+        and isinstance(attn.qkv, nn.Linear)
+        and isinstance(attn.proj, nn.Linear)
+        and attn.qkv.out_features == 3 * attn.attn_dim == 3 * attn.num_heads * attn.head_dim
+        and (_gate(attn) is None or isinstance(_gate(attn), nn.Linear))
+        and _sliceable_norm(attn.norm)
+    )
+
+
+def _plain_mlp(mlp: nn.Module) -> bool:
+    """timm's two-layer ``Mlp`` on tokens (linear, not 1x1 convolutions)."""
+    return (
+        type(mlp) is Mlp
+        and isinstance(mlp.fc1, nn.Linear)
+        and isinstance(mlp.fc2, nn.Linear)
+        and _sliceable_norm(mlp.norm)
+    )
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """The standard pre-norm block whose attention and MLP we know how to slice."""
+    return type(block) is Block and _plain_attention(block.attn) and _plain_mlp(block.mlp)
+
+
+# -- surgery on one block -------------------------------------------------------------------------
+def shrink_mlp(mlp: Mlp, channels: int, importance: Importance) -> list[int]:
+    """Keep ``channels`` hidden units of ``mlp`` (``fc1`` out, hidden ``norm``, ``fc2`` in)."""
+    idx = importance.select([(mlp.fc1.weight, 0), (mlp.fc2.weight, 1)], channels)
+    slice_linear(mlp.fc1, out_idx=idx)
+    if not isinstance(mlp.norm, nn.Identity):
+        slice_norm(mlp.norm, idx)
+    slice_linear(mlp.fc2, in_idx=idx)
+    return idx.tolist()
+
+
+def _head_views(attn: Attention) -> list[TensorDim]:
+    """Every weight that belongs to a head, viewed so that the head is one indexed dimension."""
+    heads, head_dim = attn.num_heads, attn.head_dim
+    views: list[TensorDim] = [
+        (attn.qkv.weight.view(3, heads, head_dim, -1), 1),  # rows laid out (q|k|v, head, head_dim)
+        (attn.proj.weight.view(-1, heads, head_dim), 1),  # input columns (head, head_dim)
+    ]
+    gate = _gate(attn)
+    if gate is not None:
+        views.append((gate.weight.view(heads, head_dim, -1), 0))
+    return views
+
+
+def shrink_heads(attn: Attention, heads: int, importance: Importance) -> list[int]:
+    """Keep the ``heads`` most important attention heads of ``attn``, each with its full ``head_dim``.
+
+    ``Attention.forward`` reshapes ``qkv`` output with ``num_heads``/``head_dim`` and the attention
+    output with ``attn_dim``, so both attributes are updated along with the weights.
+    """
+    kept = importance.select(_head_views(attn), heads)
+    channels = head_channels(kept, attn.head_dim)
+    qkv_rows = torch.cat([part * attn.attn_dim + channels for part in range(3)])
+    slice_linear(attn.qkv, out_idx=qkv_rows)
+    gate = _gate(attn)
+    if gate is not None:
+        slice_linear(gate, out_idx=channels)
+    if not isinstance(attn.norm, nn.Identity):
+        slice_norm(attn.norm, channels)
+    slice_linear(attn.proj, in_idx=channels)
+    attn.num_heads = len(kept)
+    attn.attn_dim = len(kept) * attn.head_dim
+    return kept.tolist()
+
+
+def _refresh_feature_info(model: VisionTransformer) -> None:
+    """Point ``feature_info`` at the blocks that remain (timm lists one tap per block by name).
+
+    ``forward`` and ``forward_intermediates`` read ``len(model.blocks)`` and need nothing else;
+    ``feature_info`` is what ``features_only`` wrappers and users read to find the taps.
+    """
+    old: list[dict[str, Any]] = list(getattr(model, "feature_info", None) or [])
+    reduction = old[0].get("reduction") if old else None
+    model.feature_info = [
+        dict(module=f"{STAGE}.{i}", num_chs=model.embed_dim, reduction=reduction) for i in range(len(model.blocks))
+    ]
+
+
+@register_family
+class ViTFamily(Family):
+    name = "vit"
+    description = "Vision Transformers (ViT, DeiT): depth, MLP hidden size, attention heads"
+    examples = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
+
+    def handles(self, model: nn.Module) -> bool:
+        if not isinstance(model, VisionTransformer):
+            return False
+        blocks = getattr(model, STAGE, None)
+        return isinstance(blocks, nn.Sequential) and len(blocks) > 0 and all(_plain_block(b) for b in blocks)
+
+    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
+        stage = tuple(
+            BlockChoices(
+                name=f"{STAGE}.{j}",
+                removable=True,  # residual, same token shape in and out
+                width_base=block.mlp.fc1.out_features,
+                heads_base=block.attn.num_heads,
+                heads=tuple(range(1, block.attn.num_heads + 1)),
+            )
+            for j, block in enumerate(getattr(model, STAGE))
+        )
+        return (stage,)
+
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        (choices,) = self.describe(model)
+        (stage_spec,) = spec.stages
+        blocks: nn.Sequential = getattr(model, STAGE)
+        recipe: dict[str, Any] = {}
+        for block, b, c in zip(blocks, stage_spec, choices):
+            entry: dict[str, Any] = {"keep": b.keep}
+            if b.keep and b.width < 1.0:
+                entry["channels"] = shrink_mlp(block.mlp, c.channels(b.width), importance)
+            if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
+                entry["heads"] = shrink_heads(block.attn, b.heads, importance)
+            recipe[c.name] = entry
+        setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
+        _refresh_feature_info(model)
+        return {"blocks": recipe}
+

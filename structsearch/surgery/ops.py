@@ -81,8 +81,8 @@ def slice_norm(norm: nn.Module, idx: Tensor) -> None:
 
 
 def head_channels(heads: Tensor, head_dim: int) -> Tensor:
-    """Channel indices of the given heads in a ``(heads * head_dim)`` layout."""
-    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+    """Channel indices of the given heads in a ``(heads * head_dim)`` layout (on ``heads``' device)."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)[None, :]).reshape(-1)
 
 
 def keep_blocks(blocks: nn.Sequential, keep: list[bool]) -> nn.Sequential:
