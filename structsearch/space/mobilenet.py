@@ -1,0 +1,320 @@
+"""Adapter for timm's inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ...
+
+timm builds all of them from the same blocks (``timm/models/_efficientnet_blocks.py``): the model
+has a stem (``conv_stem -> bn1``), then ``model.blocks``, a ``Sequential`` of stages, each a
+``Sequential`` of blocks. Models are handled when they are an ``EfficientNet`` (mobilenetv2_*,
+efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasnet, ...) or a
+``MobileNetV3`` (mobilenetv3_*, lcnet_*) *and* every block is one of:
+
+* ``InvertedResidual`` (MBConv: ``conv_pw -> bn1 -> conv_dw -> bn2 -> se -> conv_pwl -> bn3``) --
+  its internal width is the expansion: ``conv_pw`` out, ``bn1``, the depthwise ``conv_dw`` (both
+  sides), ``bn2``, the SE gate's ``conv_reduce`` in / ``conv_expand`` out (its reduced channels
+  stay), ``conv_pwl`` in;
+* ``EdgeResidual`` (FusedMBConv: ``conv_exp -> bn1 -> se -> conv_pwl -> bn2``) -- the expansion
+  the same way, without a depthwise conv;
+* ``DepthwiseSeparableConv`` (``conv_dw -> bn1 -> se -> conv_pw -> bn2``) -- no expansion, so its
+  internal width *is its input*: it can only narrow together with whatever produces that input
+  (the stem, or the output conv/norm of the previous block), and only when neither this block nor
+  that producer adds a residual (a residual ties the width to the stream). That holds for the
+  first block of MobileNetV2 / EfficientNet-B0 (the stem feeds it) and for every block of
+  MobileNetV1. Otherwise the block gets ``widths=(1.0,)``;
+* ``ConvBnAct`` (EfficientNetV2 / EdgeTPU stems of stages) -- no internal width: ``widths=(1.0,)``;
+* ``CondConvResidual`` -- an ``InvertedResidual`` with per-example expert kernels; its weights are
+  not plain convolutions, so it gets ``widths=(1.0,)`` (it can still be dropped).
+
+A block whose layers are not the plain ones assumed above (MixNet's ``MixedConv2d``, grouped
+instead of depthwise convs, GroupNorm/EvoNorm, anti-aliasing, space-to-depth) keeps its full
+width but may still be dropped: slicing those would need layer-specific code and is left out
+rather than approximated. Models containing other blocks (MobileNetV4's ``UniversalInvertedResidual``
+and ``MobileAttention``) are not handled.
+
+Every block with a residual connection (``has_skip``: stride 1, same in/out channels, no
+``noskip``) can be dropped -- its removal leaves the identity the skip already carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from timm.models._efficientnet_blocks import (
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    InvertedResidual,
+    SqueezeExcite,
+)
+from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
+from torch import Tensor, nn
+
+from structsearch.space.base import BlockChoices, Family
+from structsearch.space.registry import register_family
+from structsearch.space.spec import WIDTH_GRID, ArchSpec
+from structsearch.surgery.importance import Importance, TensorDim
+from structsearch.surgery.ops import keep_blocks, slice_conv, slice_norm
+
+#: Block types this adapter knows (``CondConvResidual`` is a subclass of ``InvertedResidual``).
+KNOWN_BLOCKS: tuple[type[nn.Module], ...] = (InvertedResidual, EdgeResidual, DepthwiseSeparableConv, ConvBnAct)
+#: Model classes built from those blocks with a ``conv_stem -> bn1 -> blocks`` trunk.
+KNOWN_MODELS: tuple[type[nn.Module], ...] = (EfficientNet, MobileNetV3)
+
+
+# -- what can be sliced ------------------------------------------------------------------------
+def _is_conv(m: nn.Module) -> bool:
+    """A plain dense convolution (``Conv2d`` or a subclass such as timm's ``Conv2dSame``)."""
+    return isinstance(m, nn.Conv2d) and m.groups == 1
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    """A depthwise convolution with channel multiplier 1 (sliceable on both sides by one index set)."""
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels
+
+
+def _is_bn(m: nn.Module) -> bool:
+    """BatchNorm (incl. timm's ``BatchNormAct2d``): per-channel, so slicing channels is exact."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def _is_plain_se(m: nn.Module) -> bool:
+    """No SE, or timm's ``SqueezeExcite`` over plain 1x1 convs (its channels are the block's)."""
+    if isinstance(m, nn.Identity):
+        return True
+    return isinstance(m, SqueezeExcite) and _is_conv(m.conv_reduce) and _is_conv(m.conv_expand)
+
+
+def _no_extras(block: nn.Module) -> bool:
+    """No space-to-depth stem and no anti-aliasing pool (both carry channel-sized state)."""
+    return getattr(block, "conv_s2d", None) is None and isinstance(getattr(block, "aa", nn.Identity()), nn.Identity)
+
+
+# -- channel groups ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be kept or removed together: one block's internal width.
+
+    ``expand`` produces the channels (its output is sliced), ``norms`` and the optional
+    ``depthwise`` conv act on them channel by channel, ``se`` gates them, and ``project`` consumes
+    them (its input is sliced). Nothing outside the group sees these channels, so any subset of
+    them gives a smaller network computing a sub-function of the teacher.
+    """
+
+    expand: nn.Conv2d
+    norms: tuple[nn.Module, ...]
+    depthwise: nn.Conv2d | None
+    se: nn.Module
+    project: nn.Conv2d
+
+    @property
+    def width(self) -> int:
+        return self.expand.out_channels
+
+    def select(self, importance: Importance, k: int) -> Tensor:
+        """The ``k`` most important channels by the producing filters, the depthwise filters and
+        the consuming weights (L1 over all three for the default strategy)."""
+        tensors: list[TensorDim] = [(self.expand.weight, 0), (self.project.weight, 1)]
+        if self.depthwise is not None:
+            tensors.insert(1, (self.depthwise.weight, 0))
+        return importance.select(tensors, k)
+
+    def apply(self, idx: Tensor) -> None:
+        """Keep channels ``idx`` in every layer of the group, in place."""
+        slice_conv(self.expand, out_idx=idx)
+        for norm in self.norms:
+            slice_norm(norm, idx)
+        if self.depthwise is not None:
+            slice_conv(self.depthwise, out_idx=idx)
+        if isinstance(self.se, SqueezeExcite):
+            slice_conv(self.se.conv_reduce, in_idx=idx)
+            slice_conv(self.se.conv_expand, out_idx=idx)
+        slice_conv(self.project, in_idx=idx)
+
+
+#: The conv and norm producing a unit's output, when that output can be narrowed on its own.
+Producer = tuple[nn.Conv2d, nn.Module]
+
+
+def _stem_output(model: nn.Module) -> Producer | None:
+    """The stem's output layers (``conv_stem``, ``bn1``) when both are plain."""
+    conv, norm = getattr(model, "conv_stem", None), getattr(model, "bn1", None)
+    if conv is not None and norm is not None and _is_conv(conv) and _is_bn(norm):
+        return conv, norm
+    return None
+
+
+def _block_output(block: nn.Module) -> Producer | None:
+    """A block's output layers, unless a residual ties its output to the stream or they are not plain."""
+    if getattr(block, "has_skip", True) or not _no_extras(block):
+        return None
+    if isinstance(block, InvertedResidual):
+        conv, norm = block.conv_pwl, block.bn3
+    elif isinstance(block, EdgeResidual):
+        conv, norm = block.conv_pwl, block.bn2
+    elif isinstance(block, DepthwiseSeparableConv):
+        conv, norm = block.conv_pw, block.bn2
+    elif isinstance(block, ConvBnAct):
+        conv, norm = block.conv, block.bn1
+    else:
+        return None
+    return (conv, norm) if _is_conv(conv) and _is_bn(norm) else None
+
+
+def _inverted_residual_group(block: InvertedResidual) -> ChannelGroup | None:
+    """The expansion channels of an MBConv block, or ``None`` when its layers are not plain."""
+    ok = (
+        _no_extras(block)
+        and _is_conv(block.conv_pw)
+        and _is_bn(block.bn1)
+        and _is_depthwise(block.conv_dw)
+        and _is_bn(block.bn2)
+        and _is_plain_se(block.se)
+        and _is_conv(block.conv_pwl)
+    )
+    if not ok:
+        return None
+    return ChannelGroup(block.conv_pw, (block.bn1, block.bn2), block.conv_dw, block.se, block.conv_pwl)
+
+
+def _edge_residual_group(block: EdgeResidual) -> ChannelGroup | None:
+    """The expansion channels of a FusedMBConv block, or ``None`` when its layers are not plain."""
+    ok = (
+        _no_extras(block)
+        and _is_conv(block.conv_exp)
+        and _is_bn(block.bn1)
+        and _is_plain_se(block.se)
+        and _is_conv(block.conv_pwl)
+    )
+    if not ok:
+        return None
+    return ChannelGroup(block.conv_exp, (block.bn1,), None, block.se, block.conv_pwl)
+
+
+def _depthwise_separable_group(block: DepthwiseSeparableConv, producer: Producer | None) -> ChannelGroup | None:
+    """The input channels of a DS block, narrowed together with the unit that produces them.
+
+    Only when the block adds no residual (its input would be tied to its output) and its producer
+    (stem or previous block) can narrow its output alone (see :func:`_block_output`).
+    """
+    if producer is None or block.has_skip:
+        return None
+    ok = (
+        _no_extras(block)
+        and _is_depthwise(block.conv_dw)
+        and _is_bn(block.bn1)
+        and _is_plain_se(block.se)
+        and _is_conv(block.conv_pw)
+    )
+    if not ok:
+        return None
+    conv, norm = producer
+    return ChannelGroup(conv, (norm, block.bn1), block.conv_dw, block.se, block.conv_pw)
+
+
+def _channel_group(block: nn.Module, producer: Producer | None) -> ChannelGroup | None:
+    """The block's searchable internal width, or ``None`` when it keeps its full width."""
+    if type(block) is InvertedResidual:  # not CondConvResidual: its expert kernels are no plain convs
+        return _inverted_residual_group(block)
+    if isinstance(block, EdgeResidual):
+        return _edge_residual_group(block)
+    if isinstance(block, DepthwiseSeparableConv):
+        return _depthwise_separable_group(block, producer)
+    return None
+
+
+def _nominal_width(block: nn.Module) -> int:
+    """The internal width reported for a block whose width is fixed (for display only)."""
+    if isinstance(block, InvertedResidual):
+        return block.conv_pw.out_channels
+    if isinstance(block, EdgeResidual):
+        return block.conv_exp.out_channels
+    if isinstance(block, DepthwiseSeparableConv):
+        return block.conv_dw.out_channels
+    return block.conv.out_channels  # ConvBnAct
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block of the model as the adapter sees it."""
+
+    name: str
+    module: nn.Module
+    group: ChannelGroup | None
+
+    def choices(self) -> BlockChoices:
+        return BlockChoices(
+            name=self.name,
+            removable=bool(self.module.has_skip),
+            width_base=self.group.width if self.group is not None else _nominal_width(self.module),
+            widths=WIDTH_GRID if self.group is not None else (1.0,),
+        )
+
+
+def _blocks(model: nn.Module) -> list[list[_Block]]:
+    """Every block, stage by stage, with its channel group (computed on the model as it is now)."""
+    producer = _stem_output(model)
+    stages: list[list[_Block]] = []
+    for i, stage in enumerate(model.blocks):
+        blocks = []
+        for j, block in enumerate(stage):
+            blocks.append(_Block(f"blocks.{i}.{j}", block, _channel_group(block, producer)))
+            producer = _block_output(block)
+        stages.append(blocks)
+    return stages
+
+
+def _iter_modules(model: nn.Module) -> Iterator[nn.Module]:
+    for stage in model.blocks:
+        yield from stage
+
+
+@register_family
+class MobileNetFamily(Family):
+    """Depth (residual blocks) and expansion width (per block) of timm's inverted-residual nets."""
+
+    name = "mobilenet"
+    description = "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ... (depth and expansion width)"
+    examples = ("mobilenetv2_100", "efficientnet_b0")
+
+    def handles(self, model: nn.Module) -> bool:
+        """An ``EfficientNet``/``MobileNetV3`` whose stages hold only known block types.
+
+        Models with other blocks (MobileNetV4's universal inverted residuals and attention) are
+        refused rather than half-supported: dropping or narrowing them has not been checked.
+        """
+        if not isinstance(model, KNOWN_MODELS) or not isinstance(getattr(model, "blocks", None), nn.Sequential):
+            return False
+        if not all(isinstance(stage, nn.Sequential) for stage in model.blocks):
+            return False
+        return all(isinstance(b, KNOWN_BLOCKS) and hasattr(b, "has_skip") for b in _iter_modules(model))
+
+    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
+        return tuple(tuple(b.choices() for b in stage) for stage in _blocks(model))
+
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        """Narrow, then drop, in place; the recipe's ``channels`` are the kept internal channels.
+
+        For a ``DepthwiseSeparableConv`` those are its input channels, kept in its producer (the
+        stem's ``conv_stem``/``bn1`` or the previous block's output conv/norm) as well. All
+        channels are chosen from the unmodified teacher weights before any layer is sliced, so one
+        block's choice never depends on another's.
+        """
+        stages = _blocks(model)
+        recipe: dict[str, Any] = {}
+        chosen: list[tuple[ChannelGroup, Tensor]] = []
+        for stage, stage_spec in zip(stages, spec.stages):
+            for block, b in zip(stage, stage_spec):
+                entry: dict[str, Any] = {"keep": b.keep}
+                if b.keep and b.width < 1.0 and block.group is not None:
+                    idx = block.group.select(importance, block.choices().channels(b.width))
+                    chosen.append((block.group, idx))
+                    entry["channels"] = idx.tolist()
+                recipe[block.name] = entry
+        for group, idx in chosen:
+            group.apply(idx)
+        _drop_blocks(model, [[b.keep for b in stage_spec] for stage_spec in spec.stages])
+        return {"blocks": recipe}
+
+
+def _drop_blocks(model: nn.Module, keep: Sequence[Sequence[bool]]) -> None:
+    """Replace every stage by a ``Sequential`` of its kept blocks (the spec keeps one per stage)."""
+    model.blocks = nn.Sequential(*[keep_blocks(stage, list(k)) for stage, k in zip(model.blocks, keep)])
