@@ -1,0 +1,45 @@
+"""Data for structure search: one `DataSpec`, decoded once per process, split deterministically.
+
+Why this shape: a search runs hundreds of short distillation trials over the same few thousand
+images. Keeping the whole dataset as one uint8 tensor in memory and indexing it with index batches
+is far cheaper on CPU than a ``DataLoader``; decoding it once per process (cached on the files'
+path, mtime and size) keeps per-trial start-up at a ``stat`` call.
+
+Sources (``DataSpec.parse`` / ``str(spec)``; see :mod:`structsearch.data.spec` for the grammar)::
+
+    npz:PATH                     x uint8 N×H×W×3 (or N×H×W grayscale), y int N, optional class_names
+    imagefolder:PATH[?size=HxW]  one sub-folder per class; resized to the first image's size or HxW
+    torchvision:NAME:ROOT[:test][?download=1]
+                                 CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, SVHN, STL10, ...;
+                                 the train split unless ``:test``; never downloads unless asked
+    digits[:test]                scikit-learn's bundled digits: no files needed. ``digits`` is 80 %,
+                                 ``digits:test`` a disjoint stratified 20 % (fixed seed)
+
+Any of them takes a row slice ``[start:stop]``: for the CIFAR teachers, which memorised their
+training set, select on ``npz:.../cifar10/test.npz[:5000]`` and report on ``test.npz[5000:]``.
+
+Flow: ``load_data(spec)`` → :class:`LoadedData` (uint8 N×3×H×W, int64 labels) →
+``split_train_val`` for a validation part of training data → ``batches`` of indices →
+``Augment`` (training only) → ``Preprocess.from_model(teacher)`` right before the forward pass.
+Every problem with user data raises :class:`structsearch.errors.DataError` with a one-line message,
+before any training starts.
+"""
+
+from structsearch.data.loading import LoadedData, check_labels, clear_cache, fingerprint, load_data
+from structsearch.data.spec import DataSpec
+from structsearch.data.splits import batches, proportional_counts, split_train_val
+from structsearch.data.transforms import Augment, Preprocess
+
+__all__ = [
+    "Augment",
+    "DataSpec",
+    "LoadedData",
+    "Preprocess",
+    "batches",
+    "check_labels",
+    "clear_cache",
+    "fingerprint",
+    "load_data",
+    "proportional_counts",
+    "split_train_val",
+]
