@@ -1,0 +1,151 @@
+"""Adapter for timm's ResNets built from ``BasicBlock`` / ``Bottleneck`` (``resnet18`` ... ``resnet152``).
+
+Stages are ``layer1..4``. A block can be dropped when it has no ``downsample`` (its input and output
+shapes match). Only a block's *internal* width is searched; its output width is the residual stream
+and never changes, which is why the block's attention module (``se``: SE, ECA, GC, ... all built on
+the output width) and ``feature_info`` stay valid without any slicing.
+
+* ``BasicBlock``: the output of ``conv1`` (``conv1 -> bn1 -> aa -> conv2``), as in the CIFAR adapter.
+* ``Bottleneck``: the output of ``conv1`` (``bn1``, ``conv2`` in) *and* of ``conv2`` (``bn2``, ``aa``,
+  ``conv3`` in). One ratio applies to both; each side keeps its own most important channels.
+
+The recipe entry of a narrowed block records the kept indices under ``"channels"``: a list for a
+``BasicBlock`` (as in the CIFAR adapter), ``{"conv1": [...], "conv2": [...]}`` for a ``Bottleneck``.
+
+Supported beyond plain ResNets: SE/ECA/GC attention (``seresnet*``, ``ecaresnet*``), deep stems and
+average-pool shortcuts (``resnet*d``), wide ResNets, drop-block/drop-path, and anti-aliasing by
+average pooling (``resnetaa*``) or blur pooling (``resnetblur*``; its per-channel filter is sliced).
+Not handled (``handles`` is False, so the user gets a clear "no adapter" error): grouped ``conv2``
+(ResNeXt -- kept channels would have to stay balanced across groups), non-BatchNorm layers on the
+sliced path (``resnet50_gn``: slicing a GroupNorm changes its groups), unknown anti-aliasing layers,
+and models whose stages were emptied by ``prune_intermediate_layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from timm.layers import BlurPool2d
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from torch import Tensor, nn
+
+from structsearch.space.base import BlockChoices, Family
+from structsearch.space.cifar_resnet import shrink_basic_block
+from structsearch.space.registry import register_family
+from structsearch.space.spec import ArchSpec, BlockSpec
+from structsearch.surgery.importance import Importance
+from structsearch.surgery.ops import keep_blocks, slice_conv, slice_norm
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+#: Anti-aliasing layers that do not mix channels (``BlurPool2d`` also stores one filter per channel).
+_AA_TYPES = (nn.Identity, nn.AvgPool2d, BlurPool2d)
+
+
+# -- what can be handled --------------------------------------------------------------------------
+def _is_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm (incl. timm's ``BatchNormAct2d``) can be sliced per channel without changing its function."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _block_supported(block: nn.Module) -> bool:
+    """Whether every layer on the block's sliced path can be sliced by the shared primitives."""
+    if not isinstance(block, (BasicBlock, Bottleneck)) or not isinstance(block.aa, _AA_TYPES):
+        return False
+    if isinstance(block, BasicBlock):
+        return _is_batchnorm(block.bn1)
+    return block.conv2.groups == 1 and _is_batchnorm(block.bn1) and _is_batchnorm(block.bn2)
+
+
+# -- slicing ----------------------------------------------------------------------------------------
+def _slice_aa(aa: nn.Module, idx: Tensor) -> None:
+    """Keep channels ``idx`` of an anti-aliasing layer; only a channel-sized ``BlurPool2d`` stores any."""
+    if isinstance(aa, BlurPool2d) and aa.channels is not None:
+        aa.filt = aa.filt[idx].clone()
+        aa.channels = len(idx)
+
+
+def _kept(choices: BlockChoices, base: int, ratio: float) -> int:
+    """Channels kept of a layer ``base`` wide, rounded exactly as :meth:`BlockChoices.channels` rounds."""
+    return dataclasses.replace(choices, width_base=base).channels(ratio)
+
+
+def _shrink_bottleneck(
+    block: Bottleneck, choices: BlockChoices, ratio: float, importance: Importance
+) -> dict[str, list[int]]:
+    """Narrow both internal widths of a bottleneck by ``ratio``; returns the kept indices per conv output.
+
+    Both index sets are chosen from the teacher's weights before anything is sliced, so neither
+    choice depends on the other (and the recipe can be replayed in either order).
+    """
+    idx1 = importance.select(
+        [(block.conv1.weight, 0), (block.conv2.weight, 1)], _kept(choices, block.conv1.out_channels, ratio)
+    )
+    idx2 = importance.select(
+        [(block.conv2.weight, 0), (block.conv3.weight, 1)], _kept(choices, block.conv2.out_channels, ratio)
+    )
+    slice_conv(block.conv1, out_idx=idx1)
+    slice_norm(block.bn1, idx1)
+    slice_conv(block.conv2, out_idx=idx2, in_idx=idx1)
+    slice_norm(block.bn2, idx2)
+    _slice_aa(block.aa, idx2)
+    slice_conv(block.conv3, in_idx=idx2)
+    return {"conv1": idx1.tolist(), "conv2": idx2.tolist()}
+
+
+def _shrink_block(
+    block: nn.Module, choices: BlockChoices, ratio: float, importance: Importance
+) -> list[int] | dict[str, list[int]]:
+    """Narrow one block; the kept indices (a list for ``BasicBlock``, per conv for ``Bottleneck``)."""
+    if isinstance(block, Bottleneck):
+        return _shrink_bottleneck(block, choices, ratio, importance)
+    kept = shrink_basic_block(block, choices.channels(ratio), importance)
+    _slice_aa(block.aa, torch.tensor(kept, dtype=torch.long))
+    return kept
+
+
+def _choices(name: str, block: nn.Module) -> BlockChoices:
+    """A block's choices: droppable without a shortcut projection; width = the searched conv's outputs."""
+    width = block.conv2.out_channels if isinstance(block, Bottleneck) else block.conv1.out_channels
+    return BlockChoices(name=name, removable=block.downsample is None, width_base=width)
+
+
+def _shrink_entry(block: nn.Module, b: BlockSpec, c: BlockChoices, importance: Importance) -> dict[str, Any]:
+    """Shrink one block as ``b`` says and return its recipe entry (kept channels only when narrowed)."""
+    entry: dict[str, Any] = {"keep": b.keep}
+    if b.keep and b.width < 1.0:
+        entry["channels"] = _shrink_block(block, c, b.width, importance)
+    return entry
+
+
+# -- the family -------------------------------------------------------------------------------------
+@register_family
+class ResNetFamily(Family):
+    """timm ``ResNet``: drop identity-shortcut blocks, narrow each block's internal width."""
+
+    name = "resnet"
+    description = "timm ResNets (BasicBlock/Bottleneck, incl. SE/ECA, -d, wide, aa/blur): depth and block width"
+    examples = ("resnet18", "resnet34", "resnet50")
+
+    def handles(self, model: nn.Module) -> bool:
+        if not isinstance(model, ResNet):
+            return False
+        stages = [getattr(model, s, None) for s in STAGES]
+        return all(isinstance(s, nn.Sequential) and len(s) > 0 and all(map(_block_supported, s)) for s in stages)
+
+    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
+        return tuple(
+            tuple(_choices(f"{s}.{j}", block) for j, block in enumerate(getattr(model, s))) for s in STAGES
+        )
+
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        recipe: dict[str, Any] = {}
+        for s, stage_spec, stage_choices in zip(STAGES, spec.stages, self.describe(model)):
+            blocks = getattr(model, s)
+            for block, b, c in zip(blocks, stage_spec, stage_choices):
+                recipe[c.name] = _shrink_entry(block, b, c, importance)
+            setattr(model, s, keep_blocks(blocks, [b.keep for b in stage_spec]))
+        return {"blocks": recipe}
+
