@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from structsearch.cli import model_cmds
+from structsearch.cli import model_cmds, search_cmds
 
 app = typer.Typer(
     help="Find the best student of a teacher under a FLOPs or params budget.",
@@ -15,6 +15,11 @@ app = typer.Typer(
 app.command("models")(model_cmds.models)
 app.command("space")(model_cmds.space)
 app.command("cost")(model_cmds.cost)
+app.command("search")(search_cmds.search)
+app.command("studies")(search_cmds.studies)
+app.command("best")(search_cmds.best)
+app.command("pareto")(search_cmds.pareto)
+app.command("export")(search_cmds.export)
 
 
 def main() -> None:

@@ -76,13 +76,14 @@ def space(
                 str(i),
                 str(len(stage)),
                 str(sum(c.removable for c in stage)),
-                f"{'/'.join(map(str, widths))} x {{{', '.join(f'{r:g}' for r in stage[0].widths)}}}",
+                f"{'/'.join(map(str, widths))} x {min(stage[0].widths):g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
                 f"{min(heads)}..{max(heads)}" if heads else "-",
             )
         console.print(table)
         console.print(
             f"MACs: smallest {format_count(smallest.macs)} ({format_count(smallest.params)} params), "
-            f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  [{largest.convention}]"
+            f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  ({largest.convention})",
+            highlight=False,
         )
 
     run_guarded(body)

@@ -1,0 +1,199 @@
+"""``structsearch search | studies | best | pareto | export``: the product's main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from structsearch.cli._common import Format, console, err_console, print_json, run_guarded
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option("--storage", help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)"),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+
+
+def _fmt(n: int | None) -> str:
+    from structsearch.cost import format_count
+
+    return "-" if n is None else format_count(n)
+
+
+def _records_table(records: list, title: str | None = None) -> Table:
+    table = Table("study", "trial", "score (val top-1 %)", "MACs", "params", title=title)
+    for r in records:
+        table.add_row(r.study, str(r.trial), f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params))
+    return table
+
+
+def search(
+    spec_file: Annotated[Optional[Path], typer.Argument(help="Study spec YAML (default: studies/digits_default.yaml's embedded default)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Study name (a new name starts a new study)")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher timm model name")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Teacher checkpoint (state dict)")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student base model (default: the teacher's architecture)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT, digits")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Separate validation data (default: carved from --data)")] = None,
+    budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
+    budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="accuracy (single objective, pruned), accuracy,macs or accuracy,params")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="tpe, nsga2 or random")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Number of trials")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Proxy KD steps per candidate")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto")] = None,
+    storage: StorageOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Search students under a budget (resumes the study when it exists)."""
+
+    def body() -> None:
+        from structsearch.search import default_spec, load_study_spec, run_search
+        from structsearch.search.results import pareto_front, study_records
+
+        spec = load_study_spec(spec_file) if spec_file else default_spec()
+        spec = spec.with_overrides(
+            **{
+                "name": name,
+                "teacher.model": teacher,
+                "teacher.checkpoint": checkpoint,
+                "student.model": student,
+                "data.train": data,
+                "data.val": val_data,
+                "budget.flops": budget_flops,
+                "budget.params": budget_params,
+                "objectives": objective.split(",") if objective else None,
+                "sampler": sampler,
+                "trials": trials,
+                "proxy.steps": steps,
+                "proxy.device": device,
+                "seed": seed,
+            }
+        )
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), console=err_console, transient=format is Format.json,
+        ) as progress:
+            task = progress.add_task(f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)")
+
+            def on_trial(done: int, feasible: int, best: float | None) -> None:
+                best_txt = f"best {best:.2f}%" if best is not None else "best -"
+                progress.update(task, completed=done, status=f"feasible {feasible}, {best_txt}")
+
+            study = run_search(spec, storage, on_trial=on_trial)
+        records = study_records(study)
+        front = pareto_front(records)
+        summary = {
+            "study": study.study_name,
+            "trials": len(records),
+            "trained": sum(r.trained and not r.state == "pruned" for r in records),
+            "over_budget": sum(not r.feasible for r in records),
+            "pareto": [r.to_dict() for r in front],
+        }
+        if format is Format.json:
+            print_json(summary)
+            return
+        console.print(
+            f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget (never trained)"
+        )
+        console.print(_records_table(front, title="Pareto front (score vs MACs)"))
+
+    run_guarded(body)
+
+
+def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> None:
+    """List studies with teacher, data, budget and trial counts."""
+
+    def body() -> None:
+        from structsearch.search import list_studies
+
+        rows = list_studies(storage)
+        if format is Format.json:
+            print_json(rows)
+            return
+        table = Table("study", "teacher", "data", "budget", "trials", "trained", "best")
+        for r in rows:
+            budget = " ".join(x for x in (f"flops<={r['budget_flops']}" if r["budget_flops"] else "", f"params<={r['budget_params']}" if r["budget_params"] else "") if x)
+            table.add_row(r["study"], r["teacher"], r["data"], budget or "-", f"{r['trials']}/{r['trials_requested']}", str(r["trained"]),
+                          "-" if r["best_score"] is None else f"{r['best_score']:.2f}")
+        console.print(table)
+
+    run_guarded(body)
+
+
+def best(
+    budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
+    budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Look in one study (default: every study in the storage)")] = None,
+    storage: StorageOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Print the highest-scoring stored student within the budget."""
+
+    def body() -> None:
+        from structsearch.search import best_under_budget
+
+        r = best_under_budget(budget_flops, budget_params, study, storage)
+        if format is Format.json:
+            print_json(r.to_dict())
+            return
+        console.print(_records_table([r], title="best within budget"))
+        console.print_json(data=r.spec)
+
+    run_guarded(body)
+
+
+def pareto(
+    study: Annotated[str, typer.Option(help="Study name")],
+    cost: Annotated[str, typer.Option(help="macs or params")] = "macs",
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the front to a .png or .html file")] = None,
+    storage: StorageOpt = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Print (and draw) a study's Pareto front of score vs cost."""
+
+    def body() -> None:
+        from structsearch.errors import StructsearchError
+        from structsearch.search import pareto_front, plot_front, study_records
+        from structsearch.search.results import load_study
+        from structsearch.search.storage import open_storage
+
+        if cost not in ("macs", "params"):
+            raise StructsearchError(f"--cost must be macs or params, not '{cost}'")
+        s = load_study(study, open_storage(storage, create=False))
+        records = study_records(s)
+        front = pareto_front(records, cost)
+        if plot:
+            plot_front(records, front, cost, plot, title=s.study_name)
+        if format is Format.json:
+            print_json({"study": s.study_name, "cost": cost, "front": [r.to_dict() for r in front]})
+            return
+        console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
+        if plot:
+            console.print(f"plot written to {plot}")
+
+    run_guarded(body)
+
+
+def export(
+    study: Annotated[str, typer.Option(help="Study name")],
+    trial: Annotated[int, typer.Option(help="Trial number")],
+    out: Annotated[Path, typer.Option(help="Output directory")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write student.onnx, checked against onnxruntime")] = False,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a trial's student (weights, spec JSON, optionally ONNX); `structsearch.load(DIR)` rebuilds it."""
+
+    def body() -> None:
+        from structsearch.search import export_trial
+
+        written = export_trial(study, trial, out, storage, onnx=onnx)
+        for path in written:
+            console.print(f"wrote {path}")
+
+    run_guarded(body)

@@ -1,0 +1,64 @@
+"""Running a search in this process: build the context once, then let Optuna drive trials.
+
+The CLI calls :func:`run_search`; service workers call the same function, so a search behaves the
+same wherever it runs. Several processes may run it on one study concurrently (shared RDB
+storage): each stops once the study holds the requested number of trials.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from structsearch.search.context import build_context, plan_search
+from structsearch.search.objective import Objective
+from structsearch.search.results import record_of
+from structsearch.search.spec import StudySpec
+from structsearch.search.storage import open_storage
+from structsearch.search.study import open_study, own_trials, remaining_trials
+
+#: ``on_trial(done, feasible, best_score)`` after every finished trial (progress bars).
+ProgressFn = Callable[[int, int, float | None], None]
+
+
+class _StopAtTarget:
+    """Stop when the study holds ``target`` own trials (counts other workers' trials too)."""
+
+    def __init__(self, target: int, on_trial: ProgressFn | None) -> None:
+        self.target = target
+        self.on_trial = on_trial
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        mine = own_trials(study)
+        finished = [t for t in mine if t.state != TrialState.RUNNING]
+        if self.on_trial:
+            recs = [record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+            feasible = [r for r in recs if r.feasible and r.trained]
+            best = max((r.score for r in feasible), default=None)
+            self.on_trial(len(finished), len(feasible), best)
+        if len(mine) >= self.target:
+            study.stop()
+
+
+def run_search(
+    spec: StudySpec,
+    storage_url: str | None = None,
+    on_trial: ProgressFn | None = None,
+    heartbeat_interval: int | None = None,
+) -> optuna.Study:
+    """Validate, create or resume the study, and run trials until it holds ``spec.trials``."""
+    plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
+    study = open_study(plan, storage)
+    todo = remaining_trials(study, spec.trials)
+    if on_trial:
+        done = len(own_trials(study))
+        on_trial(done, 0, None)
+    if todo == 0:
+        return study
+    ctx = build_context(plan)
+    stopper = _StopAtTarget(spec.trials, on_trial)
+    study.optimize(Objective(ctx), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
+    return study

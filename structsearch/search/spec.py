@@ -1,0 +1,169 @@
+"""`StudySpec`: everything that defines a search, validated by Pydantic.
+
+A spec comes from a YAML file in ``studies/`` (read with ``yaml.safe_load``), from CLI flags, or
+from ``POST /api/v1/searches`` as JSON; all three end up here, so validation happens in one place.
+Validation here is *structural* (types, names, budget syntax); checks that need models or data
+(unknown model, a budget below the smallest student) happen when the search context is built,
+still before anything is stored or trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from structsearch.cost import parse_budget
+from structsearch.errors import BudgetError, StructsearchError
+
+Objective = Literal["accuracy", "macs", "params"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherSpec(_Strict):
+    """The teacher: a timm name, its kwargs, and a checkpoint or a short training run to make one."""
+
+    model: str
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Without a checkpoint the teacher is trained on the training split for this many epochs first
+    #: (cached on disk, so only the first search pays for it). 0 means: use it as initialised.
+    train_epochs: int = Field(default=0, ge=0, le=1000)
+
+
+class StudentSpec(_Strict):
+    """The student's base architecture; ``None`` model means the teacher's own (weights inherited)."""
+
+    model: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSection(_Strict):
+    """Training data for the proxy and the held-out split that scores it."""
+
+    train: str = "digits"
+    #: A separate validation source (e.g. ``npz:test.npz[:5000]``); otherwise carved from ``train``.
+    val: str | None = None
+    val_size: int | float = Field(default=0.2, gt=0)
+    train_size: int | None = Field(default=None, gt=0)
+    #: Input resolution in pixels; default: the teacher's own.
+    input_size: int | None = Field(default=None, ge=8, le=1024)
+
+
+class BudgetSection(_Strict):
+    """Hard budgets: ``300M``, ``1.2G``, ``60%`` (of the teacher). At least one is usually set."""
+
+    flops: str | None = None
+    params: str | None = None
+
+    @field_validator("flops", "params", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        return None if v is None else str(v)
+
+    @model_validator(mode="after")
+    def _parse(self) -> "BudgetSection":
+        if self.flops is not None:
+            parse_budget(self.flops, "flops")
+        if self.params is not None:
+            parse_budget(self.params, "params")
+        return self
+
+
+class ProxySection(_Strict):
+    """Short KD proxy settings (see ``structsearch.distill.ProxyConfig`` for their meaning)."""
+
+    steps: int = Field(default=200, ge=1, le=1_000_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    feature_kd: bool = False
+    device: str = "auto"
+
+
+class StudySpec(_Strict):
+    """A whole search. ``name`` identifies its Optuna study (re-running the spec resumes it)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+    teacher: TeacherSpec
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    data: DataSection = Field(default_factory=DataSection)
+    budget: BudgetSection = Field(default_factory=BudgetSection)
+    objectives: tuple[Objective, ...] = ("accuracy", "macs")
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    trials: int = Field(default=20, ge=1, le=100_000)
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    importance: Literal["l1", "random"] = "l1"
+    seed: int = 0
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or v[0] != "accuracy" or len(set(v)) != len(v) or len(v) > 2:
+            raise ValueError("objectives must be [accuracy] or [accuracy, macs] or [accuracy, params]")
+        return v
+
+    @property
+    def single_objective(self) -> bool:
+        return len(self.objectives) == 1
+
+    def fingerprint(self) -> str:
+        """Hash of what makes scores comparable: teacher, student base, data, proxy, importance, seed."""
+        key = self.model_dump(include={"teacher", "student", "data", "proxy", "importance", "seed"})
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, **changes: Any) -> "StudySpec":
+        """A copy with top-level or dotted (``budget.flops``) fields replaced, validated again."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return parse_study_spec(data)
+
+
+def parse_study_spec(data: Any, source: str = "study spec") -> StudySpec:
+    """Validate a dict into a :class:`StudySpec`; errors become one readable line."""
+    if not isinstance(data, dict):
+        raise StructsearchError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise StructsearchError(f"{source}: {_one_line(e)}") from None
+    except BudgetError as e:
+        raise BudgetError(f"{source}: {e}") from None
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    """Read a YAML study spec safely (``yaml.safe_load``) and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise StructsearchError(f"study spec not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise StructsearchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_study_spec(data, str(p))
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "spec"
+        msg = re.sub(r"^Value error, ", "", err["msg"])
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,58 @@
+"""Where studies live: one resolution rule for the CLI, the worker and the API.
+
+Order: an explicit ``--storage URL``, then ``$STRUCTSEARCH_STORAGE``, then the embedded default,
+a SQLite file at ``$STRUCTSEARCH_HOME/studies.db`` (``STRUCTSEARCH_HOME`` defaults to
+``~/.structsearch``). Any SQLAlchemy URL works (``postgresql+psycopg://...`` for the service).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+
+from structsearch.errors import StructsearchError
+
+
+def home() -> Path:
+    """structsearch's data directory: studies, cached teachers and teacher outputs, artifacts."""
+    return Path(os.environ.get("STRUCTSEARCH_HOME", Path.home() / ".structsearch")).expanduser()
+
+
+def default_storage_url() -> str:
+    return f"sqlite:///{home() / 'studies.db'}"
+
+
+def resolve_storage_url(url: str | None = None) -> str:
+    """The storage URL to use (see the module docstring for the order)."""
+    return url or os.environ.get("STRUCTSEARCH_STORAGE") or default_storage_url()
+
+
+def open_storage(
+    url: str | None = None, create: bool = True, heartbeat_interval: int | None = None
+) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage; heartbeats (for dead-worker detection) when an interval is given.
+
+    With ``create=False`` (read-only commands such as ``best``) a SQLite file that does not exist
+    is an error instead of a new empty database.
+    """
+    url = resolve_storage_url(url)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        if not create and not path.is_file():
+            raise StructsearchError(f"storage {url} does not exist; run `structsearch search` first or pass --storage")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict = {}
+    if heartbeat_interval:
+        kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": heartbeat_interval * 3,
+                  "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers
+        raise StructsearchError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+
+
+def artifacts_dir() -> Path:
+    """Where trained students of every trial are kept (``$STRUCTSEARCH_ARTIFACTS`` overrides)."""
+    return Path(os.environ.get("STRUCTSEARCH_ARTIFACTS", home() / "artifacts")).expanduser()

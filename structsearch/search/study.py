@@ -1,0 +1,135 @@
+"""Study mechanics: create or resume an Optuna study for a spec, warm-start it, run trials.
+
+* Re-running a spec resumes its study (same name); the study runs until it holds ``trials`` trials
+  of its own (warm-start copies do not count).
+* A new study starts from earlier trials of the same teacher, student base, data and proxy
+  (same :meth:`StudySpec.fingerprint`) in the same storage: their scores stay valid, only the
+  constraints are recomputed for the new budget, so a new budget does not retrain known structures.
+* Metric names and per-trial MACs, params, spec and scores are stored on the study, so the Optuna
+  dashboard is informative on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from structsearch.errors import StructsearchError
+from structsearch.search.context import SearchPlan
+from structsearch.search.objective import objective_values
+from structsearch.search.results import STUDY_MARKER, structsearch_studies
+from structsearch.search.spec import StudySpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: Fields that may change when a spec is re-run on its existing study.
+_RESUMABLE_CHANGES = {"trials", "sampler"}
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """TPE by default (constraint-aware through ``trial.set_constraint``), NSGA-II, or random."""
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(20, spec.trials // 3)))
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Prune weak trials on intermediate accuracy (single-objective studies only: Optuna cannot
+    prune multi-objective ones)."""
+    if spec.single_objective:
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.proxy.steps // 4))
+    return optuna.pruners.NopPruner()
+
+
+def directions(spec: StudySpec) -> list[str]:
+    return ["maximize" if o == "accuracy" else "minimize" for o in spec.objectives]
+
+
+def own_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials this study ran itself (not copied from an earlier study), finished or running."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if "copied_from" not in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    ]
+
+
+def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create the spec's study, or load it when it exists (then the spec must match)."""
+    spec = plan.spec
+    existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
+    if spec.name in existing:
+        stored = existing[spec.name].user_attrs.get(STUDY_MARKER)
+        if stored is None:
+            raise StructsearchError(f"study '{spec.name}' exists but was not created by structsearch; choose another name")
+        old = StudySpec.model_validate(json.loads(stored)).model_dump()
+        new = spec.model_dump()
+        changed = sorted(k for k in new if new[k] != old.get(k) and k not in _RESUMABLE_CHANGES)
+        if changed:
+            raise StructsearchError(
+                f"study '{spec.name}' already exists with different {', '.join(changed)}; "
+                "give the search a new name (it will start from the earlier trials)"
+            )
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
+        study.set_user_attr("trials_requested", spec.trials)
+        return study
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        directions=directions(spec),
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+    )
+    study.set_metric_names(list(spec.objectives))
+    for key, value in plan.study_attrs().items():
+        study.set_user_attr(key, value)
+    study.set_user_attr(STUDY_MARKER, spec.model_dump_json())
+    warm_start(study, plan, storage)
+    return study
+
+
+def warm_start(study: optuna.Study, plan: SearchPlan, storage: optuna.storages.BaseStorage) -> int:
+    """Copy finished trials of earlier studies with the same fingerprint; returns how many."""
+    fp = plan.spec.fingerprint()
+    seen: set[str] = set()
+    copied = 0
+    for other in structsearch_studies(storage):
+        if other.study_name == study.study_name or other.user_attrs.get("fingerprint") != fp:
+            continue
+        for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            key = t.user_attrs.get("spec_key")
+            if key is None or key in seen or not t.user_attrs.get("trained"):
+                continue
+            seen.add(key)
+            study.add_trial(_copy_for(t, other.study_name, plan))
+            copied += 1
+    return copied
+
+
+def _copy_for(t: FrozenTrial, source: str, plan: SearchPlan) -> FrozenTrial:
+    macs, params = t.user_attrs["macs"], t.user_attrs["params"]
+    system_attrs = {}
+    if plan.max_macs is not None:
+        system_attrs["constraints:flops"] = float(macs - plan.max_macs)
+    if plan.max_params is not None:
+        system_attrs["constraints:params"] = float(params - plan.max_params)
+    values = objective_values(plan.spec.objectives, t.user_attrs["score"], macs, params)
+    return optuna.trial.create_trial(
+        params=t.params,
+        distributions=t.distributions,
+        values=[values] if isinstance(values, float) else list(values),
+        user_attrs={**t.user_attrs, "copied_from": f"{source}#{t.number}"},
+        system_attrs=system_attrs,
+    )
+
+
+def remaining_trials(study: optuna.Study, target: int) -> int:
+    return max(0, target - len(own_trials(study)))
+
+
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]

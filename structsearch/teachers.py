@@ -1,0 +1,94 @@
+"""Teachers: load a checkpoint, or train a small teacher once and cache it.
+
+The embedded default has no pretrained teacher (nothing may be downloaded), so the study spec can
+ask for one to be trained on the training split first (``teacher.train_epochs``). The result is
+cached under ``$STRUCTSEARCH_HOME/teachers`` keyed by everything that determines it, so only the
+first search pays for it and every later search, process and worker reuses the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structsearch.data import Augment, LoadedData, Preprocess, batches
+from structsearch.models import create_model, file_hash, load_checkpoint
+
+
+def teacher_id(model: str, kwargs: dict[str, Any], checkpoint: str | None) -> str:
+    """Identifies a teacher's weights: name, kwargs and the checkpoint's content hash."""
+    ckpt = file_hash(checkpoint) if checkpoint else "init"
+    return f"{model}:{json.dumps(kwargs, sort_keys=True)}:{ckpt}"
+
+
+def fit_teacher(
+    model: nn.Module,
+    data: LoadedData,
+    train_idx: torch.Tensor,
+    preprocess: Preprocess,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 0.1,
+) -> nn.Module:
+    """Train ``model`` from scratch with cross-entropy (SGD, cosine, crop+flip); deterministic on CPU."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    augment = Augment()
+    steps = max(1, epochs * math.ceil(len(train_idx) / batch_size))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        for idx in batches(len(train_idx), batch_size, g, drop_last=True):
+            rows = train_idx[idx]
+            x = preprocess(augment(data.x[rows], g))
+            loss = F.cross_entropy(model(x), data.y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def trained_teacher(
+    model: str,
+    kwargs: dict[str, Any],
+    data: LoadedData,
+    data_key: str,
+    train_idx: torch.Tensor,
+    preprocess: Preprocess,
+    epochs: int,
+    seed: int,
+    cache_dir: Path,
+) -> tuple[nn.Module, Path]:
+    """The teacher trained by :func:`fit_teacher`, from the cache when the same one exists."""
+    key_src = json.dumps(
+        {"model": model, "kwargs": kwargs, "data": data_key, "train": hashlib.sha256(train_idx.numpy().tobytes()).hexdigest(),
+         "preprocess": repr(preprocess), "epochs": epochs, "seed": seed, "v": 1},
+        sort_keys=True,
+    )
+    path = cache_dir / f"{model}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
+    net = create_model(model, **kwargs)
+    if path.is_file():
+        try:
+            load_checkpoint(net, path)
+            return net.eval(), path
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is retrained, never fatal
+            path.unlink(missing_ok=True)
+    fit_teacher(net, data, train_idx, preprocess, epochs, seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    return net, path
