@@ -9,6 +9,7 @@ a feasible new one inherits the teacher's weights and is scored by the short KD 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import TYPE_CHECKING, Callable
 
 import optuna
@@ -87,12 +88,25 @@ class Objective:
         return objective_values(objectives, result.val_top1, cost.macs, cost.params)
 
 
-def _scored_before(study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenTrial | None:
-    """A finished, trained trial of the same structure, if any (never trains a structure twice)."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number != number and t.user_attrs.get("spec_key") == key and t.user_attrs.get("trained"):
-            return t
-    return None
+def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:
+    """A finished, trained trial of the same structure, if any (never trains a structure twice).
+
+    Several workers may propose the same structure at once. The trial with the lower number
+    trains it; a later one waits for it and reuses its score. If the earlier one fails (its worker
+    died), the later one trains the structure itself.
+    """
+    while True:
+        same = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number != number and t.user_attrs.get("spec_key") == key
+        ]
+        done = [t for t in same if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+        if done:
+            return done[0]
+        if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
+            return None
+        time.sleep(poll_s)
 
 
 def _pruning_reporter(trial: optuna.Trial) -> Callable[[int, float], None]:

@@ -47,12 +47,20 @@ def run_search(
     storage_url: str | None = None,
     on_trial: ProgressFn | None = None,
     heartbeat_interval: int | None = None,
+    max_trials: int | None = None,
 ) -> optuna.Study:
-    """Validate, create or resume the study, and run trials until it holds ``spec.trials``."""
+    """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
+
+    ``max_trials`` caps how many trials this call runs (a service worker runs one per job);
+    ``heartbeat_interval`` turns on Optuna's heartbeats so a killed worker's trial is failed and
+    retried by the next worker instead of staying RUNNING forever.
+    """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
     study = open_study(plan, storage)
     todo = remaining_trials(study, spec.trials)
+    if max_trials is not None:
+        todo = min(todo, max_trials)
     if on_trial:
         done = len(own_trials(study))
         on_trial(done, 0, None)
