@@ -29,6 +29,9 @@ _WRITE_SUFFIXES: tuple[tuple[str, int], ...] = (("T", 10**12), ("G", 10**9), ("M
 #: Signs are deliberately not accepted: a negative budget is always a mistake.
 _BUDGET_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[kmgt%]?)$", re.IGNORECASE)
 
+#: A leading number, to tell "300MB" (bad suffix) from "abc" (no number at all) in messages.
+_NUMBER_PREFIX_RE = re.compile(r"^(?:\d+\.?\d*|\.\d+)\s*(?P<rest>.*)$", re.DOTALL)
+
 _LABELS: dict[str, str] = {"flops": "FLOPs budget", "params": "params budget"}
 _EXAMPLES: dict[str, str] = {"flops": "300M, 1.2G", "params": "5M, 850k"}
 
@@ -59,13 +62,25 @@ class Budget:
         return round(self.value * reference)
 
     def __str__(self) -> str:
-        """Canonical spelling that :func:`parse_budget` maps back to an equal Budget."""
+        """Canonical spelling (``"300M"``, ``"1.2G"``, ``"60%"``) that :func:`parse_budget` maps
+        back to an equal Budget.
+
+        Worked in decimal so no digits are lost or invented: ``repr`` of a float is the shortest
+        decimal that reads back as the same float, and scaling it by a power of ten is exact.
+        """
+        exact = Decimal(repr(self.value))
         if self.relative:
-            return f"{self.value * 100:.12g}%"
+            return f"{_plain(exact * 100)}%"
         for suffix, scale in _WRITE_SUFFIXES:
-            if self.value >= scale:
-                return f"{self.value / scale:.12g}{suffix}"
-        return f"{self.value:.12g}"
+            if exact >= scale:
+                return f"{_plain(exact / scale)}{suffix}"
+        return _plain(exact)
+
+
+def _plain(number: Decimal) -> str:
+    """Decimal without exponent or trailing zeros: ``Decimal("300.0")`` -> ``"300"``."""
+    text = f"{number:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
@@ -98,7 +113,7 @@ def _parse_text(text: str, what: str) -> Budget:
         raise _invalid(text, what, "a budget must be positive")
     match = _BUDGET_RE.match(stripped)
     if match is None:
-        raise _invalid(text, what, "not a number with a known suffix")
+        raise _invalid(text, what, _why_unparsed(stripped))
     number = _decimal(match["number"])
     unit = match["unit"].lower()
     if unit == "%":
@@ -108,10 +123,20 @@ def _parse_text(text: str, what: str) -> Budget:
     return _absolute(number * _SUFFIXES[unit], text, what)
 
 
+def _why_unparsed(stripped: str) -> str:
+    """Name the bad suffix when the text starts like a number ("300MB"), else say it is no number."""
+    suffix = _NUMBER_PREFIX_RE.match(stripped)
+    if suffix is not None and suffix["rest"]:
+        return f"unknown suffix {suffix['rest']!r}"
+    return "not a number"
+
+
 def _absolute(count: Decimal | None, text: object, what: str) -> Budget:
     """Validate an absolute count; at least one MAC/parameter, finite."""
     if count is None or not count.is_finite():
         raise _invalid(text, what, "not a finite number")
+    if count <= 0:
+        raise _invalid(text, what, "a budget must be positive")
     if count < 1:
         raise _invalid(text, what, "must be at least 1")
     value = float(count)

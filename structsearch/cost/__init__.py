@@ -1,0 +1,28 @@
+"""The cost model: MACs, parameters and budgets, in the units every budget in the product uses.
+
+Convention: fvcore's, where **one multiply-add counts as one flop** -- i.e. "FLOPs" here are MACs.
+That is the convention of timm's model tables and most pruning/NAS papers, so a ``"300M"`` FLOPs
+budget means "about MobileNetV2-1.0 at 224 px" (0.31 G) and ResNet-50 is 4.11 G. PyTorch's
+``torch.utils.flop_counter.FlopCounterMode`` counts **2** flops per multiply-add (and skips
+normalisation layers), so its numbers are about twice ours; never mix the two. Every
+:class:`CostReport` carries its convention and counter version for that reason.
+
+fvcore alone misses fused attention (``scaled_dot_product_attention``, used by timm ViTs); the
+counter adds a handler for it and raises :class:`~structsearch.errors.CostError` instead of
+under-counting when any other matmul-like op goes uncounted.
+
+Budgets (``"300M"``, ``"1.2G"``, ``"850k"``, ``"60%"`` of the teacher) are parsed only by
+:func:`parse_budget`.
+"""
+
+from structsearch.cost.budget import Budget, format_count, parse_budget
+from structsearch.cost.counter import CostReport, default_input_size, measure_cost
+
+__all__ = [
+    "Budget",
+    "CostReport",
+    "default_input_size",
+    "format_count",
+    "measure_cost",
+    "parse_budget",
+]
