@@ -93,13 +93,16 @@ def search(
             "trials": len(records),
             "trained": sum(r.trained and not r.state == "pruned" for r in records),
             "over_budget": sum(not r.feasible for r in records),
+            "teacher_score": study.user_attrs.get("teacher_score"),
+            "teacher_macs": study.user_attrs.get("teacher_macs"),
             "pareto": [r.to_dict() for r in front],
         }
         if format is Format.json:
             print_json(summary)
             return
         console.print(
-            f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget (never trained)"
+            f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
+            f"(never trained); teacher: {summary['teacher_score']}% val top-1 at {_fmt(summary['teacher_macs'])} MACs"
         )
         console.print(_records_table(front, title="Pareto front (score vs MACs)"))
 

@@ -30,12 +30,12 @@ from structsearch.search.storage import open_storage
 DEFAULT_SPEC: dict[str, Any] = {
     "name": "digits-default",
     "teacher": {"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 30},
-    "data": {"train": "digits", "val_size": 0.2, "input_size": 16},
+    "data": {"train": "digits", "val_size": 0.2, "input_size": 8},
     "budget": {"flops": "50%"},
     "objectives": ["accuracy", "macs"],
     "sampler": "tpe",
     "trials": 20,
-    "proxy": {"steps": 60, "batch_size": 64, "lr": 0.05},
+    "proxy": {"steps": 80, "batch_size": 64, "lr": 0.05},
     "seed": 0,
 }
 

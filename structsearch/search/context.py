@@ -110,6 +110,8 @@ class SearchContext:
     plan: SearchPlan
     base: nn.Module
     distiller: Any  # structsearch.distill.Distiller
+    #: The teacher's own top-1 on the validation split: the reference every score is read against.
+    teacher_score: float
 
     def score(self, student: nn.Module, report: Any = None) -> Any:
         """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``."""
@@ -158,9 +160,11 @@ def build_context(plan: SearchPlan) -> SearchContext:
     config = ProxyConfig(
         steps=p.steps, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr, temperature=p.temperature,
         alpha=p.alpha, feature_kd=p.feature_kd and plan.inherit, seed=spec.seed, device=p.device,
+        report_every=max(1, p.steps // 5),
     )
     distiller = Distiller(
         teacher, train_data, train_idx, val_idx, preprocess, config,
         val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(home() / "cache"),
     )
-    return SearchContext(plan, base, distiller)
+    teacher_score, _ = distiller.evaluate(teacher)
+    return SearchContext(plan, base, distiller, teacher_score)

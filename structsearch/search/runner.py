@@ -67,6 +67,8 @@ def run_search(
     if todo == 0:
         return study
     ctx = build_context(plan)
+    if study.user_attrs.get("teacher_score") is None:
+        study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
     stopper = _StopAtTarget(spec.trials, on_trial)
     study.optimize(Objective(ctx), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
     return study
