@@ -8,7 +8,7 @@ never trained, and their score is not a measurement.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -117,22 +117,28 @@ def best_under_budget(
     budget_params: str | None = None,
     study: str | None = None,
     storage_url: str | None = None,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+    records_of: Callable[[optuna.Study], list[TrialRecord]] | None = None,
 ) -> TrialRecord:
     """The highest-scoring stored candidate within the budgets (one study, or all of them).
 
     Raises a one-line error when the storage or study does not exist, or when no candidate fits;
     the latter names the nearest candidate so the user knows how far off the budget is.
+    A long-running caller (the API) passes its open ``storage`` and a cached ``records_of``
+    instead of opening the storage and reading every trial per call.
     """
     if budget_flops is None and budget_params is None:
         raise BudgetError("give --budget-flops and/or --budget-params, e.g. --budget-flops 300M")
-    storage = open_storage(storage_url, create=False)
+    storage = storage or open_storage(storage_url, create=False)
+    records_of = records_of or study_records
     studies = [load_study(study, storage)] if study else structsearch_studies(storage)
     if not studies:
         raise StructsearchError("this storage holds no structsearch studies; run `structsearch search` first")
     fits, all_scored = [], []
     for s in studies:
         max_macs, max_params = _limit(budget_flops, "flops", s), _limit(budget_params, "params", s)
-        for r in scored(study_records(s)):
+        for r in scored(records_of(s)):
             all_scored.append((r, max_macs, max_params))
             if (max_macs is None or r.macs <= max_macs) and (max_params is None or r.params <= max_params):
                 fits.append(r)

@@ -48,16 +48,18 @@ def run_search(
     on_trial: ProgressFn | None = None,
     heartbeat_interval: int | None = None,
     max_trials: int | None = None,
+    sampler_seed: int | None = None,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
     ``max_trials`` caps how many trials this call runs (a service worker runs one per job);
     ``heartbeat_interval`` turns on Optuna's heartbeats so a killed worker's trial is failed and
-    retried by the next worker instead of staying RUNNING forever.
+    retried by the next worker instead of staying RUNNING forever; ``sampler_seed`` (default: the
+    spec's seed) lets each such call propose differently.
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
-    study = open_study(plan, storage)
+    study = open_study(plan, storage, sampler_seed)
     todo = remaining_trials(study, spec.trials)
     if max_trials is not None:
         todo = min(todo, max_trials)

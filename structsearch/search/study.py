@@ -29,13 +29,18 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 _RESUMABLE_CHANGES = {"trials", "sampler"}
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """TPE by default (constraint-aware through ``trial.set_constraint``), NSGA-II, or random."""
+def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """TPE by default (constraint-aware through ``trial.set_constraint``), NSGA-II, or random.
+
+    ``seed`` overrides ``spec.seed`` for the sampler only: service workers start a fresh sampler
+    per trial, and with the spec's seed every one would replay the same first proposals.
+    """
+    seed = spec.seed if seed is None else seed
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(20, spec.trials // 3)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, spec.trials // 3)))
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -59,7 +64,7 @@ def own_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_seed: int | None = None) -> optuna.Study:
     """Create the spec's study, or load it when it exists (then the spec must match)."""
     spec = plan.spec
     existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
@@ -75,14 +80,14 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage) -> optuna
                 f"study '{spec.name}' already exists with different {', '.join(changed)}; "
                 "give the search a new name (it will start from the earlier trials)"
             )
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, sampler_seed), pruner=make_pruner(spec))
         study.set_user_attr("trials_requested", spec.trials)
         return study
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
         directions=directions(spec),
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, sampler_seed),
         pruner=make_pruner(spec),
     )
     study.set_metric_names(list(spec.objectives))
