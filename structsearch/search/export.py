@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,10 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, atol:
         raise StructsearchError("ONNX export needs onnx and onnxruntime: pip install 'structsearch[onnx]'") from None
     model = model.eval()
     x = torch.randn(2, *input_size)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter handles every family here; silence its notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     with torch.no_grad():
         expected = model(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Callable
 
 import optuna
@@ -90,7 +91,9 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
         sampler=make_sampler(spec, sampler_seed),
         pruner=make_pruner(spec),
     )
-    study.set_metric_names(list(spec.objectives))
+    with warnings.catch_warnings():  # stable in practice; Optuna still labels it experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(spec.objectives))
     for key, value in plan.study_attrs().items():
         study.set_user_attr(key, value)
     study.set_user_attr(STUDY_MARKER, spec.model_dump_json())

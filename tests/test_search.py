@@ -1,0 +1,202 @@
+"""End-to-end search on the embedded default data (digits), tiny enough to run in seconds.
+
+Real Optuna studies in a real SQLite file, real KD proxy runs, real teachers (trained for one epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from structsearch.errors import BudgetError, StructsearchError
+from structsearch.search import (
+    best_under_budget,
+    default_spec,
+    export_trial,
+    load_study_spec,
+    pareto_front,
+    parse_study_spec,
+    run_search,
+    study_records,
+)
+from structsearch.search.context import plan_search
+from structsearch.search.results import load_study
+from structsearch.search.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "teacher": {"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 1},
+    "data": {"train": "digits", "val_size": 0.2, "input_size": 8},
+    "budget": {"flops": "40%"},
+    "trials": 6,
+    "proxy": {"steps": 4, "batch_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A private STRUCTSEARCH_HOME (studies.db, teachers, caches, artifacts) for this module."""
+    d = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STRUCTSEARCH_HOME", str(d))
+    mp.delenv("STRUCTSEARCH_STORAGE", raising=False)
+    mp.delenv("STRUCTSEARCH_ARTIFACTS", raising=False)
+    yield d
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tiny_study(home: Path) -> optuna.Study:
+    return run_search(parse_study_spec(TINY))
+
+
+def test_spec_files_parse_and_default_matches_yaml() -> None:
+    assert load_study_spec(ROOT / "studies" / "digits_default.yaml") == default_spec()
+    cifar = load_study_spec(ROOT / "studies" / "cifar10_resnet56.yaml")
+    assert cifar.teacher.model == "cifar_resnet56" and cifar.budget.flops == "50%"
+
+
+def test_search_records_costs_constraints_and_scores(tiny_study: optuna.Study) -> None:
+    trials = tiny_study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert tiny_study.metric_names == ["accuracy", "macs"]
+    max_macs = tiny_study.user_attrs["max_macs"]
+    assert max_macs == round(0.4 * tiny_study.user_attrs["teacher_macs"])
+    for t in trials:
+        assert {"spec", "spec_key", "macs", "params", "trained"} <= set(t.user_attrs)
+        over = t.user_attrs["macs"] > max_macs
+        assert t.constraints["flops"] == t.user_attrs["macs"] - max_macs
+        # over-budget candidates are recorded with their cost and never trained
+        assert t.user_attrs["trained"] is (not over)
+        assert ("artifact" in t.user_attrs) is (not over)
+        if not over:
+            assert 0 <= t.user_attrs["score"] <= 100 and t.values[1] == t.user_attrs["macs"]
+
+
+def test_pareto_front_is_feasible_and_non_dominated(tiny_study: optuna.Study) -> None:
+    records = study_records(tiny_study)
+    front = pareto_front(records)
+    assert front, "at least one trained feasible candidate"
+    for a in front:
+        assert a.feasible and a.trained
+        for b in records:
+            if b.trained and b.feasible and b is not a:
+                assert not (b.score > a.score and b.macs <= a.macs) and not (b.score >= a.score and b.macs < a.macs)
+
+
+def test_rerun_resumes_and_extends(home: Path, tiny_study: optuna.Study) -> None:
+    assert len(run_search(parse_study_spec(TINY)).get_trials()) == 6  # nothing left to do
+    more = run_search(parse_study_spec({**TINY, "trials": 8}))
+    assert len(more.get_trials()) == 8
+
+
+def test_same_structure_is_not_trained_twice(home: Path, tiny_study: optuna.Study) -> None:
+    # another seed: another fingerprint, so no warm start from "tiny"
+    spec = parse_study_spec({**TINY, "name": "tiny-dup", "trials": 2, "seed": 1})
+    plan = plan_search(spec)
+    storage = open_storage()
+    from structsearch.search.study import open_study
+
+    study = open_study(plan, storage)
+    params = {k: v for k, v in tiny_study.best_trials[0].params.items()}
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    run_search(spec)
+    a, b = study.get_trials()
+    assert a.user_attrs["spec_key"] == b.user_attrs["spec_key"] and "duplicate_of" not in a.user_attrs
+    assert b.user_attrs["duplicate_of"] == a.number and b.user_attrs["score"] == a.user_attrs["score"]
+
+
+def test_new_budget_warm_starts_from_earlier_trials(home: Path, tiny_study: optuna.Study) -> None:
+    spec = parse_study_spec({**TINY, "name": "tiny-30", "budget": {"flops": "30%"}, "trials": 1})
+    study = run_search(spec)
+    copied = [t for t in study.get_trials() if "copied_from" in t.user_attrs]
+    assert copied, "trained trials of the same teacher/data/proxy are reused"
+    max_macs = study.user_attrs["max_macs"]
+    for t in copied:
+        assert t.constraints["flops"] == t.user_attrs["macs"] - max_macs
+    assert len([t for t in study.get_trials() if "copied_from" not in t.user_attrs]) == 1
+
+
+def test_best_under_budget(home: Path, tiny_study: optuna.Study) -> None:
+    records = [r for r in study_records(tiny_study) if r.trained]
+    limit = sorted(r.macs for r in records)[len(records) // 2]
+    best = best_under_budget(str(limit), study="tiny")
+    assert best.macs <= limit
+    assert best.score == max(r.score for r in records if r.macs <= limit)
+    with pytest.raises(BudgetError, match="nearest: study tiny"):
+        best_under_budget("1k", study="tiny")
+    with pytest.raises(StructsearchError, match="no study named 'nope'"):
+        best_under_budget("300M", study="nope")
+    with pytest.raises(StructsearchError, match="does not exist"):
+        best_under_budget("300M", storage_url=f"sqlite:///{home}/missing.db")
+    with pytest.raises(BudgetError, match="300MB"):
+        best_under_budget("300MB")
+
+
+def test_budget_below_smallest_student_stores_nothing(home: Path) -> None:
+    with pytest.raises(BudgetError, match="below the smallest student"):
+        run_search(parse_study_spec({**TINY, "name": "impossible", "budget": {"flops": "1k"}}))
+    assert "impossible" not in optuna.get_all_study_names(open_storage())
+
+
+def test_bad_specs_give_one_line_errors() -> None:
+    with pytest.raises(StructsearchError, match="unknown model 'resnet5000'"):
+        plan_search(parse_study_spec({**TINY, "teacher": {"model": "resnet5000"}}))
+    with pytest.raises(StructsearchError, match="objectives"):
+        parse_study_spec({**TINY, "objectives": ["macs"]})
+    with pytest.raises(BudgetError, match="-1"):
+        parse_study_spec({**TINY, "budget": {"flops": "-1"}})
+    with pytest.raises(StructsearchError, match="unknown_field"):
+        parse_study_spec({**TINY, "unknown_field": 1})
+
+
+def test_single_objective_search_with_pruner(home: Path) -> None:
+    spec = parse_study_spec({**TINY, "name": "tiny-single", "objectives": ["accuracy"], "trials": 3, "proxy": {"steps": 5, "batch_size": 32}})
+    study = run_search(spec)
+    assert len(study.directions) == 1
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
+    assert any(t.intermediate_values for t in study.get_trials() if t.user_attrs.get("trained"))
+
+
+def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
+    best = pareto_front(study_records(tiny_study))[-1]
+    out = tmp_path / "student"
+    written = export_trial("tiny", best.trial, out, onnx=True)
+    assert {p.name for p in written} == {"student.pt", "spec.json", "trial.json", "student.onnx"}
+    assert json.loads((out / "spec.json").read_text()) == best.spec
+    code = (
+        "import torch, structsearch; m = structsearch.load(%r); "
+        "print(m(torch.zeros(2, 3, 8, 8)).shape)" % str(out)
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch.Size([2, 10])" in res.stdout
+    over = next(r for r in study_records(tiny_study) if not r.trained)
+    with pytest.raises(StructsearchError, match="not trained"):
+        export_trial("tiny", over.trial, tmp_path / "x")
+
+
+def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
+    exe = [sys.executable, "-m", "structsearch.cli"]
+    env_ok = subprocess.run(exe + ["best", "--budget-flops", "40%", "--study", "tiny", "--format", "json"],
+                            capture_output=True, text=True)
+    assert env_ok.returncode == 0, env_ok.stderr
+    data = json.loads(env_ok.stdout)
+    assert {"study", "trial", "macs", "params", "score"} <= set(data)
+    bad = subprocess.run(exe + ["best", "--budget-flops", "300MB"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "300MB" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    lst = subprocess.run(exe + ["studies", "--format", "json"], capture_output=True, text=True, check=True)
+    assert "tiny" in {r["study"] for r in json.loads(lst.stdout)}
+    png = tmp_path / "front.png"
+    subprocess.run(exe + ["pareto", "--study", "tiny", "--plot", str(png)], capture_output=True, check=True)
+    assert png.stat().st_size > 1000
