@@ -1,0 +1,110 @@
+"""Feature taps: the stage outputs that feature KD (FitNets) compares between teacher and student.
+
+A tap is a forward hook on a named stage module. Hooks (rather than each model's own
+``forward_intermediates``) work the same for structsearch's ``CifarResNet`` and timm's models,
+observe the ordinary ``forward`` -- so one pass yields logits *and* features -- and leave the model
+untouched once the :class:`FeatureTap` context exits.
+
+Which modules are stages is a property of the family (the names survive surgery: adapters shrink
+blocks inside a stage but keep the stage module and its output width):
+
+* ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``mobilenet``: ``blocks.0..N-1``.
+* ``vit``: not supported. Students drop whole blocks, so block ``i`` of the student is not block
+  ``i`` of the teacher, and token maps would need linear adapters; ViT students distil from logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
+
+from structsearch.errors import StructsearchError
+
+__all__ = ["FeatureKDError", "stage_names", "FeatureTap", "tapped"]
+
+
+class FeatureKDError(StructsearchError):
+    """Feature KD was asked for a model (or teacher/student pair) it cannot be applied to."""
+
+
+_FIXED_STAGES: dict[str, tuple[str, ...]] = {
+    "cifar_resnet": ("layer1", "layer2", "layer3"),
+    "resnet": ("layer1", "layer2", "layer3", "layer4"),
+}
+
+
+def _family_name(model: nn.Module) -> str:
+    from structsearch.space import family_for
+
+    return family_for(model).name
+
+
+def stage_names(model: nn.Module) -> tuple[str, ...]:
+    """Names of the stage modules of ``model`` whose outputs feature KD compares."""
+    family = _family_name(model)
+    if family in _FIXED_STAGES:
+        return _FIXED_STAGES[family]
+    if family == "mobilenet":
+        return tuple(f"blocks.{i}" for i in range(len(model.blocks)))  # type: ignore[arg-type]
+    raise FeatureKDError(
+        f"feature KD is not supported for {family} models (their blocks do not align between "
+        "teacher and student); run without --feature-kd to distil from logits"
+    )
+
+
+def check_feature_pair(teacher: nn.Module, student: nn.Module) -> tuple[str, ...]:
+    """The stage names shared by teacher and student, or an error when feature KD cannot pair them."""
+    t_family, s_family = _family_name(teacher), _family_name(student)
+    if t_family != s_family:
+        raise FeatureKDError(
+            f"feature KD needs teacher and student of the same family, got {t_family} and {s_family}; "
+            "a student of another family distils from logits only (turn feature KD off)"
+        )
+    names, s_names = stage_names(teacher), stage_names(student)
+    if names != s_names:
+        raise FeatureKDError(f"teacher stages {names} and student stages {s_names} differ")
+    return names
+
+
+class FeatureTap:
+    """Collect the outputs of the named modules during a forward pass (see :func:`tapped`)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise FeatureKDError(f"{type(model).__name__} has no module(s) {missing} to tap")
+        self.names = names
+        self.outputs: list[Tensor] = []
+        self._handles = [modules[n].register_forward_hook(self._hook) for n in names]
+
+    def _hook(self, module: nn.Module, inputs: object, output: Tensor) -> None:
+        self.outputs.append(output)
+
+    def take(self) -> list[Tensor]:
+        """The outputs of the last forward pass, in stage order; clears them for the next pass."""
+        out, self.outputs = self.outputs, []
+        if len(out) != len(self.names):
+            raise RuntimeError(f"expected {len(self.names)} tapped outputs, got {len(out)}")
+        return out
+
+    def clear(self) -> None:
+        """Forget recorded outputs (after a pass whose features are not needed, e.g. evaluation)."""
+        self.outputs = []
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@contextmanager
+def tapped(model: nn.Module, names: tuple[str, ...]) -> Iterator[FeatureTap]:
+    """``with tapped(model, names) as tap: model(x); feats = tap.take()`` -- hooks removed on exit."""
+    tap = FeatureTap(model, names)
+    try:
+        yield tap
+    finally:
+        tap.remove()

@@ -1,0 +1,461 @@
+"""The short knowledge-distillation proxy that scores one candidate student.
+
+A :class:`Distiller` is built once per search. It holds everything that is the same for every
+candidate -- the teacher (frozen, in eval mode), the deterministic augmented training stream, the
+teacher's outputs on it (from the on-disk cache), the preprocessed validation images and the
+teacher's predictions on them -- so :meth:`Distiller.score` pays only for what depends on the
+student: BatchNorm recalibration, ``config.steps`` optimisation steps, and one validation pass.
+
+Training draws batches of ``(view, image)`` pairs with a seeded generator, preprocesses them on the
+fly from the in-memory uint8 tensor (no ``DataLoader``: on a two-core CPU its per-item collation
+would cost more than the forward pass), and minimises Hinton's KD loss (plus optional FitNets hints)
+under a cosine learning-rate schedule. Same seed, same data, same device: the same score, bit for
+bit on CPU.
+
+The student may come from another family than the teacher (a ViT student of a CNN teacher): it then
+learns from logits only; whether it starts from inherited or random weights is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from structsearch.data import Augment, LoadedData, Preprocess, batches, check_labels, fingerprint
+from structsearch.distill.bn import recalibrate_bn
+from structsearch.distill.cache import TeacherCache, cache_key
+from structsearch.distill.losses import distill_loss, feature_kd_loss
+from structsearch.distill.taps import FeatureKDError, FeatureTap, check_feature_pair
+from structsearch.distill.teacher import (
+    CachedTeacher,
+    OnlineTeacher,
+    TeacherId,
+    augmented_views,
+    run_teacher,
+    state_digest,
+    tensor_digest,
+)
+from structsearch.errors import DataError, StructsearchError
+
+__all__ = ["ProxyConfig", "ProxyConfigError", "ProxyResult", "Distiller", "train_proxy", "resolve_device"]
+
+#: Version of what the cached teacher outputs mean; bump it when their computation changes.
+CACHE_FORMAT = 1
+#: Keep whole tensors (training views, preprocessed validation images) on the device up to this size;
+#: above it they stay on the CPU and move batch by batch.
+_ON_DEVICE_LIMIT = 1 << 30
+
+Callback = Callable[[int, float], None]
+
+
+class ProxyConfigError(StructsearchError):
+    """A proxy setting out of range (steps, learning rate, temperature, ...)."""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Settings of one short distillation run; identical settings give identical scores.
+
+    Defaults suit fine-tuning an *inherited* student for a few hundred steps: SGD with momentum and
+    a cosine schedule from a small ``lr`` (0.003; measured on ResNet-56 → 50 % width, 0.01 already
+    knocks the inherited weights back for the first tens of steps), Hinton's ``T = 4`` and
+    ``alpha = 0.9``. A student trained from scratch wants a larger ``lr`` (about 0.05).
+    """
+
+    steps: int = 200
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    alpha: float = 0.9
+    #: Add FitNets hints on the stage outputs (same-family students only).
+    feature_kd: bool = False
+    feature_weight: float = 1.0
+    #: Seeds model-side randomness (adapters, dropout) and the order of training batches.
+    seed: int = 0
+    #: Seeds the augmented views; part of the teacher-cache key, so keep it fixed across a search.
+    aug_seed: int = 0
+    #: Augmented copies of each training image the teacher is cached on (random crop + flip).
+    views: int = 2
+    augment: bool = True
+    device: str = "auto"
+    bn_recalibration_batches: int = 8
+    eval_batch_size: int = 256
+    #: With a callback, evaluate on the validation split every this many steps.
+    report_every: int = 50
+    #: NHWC activations: 15-30 % faster CNN training and inference on this project's 2-core CPU.
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        positive_ints = ("steps", "batch_size", "views", "eval_batch_size", "report_every")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ProxyConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.bn_recalibration_batches, bool) or not isinstance(self.bn_recalibration_batches, int) or self.bn_recalibration_batches < 0:
+            raise ProxyConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ProxyConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ProxyConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ProxyConfigError(f"temperature must be positive, got {self.temperature!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ProxyConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0 or self.feature_weight < 0:
+            raise ProxyConfigError("momentum must be in [0, 1); weight_decay and feature_weight must be >= 0")
+        resolve_device(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProxyResult:
+    """The score of one candidate.
+
+    ``val_top1`` is in percent (like ``structsearch eval``); ``teacher_agreement`` is the fraction
+    (0..1) of validation images on which the student's and the teacher's top-1 classes agree.
+    ``history`` holds ``(step, val_top1)`` of the intermediate evaluations (only with a callback).
+    """
+
+    val_top1: float
+    teacher_agreement: float
+    steps: int
+    seconds: float
+    train_images_per_s: float
+    final_loss: float
+    history: tuple[tuple[int, float], ...] = field(default=())
+    teacher_cache_hit: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["history"] = [list(h) for h in self.history]
+        return d
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ProxyConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ProxyConfigError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProxyConfigError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """The classifier's output count as the model declares it (timm's ``num_classes``), if it does."""
+    n = getattr(model, "num_classes", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+class Distiller:
+    """Everything a search's proxy runs share; call :meth:`score` once per candidate.
+
+    ``data``/``train_idx`` are the training images, ``val_data``/``val_idx`` the validation images
+    (``val_data`` defaults to ``data``; indices must then be disjoint). ``teacher_id`` names the
+    teacher in cache keys (build it with :meth:`TeacherId.of`); without it the teacher's weights
+    are hashed. ``cache=None`` keeps the teacher outputs in memory only; ``online_teacher=True``
+    skips caching entirely and runs the teacher on every batch (for measuring what the cache saves).
+    All input checks run here, before any training.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        data: LoadedData,
+        train_idx: Tensor,
+        val_idx: Tensor,
+        preprocess: Preprocess,
+        config: ProxyConfig = ProxyConfig(),
+        *,
+        val_data: LoadedData | None = None,
+        teacher_id: TeacherId | None = None,
+        cache: TeacherCache | None = None,
+        online_teacher: bool = False,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.preprocess = preprocess
+        # eval mode for good (BatchNorm/dropout frozen); its gradients are never needed because it
+        # only runs under inference_mode/no_grad, and only the student's parameters are optimised
+        self.teacher = teacher.eval()
+        self.train_idx = _as_index(train_idx, len(data), "training")
+        val_data = data if val_data is None else val_data
+        self.val_idx = _as_index(val_idx, len(val_data), "validation")
+        if val_data is data and np.intersect1d(self.train_idx.numpy(), self.val_idx.numpy()).size:
+            raise DataError("training and validation indices overlap; a proxy scored on its training images says nothing")
+
+        self.num_classes = num_classes_of(teacher) or self._probe_classes(val_data)
+        check_labels(data, self.num_classes)
+        if val_data is not data:
+            check_labels(val_data, self.num_classes)
+        self.taps: tuple[str, ...] = check_feature_pair(teacher, teacher) if config.feature_kd else ()
+
+        self.teacher_id = teacher_id.to_dict() if teacher_id else {"state": state_digest(teacher)}
+        self.cache = cache
+        self.cache_hit: bool | None = None
+
+        # the deterministic training stream: V augmented copies of every training image
+        x_train = data.x[self.train_idx]
+        augment = Augment() if config.augment else None
+        views = augmented_views(x_train, augment, config.aug_seed, config.views)
+        self.n_train = len(self.train_idx)
+        self.train_views = self._maybe_on_device(views.reshape(-1, *views.shape[2:]))
+        self.train_y = data.y[self.train_idx].to(self.device)
+        train_key = {
+            "what": "teacher-train-outputs",
+            "format": CACHE_FORMAT,
+            "teacher": self.teacher_id,
+            "data": fingerprint(data),
+            "train_idx": tensor_digest(self.train_idx),
+            "preprocess": asdict(preprocess),
+            "augment": asdict(augment) if augment else None,
+            "aug_seed": config.aug_seed,
+            "views": config.views,
+            "views_digest": tensor_digest(views),
+            "taps": list(self.taps),
+        }
+        # the validation set, preprocessed once, and the teacher's predictions on it
+        x_val = val_data.x[self.val_idx]
+        self.val_y = val_data.y[self.val_idx].to(self.device)
+        val_key = {
+            "what": "teacher-val-logits",
+            "format": CACHE_FORMAT,
+            "teacher": self.teacher_id,
+            "data": fingerprint(val_data),
+            "val_idx": tensor_digest(self.val_idx),
+            "preprocess": asdict(preprocess),
+        }
+        if x_val.numel() * 4 <= _ON_DEVICE_LIMIT:
+            self.val_x: Tensor = torch.cat([self._pre(b) for b in x_val.split(config.eval_batch_size)])
+            self._val_preprocessed = True
+        else:
+            self.val_x, self._val_preprocessed = x_val, False
+        val_logits = self._teacher_outputs(val_key, x_val, ())["logits"]
+        self.val_teacher_pred = torch.from_numpy(np.asarray(val_logits).argmax(1)).to(self.device)
+
+        if online_teacher:
+            self.teacher.to(self.device)
+            self.source: OnlineTeacher | CachedTeacher = OnlineTeacher(self.teacher, self.taps)
+        else:
+            outputs = self._teacher_outputs(train_key, self.train_views, self.taps)
+            feats = [outputs[f"feat{k}"] for k in range(len(self.taps))]
+            self.source = CachedTeacher(outputs["logits"], feats, self.device)
+
+    # -- set-up helpers ------------------------------------------------------------------------
+
+    def _pre(self, x_uint8: Tensor) -> Tensor:
+        x = self.preprocess(x_uint8.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def _maybe_on_device(self, t: Tensor) -> Tensor:
+        return t.to(self.device) if t.numel() * t.element_size() <= _ON_DEVICE_LIMIT else t
+
+    def _probe_classes(self, data: LoadedData) -> int:
+        with torch.inference_mode():
+            out = self.teacher.to(self.device)(self._pre(data.x[:1]))
+        return int(out.shape[-1])
+
+    def _teacher_outputs(self, key_parts: dict[str, Any], x: Tensor, taps: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Teacher outputs on ``x``, from the cache when it has them (sets ``cache_hit``)."""
+
+        def compute() -> dict[str, np.ndarray]:
+            self.teacher.to(self.device)
+            return run_teacher(
+                self.teacher, x, self.preprocess, self.config.eval_batch_size, self.device, taps, self.config.channels_last
+            )
+
+        if self.cache is None:
+            self.cache_hit = False
+            return compute()
+        arrays, hit = self.cache.get_or_compute(cache_key(key_parts), compute, key_parts)
+        self.cache_hit = hit if self.cache_hit is None else (self.cache_hit and hit)
+        return arrays
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score(self, student: nn.Module, callback: Callback | None = None) -> ProxyResult:
+        """Distil into ``student`` (trained in place, left in eval mode) and score it on validation.
+
+        ``callback(step, val_top1)`` is called every ``config.report_every`` steps with the current
+        validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        """
+        cfg = self.config
+        start = time.perf_counter()
+        student.to(self.device)
+        if cfg.channels_last:
+            student.to(memory_format=torch.channels_last)
+        torch.manual_seed(cfg.seed)
+        self._probe_student(student)
+        recal = torch.Generator().manual_seed(cfg.seed + 1)
+        recal_batches = (self._pre(self.train_views[p]) for p in self._pair_batches(recal, cfg.bn_recalibration_batches))
+        recalibrate_bn(student, recal_batches)
+        adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
+
+        params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
+        opt = _optimizer(params, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / cfg.steps)))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        history: list[tuple[int, float]] = []
+        loss_sum = torch.zeros((), device=self.device)
+        tail = max(1, min(10, cfg.steps))
+        train_seconds = 0.0
+        student.train()
+        try:
+            t0 = time.perf_counter()
+            for step, pairs in enumerate(self._pair_batches(gen, cfg.steps), start=1):
+                x = self._pre(self.train_views[pairs])
+                t_logits, t_feats = self.source(pairs, x)
+                out = student(x)
+                loss = distill_loss(out, t_logits, self.train_y[pairs.to(self.device) % self.n_train], cfg.temperature, cfg.alpha)
+                if tap is not None:
+                    loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step > cfg.steps - tail:
+                    loss_sum += loss.detach()
+                if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
+                    train_seconds += time.perf_counter() - t0
+                    top1, _ = self.evaluate(student)
+                    history.append((step, top1))
+                    if tap is not None:
+                        tap.clear()  # drop the stage outputs the evaluation pass recorded
+                    callback(step, top1)
+                    student.train()
+                    t0 = time.perf_counter()
+            train_seconds += time.perf_counter() - t0
+        finally:
+            if tap is not None:
+                tap.remove()
+        top1, agreement = self.evaluate(student)
+        seconds = time.perf_counter() - start
+        images = cfg.steps * self._batch_size()
+        return ProxyResult(
+            val_top1=top1,
+            teacher_agreement=agreement,
+            steps=cfg.steps,
+            seconds=seconds,
+            train_images_per_s=images / train_seconds if train_seconds > 0 else float("inf"),
+            final_loss=float(loss_sum) / tail,
+            history=tuple(history),
+            teacher_cache_hit=self.cache_hit,
+        )
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """``(top-1 in percent, agreement with the teacher as a fraction)`` on the validation split.
+
+        Moves ``model`` to the distiller's device and leaves it in eval mode.
+        """
+        model.to(self.device).eval()
+        correct = agree = 0
+        with torch.inference_mode():
+            for begin in range(0, len(self.val_y), self.config.eval_batch_size):
+                sl = slice(begin, begin + self.config.eval_batch_size)
+                x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
+                pred = model(x).argmax(1)
+                correct += int((pred == self.val_y[sl]).sum())
+                agree += int((pred == self.val_teacher_pred[sl]).sum())
+        n = len(self.val_y)
+        return 100.0 * correct / n, agree / n
+
+    # -- scoring helpers -----------------------------------------------------------------------
+
+    def _batch_size(self) -> int:
+        return min(self.config.batch_size, self.n_train * self.config.views)
+
+    def _pair_batches(self, gen: torch.Generator, count: int) -> Iterator[Tensor]:
+        """``count`` batches of flat ``(view, image)`` pair indices, epoch after epoch."""
+        total, size, made = self.n_train * self.config.views, self._batch_size(), 0
+        while made < count:
+            for pairs in batches(total, size, gen, drop_last=True):
+                yield pairs
+                made += 1
+                if made == count:
+                    return
+
+    def _probe_student(self, student: nn.Module) -> None:
+        """Fail before training if the student cannot take the inputs or predicts other classes."""
+        student.eval()
+        x = self.val_x[:2] if self._val_preprocessed else self._pre(self.val_x[:2])
+        try:
+            with torch.no_grad():
+                out = student(x)
+        except (RuntimeError, AssertionError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StructsearchError(
+                f"the student cannot run on the teacher's {x.shape[-2]}x{x.shape[-1]} inputs: {first}"
+            ) from None
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise StructsearchError(
+                f"the student predicts {tuple(out.shape[1:])} outputs but the teacher has {self.num_classes} "
+                "classes; build the student with the teacher's num_classes"
+            )
+
+    def _feature_kd_setup(self, student: nn.Module) -> tuple[nn.ModuleList, FeatureTap]:
+        """1×1 conv adapters from the student's stage widths to the teacher's, and the student's taps."""
+        check_feature_pair(self.teacher, student)
+        pairs = torch.arange(min(2, self.n_train))
+        x = self._pre(self.train_views[pairs])
+        _, t_feats = self.source(pairs, x)
+        tap = FeatureTap(student, self.taps)
+        with torch.no_grad():
+            student(x)
+        s_feats = tap.take()
+        adapters = nn.ModuleList()
+        for name, s, t in zip(self.taps, s_feats, t_feats):
+            if s.shape[2:] != t.shape[2:]:
+                tap.remove()
+                raise FeatureKDError(f"stage {name}: student map {tuple(s.shape[1:])} vs teacher {tuple(t.shape[1:])}")
+            same = s.shape[1] == t.shape[1]
+            adapters.append(nn.Identity() if same else nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False))
+        return adapters.to(self.device), tap
+
+
+def _optimizer(params: list[nn.Parameter], cfg: ProxyConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _as_index(idx: Tensor, n: int, what: str) -> Tensor:
+    if not isinstance(idx, Tensor) or idx.ndim != 1 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise DataError(f"{what} indices must be a 1-D integer tensor")
+    idx = idx.to("cpu", torch.int64)
+    if idx.numel() == 0:
+        raise DataError(f"the {what} split is empty")
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        raise DataError(f"{what} indices must lie in 0..{n - 1}")
+    return idx
+
+
+def train_proxy(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: LoadedData,
+    train_idx: Tensor,
+    val_idx: Tensor,
+    preprocess: Preprocess,
+    config: ProxyConfig = ProxyConfig(),
+    callback: Callback | None = None,
+    **distiller_kwargs: Any,
+) -> ProxyResult:
+    """One-off scoring: build a :class:`Distiller` and score ``student``. A search should keep the Distiller."""
+    return Distiller(teacher, data, train_idx, val_idx, preprocess, config, **distiller_kwargs).score(student, callback)
