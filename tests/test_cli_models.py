@@ -1,0 +1,83 @@
+"""CLI: `models`, `space`, `cost` -- output for people and scripts, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from structsearch.models import create_model
+from structsearch.space import space_of
+
+EXE = [sys.executable, "-m", "structsearch.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(EXE + list(args), capture_output=True, text=True)
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_models_lists_every_family() -> None:
+    res = run("models", "--format", "json")
+    assert {f["family"] for f in json.loads(res.stdout)} == {"cifar_resnet", "resnet", "mobilenet", "vit"}
+
+
+def test_space_prints_blocks_and_mac_range() -> None:
+    res = run("space", "cifar_resnet20", "--format", "json")
+    data = json.loads(res.stdout)
+    assert [len(s) for s in data["stages"]] == [3, 3, 3]
+    assert data["stages"][1][0]["removable"] is False and data["stages"][0][0]["removable"] is True
+    assert 0 < data["smallest"]["macs"] < data["largest"]["macs"]
+    assert data["largest"]["params"] == 269_722  # the published ResNet-20 size
+    table = run("space", "cifar_resnet20")
+    assert "smallest" in table.stdout and "largest" in table.stdout
+
+
+def test_space_of_a_cifar_sized_vit() -> None:
+    res = run("space", "vit_tiny_patch16_224", "--kw", "img_size=32", "--kw", "patch_size=4", "--format", "json")
+    data = json.loads(res.stdout)
+    assert data["input_size"] == [3, 32, 32] and data["stages"][0][0]["heads"] == [1, 2, 3]
+
+
+def test_cost_json_and_student_spec(tmp_path: Path) -> None:
+    res = run("cost", "cifar_resnet56", "--format", "json")
+    full = json.loads(res.stdout)
+    assert full["params"] == 853_018 and "multiply-add" in full["convention"]
+    teacher = create_model("cifar_resnet56")
+    spec = space_of(teacher, "cifar_resnet56").sample(random.Random(0))
+    spec.save(tmp_path / "spec.json")
+    student = json.loads(run("cost", "--spec", str(tmp_path / "spec.json"), "--format", "json").stdout)
+    assert student["macs"] < full["macs"] and student["params"] < full["params"]
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
+        (("space", "convnext_atto"), ("no search-space adapter", "ConvNeXt")),
+        (("cost", "--spec", "/nonexistent/spec.json"), ("spec file not found",)),
+        (("cost", "resnet18", "--kw", "oops"), ("--kw 'oops'",)),
+    ],
+)
+def test_bad_input_is_one_line(args: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    assert_one_line_error(run(*args), *fragments)
+
+
+def test_spec_that_does_not_fit_names_the_block(tmp_path: Path) -> None:
+    bad = {"model": "cifar_resnet20", "stages": [[{"keep": True, "width": 1.0}] * 3, [{"keep": False, "width": 1.0}] + [{"keep": True, "width": 1.0}] * 2, [{"keep": True, "width": 1.0}] * 3]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert_one_line_error(run("cost", "--spec", str(tmp_path / "bad.json")), "layer2.0", "cannot be dropped")
+    (tmp_path / "junk.json").write_text("{nope")
+    assert_one_line_error(run("cost", "--spec", str(tmp_path / "junk.json")), "not valid JSON")
