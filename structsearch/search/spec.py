@@ -105,6 +105,8 @@ class StudySpec(_Strict):
     proxy: ProxySection = Field(default_factory=ProxySection)
     importance: Literal["l1", "random"] = "l1"
     seed: int = 0
+    #: Start a new study from earlier trials of the same teacher, data and proxy in the storage.
+    warm_start: bool = True
 
     @field_validator("objectives")
     @classmethod

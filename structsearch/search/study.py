@@ -27,7 +27,7 @@ from structsearch.search.spec import StudySpec
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: Fields that may change when a spec is re-run on its existing study.
-_RESUMABLE_CHANGES = {"trials", "sampler"}
+_RESUMABLE_CHANGES = {"trials", "sampler", "warm_start"}
 
 
 def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -97,7 +97,8 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
     for key, value in plan.study_attrs().items():
         study.set_user_attr(key, value)
     study.set_user_attr(STUDY_MARKER, spec.model_dump_json())
-    warm_start(study, plan, storage)
+    if spec.warm_start:
+        warm_start(study, plan, storage)
     return study
 
 
