@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from structsearch.cli import model_cmds, search_cmds
+from structsearch.cli import model_cmds, proxy_cmds, search_cmds
 
 app = typer.Typer(
     help="Find the best student of a teacher under a FLOPs or params budget.",
@@ -20,6 +20,8 @@ app.command("studies")(search_cmds.studies)
 app.command("best")(search_cmds.best)
 app.command("pareto")(search_cmds.pareto)
 app.command("export")(search_cmds.export)
+app.command("eval")(proxy_cmds.evaluate)
+app.command("proxy")(proxy_cmds.proxy)
 
 
 def main() -> None:
