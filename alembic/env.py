@@ -1,0 +1,92 @@
+"""Alembic environment of the service's own tables.
+
+The database also holds Optuna's tables (``studies``, ``trials``, ... and Optuna's own
+``alembic_version``) and procrastinate's (``procrastinate_*``). So:
+
+* our version table is ``ss_alembic_version`` (Optuna's ``alembic_version`` is Optuna's);
+* autogenerate only looks at ``ss_`` tables (:func:`include_name`, :func:`include_object`);
+  without the filter it would propose dropping every Optuna and procrastinate table.
+
+The URL comes from the caller (``structsearch db upgrade --storage``, via
+``config.attributes["database_url"]``), else from the service settings (environment).
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from structsearch.service.models import Base
+
+VERSION_TABLE = "ss_alembic_version"
+PREFIX = "ss_"
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def database_url() -> str:
+    url = config.attributes.get("database_url")
+    if url:
+        return url
+    from structsearch.service.settings import ServiceSettings
+
+    return ServiceSettings().database_url
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Reflect only our tables (and everything inside them)."""
+    if type_ == "table":
+        return bool(name) and name.startswith(PREFIX)
+    return True
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Compare only our tables; columns, indexes and constraints follow their table."""
+    if type_ == "table":
+        return bool(name) and name.startswith(PREFIX)
+    table = getattr(obj, "table", None)
+    if table is not None:
+        return table.name.startswith(PREFIX)
+    return True
+
+
+def _configure(**kwargs: object) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
+        include_name=include_name,
+        include_object=include_object,
+        compare_type=True,
+        render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    _configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(database_url())
+    try:
+        with engine.connect() as conn:
+            _configure(connection=conn)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

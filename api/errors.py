@@ -1,0 +1,52 @@
+"""Every error is ``{"detail": "<one line>"}`` with a fitting status; bad input is never a 500.
+
+* HTTP errors raised by routes and dependencies keep their status and headers;
+* request validation (path, query, JSON syntax) -> 422 with the first problems on one line;
+* :class:`StructsearchError` escaping a route -> 422 (it is, by contract, the user's to fix);
+* anything else -> 500 ``internal error`` (logged with its traceback; a bug).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from structsearch.errors import StructsearchError
+
+log = logging.getLogger("structsearch.api")
+
+
+def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, validation_message(exc))
+
+    @app.exception_handler(StructsearchError)
+    async def user_error(request: Request, exc: StructsearchError) -> JSONResponse:
+        return error_response(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; the server log has the details")

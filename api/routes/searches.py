@@ -1,0 +1,130 @@
+"""``/api/v1/searches``: submit, list, describe and cancel searches.
+
+Routes are plain ``def``: FastAPI runs them in its threadpool, which is where the blocking work
+(``plan_search`` builds models and counts their cost, Optuna reads) belongs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, status
+
+from api.deps import PageDep, SearchDep, ServicesDep, WriterDep, read_access
+from api.schemas import (
+    CandidatePublic,
+    ErrorPublic,
+    Page,
+    SearchAccepted,
+    SearchPublic,
+    SearchStatusName,
+    TrialCountsPublic,
+)
+from structsearch.service.models import Search, SearchStatus
+from structsearch.service.repository import SearchRepository
+from structsearch.service.searches import CancelRefused, SubmitFailed, cancel_search, progress, submit_search
+from structsearch.service.studies import StudyReader
+
+router = APIRouter(prefix="/searches", tags=["searches"], dependencies=[Depends(read_access)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "missing or invalid API key"},
+    404: {"model": ErrorPublic, "description": "no such search"},
+    422: {"model": ErrorPublic, "description": "invalid input"},
+}
+
+EXAMPLE_SPEC = {
+    "name": "digits-small",
+    "teacher": {"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 5},
+    "data": {"train": "digits", "input_size": 8},
+    "budget": {"flops": "50%"},
+    "trials": 20,
+    "proxy": {"steps": 60, "batch_size": 64},
+}
+
+
+def search_public(row: Search, reader: StudyReader) -> SearchPublic:
+    p = progress(reader, row)
+    return SearchPublic(
+        id=row.id,
+        name=row.name,
+        requested_name=row.requested_name,
+        status=SearchStatusName(row.status),
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        spec=row.spec,
+        trials=TrialCountsPublic(**vars(p.counts)),
+        best=CandidatePublic(**p.best.to_dict()) if p.best else None,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SearchAccepted,
+    responses={**_ERRORS, 503: {"model": ErrorPublic, "description": "the search could not be queued"}},
+    openapi_extra={"x-study-spec": True},  # api.app points the request body at the StudySpec schema
+)
+def create_search(
+    spec: Annotated[dict[str, Any], Body(description="a study spec (schema: StudySpec)", openapi_examples={"digits": {"summary": "a small search on the embedded digits data", "value": EXAMPLE_SPEC}})],
+    services: ServicesDep,
+    key: WriterDep,
+    response: Response,
+) -> SearchAccepted:
+    """Validate a study spec fully (models built, budgets checked) and queue its trials.
+
+    Nothing is stored when the spec is rejected (422). The study is named after the spec; when
+    that name is taken the search gets the name with a short suffix, and says so.
+    """
+    try:
+        row = submit_search(spec, services.settings, services.db, services.reader, services.queue, key.id)
+    except SubmitFailed as e:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from None
+    renamed = row.name != row.requested_name
+    url = f"/api/v1/searches/{row.id}"
+    response.headers["Location"] = url
+    message = f"search '{row.name}' queued with {row.trials_requested} trials"
+    if renamed:
+        message += f" (the name '{row.requested_name}' was taken, so the study is named '{row.name}')"
+    return SearchAccepted(
+        id=row.id,
+        name=row.name,
+        requested_name=row.requested_name,
+        renamed=renamed,
+        status=SearchStatusName(row.status),
+        trials_requested=row.trials_requested,
+        message=message,
+        url=url,
+    )
+
+
+@router.get("", response_model=Page[SearchPublic], responses=_ERRORS)
+def list_searches(
+    services: ServicesDep,
+    page: PageDep,
+    status_: Annotated[SearchStatusName | None, Query(alias="status", description="only searches in this status")] = None,
+) -> Page[SearchPublic]:
+    """Searches, newest first, with their progress."""
+    with services.db.session() as s:
+        rows, total = SearchRepository(s).page(page.offset, page.limit, SearchStatus(status_.value) if status_ else None)
+    items = [search_public(r, services.reader) for r in rows]
+    return Page(items=items, total=total, offset=page.offset, limit=page.limit)
+
+
+@router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
+def get_search(search: SearchDep, services: ServicesDep) -> SearchPublic:
+    """Status, trial counts and the best candidate so far."""
+    return search_public(search, services.reader)
+
+
+@router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
+def cancel(search: SearchDep, services: ServicesDep, key: WriterDep) -> SearchPublic:
+    """Start no new trials; running trials finish and are kept. 409 if the search already ended."""
+    try:
+        row = cancel_search(services.db, services.queue, search.id)
+    except CancelRefused as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no search with id '{search.id}'")
+    return search_public(row, services.reader)

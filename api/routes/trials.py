@@ -1,0 +1,97 @@
+"""``/api/v1/searches/{id}/trials``: a search's trials and their trained students."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import FileResponse
+from optuna.trial import FrozenTrial
+from starlette.background import BackgroundTask
+
+from api.deps import PageDep, SearchDep, ServicesDep, read_access
+from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
+from structsearch.errors import StructsearchError
+from structsearch.search.results import record_of
+
+router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"], dependencies=[Depends(read_access)])
+
+_ERRORS = {404: {"model": ErrorPublic, "description": "no such search or trial"}, 422: {"model": ErrorPublic}}
+
+
+def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
+    return TrialPublic(
+        **record_of(study, t).to_dict(),
+        duplicate_of=t.user_attrs.get("duplicate_of"),
+        copied_from=t.user_attrs.get("copied_from"),
+        started_at=t.datetime_start,
+        completed_at=t.datetime_complete,
+    )
+
+
+@router.get("", response_model=Page[TrialPublic], responses=_ERRORS)
+def list_trials(
+    search: SearchDep,
+    services: ServicesDep,
+    page: PageDep,
+    state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
+) -> Page[TrialPublic]:
+    """Trials by number (warm-start copies included, marked by ``copied_from``)."""
+    reader = services.reader
+    if state in (TrialStateName.running, TrialStateName.waiting):
+        trials = [t for t in reader.live(search.name) if t.state.name.lower() == state.value]
+    else:
+        trials = list(reader.finished(search.name).trials)
+        if state is None:
+            trials = sorted(trials + reader.live(search.name), key=lambda t: t.number)
+        else:
+            trials = [t for t in trials if t.state.name.lower() == state.value]
+    window = trials[page.offset : page.offset + page.limit]
+    return Page(items=[trial_public(search.name, t) for t in window], total=len(trials), offset=page.offset, limit=page.limit)
+
+
+@router.get(
+    "/{number}/artifact",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "student.pt, spec.json and trial.json"}, **_ERRORS},
+)
+def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> FileResponse:
+    """The trained student of a trial as a zip: ``student.pt``, ``spec.json``, ``trial.json``.
+
+    Load it with ``structsearch.load(DIR)`` after unzipping. 404 when the trial was not trained
+    (over budget, pruned) or its files are not on the API's artifact volume.
+    """
+    from structsearch.search import export_trial
+
+    t = services.reader.trial(search.name, number)
+    if t is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search '{search.name}' has no trial {number}")
+    if not t.user_attrs.get("trained") or t.state.name != "COMPLETE":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"trial {number} was not trained (over budget, pruned or unfinished): no student to download")
+    artifact = Path(str(t.user_attrs.get("artifact", "")))
+    root = services.settings.artifacts
+    if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or not artifact.is_dir():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the files of trial {number} are not on this server's artifact volume ({root})")
+    work = Path(tempfile.mkdtemp(prefix="structsearch-artifact-"))
+    try:
+        files = export_trial(search.name, number, work / "student", storage_url=services.settings.database_url)
+        archive = work / f"{search.name}-trial{number}.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f in files:
+                zf.write(f, arcname=f.name)
+    except StructsearchError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=archive.name,
+        background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
+    )

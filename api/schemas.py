@@ -1,0 +1,134 @@
+"""Request and response bodies of the REST API.
+
+Responses are separate ``...Public`` models (never ORM rows or Optuna objects), so what the API
+promises is written down here and in the OpenAPI document. The request body of
+``POST /api/v1/searches`` is a study spec, validated by :func:`structsearch.search.parse_study_spec`
+(its JSON schema is published as ``StudySpec``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class ErrorPublic(BaseModel):
+    """Every error: one readable line."""
+
+    detail: str = Field(examples=["no search with id 6f0c..."])
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of a list, newest or lowest-numbered first; ``total`` counts every match."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class CandidatePublic(BaseModel):
+    """One candidate student, in the same fields as ``structsearch best --format json``."""
+
+    study: str
+    trial: int
+    state: str
+    trained: bool
+    feasible: bool
+    score: float | None = Field(description="validation top-1 accuracy (%) after the KD proxy")
+    macs: int | None = Field(description="multiply-adds (fvcore: 1 multiply-add = 1 flop)")
+    params: int | None
+    spec: dict[str, Any] | None = Field(description="the student's ArchSpec")
+    seconds: float | None = Field(description="proxy training time")
+
+
+class TrialStateName(str, Enum):
+    complete = "complete"
+    pruned = "pruned"
+    running = "running"
+    waiting = "waiting"
+    fail = "fail"
+
+
+class TrialPublic(CandidatePublic):
+    """A trial of a search (finished or not), with where its result came from."""
+
+    duplicate_of: int | None = Field(default=None, description="an earlier trial of the same structure whose score was reused")
+    copied_from: str | None = Field(default=None, description="warm start: STUDY#TRIAL this trial was copied from")
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class TrialCountsPublic(BaseModel):
+    """The search's own trials by state (``copied`` warm-start trials are not among them)."""
+
+    requested: int
+    complete: int
+    pruned: int
+    running: int
+    waiting: int
+    failed: int
+    trained: int
+    over_budget: int
+    copied: int
+
+
+class SearchStatusName(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class SearchPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str = Field(description="the Optuna study name (shown in the dashboard)")
+    requested_name: str = Field(description="the name in the submitted spec; differs from `name` when that was taken")
+    status: SearchStatusName
+    error: str | None = Field(description="why the search failed or was cancelled")
+    created_at: datetime
+    updated_at: datetime
+    spec: dict[str, Any]
+    trials: TrialCountsPublic
+    best: CandidatePublic | None = Field(description="the best feasible trained candidate so far")
+
+
+class SearchAccepted(BaseModel):
+    """Answer to a submission: the search is stored and its trials are queued."""
+
+    id: uuid.UUID
+    name: str
+    requested_name: str
+    renamed: bool
+    status: SearchStatusName
+    trials_requested: int
+    message: str
+    url: str
+
+
+class ParetoPublic(BaseModel):
+    search_id: uuid.UUID
+    study: str
+    cost: Literal["macs", "params"]
+    front: list[CandidatePublic] = Field(description="feasible trained candidates not dominated in (score up, cost down), by cost")
+
+
+class FamilyPublic(BaseModel):
+    family: str
+    description: str
+    examples: list[str]
+
+
+class HealthPublic(BaseModel):
+    status: str
+    database: str | None = None
+    schema_revision: str | None = None

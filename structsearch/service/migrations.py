@@ -1,0 +1,73 @@
+"""``structsearch db upgrade``: bring a database up to what the service needs, explicitly.
+
+Three schemas share the database, each created here and nowhere else at run time:
+
+1. ours (``ss_*``), by Alembic with its own version table (``alembic/``);
+2. procrastinate's job queue, by our Alembic revision 0002 (PostgreSQL only);
+3. Optuna's (``studies``, ``trials``, ...), by instantiating ``optuna.storages.RDBStorage``,
+   which creates missing tables and checks their version. optuna-dashboard opens the database
+   read-only and creates nothing, so this must run before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from structsearch.errors import StructsearchError
+
+VERSION_TABLE = "ss_alembic_version"
+
+
+def project_root() -> Path:
+    """The source tree holding ``alembic/`` (the package is installed editable, as in the image)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def alembic_config(url: str) -> Config:
+    root = project_root()
+    ini = root / "alembic.ini"
+    if not (root / "alembic" / "env.py").is_file():
+        raise StructsearchError(
+            f"migrations not found under {root / 'alembic'}; install structsearch from its source tree (pip install -e .)"
+        )
+    cfg = Config(str(ini)) if ini.is_file() else Config()
+    cfg.set_main_option("script_location", str(root / "alembic"))
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """Our schema's revision in the database, or None before the first upgrade."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade(url: str) -> dict[str, str | None]:
+    """Apply every migration (idempotent); returns the revisions now in place."""
+    try:
+        command.upgrade(alembic_config(url), "head")
+        storage = optuna.storages.RDBStorage(url)  # creates Optuna's tables when missing
+        optuna_version = storage.get_current_version()
+        storage.engine.dispose()
+    except StructsearchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - drivers raise many types for unreachable servers
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StructsearchError(f"cannot migrate {url}: {first}") from None
+    engine = create_engine(url)
+    try:
+        return {"structsearch": current_revision(engine), "optuna": optuna_version}
+    finally:
+        engine.dispose()

@@ -1,0 +1,110 @@
+"""Reading and writing the ``ss_`` tables. Every method works inside the caller's session.
+
+Concurrency contract (the API's threads and any number of workers on many machines write here):
+
+* A status changes only through :meth:`SearchRepository.transition`, one conditional ``UPDATE
+  ... WHERE status IN (allowed)``: the database serialises competing writers and exactly one of
+  them wins. Final statuses (done, cancelled, failed) are never left, so a late worker cannot
+  turn a cancelled search back into running or done.
+* Names are claimed by the unique constraint on ``ss_searches.name``, not by a prior check:
+  :meth:`SearchRepository.add` reports a lost race as :class:`NameTaken` and the caller picks
+  another name.
+* Nothing here holds a row lock across a trial: workers read a status, then act, then use a
+  conditional transition; the status they read may be stale by then and that is harmless.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from structsearch.service.models import ApiKey, Search, SearchStatus, utcnow
+
+
+class NameTaken(Exception):
+    """Another search already holds this study name."""
+
+
+class SearchRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, search: Search) -> Search:
+        """Insert ``search``; raises :class:`NameTaken` when its name is in use (nothing written)."""
+        try:
+            with self.session.begin_nested():
+                self.session.add(search)
+        except IntegrityError:
+            raise NameTaken(search.name) from None
+        return search
+
+    def get(self, search_id: uuid.UUID) -> Search | None:
+        return self.session.get(Search, search_id)
+
+    def name_exists(self, name: str) -> bool:
+        return self.session.scalar(select(func.count()).select_from(Search).where(Search.name == name)) > 0
+
+    def page(self, offset: int, limit: int, status: SearchStatus | None = None) -> tuple[Sequence[Search], int]:
+        """Newest first; returns one page and the total number of matching searches."""
+        q = select(Search)
+        count = select(func.count()).select_from(Search)
+        if status is not None:
+            q = q.where(Search.status == status.value)
+            count = count.where(Search.status == status.value)
+        rows = self.session.scalars(q.order_by(Search.created_at.desc(), Search.id).offset(offset).limit(limit)).all()
+        return rows, int(self.session.scalar(count) or 0)
+
+    def status_of(self, search_id: uuid.UUID) -> SearchStatus | None:
+        value = self.session.scalar(select(Search.status).where(Search.id == search_id))
+        return None if value is None else SearchStatus(value)
+
+    def transition(
+        self,
+        search_id: uuid.UUID,
+        to: SearchStatus,
+        allowed_from: Iterable[SearchStatus],
+        error: str | None = None,
+    ) -> bool:
+        """Set ``to`` if the current status is in ``allowed_from``; True when this call changed it."""
+        values: dict[str, object] = {"status": to.value, "updated_at": utcnow()}
+        if error is not None:
+            values["error"] = error[:2000]
+        result = self.session.execute(
+            update(Search)
+            .where(Search.id == search_id, Search.status.in_([s.value for s in allowed_from]))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+class ApiKeyRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, name: str, key_hash: str, prefix: str) -> ApiKey:
+        """Insert a key; raises :class:`NameTaken` when the name is in use."""
+        row = ApiKey(name=name, key_hash=key_hash, prefix=prefix)
+        try:
+            with self.session.begin_nested():
+                self.session.add(row)
+        except IntegrityError:
+            raise NameTaken(name) from None
+        return row
+
+    def active_by_hash(self, key_hash: str) -> ApiKey | None:
+        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+
+    def all(self) -> Sequence[ApiKey]:
+        return self.session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+
+    def revoke(self, name: str, when: datetime | None = None) -> bool:
+        result = self.session.execute(
+            update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=when or utcnow())
+        )
+        return result.rowcount == 1

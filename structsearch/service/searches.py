@@ -1,0 +1,165 @@
+"""Submitting, describing and cancelling searches: what the REST API's search routes do.
+
+Submission order, so that a rejected spec leaves nothing behind:
+
+1. :func:`~structsearch.service.admission.admit_spec` (structure, paths inside data roots,
+   allowed kwargs) and :func:`~structsearch.search.context.plan_search` (unknown model, budget
+   below the smallest student). Both only read; any error is the client's and stores nothing.
+2. Claim a unique study name: the spec's own, or with ``-<6 hex of the id>`` appended when a
+   search or an Optuna study (e.g. from the CLI) already uses it. The response says so.
+3. Insert the ``ss_searches`` row (``queued``), create the Optuna study (attributes, warm start
+   from earlier studies with the same teacher/data/proxy), and queue one job per trial. If either
+   of the last two fails (database trouble), the row is marked failed with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import TrialState
+
+from structsearch.errors import StructsearchError
+from structsearch.search.results import TrialRecord, scored
+from structsearch.service.admission import admit_spec
+from structsearch.service.database import Database
+from structsearch.service.models import ACTIVE_STATUSES, Search, SearchStatus
+from structsearch.service.queue import JobQueue
+from structsearch.service.repository import NameTaken, SearchRepository
+from structsearch.service.settings import ServiceSettings
+from structsearch.service.studies import StudyReader
+
+NAME_MAX = 100
+
+
+class SubmitFailed(Exception):
+    """The spec was fine but the search could not be set up (database or queue trouble)."""
+
+
+class CancelRefused(StructsearchError):
+    """The search already reached a final status."""
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials of a search's own (warm-start copies are counted apart, in ``copied``)."""
+
+    requested: int
+    complete: int
+    pruned: int
+    running: int
+    waiting: int
+    failed: int
+    trained: int
+    over_budget: int
+    copied: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: TrialCounts
+    best: TrialRecord | None
+
+
+def submit_search(
+    data: Any,
+    settings: ServiceSettings,
+    db: Database,
+    reader: StudyReader,
+    queue: JobQueue,
+    api_key_id: int | None = None,
+) -> Search:
+    """Validate, store and queue a search (see the module docstring); blocking, seconds."""
+    from structsearch.search.context import plan_search
+    from structsearch.search.study import open_study
+
+    spec = admit_spec(data, settings.data_roots, settings.max_trials)
+    plan = plan_search(spec)
+    search_id = uuid.uuid4()
+    row = _claim_name(db, reader, search_id, spec, api_key_id)
+    try:
+        named = spec.with_overrides(name=row.name)
+        open_study(dataclasses.replace(plan, spec=named), reader.storage)
+        queue.defer_trials(str(search_id), spec.trials)
+    except Exception as e:  # noqa: BLE001 - database/queue failures of any kind
+        reason = f"could not queue the search: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        with db.session() as s:
+            SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
+        raise SubmitFailed(reason) from e
+    return row
+
+
+def _claim_name(db: Database, reader: StudyReader, search_id: uuid.UUID, spec, api_key_id: int | None) -> Search:
+    candidates = [spec.name, f"{spec.name[: NAME_MAX - 7]}-{search_id.hex[:6]}"]
+    for name in candidates:
+        if _optuna_study_exists(reader, name):
+            continue
+        row = Search(
+            id=search_id,
+            name=name,
+            requested_name=spec.name,
+            spec=spec.with_overrides(name=name).model_dump(mode="json"),
+            status=SearchStatus.queued.value,
+            trials_requested=spec.trials,
+            api_key_id=api_key_id,
+        )
+        try:
+            with db.session() as s:
+                SearchRepository(s).add(row)
+            return row
+        except NameTaken:
+            continue
+    raise SubmitFailed(f"could not find a free study name for '{spec.name}'")
+
+
+def _optuna_study_exists(reader: StudyReader, name: str) -> bool:
+    try:
+        reader.storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def cancel_search(db: Database, queue: JobQueue, search_id: uuid.UUID) -> Search | None:
+    """Stop starting trials; running ones finish. None when the search does not exist."""
+    with db.session() as s:
+        repo = SearchRepository(s)
+        row = repo.get(search_id)
+        if row is None:
+            return None
+        if not repo.transition(search_id, SearchStatus.cancelled, ACTIVE_STATUSES, error="cancelled by request"):
+            s.refresh(row)
+            raise CancelRefused(f"search {search_id} is already {row.status}; only queued or running searches can be cancelled")
+    queue.cancel_queued(str(search_id))
+    with db.session() as s:
+        return SearchRepository(s).get(search_id)
+
+
+def progress(reader: StudyReader, row: Search) -> Progress:
+    """Trial counts and the best feasible trained trial so far."""
+    counts = reader.state_counts(row.name)
+    fin = reader.finished(row.name, counts)
+    own = [(t, r) for t, r in zip(fin.trials, fin.records) if "copied_from" not in t.user_attrs]
+    complete = [r for _, r in own if r.state == "complete"]
+    copied = len(fin.trials) - len(own)
+    good = [r for r in scored(fin.records) if r.feasible]
+    return Progress(
+        TrialCounts(
+            requested=row.trials_requested,
+            complete=len(complete),
+            pruned=counts.get(TrialState.PRUNED, 0),
+            running=counts.get(TrialState.RUNNING, 0),
+            waiting=counts.get(TrialState.WAITING, 0),
+            failed=counts.get(TrialState.FAIL, 0),
+            trained=sum(r.trained for r in complete),
+            over_budget=sum(not r.feasible for r in complete),
+            copied=copied,
+        ),
+        max(good, key=lambda r: (r.score, -r.macs)) if good else None,
+    )
