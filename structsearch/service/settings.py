@@ -2,6 +2,8 @@
 
 One object is built by the CLI (``structsearch serve | worker | db | apikey | dashboard``) and
 passed down; nothing reads the environment again later, so tests can build settings directly.
+Only the process environment is read (no ``.env`` file here: the repository's ``.env`` holds
+docker-compose's defaults, which must not leak into a local ``structsearch serve``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _default_database_url() -> str:
 class ServiceSettings(BaseSettings):
     """Everything the API, the workers and the migrations need to know."""
 
-    model_config = SettingsConfigDict(env_prefix="STRUCTSEARCH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="STRUCTSEARCH_", extra="ignore")
 
     #: SQLAlchemy URL of the database holding our tables, Optuna's and procrastinate's
     #: (``postgresql+psycopg://user:pw@host/db``; workers and the queue need PostgreSQL).

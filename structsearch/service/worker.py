@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import warnings
 
 import procrastinate
 
@@ -35,6 +36,7 @@ log = logging.getLogger("structsearch.worker")
 
 def run_worker(settings: ServiceSettings, concurrency: int = 1, name: str | None = None) -> None:
     """Run until SIGTERM/SIGINT (blocking)."""
+    _quiet_optuna_notices()
     asyncio.run(_serve(settings, concurrency, name or f"{socket.gethostname()}-{os.getpid()}"))
 
 
@@ -95,3 +97,11 @@ async def _requeue_stalled_jobs(app: procrastinate.App, settings: ServiceSetting
         except Exception:  # noqa: BLE001 - keep recovering after a database hiccup
             log.exception("stalled-job recovery failed; retrying")
         await asyncio.sleep(every)
+
+
+def _quiet_optuna_notices() -> None:
+    """Optuna flags heartbeats as experimental on every storage a job opens; say it once, not per trial."""
+    import optuna
+
+    warnings.filterwarnings("once", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("once", category=FutureWarning, module=r"optuna\.")

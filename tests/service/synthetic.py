@@ -1,0 +1,44 @@
+"""Finished trials written straight into a study, for API tests that need results but no training."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import optuna
+
+
+def add_trials(
+    study: optuna.Study,
+    n: int,
+    max_macs: int | None = None,
+    seed: int = 0,
+    artifacts: Path | None = None,
+) -> None:
+    """Add ``n`` complete, trained trials with random MACs/params/scores (over budget when
+    ``macs > max_macs``); with ``artifacts``, each gets a dummy student.pt + spec.json there."""
+    rng = random.Random(seed)
+    trials = []
+    for i in range(n):
+        macs, params = rng.randint(100_000, 2_000_000), rng.randint(10_000, 300_000)
+        score = round(rng.uniform(10, 99), 3)
+        feasible = max_macs is None or macs <= max_macs
+        attrs = {
+            "spec": {"model": "cifar_resnet20", "stages": [[{"keep": True, "width": 0.5}]], "i": i},
+            "spec_key": f"{seed:04d}{i:012d}",
+            "macs": macs,
+            "params": params,
+            "trained": feasible,
+            "score": score if feasible else None,
+            "proxy_seconds": 0.1,
+        }
+        if artifacts is not None and feasible:
+            d = artifacts / study.study_name / f"synthetic-{i:05d}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "student.pt").write_bytes(b"not really weights")
+            (d / "spec.json").write_text('{"model": "cifar_resnet20"}')
+            attrs["artifact"] = str(d)
+        system = {"constraints:flops": float(macs - max_macs)} if max_macs is not None else {}
+        values = [score if feasible else 0.0, float(macs)][: len(study.directions)]
+        trials.append(optuna.trial.create_trial(values=values, user_attrs=attrs, system_attrs=system))
+    study.add_trials(trials)

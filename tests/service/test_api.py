@@ -1,0 +1,340 @@
+"""The REST API in-process against a real PostgreSQL: auth, validation, pagination, 404s, results.
+
+No workers here: searches stay queued, and results come from trials written straight into the
+study (tests/service/synthetic.py). The multi-process behaviour is in test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+import zipfile
+from pathlib import Path
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+
+from api import create_app
+from structsearch.search import best_under_budget, pareto_front, study_records
+from structsearch.service.apikeys import create_key
+from structsearch.service.database import Database
+from structsearch.service.settings import ServiceSettings
+from tests.service.conftest import Postgres, make_settings, tiny_spec
+from tests.service.synthetic import add_trials
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def key(settings: ServiceSettings) -> str:
+    db = Database(settings.database_url)
+    try:
+        return create_key(db, "tests")
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def client(settings: ServiceSettings) -> TestClient:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_error(r, status: int, *fragments: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"], body
+    for f in fragments:
+        assert f in body["detail"], body["detail"]
+
+
+def stored(postgres: Postgres, url: str) -> tuple[int, int, int]:
+    """(searches, Optuna studies, queued jobs): all zero after a rejected submission."""
+    return postgres.count(url, "ss_searches"), postgres.count(url, "studies"), postgres.count(url, "procrastinate_jobs")
+
+
+def submit(client: TestClient, key: str, spec: dict) -> dict:
+    r = client.post(f"{API}/searches", json=spec, headers=auth(key))
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+# -- health -------------------------------------------------------------------------------------
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0002"
+
+
+def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
+    name = f"ss_empty_{uuid.uuid4().hex[:8]}"
+    url = postgres.create(name)
+    try:
+        with TestClient(create_app(make_settings(url, tmp_path / "a", data_root))) as c:
+            assert_error(c.get("/readyz"), 503, "structsearch db upgrade")
+            assert c.get("/healthz").status_code == 200
+    finally:
+        postgres.drop(name)
+
+
+def test_models(client: TestClient) -> None:
+    body = client.get(f"{API}/models").json()
+    families = {f["family"] for f in body["items"]}
+    assert {"resnet", "cifar_resnet", "vit"} <= families and body["total"] == len(body["items"])
+
+
+# -- auth -------------------------------------------------------------------------------------
+
+
+def test_submit_and_cancel_need_a_valid_key(client: TestClient, key: str, settings, postgres: Postgres) -> None:
+    r = client.post(f"{API}/searches", json=tiny_spec())
+    assert_error(r, 401, "Authorization: Bearer")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert_error(client.post(f"{API}/searches", json=tiny_spec(), headers=auth("ss_wrong")), 401, "invalid")
+    assert_error(client.post(f"{API}/searches", json=tiny_spec(), headers={"Authorization": "Basic eDp5"}), 401)
+    assert stored(postgres, settings.database_url) == (0, 0, 0)
+    sid = submit(client, key, tiny_spec())["id"]
+    assert_error(client.post(f"{API}/searches/{sid}/cancel"), 401)
+    assert_error(client.post(f"{API}/searches/{sid}/cancel", headers=auth(key + "x")), 401)
+
+
+def test_revoked_key_stops_working(client: TestClient, key: str, settings) -> None:
+    from structsearch.service.repository import ApiKeyRepository
+
+    db = Database(settings.database_url)
+    with db.session() as s:
+        assert ApiKeyRepository(s).revoke("tests")
+    db.dispose()
+    assert_error(client.post(f"{API}/searches", json=tiny_spec(), headers=auth(key)), 401, "revoked")
+
+
+def test_closed_reads_need_a_key(db_url: str, tmp_path: Path, data_root: Path, key: str) -> None:
+    with TestClient(create_app(make_settings(db_url, tmp_path / "a", data_root, open_reads=False))) as c:
+        assert_error(c.get(f"{API}/searches"), 401)
+        assert_error(c.get(f"{API}/models"), 401)
+        assert c.get(f"{API}/searches", headers=auth(key)).status_code == 200
+        assert c.get("/healthz").status_code == 200  # probes never need a key
+
+
+# -- submission -------------------------------------------------------------------------------
+
+
+def test_submit_queues_one_job_per_trial(client: TestClient, key: str, settings, postgres: Postgres) -> None:
+    r = client.post(f"{API}/searches", json=tiny_spec(trials=5), headers=auth(key))
+    assert r.status_code == 202
+    body = r.json()
+    assert body["status"] == "queued" and body["name"] == "tiny" and not body["renamed"]
+    assert r.headers["location"] == f"{API}/searches/{body['id']}" == body["url"]
+    assert stored(postgres, settings.database_url) == (1, 1, 5)
+    detail = client.get(body["url"]).json()
+    assert detail["status"] == "queued" and detail["trials"]["requested"] == 5 and detail["trials"]["complete"] == 0
+    assert detail["best"] is None and detail["spec"]["name"] == "tiny"
+
+
+def test_a_taken_name_gets_a_suffix(client: TestClient, key: str) -> None:
+    first = submit(client, key, tiny_spec(name="same"))
+    second = submit(client, key, tiny_spec(name="same"))
+    assert first["name"] == "same" and second["requested_name"] == "same"
+    assert second["renamed"] and second["name"] == f"same-{uuid.UUID(second['id']).hex[:6]}"
+    assert "was taken" in second["message"]
+
+
+def test_a_name_used_by_a_cli_study_is_not_reused(client: TestClient, key: str, settings) -> None:
+    optuna.create_study(study_name="from-cli", storage=settings.database_url)
+    assert submit(client, key, tiny_spec(name="from-cli"))["renamed"]
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        ({"teacher": {"model": "no_such_net"}}, ("no_such_net",)),
+        ({"budget": {"flops": "1k"}}, ("below the smallest student",)),
+        ({"budget": {"flops": "300MB"}}, ("300MB",)),
+        ({"trials": 0}, ("trials",)),
+        ({"trials": 51}, ("at most 50",)),
+        ({"data": {"train": "npz:/etc/passwd"}}, ("outside the allowed data roots",)),
+        ({"data": {"train": "npz:relative/x.npz"}}, ("absolute",)),
+        ({"data": {"train": "torchvision:CIFAR10:{root}?download=1"}}, ("downloads are not allowed",)),
+        ({"teacher": {"model": "cifar_resnet20", "checkpoint": "{root}/../../etc/x.pt"}}, ("outside",)),
+        ({"teacher": {"model": "cifar_resnet20", "kwargs": {"pretrained": True}}}, ("pretrained",)),
+        ({"teacher": {"model": "cifar_resnet20", "kwargs": {"x": {"nested": 1}}}}, ("only numbers",)),
+        ({"unknown_field": 1}, ("unknown_field",)),
+    ],
+)
+def test_rejected_specs_store_nothing(
+    client: TestClient, key: str, settings, postgres: Postgres, data_root: Path, change: dict, fragments: tuple[str, ...]
+) -> None:
+    spec = tiny_spec()
+    for k, v in change.items():
+        if isinstance(v, dict) and isinstance(spec.get(k), dict):
+            v = {kk: (vv.replace("{root}", str(data_root)) if isinstance(vv, str) else vv) for kk, vv in v.items()}
+        spec[k] = v
+    assert_error(client.post(f"{API}/searches", json=spec, headers=auth(key)), 422, *fragments)
+    assert stored(postgres, settings.database_url) == (0, 0, 0)
+
+
+def test_a_checkpoint_inside_the_roots_passes_the_path_check(client: TestClient, key: str, data_root: Path) -> None:
+    # inside the root, so the path check passes; the file does not exist, which plan_search reports
+    spec = tiny_spec(teacher={"model": "cifar_resnet20", "checkpoint": str(data_root / "missing.pt")})
+    assert_error(client.post(f"{API}/searches", json=spec, headers=auth(key)), 422, "checkpoint not found")
+
+
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", "null", '"a string"'])
+def test_malformed_bodies_are_422(client: TestClient, key: str, body: str) -> None:
+    r = client.post(f"{API}/searches", content=body, headers={**auth(key), "content-type": "application/json"})
+    assert_error(r, 422)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_pagination(client: TestClient, key: str) -> None:
+    ids = [submit(client, key, tiny_spec(name=f"p{i}"))["id"] for i in range(3)]
+    page = client.get(f"{API}/searches", params={"limit": 2}).json()
+    assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 0
+    assert [s["id"] for s in page["items"]] == ids[::-1][:2]  # newest first
+    rest = client.get(f"{API}/searches", params={"limit": 2, "offset": 2}).json()
+    assert [s["id"] for s in rest["items"]] == [ids[0]]
+    assert client.get(f"{API}/searches", params={"offset": 10}).json()["items"] == []
+    assert client.get(f"{API}/searches", params={"status": "queued"}).json()["total"] == 3
+    assert client.get(f"{API}/searches", params={"status": "done"}).json()["total"] == 0
+    for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "x"}, {"status": "nope"}):
+        assert_error(client.get(f"{API}/searches", params=bad), 422)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["", "/trials", "/pareto", "/best?budget_flops=1M", "/trials/0/artifact"],
+)
+def test_unknown_ids_are_404(client: TestClient, path: str) -> None:
+    for sid in (str(uuid.uuid4()), "not-a-uuid", "0"):
+        assert_error(client.get(f"{API}/searches/{sid}{path}"), 404, "no search")
+
+
+def test_unknown_search_cancel_is_404(client: TestClient, key: str) -> None:
+    assert_error(client.post(f"{API}/searches/{uuid.uuid4()}/cancel", headers=auth(key)), 404)
+
+
+@pytest.fixture
+def search_with_results(client: TestClient, key: str, settings) -> tuple[dict, optuna.Study]:
+    """A submitted search whose study holds 40 synthetic finished trials (some over budget)."""
+    body = submit(client, key, tiny_spec(name="results"))
+    study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
+    add_trials(study, 40, max_macs=study.user_attrs["max_macs"], artifacts=settings.artifacts)
+    return body, study
+
+
+def test_pareto_and_best_match_the_library(client: TestClient, search_with_results, settings) -> None:
+    body, study = search_with_results
+    url = body["url"]
+    records = study_records(study)
+    for cost in ("macs", "params"):
+        got = client.get(f"{url}/pareto", params={"cost": cost}).json()
+        assert got["front"] == [r.to_dict() for r in pareto_front(records, cost)] and got["front"]
+    budget = str(study.user_attrs["max_macs"])
+    got = client.get(f"{url}/best", params={"budget_flops": budget, "budget_params": "250k"}).json()
+    want = best_under_budget(budget, "250k", study=study.study_name, storage_url=settings.database_url)
+    assert got == want.to_dict()
+    detail = client.get(url).json()
+    assert detail["best"] == best_under_budget(budget, None, study=study.study_name, storage_url=settings.database_url).to_dict()
+    assert detail["trials"]["copied"] == 0 and detail["trials"]["complete"] == 40
+
+
+def test_best_errors(client: TestClient, search_with_results) -> None:
+    url = search_with_results[0]["url"]
+    assert_error(client.get(f"{url}/best", params={"budget_flops": "300MB"}), 422, "300MB")
+    assert_error(client.get(f"{url}/best", params={"budget_params": "lots"}), 422, "lots")
+    assert_error(client.get(f"{url}/best"), 422, "budget_flops")
+    assert_error(client.get(f"{url}/best", params={"budget_flops": "1k"}), 404, "no stored candidate within")
+    assert_error(client.get(f"{url}/pareto", params={"cost": "joules"}), 422)
+
+
+def test_best_before_any_result_is_404(client: TestClient, key: str) -> None:
+    url = submit(client, key, tiny_spec())["url"]
+    assert_error(client.get(f"{url}/best", params={"budget_flops": "1G"}), 404, "no trained candidates")
+    assert client.get(f"{url}/pareto").json()["front"] == []
+
+
+def test_results_follow_new_trials(client: TestClient, search_with_results) -> None:
+    """The per-study cache is keyed on finished-trial counts: a new trial shows up at once."""
+    body, study = search_with_results
+    before = client.get(f"{body['url']}/pareto").json()["front"]
+    cheapest = min(r["macs"] for r in before)
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[100.0, float(cheapest - 1)],
+            user_attrs={"macs": cheapest - 1, "params": 1, "trained": True, "score": 100.0, "spec": {}, "spec_key": "z"},
+            system_attrs={"constraints:flops": -1.0},
+        )
+    )
+    after = client.get(f"{body['url']}/pareto").json()["front"]
+    assert after[0]["score"] == 100.0 and len(after) == 1  # dominates everything
+    assert client.get(body["url"]).json()["trials"]["complete"] == 41
+
+
+def test_trials_pagination_and_state_filter(client: TestClient, search_with_results) -> None:
+    body, study = search_with_results
+    url = f"{body['url']}/trials"
+    page = client.get(url, params={"limit": 15, "offset": 30}).json()
+    assert page["total"] == 40 and [t["trial"] for t in page["items"]] == list(range(30, 40))
+    assert client.get(url, params={"state": "complete"}).json()["total"] == 40
+    assert client.get(url, params={"state": "running"}).json()["total"] == 0
+    running = study.ask()  # a live trial appears with state running
+    assert [t["trial"] for t in client.get(url, params={"state": "running"}).json()["items"]] == [running.number]
+    assert client.get(url).json()["total"] == 41
+    assert_error(client.get(url, params={"state": "exploded"}), 422)
+
+
+def test_artifact_download(client: TestClient, search_with_results, settings, tmp_path: Path) -> None:
+    body, study = search_with_results
+    trials = study.get_trials(deepcopy=False)
+    trained = next(t for t in trials if t.user_attrs["trained"])
+    r = client.get(f"{body['url']}/trials/{trained.number}/artifact")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    names = set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
+    assert {"student.pt", "spec.json", "trial.json"} <= names
+    untrained = next(t for t in trials if not t.user_attrs["trained"])
+    assert_error(client.get(f"{body['url']}/trials/{untrained.number}/artifact"), 404, "not trained")
+    assert_error(client.get(f"{body['url']}/trials/9999/artifact"), 404, "no trial 9999")
+    # a trial whose recorded artifact lies outside the artifact volume is never served
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "student.pt").write_bytes(b"x")
+    (outside / "spec.json").write_text("{}")
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[50.0, 1000.0],
+            user_attrs={"macs": 1000, "params": 10, "trained": True, "score": 50.0, "artifact": str(outside)},
+        )
+    )
+    assert_error(client.get(f"{body['url']}/trials/40/artifact"), 404, "artifact volume")
+
+
+def test_cancel(client: TestClient, key: str, settings) -> None:
+    from structsearch.service.queue import JobQueue
+
+    body = submit(client, key, tiny_spec(trials=4))
+    r = client.post(f"{body['url']}/cancel", headers=auth(key))
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    q = JobQueue(settings.database_url)
+    try:
+        assert sorted(j["status"] for j in q.jobs_of(body["id"])) == ["cancelled"] * 4
+    finally:
+        q.close()
+    assert_error(client.post(f"{body['url']}/cancel", headers=auth(key)), 409, "already cancelled")
+
+
+def test_openapi_document(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert doc["paths"]["/api/v1/searches"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StudySpec"
+    }
+    assert "TeacherSpec" in doc["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
