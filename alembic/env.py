@@ -4,7 +4,8 @@ The database also holds Optuna's tables (``studies``, ``trials``, ... and Optuna
 ``alembic_version``) and procrastinate's (``procrastinate_*``). So:
 
 * our version table is ``ss_alembic_version`` (Optuna's ``alembic_version`` is Optuna's);
-* autogenerate only looks at ``ss_`` tables (:func:`include_name`, :func:`include_object`);
+* autogenerate only looks at ``ss_`` tables (``include_name``/``include_object`` from
+  :mod:`structsearch.service.migrations`);
   without the filter it would propose dropping every Optuna and procrastinate table.
 
 The URL comes from the caller (``structsearch db upgrade --storage``, via
@@ -16,10 +17,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from structsearch.service.migrations import VERSION_TABLE, include_name, include_object
 from structsearch.service.models import Base
-
-VERSION_TABLE = "ss_alembic_version"
-PREFIX = "ss_"
 
 config = context.config
 target_metadata = Base.metadata
@@ -32,23 +31,6 @@ def database_url() -> str:
     from structsearch.service.settings import ServiceSettings
 
     return ServiceSettings().database_url
-
-
-def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
-    """Reflect only our tables (and everything inside them)."""
-    if type_ == "table":
-        return bool(name) and name.startswith(PREFIX)
-    return True
-
-
-def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Compare only our tables; columns, indexes and constraints follow their table."""
-    if type_ == "table":
-        return bool(name) and name.startswith(PREFIX)
-    table = getattr(obj, "table", None)
-    if table is not None:
-        return table.name.startswith(PREFIX)
-    return True
 
 
 def _configure(**kwargs: object) -> None:

@@ -24,6 +24,26 @@ from sqlalchemy.engine import Engine
 from structsearch.errors import StructsearchError
 
 VERSION_TABLE = "ss_alembic_version"
+#: Our tables' prefix: the only tables Alembic may reflect, compare or change.
+PREFIX = "ss_"
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Alembic ``include_name``: reflect only our tables (and everything inside them)."""
+    if type_ == "table":
+        return bool(name) and name.startswith(PREFIX)
+    return True
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic ``include_object``: compare only our tables; columns, indexes, constraints follow
+    their table. Without it, autogenerate would propose dropping Optuna's and procrastinate's."""
+    if type_ == "table":
+        return bool(name) and name.startswith(PREFIX)
+    table = getattr(obj, "table", None)
+    if table is not None:
+        return table.name.startswith(PREFIX)
+    return True
 
 
 def project_root() -> Path:

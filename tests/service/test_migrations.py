@@ -1,0 +1,59 @@
+"""``structsearch db upgrade``: our tables with our own version table, Optuna's and procrastinate's
+alongside, idempotent, and an Alembic environment that never touches Optuna's tables."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import optuna
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from structsearch.service.migrations import VERSION_TABLE, current_revision, head_revision, include_name, include_object, upgrade
+from structsearch.service.models import Base
+from tests.service.conftest import Postgres
+
+
+def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> None:
+    name = f"ss_mig_{uuid.uuid4().hex[:8]}"
+    url = postgres.create(name)
+    try:
+        first = upgrade(url)
+        assert upgrade(url) == first  # second run: nothing to do, nothing broken
+        assert first["structsearch"] == head_revision(url) == "0002"
+        engine = create_engine(url)
+        tables = set(inspect(engine).get_table_names())
+        assert {"ss_searches", "ss_api_keys", VERSION_TABLE} <= tables
+        assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's, with Optuna's own version table
+        assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
+        with engine.connect() as conn:
+            assert current_revision(engine) == "0002"
+            optuna_rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        assert optuna_rev == optuna.storages.RDBStorage(url).get_current_version()
+
+        # autogenerate with env.py's filters sees our models exactly, and nothing of Optuna's
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(
+                conn,
+                opts={"include_name": include_name, "include_object": include_object, "compare_type": True, "version_table": VERSION_TABLE},
+            )
+            assert compare_metadata(ctx, Base.metadata) == []
+            # without the filter it would drop every Optuna and procrastinate table
+            unfiltered = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            drops = {d[1].name for d in compare_metadata(unfiltered, Base.metadata) if d[0] == "remove_table"}
+            assert {"studies", "trials", "procrastinate_jobs"} <= drops
+        engine.dispose()
+    finally:
+        postgres.drop(name)
+
+
+def test_sqlite_keeps_working(tmp_path: Path) -> None:
+    """The embedded default: our tables and Optuna's, no job queue (PostgreSQL only)."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert upgrade(url)["structsearch"] == "0002"
+    engine = create_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"ss_searches", "studies"} <= tables and not any(t.startswith("procrastinate") for t in tables)
