@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
 # Install everything the tests need into .venv/ and run the whole test suite.
 # Usage: scripts/test.sh [PYTEST ARGS]   e.g. scripts/test.sh -m "not slow"
+#
+# The service tests need PostgreSQL: with $STRUCTSEARCH_TEST_DATABASE_URL unset, a throwaway
+# cluster is started here (scripts/postgres.sh; installs Debian's server package if needed) and
+# removed afterwards. If none can be had, the service tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh dev
+scripts/bootstrap.sh dev,service
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-exec .venv/bin/python -m pytest "$@"
+
+pgdir=""
+if [ -z "${STRUCTSEARCH_TEST_DATABASE_URL:-}" ]; then
+  if exports="$(scripts/postgres.sh start)"; then
+    eval "$exports"
+    pgdir="$STRUCTSEARCH_TEST_PGDIR"
+  else
+    echo "scripts/test.sh: no PostgreSQL could be started; the service tests will skip" >&2
+  fi
+fi
+stop_postgres() { [ -n "$pgdir" ] && scripts/postgres.sh stop "$pgdir" || true; }
+trap stop_postgres EXIT
+
+.venv/bin/python -m pytest "$@"
