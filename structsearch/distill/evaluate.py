@@ -16,7 +16,8 @@ def predict(model: nn.Module, x_uint8: Tensor, preprocess: Preprocess, batch_siz
     preds = []
     with torch.inference_mode():
         for start in range(0, x_uint8.shape[0], batch_size):
-            x = preprocess(x_uint8[start : start + batch_size].to(device))
+            # NHWC: several times faster CNN inference on CPU than NCHW (measured on the CIFAR ResNets)
+            x = preprocess(x_uint8[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
             preds.append(model(x).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
