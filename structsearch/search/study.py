@@ -81,6 +81,8 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
                 f"study '{spec.name}' already exists with different {', '.join(changed)}; "
                 "give the search a new name (it will start from the earlier trials)"
             )
+        if sampler_seed is None:  # a resumed study must not replay the proposals of its first run
+            sampler_seed = spec.seed + len(storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False))
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, sampler_seed), pruner=make_pruner(spec))
         study.set_user_attr("trials_requested", spec.trials)
         return study
