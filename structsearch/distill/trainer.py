@@ -294,8 +294,14 @@ class Distiller:
         """Distil into ``student`` (trained in place, left in eval mode) and score it on validation.
 
         ``callback(step, val_top1)`` is called every ``config.report_every`` steps with the current
-        validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run.
+        validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run. Seeding
+        happens inside a forked RNG state, so the caller's global random streams are left alone.
         """
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._score(student, callback)
+
+    def _score(self, student: nn.Module, callback: Callback | None) -> ProxyResult:
         cfg = self.config
         start = time.perf_counter()
         student.to(self.device)
