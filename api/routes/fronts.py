@@ -2,7 +2,7 @@
 
 Both go through the search package's own functions (:func:`pareto_front`,
 :func:`best_under_budget`), fed from the API's per-study cache of finished trials, so the CLI and
-the API cannot disagree.
+the API cannot disagree. The front is computed once per cache entry.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from api.deps import SearchDep, ServicesDep, read_access
 from api.schemas import CandidatePublic, ErrorPublic, ParetoPublic
 from structsearch.cost import parse_budget
 from structsearch.errors import StructsearchError
-from structsearch.search import best_under_budget, pareto_front
+from structsearch.search import best_under_budget
 
 router = APIRouter(prefix="/searches/{search_id}", tags=["results"], dependencies=[Depends(read_access)])
 
@@ -29,7 +29,7 @@ def pareto(
     cost: Annotated[Literal["macs", "params"], Query(description="the cost axis of the front")] = "macs",
 ) -> ParetoPublic:
     """Feasible trained candidates not beaten on both score and cost, cheapest first."""
-    front = pareto_front(services.reader.finished(search.name).records, cost)
+    front = services.reader.finished(search.name).front(cost)  # pareto_front(records), memoised
     return ParetoPublic(search_id=search.id, study=search.name, cost=cost, front=[CandidatePublic(**r.to_dict()) for r in front])
 
 

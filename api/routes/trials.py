@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import shutil
 import tempfile
 import zipfile
@@ -45,9 +46,11 @@ def list_trials(
     if state in (TrialStateName.running, TrialStateName.waiting):
         trials = [t for t in reader.live(search.name) if t.state.name.lower() == state.value]
     else:
-        trials = list(reader.finished(search.name).trials)
+        trials = reader.finished(search.name).trials  # shared, sorted by number: never mutate
         if state is None:
-            trials = sorted(trials + reader.live(search.name), key=lambda t: t.number)
+            live = reader.live(search.name)
+            if live:
+                trials = list(heapq.merge(trials, sorted(live, key=lambda t: t.number), key=lambda t: t.number))
         else:
             trials = [t for t in trials if t.state.name.lower() == state.value]
     window = trials[page.offset : page.offset + page.limit]

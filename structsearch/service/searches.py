@@ -22,7 +22,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from structsearch.errors import StructsearchError
-from structsearch.search.results import TrialRecord, scored
+from structsearch.search.results import TrialRecord
 from structsearch.service.admission import admit_spec
 from structsearch.service.database import Database
 from structsearch.service.models import ACTIVE_STATUSES, Search, SearchStatus
@@ -144,22 +144,18 @@ def cancel_search(db: Database, queue: JobQueue, search_id: uuid.UUID) -> Search
 def progress(reader: StudyReader, row: Search) -> Progress:
     """Trial counts and the best feasible trained trial so far."""
     counts = reader.state_counts(row.name)
-    fin = reader.finished(row.name, counts)
-    own = [(t, r) for t, r in zip(fin.trials, fin.records) if "copied_from" not in t.user_attrs]
-    complete = [r for _, r in own if r.state == "complete"]
-    copied = len(fin.trials) - len(own)
-    good = [r for r in scored(fin.records) if r.feasible]
+    done = reader.finished(row.name, counts).summary()
     return Progress(
         TrialCounts(
             requested=row.trials_requested,
-            complete=len(complete),
+            complete=done.complete,
             pruned=counts.get(TrialState.PRUNED, 0),
             running=counts.get(TrialState.RUNNING, 0),
             waiting=counts.get(TrialState.WAITING, 0),
             failed=counts.get(TrialState.FAIL, 0),
-            trained=sum(r.trained for r in complete),
-            over_budget=sum(not r.feasible for r in complete),
-            copied=copied,
+            trained=done.trained,
+            over_budget=done.over_budget,
+            copied=done.copied,
         ),
-        max(good, key=lambda r: (r.score, -r.macs)) if good else None,
+        done.best,
     )
