@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
 from structsearch.cli import app
-from structsearch.data import LoadedData, Preprocess, load_data, split_train_val
+from structsearch.data import Augment, LoadedData, Preprocess, load_data, split_train_val
 from structsearch.distill import (
     Distiller,
     FeatureKDError,
@@ -67,6 +69,20 @@ def test_kd_loss_matches_the_formula_and_ignores_teacher_gradients() -> None:
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert s.grad is not None and t.grad is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.floats(-20, 20), min_size=3, max_size=3),
+    st.lists(st.floats(-20, 20), min_size=3, max_size=3),
+    st.floats(0.5, 8.0),
+    st.floats(-50, 50),
+)
+def test_kd_loss_is_non_negative_and_shift_invariant(s: list[float], t: list[float], T: float, shift: float) -> None:
+    s_, t_ = torch.tensor([s], dtype=torch.float64), torch.tensor([t], dtype=torch.float64)
+    loss = kd_loss(s_, t_, T).item()
+    assert loss >= -1e-6
+    assert kd_loss(s_ + shift, t_ - shift, T).item() == pytest.approx(loss, abs=1e-4)
 
 
 def test_distill_loss_mixes_kd_and_cross_entropy() -> None:
@@ -163,19 +179,19 @@ def test_second_distiller_reads_the_cache_without_running_the_teacher(digits, sp
 
 @pytest.mark.parametrize(
     "change",
-    ["aug_seed", "views", "data", "train_idx", "checkpoint", "feature_kd"],
+    ["aug_seed", "views", "augment", "data", "train_idx", "checkpoint", "feature_kd"],
 )
 def test_any_input_change_is_a_new_cache_entry(change: str, digits, split, tmp_path: Path) -> None:
     teacher = make_teacher()
     ckpt = tmp_path / "teacher.pt"
     torch.save(teacher.state_dict(), ckpt)
     train_idx, val_idx = split
-    data, cfg = digits, {}
+    data, cfg, augment = digits, {}, None
     teacher_id = TeacherId.of("cifar_resnet20", {}, ckpt)
 
     def build() -> Distiller:
         return Distiller(teacher, data, train_idx, val_idx, preprocess_for(teacher), ProxyConfig(**{**FAST, **cfg}),
-                         teacher_id=teacher_id, cache=TeacherCache(tmp_path / "cache"))
+                         teacher_id=teacher_id, cache=TeacherCache(tmp_path / "cache"), augment=augment)
 
     assert build().cache_hit is False
     assert build().cache_hit is True
@@ -183,6 +199,8 @@ def test_any_input_change_is_a_new_cache_entry(change: str, digits, split, tmp_p
         cfg = {"aug_seed": 1}
     elif change == "views":
         cfg = {"views": 3}
+    elif change == "augment":
+        augment = Augment(crop_padding=1, hflip=False)
     elif change == "data":
         x = digits.x.clone()
         x[int(train_idx[0]), 0, 0, 0] ^= 1  # one pixel of one training image
@@ -344,6 +362,7 @@ def test_cli_one_line_errors(tmp_path: Path) -> None:
     spec.save(tmp_path / "spec.json")
     one_line_error([*proxy, "--data", "digits", "--student-spec", str(tmp_path / "spec.json")], "cifar_resnet32")
     one_line_error([*proxy, "--data", "digits", "--lr", "-1"], "lr must be")
+    one_line_error([*proxy, "--data", "digits", "--feature-kd", "--student-model", "resnet18"], "same family")
     folder = tmp_path / "one_class" / "cat"
     folder.mkdir(parents=True)
     one_line_error([*proxy, "--data", f"imagefolder:{tmp_path / 'one_class'}"], "need at least 2")

@@ -148,6 +148,7 @@ def _run_proxy(
     from structsearch.cost import measure_cost
     from structsearch.data import Preprocess, load_data, split_train_val
     from structsearch.distill import Distiller, TeacherCache, TeacherId, uniform_width_spec
+    from structsearch.distill.taps import check_feature_pair
     from structsearch.distill.trainer import num_classes_of
     from structsearch.errors import SpecError
     from structsearch.models import create_model
@@ -172,6 +173,8 @@ def _run_proxy(
             spec = uniform_width_spec(space_of(teacher, teacher_name, teacher_kwargs), width)
             described = f"{teacher_name} at width {width:g}"
         student = build_student(teacher, spec)
+    if config.feature_kd:
+        check_feature_pair(teacher, student)
 
     train = load_data(data_source)
     if val_source is not None:

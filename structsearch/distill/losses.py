@@ -16,6 +16,11 @@ from torch import Tensor, nn
 __all__ = ["kd_loss", "distill_loss", "feature_kd_loss"]
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Softmax and KL in half precision lose too much; float32/float64 inputs are kept as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Soft-target loss of Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network" (2015).
 
@@ -28,8 +33,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    t = teacher_logits.detach().float()
-    s = student_logits.float()
+    t = _at_least_fp32(teacher_logits.detach())
+    s = _at_least_fp32(student_logits)
     log_p_teacher = F.log_softmax(t / temperature, dim=-1)
     log_p_student = F.log_softmax(s / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -54,7 +59,7 @@ def distill_loss(
     if alpha < 1.0:
         if labels is None:
             raise ValueError("labels are needed when alpha < 1")
-        loss = alpha * loss + (1.0 - alpha) * F.cross_entropy(student_logits.float(), labels)
+        loss = alpha * loss + (1.0 - alpha) * F.cross_entropy(_at_least_fp32(student_logits), labels)
     return loss
 
 

@@ -172,7 +172,9 @@ class Distiller:
     teacher in cache keys (build it with :meth:`TeacherId.of`); without it the teacher's weights
     are hashed. ``cache=None`` keeps the teacher outputs in memory only; ``online_teacher=True``
     skips caching entirely and runs the teacher on every batch (for measuring what the cache saves).
-    All input checks run here, before any training.
+    ``augment`` replaces the default CIFAR recipe (crop with 4 px padding, flip) of the training
+    views, e.g. less padding for tiny images or no flip for digits; ``config.augment=False`` turns
+    augmentation off. All input checks run here, before any training.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class Distiller:
         teacher_id: TeacherId | None = None,
         cache: TeacherCache | None = None,
         online_teacher: bool = False,
+        augment: Augment | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -213,7 +216,7 @@ class Distiller:
 
         # the deterministic training stream: V augmented copies of every training image
         x_train = data.x[self.train_idx]
-        augment = Augment() if config.augment else None
+        augment = (augment or Augment()) if config.augment else None
         views = augmented_views(x_train, augment, config.aug_seed, config.views)
         self.n_train = len(self.train_idx)
         self.train_views = self._maybe_on_device(views.reshape(-1, *views.shape[2:]))
