@@ -3,7 +3,8 @@
 * two workers share one search and together run exactly the requested trials, never scoring a
   structure twice; ``/pareto`` and ``/best`` over HTTP agree with ``structsearch best``;
 * ``kill -9`` of a worker mid-trial: its trial is failed and re-run by another worker;
-* SIGTERM lets the running trial finish, then the worker exits; cancel stops the rest.
+* SIGTERM lets the running trial finish, then the worker exits; cancel stops the rest;
+* a StructsearchError raised in a worker marks the search failed with its message.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Service:
 
 
 @pytest.fixture
-def service(db_url: str, service_home: Path, tmp_path: Path) -> Iterator[Service]:
+def service(db_url: str, service_home: Path, tmp_path: Path, data_root: Path) -> Iterator[Service]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRUCTSEARCH_")}
     env.update(
         STRUCTSEARCH_HOME=str(service_home),
@@ -149,6 +150,7 @@ def service(db_url: str, service_home: Path, tmp_path: Path) -> Iterator[Service
         STRUCTSEARCH_TRIAL_HEARTBEAT_S="1",
         STRUCTSEARCH_WORKER_HEARTBEAT_S="1",
         STRUCTSEARCH_WORKER_STALLED_AFTER_S="4",
+        STRUCTSEARCH_DATA_ROOTS=str(data_root),
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
@@ -165,7 +167,7 @@ def own(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if "copied_from" not in t.user_attrs]
 
 
-def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp_path: Path) -> None:
+def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp_path: Path, data_root: Path) -> None:
     workers = [service.worker("w1"), service.worker("w2")]
     body = service.submit(tiny_spec(name="shared", trials=6))
     done = service.wait_status(body["id"], "done")
@@ -205,6 +207,12 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
     import structsearch
 
     assert structsearch.load(tmp_path / "student") is not None
+
+    # a StructsearchError in a worker (here: the data file is not there) fails the search with its message
+    body = service.submit(tiny_spec(name="no-data", data={"train": f"npz:{data_root}/missing.npz", "input_size": 8}))
+    failed = service.wait_status(body["id"], "failed", timeout=120)
+    assert "missing.npz" in failed["error"] and not failed["error"].startswith("worker error")
+    assert failed["trials"]["complete"] == 0
 
     for w in workers:  # SIGTERM on idle workers: clean exit
         w.signal(signal.SIGTERM)
