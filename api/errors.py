@@ -3,6 +3,7 @@
 * HTTP errors raised by routes and dependencies keep their status and headers;
 * request validation (path, query, JSON syntax) -> 422 with the first problems on one line;
 * :class:`StructsearchError` escaping a route -> 422 (it is, by contract, the user's to fix);
+* the database unreachable (connection errors) -> 503, so clients and proxies retry;
 * anything else -> 500 ``internal error`` (logged with its traceback; a bug).
 """
 
@@ -13,6 +14,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from structsearch.errors import StructsearchError
@@ -45,6 +47,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StructsearchError)
     async def user_error(request: Request, exc: StructsearchError) -> JSONResponse:
         return error_response(422, str(exc))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc.orig).strip().splitlines()[:1])
+        return error_response(503, "database unavailable; try again shortly")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -27,12 +27,18 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from structsearch.errors import StructsearchError
 from structsearch.service.database import Database
 from structsearch.service.models import ACTIVE_STATUSES, SearchStatus
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
+
+if TYPE_CHECKING:  # pragma: no cover - the search package (torch) is imported when a job runs
+    from procrastinate import JobContext
+
+    from structsearch.search.spec import StudySpec
 
 TASK_NAME = "structsearch.run_trial"
 
@@ -82,7 +88,7 @@ class TrialRunner:
             self._set(sid, SearchStatus.failed, f"worker error: {type(e).__name__}: {e}")
             raise
 
-    def _one_trial(self, sid: uuid.UUID, spec, should_abort: Callable[[], bool]) -> str:
+    def _one_trial(self, sid: uuid.UUID, spec: StudySpec, should_abort: Callable[[], bool]) -> str:
         import optuna
         from optuna.trial import TrialState
 
@@ -135,7 +141,7 @@ class TrialRunner:
             return SearchRepository(s).transition(sid, status, ACTIVE_STATUSES, error=error)
 
 
-def run_trial_job(context, search_id: str) -> str:  # context: procrastinate.JobContext
+def run_trial_job(context: JobContext, search_id: str) -> str:
     """The procrastinate task (registered by :func:`structsearch.service.queue.make_queue_app`)."""
     runner: TrialRunner = context.additional_context["runner"]
     return runner.run(search_id, context.should_abort)

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from structsearch.errors import StructsearchError
 from structsearch.search.results import TrialRecord
+from structsearch.search.spec import StudySpec
 from structsearch.service.admission import admit_spec
 from structsearch.service.database import Database
 from structsearch.service.models import ACTIVE_STATUSES, Search, SearchStatus
@@ -95,7 +96,7 @@ def submit_search(
     return row
 
 
-def _claim_name(db: Database, reader: StudyReader, search_id: uuid.UUID, spec, api_key_id: int | None) -> Search:
+def _claim_name(db: Database, reader: StudyReader, search_id: uuid.UUID, spec: StudySpec, api_key_id: int | None) -> Search:
     candidates = [spec.name, f"{spec.name[: NAME_MAX - 7]}-{search_id.hex[:6]}"]
     for name in candidates:
         if _optuna_study_exists(reader, name):

@@ -338,3 +338,11 @@ def test_openapi_document(client: TestClient) -> None:
     }
     assert "TeacherSpec" in doc["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_database_down_is_503(tmp_path: Path, data_root: Path) -> None:
+    down = make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "a", data_root)
+    with TestClient(create_app(down)) as c:
+        assert c.get("/healthz").status_code == 200
+        assert_error(c.get("/readyz"), 503, "database unreachable")
+        assert_error(c.get(f"{API}/searches"), 503, "database unavailable")
