@@ -39,11 +39,12 @@ def fit_teacher(
     seed: int = 0,
     batch_size: int = 64,
     lr: float = 0.1,
+    augment: Augment | None = None,
 ) -> nn.Module:
     """Train ``model`` from scratch with cross-entropy (SGD, cosine, crop+flip); deterministic on CPU."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    augment = Augment()
+    augment = augment or Augment.for_size(data.x.shape[-2])
     steps = max(1, epochs * math.ceil(len(train_idx) / batch_size))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -70,11 +71,12 @@ def trained_teacher(
     epochs: int,
     seed: int,
     cache_dir: Path,
+    augment: Augment | None = None,
 ) -> tuple[nn.Module, Path]:
     """The teacher trained by :func:`fit_teacher`, from the cache when the same one exists."""
     key_src = json.dumps(
         {"model": model, "kwargs": kwargs, "data": data_key, "train": hashlib.sha256(train_idx.numpy().tobytes()).hexdigest(),
-         "preprocess": repr(preprocess), "epochs": epochs, "seed": seed, "v": 1},
+         "preprocess": repr(preprocess), "augment": repr(augment), "epochs": epochs, "seed": seed, "v": 1},
         sort_keys=True,
     )
     path = cache_dir / f"{model}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
@@ -85,7 +87,7 @@ def trained_teacher(
             return net.eval(), path
         except Exception:  # noqa: BLE001 - a corrupt cache entry is retrained, never fatal
             path.unlink(missing_ok=True)
-    fit_teacher(net, data, train_idx, preprocess, epochs, seed)
+    fit_teacher(net, data, train_idx, preprocess, epochs, seed, augment=augment)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
     os.close(fd)

@@ -30,7 +30,7 @@ from structsearch.search.storage import open_storage
 DEFAULT_SPEC: dict[str, Any] = {
     "name": "digits-default",
     "teacher": {"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 30},
-    "data": {"train": "digits", "val_size": 0.2, "input_size": 8},
+    "data": {"train": "digits", "val_size": 0.2, "input_size": 8, "hflip": False},
     "budget": {"flops": "50%"},
     "objectives": ["accuracy", "macs"],
     "sampler": "tpe",

@@ -125,7 +125,7 @@ class SearchContext:
 
 def build_context(plan: SearchPlan) -> SearchContext:
     """Load data, load or train the teacher, prepare the cached KD scorer (once per process)."""
-    from structsearch.data import Preprocess, fingerprint, load_data, split_train_val
+    from structsearch.data import Augment, Preprocess, fingerprint, load_data, split_train_val
     from structsearch.distill import Distiller, ProxyConfig, TeacherCache, TeacherId
     from structsearch.search.storage import home
     from structsearch.teachers import trained_teacher
@@ -142,6 +142,8 @@ def build_context(plan: SearchPlan) -> SearchContext:
         val_data = train_data
         train_idx, val_idx = split_train_val(train_data.y, spec.data.val_size, spec.seed, spec.data.train_size)
 
+    # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
+    augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
     t = spec.teacher
     teacher = create_model(t.model, checkpoint=t.checkpoint, **t.kwargs).eval()
     preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
@@ -150,7 +152,7 @@ def build_context(plan: SearchPlan) -> SearchContext:
     elif t.train_epochs:
         teacher, path = trained_teacher(
             t.model, t.kwargs, train_data, fingerprint(train_data), train_idx, preprocess, t.train_epochs, spec.seed,
-            home() / "teachers",
+            home() / "teachers", augment,
         )
         teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
     else:
@@ -164,7 +166,7 @@ def build_context(plan: SearchPlan) -> SearchContext:
     )
     distiller = Distiller(
         teacher, train_data, train_idx, val_idx, preprocess, config,
-        val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(home() / "cache"),
+        val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(home() / "cache"), augment=augment,
     )
     teacher_score, _ = distiller.evaluate(teacher)
     return SearchContext(plan, base, distiller, teacher_score)

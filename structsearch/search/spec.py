@@ -56,6 +56,8 @@ class DataSection(_Strict):
     train_size: int | None = Field(default=None, gt=0)
     #: Input resolution in pixels; default: the teacher's own.
     input_size: int | None = Field(default=None, ge=8, le=1024)
+    #: Random horizontal flips in training (off for digits and text, where a flip changes the class).
+    hflip: bool = True
 
 
 class BudgetSection(_Strict):
