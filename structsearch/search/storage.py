@@ -8,6 +8,7 @@ a SQLite file at ``$STRUCTSEARCH_HOME/studies.db`` (``STRUCTSEARCH_HOME`` defaul
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -45,8 +46,11 @@ def open_storage(
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict = {}
     if heartbeat_interval:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8; the replacement for the deprecated callback
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
         kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": heartbeat_interval * 3,
-                  "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+                  "heartbeat_stale_trial_callback": retry}
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers

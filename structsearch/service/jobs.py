@@ -7,7 +7,7 @@ so however jobs and workers interleave, the search ends with exactly ``spec.tria
 1. before starting a trial the job re-reads the search's status: cancelled, failed or done
    searches run nothing more (cancel = "finish the running trials, start no new ones");
 2. it fails stale trials first (Optuna heartbeats: a trial whose worker was killed stops beating,
-   is marked failed after the grace period, and ``RetryFailedTrialCallback`` queues a retry of
+   is marked failed after the grace period, and ``RetryHeartbeatStaleTrialCallback`` queues a retry of
    the same parameters that this or the next job runs);
 3. when every remaining slot is held by a running trial it waits rather than returning, because
    one of those may be a dead worker's: this job is then the one that re-runs it (procrastinate

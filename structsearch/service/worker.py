@@ -11,7 +11,7 @@ Dead workers (``kill -9``, a lost machine): every worker beats in procrastinate'
 ``doing`` by a worker silent for ``worker_stalled_after_s`` and puts them back in the queue
 (procrastinate's documented stalled-job retry). The trial that worker was running stops beating
 in Optuna's heartbeat table too; the re-queued job fails it after Optuna's grace period, and
-``RetryFailedTrialCallback`` queues its parameters again, so the search still completes with the
+``RetryHeartbeatStaleTrialCallback`` queues its parameters again, so the search still completes with the
 requested number of trials.
 """
 
