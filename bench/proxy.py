@@ -10,16 +10,20 @@ width (about 50 % of the teacher's MACs) and inherits the teacher's weights. Pri
 
 * the student's MACs ratio;
 * teacher-cache build and reload times, seconds per trial and training images per second;
-* the cache speed-up: the same trial with the teacher recomputed on every batch, same process;
-* inherited vs from-scratch accuracy after the same number of steps (scratch at the proxy's
-  learning rate and at its own larger one);
-* same-seed determinism (two runs, identical scores).
+* the cache speed-up: training throughput with cached teacher outputs vs recomputing the teacher on
+  every batch, measured in the same process in alternating short segments (``--speed-steps``), so
+  that load from other processes on a shared machine hits both sides alike;
+* inherited vs from-scratch accuracy after the same number of steps (scratch at its own, larger
+  learning rate: the stronger baseline), and the inherited student before any step (BN
+  recalibration only);
+* same-seed determinism: two short runs (``--repeat-steps``) give identical scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +65,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=ProxyConfig.lr)
     ap.add_argument("--scratch-lr", type=float, default=0.05)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--speed-steps", type=int, default=20, help="steps per cached/online segment")
+    ap.add_argument("--speed-rounds", type=int, default=3, help="alternating cached/online segment pairs")
+    ap.add_argument("--repeat-steps", type=int, default=20, help="steps of each same-seed determinism run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary directory (cold cache)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -86,7 +93,7 @@ def main() -> None:
     test_teacher_pred = predict(teacher, test.x, preprocess, 256, device)
     figures["teacher_test_top1"] = _pct(test_teacher_pred, test.y)
     print(f"data: {len(train_idx)} train x {args.views} views, {len(val_idx)} val (other train images), "
-          f"{len(test)} test; teacher test top-1 {figures['teacher_test_top1']:.2f}%")
+          f"{len(test)} test; teacher test top-1 {figures['teacher_test_top1']:.2f}%", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = TeacherCache(args.cache_dir or tmp)
@@ -102,12 +109,12 @@ def main() -> None:
         kd = distiller()
         figures["cache_reload_s"] = time.perf_counter() - t
         print(f"teacher cache: build {figures['cache_build_s']:.1f} s (teacher on {len(train_idx) * args.views} train "
-              f"+ {len(val_idx)} val images), reload {figures['cache_reload_s']:.2f} s (hit: {kd.cache_hit})")
+              f"+ {len(val_idx)} val images), reload {figures['cache_reload_s']:.2f} s (hit: {kd.cache_hit})", flush=True)
 
         student = build_student(teacher, spec)
         recalibrate_bn(student, (kd._pre(kd.train_views[i * 128:(i + 1) * 128]) for i in range(config.bn_recalibration_batches)))
         figures["inherited_0_steps_val_top1"], _ = kd.evaluate(student)
-        figures["inherited_0_steps_test_top1"] = _test_top1(student, test, preprocess, device)
+        figures["inherited_0_steps_test_top1"] = _pct(predict(student, test.x, preprocess, 256, device), test.y)
 
         def trial(name: str, model: torch.nn.Module, dist: Distiller) -> ProxyResult:
             r = dist.score(model)
@@ -115,41 +122,46 @@ def main() -> None:
             figures[name] = {**r.to_dict(), "test_top1": _pct(test_pred, test.y),
                              "test_agreement": float((test_pred == test_teacher_pred).double().mean())}
             f = figures[name]
-            print(f"{name:18s} val {r.val_top1:6.2f}%  test {f['test_top1']:6.2f}%  agree(val) {r.teacher_agreement:.3f}  "
-                  f"{r.seconds:7.1f} s/trial  {r.train_images_per_s:6.0f} train img/s  loss {r.final_loss:.4f}")
+            print(f"{name:18s} {r.steps:4d} steps  val {r.val_top1:6.2f}%  test {f['test_top1']:6.2f}%  "
+                  f"agree(val) {r.teacher_agreement:.3f}  {r.seconds:7.1f} s/trial  {r.train_images_per_s:6.0f} train img/s  "
+                  f"loss {r.final_loss:.4f}", flush=True)
             return r
 
+        # cache speed-up: alternate short cached / online segments of the same trial
+        short = ProxyConfig(**{**config.to_dict(), "steps": args.speed_steps})
+        cached_kd, online_kd = distiller(short), distiller(short, online_teacher=True)
+        rates: dict[str, list[float]] = {"cached": [], "online": []}
+        for _ in range(args.speed_rounds):
+            for name, dist in (("cached", cached_kd), ("online", online_kd)):
+                rates[name].append(dist.score(build_student(teacher, spec)).train_images_per_s)
+        figures["speed_segments_images_per_s"] = rates
+        figures["cache_speedup"] = statistics.median(rates["cached"]) / statistics.median(rates["online"])
+        print(f"cache speed-up: {figures['cache_speedup']:.2f}x training images/s with cached teacher outputs "
+              f"(median of {args.speed_rounds} alternating {args.speed_steps}-step segments: "
+              f"cached {[round(r) for r in rates['cached']]}, online {[round(r) for r in rates['online']]} img/s)", flush=True)
+
+        # determinism: the same short trial twice
+        repeat_kd = distiller(ProxyConfig(**{**config.to_dict(), "steps": args.repeat_steps}))
+        a, b = (repeat_kd.score(build_student(teacher, spec)) for _ in range(2))
+        figures["deterministic"] = (a.val_top1, a.teacher_agreement, a.final_loss) == (b.val_top1, b.teacher_agreement, b.final_loss)
+        print(f"same seed, same score ({args.repeat_steps} steps, twice): {figures['deterministic']} "
+              f"(val {a.val_top1:.2f}% / {b.val_top1:.2f}%, loss {a.final_loss:.6f} / {b.final_loss:.6f})", flush=True)
+
         inherited = trial("inherited", build_student(teacher, spec), kd)
-        repeat = trial("inherited_repeat", build_student(teacher, spec), kd)
-        online = trial("inherited_online", build_student(teacher, spec), distiller(online_teacher=True))
-        torch.manual_seed(0)
-        trial("scratch", build_student(create_model(TEACHER), spec), kd)
         torch.manual_seed(0)
         scratch_cfg = ProxyConfig(**{**config.to_dict(), "lr": args.scratch_lr})
-        trial("scratch_own_lr", build_student(create_model(TEACHER), spec), distiller(scratch_cfg))
+        scratch = trial("scratch", build_student(create_model(TEACHER), spec), distiller(scratch_cfg))
 
-    figures["cache_speedup"] = online.seconds / inherited.seconds
-    figures["cache_speedup_train_images_per_s"] = inherited.train_images_per_s / online.train_images_per_s
-    figures["deterministic"] = (repeat.val_top1, repeat.teacher_agreement, repeat.final_loss) == (
-        inherited.val_top1, inherited.teacher_agreement, inherited.final_loss)
-    print(f"cache speed-up: {figures['cache_speedup']:.2f}x per trial "
-          f"({figures['cache_speedup_train_images_per_s']:.2f}x training images/s) vs recomputing the teacher")
-    print(f"inherited vs scratch after {args.steps} steps: val {inherited.val_top1:.2f}% vs "
-          f"{figures['scratch']['val_top1']:.2f}% (lr {args.lr}) / {figures['scratch_own_lr']['val_top1']:.2f}% "
-          f"(lr {args.scratch_lr}); test {figures['inherited']['test_top1']:.2f}% vs {figures['scratch']['test_top1']:.2f}% / "
-          f"{figures['scratch_own_lr']['test_top1']:.2f}%; before training (BN recalibrated only): "
-          f"val {figures['inherited_0_steps_val_top1']:.2f}%, test {figures['inherited_0_steps_test_top1']:.2f}%")
-    print(f"same seed, same score: {figures['deterministic']}")
+    print(f"inherited vs scratch after {args.steps} steps: val {inherited.val_top1:.2f}% vs {scratch.val_top1:.2f}% "
+          f"(scratch lr {args.scratch_lr}), test {figures['inherited']['test_top1']:.2f}% vs {figures['scratch']['test_top1']:.2f}%; "
+          f"before training (BN recalibrated only): val {figures['inherited_0_steps_val_top1']:.2f}%, "
+          f"test {figures['inherited_0_steps_test_top1']:.2f}%")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def _pct(pred: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((pred == y).double().mean())
-
-
-def _test_top1(model: torch.nn.Module, test: Any, preprocess: Preprocess, device: torch.device) -> float:
-    return _pct(predict(model, test.x, preprocess, 256, device), test.y)
 
 
 if __name__ == "__main__":
