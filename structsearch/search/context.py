@@ -159,8 +159,9 @@ def build_context(plan: SearchPlan) -> SearchContext:
         teacher_id = None  # hashed from its (random) weights
     base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
     p = spec.proxy
+    lr = p.lr if p.lr is not None else (0.003 if plan.inherit else 0.05)
     config = ProxyConfig(
-        steps=p.steps, batch_size=p.batch_size, optimizer=p.optimizer, lr=p.lr, temperature=p.temperature,
+        steps=p.steps, batch_size=p.batch_size, optimizer=p.optimizer, lr=lr, temperature=p.temperature,
         alpha=p.alpha, feature_kd=p.feature_kd and plan.inherit, seed=spec.seed, device=p.device,
         report_every=max(1, p.steps // 5),
     )
