@@ -229,7 +229,8 @@ def test_corrupt_cache_entry_is_recomputed(digits, split, tmp_path: Path) -> Non
 
 def test_cache_dir_defaults_and_env_override(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("STRUCTSEARCH_CACHE", raising=False)
-    assert default_cache_dir() == Path.home() / ".cache" / "structsearch" / "teacher"
+    monkeypatch.setenv("STRUCTSEARCH_HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / "cache"
     monkeypatch.setenv("STRUCTSEARCH_CACHE", str(tmp_path))
     assert TeacherCache().directory == tmp_path
     assert TeacherCache(tmp_path / "x").directory == tmp_path / "x"

@@ -79,7 +79,7 @@ def proxy(
     split_seed: Annotated[int, typer.Option(help="Seed of the train/validation split")] = 0,
     input_size: Annotated[Optional[int], typer.Option(help="Input resolution (default: the teacher's)")] = None,
     device: DeviceOpt = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Teacher-output cache (default $STRUCTSEARCH_CACHE or ~/.cache/structsearch/teacher)")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Teacher-output cache (default $STRUCTSEARCH_CACHE, else $STRUCTSEARCH_HOME/cache)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep teacher outputs in memory only")] = False,
     format: FormatOpt = Format.table,
 ) -> None:

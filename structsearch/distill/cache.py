@@ -44,9 +44,11 @@ _CHECKSUM_LIMIT = 64 << 20
 
 
 def default_cache_dir() -> Path:
-    """``$STRUCTSEARCH_CACHE`` if set, else ``~/.cache/structsearch/teacher``."""
+    """``$STRUCTSEARCH_CACHE`` if set, else ``$STRUCTSEARCH_HOME/cache`` (beside studies and teachers)."""
+    from structsearch.search.storage import home
+
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "structsearch" / "teacher"
+    return Path(env).expanduser() if env else home() / "cache"
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

@@ -167,7 +167,7 @@ def build_context(plan: SearchPlan) -> SearchContext:
     )
     distiller = Distiller(
         teacher, train_data, train_idx, val_idx, preprocess, config,
-        val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(home() / "cache"), augment=augment,
+        val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(), augment=augment,
     )
     teacher_score, _ = distiller.evaluate(teacher)
     return SearchContext(plan, base, distiller, teacher_score)
