@@ -46,6 +46,12 @@ class CandidatePublic(BaseModel):
     params: int | None
     spec: dict[str, Any] | None = Field(description="the student's ArchSpec")
     seconds: float | None = Field(description="proxy training time")
+    resolution: int | None = Field(default=None, description="student input resolution in px (searches with data.resolutions)")
+    latency_ms: float | None = Field(default=None, description="median measured inference latency (ms), on latency_device")
+    latency_device: str | None = Field(default=None, description="the device latency_ms was measured on, e.g. 'AMD EPYC 7B13 (cpu, 2 threads)'")
+    latency_runtime: str | None = Field(default=None, description="torch or onnxruntime")
+    memory_bytes: int | None = Field(default=None, description="measured peak activation memory of one inference forward (bytes)")
+    memory_device: str | None = Field(default=None, description="the device memory_bytes was measured on")
 
 
 class TrialStateName(str, Enum):
@@ -115,11 +121,35 @@ class SearchAccepted(BaseModel):
     url: str
 
 
+class RecheckEntryPublic(BaseModel):
+    trial: int
+    group: Literal["front", "random"]
+    macs: int
+    proxy_score: float
+    long_score: float
+    seconds: float
+
+
+class RecheckPublic(BaseModel):
+    """Proxy fidelity measured by `structsearch recheck`: proxy scores vs longer runs."""
+
+    steps: int = Field(description="length of the longer runs, in steps")
+    proxy_steps: int
+    top: int
+    entries: list[RecheckEntryPublic]
+    tau: float | None = Field(description="Kendall's tau-b between proxy and longer scores")
+    tau_p_value: float | None
+    spearman: float | None
+    same_winner: bool | None
+    complete: bool
+
+
 class ParetoPublic(BaseModel):
     search_id: uuid.UUID
     study: str
-    cost: Literal["macs", "params"]
+    cost: Literal["macs", "params", "latency", "memory"]
     front: list[CandidatePublic] = Field(description="feasible trained candidates not dominated in (score up, cost down), by cost")
+    recheck: list[RecheckPublic] = Field(default_factory=list, description="proxy fidelity re-checks of this study, shortest first")
 
 
 class FamilyPublic(BaseModel):

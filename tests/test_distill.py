@@ -249,6 +249,26 @@ def test_same_seed_same_score_and_callback_history(digits, split, tmp_path: Path
     assert other.final_loss != a.final_loss
 
 
+def test_student_at_another_resolution_learns_from_the_teachers_own(digits, split, tmp_path: Path) -> None:
+    """The teacher's targets stay its 8 px outputs (the cache is not recomputed); the student sees
+    the same batches resized. At the teacher's own size the default path runs, bit for bit."""
+    teacher = make_teacher()
+    distiller = make_distiller(teacher, digits, split, tmp_path)
+    calls = CountCalls(teacher)
+    plain = distiller.score(small_student(teacher))
+    same = distiller.score(small_student(teacher), input_size=8)
+    assert (same.val_top1, same.final_loss) == (plain.val_top1, plain.final_loss)
+    student = small_student(teacher)
+    seen: list[tuple[int, int]] = []
+    student.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    up = distiller.score(student, input_size=12)
+    assert calls.calls == 0, "the teacher's outputs come from the cache, at its own resolution"
+    assert seen and set(seen) == {(12, 12)} and up.final_loss != plain.final_loss
+    assert distiller.evaluate(student, input_size=12)[0] == up.val_top1
+    with pytest.raises(ProxyConfigError, match="input_size"):
+        distiller.score(small_student(teacher), input_size=0)
+
+
 def test_online_teacher_trains_on_the_same_stream(digits, split, tmp_path: Path) -> None:
     teacher = make_teacher()
     cached = make_distiller(teacher, digits, split, tmp_path).score(small_student(teacher))

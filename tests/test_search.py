@@ -63,6 +63,15 @@ def test_spec_files_parse_and_default_matches_yaml() -> None:
     assert load_study_spec(ROOT / "studies" / "digits_default.yaml") == default_spec()
     cifar = load_study_spec(ROOT / "studies" / "cifar10_resnet56.yaml")
     assert cifar.teacher.model == "cifar_resnet56" and cifar.budget.flops == "50%"
+    vit = load_study_spec(ROOT / "studies" / "cifar10_resnet56_vit.yaml")
+    assert vit.student.model == "vit_tiny_patch16_224" and vit.teacher == cifar.teacher
+
+
+def test_cnn_to_vit_study_fits_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped CNN-teacher -> ViT-student spec is feasible: its smallest ViT is under 50 %."""
+    monkeypatch.chdir(ROOT)  # the spec's paths are relative to the project root
+    plan = plan_search(load_study_spec("studies/cifar10_resnet56_vit.yaml"))
+    assert not plan.inherit and plan.smallest_cost.macs < plan.max_macs < plan.teacher_cost.macs
 
 
 def test_search_records_costs_constraints_and_scores(tiny_study: optuna.Study) -> None:

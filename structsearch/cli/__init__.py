@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from structsearch.cli import model_cmds, proxy_cmds, search_cmds, service_cmds
+from structsearch.cli import finetune_cmds, model_cmds, proxy_cmds, recheck_cmds, search_cmds, service_cmds, synth_cmds
 
 app = typer.Typer(
     help="Find the best student of a teacher under a FLOPs or params budget.",
@@ -20,6 +20,8 @@ app.command("studies")(search_cmds.studies)
 app.command("best")(search_cmds.best)
 app.command("pareto")(search_cmds.pareto)
 app.command("export")(search_cmds.export)
+app.command("recheck")(recheck_cmds.recheck)
+app.command("finetune")(finetune_cmds.finetune)
 app.add_typer(service_cmds.db_app, name="db")
 app.add_typer(service_cmds.apikey_app, name="apikey")
 app.command("serve")(service_cmds.serve)
@@ -27,6 +29,7 @@ app.command("worker")(service_cmds.worker)
 app.command("dashboard")(service_cmds.dashboard)
 app.command("eval")(proxy_cmds.evaluate)
 app.command("proxy")(proxy_cmds.proxy)
+app.command("synthesize")(synth_cmds.synthesize)
 
 
 def main() -> None:

@@ -94,12 +94,19 @@ def cost(
     spec: Annotated[Optional[Path], typer.Option(help="ArchSpec JSON of a student; its model and kwargs are used")] = None,
     kw: KwOpt = None,
     input_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time inference (median ms) on --device with --runtime")] = False,
+    memory: Annotated[bool, typer.Option("--memory", help="Also measure peak activation memory of one inference forward")] = False,
+    runtime: Annotated[str, typer.Option(help="Latency runtime: torch or onnxruntime")] = "torch",
+    device: Annotated[str, typer.Option(help="Device to measure on: cpu, cuda, cuda:N or auto")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images per measured inference call")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for latency (default: torch's setting)")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported")] = 20,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Count MACs (fvcore: 1 multiply-add = 1 flop) and parameters of a model or a student."""
+    """Count MACs (fvcore: 1 multiply-add = 1 flop) and parameters; optionally measure latency and memory."""
 
     def body() -> None:
-        from structsearch.cost import default_input_size, format_count, measure_cost
+        from structsearch.cost import default_input_size, format_bytes, format_count, format_ms, measure_cost
         from structsearch.errors import StructsearchError
         from structsearch.models import create_model
         from structsearch.space import ArchSpec
@@ -117,8 +124,23 @@ def cost(
             net = build_student(net, arch)
         size = (3, input_size, input_size) if input_size else default_input_size(net)
         report = measure_cost(net, size)
+        lat = mem = None
+        if latency:
+            from structsearch.cost import measure_latency
+
+            lat = measure_latency(net, size, runtime=runtime, device=device, batch_size=batch_size, threads=threads,  # type: ignore[arg-type]
+                                  repeats=repeats)  # fmt: skip
+        if memory:
+            from structsearch.cost import measure_memory
+
+            mem = measure_memory(net, size, device=device, batch_size=batch_size)
         if format is Format.json:
-            print_json({"model": name, **report.to_dict()})
+            out = {"model": name, **report.to_dict()}
+            if lat is not None:
+                out["latency"] = lat.to_dict()
+            if mem is not None:
+                out["memory"] = mem.to_dict()
+            print_json(out)
             return
         table = Table("model", "input", "MACs", "params", "convention")
         table.add_row(
@@ -129,5 +151,17 @@ def cost(
             report.convention,
         )
         console.print(table)
+        if lat is not None:
+            console.print(
+                f"latency: {format_ms(lat.median_ms)} median, {format_ms(lat.p90_ms)} p90 over {lat.repeats} runs, "
+                f"batch {lat.batch_size}, {lat.runtime_version} on {lat.device}",
+                highlight=False,
+            )
+        if mem is not None:
+            console.print(
+                f"peak activation memory: {format_bytes(mem.peak_bytes)} ({mem.peak_bytes} bytes), batch {mem.batch_size}, "
+                f"{mem.method} on {mem.device}",
+                highlight=False,
+            )
 
     run_guarded(body)

@@ -57,7 +57,7 @@ def evaluate(
 
 def proxy(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher timm model name, e.g. cifar_resnet56")],
-    data: Annotated[str, typer.Option("--data", help="Training data source (validation is carved from it unless --val-data)")],
+    data: Annotated[str, typer.Option("--data", help="Training data source (validation is carved from it unless --val-data); synthetic:N?iters=K makes it from the teacher (needs --checkpoint)")],
     checkpoint: CheckpointOpt = None,
     kw: KwOpt = None,
     student_spec: Annotated[Optional[Path], typer.Option(help="ArchSpec JSON of a student of the teacher (inherits its weights)")] = None,
@@ -176,7 +176,8 @@ def _run_proxy(
     if config.feature_kd:
         check_feature_pair(teacher, student)
 
-    train = load_data(data_source)
+    preprocess = Preprocess.from_model(teacher, input_size)
+    train = _train_data(data_source, teacher_name, checkpoint, teacher_kwargs, teacher, preprocess, config, cache_dir, no_cache)
     if val_source is not None:
         val = load_data(val_source)
         train_idx = torch.arange(len(train))
@@ -187,7 +188,6 @@ def _run_proxy(
         val = train
         train_idx, val_idx = split_train_val(train.y, val_size, split_seed, train_size)
 
-    preprocess = Preprocess.from_model(teacher, input_size)
     size = (3, *preprocess.input_size)
     teacher_cost, student_cost = measure_cost(teacher, size), measure_cost(student, size)
     distiller = Distiller(
@@ -208,3 +208,35 @@ def _run_proxy(
         "train_images": len(train_idx),
         "val_images": len(val_idx),
     }
+
+
+def _train_data(
+    source: str,
+    teacher_name: str,
+    checkpoint: Path | None,
+    teacher_kwargs: dict[str, Any],
+    teacher: Any,
+    preprocess: Any,
+    config: Any,
+    cache_dir: Path | None,
+    no_cache: bool,
+) -> Any:
+    """``--data`` loaded from files, or ``synthetic:N?...`` synthesised from the teacher (cached like its outputs).
+
+    With synthetic data and no ``--val-data`` the validation rows are carved from the synthetic set,
+    whose labels are the teacher's predictions: the score is then agreement with the teacher.
+    """
+    from structsearch.data import DataSpec, load_data
+    from structsearch.distill import TeacherCache, TeacherId
+    from structsearch.distill.synthesis import synthesize_spec
+    from structsearch.errors import DataError
+
+    spec = DataSpec.parse(source)
+    if spec.synthesis is None:
+        return load_data(spec)
+    if checkpoint is None:
+        raise DataError(f"--data {source} is synthesised from the teacher's trained weights; give its --checkpoint")
+    return synthesize_spec(
+        teacher, preprocess, spec.synthesis, device=config.device,
+        teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint), cache=None if no_cache else TeacherCache(cache_dir),
+    ).data

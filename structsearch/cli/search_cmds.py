@@ -25,10 +25,37 @@ def _fmt(n: int | None) -> str:
 
 
 def _records_table(records: list, title: str | None = None) -> Table:
-    table = Table("study", "trial", "score (val top-1 %)", "MACs", "params", title=title)
+    """Score and cost per record; resolution, latency and memory columns appear when measured."""
+    from structsearch.cost import format_bytes, format_ms
+
+    with_res = any(r.resolution is not None for r in records)
+    with_lat = any(r.latency_ms is not None for r in records)
+    with_mem = any(r.memory_bytes is not None for r in records)
+    columns = ["study", "trial", "score (val top-1 %)", "MACs", "params"]
+    columns += ["px"] * with_res + ["latency (device, runtime)"] * with_lat + ["peak act. memory"] * with_mem
+    table = Table(*columns, title=title)
     for r in records:
-        table.add_row(r.study, str(r.trial), f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params))
+        row = [r.study, str(r.trial), f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
+        if with_res:
+            row.append("-" if r.resolution is None else str(r.resolution))
+        if with_lat:
+            row.append("-" if r.latency_ms is None else f"{format_ms(r.latency_ms)} ({r.latency_device}, {r.latency_runtime})")
+        if with_mem:
+            row.append("-" if r.memory_bytes is None else format_bytes(r.memory_bytes))
+        table.add_row(*row)
     return table
+
+
+def _resolutions(text: str | None) -> list[int] | None:
+    """``"24,28,32"`` -> ``[24, 28, 32]``; one-line error otherwise."""
+    if text is None:
+        return None
+    from structsearch.errors import StructsearchError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise StructsearchError(f"invalid --resolutions '{text}': use comma-separated pixel sizes, e.g. 24,28,32") from None
 
 
 def search(
@@ -41,7 +68,10 @@ def search(
     val_data: Annotated[Optional[str], typer.Option(help="Separate validation data (default: carved from --data)")] = None,
     budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
     budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="accuracy (single objective, pruned), accuracy,macs or accuracy,params")] = None,
+    budget_latency: Annotated[Optional[str], typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60% of the teacher")] = None,
+    budget_memory: Annotated[Optional[str], typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60% of the teacher")] = None,
+    resolutions: Annotated[Optional[str], typer.Option(help="Student input resolutions to search, e.g. 24,28,32 (the teacher keeps its own)")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="accuracy (single objective, pruned), or accuracy,X with X macs, params, latency or memory")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="tpe, nsga2 or random")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Number of trials")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Proxy KD steps per candidate")] = None,
@@ -67,6 +97,9 @@ def search(
                 "data.val": val_data,
                 "budget.flops": budget_flops,
                 "budget.params": budget_params,
+                "budget.latency": budget_latency,
+                "budget.memory": budget_memory,
+                "data.resolutions": _resolutions(resolutions),
                 "objectives": objective.split(",") if objective else None,
                 "sampler": sampler,
                 "trials": trials,
@@ -121,7 +154,7 @@ def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> Non
             return
         table = Table("study", "teacher", "data", "budget", "trials", "trained", "best")
         for r in rows:
-            budget = " ".join(x for x in (f"flops<={r['budget_flops']}" if r["budget_flops"] else "", f"params<={r['budget_params']}" if r["budget_params"] else "") if x)
+            budget = " ".join(f"{what}<={r[f'budget_{what}']}" for what in ("flops", "params", "latency", "memory") if r.get(f"budget_{what}"))
             table.add_row(r["study"], r["teacher"], r["data"], budget or "-", f"{r['trials']}/{r['trials_requested']}", str(r["trained"]),
                           "-" if r["best_score"] is None else f"{r['best_score']:.2f}")
         console.print(table)
@@ -132,6 +165,8 @@ def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> Non
 def best(
     budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
     budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
+    budget_latency: Annotated[Optional[str], typer.Option(help="Latency budget against each trial's measured latency: 5ms, 800us or 60%")] = None,
+    budget_memory: Annotated[Optional[str], typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")] = None,
     study: Annotated[Optional[str], typer.Option(help="Look in one study (default: every study in the storage)")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
@@ -141,7 +176,9 @@ def best(
     def body() -> None:
         from structsearch.search import best_under_budget
 
-        r = best_under_budget(budget_flops, budget_params, study, storage)
+        r = best_under_budget(
+            budget_flops, budget_params, study, storage, budget_latency=budget_latency, budget_memory=budget_memory
+        )
         if format is Format.json:
             print_json(r.to_dict())
             return
@@ -153,7 +190,7 @@ def best(
 
 def pareto(
     study: Annotated[str, typer.Option(help="Study name")],
-    cost: Annotated[str, typer.Option(help="macs or params")] = "macs",
+    cost: Annotated[str, typer.Option(help="macs, params, latency (measured ms) or memory (peak activation bytes)")] = "macs",
     plot: Annotated[Optional[Path], typer.Option(help="Draw the front to a .png or .html file")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
@@ -163,20 +200,28 @@ def pareto(
     def body() -> None:
         from structsearch.errors import StructsearchError
         from structsearch.search import pareto_front, plot_front, study_records
+        from structsearch.cli.recheck_cmds import recheck_summary
+        from structsearch.search.recheck import stored_rechecks
         from structsearch.search.results import load_study
         from structsearch.search.storage import open_storage
 
-        if cost not in ("macs", "params"):
-            raise StructsearchError(f"--cost must be macs or params, not '{cost}'")
+        if cost not in ("macs", "params", "latency", "memory"):
+            raise StructsearchError(f"--cost must be macs, params, latency or memory, not '{cost}'")
         s = load_study(study, open_storage(storage, create=False))
         records = study_records(s)
         front = pareto_front(records, cost)
         if plot:
             plot_front(records, front, cost, plot, title=s.study_name)
+        rechecks = stored_rechecks(s)
         if format is Format.json:
-            print_json({"study": s.study_name, "cost": cost, "front": [r.to_dict() for r in front]})
+            print_json({"study": s.study_name, "cost": cost, "front": [r.to_dict() for r in front],
+                        "recheck": [r.to_dict() for r in rechecks]})
             return
         console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
+        for r in rechecks:
+            console.print(f"proxy fidelity at {r.steps} steps (`structsearch recheck`): {recheck_summary(r)}")
+        if not rechecks:
+            console.print("proxy fidelity not measured yet: run `structsearch recheck --study " + s.study_name + "`")
         if plot:
             console.print(f"plot written to {plot}")
 

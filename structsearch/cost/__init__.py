@@ -11,18 +11,31 @@ fvcore alone misses fused attention (``scaled_dot_product_attention``, used by t
 counter adds a handler for it and raises :class:`~structsearch.errors.CostError` instead of
 under-counting when any other matmul-like op goes uncounted.
 
-Budgets (``"300M"``, ``"1.2G"``, ``"850k"``, ``"60%"`` of the teacher) are parsed only by
-:func:`parse_budget`.
+Budgets (``"300M"``, ``"1.2G"``, ``"850k"``, ``"5ms"``, ``"50MB"``, ``"60%"`` of the teacher) are
+parsed only by :func:`parse_budget`.
+
+Latency (:func:`measure_latency`) and peak activation memory (:func:`measure_memory`) are
+*measured*, not estimated, so each report names the device, runtime and method that produced it;
+a latency figure without its device is meaningless.
 """
 
-from structsearch.cost.budget import Budget, format_count, parse_budget
+from structsearch.cost.budget import Budget, format_bytes, format_count, format_ms, parse_budget
 from structsearch.cost.counter import CostReport, default_input_size, measure_cost
+from structsearch.cost.latency import LatencyReport, device_name, measure_latency
+from structsearch.cost.memory import MemoryReport, measure_memory
 
 __all__ = [
     "Budget",
     "CostReport",
+    "LatencyReport",
+    "MemoryReport",
     "default_input_size",
+    "device_name",
+    "format_bytes",
     "format_count",
+    "format_ms",
     "measure_cost",
+    "measure_latency",
+    "measure_memory",
     "parse_budget",
 ]

@@ -1,10 +1,16 @@
-"""Budget strings (``"300M"``, ``"1.2G"``, ``"60%"``) parsed in one place.
+"""Budget strings (``"300M"``, ``"1.2G"``, ``"5ms"``, ``"50MB"``, ``"60%"``) parsed in one place.
 
 Every budget in the product -- CLI flags, study specs, REST bodies -- goes through
 :func:`parse_budget`, so all of them accept the same spellings and fail with the same one-line
-message. A budget is either an absolute count (MACs in fvcore's convention, or parameters) or a
-fraction of the teacher's count; :meth:`Budget.resolve` turns both into an absolute integer once
-the teacher has been measured.
+message. A budget is either absolute or a fraction of the teacher's figure; :meth:`Budget.resolve`
+turns both into an absolute figure once the teacher has been measured. Absolute figures are
+
+* FLOPs / params: a count (MACs in fvcore's convention, or parameters), with SI suffixes k/M/G/T;
+* latency: milliseconds, written with a time unit (``5ms``, ``800us``, ``0.01s``);
+* memory: bytes, written with a byte unit, decimal (``50MB``, ``512kB``) or binary (``64MiB``).
+
+Latency and memory always need their unit: a bare ``5`` could be milliseconds or seconds, and a
+bare ``50M`` could be a params count pasted into the wrong flag.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 
 from structsearch.errors import BudgetError
 
-__all__ = ["Budget", "format_count", "parse_budget"]
+__all__ = ["UNITS", "Budget", "format_bytes", "format_count", "format_ms", "parse_budget"]
 
 #: Decimal multipliers of the accepted suffixes (lower-cased). SI prefixes, not binary ones:
 #: a "1.2G" FLOPs budget is 1.2e9 MACs, as in timm's and the papers' tables.
@@ -32,34 +38,64 @@ _BUDGET_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<u
 #: A leading number, to tell "300MB" (bad suffix) from "abc" (no number at all) in messages.
 _NUMBER_PREFIX_RE = re.compile(r"^(?:\d+\.?\d*|\.\d+)\s*(?P<rest>.*)$", re.DOTALL)
 
-_LABELS: dict[str, str] = {"flops": "FLOPs budget", "params": "params budget"}
-_EXAMPLES: dict[str, str] = {"flops": "300M, 1.2G", "params": "5M, 850k"}
+_LABELS: dict[str, str] = {
+    "flops": "FLOPs budget",
+    "params": "params budget",
+    "latency": "latency budget",
+    "memory": "memory budget",
+}
+_EXAMPLES: dict[str, str] = {"flops": "300M, 1.2G", "params": "5M, 850k", "latency": "5ms, 800us, 0.01s",
+                             "memory": "50MB, 512kB, 1.5GB, 64MiB"}  # fmt: skip
+
+#: What each kind of budget measures; ``Budget.unit`` ("" for counts).
+UNITS: dict[str, str] = {"flops": "", "params": "", "latency": "ms", "memory": "B"}
+
+#: Latency units in milliseconds (lower-cased; "µ" in both of its Unicode spellings).
+_TIME_UNITS: dict[str, Decimal] = {
+    "ns": Decimal("0.000001"), "us": Decimal("0.001"), "\u00b5s": Decimal("0.001"), "\u03bcs": Decimal("0.001"),
+    "ms": Decimal(1), "s": Decimal(1000),
+}  # fmt: skip
+#: Memory units in bytes (lower-cased): decimal SI as in "50MB", binary IEC as in "64MiB".
+_BYTE_UNITS: dict[str, int] = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+#: Byte units as written back (their canonical spelling).
+_WRITE_BYTE_UNITS: tuple[tuple[str, int], ...] = (
+    ("kB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12),
+    ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40),
+)  # fmt: skip
+_MEASURED_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[^\d\s.][^\s]*)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A FLOPs or params budget, absolute or relative to the teacher.
+    """A FLOPs, params, latency or memory budget, absolute or relative to the teacher.
 
     Attributes:
-        value: the absolute count (``relative=False``), or the fraction of the teacher's count in
-            ``(0, 1]`` (``relative=True``; ``"60%"`` is ``0.6``).
+        value: the absolute figure (``relative=False``) in the budget's unit -- a count, milliseconds
+            or bytes -- or the fraction of the teacher's figure in ``(0, 1]`` (``relative=True``;
+            ``"60%"`` is ``0.6``).
         relative: whether ``value`` is a fraction of the teacher.
+        unit: ``""`` for counts (FLOPs, params), ``"ms"`` for latency, ``"B"`` for memory; it only
+            decides how the budget is written back and whether :meth:`resolve` rounds.
     """
 
     value: float
     relative: bool
+    unit: str = ""
 
-    def resolve(self, reference: int) -> int:
-        """Return the absolute budget; ``reference`` is the teacher's count, used only if relative.
+    def resolve(self, reference: float) -> int | float:
+        """Return the absolute budget; ``reference`` is the teacher's figure, used only if relative.
 
         Relative budgets are kept symbolic until now because the teacher's cost depends on the input
-        size the search runs at, which the parser does not know.
+        size the search runs at (and its latency on the device), which the parser does not know.
+        Counts and bytes are whole numbers (rounded); a latency stays a float number of ms.
         """
-        if not self.relative:
-            return round(self.value)
-        if reference <= 0:
-            raise ValueError(f"reference count must be positive to resolve {self}, got {reference}")
-        return round(self.value * reference)
+        if self.relative and reference <= 0:
+            raise ValueError(f"reference must be positive to resolve {self}, got {reference}")
+        value = self.value * reference if self.relative else self.value
+        return float(value) if self.unit == "ms" else round(value)
 
     def __str__(self) -> str:
         """Canonical spelling (``"300M"``, ``"1.2G"``, ``"60%"``) that :func:`parse_budget` maps
@@ -71,10 +107,21 @@ class Budget:
         exact = Decimal(repr(self.value))
         if self.relative:
             return f"{_plain(exact * 100)}%"
+        if self.unit == "ms":
+            return f"{_plain(exact)}ms" if exact >= 1 else f"{_plain(exact * 1000)}us"
+        if self.unit == "B":
+            return _bytes_text(exact)
         for suffix, scale in _WRITE_SUFFIXES:
             if exact >= scale:
                 return f"{_plain(exact / scale)}{suffix}"
         return _plain(exact)
+
+
+def _bytes_text(exact: Decimal) -> str:
+    """Shortest exact spelling of a byte count among decimal and binary units (``50MB``, ``64MiB``)."""
+    options = [f"{_plain(exact)}B"]
+    options += [f"{_plain(exact / scale)}{unit}" for unit, scale in _WRITE_BYTE_UNITS if exact >= scale]
+    return min(options, key=len)
 
 
 def _plain(number: Decimal) -> str:
@@ -84,11 +131,13 @@ def _plain(number: Decimal) -> str:
 
 
 def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
-    """Parse a budget such as ``"300M"``, ``"1.2g"``, ``"850k"``, ``300000000`` or ``"60%"``.
+    """Parse a budget such as ``"300M"``, ``"1.2g"``, ``"850k"``, ``"5ms"``, ``"50MB"`` or ``"60%"``.
 
     Args:
-        text: the user's budget. Numbers are taken as absolute counts.
-        what: ``"flops"`` or ``"params"``; only used to word the error message.
+        text: the user's budget. Numbers are taken as absolute counts (FLOPs/params only: a
+            latency or memory budget needs its unit).
+        what: ``"flops"``, ``"params"`` (counts with k/M/G/T suffixes), ``"latency"`` (ns/us/ms/s,
+            resolved in ms) or ``"memory"`` (B/kB/MB/GB/TB or KiB/MiB/GiB/TiB, resolved in bytes).
 
     Raises:
         BudgetError: with one line naming the offending text and showing valid budgets.
@@ -98,10 +147,48 @@ def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
     if isinstance(text, bool):  # bool is an int subclass; True is not a budget of 1
         raise _invalid(text, what, "a boolean is not a count")
     if isinstance(text, (int, float)):
+        if UNITS[what]:
+            raise _invalid(text, what, "a bare number has no unit")
         return _absolute(Decimal(repr(text)) if math.isfinite(text) else None, text, what)
     if not isinstance(text, str):
         raise _invalid(text, what, f"expected text or a number, got {type(text).__name__}")
+    if UNITS[what]:
+        return _parse_measured(text, what)
     return _parse_text(text, what)
+
+
+def _parse_measured(text: str, what: str) -> Budget:
+    """Latency and memory budgets: a number with a mandatory unit, or a percentage."""
+    stripped = text.strip()
+    if not stripped:
+        raise _invalid(text, what, "it is empty")
+    if stripped.startswith("-"):
+        raise _invalid(text, what, "a budget must be positive")
+    match = _MEASURED_RE.match(stripped)
+    if match is None:
+        raise _invalid(text, what, "not a number with a unit")
+    number = _decimal(match["number"])
+    unit = (match["unit"] or "").lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise _invalid(text, what, "a percentage must be above 0% and at most 100%")
+        return Budget(value=float(number / 100), relative=True, unit=UNITS[what])
+    units: dict[str, Decimal] = (
+        _TIME_UNITS if what == "latency" else {k: Decimal(v) for k, v in _BYTE_UNITS.items()}
+    )
+    if not unit:
+        raise _invalid(text, what, "it has no unit")
+    if unit not in units:
+        raise _invalid(text, what, f"unknown unit {match['unit']!r}")
+    value = number * units[unit]
+    if not value.is_finite() or value <= 0:
+        raise _invalid(text, what, "a budget must be positive")
+    if what == "memory" and value < 1:
+        raise _invalid(text, what, "must be at least 1 byte")
+    as_float = float(value)
+    if not math.isfinite(as_float):
+        raise _invalid(text, what, "too large")
+    return Budget(value=as_float, relative=False, unit=UNITS[what])
 
 
 def _parse_text(text: str, what: str) -> Budget:
@@ -156,10 +243,35 @@ def _decimal(number: str) -> Decimal:
 def _invalid(text: object, what: str, reason: str) -> BudgetError:
     """Build the one-line error; ``repr`` keeps control characters from breaking the line."""
     shown = repr(text) if isinstance(text, str) else f"'{text}'"
-    return BudgetError(
-        f"invalid {_LABELS[what]} {shown}: {reason}; use a number with an optional k/M/G/T suffix "
-        f"({_EXAMPLES[what]}) or a percentage of the teacher (60%)"
-    )
+    if what == "latency":
+        fix = f"use a time with a unit ({_EXAMPLES[what]}) or a percentage of the teacher's latency (60%)"
+    elif what == "memory":
+        fix = f"use a size with a unit ({_EXAMPLES[what]}) or a percentage of the teacher's memory (60%)"
+    else:
+        fix = f"use a number with an optional k/M/G/T suffix ({_EXAMPLES[what]}) or a percentage of the teacher (60%)"
+    return BudgetError(f"invalid {_LABELS[what]} {shown}: {reason}; {fix}")
+
+
+def format_ms(ms: float) -> str:
+    """Human-readable latency for tables: ``12.3ms``, ``1.52ms``, ``850us``, ``1.25s``.
+
+    Three significant digits: run-to-run noise makes more meaningless. Parses back with
+    :func:`parse_budget` (``what="latency"``).
+    """
+    if ms >= 1000:
+        return f"{ms / 1000:.3g}s"
+    if ms >= 1:
+        return f"{ms:.3g}ms"
+    return f"{ms * 1000:.3g}us"
+
+
+def format_bytes(n: int | float) -> str:
+    """Human-readable size in decimal units for tables: ``12.85MB``, ``850.0kB``, ``999B``.
+
+    Decimal (not binary) so the figure reads against budgets like ``50MB`` without conversion;
+    parses back with :func:`parse_budget` (``what="memory"``).
+    """
+    return f"{format_count(n)}B"
 
 
 def format_count(n: int | float) -> str:

@@ -14,6 +14,8 @@ Sources (``DataSpec.parse`` / ``str(spec)``; see :mod:`structsearch.data.spec` f
                                  the train split unless ``:test``; never downloads unless asked
     digits[:test]                scikit-learn's bundled digits: no files needed. ``digits`` is 80 %,
                                  ``digits:test`` a disjoint stratified 20 % (fixed seed)
+    synthetic:N[?iters=K&...]    N images synthesised from the teacher (data-free); made by
+                                 ``structsearch.distill.synthesis``, not by ``load_data``
 
 Any of them takes a row slice ``[start:stop]``: for the CIFAR teachers, which memorised their
 training set, select on ``npz:.../cifar10/test.npz[:5000]`` and report on ``test.npz[5000:]``.

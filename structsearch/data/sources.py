@@ -68,6 +68,11 @@ class Prepared:
 def prepare(spec: DataSpec) -> Prepared:
     """Check that ``spec``'s files exist and say how to decode them (the spec's slice is ignored)."""
     spec = spec.unsliced()  # only torchvision specs may carry download; it drops it from its key
+    if spec.kind == "synthetic":
+        raise DataError(
+            f"{spec} is synthesised from a teacher, not loaded from files: use it as a search's data.train or "
+            "`structsearch proxy --data`, or write it to a file with `structsearch synthesize --out FILE.npz`"
+        )
     if spec.kind == "npz":
         return _prepare_npz(spec)
     if spec.kind == "imagefolder":

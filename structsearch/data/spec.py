@@ -8,6 +8,7 @@ Grammar (``str(spec)`` writes the canonical form and ``DataSpec.parse`` reads it
     torchvision:NAME:ROOT:test    ... its test split
     digits                        scikit-learn's bundled 8×8 digits, the part that is not held out
     digits:test                   the held-out 20 % of digits (stratified, fixed seed), disjoint
+    synthetic:N                   N images synthesised from the teacher (data-free distillation)
 
 Every form takes an optional row slice and options, in either order, at the end::
 
@@ -21,6 +22,15 @@ Every form takes an optional row slice and options, in either order, at the end:
   *which* data is loaded, so it takes no part in caching; the CLI's ``--download`` sets it too.
 * ``?size=H`` or ``?size=HxW`` (imagefolder only) resizes every image to that size; without it
   images are resized to the first image's size.
+* ``synthetic:N?iters=K&method=M&seed=S&batch=B`` (every option optional) names a set synthesised
+  from the teacher's weights when the user has no data: ``method`` is ``auto`` (the default:
+  DeepInversion for teachers with BatchNorm, PSAQ-ViT otherwise), ``deepinversion`` or ``psaq``;
+  ``iters`` the optimisation steps per batch (default 2000, as in the DeepInversion paper); ``seed``
+  the random start; ``batch`` the images optimised together (default 256; BatchNorm statistics are
+  matched per batch, so it changes the result). It takes no row slice. Only a search
+  (``data.train``), ``structsearch proxy --data`` and ``structsearch synthesize`` can produce it,
+  because it needs the teacher: ``load_data`` refuses it. See
+  :mod:`structsearch.distill.synthesis`.
 
 The spec says *what* to load; :func:`structsearch.data.load_data` does the loading and
 validation. Parsing never touches the file system, so a spec can be validated (and stored) on a
@@ -35,13 +45,18 @@ from dataclasses import dataclass, replace
 from structsearch.errors import DataError
 
 #: The source kinds, in the order error messages list them.
-KINDS: tuple[str, ...] = ("npz", "imagefolder", "torchvision", "digits")
+KINDS: tuple[str, ...] = ("npz", "imagefolder", "torchvision", "digits", "synthetic")
 
 #: The valid forms, quoted by every "unknown source" error so the user sees what to type.
 FORMS = (
     "npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT[:test], digits[:test], "
-    "each optionally followed by [start:stop] and ?download=1 (torchvision) or ?size=HxW (imagefolder)"
+    "each optionally followed by [start:stop] and ?download=1 (torchvision) or ?size=HxW (imagefolder); "
+    "or synthetic:N[?iters=K&method=auto|deepinversion|psaq&seed=S&batch=B] (synthesised from the teacher)"
 )
+
+#: Ways to synthesise data from a teacher; ``auto`` picks by the teacher's layers (see
+#: :mod:`structsearch.distill.synthesis`).
+SYNTHESIS_METHODS: tuple[str, ...] = ("auto", "deepinversion", "psaq")
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -51,6 +66,45 @@ _OPTIONS_RE = re.compile(r"\?([A-Za-z_]+=[^?&\[\]]*(?:&[A-Za-z_]+=[^?&\[\]]*)*)$
 _SIZE_RE = re.compile(r"^(\d+)(?:[xX×](\d+))?$")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class SynthesisSpec:
+    """How a ``synthetic:N`` set is made from the teacher (what its options say).
+
+    Every field changes which images come out, so every field is part of the set's cache key.
+    """
+
+    #: Number of images.
+    n: int
+    method: str = "auto"
+    #: Optimisation steps per batch (DeepInversion: 2000 at batch 256 on CIFAR-10).
+    iterations: int = 2000
+    seed: int = 0
+    #: Images optimised together; BatchNorm statistics are matched over this batch.
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name, low in (("n", 1), ("iterations", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DataError(f"synthetic data: {_SYNTH_OPTION_OF.get(name, name)} must be an integer >= {low}, got {value!r}")
+        if self.method not in SYNTHESIS_METHODS:
+            raise DataError(f"synthetic data: unknown method {self.method!r}; use one of {', '.join(SYNTHESIS_METHODS)}")
+
+    def options_str(self) -> str:
+        """``iters=K&method=M&...`` for the options that differ from their defaults (may be empty)."""
+        default = SynthesisSpec(1)
+        parts = []
+        for option, name in _SYNTH_OPTIONS.items():
+            if getattr(self, name) != getattr(default, name):
+                parts.append(f"{option}={getattr(self, name)}")
+        return "&".join(parts)
+
+
+#: ``synthetic:`` option names and the :class:`SynthesisSpec` fields they set, in canonical order.
+_SYNTH_OPTIONS = {"iters": "iterations", "method": "method", "seed": "seed", "batch": "batch_size"}
+_SYNTH_OPTION_OF = {field: option for option, field in _SYNTH_OPTIONS.items()} | {"n": "the image count N"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +128,8 @@ class DataSpec:
     size: tuple[int, int] | None = None
     start: int | None = None
     stop: int | None = None
+    #: How a ``synthetic`` set is made from the teacher; ``None`` for every other kind.
+    synthesis: SynthesisSpec | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -89,11 +145,16 @@ class DataSpec:
 
     def _check_fields_apply(self) -> None:
         """Reject fields that a kind ignores, so a typo cannot silently load other data."""
-        needs_path = self.kind != "digits"
+        needs_path = self.kind not in ("digits", "synthetic")
         if needs_path and not self.path:
             raise DataError(f"{self.kind} data needs a path; valid forms: {FORMS}")
         if not needs_path and self.path:
-            raise DataError(f"digits data takes no path, got {self.path!r}")
+            raise DataError(f"{self.kind} data takes no path, got {self.path!r}")
+        if (self.kind == "synthetic") != (self.synthesis is not None):
+            what = "needs an image count (synthetic:N)" if self.kind == "synthetic" else "takes no synthesis options"
+            raise DataError(f"{self.kind} data {what}")
+        if self.kind == "synthetic" and (self.start is not None or self.stop is not None):
+            raise DataError("synthetic data takes no row slice; choose the number of images instead (synthetic:N)")
         if (self.kind == "torchvision") != bool(self.name):
             what = "needs a dataset name (torchvision:NAME:ROOT)" if self.kind == "torchvision" else "takes no name"
             raise DataError(f"{self.kind} data {what}")
@@ -118,6 +179,8 @@ class DataSpec:
         kind = kind.lower()
         if kind not in KINDS:
             raise DataError(f"unknown data source {text.strip()!r}; valid forms: {FORMS}")
+        if kind == "synthetic":
+            return cls(kind=kind, start=start, stop=stop, synthesis=_parse_synthesis(rest, options))
         fields = _parse_body(kind, rest)
         fields.update(_parse_options(kind, options))
         return cls(kind=kind, start=start, stop=stop, **fields)
@@ -132,6 +195,8 @@ class DataSpec:
         test = ":test" if self.split == "test" else ""
         if self.kind == "digits":
             return "digits" + test
+        if self.synthesis is not None:
+            return f"synthetic:{self.synthesis.n}"
         if self.kind == "torchvision":
             return f"torchvision:{self.name}:{self.path}{test}"
         return f"{self.kind}:{self.path}"
@@ -149,6 +214,8 @@ class DataSpec:
             options.append("download=1")
         if self.size is not None:
             options.append(f"size={self.size[0]}x{self.size[1]}")
+        if self.synthesis is not None and self.synthesis.options_str():
+            options.append(self.synthesis.options_str())
         return "?" + "&".join(options) if options else ""
 
     # -- derived specs -----------------------------------------------------------------------------
@@ -231,6 +298,25 @@ def _parse_options(kind: str, options: str) -> dict[str, object]:
             raise DataError(f"unknown data option {key!r}; {hint}")
         fields[key] = _parse_download(value) if key == "download" else _parse_size(value)
     return fields
+
+
+def _parse_synthesis(count: str, options: str) -> SynthesisSpec:
+    """``N`` and ``iters=K&method=M&seed=S&batch=B`` of a ``synthetic:`` spec."""
+    if not count.isdigit():
+        raise DataError(f"synthetic data needs a positive image count, e.g. synthetic:2048; got 'synthetic:{count}'")
+    fields: dict[str, object] = {"n": int(count)}
+    for item in options.split("&") if options else []:
+        key, _, value = item.partition("=")
+        name = _SYNTH_OPTIONS.get(key.lower())
+        if name is None:
+            raise DataError(f"unknown data option {key!r}; synthetic data takes {', '.join(_SYNTH_OPTIONS)}")
+        if name == "method":
+            fields[name] = value.lower()
+        elif value.isdigit():
+            fields[name] = int(value)
+        else:
+            raise DataError(f"synthetic data: {key} must be an integer, got {value!r}")
+    return SynthesisSpec(**fields)  # type: ignore[arg-type]
 
 
 def _parse_download(value: str) -> bool:

@@ -17,6 +17,7 @@ from structsearch.distill.evaluate import predict, top1
 from structsearch.distill.students import uniform_width_spec
 from structsearch.distill.losses import distill_loss, feature_kd_loss, kd_loss
 from structsearch.distill.taps import FeatureKDError, FeatureTap, stage_names, tapped
+from structsearch.distill.synthesis import SynthesisConfig, SynthesisResult, synthesize, synthesize_report
 from structsearch.distill.teacher import TeacherId, augmented_views, run_teacher
 from structsearch.distill.trainer import (
     Distiller,
@@ -34,6 +35,8 @@ __all__ = [
     "ProxyConfig",
     "ProxyConfigError",
     "ProxyResult",
+    "SynthesisConfig",
+    "SynthesisResult",
     "TeacherCache",
     "TeacherId",
     "augmented_views",
@@ -47,6 +50,8 @@ __all__ = [
     "resolve_device",
     "run_teacher",
     "stage_names",
+    "synthesize",
+    "synthesize_report",
     "tapped",
     "top1",
     "train_proxy",

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structsearch.data import Augment, LoadedData, Preprocess, batches, check_labels, fingerprint
@@ -293,27 +294,56 @@ class Distiller:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def score(self, student: nn.Module, callback: Callback | None = None) -> ProxyResult:
+    def score(self, student: nn.Module, callback: Callback | None = None, *, input_size: int | None = None) -> ProxyResult:
         """Distil into ``student`` (trained in place, left in eval mode) and score it on validation.
 
         ``callback(step, val_top1)`` is called every ``config.report_every`` steps with the current
         validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run. Seeding
         happens inside a forked RNG state, so the caller's global random streams are left alone.
+
+        ``input_size`` (px) runs the student at another resolution than the teacher: the teacher's
+        targets stay those of its own resolution (the cached outputs), and the student sees the
+        same preprocessed batch resized (bilinear, antialiased) -- so a student at 24 px learns to
+        match what the teacher says about the full 32 px image. ``None`` or the teacher's own size
+        is the unchanged default path.
         """
+        size = self._student_size(input_size)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            return self._score(student, callback)
+            return self._score(student, callback, size)
 
-    def _score(self, student: nn.Module, callback: Callback | None) -> ProxyResult:
+    def _student_size(self, input_size: int | None) -> tuple[int, int] | None:
+        """``(H, W)`` to resize the student's inputs to, or None when it runs at the teacher's size."""
+        if input_size is None:
+            return None
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+            raise ProxyConfigError(f"input_size must be a positive number of pixels, got {input_size!r}")
+        size = (input_size, input_size)
+        if size == tuple(self.preprocess.input_size):
+            return None
+        if self.config.feature_kd:
+            raise ProxyConfigError("feature KD needs the student at the teacher's resolution; turn it off to train at another size")
+        return size
+
+    def _resize(self, x: Tensor, size: tuple[int, int] | None) -> Tensor:
+        """The student's view of a preprocessed batch: resized to ``size`` (identity when None)."""
+        if size is None or tuple(x.shape[-2:]) == size:
+            return x
+        out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return out.contiguous(memory_format=torch.channels_last) if self.config.channels_last else out.contiguous()
+
+    def _score(self, student: nn.Module, callback: Callback | None, size: tuple[int, int] | None = None) -> ProxyResult:
         cfg = self.config
         start = time.perf_counter()
         student.to(self.device)
         if cfg.channels_last:
             student.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed)
-        self._probe_student(student)
+        self._probe_student(student, size)
         recal = torch.Generator().manual_seed(cfg.seed + 1)
-        recal_batches = (self._pre(self.train_views[p]) for p in self._pair_batches(recal, cfg.bn_recalibration_batches))
+        recal_batches = (
+            self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(recal, cfg.bn_recalibration_batches)
+        )
         recalibrate_bn(student, recal_batches)
         adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
 
@@ -331,7 +361,7 @@ class Distiller:
             for step, pairs in enumerate(self._pair_batches(gen, cfg.steps), start=1):
                 x = self._pre(self.train_views[pairs])
                 t_logits, t_feats = self.source(pairs, x)
-                out = student(x)
+                out = student(self._resize(x, size))
                 loss = distill_loss(out, t_logits, self.train_y[pairs.to(self.device) % self.n_train], cfg.temperature, cfg.alpha)
                 if tap is not None:
                     loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
@@ -343,7 +373,7 @@ class Distiller:
                     loss_sum += loss.detach()
                 if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
                     train_seconds += time.perf_counter() - t0
-                    top1, _ = self.evaluate(student)
+                    top1, _ = self._evaluate(student, size)
                     history.append((step, top1))
                     if tap is not None:
                         tap.clear()  # drop the stage outputs the evaluation pass recorded
@@ -354,7 +384,7 @@ class Distiller:
         finally:
             if tap is not None:
                 tap.remove()
-        top1, agreement = self.evaluate(student)
+        top1, agreement = self._evaluate(student, size)
         seconds = time.perf_counter() - start
         images = cfg.steps * self._batch_size()
         return ProxyResult(
@@ -368,18 +398,23 @@ class Distiller:
             teacher_cache_hit=self.cache_hit,
         )
 
-    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+    def evaluate(self, model: nn.Module, *, input_size: int | None = None) -> tuple[float, float]:
         """``(top-1 in percent, agreement with the teacher as a fraction)`` on the validation split.
 
-        Moves ``model`` to the distiller's device and leaves it in eval mode.
+        Moves ``model`` to the distiller's device and leaves it in eval mode. ``input_size`` (px)
+        resizes the preprocessed validation images for a student at another resolution; the
+        agreement is still with the teacher's predictions at its own resolution.
         """
+        return self._evaluate(model, self._student_size(input_size))
+
+    def _evaluate(self, model: nn.Module, size: tuple[int, int] | None) -> tuple[float, float]:
         model.to(self.device).eval()
         correct = agree = 0
         with torch.inference_mode():
             for begin in range(0, len(self.val_y), self.config.eval_batch_size):
                 sl = slice(begin, begin + self.config.eval_batch_size)
                 x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
-                pred = model(x).argmax(1)
+                pred = model(self._resize(x, size)).argmax(1)
                 correct += int((pred == self.val_y[sl]).sum())
                 agree += int((pred == self.val_teacher_pred[sl]).sum())
         n = len(self.val_y)
@@ -400,17 +435,19 @@ class Distiller:
                 if made == count:
                     return
 
-    def _probe_student(self, student: nn.Module) -> None:
+    def _probe_student(self, student: nn.Module, size: tuple[int, int] | None = None) -> None:
         """Fail before training if the student cannot take the inputs or predicts other classes."""
         student.eval()
         x = self.val_x[:2] if self._val_preprocessed else self._pre(self.val_x[:2])
+        x = self._resize(x, size)
         try:
             with torch.no_grad():
                 out = student(x)
         except (RuntimeError, AssertionError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            whose = "the teacher's" if size is None else "its"
             raise StructsearchError(
-                f"the student cannot run on the teacher's {x.shape[-2]}x{x.shape[-1]} inputs: {first}"
+                f"the student cannot run on {whose} {x.shape[-2]}x{x.shape[-1]} inputs: {first}"
             ) from None
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise StructsearchError(

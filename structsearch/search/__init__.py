@@ -59,6 +59,8 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
                 "data": a.get("data"),
                 "budget_flops": a.get("budget_flops"),
                 "budget_params": a.get("budget_params"),
+                "budget_latency": a.get("budget_latency"),
+                "budget_memory": a.get("budget_memory"),
                 "trials": len(recs),
                 "trials_requested": a.get("trials_requested"),
                 "trained": len(scored(recs)),

@@ -18,10 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from structsearch.cost import CostReport, default_input_size, format_count, measure_cost, parse_budget
+from structsearch.cost import (
+    CostReport,
+    LatencyReport,
+    MemoryReport,
+    default_input_size,
+    format_bytes,
+    format_count,
+    format_ms,
+    measure_cost,
+    measure_latency,
+    measure_memory,
+    parse_budget,
+)
 from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
 from structsearch.models import create_model, file_hash
+from structsearch.search.datafree import check_synthetic, load_train_data
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
@@ -41,11 +54,52 @@ class SearchPlan:
     smallest_cost: CostReport
     max_macs: int | None
     max_params: int | None
+    #: Student resolutions searched over (``data.resolutions``); None: every student at ``input_size``.
+    resolutions: tuple[int, ...] | None = None
+    #: Resolved latency budget in ms / memory budget in bytes (measured per ``spec.measure``).
+    max_latency_ms: float | None = None
+    max_memory_bytes: int | None = None
+    #: The teacher measured at ``input_size``; only when a relative latency/memory budget needed it.
+    teacher_latency: LatencyReport | None = None
+    teacher_memory: MemoryReport | None = None
+
+    def student_input_size(self, resolution: int | None) -> tuple[int, int, int]:
+        """``(C, H, W)`` a student runs at: its trial's resolution, else the teacher's size."""
+        return self.input_size if resolution is None else (self.input_size[0], resolution, resolution)
+
+    def measure_runtime(self, model: nn.Module, resolution: int | None = None) -> tuple[LatencyReport | None, MemoryReport | None]:
+        """Latency and peak activation memory of ``model`` as the spec's ``measure`` section says.
+
+        One place, so candidates, the teacher and the smallest student are measured alike.
+        """
+        m = self.spec.measure
+        size = self.student_input_size(resolution)
+        latency = (
+            measure_latency(model, size, runtime=m.runtime, device=m.device, batch_size=m.batch_size,
+                            threads=m.threads, warmup=m.warmup, repeats=m.repeats)
+            if m.latency else None
+        )  # fmt: skip
+        memory = measure_memory(model, size, device=m.device, batch_size=m.batch_size) if m.memory else None
+        return latency, memory
 
     def study_attrs(self) -> dict[str, Any]:
         """What the study stores about itself (shown by ``structsearch studies`` and the dashboard)."""
         s = self.spec
-        return {
+        measured: dict[str, Any] = {
+            "budget_latency": s.budget.latency,
+            "budget_memory": s.budget.memory,
+            "max_latency_ms": self.max_latency_ms,
+            "max_memory_bytes": self.max_memory_bytes,
+            "resolutions": list(self.resolutions) if self.resolutions else None,
+            "measure": s.measure.model_dump(),
+        }
+        if self.teacher_latency is not None:
+            measured["teacher_latency_ms"] = self.teacher_latency.median_ms
+            measured["latency_device"] = self.teacher_latency.device
+        if self.teacher_memory is not None:
+            measured["teacher_memory_bytes"] = self.teacher_memory.peak_bytes
+            measured["memory_device"] = self.teacher_memory.device
+        return measured | {
             "teacher": s.teacher.model,
             "student_base": self.base_model,
             "data": s.data.train,
@@ -78,6 +132,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
     if spec.teacher.checkpoint and not Path(spec.teacher.checkpoint).is_file():
         raise StructsearchError(f"teacher checkpoint not found: {spec.teacher.checkpoint}")
     teacher = create_model(spec.teacher.model, **spec.teacher.kwargs).eval()
+    check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
     size = (3, spec.data.input_size, spec.data.input_size) if spec.data.input_size else default_input_size(teacher)
     base_model = spec.student.model or spec.teacher.model
     base_kwargs = dict(spec.student.kwargs) if spec.student.model else dict(spec.teacher.kwargs)
@@ -87,7 +142,10 @@ def plan_search(spec: StudySpec) -> SearchPlan:
     base = teacher if inherit else create_model(base_model, **base_kwargs).eval()
     space = space_of(base, base_model, base_kwargs)
     teacher_cost = measure_cost(teacher, size)
-    smallest = measure_cost(build_student(base, space.smallest_spec()), size)
+    resolutions = spec.data.resolutions
+    smallest_size = (size[0], resolutions[0], resolutions[0]) if resolutions else size
+    smallest_student = build_student(base, space.smallest_spec())
+    smallest = measure_cost(smallest_student, smallest_size)
     max_macs = _resolve(spec.budget.flops, "flops", teacher_cost.macs)
     max_params = _resolve(spec.budget.params, "params", teacher_cost.params)
     if max_macs is not None and max_macs < smallest.macs:
@@ -100,7 +158,54 @@ def plan_search(spec: StudySpec) -> SearchPlan:
             f"params budget {spec.budget.params} ({format_count(max_params)}) is below the smallest "
             f"student of {base_model} ({format_count(smallest.params)} params); raise the budget"
         )
-    return SearchPlan(spec, space, base_model, base_kwargs, inherit, size, teacher_cost, smallest, max_macs, max_params)
+    plan = SearchPlan(spec, space, base_model, base_kwargs, inherit, size, teacher_cost, smallest, max_macs, max_params,
+                      resolutions=resolutions)  # fmt: skip
+    _resolve_measured_budgets(plan, teacher, smallest_student)
+    return plan
+
+
+def _resolve_measured_budgets(plan: SearchPlan, teacher: nn.Module, smallest: nn.Module) -> None:
+    """Resolve the latency/memory budgets and check the smallest student can meet them.
+
+    The teacher is measured (at its own size) only when a budget is a percentage of it; the
+    smallest student (at the smallest resolution) whenever there is such a budget, so an impossible
+    budget is refused before anything is stored. Where the measuring device is missing (a CPU-only
+    API server validating a spec measured on ``cuda``) the checks are left to the workers, whose
+    trials then fail with that one-line reason if they lack it too.
+    """
+    spec, b = plan.spec, plan.spec.budget
+    if b.latency is None and b.memory is None:
+        return
+    lat_budget = parse_budget(b.latency, "latency") if b.latency else None
+    mem_budget = parse_budget(b.memory, "memory") if b.memory else None
+    if spec.measure.device.startswith("cuda") and not torch.cuda.is_available():
+        if lat_budget is not None and not lat_budget.relative:
+            plan.max_latency_ms = float(lat_budget.value)
+        if mem_budget is not None and not mem_budget.relative:
+            plan.max_memory_bytes = round(mem_budget.value)
+        return
+    if (lat_budget and lat_budget.relative) or (mem_budget and mem_budget.relative):
+        plan.teacher_latency, plan.teacher_memory = plan.measure_runtime(teacher)
+    if lat_budget is not None:
+        ref = plan.teacher_latency.median_ms if plan.teacher_latency else 0.0
+        plan.max_latency_ms = float(lat_budget.resolve(ref))
+    if mem_budget is not None:
+        ref_bytes = plan.teacher_memory.peak_bytes if plan.teacher_memory else 0
+        plan.max_memory_bytes = int(mem_budget.resolve(ref_bytes))
+    latency, memory = plan.measure_runtime(smallest, plan.resolutions[0] if plan.resolutions else None)
+    px = plan.student_input_size(plan.resolutions[0] if plan.resolutions else None)[1]
+    if plan.max_latency_ms is not None and latency is not None and latency.median_ms > plan.max_latency_ms:
+        raise BudgetError(
+            f"latency budget {b.latency} ({format_ms(plan.max_latency_ms)}) is below the smallest student of "
+            f"{plan.base_model} ({format_ms(latency.median_ms)} at {px} px on {latency.device}, {latency.runtime}); "
+            "raise the budget"
+        )
+    if plan.max_memory_bytes is not None and memory is not None and memory.peak_bytes > plan.max_memory_bytes:
+        raise BudgetError(
+            f"memory budget {b.memory} ({format_bytes(plan.max_memory_bytes)}) is below the peak activation memory of "
+            f"the smallest student of {plan.base_model} ({format_bytes(memory.peak_bytes)} at {px} px on {memory.device}); "
+            "raise the budget"
+        )
 
 
 @dataclass
@@ -113,9 +218,14 @@ class SearchContext:
     #: The teacher's own top-1 on the validation split: the reference every score is read against.
     teacher_score: float
 
-    def score(self, student: nn.Module, report: Any = None) -> Any:
-        """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``."""
-        return self.distiller.score(student, report)
+    def score(self, student: nn.Module, report: Any = None, *, input_size: int | None = None) -> Any:
+        """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``.
+
+        ``input_size`` (px): the student's resolution when it differs from the teacher's.
+        """
+        if input_size is None:
+            return self.distiller.score(student, report)
+        return self.distiller.score(student, report, input_size=input_size)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
         from structsearch.search.storage import artifacts_dir
@@ -131,7 +241,11 @@ def build_context(plan: SearchPlan) -> SearchContext:
     from structsearch.teachers import trained_teacher
 
     spec = plan.spec
-    train_data = load_data(spec.data.train)
+    t = spec.teacher
+    teacher = create_model(t.model, checkpoint=t.checkpoint, **t.kwargs).eval()
+    preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
+    # files, or synthetic:N made from the teacher (validation then carved from it: see search.datafree)
+    train_data = load_train_data(spec, teacher, preprocess)
     if spec.data.val:
         val_data = load_data(spec.data.val)
         train_idx = torch.arange(len(train_data))
@@ -144,9 +258,6 @@ def build_context(plan: SearchPlan) -> SearchContext:
 
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
-    t = spec.teacher
-    teacher = create_model(t.model, checkpoint=t.checkpoint, **t.kwargs).eval()
-    preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
     if t.checkpoint:
         teacher_id = TeacherId.of(t.model, t.kwargs, t.checkpoint)
     elif t.train_epochs:

@@ -43,12 +43,17 @@ def export_trial(study: str, trial: int, out: str | Path, storage_url: str | Non
     for name in (WEIGHTS_FILE, SPEC_FILE):
         shutil.copyfile(artifact / name, dest / name)
         written.append(dest / name)
+    input_size = s.user_attrs.get("input_size")
+    if rec.resolution is not None and input_size:  # a resolution-searched student runs at its own size
+        input_size = [input_size[0], rec.resolution, rec.resolution]
     info = {"study": study, "trial": trial, "score": rec.score, "macs": rec.macs, "params": rec.params,
-            "input_size": s.user_attrs.get("input_size"), "convention": s.user_attrs.get("convention")}
+            "input_size": input_size, "convention": s.user_attrs.get("convention"),
+            "latency_ms": rec.latency_ms, "latency_device": rec.latency_device, "latency_runtime": rec.latency_runtime,
+            "memory_bytes": rec.memory_bytes, "memory_device": rec.memory_device}
     (dest / "trial.json").write_text(json.dumps(info, indent=2) + "\n")
     written.append(dest / "trial.json")
     if onnx:
-        size = tuple(s.user_attrs.get("input_size") or (3, 224, 224))
+        size = tuple(input_size or (3, 224, 224))
         written.append(export_onnx(load_student(dest), size, dest / "student.onnx"))
     return written
 

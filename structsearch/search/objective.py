@@ -1,9 +1,20 @@
 """The Optuna objective: one trial = one candidate structure, costed, maybe trained, scored.
 
 Per trial (DESIGN.md, "One trial, end to end"): the space turns the trial's parameters into an
-``ArchSpec``; the student is built and costed; an over-budget candidate is recorded with its cost
-and constraint and never trained; a structure already scored in this study reuses its score;
-a feasible new one inherits the teacher's weights and is scored by the short KD proxy.
+``ArchSpec`` (plus a ``resolution`` when ``data.resolutions`` is set); the student is built and
+costed at its resolution; a candidate within the MACs/params budgets has its latency and peak
+activation memory measured (``spec.measure``) and checked against those budgets, all before
+training; an over-budget candidate is recorded with its cost and constraints and never trained;
+a structure already scored in this study (same spec and resolution) reuses its score; a feasible
+new one inherits the teacher's weights and is scored by the short KD proxy at its resolution.
+
+User attributes written per trial (read by :mod:`structsearch.search.results`, the API, the
+dashboard): ``spec``, ``spec_key``, ``macs``, ``params``, ``trained``; ``resolution`` (px, on every
+trial when the dimension is on); when measured, ``latency_ms``, ``latency_p90_ms``,
+``latency_device``, ``latency_runtime``, ``latency_batch_size``, ``memory_bytes``,
+``memory_device``, ``memory_method``, ``memory_batch_size``; after training ``score``,
+``teacher_agreement``, ``proxy_seconds``, ``proxy_steps``, ``artifact``. Constraints: ``flops``,
+``params``, ``latency``, ``memory`` (each only when its budget is set; <= 0 is feasible).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import optuna
 from optuna.trial import TrialState
 
-from structsearch.cost import measure_cost
+from structsearch.cost import LatencyReport, MemoryReport, measure_cost
 from structsearch.space import ArchSpec
 from structsearch.surgery import build_student_with_recipe, get_importance, save_student
 
@@ -23,14 +34,47 @@ if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.context import SearchContext
 
 
-def spec_key(spec: ArchSpec) -> str:
-    """Stable identity of a structure (the same spec always gives the same key)."""
-    return hashlib.sha256(spec.to_json().encode()).hexdigest()[:16]
+def spec_key(spec: ArchSpec, resolution: int | None = None) -> str:
+    """Stable identity of a candidate (the same spec always gives the same key).
+
+    With a resolution dimension the candidate is the structure *at* a resolution: the same
+    structure at 24 px and at 32 px are different students to train. Without one (``None``) the
+    key is the structure's alone, unchanged from studies made before resolutions existed.
+    """
+    text = spec.to_json() if resolution is None else f"{spec.to_json()}@{int(resolution)}px"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def objective_values(objectives: tuple[str, ...], score: float, macs: int, params: int) -> float | tuple[float, ...]:
-    values = tuple(score if o == "accuracy" else float(macs if o == "macs" else params) for o in objectives)
+def objective_values(
+    objectives: tuple[str, ...],
+    score: float,
+    macs: int,
+    params: int,
+    latency_ms: float | None = None,
+    memory_bytes: int | None = None,
+) -> float | tuple[float, ...]:
+    """The trial's values in the order of ``objectives``; an unmeasured latency/memory is ``inf``
+    (only possible for a candidate that is infeasible anyway, so it never reaches a front)."""
+    figures = {"macs": macs, "params": params, "latency": latency_ms, "memory": memory_bytes}
+    values = tuple(
+        score if o == "accuracy" else (float("inf") if figures[o] is None else float(figures[o])) for o in objectives
+    )
     return values[0] if len(values) == 1 else values
+
+
+def record_runtime(trial: optuna.Trial, latency: LatencyReport | None, memory: MemoryReport | None) -> None:
+    """Store measured latency / memory as user attrs, always with the device that produced them."""
+    if latency is not None:
+        trial.set_user_attr("latency_ms", round(latency.median_ms, 4))
+        trial.set_user_attr("latency_p90_ms", round(latency.p90_ms, 4))
+        trial.set_user_attr("latency_device", latency.device)
+        trial.set_user_attr("latency_runtime", latency.runtime)
+        trial.set_user_attr("latency_batch_size", latency.batch_size)
+    if memory is not None:
+        trial.set_user_attr("memory_bytes", memory.peak_bytes)
+        trial.set_user_attr("memory_device", memory.device)
+        trial.set_user_attr("memory_method", memory.method)
+        trial.set_user_attr("memory_batch_size", memory.batch_size)
 
 
 class Objective:
@@ -43,13 +87,16 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         ctx, plan = self.ctx, self.ctx.plan
         spec = plan.space.suggest(trial)
-        key = spec_key(spec)
+        resolution = trial.suggest_categorical("resolution", list(plan.resolutions)) if plan.resolutions else None
+        key = spec_key(spec, resolution)
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("spec_key", key)
+        if resolution is not None:
+            trial.set_user_attr("resolution", int(resolution))
         student, _recipe = build_student_with_recipe(
             ctx.base, spec, get_importance(plan.spec.importance, plan.spec.seed)
         )
-        cost = measure_cost(student, plan.input_size)
+        cost = measure_cost(student, plan.student_input_size(resolution))
         trial.set_user_attr("macs", cost.macs)
         trial.set_user_attr("params", cost.params)
         feasible = True
@@ -60,9 +107,29 @@ class Objective:
             trial.set_constraint("params", float(cost.params - plan.max_params))
             feasible &= cost.params <= plan.max_params
         objectives = plan.spec.objectives
+        # Measured before any training. A candidate over the MACs/params budgets is measured too when
+        # the study has a latency/memory budget or objective, so every trial carries the same
+        # constraints and objective values; otherwise it is left alone.
+        cares = plan.max_latency_ms is not None or plan.max_memory_bytes is not None or bool({"latency", "memory"} & set(objectives))
+        latency = memory = None
+        if feasible or cares:
+            latency, memory = plan.measure_runtime(student, resolution)
+            record_runtime(trial, latency, memory)
+        if plan.max_latency_ms is not None and latency is not None:
+            trial.set_constraint("latency", float(latency.median_ms - plan.max_latency_ms))
+            feasible &= latency.median_ms <= plan.max_latency_ms
+        if plan.max_memory_bytes is not None and memory is not None:
+            trial.set_constraint("memory", float(memory.peak_bytes - plan.max_memory_bytes))
+            feasible &= memory.peak_bytes <= plan.max_memory_bytes
+        latency_ms = latency.median_ms if latency is not None else None
+        memory_bytes = memory.peak_bytes if memory is not None else None
+
+        def values(score: float) -> float | tuple[float, ...]:
+            return objective_values(objectives, score, cost.macs, cost.params, latency_ms, memory_bytes)
+
         if not feasible:
             trial.set_user_attr("trained", False)
-            return objective_values(objectives, 0.0, cost.macs, cost.params)
+            return values(0.0)
 
         previous = _scored_before(trial.study, key, trial.number)
         if previous is not None:
@@ -71,10 +138,10 @@ class Objective:
             for k in ("score", "teacher_agreement", "proxy_seconds", "proxy_steps", "artifact"):
                 if k in previous.user_attrs:
                     trial.set_user_attr(k, previous.user_attrs[k])
-            return objective_values(objectives, previous.user_attrs["score"], cost.macs, cost.params)
+            return values(previous.user_attrs["score"])
 
         report = _pruning_reporter(trial) if plan.spec.single_objective else None
-        result = ctx.score(student, report)
+        result = ctx.score(student, report) if resolution is None else ctx.score(student, report, input_size=resolution)
         trial.set_user_attr("trained", True)
         trial.set_user_attr("score", result.val_top1)
         trial.set_user_attr("teacher_agreement", result.teacher_agreement)
@@ -85,7 +152,7 @@ class Objective:
         trial.set_user_attr("artifact", str(artifact))
         if self.on_scored:
             self.on_scored(trial.number)
-        return objective_values(objectives, result.val_top1, cost.macs, cost.params)
+        return values(result.val_top1)
 
 
 def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:

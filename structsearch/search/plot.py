@@ -8,12 +8,24 @@ from structsearch.errors import StructsearchError
 from structsearch.search.results import TrialRecord, scored
 
 
+#: Cost axis -> (divisor, axis label).
+_AXES: dict[str, tuple[float, str]] = {
+    "macs": (1e6, "MMACs"),
+    "params": (1e6, "M params"),
+    "latency": (1.0, "latency (ms, median)"),
+    "memory": (1e6, "peak activation memory (MB)"),
+}
+
+
 def plot_front(records: list[TrialRecord], front: list[TrialRecord], cost: str, path: str | Path, title: str = "") -> Path:
     """Write a PNG (matplotlib) or an interactive HTML (plotly, when installed) of the front."""
     p = Path(path)
-    pts = scored(records)
-    xs = lambda rs: [getattr(r, cost) / 1e6 for r in rs]  # noqa: E731
-    label = "MMACs" if cost == "macs" else "M params"
+    pts = [r for r in scored(records) if r.cost(cost) is not None]
+    scale, label = _AXES[cost]
+    xs = lambda rs: [r.cost(cost) / scale for r in rs]  # noqa: E731
+    devices = sorted({d for r in pts if (d := r.latency_device if cost == "latency" else r.memory_device if cost == "memory" else None)})
+    if devices:  # a measured axis means nothing without the device it was measured on
+        label += f" on {', '.join(devices)}"
     if p.suffix == ".html":
         try:
             import plotly.graph_objects as go

@@ -110,10 +110,15 @@ def select_candidates(records: list[TrialRecord], top: int, seed: int = 0) -> li
     return [(r, "front") for r in front] + [(r, "random") for r in sorted(extra, key=lambda r: r.trial)]
 
 
+def rechecks_from_attrs(user_attrs: dict[str, Any]) -> list[RecheckResult]:
+    """Every re-check in a study's user attributes, shortest run first."""
+    raw = user_attrs.get(RECHECK_ATTR) or {}
+    return sorted((RecheckResult.from_dict(v) for v in raw.values()), key=lambda r: r.steps)
+
+
 def stored_rechecks(study: optuna.Study) -> list[RecheckResult]:
     """Every re-check stored on ``study``, shortest run first."""
-    raw = study.user_attrs.get(RECHECK_ATTR) or {}
-    return sorted((RecheckResult.from_dict(v) for v in raw.values()), key=lambda r: r.steps)
+    return rechecks_from_attrs(study.user_attrs)
 
 
 def _store(study: optuna.Study, result: RecheckResult) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from structsearch.cost import Budget, format_count, parse_budget
+from structsearch.cost import Budget, format_bytes, format_count, format_ms, parse_budget
 from structsearch.errors import BudgetError, StructsearchError
 from structsearch.search.storage import open_storage
 
@@ -35,9 +35,26 @@ class TrialRecord:
     params: int | None
     spec: dict[str, Any] | None
     seconds: float | None = None
+    #: Student input resolution in px (None: no resolution dimension, the study's input size).
+    resolution: int | None = None
+    #: Median measured latency (ms) and the device / runtime it was measured with.
+    latency_ms: float | None = None
+    latency_device: str | None = None
+    latency_runtime: str | None = None
+    #: Measured peak activation memory (bytes) of one inference forward, and where.
+    memory_bytes: int | None = None
+    memory_device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def cost(self, axis: str) -> float | None:
+        """The figure on a cost axis: ``macs``, ``params``, ``latency`` (ms) or ``memory`` (bytes)."""
+        return getattr(self, COST_FIELDS[axis])
+
+
+#: Cost axes of fronts and budgets -> the TrialRecord field holding the figure.
+COST_FIELDS: dict[str, str] = {"macs": "macs", "params": "params", "latency": "latency_ms", "memory": "memory_bytes"}
 
 
 def record_of(study_name: str, t: FrozenTrial) -> TrialRecord:
@@ -54,6 +71,12 @@ def record_of(study_name: str, t: FrozenTrial) -> TrialRecord:
         params=attrs.get("params"),
         spec=attrs.get("spec"),
         seconds=attrs.get("proxy_seconds"),
+        resolution=attrs.get("resolution"),
+        latency_ms=attrs.get("latency_ms"),
+        latency_device=attrs.get("latency_device"),
+        latency_runtime=attrs.get("latency_runtime"),
+        memory_bytes=attrs.get("memory_bytes"),
+        memory_device=attrs.get("memory_device"),
     )
 
 
@@ -70,11 +93,15 @@ def scored(records: list[TrialRecord]) -> list[TrialRecord]:
 def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[TrialRecord]:
     """Scored, feasible trials not dominated in (higher score, lower ``cost``), sorted by cost.
 
+    ``cost`` is ``macs``, ``params``, ``latency`` or ``memory``; trials without a measured figure
+    on that axis (measured before the study recorded it, or measurement off) are left out.
     Computed from records rather than ``study.best_trials`` so single- and multi-objective
     studies give the same kind of front.
     """
-    pts = [r for r in scored(records) if r.feasible]
-    pts.sort(key=lambda r: (getattr(r, cost), -r.score))
+    if cost not in COST_FIELDS:
+        raise StructsearchError(f"unknown cost axis '{cost}'; use one of {', '.join(COST_FIELDS)}")
+    pts = [r for r in scored(records) if r.feasible and r.cost(cost) is not None]
+    pts.sort(key=lambda r: (r.cost(cost), -r.score))
     front: list[TrialRecord] = []
     best = float("-inf")
     for r in pts:
@@ -102,14 +129,35 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
         raise StructsearchError(f"no study named '{name}'{hint}") from None
 
 
-def _limit(budget: str | None, what: str, study: optuna.Study) -> int | None:
+#: Budget kind -> (study attr with the teacher's figure, record field compared, label for messages).
+_BUDGETS: dict[str, tuple[str, str, str]] = {
+    "flops": ("teacher_macs", "macs", "MACs"),
+    "params": ("teacher_params", "params", "params"),
+    "latency": ("teacher_latency_ms", "latency_ms", "latency"),
+    "memory": ("teacher_memory_bytes", "memory_bytes", "memory"),
+}
+
+
+def _limit(budget: str | None, what: str, study: optuna.Study) -> float | None:
     if budget is None:
         return None
     b: Budget = parse_budget(budget, what)
-    ref = study.user_attrs.get("teacher_macs" if what == "flops" else "teacher_params")
-    if b.relative and ref is None:
-        raise BudgetError(f"study '{study.study_name}' has no teacher {what} to take {budget} of")
-    return b.resolve(int(ref)) if b.relative else int(b.value)
+    if not b.relative:
+        return b.value if what == "latency" else int(b.value)
+    ref = study.user_attrs.get(_BUDGETS[what][0])
+    if ref is None:
+        hint = " (the teacher is measured only for a percentage budget in the spec; give an absolute budget)" if what in ("latency", "memory") else ""
+        raise BudgetError(f"study '{study.study_name}' has no teacher {what} to take {budget} of{hint}")
+    return b.resolve(float(ref))
+
+
+def _fmt_figure(what: str, value: float) -> str:
+    """A budget-kind figure for messages: ``1.2M MACs``, ``5ms``, ``12.5MB``."""
+    if what == "latency":
+        return format_ms(value)
+    if what == "memory":
+        return format_bytes(value)
+    return f"{format_count(value)} {_BUDGETS[what][2]}"
 
 
 def best_under_budget(
@@ -118,42 +166,71 @@ def best_under_budget(
     study: str | None = None,
     storage_url: str | None = None,
     *,
+    budget_latency: str | None = None,
+    budget_memory: str | None = None,
     storage: optuna.storages.BaseStorage | None = None,
     records_of: Callable[[optuna.Study], list[TrialRecord]] | None = None,
 ) -> TrialRecord:
     """The highest-scoring stored candidate within the budgets (one study, or all of them).
+
+    Latency (``5ms``) and memory (``50MB``) budgets are read against each trial's measured figure;
+    a trial without one (not measured) cannot be shown to fit and is passed over. The record names
+    the device each figure was measured on. Percentages resolve against the teacher's figures
+    stored with each study.
 
     Raises a one-line error when the storage or study does not exist, or when no candidate fits;
     the latter names the nearest candidate so the user knows how far off the budget is.
     A long-running caller (the API) passes its open ``storage`` and a cached ``records_of``
     instead of opening the storage and reading every trial per call.
     """
-    if budget_flops is None and budget_params is None:
-        raise BudgetError("give --budget-flops and/or --budget-params, e.g. --budget-flops 300M")
+    texts = {"flops": budget_flops, "params": budget_params, "latency": budget_latency, "memory": budget_memory}
+    if all(t is None for t in texts.values()):
+        raise BudgetError(
+            "give --budget-flops, --budget-params, --budget-latency and/or --budget-memory, e.g. --budget-flops 300M"
+        )
+    for what, text in texts.items():  # malformed budgets fail before any storage is opened
+        if text is not None:
+            parse_budget(text, what)
     storage = storage or open_storage(storage_url, create=False)
     records_of = records_of or study_records
     studies = [load_study(study, storage)] if study else structsearch_studies(storage)
     if not studies:
         raise StructsearchError("this storage holds no structsearch studies; run `structsearch search` first")
-    fits, all_scored = [], []
+    fits: list[TrialRecord] = []
+    all_scored: list[tuple[TrialRecord, dict[str, float]]] = []
     for s in studies:
-        max_macs, max_params = _limit(budget_flops, "flops", s), _limit(budget_params, "params", s)
+        limits = {what: lim for what, text in texts.items() if (lim := _limit(text, what, s)) is not None}
         for r in scored(records_of(s)):
-            all_scored.append((r, max_macs, max_params))
-            if (max_macs is None or r.macs <= max_macs) and (max_params is None or r.params <= max_params):
+            all_scored.append((r, limits))
+            if all(_within(r, what, lim) for what, lim in limits.items()):
                 fits.append(r)
     if fits:
         return max(fits, key=lambda r: (r.score, -r.macs))
     if not all_scored:
         raise StructsearchError("no trained candidates stored yet; run or resume a search first")
 
-    def overshoot(item: tuple[TrialRecord, int | None, int | None]) -> float:
-        r, mm, mp = item
-        return max(r.macs / mm if mm else 0, r.params / mp if mp else 0)
+    def overshoot(item: tuple[TrialRecord, dict[str, float]]) -> float:
+        r, limits = item
+        ratios = []
+        for what, lim in limits.items():
+            value = getattr(r, _BUDGETS[what][1])
+            ratios.append(float("inf") if value is None else value / lim)
+        return max(ratios, default=0.0)
 
-    r, mm, mp = min(all_scored, key=overshoot)
-    limits = " and ".join(x for x in (f"{format_count(mm)} MACs" if mm else "", f"{format_count(mp)} params" if mp else "") if x)
+    r, limits = min(all_scored, key=overshoot)
+    wanted = " and ".join(_fmt_figure(what, lim) for what, lim in limits.items())
+    figures = [f"{format_count(r.macs)} MACs", f"{format_count(r.params)} params"]
+    if "latency" in limits:
+        figures.append("latency not measured" if r.latency_ms is None else f"{format_ms(r.latency_ms)} on {r.latency_device}")
+    if "memory" in limits:
+        figures.append("memory not measured" if r.memory_bytes is None else f"{format_bytes(r.memory_bytes)} peak activations")
     raise BudgetError(
-        f"no stored candidate within {limits}; nearest: study {r.study} trial {r.trial} with "
-        f"{format_count(r.macs)} MACs, {format_count(r.params)} params, score {r.score:.2f}"
+        f"no stored candidate within {wanted}; nearest: study {r.study} trial {r.trial} with "
+        f"{', '.join(figures)}, score {r.score:.2f}"
     )
+
+
+def _within(r: TrialRecord, what: str, limit: float) -> bool:
+    """Whether a record's figure meets a budget; an unmeasured figure does not."""
+    value = getattr(r, _BUDGETS[what][1])
+    return value is not None and value <= limit

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from structsearch.cost import parse_budget
 from structsearch.errors import BudgetError, StructsearchError
 
-Objective = Literal["accuracy", "macs", "params"]
+Objective = Literal["accuracy", "macs", "params", "latency", "memory"]
 
 
 class _Strict(BaseModel):
@@ -56,28 +56,75 @@ class DataSection(_Strict):
     train_size: int | None = Field(default=None, gt=0)
     #: Input resolution in pixels; default: the teacher's own.
     input_size: int | None = Field(default=None, ge=8, le=1024)
+    #: Student input resolutions to search over (px), e.g. ``[24, 28, 32]``; absent: no resolution
+    #: dimension, every student runs at ``input_size``. The teacher keeps ``input_size`` (its cached
+    #: outputs are those of its own resolution); a student sees the same batch resized.
+    resolutions: tuple[int, ...] | None = None
     #: Random horizontal flips in training (off for digits and text, where a flip changes the class).
     hflip: bool = True
 
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("give at least one resolution, e.g. [24, 28, 32], or leave resolutions out")
+        bad = [r for r in v if not 8 <= r <= 1024]
+        if bad:
+            raise ValueError(f"resolutions must be between 8 and 1024 px, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"resolutions must not repeat, got {list(v)}")
+        return tuple(sorted(v))
+
 
 class BudgetSection(_Strict):
-    """Hard budgets: ``300M``, ``1.2G``, ``60%`` (of the teacher). At least one is usually set."""
+    """Hard budgets: ``300M``, ``1.2G``, ``60%`` (of the teacher). At least one is usually set.
+
+    ``latency`` (``5ms``, ``800us``) and ``memory`` (peak activations, ``50MB``, ``64MiB``) are read
+    against figures measured on the device of the ``measure`` section; ``60%`` means 60% of the
+    teacher's figure measured the same way.
+    """
 
     flops: str | None = None
     params: str | None = None
+    latency: str | None = None
+    memory: str | None = None
 
-    @field_validator("flops", "params", mode="before")
+    @field_validator("flops", "params", "latency", "memory", mode="before")
     @classmethod
     def _as_text(cls, v: Any) -> Any:
         return None if v is None else str(v)
 
     @model_validator(mode="after")
     def _parse(self) -> "BudgetSection":
-        if self.flops is not None:
-            parse_budget(self.flops, "flops")
-        if self.params is not None:
-            parse_budget(self.params, "params")
+        for what in ("flops", "params", "latency", "memory"):
+            text = getattr(self, what)
+            if text is not None:
+                parse_budget(text, what)
         return self
+
+
+class MeasureSection(_Strict):
+    """How latency and peak activation memory of every feasible candidate are measured.
+
+    Every figure is stored with the device it was measured on. ``device: cpu`` by default, even
+    where the proxy trains on a GPU: a budget like ``5ms`` should mean one thing for the whole
+    study. Both measurements run before training, so an over-latency or over-memory candidate is
+    never trained.
+    """
+
+    #: Measure latency / peak activation memory at all (a latency/memory budget or objective needs it).
+    latency: bool = True
+    memory: bool = True
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    #: ``cpu``, ``cuda``, ``cuda:N`` (or ``auto``: CUDA when the measuring machine has it).
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    batch_size: int = Field(default=1, ge=1, le=1024)
+    #: CPU intra-op threads; default: torch's setting in the measuring process.
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    warmup: int = Field(default=3, ge=0, le=1000)
+    repeats: int = Field(default=20, ge=1, le=10_000)
 
 
 class ProxySection(_Strict):
@@ -103,6 +150,7 @@ class StudySpec(_Strict):
     student: StudentSpec = Field(default_factory=StudentSpec)
     data: DataSection = Field(default_factory=DataSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    measure: MeasureSection = Field(default_factory=MeasureSection)
     objectives: tuple[Objective, ...] = ("accuracy", "macs")
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     trials: int = Field(default=20, ge=1, le=100_000)
@@ -116,8 +164,22 @@ class StudySpec(_Strict):
     @classmethod
     def _objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v or v[0] != "accuracy" or len(set(v)) != len(v) or len(v) > 2:
-            raise ValueError("objectives must be [accuracy] or [accuracy, macs] or [accuracy, params]")
+            raise ValueError(
+                "objectives must be [accuracy] or [accuracy, X] with X one of macs, params, latency, memory"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _measured_when_needed(self) -> "StudySpec":
+        """A latency/memory budget or objective needs that measurement switched on; feature KD
+        needs the student's stage maps at the teacher's size, which other resolutions break."""
+        for what in ("latency", "memory"):
+            wanted = getattr(self.budget, what) is not None or what in self.objectives
+            if wanted and not getattr(self.measure, what):
+                raise ValueError(f"measure.{what} is off but the {what} budget or objective needs it")
+        if self.data.resolutions and self.proxy.feature_kd:
+            raise ValueError("proxy.feature_kd cannot be combined with data.resolutions (stage maps differ in size)")
+        return self
 
     @property
     def single_objective(self) -> bool:
@@ -126,6 +188,8 @@ class StudySpec(_Strict):
     def fingerprint(self) -> str:
         """Hash of what makes scores comparable: teacher, student base, data, proxy, importance, seed."""
         key = self.model_dump(include={"teacher", "student", "data", "proxy", "importance", "seed"})
+        if key["data"].get("resolutions") is None:  # absent: the same hash as before the field existed
+            key["data"].pop("resolutions", None)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, **changes: Any) -> "StudySpec":

@@ -114,7 +114,7 @@ def warm_start(study: optuna.Study, plan: SearchPlan, storage: optuna.storages.B
             continue
         for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             key = t.user_attrs.get("spec_key")
-            if key is None or key in seen or not t.user_attrs.get("trained"):
+            if key is None or key in seen or not t.user_attrs.get("trained") or not _measured_alike(t, plan):
                 continue
             seen.add(key)
             study.add_trial(_copy_for(t, other.study_name, plan))
@@ -122,14 +122,57 @@ def warm_start(study: optuna.Study, plan: SearchPlan, storage: optuna.storages.B
     return copied
 
 
+def _measured_alike(t: FrozenTrial, plan: SearchPlan) -> bool:
+    """Whether an earlier trial's latency/memory figures can stand in this study.
+
+    Scores carry over between studies of the same fingerprint, but a latency measured with another
+    runtime, batch size or on another device is another quantity. Only checked when this study
+    uses the figure (a budget or an objective); otherwise the old figures ride along, with the
+    device they name.
+    """
+    m = plan.spec.measure
+    a = t.user_attrs
+    objectives = set(plan.spec.objectives)
+    if plan.spec.budget.latency is not None or "latency" in objectives:
+        if a.get("latency_ms") is None or a.get("latency_runtime") != m.runtime or a.get("latency_batch_size") != m.batch_size:
+            return False
+        if a.get("latency_device") != _device_here(m.device, m.threads, latency=True):
+            return False
+    if plan.spec.budget.memory is not None or "memory" in objectives:
+        if a.get("memory_bytes") is None or a.get("memory_batch_size") != m.batch_size:
+            return False
+        if a.get("memory_device") != _device_here(m.device, None, latency=False):
+            return False
+    return True
+
+
+def _device_here(device: str, threads: int | None, *, latency: bool) -> str | None:
+    """The device name this process would measure on (None where it cannot measure at all)."""
+    import torch
+
+    from structsearch.cost.latency import device_name, resolve_measure_device
+    from structsearch.errors import CostError
+
+    try:
+        dev = resolve_measure_device(device)
+    except CostError:
+        return None
+    return device_name(dev, (threads or torch.get_num_threads()) if latency and dev.type == "cpu" else None)
+
+
 def _copy_for(t: FrozenTrial, source: str, plan: SearchPlan) -> FrozenTrial:
     macs, params = t.user_attrs["macs"], t.user_attrs["params"]
+    latency_ms, memory_bytes = t.user_attrs.get("latency_ms"), t.user_attrs.get("memory_bytes")
     system_attrs = {}
     if plan.max_macs is not None:
         system_attrs["constraints:flops"] = float(macs - plan.max_macs)
     if plan.max_params is not None:
         system_attrs["constraints:params"] = float(params - plan.max_params)
-    values = objective_values(plan.spec.objectives, t.user_attrs["score"], macs, params)
+    if plan.max_latency_ms is not None and latency_ms is not None:
+        system_attrs["constraints:latency"] = float(latency_ms - plan.max_latency_ms)
+    if plan.max_memory_bytes is not None and memory_bytes is not None:
+        system_attrs["constraints:memory"] = float(memory_bytes - plan.max_memory_bytes)
+    values = objective_values(plan.spec.objectives, t.user_attrs["score"], macs, params, latency_ms, memory_bytes)
     return optuna.trial.create_trial(
         params=t.params,
         distributions=t.distributions,

@@ -14,10 +14,13 @@ def add_trials(
     max_macs: int | None = None,
     seed: int = 0,
     artifacts: Path | None = None,
+    measured: bool = False,
 ) -> None:
     """Add ``n`` complete, trained trials with random MACs/params/scores (over budget when
-    ``macs > max_macs``); with ``artifacts``, each gets a dummy student.pt + spec.json there."""
+    ``macs > max_macs``); with ``artifacts``, each gets a dummy student.pt + spec.json there;
+    ``measured`` adds a latency, peak memory and resolution per trial (with a device name)."""
     rng = random.Random(seed)
+    measure_rng = random.Random(seed + 1)  # separate stream: the other figures stay as they were
     trials = []
     for i in range(n):
         macs, params = rng.randint(100_000, 2_000_000), rng.randint(10_000, 300_000)
@@ -32,6 +35,15 @@ def add_trials(
             "score": score if feasible else None,
             "proxy_seconds": 0.1,
         }
+        if measured:
+            attrs |= {
+                "resolution": measure_rng.choice([24, 28, 32]),
+                "latency_ms": round(measure_rng.uniform(0.5, 20.0), 4),
+                "latency_device": "Synthetic CPU (cpu, 2 threads)",
+                "latency_runtime": "torch",
+                "memory_bytes": measure_rng.randint(50_000, 5_000_000),
+                "memory_device": "Synthetic CPU (cpu)",
+            }
         if artifacts is not None and feasible:
             d = artifacts / study.study_name / f"synthetic-{i:05d}"
             d.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from api import create_app
 from structsearch.search import best_under_budget, pareto_front, study_records
+from structsearch.search.recheck import RECHECK_ATTR, RecheckEntry, RecheckResult
 from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
 from structsearch.service.settings import ServiceSettings
@@ -244,6 +245,12 @@ def test_pareto_and_best_match_the_library(client: TestClient, search_with_resul
     assert got == want.to_dict()
     detail = client.get(url).json()
     assert detail["best"] == best_under_budget(budget, None, study=study.study_name, storage_url=settings.database_url).to_dict()
+    # a stored `structsearch recheck` shows on the front, as `structsearch pareto --format json` shows it
+    assert client.get(f"{url}/pareto").json()["recheck"] == []
+    entries = (RecheckEntry(0, "front", 1000, 80.0, 85.0, 1.0), RecheckEntry(1, "random", 900, 70.0, 72.5, 1.0))
+    check = RecheckResult(study.study_name, 40, 10, 1, entries, 1.0, 1.0, 1.0, True, True)
+    study.set_user_attr(RECHECK_ATTR, {"40": check.to_dict()})
+    assert client.get(f"{url}/pareto").json()["recheck"] == [{k: v for k, v in check.to_dict().items() if k != "study"}]
     assert detail["trials"]["copied"] == 0 and detail["trials"]["complete"] == 40
 
 
@@ -254,6 +261,23 @@ def test_best_errors(client: TestClient, search_with_results) -> None:
     assert_error(client.get(f"{url}/best"), 422, "budget_flops")
     assert_error(client.get(f"{url}/best", params={"budget_flops": "1k"}), 404, "no stored candidate within")
     assert_error(client.get(f"{url}/pareto", params={"cost": "joules"}), 422)
+
+
+def test_latency_and_memory_fronts_and_budgets_match_the_library(client: TestClient, key: str, settings) -> None:
+    body = submit(client, key, tiny_spec(name="measured"))
+    study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
+    add_trials(study, 30, max_macs=study.user_attrs["max_macs"], measured=True)
+    url, records = body["url"], study_records(study)
+    for cost in ("latency", "memory"):
+        got = client.get(f"{url}/pareto", params={"cost": cost}).json()
+        assert got["cost"] == cost and got["front"] == [r.to_dict() for r in pareto_front(records, cost)] and got["front"]
+        assert all(c["latency_device"] and c["memory_device"] and c["resolution"] for c in got["front"])
+    got = client.get(f"{url}/best", params={"budget_latency": "10ms", "budget_memory": "2MB"}).json()
+    want = best_under_budget(study=study.study_name, storage_url=settings.database_url, budget_latency="10ms", budget_memory="2MB")
+    assert got == want.to_dict() and got["latency_ms"] <= 10 and got["memory_bytes"] <= 2_000_000
+    assert_error(client.get(f"{url}/best", params={"budget_memory": "50M"}), 422, "invalid memory budget '50M'")
+    assert_error(client.get(f"{url}/best", params={"budget_latency": "5"}), 422, "no unit")
+    assert_error(client.get(f"{url}/best", params={"budget_latency": "1ns"}), 404, "no stored candidate within")
 
 
 def test_best_before_any_result_is_404(client: TestClient, key: str) -> None:

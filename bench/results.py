@@ -1,0 +1,161 @@
+"""Regenerate ``docs/results.md`` and its plots from real runs on CIFAR-10 with the ResNet-56 teacher.
+
+Every figure on the page comes from a ``structsearch`` command (or a bench script) that the page
+names. This script runs those commands as a user would -- subprocesses with ``--format json`` --
+keeps each stage's commands and JSON outputs in ``docs/results/<stage>.json``, and renders the page
+from them. A stage whose JSON exists is not run again (``--force STAGE`` reruns it), so the page can
+be rebuilt stage by stage and re-rendered without retraining (``--render-only``)::
+
+    .venv/bin/python bench/results.py                    # run missing stages, then render
+    .venv/bin/python bench/results.py --force recheck    # rerun one stage
+    .venv/bin/python bench/results.py --render-only      # page from stored outputs
+
+Studies, teacher caches and artifacts go to ``$STRUCTSEARCH_HOME`` (default here:
+``~/.structsearch-results``), never into the repository. Data and teacher: ``../shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+OUT = DOCS / "results"
+CLI = [sys.executable, "-m", "structsearch.cli"]
+
+TEACHER = "../shared/weights/cifar_resnet/resnet56-4bfd9763.th"
+TRAIN = "npz:../shared/data/cifar10/train.npz"
+TEST = "npz:../shared/data/cifar10/test.npz"
+#: Candidates are selected on test[:2000] (the teacher memorised its training set); test[5000:] is
+#: never looked at during a search and is where final accuracies are reported.
+REPORT = f"{TEST}[5000:]"
+SPEC = "studies/cifar10_resnet56.yaml"
+STUDY = "cifar10-resnet56-50pct"
+RES_SPEC = "studies/cifar10_resnet56_resolution.yaml"
+RES_STUDY = "cifar10-resnet56-resolution"
+VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
+VIT_STUDY = "cifar10-resnet56-vit"
+
+
+def run(argv: list[str], log: list[dict[str, Any]], json_file: Path | None = None) -> Any:
+    """Run one command from the project root, record it, and return its JSON output (stdout, or
+    ``json_file`` for scripts that write their figures to a file)."""
+    shown = " ".join(["structsearch", *argv[3:]] if argv[:3] == CLI else [".venv/bin/python", *argv[1:]])
+    print(f"$ {shown}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    seconds = round(time.perf_counter() - start, 1)
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}) after {seconds} s: {shown}\n{proc.stderr[-3000:]}")
+    out = json.loads(json_file.read_text() if json_file else proc.stdout)
+    log.append({"command": shown, "seconds": seconds})
+    print(f"  ({seconds} s)", flush=True)
+    return out
+
+
+# -- stages: each returns {"commands": [...], ...figures} ---------------------------------------
+
+
+def stage_teacher() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    common = ["--model", "cifar_resnet56", "--checkpoint", TEACHER, "--format", "json"]
+    full = run([*CLI, "eval", *common, "--data", TEST], log)
+    report = run([*CLI, "eval", *common, "--data", REPORT], log)
+    cost = run([*CLI, "cost", "cifar_resnet56", "--latency", "--memory", "--format", "json"], log)
+    return {"commands": log, "test": full, "report": report, "cost": cost}
+
+
+def stage_search() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    summary = run([*CLI, "search", SPEC, "--trials", "20", "--format", "json"], log)
+    plot = OUT / "pareto.png"
+    front = run([*CLI, "pareto", "--study", STUDY, "--plot", str(plot.relative_to(ROOT)), "--format", "json"], log)
+    return {"commands": log, "summary": summary, "front": front["front"], "plot": plot.name}
+
+
+def stage_recheck() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    result = run([*CLI, "recheck", "--study", STUDY, "--top", "3", "--steps", "400", "--format", "json"], log)
+    return {"commands": log, "recheck": result}
+
+
+def stage_datafree() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    raw = OUT / "datafree_raw.json"
+    result = run([sys.executable, "bench/datafree.py", "--n", "384", "--iters", "100", "--synth-batch", "128",
+                  "--candidates", "6", "--steps", "100", "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, "datafree": result}
+
+
+def stage_resolution() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    summary = run([*CLI, "search", RES_SPEC, "--format", "json"], log)
+    best = {}
+    for budget in ("20%", "35%", "50%"):
+        best[f"MACs <= {budget}"] = run([*CLI, "best", "--study", RES_STUDY, "--budget-flops", budget, "--format", "json"], log)
+    best["memory <= 200kB"] = run([*CLI, "best", "--study", RES_STUDY, "--budget-memory", "200kB", "--format", "json"], log)
+    latency = run([*CLI, "pareto", "--study", RES_STUDY, "--cost", "latency", "--format", "json"], log)
+    return {"commands": log, "summary": summary, "best": best, "latency_front": latency["front"]}
+
+
+def stage_vit() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    summary = run([*CLI, "search", VIT_SPEC, "--format", "json"], log)
+    return {"commands": log, "summary": summary}
+
+
+def stage_finetune() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    best = run([*CLI, "best", "--study", STUDY, "--budget-flops", "50%", "--format", "json"], log)
+    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "2",
+                  "--data", TRAIN, "--test", REPORT, "--format", "json"], log)
+    return {"commands": log, "best": best, "finetune": result}
+
+
+STAGES: dict[str, Callable[[], dict[str, Any]]] = {
+    "teacher": stage_teacher,
+    "search": stage_search,
+    "recheck": stage_recheck,
+    "datafree": stage_datafree,
+    "resolution": stage_resolution,
+    "vit": stage_vit,
+    "finetune": stage_finetune,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--force", action="append", default=[], choices=sorted(STAGES), help="rerun this stage")
+    ap.add_argument("--only", action="append", default=[], choices=sorted(STAGES), help="run only these stages")
+    ap.add_argument("--render-only", action="store_true", help="render the page from stored outputs")
+    args = ap.parse_args()
+    os.environ.setdefault("STRUCTSEARCH_HOME", str(Path.home() / ".structsearch-results"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.render_only:
+        for name, fn in STAGES.items():
+            path = OUT / f"{name}.json"
+            if (args.only and name not in args.only) or (path.exists() and name not in args.force):
+                continue
+            print(f"== stage {name}", flush=True)
+            start = time.perf_counter()
+            data = fn()
+            data["seconds"] = round(time.perf_counter() - start, 1)
+            data["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            path.write_text(json.dumps(data, indent=2) + "\n")
+    from results_page import render  # bench/results_page.py: tables and plots only
+
+    render({name: json.loads((OUT / f"{name}.json").read_text()) for name in STAGES if (OUT / f"{name}.json").exists()})
+    print(f"wrote {DOCS / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Render ``docs/results.md`` and its PNG plots from the stage outputs of ``bench/results.py``.
+
+Kept apart from the runner so the page can be re-rendered (``--render-only``) without importing
+torch or running anything. Every number printed here is read from a stored command output; each
+section lists the commands that produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+OUT = DOCS / "results"
+
+Stages = dict[str, dict[str, Any]]
+
+
+def mega(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f}M"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def commands(stage: dict[str, Any]) -> str:
+    lines = "\n".join(c["command"] for c in stage["commands"])
+    total = stage.get("seconds")
+    return f"```\n{lines}\n```\n" + (f"({total / 60:.1f} min on {stage.get('machine', 'this machine')})\n" if total else "")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def scatter(path: Path, xs: list[float], ys: list[float], labels: list[str], xlabel: str, ylabel: str, title: str) -> str:
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.scatter(xs, ys, s=24)
+    for x, y, label in zip(xs, ys, labels):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def section_teacher(s: Stages) -> str:
+    st = s.get("teacher")
+    if not st:
+        return "## Teacher\n\nnot run yet\n"
+    c = st["cost"]
+    return (
+        "## Teacher: ResNet-56 on CIFAR-10\n\n"
+        + table(["data", "images", "top-1"], [[st["test"]["data"], st["test"]["images"], pct(st["test"]["top1"])],
+                                              [st["report"]["data"], st["report"]["images"], pct(st["report"]["top1"])]])
+        + f"\n{mega(c.get('macs'))} MACs, {c.get('params'):,} params"
+        + (f", latency {c['latency']['ms']:.2f} ms ({c['latency']['runtime']}, {c['latency']['device']})" if c.get("latency") else "")
+        + (f", peak activation memory {c['memory']['bytes'] / 1e6:.2f} MB" if c.get("memory") else "")
+        + ".\n\n" + commands(st)
+    )
+
+
+def section_search(s: Stages) -> str:
+    st = s.get("search")
+    if not st:
+        return "## Search at 50 % of the teacher's MACs\n\nnot run yet\n"
+    sm = st["summary"]
+    rows = [[r["trial"], pct(r["score"]), mega(r["macs"]), mega(r["params"])] for r in st["front"]]
+    return (
+        "## Search at 50 % of the teacher's MACs\n\n"
+        f"{sm['trials']} trials, {sm['over_budget']} over budget (costed, never trained). Teacher on the selection "
+        f"split (test[:2000]): {pct(sm['teacher_score'])} at {mega(sm['teacher_macs'])} MACs. Scores are the 100-step "
+        "KD proxy's validation top-1.\n\n"
+        + table(["trial", "proxy val top-1", "MACs", "params"], rows)
+        + f"\n![Pareto front]({OUT.name}/{st['plot']})\n\n" + commands(st)
+    )
+
+
+def section_recheck(s: Stages) -> str:
+    st = s.get("recheck")
+    if not st:
+        return "## Proxy fidelity: proxy vs longer training\n\nnot run yet\n"
+    r = st["recheck"]
+    entries = r["entries"]
+    png = scatter(OUT / "recheck.png", [e["proxy_score"] for e in entries], [e["long_score"] for e in entries],
+                  [f"t{e['trial']}" for e in entries], f"proxy val top-1 ({r['proxy_steps']} steps)",
+                  f"val top-1 after {r['steps']} steps", f"Kendall tau = {r['tau']}")
+    rows = [[e["trial"], e["group"], mega(e["macs"]), pct(e["proxy_score"]), pct(e["long_score"]), f"{e['seconds']:.0f} s"]
+            for e in sorted(entries, key=lambda e: -e["proxy_score"])]
+    return (
+        "## Proxy fidelity: proxy vs longer training\n\n"
+        f"The {r['top']} best front candidates and {r['top']} random other feasible ones, retrained for {r['steps']} "
+        f"steps ({r['steps'] // r['proxy_steps']}x the proxy). **Kendall tau = {r['tau']}** (p = {r['tau_p_value']}), "
+        f"Spearman {r['spearman']}; the proxy's winner {'is' if r['same_winner'] else 'is not'} the longer run's winner.\n\n"
+        + table(["trial", "group", "MACs", f"proxy ({r['proxy_steps']} steps)", f"long ({r['steps']} steps)", "time"], rows)
+        + f"\n![proxy vs long]({OUT.name}/{png})\n\n" + commands(st)
+    )
+
+
+def section_datafree(s: Stages) -> str:
+    st = s.get("datafree")
+    if not st:
+        return "## Data-free proxy vs real-data proxy\n\nnot run yet\n"
+    d = st["datafree"]
+    rows_in = d["rows"]
+    syn = d["synthesis"]
+    tau = d["datafree_vs_real"]
+    tau_rv = d["datafree_train_real_val_vs_real"]
+    png = scatter(OUT / "datafree.png", [r["real"] for r in rows_in], [r["datafree"] for r in rows_in],
+                  [f"{r['macs_ratio']:.2f}" for r in rows_in], "real-data proxy val top-1 (%)",
+                  "data-free proxy score (% agreement, synthetic val)", f"Kendall tau = {tau['kendall_tau']:.2f}")
+    rows = [[i, f"{r['macs_ratio']:.2f}", pct(r["real"]), pct(r["datafree"]), pct(r["datafree_train_real_val"])]
+            for i, r in enumerate(rows_in)]
+    return (
+        "## Data-free proxy vs real-data proxy\n\n"
+        f"{syn['images']} images synthesised from the teacher alone ({syn['method']}, {d['iters']} iterations per batch "
+        f"of {d['synth_batch']}, {syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration; the "
+        f"teacher predicts the target class for {100 * syn['target_agreement']:.0f}% of them). The same {len(rows_in)} "
+        f"random students under {d['budget']:.0%} of the teacher's MACs are scored by the {d['steps']}-step proxy on "
+        f"real CIFAR-10 and on the synthetic set.\n\n"
+        f"- data-free proxy vs real-data proxy: **Kendall tau = {tau['kendall_tau']:.2f}** (p = {tau['kendall_p']:.2f}), "
+        f"Spearman {tau['spearman_rho']:.2f}\n"
+        f"- trained on synthetic images, scored on real validation images vs real-data proxy: Kendall tau = "
+        f"{tau_rv['kendall_tau']:.2f} (p = {tau_rv['kendall_p']:.2f})\n\n"
+        + table(["candidate", "MACs / teacher", "real-data proxy", "data-free proxy", "data-free trained, real val"], rows)
+        + f"\n![data-free vs real]({OUT.name}/{png})\n\n" + commands(st)
+    )
+
+
+def section_resolution(s: Stages) -> str:
+    st = s.get("resolution")
+    if not st:
+        return "## Budgets, resolution, latency and memory\n\nnot run yet\n"
+    rows = []
+    for budget, r in st["best"].items():
+        rows.append([budget, r["trial"], r.get("resolution") or 32, pct(r["score"]), mega(r["macs"]),
+                     f"{r['latency_ms']:.2f} ms" if r.get("latency_ms") else "-",
+                     f"{r['memory_bytes'] / 1e6:.2f} MB" if r.get("memory_bytes") else "-"])
+    front = st["latency_front"]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for res in sorted({r.get("resolution") or 32 for r in front}):
+        pts = [r for r in front if (r.get("resolution") or 32) == res]
+        ax.scatter([r["latency_ms"] for r in pts], [r["score"] for r in pts], label=f"{res} px")
+    ax.set_xlabel("latency (ms, batch 1)")
+    ax.set_ylabel("proxy val top-1 (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(OUT / "latency_front.png")
+    plt.close(fig)
+    device = next((r.get("latency_device") for r in front if r.get("latency_device")), "-")
+    return (
+        "## Budgets, resolution, latency and memory\n\n"
+        "Input resolution (24, 28 or 32 px for the student; the teacher keeps 32 px) searched with the structure. "
+        f"Latency and peak activation memory are measured for every feasible candidate on: {device}.\n\n"
+        + table(["budget", "trial", "resolution", "proxy val top-1", "MACs", "latency", "peak act. memory"], rows)
+        + "\n![latency front](results/latency_front.png)\n\n" + commands(st)
+    )
+
+
+def section_vit(s: Stages) -> str:
+    st = s.get("vit")
+    if not st:
+        return "## CNN teacher -> ViT student\n\nnot run yet\n"
+    sm = st["summary"]
+    rows = [[r["trial"], pct(r["score"]), mega(r["macs"]), mega(r["params"])] for r in sm["pareto"]]
+    return (
+        "## CNN teacher -> ViT student\n\n"
+        f"ResNet-56 distilled into a ViT (patch 4, width 128) whose depth, heads and MLP width are searched under 50 % "
+        f"of the teacher's MACs; the ViT cannot inherit CNN weights and learns from logits from scratch. "
+        f"{sm['trials']} trials; teacher {pct(sm['teacher_score'])} on the same split.\n\n"
+        + table(["trial", "proxy val top-1", "MACs", "params"], rows) + "\n" + commands(st)
+    )
+
+
+def section_finetune(s: Stages) -> str:
+    st = s.get("finetune")
+    if not st:
+        return "## Fine-tuning the chosen student\n\nnot run yet\n"
+    f = st["finetune"]
+    b = st["best"]
+    return (
+        "## Fine-tuning the chosen student\n\n"
+        f"The best student within 50 % of the teacher's MACs (trial {b['trial']}, {mega(b['macs'])} MACs, "
+        f"proxy {pct(b['score'])}) trained on the full 50k training set with KD for {f.get('epochs')} epoch(s) "
+        f"on {f.get('device', 'CPU')}:\n\n"
+        + table(["model", "test[5000:] top-1"], [["student", pct(f.get("test_top1"))], ["teacher ResNet-56", pct(f.get("teacher_top1"))]])
+        + "\n" + commands(st)
+    )
+
+
+def render(stages: Stages) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# Results: ResNet-56 teacher on CIFAR-10\n",
+        "Regenerate with `.venv/bin/python bench/results.py` (stage outputs are kept in `docs/results/*.json`; "
+        "`--force STAGE` reruns one). All runs on CPU; the teacher's outputs are cached once per study.\n",
+        section_teacher(stages),
+        section_search(stages),
+        section_recheck(stages),
+        section_datafree(stages),
+        section_resolution(stages),
+        section_vit(stages),
+        section_finetune(stages),
+    ]
+    page = DOCS / "results.md"
+    page.write_text("\n".join(parts))
+    return page

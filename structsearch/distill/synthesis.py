@@ -1,0 +1,628 @@
+"""Data-free distillation: a proxy training set synthesised from the teacher's weights alone.
+
+When the user has no images (``--data synthetic:N``), the proxy still needs inputs on which the
+student can imitate the teacher. They are made by *model inversion*: start from Gaussian noise and
+optimise the pixels (Adam) so that the frozen teacher responds to them the way it responds to real
+images. Two published recipes, chosen by the teacher's layers (``method="auto"``):
+
+**DeepInversion** (Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer via
+DeepInversion", CVPR 2020) for teachers with BatchNorm. Every BatchNorm layer ``l`` remembers the
+mean ``mu_l`` and variance ``sigma2_l`` of its input over the real training set; the synthetic batch
+``x`` should reproduce them while the teacher confidently predicts a chosen target class ``y``::
+
+    L(x) = CE(f(x~), y)
+         + a_bn * sum_l ( ||mu_l(x~) - mu_l||_2 + ||sigma2_l(x~) - sigma2_l||_2 )
+         + a_tv * TV(x~) + a_l2 * ||x~||_2
+
+where ``x~`` is ``x`` randomly jittered (rolled by up to ``H/16`` pixels) and flipped at every
+iteration, ``mu_l(x~)``/``sigma2_l(x~)`` are the batch statistics of layer ``l``'s input, and
+``TV`` is the sum of the l2 norms of the differences between neighbouring pixels (horizontal,
+vertical and both diagonals) -- the image priors of the paper's released code. Defaults are the
+paper's CIFAR-10 settings (batch 256, 2000 iterations, ``a_bn = 10``; the released code's improved
+``a_tv = 1e-3``, ``lr = 0.1``); the optimiser follows its ImageNet code (Adam with betas
+(0.5, 0.9), cosine learning rate after a short warm-up, pixels clipped to the valid range after
+every step).
+
+**PSAQ-ViT** (Li et al., "Patch Similarity Aware Data-Free Quantization for Vision Transformers",
+ECCV 2022) for teachers without BatchNorm (ViTs, DeiT). LayerNorm keeps no running statistics, so
+there is nothing to match; PSAQ-ViT instead uses a property of self-attention that the paper
+measures: on real images the patches' responses are diverse, so the cosine similarities between
+the patch features of an attention block are spread out, while on noise they collapse. It maximises
+the differential entropy of that similarity distribution in every block::
+
+    L(x) = CE(f(x~), y) - a_ent * sum_b H_b(x~) + a_tv * TV(x~) + a_l2 * ||x~||_2
+    H_b  = -integral p_b(s) log p_b(s) ds,   p_b = Gaussian KDE (bandwidth 0.01) of the cosine
+           similarities s_ij between the head-averaged attention outputs (attn @ v) of patches i, j
+
+(integral by the trapezoidal rule). We chose it over matching LayerNorm input statistics because it
+is published and evaluated for exactly these models, needs nothing the checkpoint lacks, and its
+signal (patch diversity) is what ViT features depend on. Departures from the released code, each
+for cost at batch 256: the density is estimated from up to 1024 randomly chosen patch pairs per
+block and iteration (all pairs at CIFAR-sized token counts) and evaluated at 32 grid points
+instead of 10; the image prior is DeepInversion's TV (the paper's TV term pulls towards a target
+value fitted to batch 32 at 224 px).
+
+Targets are balanced over the teacher's classes and shuffled (seeded) across batches. After the
+optimisation the float images -- in the teacher's normalised input space -- are de-normalised with
+the preprocessing mean/std and quantised to uint8, so everything downstream (augmentation, the
+teacher-output cache, the :class:`~structsearch.distill.Distiller`) is unchanged. Labels are the
+teacher's predictions on those *quantised* images, so they are honest even where the optimisation
+missed its target: scoring a student on them measures agreement with the teacher.
+
+Synthesis is expensive (thousands of teacher forward and backward passes), so the set is cached
+on disk beside the teacher outputs (:class:`~structsearch.distill.cache.TeacherCache`: atomic
+writes, checksums), keyed by the teacher's identity (:class:`TeacherId` or a digest of its weights),
+the image count, method, iterations, seed, batch size, resolution, preprocessing and every loss
+setting. A second call with the same inputs reads the images back instead of optimising.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structsearch.data import LoadedData, Preprocess
+from structsearch.data.spec import SynthesisSpec
+from structsearch.distill.cache import META, TeacherCache, cache_key
+from structsearch.distill.evaluate import predict
+from structsearch.distill.teacher import TeacherId, state_digest
+from structsearch.errors import DataError
+
+__all__ = [
+    "METHODS",
+    "SynthesisConfig",
+    "SynthesisResult",
+    "bn_statistics_loss",
+    "has_batchnorm",
+    "resolve_method",
+    "synthesize",
+    "synthesize_report",
+    "synthesize_spec",
+    "total_variation",
+]
+
+log = logging.getLogger(__name__)
+
+#: The concrete methods ``method="auto"`` chooses between.
+METHODS: tuple[str, ...] = ("deepinversion", "psaq")
+#: Version of what a cached synthetic set means; bump it when the synthesis changes.
+SYNTHESIS_FORMAT = 1
+#: Default Adam learning rate per method (DeepInversion's CIFAR-10 code; PSAQ-ViT's 0.2 for ViTs).
+DEFAULT_LR = {"deepinversion": 0.1, "psaq": 0.2}
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Loss weights and optimiser settings; every field is part of the cache key.
+
+    ``lr=None`` takes the method's default (:data:`DEFAULT_LR`); ``jitter=None`` rolls by up to
+    ``max(1, H // 16)`` pixels (2 at 32 px, as DeepInversion's CIFAR code).
+    """
+
+    lr: float | None = None
+    betas: tuple[float, float] = (0.5, 0.9)
+    warmup: int = 100
+    ce_weight: float = 1.0
+    bn_weight: float = 10.0
+    entropy_weight: float = 1.0
+    tv_weight: float = 1e-3
+    l2_weight: float = 0.0
+    jitter: int | None = None
+    flip: bool = True
+    #: PSAQ-ViT: patch pairs sampled per block for the density estimate, its grid and bandwidth.
+    max_pairs: int = 1024
+    kde_points: int = 32
+    kde_bandwidth: float = 0.01
+
+    def __post_init__(self) -> None:
+        weights = ("ce_weight", "bn_weight", "entropy_weight", "tv_weight", "l2_weight", "kde_bandwidth")
+        for name in weights:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise DataError(f"synthesis {name} must be a non-negative number, got {v!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise DataError(f"synthesis lr must be positive, got {self.lr!r}")
+        if self.jitter is not None and (isinstance(self.jitter, bool) or self.jitter < 0):
+            raise DataError(f"synthesis jitter must be >= 0 pixels, got {self.jitter!r}")
+        if self.max_pairs < 2 or self.kde_points < 2 or self.warmup < 0:
+            raise DataError("synthesis max_pairs and kde_points must be >= 2 and warmup >= 0")
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """A synthesised set and how it was made.
+
+    ``data.y`` are the teacher's predictions on the quantised images; ``targets`` the classes the
+    optimisation aimed at, so ``target_agreement`` (the fraction where they coincide) says how well
+    the inversion converged. ``seconds`` and ``seconds_per_iteration`` (one optimisation step of
+    one batch) are those of the run that made the set, also on a cache hit (read from the entry).
+    ``losses`` are the last iteration's loss terms, averaged over batches; ``initial_losses`` the
+    first iteration's (on the random start).
+    """
+
+    data: LoadedData
+    targets: Tensor
+    method: str
+    cache_hit: bool
+    seconds: float
+    seconds_per_iteration: float
+    target_agreement: float
+    losses: dict[str, float] = field(default_factory=dict)
+    initial_losses: dict[str, float] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready figures (no arrays)."""
+        return {
+            "source": self.data.source,
+            "images": len(self.data),
+            "image_size": list(self.data.image_size),
+            "method": self.method,
+            "cache_hit": self.cache_hit,
+            "seconds": self.seconds,
+            "seconds_per_iteration": self.seconds_per_iteration,
+            "target_agreement": self.target_agreement,
+            "losses": self.losses,
+            "initial_losses": self.initial_losses,
+        }
+
+
+# -- choosing a method -----------------------------------------------------------------------------
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that keep running statistics (the ones DeepInversion can match)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
+    ]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether DeepInversion applies: some BatchNorm layer keeps running statistics."""
+    return bool(_batchnorms(model))
+
+
+def _attentions(model: nn.Module) -> list[nn.Module]:
+    """timm-style self-attention blocks: ``qkv`` and ``proj`` linears and a ``num_heads``."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(getattr(m, "num_heads", None), int)
+        and isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "proj", None), nn.Linear)
+    ]
+
+
+def resolve_method(model: nn.Module, method: str = "auto", name: str | None = None) -> str:
+    """The concrete method for ``model``: ``auto`` → DeepInversion with BatchNorm, else PSAQ-ViT.
+
+    Raises DataError when the method needs layers the model lacks (checked on a randomly
+    initialised model too, so a search can refuse the spec before loading anything).
+    """
+    who = name or type(model).__name__
+    if method == "auto":
+        if has_batchnorm(model):
+            return "deepinversion"
+        if _attentions(model):
+            return "psaq"
+        raise DataError(
+            f"no data-free method for {who}: it has neither BatchNorm layers (DeepInversion) nor "
+            "timm self-attention blocks (PSAQ-ViT); give real data"
+        )
+    if method == "deepinversion" and not has_batchnorm(model):
+        raise DataError(f"method deepinversion needs BatchNorm layers with running statistics, and {who} has none; use method=psaq or auto")
+    if method == "psaq" and not _attentions(model):
+        raise DataError(f"method psaq needs timm self-attention blocks, and {who} has none; use method=deepinversion or auto")
+    if method not in METHODS:
+        raise DataError(f"unknown synthesis method {method!r}; use auto, {', '.join(METHODS)}")
+    return method
+
+
+# -- loss terms ------------------------------------------------------------------------------------
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """DeepInversion's l2 TV prior: sum of the l2 norms of horizontal, vertical and diagonal pixel differences."""
+    d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
+    d2 = x[:, :, :-1, :] - x[:, :, 1:, :]
+    d3 = x[:, :, 1:, :-1] - x[:, :, :-1, 1:]
+    d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
+    return d1.norm() + d2.norm() + d3.norm() + d4.norm()
+
+
+class _BNStatistics:
+    """Forward hooks collecting DeepInversion's feature-statistics loss of every BatchNorm layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.terms: list[Tensor] = []
+        self.handles = [m.register_forward_hook(self._hook) for m in _batchnorms(model)]
+
+    def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        x = inputs[0]
+        dims = [0, *range(2, x.ndim)]
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        rm = module.running_mean.to(x.dtype)  # type: ignore[union-attr]
+        rv = module.running_var.to(x.dtype)  # type: ignore[union-attr]
+        self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
+
+    def take(self) -> Tensor:
+        out = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        self.terms = []
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _PatchSimilarity:
+    """Pre-forward hooks on each attention block's output projection: the per-head ``attn @ v``.
+
+    The projection's input is ``attn @ v`` with the heads concatenated (B×N×C); PSAQ-ViT averages it
+    over heads before measuring patch similarity, so it is reshaped to B×N×heads×(C/heads).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.features: list[Tensor] = []
+        self.handles = []
+        for attn in _attentions(model):
+            norm = getattr(attn, "norm", None)
+            # timm applies an optional norm (Identity by default) between attn @ v and proj
+            target = norm if isinstance(norm, nn.Module) else attn.proj
+            self.handles.append(target.register_forward_pre_hook(self._hook_for(attn.num_heads)))
+
+    def _hook_for(self, heads: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0]
+            if x.ndim == 3 and x.shape[-1] % heads == 0:
+                self.features.append(x.reshape(*x.shape[:2], heads, x.shape[-1] // heads).mean(2))
+
+        return hook
+
+    def take(self) -> list[Tensor]:
+        out, self.features = self.features, []
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _similarity_entropy(feats: Tensor, prefix: int, cfg: SynthesisConfig, gen: torch.Generator) -> Tensor:
+    """PSAQ-ViT's differential entropy of the patch-similarity distribution, averaged over images."""
+    patches = feats[:, prefix:, :]
+    n = patches.shape[1]
+    if n < 2:
+        return feats.new_zeros(())
+    sims = F.cosine_similarity(patches.unsqueeze(1), patches.unsqueeze(2), dim=-1)  # B×N×N
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    if rows.numel() > cfg.max_pairs:
+        keep = torch.randperm(rows.numel(), generator=gen)[: cfg.max_pairs]
+        rows, cols = rows[keep], cols[keep]
+    s = sims[:, rows.to(sims.device), cols.to(sims.device)]  # B×P
+    lo, hi = s.detach().min(), s.detach().max()
+    grid = torch.linspace(0.0, 1.0, cfg.kde_points, device=s.device, dtype=s.dtype) * (hi - lo + 1e-6) + lo
+    h = cfg.kde_bandwidth
+    diffs = grid.view(1, -1, 1) - s.unsqueeze(1)  # B×G×P
+    pdf = torch.exp(-0.5 * (diffs / h) ** 2).mean(-1) / (h * math.sqrt(2 * math.pi)) + 1e-4
+    return torch.trapezoid(-pdf * pdf.log(), grid, dim=-1).mean()
+
+
+def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:
+    """DeepInversion's BatchNorm-statistics loss of the float batch ``x`` (teacher in eval mode).
+
+    ``sum_l ||mu_l(x) - running_mean_l||_2 + ||sigma2_l(x) - running_var_l||_2``: how far the
+    batch's feature statistics are from those the teacher saw in training (0 would be a perfect match).
+    """
+    teacher.eval()
+    stats = _BNStatistics(teacher)
+    try:
+        with torch.no_grad():
+            teacher(x)
+        return float(stats.take())
+    finally:
+        stats.remove()
+
+
+# -- synthesis -------------------------------------------------------------------------------------
+
+
+def synthesize(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    n: int,
+    *,
+    method: str = "auto",
+    iterations: int = 2000,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    teacher_id: TeacherId | None = None,
+    cache: TeacherCache | None = None,
+    config: SynthesisConfig | None = None,
+    progress: Progress | None = None,
+) -> LoadedData:
+    """``n`` uint8 images at the teacher's input resolution and the teacher's labels for them.
+
+    See the module docstring for the methods. ``teacher_id`` names the teacher in the cache key
+    (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
+    ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
+    """
+    return synthesize_report(
+        teacher, preprocess, n, method=method, iterations=iterations, batch_size=batch_size, seed=seed,
+        device=device, teacher_id=teacher_id, cache=cache, config=config, progress=progress,
+    ).data
+
+
+def synthesize_spec(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    spec: SynthesisSpec,
+    *,
+    device: str | torch.device = "auto",
+    teacher_id: TeacherId | None = None,
+    cache: TeacherCache | None = None,
+    progress: Progress | None = None,
+) -> SynthesisResult:
+    """:func:`synthesize_report` with the settings of a ``synthetic:N?...`` data spec."""
+    return synthesize_report(
+        teacher, preprocess, spec.n, method=spec.method, iterations=spec.iterations, batch_size=spec.batch_size,
+        seed=spec.seed, device=device, teacher_id=teacher_id, cache=cache, progress=progress,
+    )
+
+
+def synthesize_report(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    n: int,
+    *,
+    method: str = "auto",
+    iterations: int = 2000,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    teacher_id: TeacherId | None = None,
+    cache: TeacherCache | None = None,
+    config: SynthesisConfig | None = None,
+    progress: Progress | None = None,
+) -> SynthesisResult:
+    """:func:`synthesize`, returning the set with its targets, timings and final losses."""
+    from structsearch.distill.trainer import num_classes_of, resolve_device
+
+    # validates n, iterations, batch size, seed and the method name with the data spec's messages
+    SynthesisSpec(n, method, iterations, seed, batch_size)
+    cfg = config or SynthesisConfig()
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    teacher.eval()
+    resolved = resolve_method(teacher, method)
+    h, w = preprocess.input_size
+    num_classes = num_classes_of(teacher) or _probe_classes(teacher, preprocess, dev)
+    ident = teacher_id.to_dict() if teacher_id is not None else {"state": state_digest(teacher)}
+    key_parts = {
+        "what": "synthetic-images",
+        "format": SYNTHESIS_FORMAT,
+        "teacher": ident,
+        "n": n,
+        "method": resolved,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "seed": seed,
+        "resolution": [h, w],
+        "preprocess": asdict(preprocess),
+        "config": asdict(cfg),
+        "num_classes": num_classes,
+    }
+    options = SynthesisSpec(n, resolved, iterations, seed, batch_size).options_str()
+    source = f"synthetic:{n}" + (f"?{options}" if options else "")
+
+    def compute() -> dict[str, np.ndarray]:
+        return _run(teacher, preprocess, n, resolved, iterations, batch_size, seed, dev, cfg, num_classes, progress, stats)
+
+    # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
+    # report the timings and losses of the run that made the set
+    stats: dict[str, Any] = {}
+    key = cache_key(key_parts)
+    if cache is None:
+        arrays, hit = compute(), False
+    else:
+        arrays, hit = cache.get_or_compute(key, compute, {**key_parts, "stats": stats})
+        if hit:
+            stats = _stored_stats(cache, key)
+    x = torch.from_numpy(np.array(arrays["x"], dtype=np.uint8))
+    y = torch.from_numpy(np.array(arrays["y"], dtype=np.int64))
+    targets = torch.from_numpy(np.array(arrays["targets"], dtype=np.int64))
+    data = LoadedData(x=x, y=y, num_classes=num_classes, class_names=tuple(str(i) for i in range(num_classes)), source=source)
+    if hit:
+        log.info("synthetic set %s read from the cache (%s)", source, key[:12])
+    return SynthesisResult(
+        data=data,
+        targets=targets,
+        method=resolved,
+        cache_hit=hit,
+        seconds=float(stats.get("seconds", float("nan"))),
+        seconds_per_iteration=float(stats.get("seconds_per_iteration", float("nan"))),
+        target_agreement=float((y == targets).double().mean()),
+        losses=dict(stats.get("losses", {})),
+        initial_losses=dict(stats.get("initial_losses", {})),
+    )
+
+
+def _stored_stats(cache: TeacherCache, key: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads((cache.path(key) / META).read_text())["info"].get("stats", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _probe_classes(teacher: nn.Module, preprocess: Preprocess, device: torch.device) -> int:
+    h, w = preprocess.input_size
+    with torch.inference_mode():
+        out = teacher.to(device)(torch.zeros(1, 3, h, w, device=device))
+    return int(out.shape[-1])
+
+
+def _balanced_targets(n: int, num_classes: int, gen: torch.Generator) -> Tensor:
+    """Every class ``n // C`` or ``n // C + 1`` times, in a seeded random order (mixed batches)."""
+    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
+
+
+def _run(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    n: int,
+    method: str,
+    iterations: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    cfg: SynthesisConfig,
+    num_classes: int,
+    progress: Progress | None,
+    stats: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """Optimise every batch, quantise, label; fills ``stats`` (timings, losses) for the cache entry."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    targets = _balanced_targets(n, num_classes, gen)
+    chunks = list(torch.arange(n).tensor_split(math.ceil(n / batch_size)))
+    teacher.to(device).eval()
+    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+    images = torch.empty((n, 3, *preprocess.input_size), dtype=torch.uint8)
+    finals: list[dict[str, float]] = []
+    initials: list[dict[str, float]] = []
+    optimise_seconds = 0.0
+    with _frozen(teacher):
+        for b, rows in enumerate(chunks):
+            t0 = time.perf_counter()
+            batch_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b + 1)
+            x, first, last = _invert(teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen)
+            optimise_seconds += time.perf_counter() - t0
+            images[rows] = _quantise(x, mean, std).cpu()
+            initials.append(first)
+            finals.append(last)
+            if progress is not None:
+                progress(b + 1, len(chunks), last)
+    labels = predict(teacher, images, preprocess, 256, device)
+    stats.update(
+        seconds=time.perf_counter() - start,
+        seconds_per_iteration=optimise_seconds / (len(chunks) * iterations),
+        losses=_average(finals),
+        initial_losses=_average(initials),
+        target_agreement=float((labels == targets).double().mean()),
+    )
+    return {"x": images.numpy(), "y": labels.numpy().astype(np.int64), "targets": targets.numpy().astype(np.int64)}
+
+
+def _average(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without gradients while inverting (only the pixels are optimised), restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _invert(
+    teacher: nn.Module,
+    targets: Tensor,
+    size: tuple[int, int],
+    method: str,
+    iterations: int,
+    cfg: SynthesisConfig,
+    mean: Tensor,
+    std: Tensor,
+    gen: torch.Generator,
+) -> tuple[Tensor, dict[str, float], dict[str, float]]:
+    """Optimise one batch of pixels (normalised space); returns it with the first and last losses."""
+    device = targets.device
+    b = targets.numel()
+    h, w = size
+    x = torch.randn((b, 3, h, w), generator=gen).to(device).requires_grad_(True)
+    lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[method]
+    opt = torch.optim.Adam([x], lr=lr, betas=cfg.betas, eps=1e-8)
+    warmup = min(cfg.warmup, iterations // 10)
+    jitter = cfg.jitter if cfg.jitter is not None else max(1, h // 16)
+    prefix = int(getattr(teacher, "num_prefix_tokens", 0) or 0)
+    bn = _BNStatistics(teacher) if method == "deepinversion" else None
+    sim = _PatchSimilarity(teacher) if method == "psaq" else None
+    # all randomness of the loop comes from one CPU generator: jitter, flips, KDE pair subsets
+    shifts = torch.randint(-jitter, jitter + 1, (iterations, 2), generator=gen).tolist() if jitter else [[0, 0]] * iterations
+    flips = (torch.rand(iterations, generator=gen) < 0.5).tolist() if cfg.flip else [False] * iterations
+    first: dict[str, float] = {}
+    last: dict[str, Tensor] = {}
+    try:
+        for it in range(iterations):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(it, iterations, warmup, lr)
+            xj = torch.roll(x, shifts=tuple(shifts[it]), dims=(2, 3)) if jitter else x
+            if flips[it]:
+                xj = torch.flip(xj, dims=(3,))
+            out = teacher(xj.contiguous(memory_format=torch.channels_last))
+            terms: dict[str, Tensor] = {"ce": F.cross_entropy(out, targets)}
+            loss = cfg.ce_weight * terms["ce"]
+            if bn is not None:
+                terms["bn"] = bn.take()
+                loss = loss + cfg.bn_weight * terms["bn"]
+            if sim is not None:
+                ent = [_similarity_entropy(f, prefix, cfg, gen) for f in sim.take()]
+                terms["entropy"] = torch.stack(ent).sum() if ent else x.new_zeros(())
+                loss = loss - cfg.entropy_weight * terms["entropy"]
+            terms["tv"] = total_variation(xj)
+            loss = loss + cfg.tv_weight * terms["tv"]
+            if cfg.l2_weight:
+                terms["l2"] = xj.norm()
+                loss = loss + cfg.l2_weight * terms["l2"]
+            terms["total"] = loss
+            (grad,) = torch.autograd.grad(loss, [x])
+            opt.zero_grad(set_to_none=True)
+            x.grad = grad
+            opt.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))  # clip to valid pixel values
+            if it == 0:
+                first = {k: float(v.detach()) for k, v in terms.items()}
+            if it == iterations - 1:
+                last = {k: v.detach() for k, v in terms.items()}
+    finally:
+        for hook in (bn, sim):
+            if hook is not None:
+                hook.remove()
+    return x.detach(), first, {k: float(v) for k, v in last.items()}
+
+
+def _lr_at(it: int, iterations: int, warmup: int, lr: float) -> float:
+    """Linear warm-up, then cosine decay to 0 (DeepInversion's ImageNet code and PSAQ-ViT)."""
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    span = max(1, iterations - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * (it - warmup) / span)) * lr
+
+
+def _quantise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Normalised float images → uint8 pixels (de-normalise, clamp, round)."""
+    return (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)

@@ -1,0 +1,69 @@
+"""Searching without data: ``data.train: synthetic:N?...`` in a study spec.
+
+The training images are synthesised from the teacher (:mod:`structsearch.distill.synthesis`:
+DeepInversion for BatchNorm teachers, PSAQ-ViT for ViTs) and cached on disk beside the teacher
+outputs, so only the first search with a given teacher and synthesis settings pays for them.
+
+Validation: without ``data.val`` it is carved from the synthetic set like from any training set
+(``data.val_size``, stratified by label). The labels of synthetic images are the teacher's own
+predictions, so a candidate's score is then its top-1 *agreement with the teacher on held-out
+synthetic images*, and the teacher itself scores 100 %. A real ``data.val`` (e.g. a small labelled
+set) may still be given; the candidates are then scored on it as usual.
+
+Two rules, checked by :func:`check_synthetic` in ``plan_search`` before anything is stored:
+
+* the teacher needs a checkpoint: synthesis inverts *trained* weights, and ``teacher.train_epochs``
+  would need real data to train on;
+* ``data.val`` cannot itself be synthetic (leave it out to carve validation from the set).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from structsearch.data import DataSpec, LoadedData, Preprocess
+from structsearch.errors import DataError
+
+if TYPE_CHECKING:
+    from structsearch.search.spec import StudySpec
+
+
+def check_synthetic(spec: "StudySpec", teacher: nn.Module) -> None:
+    """Raise a one-line DataError if the spec's synthetic data cannot be made for this teacher.
+
+    ``teacher`` may have random weights: only its layers are looked at (which method applies).
+    """
+    from structsearch.distill.synthesis import resolve_method
+
+    if spec.data.val and DataSpec.parse(spec.data.val).kind == "synthetic":
+        raise DataError("data.val cannot be synthetic; leave data.val out to carve validation from the synthetic data.train")
+    train = DataSpec.parse(spec.data.train)
+    if train.synthesis is None:
+        return
+    t = spec.teacher
+    if not t.checkpoint:
+        why = (
+            f"teacher.train_epochs={t.train_epochs} would need real data to train on"
+            if t.train_epochs
+            else "a teacher without a checkpoint has random weights"
+        )
+        raise DataError(f"data.train {spec.data.train} is synthesised from the teacher's trained weights, so the teacher needs a checkpoint ({why})")
+    resolve_method(teacher, train.synthesis.method, t.model)
+
+
+def load_train_data(spec: "StudySpec", teacher: nn.Module, preprocess: Preprocess) -> LoadedData:
+    """``data.train`` of a spec: loaded from files, or synthesised from ``teacher`` (cached on disk)."""
+    from structsearch.data import load_data
+    from structsearch.distill import TeacherCache, TeacherId
+    from structsearch.distill.synthesis import synthesize_spec
+
+    train = DataSpec.parse(spec.data.train)
+    if train.synthesis is None:
+        return load_data(train)
+    t = spec.teacher
+    return synthesize_spec(
+        teacher, preprocess, train.synthesis,
+        device=spec.proxy.device, teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint), cache=TeacherCache(),
+    ).data
