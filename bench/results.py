@@ -116,8 +116,9 @@ def stage_vit() -> dict[str, Any]:
 def stage_finetune() -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     best = run([*CLI, "best", "--study", STUDY, "--budget-flops", "50%", "--format", "json"], log)
-    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "2",
-                  "--data", TRAIN, "--test", REPORT, "--format", "json"], log)
+    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "1",
+                  "--data", TRAIN, "--test", REPORT, "--downstream", "digits", "--downstream-test", "digits:test",
+                  "--downstream-epochs", "5", "--no-downstream-flip", "--format", "json"], log)
     return {"commands": log, "best": best, "finetune": result}
 
 

@@ -471,38 +471,14 @@ def _test_split(spec: Any, test: str | None, study_train: LoadedData) -> tuple[L
 
 
 def _study_teacher_and_data(spec: Any) -> tuple[Any, nn.Module, LoadedData]:
-    """The study's plan, its teacher and its training data, loaded exactly as the search did.
-
-    Mirrors :func:`structsearch.search.context.build_context` -- training data from files or the
-    cached synthetic set (``search.datafree.load_train_data``), a teacher trained for the study
-    found in the same on-disk cache under the same key -- without building the proxy's Distiller,
-    whose teacher-output cache on fixed views the fine-tuning cannot use.
-    """
-    from structsearch.data import fingerprint as data_fingerprint
-    from structsearch.models import create_model
-    from structsearch.search.context import plan_search
-    from structsearch.search.datafree import load_train_data
-    from structsearch.search.storage import home
-    from structsearch.teachers import trained_teacher
+    """The study's plan, its teacher and its training data, loaded exactly as the search did
+    (:func:`structsearch.search.context.load_study_data`), without building the proxy's
+    Distiller, whose teacher-output cache on fixed views the fine-tuning cannot use."""
+    from structsearch.search.context import load_study_data, plan_search
 
     plan = plan_search(spec)
-    t = spec.teacher
-    teacher = create_model(t.model, checkpoint=t.checkpoint, **t.kwargs).eval()
-    preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
-    train_data = load_train_data(spec, teacher, preprocess)
-    if not t.checkpoint and t.train_epochs:
-        if spec.data.val:
-            train_idx = torch.arange(len(train_data))
-            if spec.data.train_size:
-                train_idx, _ = split_train_val(train_data.y, 1, spec.seed, spec.data.train_size)
-        else:
-            train_idx, _ = split_train_val(train_data.y, spec.data.val_size, spec.seed, spec.data.train_size)
-        augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
-        teacher, _ = trained_teacher(
-            t.model, t.kwargs, train_data, data_fingerprint(train_data), train_idx, preprocess, t.train_epochs,
-            spec.seed, home() / "teachers", augment,
-        )
-    return plan, teacher.eval(), train_data
+    d = load_study_data(plan)
+    return plan, d.teacher, d.train
 
 
 def _num_classes(teacher: nn.Module, pre: Preprocess, data: LoadedData) -> int:

@@ -209,3 +209,42 @@ def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) ->
     png = tmp_path / "front.png"
     subprocess.run(exe + ["pareto", "--study", "tiny", "--plot", str(png)], capture_output=True, check=True)
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_killed_cli_search_resumes_to_the_requested_trials(home: Path, tmp_path: Path) -> None:
+    """``kill -9`` mid-trial: the dead trial stops beating, is failed on resume, and the resumed
+    search still ends with ``trials`` finished trials of its own."""
+    import time
+
+    import yaml
+
+    spec = {**TINY, "name": "killed", "trials": 3, "proxy": {"steps": 400, "batch_size": 32}, "warm_start": False}
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "structsearch.cli", "search", str(path), "--heartbeat", "1", "--format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = open_storage()
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            try:
+                study = load_study("killed", storage)
+            except StructsearchError:
+                study = None
+            running = [] if study is None else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            # a feasible candidate that has been costed is in (or about to start) its 400-step proxy
+            if any(t.user_attrs.get("macs", float("inf")) <= study.user_attrs["max_macs"] for t in running):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search never started a trial")
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(3.5)  # three missed heartbeats
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    assert run.returncode == 0, run.stderr
+    states = [t.state for t in load_study("killed", open_storage()).get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 1
+    assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states

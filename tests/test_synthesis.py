@@ -29,7 +29,7 @@ from structsearch.distill.synthesis import (
     synthesize_report,
     total_variation,
 )
-from structsearch.errors import DataError, StructsearchError
+from structsearch.errors import DataError
 from structsearch.models import create_model
 from structsearch.search import parse_study_spec, run_search
 from structsearch.search.context import plan_search

@@ -77,6 +77,7 @@ def search(
     steps: Annotated[Optional[int], typer.Option(help="Proxy KD steps per candidate")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial of a killed search is failed and re-run after 3 silent beats", min=1)] = 10,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -118,7 +119,7 @@ def search(
                 best_txt = f"best {best:.2f}%" if best is not None else "best -"
                 progress.update(task, completed=done, status=f"feasible {feasible}, {best_txt}")
 
-            study = run_search(spec, storage, on_trial=on_trial)
+            study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat)
         records = study_records(study)
         front = pareto_front(records)
         summary = {

@@ -9,7 +9,6 @@ Entry points used by the CLI and the API alike:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from structsearch.search.export import export_trial

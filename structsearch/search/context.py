@@ -233,10 +233,29 @@ class SearchContext:
         return artifacts_dir() / study / f"trial-{trial:05d}"
 
 
-def build_context(plan: SearchPlan) -> SearchContext:
-    """Load data, load or train the teacher, prepare the cached KD scorer (once per process)."""
+@dataclass
+class StudyData:
+    """A study's teacher and data, loaded exactly as its search loads them.
+
+    Shared by the search (:func:`build_context`), ``recheck`` and ``finetune``, so all three
+    train on the same rows and hold out the same validation rows.
+    """
+
+    teacher: nn.Module
+    #: The teacher's identity in cache keys; ``None`` for a randomly initialised teacher.
+    teacher_id: Any
+    preprocess: Any  # structsearch.data.Preprocess
+    train: Any  # structsearch.data.LoadedData
+    val: Any
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    augment: Any  # structsearch.data.Augment
+
+
+def load_study_data(plan: SearchPlan) -> StudyData:
+    """Load the data and load (or train once, cached) the teacher of a planned search."""
     from structsearch.data import Augment, Preprocess, fingerprint, load_data, split_train_val
-    from structsearch.distill import Distiller, ProxyConfig, TeacherCache, TeacherId
+    from structsearch.distill import TeacherId
     from structsearch.search.storage import home
     from structsearch.teachers import trained_teacher
 
@@ -268,6 +287,16 @@ def build_context(plan: SearchPlan) -> SearchContext:
         teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
     else:
         teacher_id = None  # hashed from its (random) weights
+    return StudyData(teacher.eval(), teacher_id, preprocess, train_data, val_data, train_idx, val_idx, augment)
+
+
+def build_context(plan: SearchPlan) -> SearchContext:
+    """Load data, load or train the teacher, prepare the cached KD scorer (once per process)."""
+    from structsearch.distill import Distiller, ProxyConfig, TeacherCache
+
+    spec = plan.spec
+    d = load_study_data(plan)
+    teacher, preprocess, augment = d.teacher, d.preprocess, d.augment
     base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
     p = spec.proxy
     lr = p.lr if p.lr is not None else (0.003 if plan.inherit else 0.05)
@@ -277,8 +306,8 @@ def build_context(plan: SearchPlan) -> SearchContext:
         report_every=max(1, p.steps // 5),
     )
     distiller = Distiller(
-        teacher, train_data, train_idx, val_idx, preprocess, config,
-        val_data=val_data, teacher_id=teacher_id, cache=TeacherCache(), augment=augment,
+        teacher, d.train, d.train_idx, d.val_idx, preprocess, config,
+        val_data=d.val, teacher_id=d.teacher_id, cache=TeacherCache(), augment=augment,
     )
     teacher_score, _ = distiller.evaluate(teacher)
     return SearchContext(plan, base, distiller, teacher_score)

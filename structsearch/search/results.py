@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from structsearch.cost import Budget, format_bytes, format_count, format_ms, parse_budget
 from structsearch.errors import BudgetError, StructsearchError

@@ -60,6 +60,10 @@ def run_search(
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
     study = open_study(plan, storage, sampler_seed)
+    if heartbeat_interval:
+        # a trial of a killed run stopped beating: fail it (the retry callback re-queues its
+        # structure) before counting, so it neither blocks nor counts toward ``spec.trials``
+        optuna.storages.fail_stale_trials(study)
     todo = remaining_trials(study, spec.trials)
     if max_trials is not None:
         todo = min(todo, max_trials)
