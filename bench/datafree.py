@@ -37,7 +37,7 @@ from scipy import stats
 from structsearch.cost import measure_cost
 from structsearch.data import Preprocess, load_data, split_train_val
 from structsearch.distill import Distiller, ProxyConfig, TeacherCache, TeacherId, predict
-from structsearch.distill.synthesis import synthesize_report
+from structsearch.distill.synthesis import synthesize
 from structsearch.models import create_model
 from structsearch.space import space_of
 from structsearch.surgery import build_student
@@ -106,7 +106,7 @@ def main() -> None:
 
     # -- the synthetic set (cached) --------------------------------------------------------------
     t = time.perf_counter()
-    synth = synthesize_report(
+    synth = synthesize(
         teacher, preprocess, args.n, method=args.method, iterations=args.iters, batch_size=args.synth_batch,
         seed=args.seed, device=device, teacher_id=teacher_id, cache=cache,
         progress=lambda b, nb, losses: print(f"  synthesis batch {b}/{nb}: " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()), flush=True),

@@ -66,8 +66,8 @@ def section_teacher(s: Stages) -> str:
         + table(["data", "images", "top-1"], [[st["test"]["data"], st["test"]["images"], pct(st["test"]["top1"])],
                                               [st["report"]["data"], st["report"]["images"], pct(st["report"]["top1"])]])
         + f"\n{mega(c.get('macs'))} MACs, {c.get('params'):,} params"
-        + (f", latency {c['latency']['ms']:.2f} ms ({c['latency']['runtime']}, {c['latency']['device']})" if c.get("latency") else "")
-        + (f", peak activation memory {c['memory']['bytes'] / 1e6:.2f} MB" if c.get("memory") else "")
+        + (f", latency {c['latency']['median_ms']:.2f} ms ({c['latency']['runtime']}, batch 1, {c['latency']['device']})" if c.get("latency") else "")
+        + (f", peak activation memory {c['memory']['peak_bytes'] / 1e3:.1f} kB" if c.get("memory") else "")
         + ".\n\n" + commands(st)
     )
 
@@ -147,7 +147,7 @@ def section_resolution(s: Stages) -> str:
     for budget, r in st["best"].items():
         rows.append([budget, r["trial"], r.get("resolution") or 32, pct(r["score"]), mega(r["macs"]),
                      f"{r['latency_ms']:.2f} ms" if r.get("latency_ms") else "-",
-                     f"{r['memory_bytes'] / 1e6:.2f} MB" if r.get("memory_bytes") else "-"])
+                     f"{r['memory_bytes'] / 1e3:.1f} kB" if r.get("memory_bytes") else "-"])
     front = st["latency_front"]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for res in sorted({r.get("resolution") or 32 for r in front}):

@@ -22,3 +22,15 @@ def needs_shared(*paths: Path) -> pytest.MarkDecorator:
     """Skip a test when the shared real data is absent (it is present here and in CI)."""
     missing = [str(p) for p in paths if not p.exists()]
     return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {missing}")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A private STRUCTSEARCH_HOME (studies.db, teachers, caches, artifacts) for one test module."""
+    d = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STRUCTSEARCH_HOME", str(d))
+    mp.delenv("STRUCTSEARCH_STORAGE", raising=False)
+    mp.delenv("STRUCTSEARCH_ARTIFACTS", raising=False)
+    yield d
+    mp.undo()

@@ -212,17 +212,6 @@ RES = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory):
-    d = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRUCTSEARCH_HOME", str(d))
-    mp.delenv("STRUCTSEARCH_STORAGE", raising=False)
-    mp.delenv("STRUCTSEARCH_ARTIFACTS", raising=False)
-    yield d
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def res_study(home: Path) -> optuna.Study:
     return run_search(parse_study_spec(RES))
 

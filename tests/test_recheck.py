@@ -30,14 +30,8 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
-    d = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRUCTSEARCH_HOME", str(d))
-    mp.delenv("STRUCTSEARCH_STORAGE", raising=False)
-    mp.delenv("STRUCTSEARCH_ARTIFACTS", raising=False)
-    yield run_search(parse_study_spec(SPEC))
-    mp.undo()
+def study(home) -> optuna.Study:
+    return run_search(parse_study_spec(SPEC))
 
 
 def test_rank_agreement_matches_definition() -> None:

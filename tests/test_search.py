@@ -43,18 +43,6 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory):
-    """A private STRUCTSEARCH_HOME (studies.db, teachers, caches, artifacts) for this module."""
-    d = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRUCTSEARCH_HOME", str(d))
-    mp.delenv("STRUCTSEARCH_STORAGE", raising=False)
-    mp.delenv("STRUCTSEARCH_ARTIFACTS", raising=False)
-    yield d
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def tiny_study(home: Path) -> optuna.Study:
     return run_search(parse_study_spec(TINY))
 

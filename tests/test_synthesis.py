@@ -26,7 +26,6 @@ from structsearch.distill.synthesis import (
     bn_statistics_loss,
     resolve_method,
     synthesize,
-    synthesize_report,
     total_variation,
 )
 from structsearch.errors import DataError
@@ -140,7 +139,7 @@ def test_load_data_refuses_synthetic_with_one_line() -> None:
 
 def test_deepinversion_lowers_bn_loss_and_labels_honestly(cnn: nn.Module) -> None:
     pre = Preprocess.from_model(cnn, 8)
-    res = synthesize_report(cnn, pre, 20, iterations=20, batch_size=20, seed=1, device="cpu")
+    res = synthesize(cnn, pre, 20, iterations=20, batch_size=20, seed=1, device="cpu")
     data = res.data
     assert res.method == "deepinversion" and not res.cache_hit
     assert data.x.dtype == torch.uint8 and tuple(data.x.shape) == (20, 3, 8, 8)
@@ -161,9 +160,9 @@ def test_deepinversion_lowers_bn_loss_and_labels_honestly(cnn: nn.Module) -> Non
 
 def test_synthesis_is_deterministic_and_seeded(cnn: nn.Module) -> None:
     pre = Preprocess.from_model(cnn, 8)
-    a = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=5, device="cpu")
-    b = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=5, device="cpu")
-    c = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=6, device="cpu")
+    a = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=5, device="cpu").data
+    b = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=5, device="cpu").data
+    c = synthesize(cnn, pre, 12, iterations=3, batch_size=12, seed=6, device="cpu").data
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
     assert not torch.equal(a.x, c.x)
     # the teacher's parameters keep their gradient flags
@@ -175,10 +174,10 @@ def test_cache_hit_returns_identical_images_without_optimising(cnn: nn.Module, t
     cache = TeacherCache(tmp_path / "cache")
     calls: list[int] = []
     kw = dict(iterations=4, batch_size=8, seed=0, device="cpu", cache=cache, progress=lambda b, n, losses: calls.append(b))
-    first = synthesize_report(cnn, pre, 16, **kw)
+    first = synthesize(cnn, pre, 16, **kw)
     assert not first.cache_hit and calls == [1, 2]
     t = time.perf_counter()
-    second = synthesize_report(cnn, pre, 16, **kw)
+    second = synthesize(cnn, pre, 16, **kw)
     hit_seconds = time.perf_counter() - t
     assert second.cache_hit and calls == [1, 2]  # no batch was optimised again
     assert torch.equal(first.data.x, second.data.x) and torch.equal(first.data.y, second.data.y)
@@ -186,7 +185,7 @@ def test_cache_hit_returns_identical_images_without_optimising(cnn: nn.Module, t
     assert second.seconds_per_iteration == pytest.approx(first.seconds_per_iteration)  # the stored figures
     assert hit_seconds < first.seconds
     # every setting that changes the images gives another entry
-    third = synthesize_report(cnn, pre, 16, **{**kw, "iterations": 2})
+    third = synthesize(cnn, pre, 16, **{**kw, "iterations": 2})
     assert not third.cache_hit and calls == [1, 2, 1, 2]
     assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 2
 
@@ -222,7 +221,7 @@ def test_total_variation_is_zero_for_flat_images() -> None:
 def test_vit_path_raises_patch_similarity_entropy() -> None:
     vit = make_vit()
     pre = Preprocess.from_model(vit, 8)
-    res = synthesize_report(vit, pre, 10, iterations=20, batch_size=10, device="cpu")
+    res = synthesize(vit, pre, 10, iterations=20, batch_size=10, device="cpu")
     assert res.method == "psaq" and "bn" not in res.losses
     assert tuple(res.data.x.shape) == (10, 3, 8, 8) and res.data.x.dtype == torch.uint8
     with torch.no_grad():
@@ -307,7 +306,7 @@ def test_cli_synthesize_writes_a_loadable_npz(tmp_path: Path, cnn_ckpt: Path) ->
     # the same set as the library call with the same identity and cache
     teacher = create_model("cifar_resnet20", checkpoint=cnn_ckpt, **CNN_KW)
     lib = synthesize(teacher, Preprocess.from_model(teacher, 8), 24, iterations=3, batch_size=12, device="cpu",
-                     teacher_id=TeacherId.of("cifar_resnet20", CNN_KW, cnn_ckpt), cache=TeacherCache(tmp_path / "c"))
+                     teacher_id=TeacherId.of("cifar_resnet20", CNN_KW, cnn_ckpt), cache=TeacherCache(tmp_path / "c")).data
     assert torch.equal(lib.x, loaded.x) and torch.equal(lib.y, loaded.y)
 
 

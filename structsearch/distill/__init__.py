@@ -17,7 +17,7 @@ from structsearch.distill.evaluate import predict, top1
 from structsearch.distill.students import uniform_width_spec
 from structsearch.distill.losses import distill_loss, feature_kd_loss, kd_loss
 from structsearch.distill.taps import FeatureKDError, FeatureTap, stage_names, tapped
-from structsearch.distill.synthesis import SynthesisConfig, SynthesisResult, synthesize, synthesize_report
+from structsearch.distill.synthesis import SynthesisConfig, SynthesisResult, synthesize
 from structsearch.distill.teacher import TeacherId, augmented_views, run_teacher
 from structsearch.distill.trainer import (
     Distiller,
@@ -51,7 +51,6 @@ __all__ = [
     "run_teacher",
     "stage_names",
     "synthesize",
-    "synthesize_report",
     "tapped",
     "top1",
     "train_proxy",

@@ -87,7 +87,6 @@ __all__ = [
     "has_batchnorm",
     "resolve_method",
     "synthesize",
-    "synthesize_report",
     "synthesize_spec",
     "total_variation",
 ]
@@ -342,6 +341,23 @@ def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:
 # -- synthesis -------------------------------------------------------------------------------------
 
 
+def synthesize_spec(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    spec: SynthesisSpec,
+    *,
+    device: str | torch.device = "auto",
+    teacher_id: TeacherId | None = None,
+    cache: TeacherCache | None = None,
+    progress: Progress | None = None,
+) -> SynthesisResult:
+    """:func:`synthesize` with the settings of a ``synthetic:N?...`` data spec."""
+    return synthesize(
+        teacher, preprocess, spec.n, method=spec.method, iterations=spec.iterations, batch_size=spec.batch_size,
+        seed=spec.seed, device=device, teacher_id=teacher_id, cache=cache, progress=progress,
+    )
+
+
 def synthesize(
     teacher: nn.Module,
     preprocess: Preprocess,
@@ -356,52 +372,14 @@ def synthesize(
     cache: TeacherCache | None = None,
     config: SynthesisConfig | None = None,
     progress: Progress | None = None,
-) -> LoadedData:
-    """``n`` uint8 images at the teacher's input resolution and the teacher's labels for them.
+) -> SynthesisResult:
+    """``n`` uint8 images at the teacher's input resolution, the teacher's labels for them, and how
+    they were made (targets, method, timings, losses, cache hit).
 
     See the module docstring for the methods. ``teacher_id`` names the teacher in the cache key
     (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
     ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
     """
-    return synthesize_report(
-        teacher, preprocess, n, method=method, iterations=iterations, batch_size=batch_size, seed=seed,
-        device=device, teacher_id=teacher_id, cache=cache, config=config, progress=progress,
-    ).data
-
-
-def synthesize_spec(
-    teacher: nn.Module,
-    preprocess: Preprocess,
-    spec: SynthesisSpec,
-    *,
-    device: str | torch.device = "auto",
-    teacher_id: TeacherId | None = None,
-    cache: TeacherCache | None = None,
-    progress: Progress | None = None,
-) -> SynthesisResult:
-    """:func:`synthesize_report` with the settings of a ``synthetic:N?...`` data spec."""
-    return synthesize_report(
-        teacher, preprocess, spec.n, method=spec.method, iterations=spec.iterations, batch_size=spec.batch_size,
-        seed=spec.seed, device=device, teacher_id=teacher_id, cache=cache, progress=progress,
-    )
-
-
-def synthesize_report(
-    teacher: nn.Module,
-    preprocess: Preprocess,
-    n: int,
-    *,
-    method: str = "auto",
-    iterations: int = 2000,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    teacher_id: TeacherId | None = None,
-    cache: TeacherCache | None = None,
-    config: SynthesisConfig | None = None,
-    progress: Progress | None = None,
-) -> SynthesisResult:
-    """:func:`synthesize`, returning the set with its targets, timings and final losses."""
     from structsearch.distill.trainer import num_classes_of, resolve_device
 
     # validates n, iterations, batch size, seed and the method name with the data spec's messages
