@@ -116,9 +116,9 @@ def stage_vit() -> dict[str, Any]:
 def stage_finetune() -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     best = run([*CLI, "best", "--study", STUDY, "--budget-flops", "50%", "--format", "json"], log)
-    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "1",
+    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "6",
                   "--data", TRAIN, "--test", REPORT, "--downstream", "digits", "--downstream-test", "digits:test",
-                  "--downstream-epochs", "5", "--no-downstream-flip", "--format", "json"], log)
+                  "--downstream-epochs", "10", "--no-downstream-flip", "--restart", "--format", "json"], log)
     return {"commands": log, "best": best, "finetune": result}
 
 

@@ -8,6 +8,7 @@ section lists the commands that produced it.
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import matplotlib
@@ -77,12 +78,15 @@ def section_search(s: Stages) -> str:
     if not st:
         return "## Search at 50 % of the teacher's MACs\n\nnot run yet\n"
     sm = st["summary"]
+    secs = [r["seconds"] for r in st["front"] if r.get("seconds")]
     rows = [[r["trial"], pct(r["score"]), mega(r["macs"]), mega(r["params"])] for r in st["front"]]
     return (
         "## Search at 50 % of the teacher's MACs\n\n"
         f"{sm['trials']} trials, {sm['over_budget']} over budget (costed, never trained). Teacher on the selection "
         f"split (test[:2000]): {pct(sm['teacher_score'])} at {mega(sm['teacher_macs'])} MACs. Scores are the 100-step "
-        "KD proxy's validation top-1.\n\n"
+        "KD proxy's validation top-1. "
+        f"Proxy time per trial on the front: {min(secs):.0f} s at least, {median(secs):.0f} s median (part of the search "
+        "shared the 2 cores with other jobs; the command resumes a finished study, so the stage time below is short).\n\n"
         + table(["trial", "proxy val top-1", "MACs", "params"], rows)
         + f"\n![Pareto front]({OUT.name}/{st['plot']})\n\n" + commands(st)
     )
@@ -126,7 +130,8 @@ def section_datafree(s: Stages) -> str:
     return (
         "## Data-free proxy vs real-data proxy\n\n"
         f"{syn['images']} images synthesised from the teacher alone ({syn['method']}, {d['iters']} iterations per batch "
-        f"of {d['synth_batch']}, {syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration; the "
+        f"of {d['synth_batch']}, {syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration"
+        f"{' when the cached set was made' if syn.get('cache_hit') else ''}; the "
         f"teacher predicts the target class for {100 * syn['target_agreement']:.0f}% of them). The same {len(rows_in)} "
         f"random students under {d['budget']:.0%} of the teacher's MACs are scored by the {d['steps']}-step proxy on "
         f"real CIFAR-10 and on the synthetic set.\n\n"
@@ -164,7 +169,10 @@ def section_resolution(s: Stages) -> str:
     return (
         "## Budgets, resolution, latency and memory\n\n"
         "Input resolution (24, 28 or 32 px for the student; the teacher keeps 32 px) searched with the structure. "
-        f"Latency and peak activation memory are measured for every feasible candidate on: {device}.\n\n"
+        f"Latency and peak activation memory are measured for every feasible candidate on: {device}. Two readings: "
+        "peak activation memory depends on the resolution only, because the widest tensor is the (unsearched) stem's "
+        "output at full resolution; and this stage ran while other stages shared the 2 cores, so single latencies "
+        "are noisy (compare within the table, not against a quiet machine).\n\n"
         + table(["budget", "trial", "resolution", "proxy val top-1", "MACs", "latency", "peak act. memory"], rows)
         + "\n![latency front](results/latency_front.png)\n\n" + commands(st)
     )
@@ -194,10 +202,10 @@ def section_finetune(s: Stages) -> str:
     return (
         "## Fine-tuning the chosen student\n\n"
         f"The best student within 50 % of the teacher's MACs (trial {b['trial']}, {mega(b['macs'])} MACs, "
-        f"proxy {pct(b['score'])}) trained on the full 50k training set with KD for {f.get('epochs')} epoch(s) "
+        f"proxy {pct(b['score'])}) trained on the full 50k training set with KD for {f.get('epochs')} epochs "
         f"on {f.get('device', 'CPU')}:\n\n"
         + table(["model", "test[5000:] top-1"], [["student", pct(f.get("test_top1"))], ["teacher ResNet-56", pct(f.get("teacher_top1"))]])
-        + f"\nOne epoch took {f['kd']['seconds_per_epoch'] / 60:.1f} min here. Then the student, with a new 10-class head, "
+        + f"\nAn epoch took {f['kd']['seconds_per_epoch'] / 60:.1f} min here. Then the student, with a new 10-class head, "
         f"was fine-tuned on scikit-learn's digits (8x8 grey images resized to 32 px; downstream task): "
         f"**{pct((f.get('downstream') or {}).get('test_top1'))}** on the held-out digits.\n\n"
         + commands(st)
@@ -209,7 +217,10 @@ def render(stages: Stages) -> Path:
     parts = [
         "# Results: ResNet-56 teacher on CIFAR-10\n",
         "Regenerate with `.venv/bin/python bench/results.py` (stage outputs are kept in `docs/results/*.json`; "
-        "`--force STAGE` reruns one). All runs on CPU; the teacher's outputs are cached once per study.\n",
+        "`--force STAGE` reruns one). All runs on a 2-core CPU (no GPU was available), so the search proxies are "
+        "100 steps of batch 64 on 10k training images and the fine-tune is one epoch; the teacher's outputs are "
+        "cached once per study. Candidates are selected on test[:2000]; test[5000:] is only used for the final "
+        "fine-tuned accuracy.\n",
         section_teacher(stages),
         section_search(stages),
         section_recheck(stages),
