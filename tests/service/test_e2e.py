@@ -222,11 +222,14 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
 
 
 def running_trial(url: str, name: str) -> Callable[[], optuna.trial.FrozenTrial | None]:
+    """A running trial that has proposed its structure (costed, so its parameters are all stored)."""
+
     def check() -> optuna.trial.FrozenTrial | None:
         try:
             trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         except KeyError:
             return None
+        trials = [t for t in trials if "macs" in t.user_attrs]
         return trials[0] if trials else None
 
     return check
