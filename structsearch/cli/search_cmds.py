@@ -32,14 +32,16 @@ def _records_table(records: list, title: str | None = None) -> Table:
     with_lat = any(r.latency_ms is not None for r in records)
     with_mem = any(r.memory_bytes is not None for r in records)
     columns = ["study", "trial", "score (val top-1 %)", "MACs", "params"]
-    columns += ["px"] * with_res + ["latency (device, runtime)"] * with_lat + ["peak act. memory"] * with_mem
-    table = Table(*columns, title=title)
+    columns += ["px"] * with_res + ["latency"] * with_lat + ["peak act. memory"] * with_mem
+    # the device of every measured figure, once under the table instead of in every row
+    where = sorted({f"{r.latency_runtime} on {r.latency_device}" for r in records if r.latency_ms is not None})
+    table = Table(*columns, title=title, caption=f"latency: {'; '.join(where)}" if where else None)
     for r in records:
         row = [r.study, str(r.trial), f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
         if with_res:
             row.append("-" if r.resolution is None else str(r.resolution))
         if with_lat:
-            row.append("-" if r.latency_ms is None else f"{format_ms(r.latency_ms)} ({r.latency_device}, {r.latency_runtime})")
+            row.append("-" if r.latency_ms is None else format_ms(r.latency_ms))
         if with_mem:
             row.append("-" if r.memory_bytes is None else format_bytes(r.memory_bytes))
         table.add_row(*row)
