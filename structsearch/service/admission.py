@@ -34,11 +34,20 @@ class AdmissionError(StructsearchError):
     """The spec is well-formed but not allowed from a client of this service."""
 
 
-def admit_spec(data: Any, data_roots: Sequence[Path], max_trials: int) -> StudySpec:
-    """Validate ``data`` into a spec this service may run; raise a one-line error otherwise."""
+def admit_spec(data: Any, data_roots: Sequence[Path], max_trials: int, max_synthesis_work: int | None = None) -> StudySpec:
+    """Validate ``data`` into a spec this service may run; raise a one-line error otherwise.
+
+    ``max_synthesis_work`` caps a data-free set's images x iterations (``None``: no cap).
+    """
     spec = parse_study_spec(data, "study spec")
     if spec.trials > max_trials:
         raise AdmissionError(f"trials: at most {max_trials} per search on this service, got {spec.trials}")
+    synthesis = DataSpec.parse(spec.data.train).synthesis
+    if synthesis is not None and max_synthesis_work is not None and synthesis.n * synthesis.iterations > max_synthesis_work:
+        raise AdmissionError(
+            f"data.train: {synthesis.n} synthetic images x {synthesis.iterations} iterations exceeds this service's "
+            f"limit of {max_synthesis_work} images x iterations; ask for fewer images or iterations"
+        )
     _check_kwargs(spec.teacher.kwargs, "teacher.kwargs")
     _check_kwargs(spec.student.kwargs, "student.kwargs")
     for field, path in spec_paths(spec):

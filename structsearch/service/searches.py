@@ -80,7 +80,7 @@ def submit_search(
     from structsearch.search.context import plan_search
     from structsearch.search.study import open_study
 
-    spec = admit_spec(data, settings.data_roots, settings.max_trials)
+    spec = admit_spec(data, settings.data_roots, settings.max_trials, settings.max_synthesis_work)
     plan = plan_search(spec)
     search_id = uuid.uuid4()
     row = _claim_name(db, reader, search_id, spec, api_key_id)

@@ -42,6 +42,10 @@ class ServiceSettings(BaseSettings):
     data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     #: Largest ``trials`` a submitted spec may ask for (one queued job per trial).
     max_trials: int = Field(default=1000, ge=1)
+    #: Largest data-free set (``synthetic:N?iters=K``) a spec may ask for, in images x iterations:
+    #: synthesis runs on a worker before any trial, and 2048 x 2000 (the DeepInversion paper's
+    #: CIFAR setting) is about 40 GPU-minutes.
+    max_synthesis_work: int = Field(default=2048 * 2000, ge=1)
     #: Optuna heartbeat of a running trial, seconds; a trial silent for 3x this is failed and retried.
     trial_heartbeat_s: int = Field(default=10, ge=1)
     #: How often a worker tells the queue it is alive, seconds.

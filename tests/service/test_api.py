@@ -167,6 +167,7 @@ def test_a_name_used_by_a_cli_study_is_not_reused(client: TestClient, key: str, 
         ({"teacher": {"model": "cifar_resnet20", "kwargs": {"pretrained": True}}}, ("pretrained",)),
         ({"teacher": {"model": "cifar_resnet20", "kwargs": {"x": {"nested": 1}}}}, ("only numbers",)),
         ({"unknown_field": 1}, ("unknown_field",)),
+        ({"data": {"train": "synthetic:100000?iters=2000", "input_size": 8}}, ("synthetic images", "limit")),
     ],
 )
 def test_rejected_specs_store_nothing(
