@@ -41,9 +41,10 @@ import torch
 from torch import nn
 
 from structsearch.cost.counter import _eval_mode, _normalize_input_size
+from structsearch.devices import resolve_device
 from structsearch.errors import CostError
 
-__all__ = ["LatencyReport", "Runtime", "cpu_model_name", "device_name", "measure_latency", "resolve_measure_device"]
+__all__ = ["LatencyReport", "Runtime", "cpu_model_name", "device_name", "measure_latency"]
 
 Runtime = Literal["torch", "onnxruntime"]
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
@@ -133,37 +134,13 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def resolve_measure_device(device: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when present) as a checked ``torch.device``.
-
-    Raises:
-        CostError: an unknown device, or CUDA asked for where there is none.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise CostError(f"unknown device {device!r} to measure on; use cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise CostError(f"cannot measure on {device!r}; use cpu, cuda, cuda:N or auto")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CostError(f"device {device!r} was asked for but CUDA is not available here; measure on cpu")
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise CostError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        dev = torch.device("cuda", index)
-    return dev
-
-
 def device_name(device: str | torch.device = "cpu", threads: int | None = None) -> str:
     """The name latency and memory figures are stored with: ``"AMD EPYC 7B13 (cpu, 2 threads)"``.
 
     CPU figures name the CPU model and, for latency, the thread count (a 2-thread and a 16-thread
     run of the same CPU are different devices as far as latency goes); CUDA figures name the GPU.
     """
-    dev = resolve_measure_device(device) if isinstance(device, str) else device
+    dev = resolve_device(device) if isinstance(device, str) else device
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"{torch.cuda.get_device_name(index)} (cuda:{index})"
@@ -211,7 +188,7 @@ def measure_latency(
             raise CostError(f"{name} must be an integer >= {low}, got {value!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise CostError(f"threads must be a positive integer, got {threads!r}")
-    dev = resolve_measure_device(device)
+    dev = resolve_device(device)
     n_threads = (threads or torch.get_num_threads()) if dev.type == "cpu" else None
     if runtime == "torch":
         times, version = _time_torch(model, size, dev, batch_size, n_threads, warmup, repeats), f"torch {torch.__version__}"

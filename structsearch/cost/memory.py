@@ -36,7 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from structsearch.cost.counter import _eval_mode, _normalize_input_size
-from structsearch.cost.latency import _model_on, device_name, resolve_measure_device
+from structsearch.cost.latency import _model_on, device_name
+from structsearch.devices import resolve_device
 from structsearch.errors import CostError
 
 __all__ = ["CPU_METHOD", "CUDA_METHOD", "MemoryReport", "measure_memory"]
@@ -157,7 +158,7 @@ def measure_memory(
     size = _normalize_input_size(input_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CostError(f"batch_size must be a positive integer, got {batch_size!r}")
-    dev = resolve_measure_device(device)
+    dev = resolve_device(device)
     net = _model_on(model, dev)
     dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
     x = torch.zeros((batch_size, *size), dtype=dtype, device=dev)

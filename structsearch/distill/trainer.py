@@ -43,6 +43,7 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
+from structsearch.devices import resolve_device
 from structsearch.errors import DataError, StructsearchError
 
 __all__ = ["ProxyConfig", "ProxyConfigError", "ProxyResult", "Distiller", "train_proxy", "resolve_device"]
@@ -142,21 +143,6 @@ class ProxyResult:
         d = asdict(self)
         d["history"] = [list(h) for h in self.history]
         return d
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ProxyConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ProxyConfigError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProxyConfigError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def num_classes_of(model: nn.Module) -> int | None:

@@ -150,12 +150,12 @@ def _device_here(device: str, threads: int | None, *, latency: bool) -> str | No
     """The device name this process would measure on (None where it cannot measure at all)."""
     import torch
 
-    from structsearch.cost.latency import device_name, resolve_measure_device
-    from structsearch.errors import CostError
+    from structsearch.cost.latency import device_name
+    from structsearch.devices import DeviceError, resolve_device
 
     try:
-        dev = resolve_measure_device(device)
-    except CostError:
+        dev = resolve_device(device)
+    except DeviceError:
         return None
     return device_name(dev, (threads or torch.get_num_threads()) if latency and dev.type == "cpu" else None)
 
