@@ -33,7 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,40 +85,12 @@ class LatencyReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``input_size`` as a list)."""
-        return {
-            "median_ms": self.median_ms,
-            "p90_ms": self.p90_ms,
-            "min_ms": self.min_ms,
-            "runtime": self.runtime,
-            "runtime_version": self.runtime_version,
-            "device": self.device,
-            "device_type": self.device_type,
-            "threads": self.threads,
-            "batch_size": self.batch_size,
-            "input_size": list(self.input_size),
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-        }
+        return {**asdict(self), "input_size": list(self.input_size)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyReport:
         """Inverse of :meth:`to_dict`, for stored reports."""
-        c, h, w = data["input_size"]
-        threads = data.get("threads")
-        return cls(
-            median_ms=float(data["median_ms"]),
-            p90_ms=float(data["p90_ms"]),
-            min_ms=float(data["min_ms"]),
-            runtime=str(data["runtime"]),
-            runtime_version=str(data["runtime_version"]),
-            device=str(data["device"]),
-            device_type=str(data["device_type"]),
-            threads=None if threads is None else int(threads),
-            batch_size=int(data["batch_size"]),
-            input_size=(int(c), int(h), int(w)),
-            warmup=int(data["warmup"]),
-            repeats=int(data["repeats"]),
-        )
+        return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
 @functools.cache

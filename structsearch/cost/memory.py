@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -68,27 +68,12 @@ class MemoryReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``input_size`` as a list)."""
-        return {
-            "peak_bytes": self.peak_bytes,
-            "method": self.method,
-            "device": self.device,
-            "device_type": self.device_type,
-            "batch_size": self.batch_size,
-            "input_size": list(self.input_size),
-        }
+        return {**asdict(self), "input_size": list(self.input_size)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemoryReport:
         """Inverse of :meth:`to_dict`, for stored reports."""
-        c, h, w = data["input_size"]
-        return cls(
-            peak_bytes=int(data["peak_bytes"]),
-            method=str(data["method"]),
-            device=str(data["device"]),
-            device_type=str(data["device_type"]),
-            batch_size=int(data["batch_size"]),
-            input_size=(int(c), int(h), int(w)),
-        )
+        return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
 class LiveStorageTracker(TorchDispatchMode):
