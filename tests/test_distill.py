@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from typer.testing import CliRunner
 
 from structsearch.cli import app
 from structsearch.data import Augment, LoadedData, Preprocess, load_data, split_train_val
@@ -39,6 +38,7 @@ from structsearch.errors import DataError, StructsearchError
 from structsearch.models import create_model
 from structsearch.space import space_of
 from structsearch.surgery import build_student
+from tests.cli_helpers import one_line_error, runner
 
 FAST = dict(steps=4, batch_size=32, device="cpu", bn_recalibration_batches=2, eval_batch_size=200, views=2)
 
@@ -326,17 +326,6 @@ def test_wrong_student_and_bad_inputs_are_user_errors(digits, split, tmp_path: P
 
 # -- CLI -----------------------------------------------------------------------------------------
 
-runner = CliRunner()
-
-
-def one_line_error(args: list[str], *fragments: str) -> None:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_cli_eval_and_proxy_json(tmp_path: Path) -> None:

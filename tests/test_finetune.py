@@ -17,7 +17,6 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import structsearch
 from structsearch.cli import app
@@ -33,6 +32,7 @@ from structsearch.finetune import (
     finetune_trial,
 )
 from structsearch.search import parse_study_spec, run_search, study_records
+from tests.cli_helpers import one_line_error, runner
 
 STUDY = {
     "name": "ft-tiny",
@@ -203,17 +203,6 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
 
 # -- CLI -------------------------------------------------------------------------------------------
 
-runner = CliRunner()
-
-
-def one_line_error(args: list[str], *fragments: str) -> None:
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_cli_errors(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
