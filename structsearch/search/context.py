@@ -223,8 +223,6 @@ class SearchContext:
 
         ``input_size`` (px): the student's resolution when it differs from the teacher's.
         """
-        if input_size is None:
-            return self.distiller.score(student, report)
         return self.distiller.score(student, report, input_size=input_size)
 
     def artifact_dir(self, study: str, trial: int) -> Path:

@@ -141,7 +141,7 @@ class Objective:
             return values(previous.user_attrs["score"])
 
         report = _pruning_reporter(trial) if plan.spec.single_objective else None
-        result = ctx.score(student, report) if resolution is None else ctx.score(student, report, input_size=resolution)
+        result = ctx.score(student, report, input_size=resolution)
         trial.set_user_attr("trained", True)
         trial.set_user_attr("score", result.val_top1)
         trial.set_user_attr("teacher_agreement", result.teacher_agreement)

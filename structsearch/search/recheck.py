@@ -184,7 +184,7 @@ def recheck(
             start = time.perf_counter()
             student = build_student(ctx.base, ArchSpec.from_dict(r.spec), importance)
             resolution = trials[r.trial].user_attrs.get("resolution")
-            result = ctx.score(student) if resolution is None else ctx.score(student, input_size=resolution)
+            result = ctx.score(student, input_size=resolution)
             entry = RecheckEntry(r.trial, group, int(r.macs), float(r.score), round(result.val_top1, 3),
                                  round(time.perf_counter() - start, 2))
             entries.append(entry)
