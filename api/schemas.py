@@ -52,6 +52,7 @@ class CandidatePublic(BaseModel):
     latency_runtime: str | None = Field(default=None, description="torch or onnxruntime")
     memory_bytes: int | None = Field(default=None, description="measured peak activation memory of one inference forward (bytes)")
     memory_device: str | None = Field(default=None, description="the device memory_bytes was measured on")
+    baseline: str | None = Field(default=None, description="the baseline this trial scores (uniform, global_magnitude, depth); null: a searched candidate")
 
 
 class TrialStateName(str, Enum):
@@ -144,12 +145,26 @@ class RecheckPublic(BaseModel):
     complete: bool
 
 
+class BaselineGainPublic(BaseModel):
+    """The search's gain over one of its baselines: its best candidate at equal or lower MACs."""
+
+    baseline: str = Field(examples=["global_magnitude"])
+    trial: int
+    score: float | None
+    macs: int | None
+    searched_trial: int | None
+    searched_score: float | None
+    searched_macs: int | None
+    gain: float | None = Field(description="searched_score - score in points; null until both are scored")
+
+
 class ParetoPublic(BaseModel):
     search_id: uuid.UUID
     study: str
     cost: Literal["macs", "params", "latency", "memory"]
     front: list[CandidatePublic] = Field(description="feasible trained candidates not dominated in (score up, cost down), by cost")
     recheck: list[RecheckPublic] = Field(default_factory=list, description="proxy fidelity re-checks of this study, shortest first")
+    baselines: list[BaselineGainPublic] = Field(default_factory=list, description="the study's baselines and the search's gain over each")
 
 
 class FamilyPublic(BaseModel):

@@ -186,7 +186,12 @@ def test_missing_artifact_rebuilds_from_spec_and_resolution_attr(study: optuna.S
 
 
 def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int]) -> None:
-    untrained = next(r.trial for r in study_records(study) if not r.trained)
+    # proposals fill the budget, so the search leaves no candidate untrained: record one as an
+    # over-budget candidate would be
+    src = study.get_trials(deepcopy=False)[trained[0]]
+    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, values=src.values,
+                                              user_attrs={**src.user_attrs, "trained": False}, system_attrs=src.system_attrs))
+    untrained = study.get_trials(deepcopy=False)[-1].number
     with pytest.raises(StructsearchError, match="no study named 'nope'"):
         finetune_trial("nope", 0, FinetuneConfig(epochs=1, **FAST))
     with pytest.raises(FinetuneError, match="has no trial 999"):
@@ -206,7 +211,12 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
 
 
 def test_cli_errors(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
-    untrained = next(r.trial for r in study_records(study) if not r.trained)
+    # proposals fill the budget, so the search leaves no candidate untrained: record one as an
+    # over-budget candidate would be
+    src = study.get_trials(deepcopy=False)[trained[0]]
+    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, values=src.values,
+                                              user_attrs={**src.user_attrs, "trained": False}, system_attrs=src.system_attrs))
+    untrained = study.get_trials(deepcopy=False)[-1].number
     base = ["finetune", "--epochs", "1", "--device", "cpu"]
     one_line_error([*base, "--study", "nope", "--trial", "0"], "no study named 'nope'")
     one_line_error([*base, "--study", "ft-tiny", "--trial", "999"], "has no trial 999")

@@ -98,13 +98,13 @@ def test_rerun_resumes_and_extends(home: Path, tiny_study: optuna.Study) -> None
 
 def test_same_structure_is_not_trained_twice(home: Path, tiny_study: optuna.Study) -> None:
     # another seed: another fingerprint, so no warm start from "tiny"
-    spec = parse_study_spec({**TINY, "name": "tiny-dup", "trials": 2, "seed": 1})
+    spec = parse_study_spec({**TINY, "name": "tiny-dup", "trials": 2, "seed": 1, "baselines": []})
     plan = plan_search(spec)
     storage = open_storage()
     from structsearch.search.study import open_study
 
     study = open_study(plan, storage)
-    params = {k: v for k, v in tiny_study.best_trials[0].params.items()}
+    params = plan.proposals(None).largest()  # the same shape (and target) twice
     study.enqueue_trial(params)
     study.enqueue_trial(params)
     run_search(spec)
@@ -121,7 +121,8 @@ def test_new_budget_warm_starts_from_earlier_trials(home: Path, tiny_study: optu
     max_macs = study.user_attrs["max_macs"]
     for t in copied:
         assert t.constraints["flops"] == t.user_attrs["macs"] - max_macs
-    assert len([t for t in study.get_trials() if "copied_from" not in t.user_attrs]) == 1
+    own = [t for t in study.get_trials() if "copied_from" not in t.user_attrs]
+    assert [t.state for t in own].count(TrialState.COMPLETE) == 1  # the rest: baselines still WAITING
 
 
 def test_best_under_budget(home: Path, tiny_study: optuna.Study) -> None:
@@ -177,9 +178,11 @@ def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "torch.Size([2, 10])" in res.stdout
-    over = next(r for r in study_records(tiny_study) if not r.trained)
+    # proposals fill the budget, so a search rarely leaves a candidate untrained: make one
+    untrained = optuna.create_study(study_name="tiny-untrained", storage=open_storage())
+    untrained.add_trial(optuna.trial.create_trial(value=0.0, user_attrs={"trained": False, "macs": 1, "params": 1}))
     with pytest.raises(StructsearchError, match="not trained"):
-        export_trial("tiny", over.trial, tmp_path / "x")
+        export_trial("tiny-untrained", 0, tmp_path / "x")
 
 
 def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
@@ -236,3 +239,82 @@ def test_killed_cli_search_resumes_to_the_requested_trials(home: Path, tmp_path:
     states = [t.state for t in load_study("killed", open_storage()).get_trials(deepcopy=False)]
     assert states.count(TrialState.FAIL) == 1
     assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
+
+
+def test_baselines_are_the_first_trials_and_flagged(tiny_study: optuna.Study) -> None:
+    """Uniform, global magnitude and depth are scored first, flagged, and the search is compared to them."""
+    from structsearch.search.results import baseline_gains
+
+    trials = tiny_study.get_trials()
+    assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["uniform", "global_magnitude", "depth"]
+    assert all("baseline" not in t.user_attrs for t in trials[3:])
+    assert trials[0].params and not trials[1].params and not trials[2].params  # uniform is a shape, the others fixed
+    records = study_records(tiny_study)
+    assert [r.baseline for r in records[:3]] == ["uniform", "global_magnitude", "depth"]
+    gains = baseline_gains(records)
+    assert [g.baseline for g in gains] == ["uniform", "global_magnitude", "depth"]
+    searched = [r for r in records if r.baseline is None and r.trained]
+    for g in gains:
+        rivals = [r for r in searched if r.macs <= g.macs]
+        if rivals:
+            best = max(rivals, key=lambda r: r.score)
+            assert g.searched_score == best.score and g.gain == pytest.approx(best.score - g.score, abs=1e-3)
+        else:
+            assert g.gain is None
+
+
+def test_searched_trials_fill_the_budget(tiny_study: optuna.Study) -> None:
+    max_macs = tiny_study.user_attrs["max_macs"]
+    for t in tiny_study.get_trials():
+        if "baseline" in t.user_attrs:
+            continue
+        target = t.params.get("target", 1.0)  # multi-objective: odd trials choose a target below the budget
+        assert 0.9 * target * max_macs <= t.user_attrs["macs"] <= target * max_macs + 1
+        assert ("target" in t.params) is (t.number % 2 == 1)
+
+
+def test_trained_structure_is_the_realised_parameters(home: Path, tiny_study: optuna.Study) -> None:
+    """No silent mismatch: a trial's stored parameters realise exactly the structure it trained."""
+    from structsearch.cost import measure_cost
+    from structsearch.space import ArchSpec
+    from structsearch.surgery import build_student
+
+    plan = plan_search(parse_study_spec(TINY))
+    proposals = plan.proposals(None)
+
+    def measure(spec: ArchSpec) -> tuple[int, int]:
+        c = measure_cost(build_student(plan.base, spec), plan.input_size)
+        return c.macs, c.params
+
+    checked = 0
+    for t in tiny_study.get_trials():
+        stored = ArchSpec.from_dict(t.user_attrs["spec"])
+        artifact = ArchSpec.load(Path(t.user_attrs["artifact"]) / "spec.json")
+        assert artifact == stored
+        if t.user_attrs.get("baseline") in (None, "uniform"):
+            assert proposals.propose(t.params, measure) == stored
+            checked += 1
+    assert checked >= 3
+
+
+def test_baselines_are_enqueued_once_and_survive_resume(home: Path) -> None:
+    """Created but not run (a killed first run): the resumed search runs each baseline exactly once."""
+    from structsearch.search.study import open_study
+
+    spec = parse_study_spec({**TINY, "name": "tiny-resume", "trials": 4, "seed": 3, "warm_start": False})
+    open_study(plan_search(spec), open_storage())  # stored with its baselines WAITING, nothing run
+    waiting = load_study("tiny-resume", open_storage()).get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["baseline"] for t in waiting] == ["uniform", "global_magnitude", "depth"]
+    study = run_search(spec)
+    study = run_search(parse_study_spec({**TINY, "name": "tiny-resume", "trials": 5, "seed": 3, "warm_start": False}))
+    names = [t.user_attrs.get("baseline") for t in study.get_trials()]
+    assert names[:3] == ["uniform", "global_magnitude", "depth"] and names[3:] == [None, None]
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+
+
+def test_spec_rejects_a_bad_fill_and_unknown_baselines() -> None:
+    with pytest.raises(StructsearchError, match="budget.fill"):
+        parse_study_spec({**TINY, "budget": {"flops": "40%", "fill": 1.5}})
+    with pytest.raises(StructsearchError, match="baselines"):
+        parse_study_spec({**TINY, "baselines": ["magic"]})
+    assert parse_study_spec({**TINY, "baselines": []}).baselines == ()

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from api.deps import SearchDep, ServicesDep, read_access
-from api.schemas import CandidatePublic, ErrorPublic, ParetoPublic, RecheckPublic
+from api.schemas import BaselineGainPublic, CandidatePublic, ErrorPublic, ParetoPublic, RecheckPublic
 from structsearch.cost import parse_budget
 from structsearch.errors import StructsearchError
 from structsearch.search import best_under_budget
@@ -37,8 +37,10 @@ def pareto(
     storage = services.reader.storage
     attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(search.name))
     rechecks = [RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)]
+    gains = [BaselineGainPublic(**g.to_dict()) for g in services.reader.finished(search.name).gains()]
     return ParetoPublic(
-        search_id=search.id, study=search.name, cost=cost, front=[CandidatePublic(**r.to_dict()) for r in front], recheck=rechecks
+        search_id=search.id, study=search.name, cost=cost, front=[CandidatePublic(**r.to_dict()) for r in front],
+        recheck=rechecks, baselines=gains,
     )
 
 

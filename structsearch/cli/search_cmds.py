@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,7 +37,8 @@ def _records_table(records: list, title: str | None = None) -> Table:
     where = sorted({f"{r.latency_runtime} on {r.latency_device}" for r in records if r.latency_ms is not None})
     table = Table(*columns, title=title, caption=f"latency: {'; '.join(where)}" if where else None)
     for r in records:
-        row = [r.study, str(r.trial), f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
+        trial = f"{r.trial} ({r.baseline})" if r.baseline else str(r.trial)  # flagged: a baseline, not searched
+        row = [r.study, trial, f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
         if with_res:
             row.append("-" if r.resolution is None else str(r.resolution))
         if with_lat:
@@ -87,7 +88,7 @@ def search(
 
     def body() -> None:
         from structsearch.search import default_spec, load_study_spec, run_search
-        from structsearch.search.results import pareto_front, study_records
+        from structsearch.search.results import baseline_gains, pareto_front, study_records
 
         spec = load_study_spec(spec_file) if spec_file else default_spec()
         spec = spec.with_overrides(
@@ -132,6 +133,7 @@ def search(
             "teacher_score": study.user_attrs.get("teacher_score"),
             "teacher_macs": study.user_attrs.get("teacher_macs"),
             "pareto": [r.to_dict() for r in front],
+            "baselines": [g.to_dict() for g in baseline_gains(records)],
         }
         if format is Format.json:
             print_json(summary)
@@ -141,6 +143,7 @@ def search(
             f"(never trained); teacher: {summary['teacher_score']}% val top-1 at {_fmt(summary['teacher_macs'])} MACs"
         )
         console.print(_records_table(front, title="Pareto front (score vs MACs)"))
+        _print_gains(baseline_gains(records))
 
     run_guarded(body)
 
@@ -179,14 +182,19 @@ def best(
     def body() -> None:
         from structsearch.search import best_under_budget
 
+        from structsearch.search.results import baseline_gains, load_study, study_records
+        from structsearch.search.storage import open_storage
+
         r = best_under_budget(
             budget_flops, budget_params, study, storage, budget_latency=budget_latency, budget_memory=budget_memory
         )
+        gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
         if format is Format.json:
-            print_json(r.to_dict())
+            print_json({**r.to_dict(), "baseline_gains": [g.to_dict() for g in gains]})
             return
         console.print(_records_table([r], title="best within budget"))
         console.print_json(data=r.spec)
+        _print_gains(gains)
 
     run_guarded(body)
 
@@ -205,7 +213,7 @@ def pareto(
         from structsearch.search import pareto_front, plot_front, study_records
         from structsearch.cli.recheck_cmds import recheck_summary
         from structsearch.search.recheck import stored_rechecks
-        from structsearch.search.results import load_study
+        from structsearch.search.results import baseline_gains, load_study
         from structsearch.search.storage import open_storage
 
         if cost not in ("macs", "params", "latency", "memory"):
@@ -216,11 +224,13 @@ def pareto(
         if plot:
             plot_front(records, front, cost, plot, title=s.study_name)
         rechecks = stored_rechecks(s)
+        gains = baseline_gains(records)
         if format is Format.json:
             print_json({"study": s.study_name, "cost": cost, "front": [r.to_dict() for r in front],
-                        "recheck": [r.to_dict() for r in rechecks]})
+                        "recheck": [r.to_dict() for r in rechecks], "baselines": [g.to_dict() for g in gains]})
             return
         console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
+        _print_gains(gains)
         for r in rechecks:
             console.print(f"proxy fidelity at {r.steps} steps (`structsearch recheck`): {recheck_summary(r)}")
         if not rechecks:
@@ -229,6 +239,16 @@ def pareto(
             console.print(f"plot written to {plot}")
 
     run_guarded(body)
+
+
+def _print_gains(gains: list[Any]) -> None:
+    """The search's gain over each baseline of the study, one line each (``BaselineGain``s)."""
+    from structsearch.search.results import gain_summary
+
+    if gains:
+        console.print("search vs its baselines (best searched candidate at equal or lower MACs):")
+    for g in gains:
+        console.print(f"  {gain_summary(g)}")
 
 
 def export(

@@ -11,7 +11,7 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
 from structsearch.models import create_model, file_hash
 from structsearch.search.datafree import check_synthetic, load_train_data
+from structsearch.search.baselines import enqueued_params
+from structsearch.search.costmodel import CostModel
+from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
@@ -62,6 +65,28 @@ class SearchPlan:
     #: The teacher measured at ``input_size``; only when a relative latency/memory budget needed it.
     teacher_latency: LatencyReport | None = None
     teacher_memory: MemoryReport | None = None
+    #: The base model students are cut from (the teacher itself when they inherit its weights).
+    base: nn.Module | None = None
+    _proposals: dict[int | None, ProposalSpace] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def proposals(self, resolution: int | None = None) -> ProposalSpace:
+        """The budget-filling proposal space at a student resolution (calibrated once, then cached)."""
+        if resolution not in self._proposals:
+            assert self.base is not None, "plan_search sets the base model"
+            model = CostModel.calibrate(self.base, self.space, self.student_input_size(resolution))
+            primary = self.max_macs if self.max_macs is not None else self.max_params
+            smallest = model.macs(self.space.smallest_spec()) if self.max_macs is not None else model.params(self.space.smallest_spec())
+            self._proposals[resolution] = ProposalSpace(
+                self.space, model, self.max_macs, self.max_params, self.spec.budget.fill,
+                vary_target=not self.spec.single_objective, min_target=smallest / primary if primary else 0.0,
+            )  # fmt: skip
+        return self._proposals[resolution]
+
+    def baseline_trials(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(name, parameters)`` of the baselines a new study enqueues, at the largest resolution."""
+        resolution = max(self.resolutions) if self.resolutions else None
+        fixed = {"resolution": resolution} if resolution is not None else {}
+        return [(name, {**params, **fixed}) for name, params in enqueued_params(self.spec.baselines, self.proposals(resolution))]
 
     def student_input_size(self, resolution: int | None) -> tuple[int, int, int]:
         """``(C, H, W)`` a student runs at: its trial's resolution, else the teacher's size."""
@@ -159,7 +184,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
             f"student of {base_model} ({format_count(smallest.params)} params); raise the budget"
         )
     plan = SearchPlan(spec, space, base_model, base_kwargs, inherit, size, teacher_cost, smallest, max_macs, max_params,
-                      resolutions=resolutions)  # fmt: skip
+                      resolutions=resolutions, base=base)  # fmt: skip
     _resolve_measured_budgets(plan, teacher, smallest_student)
     return plan
 

@@ -1,7 +1,8 @@
 """The Optuna objective: one trial = one candidate structure, costed, maybe trained, scored.
 
-Per trial (DESIGN.md, "One trial, end to end"): the space turns the trial's parameters into an
-``ArchSpec`` (plus a ``resolution`` when ``data.resolutions`` is set); the student is built and
+Per trial (DESIGN.md, "One trial, end to end"): the proposal space turns the trial's shape
+parameters into an ``ArchSpec`` that fills the budget (a baseline trial takes its fixed structure
+instead), plus a ``resolution`` when ``data.resolutions`` is set; the student is built and
 costed at its resolution; a candidate within the MACs/params budgets has its latency and peak
 activation memory measured (``spec.measure``) and checked against those budgets, all before
 training; an over-budget candidate is recorded with its cost and constraints and never trained;
@@ -9,7 +10,8 @@ a structure already scored in this study (same spec and resolution) reuses its s
 new one inherits the teacher's weights and is scored by the short KD proxy at its resolution.
 
 User attributes written per trial (read by :mod:`structsearch.search.results`, the API, the
-dashboard): ``spec``, ``spec_key``, ``macs``, ``params``, ``trained``; ``resolution`` (px, on every
+dashboard): ``spec``, ``spec_key``, ``macs``, ``params``, ``trained``; ``baseline`` (its name, on
+the baseline trials ``open_study`` enqueued); ``resolution`` (px, on every
 trial when the dimension is on); when measured, ``latency_ms``, ``latency_p90_ms``,
 ``latency_device``, ``latency_runtime``, ``latency_batch_size``, ``memory_bytes``,
 ``memory_device``, ``memory_method``, ``memory_batch_size``; after training ``score``,
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from structsearch.cost import LatencyReport, MemoryReport, measure_cost
+from torch import nn
+
+from structsearch.cost import CostReport, LatencyReport, MemoryReport, measure_cost
+from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
 from structsearch.space import ArchSpec
 from structsearch.surgery import build_student_with_recipe, get_importance, save_student
 
@@ -86,17 +91,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         ctx, plan = self.ctx, self.ctx.plan
-        spec = plan.space.suggest(trial)
         resolution = trial.suggest_categorical("resolution", list(plan.resolutions)) if plan.resolutions else None
+        spec, student, recipe, cost = self._propose(trial, resolution)
         key = spec_key(spec, resolution)
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("spec_key", key)
         if resolution is not None:
             trial.set_user_attr("resolution", int(resolution))
-        student, _recipe = build_student_with_recipe(
-            ctx.base, spec, get_importance(plan.spec.importance, plan.spec.seed)
-        )
-        cost = measure_cost(student, plan.student_input_size(resolution))
         trial.set_user_attr("macs", cost.macs)
         trial.set_user_attr("params", cost.params)
         feasible = True
@@ -148,11 +149,39 @@ class Objective:
         trial.set_user_attr("proxy_seconds", round(result.seconds, 3))
         trial.set_user_attr("proxy_steps", result.steps)
         artifact = ctx.artifact_dir(trial.study.study_name, trial.number)
-        save_student(artifact, student, spec)
+        save_student(artifact, student, spec, recipe)
         trial.set_user_attr("artifact", str(artifact))
         if self.on_scored:
             self.on_scored(trial.number)
         return values(result.val_top1)
+
+    def _propose(self, trial: optuna.Trial, resolution: int | None) -> tuple[ArchSpec, nn.Module, dict[str, Any], CostReport]:
+        """The trial's structure, built with inherited weights and measured by fvcore.
+
+        A search trial realises its shape parameters at the budget (:mod:`~structsearch.search.proposal`);
+        a ``global_magnitude`` or ``depth`` baseline trial (enqueued by ``open_study``) takes its
+        fixed structure from the teacher's weights instead. Every structure tried while aiming is
+        built and counted once; the last one is the student.
+        """
+        plan, base = self.ctx.plan, self.ctx.base
+        proposals = plan.proposals(resolution)
+        importance = get_importance(plan.spec.importance, plan.spec.seed)
+        size = plan.student_input_size(resolution)
+        built: dict[ArchSpec, tuple[nn.Module, dict[str, Any], CostReport]] = {}
+
+        def measure(spec: ArchSpec) -> tuple[int, int]:
+            if spec not in built:
+                student, recipe = build_student_with_recipe(base, spec, importance)
+                built[spec] = (student, recipe, measure_cost(student, size))
+            cost = built[spec][2]
+            return cost.macs, cost.params
+
+        name = trial.user_attrs.get("baseline")
+        spec = baseline_spec(name, base, proposals) if name in FIXED_BASELINES else None
+        if spec is None:
+            spec = proposals.propose(proposals.suggest_params(trial), measure)
+        measure(spec)
+        return (spec, *built[spec])
 
 
 def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:

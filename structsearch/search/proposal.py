@@ -11,8 +11,8 @@ Here the sampler chooses the *shape* of a student, a handful of floats per stage
 * ``s{i}.width`` in [0, 1] -- the stage's width relative to the others (0: narrowest ratio);
 * ``s{i}.taper`` in [-1, 1] -- how width changes along the stage (negative: wider first blocks);
 * ``s{i}.heads`` in [0, 1] -- attention heads, like ``width`` (ViT stages only);
-* ``target`` -- multi-objective studies only: the fraction of the budget this proposal fills, so
-  the front spans the whole range while its upper end reaches the budget.
+* ``target`` -- multi-objective studies only, on every other trial: the fraction of the budget
+  this proposal fills, so the front spans the whole range while its upper end reaches the budget.
 
 and :meth:`ProposalSpace.realise` turns that shape into the structure that fills the budget: one
 width scale for all blocks is bisected against a calibrated cost model
@@ -115,7 +115,13 @@ class ProposalSpace:
         return {name: (0.0 if name.endswith(".taper") else high) for name, (_, high) in self.param_ranges().items()}
 
     def suggest_params(self, trial: "optuna.Trial") -> dict[str, float]:
-        return {name: trial.suggest_float(name, low, high) for name, (low, high) in self.param_ranges().items()}
+        """Ask ``trial`` for a shape. In multi-objective studies every other trial (even numbers)
+        aims at the budget itself and asks for no ``target``, so half the training concentrates
+        where the best answer lies while the other half spreads the front below it."""
+        ranges = self.param_ranges()
+        if self.vary_target and trial.number % 2 == 0:
+            ranges.pop("target")
+        return {name: trial.suggest_float(name, low, high) for name, (low, high) in ranges.items()}
 
     def caps(self, params: Mapping[str, float]) -> Caps:
         target = float(params.get("target", 1.0)) if self.vary_target else 1.0
@@ -153,7 +159,7 @@ class ProposalSpace:
 
     def realise(self, params: Mapping[str, float], caps: Caps) -> ArchSpec:
         """Deterministic: the shape in ``params`` scaled (and deepened or shortened) to fill ``caps``."""
-        shape = _Shape.of(self.space, params)
+        shape = Shape.of(self.space, params)
         if caps.primary is None:
             return shape.spec(1.0)
 
@@ -176,11 +182,11 @@ class ProposalSpace:
         for _ in range(40):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(shape.spec(mid)) else (lo, mid)
-        return _fill(shape.spec(lo), shape, lo, fits)
+        return fill_greedily(shape.spec(lo), shape, lo, fits)
 
 
 @dataclass
-class _Shape:
+class Shape:
     """The sampler's shape of a student, before it is scaled to the budget."""
 
     space: Space
@@ -190,14 +196,14 @@ class _Shape:
     heads: list[list[float]]
 
     @classmethod
-    def of(cls, space: Space, params: Mapping[str, float]) -> "_Shape":
+    def of(cls, space: Space, params: Mapping[str, float]) -> "Shape":
         keep, ratio, heads = [], [], []
         for i, stage in enumerate(space.stages):
             removable = [j for j, c in enumerate(stage) if c.removable]
             k = round(float(params.get(f"s{i}.depth", 1.0)) * len(removable))
             if len(removable) == len(stage):
                 k = max(k, 1)  # a stage keeps at least one block
-            kept = set(_evenly(removable, k))
+            kept = set(evenly(removable, k))
             keep.append([not c.removable or j in kept for j, c in enumerate(stage)])
             w = float(params.get(f"s{i}.width", 1.0))
             taper = float(params.get(f"s{i}.taper", 0.0))
@@ -257,13 +263,13 @@ class _Shape:
         if not options:
             return False
         _, i, removable, kept = min(options) if add else max(options, key=lambda o: (o[0], -o[1]))
-        chosen = set(_evenly(removable, kept + (1 if add else -1)))
+        chosen = set(evenly(removable, kept + (1 if add else -1)))
         for j in removable:
             self.keep[i][j] = j in chosen
         return True
 
 
-def _evenly(items: list[int], k: int) -> list[int]:
+def evenly(items: list[int], k: int) -> list[int]:
     """``k`` of ``items`` spread evenly (the middle of each of ``k`` equal segments)."""
     if k <= 0:
         return []
@@ -286,7 +292,7 @@ def _snap_heads(c: BlockChoices, fraction: float) -> int | None:
     return ordered[max(0, k - 1)]
 
 
-def _fill(spec: ArchSpec, shape: _Shape, scale: float, fits: Callable[[ArchSpec], bool]) -> ArchSpec:
+def fill_greedily(spec: ArchSpec, shape: Shape, scale: float, fits: Callable[[ArchSpec], bool]) -> ArchSpec:
     """Widen blocks one notch (or one head) at a time while the spec fits, most cut by rounding first.
 
     Then keep dropped blocks at the narrowest width where they still fit. What is left unused is

@@ -44,6 +44,8 @@ class TrialRecord:
     #: Measured peak activation memory (bytes) of one inference forward, and where.
     memory_bytes: int | None = None
     memory_device: str | None = None
+    #: The baseline this trial scores (``uniform``, ``global_magnitude``, ``depth``); None: searched.
+    baseline: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +79,8 @@ def record_of(study_name: str, t: FrozenTrial) -> TrialRecord:
         latency_runtime=attrs.get("latency_runtime"),
         memory_bytes=attrs.get("memory_bytes"),
         memory_device=attrs.get("memory_device"),
+        # a warm-start copy of another study's baseline is an ordinary result here (another budget)
+        baseline=None if "copied_from" in attrs else attrs.get("baseline"),
     )
 
 
@@ -109,6 +113,56 @@ def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[TrialRe
             front.append(r)
             best = r.score
     return front
+
+
+@dataclass(frozen=True)
+class BaselineGain:
+    """How far the search beat one of its study's baselines.
+
+    ``searched_*`` is the best searched (non-baseline) candidate at equal or lower MACs than the
+    baseline; ``gain`` is its score minus the baseline's, in points (None: no searched candidate
+    is that cheap yet, or the baseline is not scored yet).
+    """
+
+    baseline: str
+    trial: int
+    score: float | None
+    macs: int | None
+    searched_trial: int | None
+    searched_score: float | None
+    searched_macs: int | None
+    gain: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:
+    """The search's gain over each of its study's own baselines, at equal or lower MACs."""
+    good = [r for r in scored(records) if r.feasible]
+    searched = [r for r in good if r.baseline is None and r.macs is not None]
+    out = []
+    for b in sorted((r for r in records if r.baseline is not None), key=lambda r: r.trial):
+        done = b.state == "complete" and b.trained and b.score is not None and b.macs is not None
+        rival = max((r for r in searched if done and r.macs <= b.macs), key=lambda r: (r.score, -r.macs), default=None)
+        out.append(BaselineGain(
+            baseline=b.baseline, trial=b.trial, score=b.score, macs=b.macs,
+            searched_trial=rival.trial if rival else None, searched_score=rival.score if rival else None,
+            searched_macs=rival.macs if rival else None,
+            gain=round(rival.score - b.score, 3) if rival and done else None,
+        ))  # fmt: skip
+    return out
+
+
+def gain_summary(g: BaselineGain) -> str:
+    """One line for a terminal: ``global_magnitude (trial 1, 85.20% at 62.1M): +1.35 by trial 17 ...``."""
+    head = f"{g.baseline} (trial {g.trial}"
+    if g.score is None or g.macs is None:
+        return f"{head}): not scored yet"
+    head += f", {g.score:.2f}% at {format_count(g.macs)} MACs)"
+    if g.gain is None:
+        return f"{head}: no searched candidate at equal or lower MACs yet"
+    return f"{head}: {g.gain:+.2f} points by trial {g.searched_trial} ({g.searched_score:.2f}% at {format_count(g.searched_macs)} MACs)"
 
 
 def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.Study]:

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from structsearch.search.context import build_context, plan_search
 from structsearch.search.objective import Objective
+from structsearch.search.prescreen import run_prescreen
 from structsearch.search.results import record_of
 from structsearch.search.spec import StudySpec
 from structsearch.search.storage import open_storage
@@ -75,6 +76,7 @@ def run_search(
     ctx = build_context(plan)
     if study.user_attrs.get("teacher_score") is None:
         study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
+    run_prescreen(study, ctx)  # once per study, when spec.prescreen is on
     stopper = _StopAtTarget(spec.trials, on_trial)
     study.optimize(Objective(ctx), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
     return study

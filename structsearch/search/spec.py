@@ -90,6 +90,9 @@ class BudgetSection(_Strict):
     params: str | None = None
     latency: str | None = None
     memory: str | None = None
+    #: Proposals fill the FLOPs budget (the params budget when there is none) to at least this
+    #: fraction: every trained candidate lies in ``[fill x budget, budget]`` where the space allows.
+    fill: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("flops", "params", "latency", "memory", mode="before")
     @classmethod
@@ -142,6 +145,20 @@ class ProxySection(_Strict):
     device: str = "auto"
 
 
+class PrescreenSection(_Strict):
+    """Rank many candidates without training before the KD proxy (see ``structsearch.search.prescreen``).
+
+    ``candidates`` random shapes at the budget are scored by their top-1 on ``images`` validation
+    images after BatchNorm recalibration on ``batches`` training batches; the best ``keep``
+    fraction become the study's first searched trials. 0 candidates: off.
+    """
+
+    candidates: int = Field(default=0, ge=0, le=5000)
+    keep: float = Field(default=0.1, gt=0, le=1)
+    images: int = Field(default=512, ge=16, le=100_000)
+    batches: int = Field(default=4, ge=1, le=100)
+
+
 class StudySpec(_Strict):
     """A whole search. ``name`` identifies its Optuna study (re-running the spec resumes it)."""
 
@@ -155,7 +172,12 @@ class StudySpec(_Strict):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     trials: int = Field(default=20, ge=1, le=100_000)
     proxy: ProxySection = Field(default_factory=ProxySection)
+    prescreen: PrescreenSection = Field(default_factory=PrescreenSection)
     importance: Literal["l1", "random"] = "l1"
+    #: Structures every study scores first, so its front can never be worse than them and its gain
+    #: over each is reported: ``uniform`` width scaling to the budget, ``global_magnitude`` ranking
+    #: of all block widths (structured pruning's yardstick), ``depth`` (stage-uniform block dropping).
+    baselines: tuple[Literal["uniform", "global_magnitude", "depth"], ...] = ("uniform", "global_magnitude", "depth")
     seed: int = 0
     #: Start a new study from earlier trials of the same teacher, data and proxy in the storage.
     warm_start: bool = True

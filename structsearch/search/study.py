@@ -5,6 +5,8 @@
 * A new study starts from earlier trials of the same teacher, student base, data and proxy
   (same :meth:`StudySpec.fingerprint`) in the same storage: their scores stay valid, only the
   constraints are recomputed for the new budget, so a new budget does not retrain known structures.
+* A new study enqueues its baselines (``spec.baselines``) as its first trials; they are stored
+  WAITING, so a study interrupted before running them still runs them when resumed.
 * Metric names and per-trial MACs, params, spec and scores are stored on the study, so the Optuna
   dashboard is informative on its own.
 """
@@ -27,7 +29,7 @@ from structsearch.search.spec import StudySpec
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: Fields that may change when a spec is re-run on its existing study.
-_RESUMABLE_CHANGES = {"trials", "sampler", "warm_start"}
+_RESUMABLE_CHANGES = {"trials", "sampler", "warm_start", "prescreen"}
 
 
 def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -41,7 +43,15 @@ def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.Ba
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, spec.trials // 3)))
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True)
+    # group: baseline trials carry no shape parameters (or only some), and a group-decomposed TPE
+    # learns from the trials that have each group instead of dropping to independent sampling;
+    # constant_liar: parallel workers do not all propose around the same running trial.
+    with warnings.catch_warnings():  # both stable in practice; Optuna still labels them experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True, group=True,
+            constant_liar=True,
+        )  # fmt: skip
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -101,6 +111,8 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
     study.set_user_attr(STUDY_MARKER, spec.model_dump_json())
     if spec.warm_start:
         warm_start(study, plan, storage)
+    for name, params in plan.baseline_trials():  # the study's first trials, enqueued exactly once
+        study.enqueue_trial(params, user_attrs={"baseline": name})
     return study
 
 

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
-from structsearch.search.results import TrialRecord, pareto_front, record_of, scored
+from structsearch.search.results import BaselineGain, TrialRecord, baseline_gains, pareto_front, record_of, scored
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LIVE = (TrialState.RUNNING, TrialState.WAITING)
@@ -71,6 +71,10 @@ class FinishedTrials:
     def front(self, cost: str) -> list[TrialRecord]:
         """:func:`pareto_front` of these records."""
         return self._once(f"front:{cost}", lambda: pareto_front(self.records, cost))
+
+    def gains(self) -> list[BaselineGain]:
+        """:func:`baseline_gains` of these records."""
+        return self._once("gains", lambda: baseline_gains(self.records))
 
     def scored(self) -> list[TrialRecord]:
         """Complete, trained trials with a score (all that ``best_under_budget`` looks at)."""

@@ -1,0 +1,138 @@
+"""Budget-filling proposals and the in-study baselines, on every registered family.
+
+Every figure checked here is fvcore's count of a really built student: the cost model only steers.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from structsearch.cost import measure_cost
+from structsearch.models import create_model
+from structsearch.search.baselines import baseline_spec, depth_spec, enqueued_params, global_units
+from structsearch.search.costmodel import CostModel
+from structsearch.search.proposal import ProposalSpace
+from structsearch.space import Space, space_of
+from structsearch.surgery import build_student
+from tests.families import CASE_IDS, CASES
+
+EXACT_FAMILIES = {"cifar_resnet", "resnet", "vit"}
+
+
+@lru_cache(maxsize=None)
+def _case(name: str, kwargs_items: tuple, size: int) -> tuple[object, Space, CostModel]:
+    kwargs = dict(kwargs_items)
+    model = create_model(name, **kwargs).eval()
+    space = space_of(model, name, kwargs)
+    return model, space, CostModel.calibrate(model, space, size)
+
+
+def _setup(name: str, kwargs: dict, size: int):
+    return _case(name, tuple(sorted(kwargs.items())), size)
+
+
+def _measure(model, size):
+    def measure(spec):
+        cost = measure_cost(build_student(model, spec), (3, size, size))
+        return cost.macs, cost.params
+
+    return measure
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+def test_cost_model_matches_fvcore(family: str, name: str, kwargs: dict, size: int) -> None:
+    """Exact for families whose blocks only change themselves. Where a block narrows its producer
+    too (MobileNet's first depthwise-separable block narrows the stem) the model leaves the stem at
+    full width: it over-states, never under-states, and proposals correct by measuring."""
+    model, space, cm = _setup(name, kwargs, size)
+    rng = random.Random(0)
+    for spec in [space.full_spec(), space.smallest_spec()] + [space.sample(rng) for _ in range(4)]:
+        measured = measure_cost(build_student(model, spec), (3, size, size))
+        if family in EXACT_FAMILIES:
+            assert (cm.macs(spec), cm.params(spec)) == (measured.macs, measured.params)
+        else:
+            assert measured.macs <= cm.macs(spec) <= 1.2 * measured.macs
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), fraction=st.sampled_from([0.3, 0.5, 0.75]))
+def test_proposals_fill_the_budget(family: str, name: str, kwargs: dict, size: int, data: st.DataObject, fraction: float) -> None:
+    """Any shape, realised: measured MACs within [fill x budget, budget] (fill 0.9)."""
+    model, space, cm = _setup(name, kwargs, size)
+    budget = int(fraction * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9)
+    params = {n: data.draw(st.floats(lo, hi), label=n) for n, (lo, hi) in proposals.param_ranges().items()}
+    spec = proposals.propose(params, _measure(model, size))
+    space.validate(spec)
+    macs, _ = _measure(model, size)(spec)
+    assert 0.9 * budget <= macs <= budget, f"{macs / budget:.3f} of the budget"
+    assert proposals.propose(params, _measure(model, size)) == spec  # deterministic in its parameters
+
+
+def test_params_budget_and_both_budgets() -> None:
+    model, space, cm = _setup("cifar_resnet20", {}, 32)
+    full = space.full_spec()
+    proposals = ProposalSpace(space, cm, None, int(0.4 * cm.params(full)), 0.9)
+    spec = proposals.propose(proposals.largest(), _measure(model, 32))
+    assert 0.9 * 0.4 * cm.params(full) <= cm.params(spec) <= 0.4 * cm.params(full)
+    both = ProposalSpace(space, cm, int(0.6 * cm.macs(full)), int(0.3 * cm.params(full)), 0.9)
+    spec = both.propose(both.largest(), _measure(model, 32))
+    assert cm.macs(spec) <= 0.6 * cm.macs(full) and cm.params(spec) <= 0.3 * cm.params(full)
+
+
+def test_multi_objective_targets_span_the_budget_range() -> None:
+    """With a ``target`` the realised MACs follow it; the even trials aim at the budget itself."""
+    model, space, cm = _setup("cifar_resnet20", {}, 32)
+    budget = int(0.5 * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9, vary_target=True, min_target=0.2)
+    assert proposals.param_ranges()["target"] == (0.2, 1.0)
+    low = proposals.propose({**proposals.largest(), "target": 0.4}, _measure(model, 32))
+    assert 0.9 * 0.4 * budget <= cm.macs(low) <= 0.4 * budget
+    assert 0.9 * budget <= cm.macs(proposals.propose(proposals.largest())) <= budget  # no target: 1.0
+
+
+def test_shape_parameters_steer_the_structure() -> None:
+    """Depth 0 keeps one block per stage where it still fits; a stage's width knob widens it."""
+    model, space, cm = _setup("cifar_resnet56", {}, 32)
+    budget = int(0.5 * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9)
+    even = proposals.largest()
+    deep = proposals.propose(even)
+    assert all(b.keep for _, _, b in deep.blocks())  # every block kept: widths carry the budget
+    shallow = proposals.propose({**even, "s0.depth": 0.0, "s1.depth": 0.0, "s2.depth": 0.0})
+    assert sum(b.keep for _, _, b in shallow.blocks()) < 27
+    wide_first = proposals.propose({**even, "s0.width": 1.0, "s1.width": 0.0, "s2.width": 0.0})
+    mean = [sum(b.width for b in stage) / len(stage) for stage in wide_first.stages]
+    assert mean[0] > mean[1] and mean[0] > mean[2]
+
+
+def test_baselines_fill_the_budget_and_rank_globally() -> None:
+    model = create_model("cifar_resnet20").eval()  # random weights: the ranking is all that matters
+    space = space_of(model, "cifar_resnet20", {})
+    cm = CostModel.calibrate(model, space, 32)
+    budget = int(0.5 * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9)
+    assert [n for n, _ in enqueued_params(["uniform", "global_magnitude", "depth"], proposals)] == [
+        "uniform", "global_magnitude", "depth",
+    ]  # fmt: skip
+    gm = baseline_spec("global_magnitude", model, proposals)
+    assert gm is not None and 0.9 * budget <= cm.macs(gm) <= budget
+    assert all(b.keep for _, _, b in gm.blocks())
+    kept = global_units(model, space, cm, proposals.caps({}))
+    assert len({kept[(i, j, "width")] for i, s in enumerate(space.stages) for j in range(len(s))}) > 1  # not uniform
+    depth = depth_spec(space, cm, proposals.caps({}))
+    assert depth is not None and cm.macs(depth) <= budget and all(b.width == 1.0 for _, _, b in depth.blocks())
+    assert not all(b.keep for _, _, b in depth.blocks())
+
+
+def test_no_budget_means_no_fixed_baselines() -> None:
+    model, space, cm = _setup("cifar_resnet20", {}, 32)
+    proposals = ProposalSpace(space, cm, None, None, 0.9)
+    assert [n for n, _ in enqueued_params(["uniform", "global_magnitude", "depth"], proposals)] == ["uniform"]
+    assert proposals.propose(proposals.largest()) == space.full_spec()
