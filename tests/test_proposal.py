@@ -87,14 +87,15 @@ def test_params_budget_and_both_budgets() -> None:
 
 
 def test_multi_objective_targets_span_the_budget_range() -> None:
-    """With a ``target`` the realised MACs follow it; the even trials aim at the budget itself."""
+    """With a ``target`` the realised MACs follow it; targets above 1 aim at the budget itself."""
     model, space, cm = _setup("cifar_resnet20", {}, 32)
     budget = int(0.5 * cm.macs(space.full_spec()))
     proposals = ProposalSpace(space, cm, budget, None, 0.9, vary_target=True, min_target=0.2)
-    assert proposals.param_ranges()["target"] == (0.2, 1.0)
+    assert proposals.param_ranges()["target"] == (0.2, 1.8)
     low = proposals.propose({**proposals.largest(), "target": 0.4}, _measure(model, 32))
     assert 0.9 * 0.4 * budget <= cm.macs(low) <= 0.4 * budget
-    assert 0.9 * budget <= cm.macs(proposals.propose(proposals.largest())) <= budget  # no target: 1.0
+    for params in (proposals.largest(), {**proposals.largest(), "target": 1.5}):
+        assert 0.9 * budget <= cm.macs(proposals.propose(params)) <= budget
 
 
 def test_shape_parameters_steer_the_structure() -> None:

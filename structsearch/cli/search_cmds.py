@@ -188,10 +188,10 @@ def best(
         r = best_under_budget(
             budget_flops, budget_params, study, storage, budget_latency=budget_latency, budget_memory=budget_memory
         )
-        gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
-        if format is Format.json:
-            print_json({**r.to_dict(), "baseline_gains": [g.to_dict() for g in gains]})
+        if format is Format.json:  # the same record GET /searches/{id}/best returns
+            print_json(r.to_dict())
             return
+        gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
         console.print(_records_table([r], title="best within budget"))
         console.print_json(data=r.spec)
         _print_gains(gains)

@@ -11,8 +11,10 @@ Here the sampler chooses the *shape* of a student, a handful of floats per stage
 * ``s{i}.width`` in [0, 1] -- the stage's width relative to the others (0: narrowest ratio);
 * ``s{i}.taper`` in [-1, 1] -- how width changes along the stage (negative: wider first blocks);
 * ``s{i}.heads`` in [0, 1] -- attention heads, like ``width`` (ViT stages only);
-* ``target`` -- multi-objective studies only, on every other trial: the fraction of the budget
-  this proposal fills, so the front spans the whole range while its upper end reaches the budget.
+* ``target`` -- multi-objective studies only: the fraction of the budget this proposal fills, so
+  the front spans the whole range while its upper end reaches the budget. It is drawn from
+  ``[t_min, 2 - t_min]`` and values above 1 mean 1, so half of the sampler's unlearned proposals
+  aim at the budget itself, where the best answer lies, and half spread the front below it.
 
 and :meth:`ProposalSpace.realise` turns that shape into the structure that fills the budget: one
 width scale for all blocks is bisected against a calibrated cost model
@@ -103,8 +105,8 @@ class ProposalSpace:
                     ranges[f"s{i}.taper"] = (-1.0, 1.0)
             if any(c.heads and len(c.heads) > 1 for c in stage):
                 ranges[f"s{i}.heads"] = (0.0, 1.0)
-        if self.vary_target:
-            ranges["target"] = (self.min_target, 1.0)
+        if self.vary_target:  # above 1 means the budget itself: see the module docstring
+            ranges["target"] = (self.min_target, 2.0 - self.min_target)
         return ranges
 
     def largest(self) -> dict[str, float]:
@@ -115,16 +117,10 @@ class ProposalSpace:
         return {name: (0.0 if name.endswith(".taper") else high) for name, (_, high) in self.param_ranges().items()}
 
     def suggest_params(self, trial: "optuna.Trial") -> dict[str, float]:
-        """Ask ``trial`` for a shape. In multi-objective studies every other trial (even numbers)
-        aims at the budget itself and asks for no ``target``, so half the training concentrates
-        where the best answer lies while the other half spreads the front below it."""
-        ranges = self.param_ranges()
-        if self.vary_target and trial.number % 2 == 0:
-            ranges.pop("target")
-        return {name: trial.suggest_float(name, low, high) for name, (low, high) in ranges.items()}
+        return {name: trial.suggest_float(name, low, high) for name, (low, high) in self.param_ranges().items()}
 
     def caps(self, params: Mapping[str, float]) -> Caps:
-        target = float(params.get("target", 1.0)) if self.vary_target else 1.0
+        target = min(1.0, float(params.get("target", 1.0))) if self.vary_target else 1.0
         scale = (lambda b: None if b is None else int(b * target))  # noqa: E731
         return Caps(scale(self.max_macs), scale(self.max_params), self.fill)
 

@@ -227,7 +227,7 @@ def test_unknown_search_cancel_is_404(client: TestClient, key: str) -> None:
 @pytest.fixture
 def search_with_results(client: TestClient, key: str, settings) -> tuple[dict, optuna.Study]:
     """A submitted search whose study holds 40 synthetic finished trials (some over budget)."""
-    body = submit(client, key, tiny_spec(name="results"))
+    body = submit(client, key, tiny_spec(name="results", baselines=[]))  # synthetic trials from number 0
     study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
     add_trials(study, 40, max_macs=study.user_attrs["max_macs"], artifacts=settings.artifacts)
     return body, study
@@ -255,6 +255,17 @@ def test_pareto_and_best_match_the_library(client: TestClient, search_with_resul
     assert detail["trials"]["copied"] == 0 and detail["trials"]["complete"] == 40
 
 
+def test_baselines_are_enqueued_and_flagged(client: TestClient, key: str, settings) -> None:
+    """A submitted search holds its baselines as its first (waiting) trials; the API names them."""
+    body = submit(client, key, tiny_spec(name="with-baselines"))
+    study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
+    assert [t.user_attrs.get("baseline") for t in study.get_trials()] == ["uniform", "global_magnitude", "depth"]
+    items = client.get(f"{body['url']}/trials", params={"state": "waiting"}).json()["items"]
+    assert [t["baseline"] for t in items] == ["uniform", "global_magnitude", "depth"]
+    gains = client.get(f"{body['url']}/pareto").json()["baselines"]
+    assert gains == []  # nothing finished yet: the front and the gains come from finished trials
+
+
 def test_best_errors(client: TestClient, search_with_results) -> None:
     url = search_with_results[0]["url"]
     assert_error(client.get(f"{url}/best", params={"budget_flops": "300MB"}), 422, "300MB")
@@ -265,7 +276,7 @@ def test_best_errors(client: TestClient, search_with_results) -> None:
 
 
 def test_latency_and_memory_fronts_and_budgets_match_the_library(client: TestClient, key: str, settings) -> None:
-    body = submit(client, key, tiny_spec(name="measured"))
+    body = submit(client, key, tiny_spec(name="measured", baselines=[]))
     study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
     add_trials(study, 30, max_macs=study.user_attrs["max_macs"], measured=True)
     url, records = body["url"], study_records(study)

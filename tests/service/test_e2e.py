@@ -28,6 +28,7 @@ import pytest
 from optuna.trial import TrialState
 
 from structsearch.search import pareto_front, study_records
+from structsearch.search.results import baseline_gains
 from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
 from structsearch.service.queue import JobQueue
@@ -190,8 +191,14 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
     assert len({j["worker_id"] for j in jobs}) == 2, f"both workers should have run trials: {jobs}"
 
     # /pareto over HTTP == the library's front; /best over HTTP == `structsearch best`
-    front = service.http.get(f"{body['url']}/pareto").json()["front"]
+    pareto = service.http.get(f"{body['url']}/pareto").json()
+    front = pareto["front"]
     assert front and front == [r.to_dict() for r in pareto_front(study_records(study))]
+    # the study's baselines ran once each, first, and the API reports the search's gain over each
+    assert [t.user_attrs.get("baseline") for t in mine[:3]] == ["uniform", "global_magnitude", "depth"]
+    assert sum("baseline" in t.user_attrs for t in mine) == 3
+    assert pareto["baselines"] == [g.to_dict() for g in baseline_gains(study_records(study))]
+    assert all(g["score"] is not None for g in pareto["baselines"])
     budget = str(study.user_attrs["max_macs"])
     got = service.http.get(f"{body['url']}/best", params={"budget_flops": budget})
     cli = subprocess.run(
@@ -259,7 +266,8 @@ def test_killed_worker_trial_is_retried_and_sigterm_finishes_the_trial(service: 
     sigterm_at = datetime.datetime.now()  # Optuna stamps trials with naive local time
     rescuer.signal(signal.SIGTERM)
     assert rescuer.p.wait(120) == 0, rescuer.text()[-3000:]
-    started = own(optuna.load_study(study_name=body["name"], storage=service.url))
+    # (baselines not reached yet wait in the queue: they have not started)
+    started = [t for t in own(optuna.load_study(study_name=body["name"], storage=service.url)) if t.state != TrialState.WAITING]
     # the trial running at SIGTERM (whichever it was by then) finished; none started afterwards
     assert next(t for t in started if t.number == trial.number).state == TrialState.COMPLETE
     assert all(t.state == TrialState.COMPLETE and t.datetime_start <= sigterm_at for t in started)
