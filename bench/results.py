@@ -122,6 +122,33 @@ def stage_finetune() -> dict[str, Any]:
     return {"commands": log, "best": best, "finetune": result}
 
 
+def stage_vs_pruning() -> dict[str, Any]:
+    """The search against structured pruning at 50 % MACs, same short KD for all, on both shared teachers."""
+    log: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+    for teacher in ("cifar_resnet56", "cifar_resnet20"):
+        raw = OUT / f"vs_pruning_{teacher.removeprefix('cifar_')}.json"
+        out[teacher] = run([sys.executable, "bench/vs_pruning.py", "--teacher", teacher, "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, **out}
+
+
+def stage_prescreen() -> dict[str, Any]:
+    """Pre-screen (BatchNorm-recalibrated accuracy) vs the proxy, on the study vs_pruning ran."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "prescreen_raw.json"
+    home = os.environ["STRUCTSEARCH_HOME"]
+    result = run([sys.executable, "bench/prescreen.py", "--home", home, "--study", "vs-pruning-cifar_resnet56",
+                  "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, "prescreen": result}
+
+
+def stage_trial_cost() -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    raw = OUT / "trial_cost_raw.json"
+    result = run([sys.executable, "bench/trial_cost.py", "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, "trial_cost": result}
+
+
 STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "teacher": stage_teacher,
     "search": stage_search,
@@ -130,6 +157,9 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "resolution": stage_resolution,
     "vit": stage_vit,
     "finetune": stage_finetune,
+    "vs_pruning": stage_vs_pruning,
+    "prescreen": stage_prescreen,
+    "trial_cost": stage_trial_cost,
 }
 
 

@@ -212,6 +212,72 @@ def section_finetune(s: Stages) -> str:
     )
 
 
+def _vs_rows(r: dict[str, Any]) -> list[list[Any]]:
+    return [[x["name"], mega(x["macs"]), f"{100 * x['macs'] / r['max_macs']:.1f}%", f"{x['params'] / 1e3:.1f}k",
+             pct(x.get("proxy")), pct(x["val"]), f"**{x['test']:.2f}%**"] for x in r["rows"]]
+
+
+def section_vs_pruning(s: Stages) -> str:
+    st = s.get("vs_pruning")
+    if not st:
+        return "## The search against structured pruning\n\nnot run yet\n"
+    parts = ["## The search against structured pruning at 50 % MACs\n\n"
+             "Every study scores its baselines first: `uniform` width scaling to the budget, `global_magnitude` "
+             "(group-L2 channel ranking across all blocks, Torch-Pruning's global recipe, put on the width grid) and "
+             "`depth` (stage-uniform block dropping). The best *searched* student within the budget (not a baseline), "
+             "the baselines and channel-level global magnitude pruning (off the grid) then get the **same** short KD: "
+             "300 steps of batch 128 on train[:10000], no augmentation, teacher logits precomputed, KL at T=4 times "
+             "T^2, SGD Nesterov, OneCycle to lr 0.05 with 15% warm-up, seed 0. Structures were selected on "
+             "test[:2000] (the proxy); test[5000:] was never looked at before this table.\n"]
+    for teacher, r in ((k, v) for k, v in st.items() if k.startswith("cifar_")):
+        checks = "; ".join(f"{what}: {'yes' if ok else '**no**'}" for what, ok in r["checks"].items())
+        parts.append(
+            f"\n### {teacher}, budget {r['budget']} = {mega(r['max_macs'])} MACs\n\n"
+            f"Search: {r['trials']} trials in {r['search_minutes']:.1f} min, {r['in_window']} of them within "
+            f"[0.9, 1.0] x budget.\n\n"
+            + table(["student", "MACs", "of budget", "params", "proxy (test[:2000])", "test[:5000]", "test[5000:]"], _vs_rows(r))
+            + "\nGain of the searched student on test[5000:]: "
+            + ", ".join(f"{g:+.2f} vs {name}" for name, g in r["gains"].items()) + f".\n\nAcceptance: {checks}.\n"
+        )
+    return "".join(parts) + "\n" + commands(st)
+
+
+def section_prescreen(s: Stages) -> str:
+    st = s.get("prescreen")
+    if not st:
+        return "## Pre-screen\n\nnot run yet\n"
+    p = st["prescreen"]
+    rows = [[name, p[name]["n"], p[name]["tau"], p[name]["p"], p[name]["spearman"]] for name in ("all", "at budget") if name in p]
+    png = scatter(OUT / "prescreen.png", [r["quick"] for r in p["rows"]], [r["proxy"] for r in p["rows"]],
+                  [f"t{r['trial']}" for r in p["rows"]], "top-1 after BN recalibration only (512 images)",
+                  "proxy val top-1 (100 KD steps)", f"pre-screen vs proxy, Kendall tau = {p['all']['tau']}")
+    return (
+        "## Pre-screen: BatchNorm-recalibrated accuracy vs the KD proxy\n\n"
+        f"Every trained trial of the ResNet-56 study above, scored without training (EagleEye: top-1 on 512 "
+        f"validation images after BatchNorm recalibration on 4 batches): {p['per_candidate_s']:.2f} s per candidate "
+        f"against a median proxy trial of {p['median_proxy_s']:.1f} s.\n\n"
+        + table(["trials", "n", "Kendall tau", "p", "Spearman"], rows)
+        + f"\n![pre-screen vs proxy]({OUT.name}/{png})\n\n" + commands(st)
+    )
+
+
+def section_trial_cost(s: Stages) -> str:
+    st = s.get("trial_cost")
+    if not st:
+        return "## What a trial costs\n\nnot run yet\n"
+    t = st["trial_cost"]
+    return (
+        "## What a trial costs beyond its training steps\n\n"
+        f"{t['trials']} trials of the ResNet-56 study in one process: a whole trial (proposal, build, fvcore count, "
+        "latency and memory measurement, BatchNorm recalibration, proxy, validation, artifact, storage) against the "
+        "same students' optimisation steps alone on the cached teacher outputs, and against the same steps with the "
+        "teacher run online.\n\n"
+        + table(["ratio", "value", "goal"], [["trial / steps", f"{t['trial_over_steps']:.2f}", "<= 1.2"],
+                                            ["online teacher / cached", f"{t['online_over_cached']:.2f}x", ">= 1.5x"]])
+        + f"\nMedian trial: {t['median_trial_s']:.1f} s.\n\n" + commands(st)
+    )
+
+
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -228,6 +294,9 @@ def render(stages: Stages) -> Path:
         section_resolution(stages),
         section_vit(stages),
         section_finetune(stages),
+        section_vs_pruning(stages),
+        section_prescreen(stages),
+        section_trial_cost(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

@@ -317,3 +317,37 @@ def test_spec_rejects_a_bad_fill_and_unknown_baselines() -> None:
     with pytest.raises(StructsearchError, match="baselines"):
         parse_study_spec({**TINY, "baselines": ["magic"]})
     assert parse_study_spec({**TINY, "baselines": []}).baselines == ()
+
+
+def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna.Study) -> None:
+    from structsearch.search.results import baseline_gains
+    from tests.cli_helpers import runner
+    from structsearch.cli import app
+
+    res = runner.invoke(app, ["pareto", "--study", "tiny", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["baselines"] == [g.to_dict() for g in baseline_gains(study_records(tiny_study))]
+    assert {r["baseline"] for r in data["front"]} <= {None, "uniform", "global_magnitude", "depth"}
+    table = runner.invoke(app, ["pareto", "--study", "tiny"], env={"COLUMNS": "200"})
+    assert "search vs its baselines" in table.stdout and "global_magnitude (trial 1" in table.stdout
+    best = runner.invoke(app, ["best", "--study", "tiny", "--budget-flops", "40%"], env={"COLUMNS": "200"})
+    assert best.exit_code == 0 and "uniform (trial 0" in best.stdout
+
+
+def test_prescreen_enqueues_the_best_quick_scores_once(home: Path) -> None:
+    """The pre-screen ranks shapes without training and hands only the best ``keep`` to the proxy."""
+    spec = parse_study_spec({**TINY, "name": "tiny-prescreen", "trials": 5, "seed": 5, "warm_start": False,
+                             "baselines": [], "prescreen": {"candidates": 8, "keep": 0.3, "images": 64, "batches": 2}})
+    study = run_search(spec)
+    summary = study.user_attrs["prescreen"]
+    assert summary["status"] == "done" and 1 <= summary["candidates"] <= 8
+    screened = [t for t in study.get_trials() if "prescreen_score" in t.user_attrs]
+    assert len(screened) == summary["kept"] == -(-summary["candidates"] * 3 // 10)  # ceil(0.3 x distinct)
+    scores = [t.user_attrs["prescreen_score"] for t in screened]
+    assert scores == sorted(scores, reverse=True) and scores[0] == summary["best"]
+    assert [t.number for t in screened] == list(range(len(screened)))  # the first trials
+    max_macs = study.user_attrs["max_macs"]
+    assert all(0.9 * max_macs <= t.user_attrs["macs"] <= max_macs for t in screened)  # aimed at the budget
+    again = run_search(spec.with_overrides(trials=6))  # resumed: not pre-screened twice
+    assert sum("prescreen_score" in t.user_attrs for t in again.get_trials()) == len(screened)

@@ -33,7 +33,7 @@ from torch import nn
 from structsearch.cost import CostReport, LatencyReport, MemoryReport, measure_cost
 from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
 from structsearch.space import ArchSpec
-from structsearch.surgery import build_student_with_recipe, get_importance, save_student
+from structsearch.surgery import Importance, build_student_with_recipe, get_importance, save_student
 
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.context import SearchContext
@@ -163,25 +163,35 @@ class Objective:
         fixed structure from the teacher's weights instead. Every structure tried while aiming is
         built and counted once; the last one is the student.
         """
-        plan, base = self.ctx.plan, self.ctx.base
+        plan = self.ctx.plan
         proposals = plan.proposals(resolution)
-        importance = get_importance(plan.spec.importance, plan.spec.seed)
-        size = plan.student_input_size(resolution)
-        built: dict[ArchSpec, tuple[nn.Module, dict[str, Any], CostReport]] = {}
-
-        def measure(spec: ArchSpec) -> tuple[int, int]:
-            if spec not in built:
-                student, recipe = build_student_with_recipe(base, spec, importance)
-                built[spec] = (student, recipe, measure_cost(student, size))
-            cost = built[spec][2]
-            return cost.macs, cost.params
-
+        students = Students(self.ctx.base, get_importance(plan.spec.importance, plan.spec.seed), plan.student_input_size(resolution))
         name = trial.user_attrs.get("baseline")
-        spec = baseline_spec(name, base, proposals) if name in FIXED_BASELINES else None
+        spec = baseline_spec(name, self.ctx.base, proposals) if name in FIXED_BASELINES else None
         if spec is None:
-            spec = proposals.propose(proposals.suggest_params(trial), measure)
-        measure(spec)
-        return (spec, *built[spec])
+            spec = proposals.propose(proposals.suggest_params(trial), students.measure)
+        student, recipe, cost = students.get(spec)
+        return spec, student, recipe, cost
+
+
+class Students:
+    """Students built from one base and counted by fvcore, each once (proposals may try several)."""
+
+    def __init__(self, base: nn.Module, importance: Importance, input_size: tuple[int, int, int]) -> None:
+        self.base, self.importance, self.input_size = base, importance, input_size
+        self._built: dict[ArchSpec, tuple[nn.Module, dict[str, Any], CostReport]] = {}
+
+    def get(self, spec: ArchSpec) -> tuple[nn.Module, dict[str, Any], CostReport]:
+        """``(student with inherited weights, recipe, cost)``."""
+        if spec not in self._built:
+            student, recipe = build_student_with_recipe(self.base, spec, self.importance)
+            self._built[spec] = (student, recipe, measure_cost(student, self.input_size))
+        return self._built[spec]
+
+    def measure(self, spec: ArchSpec) -> tuple[int, int]:
+        """``(macs, params)``: the measurement :meth:`ProposalSpace.propose` checks its aim with."""
+        cost = self.get(spec)[2]
+        return cost.macs, cost.params
 
 
 def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:

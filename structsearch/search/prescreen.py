@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from structsearch.cost import measure_cost
+from structsearch.search.objective import Students
 from structsearch.space import ArchSpec
-from structsearch.surgery import build_student, get_importance
+from structsearch.surgery import get_importance
 
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.context import SearchContext
@@ -65,20 +65,12 @@ def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int 
         params: dict[str, Any] = {
             name: (1.0 if name == "target" else rng.uniform(low, high)) for name, (low, high) in proposals.param_ranges().items()
         }
-        size = plan.student_input_size(resolution)
-        built: dict[ArchSpec, Any] = {}
-
-        def measure(spec: ArchSpec) -> tuple[int, int]:
-            if spec not in built:
-                built[spec] = build_student(ctx.base, spec, importance)
-            cost = measure_cost(built[spec], size)
-            return cost.macs, cost.params
-
-        spec = proposals.propose(params, measure)
+        students = Students(ctx.base, importance, plan.student_input_size(resolution))
+        spec = proposals.propose(params, students.measure)
         if (spec, resolution) in seen:
             continue
         seen.add((spec, resolution))
-        student = built.get(spec) or build_student(ctx.base, spec, importance)
+        student = students.get(spec)[0]
         if resolution is not None:
             params["resolution"] = resolution
         out.append((round(ctx.distiller.quick_score(student, batches=batches, images=images, input_size=resolution), 3), params))

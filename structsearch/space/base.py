@@ -27,8 +27,6 @@ from structsearch.errors import SpecError
 from structsearch.space.spec import WIDTH_GRID, ArchSpec, BlockSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    import optuna
-
     from structsearch.surgery.importance import Importance
 
 
@@ -100,22 +98,6 @@ class Space:
                 )
                 for b in stage
             ]
-            stages.append(_keep_at_least_one(blocks))
-        return ArchSpec(self.model, tuple(stages), self.model_kwargs)
-
-    def suggest(self, trial: "optuna.Trial") -> ArchSpec:
-        """Ask an Optuna trial for a spec; parameter names are ``s{stage}.b{block}.{keep,width,heads}``."""
-        stages = []
-        for i, stage in enumerate(self.stages):
-            blocks = []
-            for j, b in enumerate(stage):
-                p = f"s{i}.b{j}"
-                keep = trial.suggest_categorical(f"{p}.keep", [True, False]) if b.removable else True
-                width = trial.suggest_categorical(f"{p}.width", list(b.widths)) if len(b.widths) > 1 else b.widths[0]
-                heads = None
-                if b.heads:
-                    heads = trial.suggest_categorical(f"{p}.heads", list(b.heads)) if len(b.heads) > 1 else b.heads[0]
-                blocks.append(BlockSpec(keep=bool(keep), width=float(width), heads=heads))
             stages.append(_keep_at_least_one(blocks))
         return ArchSpec(self.model, tuple(stages), self.model_kwargs)
 
