@@ -84,7 +84,7 @@ def channel_level_global_magnitude(teacher: nn.Module, plan: Any) -> tuple[nn.Mo
     from structsearch.surgery import get_importance
 
     proposals = plan.proposals(None)
-    kept = global_units(teacher, plan.space, proposals.model, proposals.caps({}))
+    kept = global_units(teacher, plan.space, proposals.model, proposals.caps())
     stages = [
         tuple(BlockSpec(True, kept[(i, j, "width")] / c.width_base, c.heads_base) for j, c in enumerate(stage))
         for i, stage in enumerate(plan.space.stages)

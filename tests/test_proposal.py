@@ -87,15 +87,19 @@ def test_params_budget_and_both_budgets() -> None:
 
 
 def test_multi_objective_targets_span_the_budget_range() -> None:
-    """With a ``target`` the realised MACs follow it; targets above 1 aim at the budget itself."""
+    """Even trials fill the budget, odd ones spread evenly below it; the realised MACs follow."""
     model, space, cm = _setup("cifar_resnet20", {}, 32)
     budget = int(0.5 * cm.macs(space.full_spec()))
     proposals = ProposalSpace(space, cm, budget, None, 0.9, vary_target=True, min_target=0.2)
-    assert proposals.param_ranges()["target"] == (0.2, 1.8)
-    low = proposals.propose({**proposals.largest(), "target": 0.4}, _measure(model, 32))
+    assert "target" not in proposals.param_ranges()  # not the sampler's to choose
+    targets = [proposals.target_for(n) for n in range(12)]
+    assert targets[0::2] == [1.0] * 6
+    assert targets[1::2] == pytest.approx([0.2 + 0.8 * x for x in (0.5, 0.25, 0.75, 0.125, 0.625, 0.375)])
+    low = proposals.propose(proposals.largest(), _measure(model, 32), target=0.4)
     assert 0.9 * 0.4 * budget <= cm.macs(low) <= 0.4 * budget
-    for params in (proposals.largest(), {**proposals.largest(), "target": 1.5}):
-        assert 0.9 * budget <= cm.macs(proposals.propose(params)) <= budget
+    assert 0.9 * budget <= cm.macs(proposals.propose(proposals.largest())) <= budget
+    single = ProposalSpace(space, cm, budget, None, 0.9)
+    assert {single.target_for(n) for n in range(5)} == {1.0}
 
 
 def test_shape_parameters_steer_the_structure() -> None:
@@ -125,9 +129,9 @@ def test_baselines_fill_the_budget_and_rank_globally() -> None:
     gm = baseline_spec("global_magnitude", model, proposals)
     assert gm is not None and 0.9 * budget <= cm.macs(gm) <= budget
     assert all(b.keep for _, _, b in gm.blocks())
-    kept = global_units(model, space, cm, proposals.caps({}))
+    kept = global_units(model, space, cm, proposals.caps())
     assert len({kept[(i, j, "width")] for i, s in enumerate(space.stages) for j in range(len(s))}) > 1  # not uniform
-    depth = depth_spec(space, cm, proposals.caps({}))
+    depth = depth_spec(space, cm, proposals.caps())
     assert depth is not None and cm.macs(depth) <= budget and all(b.width == 1.0 for _, _, b in depth.blocks())
     assert not all(b.keep for _, _, b in depth.blocks())
 

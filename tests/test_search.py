@@ -104,9 +104,9 @@ def test_same_structure_is_not_trained_twice(home: Path, tiny_study: optuna.Stud
     from structsearch.search.study import open_study
 
     study = open_study(plan, storage)
-    params = plan.proposals(None).largest()  # the same shape (and target) twice
-    study.enqueue_trial(params)
-    study.enqueue_trial(params)
+    params = plan.proposals(None).largest()  # the same shape at the same target, twice
+    study.enqueue_trial(params, user_attrs={"target": 1.0})
+    study.enqueue_trial(params, user_attrs={"target": 1.0})
     run_search(spec)
     a, b = study.get_trials()
     assert a.user_attrs["spec_key"] == b.user_attrs["spec_key"] and "duplicate_of" not in a.user_attrs
@@ -268,7 +268,8 @@ def test_searched_trials_fill_the_budget(tiny_study: optuna.Study) -> None:
     for t in tiny_study.get_trials():
         if "baseline" in t.user_attrs:
             continue
-        target = min(1.0, t.params["target"])  # multi-objective: a target below the budget, or the budget
+        target = t.user_attrs["target"]  # multi-objective: even trials at the budget, odd ones below it
+        assert target == 1.0 if t.number % 2 == 0 else target < 1.0
         assert 0.9 * target * max_macs <= t.user_attrs["macs"] <= target * max_macs + 1
 
 
@@ -291,7 +292,7 @@ def test_trained_structure_is_the_realised_parameters(home: Path, tiny_study: op
         artifact = ArchSpec.load(Path(t.user_attrs["artifact"]) / "spec.json")
         assert artifact == stored
         if t.user_attrs.get("baseline") in (None, "uniform"):
-            assert proposals.propose(t.params, measure) == stored
+            assert proposals.propose(t.params, measure, t.user_attrs.get("target", 1.0)) == stored
             checked += 1
     assert checked >= 3
 

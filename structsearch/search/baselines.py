@@ -72,7 +72,7 @@ def enqueued_params(names: Sequence[str], proposals: ProposalSpace) -> list[tupl
     runs). A baseline the study cannot express is left out: without a budget there is nothing to
     fill, without width or head choices nothing to rank, without removable blocks no depth.
     """
-    caps = proposals.caps({})
+    caps = proposals.caps()
     space = proposals.space
     out: list[tuple[str, dict[str, float]]] = []
     for name in names:
@@ -89,7 +89,7 @@ def enqueued_params(names: Sequence[str], proposals: ProposalSpace) -> list[tupl
 
 def baseline_spec(name: str, base: nn.Module, proposals: ProposalSpace) -> ArchSpec | None:
     """The fixed structure of baseline ``name`` for the teacher ``base`` (with its trained weights)."""
-    caps = proposals.caps({})
+    caps = proposals.caps()
     if name == "global_magnitude":
         return global_magnitude_spec(base, proposals.space, proposals.model, caps)
     if name == "depth":

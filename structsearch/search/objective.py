@@ -15,7 +15,8 @@ the baseline trials ``open_study`` enqueued); ``resolution`` (px, on every
 trial when the dimension is on); when measured, ``latency_ms``, ``latency_p90_ms``,
 ``latency_device``, ``latency_runtime``, ``latency_batch_size``, ``memory_bytes``,
 ``memory_device``, ``memory_method``, ``memory_batch_size``; after training ``score``,
-``teacher_agreement``, ``proxy_seconds``, ``proxy_steps``, ``artifact``. Constraints: ``flops``,
+``teacher_agreement``, ``proxy_seconds``, ``proxy_steps``, ``artifact``; ``target`` (multi-objective
+studies: the fraction of the budget the proposal filled). Constraints: ``flops``,
 ``params``, ``latency``, ``memory`` (each only when its budget is set; <= 0 is feasible).
 """
 
@@ -169,7 +170,11 @@ class Objective:
         name = trial.user_attrs.get("baseline")
         spec = baseline_spec(name, self.ctx.base, proposals) if name in FIXED_BASELINES else None
         if spec is None:
-            spec = proposals.propose(proposals.suggest_params(trial), students.measure)
+            # baselines fill the budget; a retried trial keeps its stored target (user attrs are copied)
+            target = 1.0 if name else trial.user_attrs.get("target", proposals.target_for(trial.number))
+            if proposals.vary_target:
+                trial.set_user_attr("target", target)
+            spec = proposals.propose(proposals.suggest_params(trial), students.measure, target)
         student, recipe, cost = students.get(spec)
         return spec, student, recipe, cost
 

@@ -39,7 +39,7 @@ def run_prescreen(study: optuna.Study, ctx: "SearchContext") -> dict[str, Any] |
     ranked = prescreen(ctx, p.candidates, ctx.plan.spec.seed, batches=p.batches, images=p.images)
     kept = ranked[: max(1, math.ceil(p.keep * len(ranked)))]
     for score, params in kept:
-        study.enqueue_trial(params, user_attrs={"prescreen_score": score})
+        study.enqueue_trial(params, user_attrs={"prescreen_score": score, "target": 1.0})  # scored at the budget
     summary = {
         "status": "done", "candidates": len(ranked), "kept": len(kept), "seconds": round(time.perf_counter() - start, 2),
         "best": kept[0][0] if kept else None, "cutoff": kept[-1][0] if kept else None,
@@ -51,7 +51,7 @@ def run_prescreen(study: optuna.Study, ctx: "SearchContext") -> dict[str, Any] |
 def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int = 4, images: int = 512) -> list[tuple[float, dict[str, Any]]]:
     """``(quick score, params)`` of up to ``candidates`` distinct random shapes at the budget, best first.
 
-    Shapes aim at the budget itself (``target`` 1 in multi-objective studies); with a resolution
+    Shapes aim at the budget itself (their trials are enqueued with ``target`` 1); with a resolution
     dimension each candidate draws its resolution too.
     """
     plan = ctx.plan
@@ -62,9 +62,7 @@ def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int 
     for _ in range(candidates):
         resolution = rng.choice(plan.resolutions) if plan.resolutions else None
         proposals = plan.proposals(resolution)
-        params: dict[str, Any] = {
-            name: (1.0 if name == "target" else rng.uniform(low, high)) for name, (low, high) in proposals.param_ranges().items()
-        }
+        params: dict[str, Any] = {name: rng.uniform(low, high) for name, (low, high) in proposals.param_ranges().items()}
         students = Students(ctx.base, importance, plan.student_input_size(resolution))
         spec = proposals.propose(params, students.measure)
         if (spec, resolution) in seen:

@@ -11,10 +11,12 @@ Here the sampler chooses the *shape* of a student, a handful of floats per stage
 * ``s{i}.width`` in [0, 1] -- the stage's width relative to the others (0: narrowest ratio);
 * ``s{i}.taper`` in [-1, 1] -- how width changes along the stage (negative: wider first blocks);
 * ``s{i}.heads`` in [0, 1] -- attention heads, like ``width`` (ViT stages only);
-* ``target`` -- multi-objective studies only: the fraction of the budget this proposal fills, so
-  the front spans the whole range while its upper end reaches the budget. It is drawn from
-  ``[t_min, 2 - t_min]`` and values above 1 mean 1, so half of the sampler's unlearned proposals
-  aim at the budget itself, where the best answer lies, and half spread the front below it.
+and, in multi-objective studies only, each trial has a ``target``: the fraction of the budget it
+fills. It is not the sampler's choice (a sampler minimising MACs as an objective would drive it
+down and leave the budget unused): even-numbered trials aim at the budget itself, where the best
+answer lies, and odd-numbered ones at fractions spread evenly over ``[t_min, 1)`` (a van der
+Corput sequence), so the front spans the whole range and its upper end reaches the budget. The
+target is stored on the trial (user attribute ``target``) and kept when a failed trial is retried.
 
 and :meth:`ProposalSpace.realise` turns that shape into the structure that fills the budget: one
 width scale for all blocks is bisected against a calibrated cost model
@@ -23,8 +25,9 @@ rounding to the width grid is made up by widening the blocks it cut most, one no
 until nothing more fits. The result lands in ``[fill * budget, budget]`` (``budget.fill``, default
 0.9) unless the space cannot get there (a budget above the teacher, or below what the stage
 structure allows). The realisation is a deterministic function of the trial's parameters and the
-measured cost, so the structure that is trained is always ``realise(trial.params)`` -- the sampler
-learns the score of exactly the structure it proposed, expressed in shape coordinates.
+measured cost, so the structure that is trained is always the realisation of ``trial.params`` (at
+the trial's ``target``) -- the sampler learns the score of exactly the structure it proposed,
+expressed in shape coordinates.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class ProposalSpace:
         self.max_macs = max_macs
         self.max_params = max_params
         self.fill = fill
-        #: Multi-objective: suggest ``target`` in [min_target, 1] so the front spans the budget range.
+        #: Multi-objective: odd trials aim below the budget (see :meth:`target_for`) so the front spans it.
         self.vary_target = vary_target and (max_macs is not None or max_params is not None)
         self.min_target = min(max(min_target, 0.0), 1.0)
 
@@ -105,12 +108,10 @@ class ProposalSpace:
                     ranges[f"s{i}.taper"] = (-1.0, 1.0)
             if any(c.heads and len(c.heads) > 1 for c in stage):
                 ranges[f"s{i}.heads"] = (0.0, 1.0)
-        if self.vary_target:  # above 1 means the budget itself: see the module docstring
-            ranges["target"] = (self.min_target, 2.0 - self.min_target)
         return ranges
 
     def largest(self) -> dict[str, float]:
-        """Parameters of the even shape: every block kept, equal widths, no taper, all heads, full target.
+        """Parameters of the even shape: every block kept, equal widths, no taper, all heads.
 
         Realised, this is uniform width scaling to the budget (the ``uniform`` baseline).
         """
@@ -119,20 +120,36 @@ class ProposalSpace:
     def suggest_params(self, trial: "optuna.Trial") -> dict[str, float]:
         return {name: trial.suggest_float(name, low, high) for name, (low, high) in self.param_ranges().items()}
 
-    def caps(self, params: Mapping[str, float]) -> Caps:
-        target = min(1.0, float(params.get("target", 1.0))) if self.vary_target else 1.0
-        scale = (lambda b: None if b is None else int(b * target))  # noqa: E731
-        return Caps(scale(self.max_macs), scale(self.max_params), self.fill)
+    def target_for(self, number: int) -> float:
+        """The fraction of the budget trial ``number`` fills: 1 for even numbers (and single-objective
+        studies), else the van der Corput point of ``number // 2`` mapped onto ``[min_target, 1)``."""
+        if not self.vary_target or number % 2 == 0:
+            return 1.0
+        k, point, base = number // 2 + 1, 0.0, 0.5
+        while k:
+            point += base * (k & 1)
+            k >>= 1
+            base /= 2
+        return self.min_target + (1.0 - self.min_target) * point
+
+    def caps(self, target: float = 1.0) -> Caps:
+        """The budgets one proposal fills: the study's, times its ``target`` (at most 1)."""
+        target = min(1.0, target)
+
+        def scaled(budget: int | None) -> int | None:
+            return None if budget is None else int(budget * target)
+
+        return Caps(scaled(self.max_macs), scaled(self.max_params), self.fill)
 
     # -- realisation ---------------------------------------------------------------------------
-    def propose(self, params: Mapping[str, float], measure: Measure | None = None) -> ArchSpec:
-        """The structure for ``params``: realised against the model, then checked with ``measure``.
+    def propose(self, params: Mapping[str, float], measure: Measure | None = None, target: float = 1.0) -> ArchSpec:
+        """The structure for ``params`` at ``target``: realised against the model, checked with ``measure``.
 
         Where the model is exact (checked per family by the tests) one measurement confirms it.
         Otherwise the caps are shifted by the model's error on this proposal and it is realised
         again, up to a few rounds; the last proposal that fits is returned.
         """
-        caps = self.caps(params)
+        caps = self.caps(target)
         spec = self.realise(params, caps)
         if measure is None or caps.primary is None:
             return spec
