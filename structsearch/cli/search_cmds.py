@@ -246,7 +246,7 @@ def _print_gains(gains: list[Any]) -> None:
     from structsearch.search.results import gain_summary
 
     if gains:
-        console.print("search vs its baselines (best searched candidate at equal or lower MACs):")
+        console.print("gain over the baselines (points; best searched at <= their MACs):")
     for g in gains:
         console.print(f"  {gain_summary(g)}")
 

@@ -155,14 +155,14 @@ def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:
 
 
 def gain_summary(g: BaselineGain) -> str:
-    """One line for a terminal: ``global_magnitude (trial 1, 85.20% at 62.1M): +1.35 by trial 17 ...``."""
-    head = f"{g.baseline} (trial {g.trial}"
+    """One short line for a terminal: ``global_magnitude (t1: 85.20% at 62.1M): +1.35 by t17 (86.55% at 61.8M)``."""
+    head = f"{g.baseline} (t{g.trial}"
     if g.score is None or g.macs is None:
         return f"{head}): not scored yet"
-    head += f", {g.score:.2f}% at {format_count(g.macs)} MACs)"
+    head += f": {g.score:.2f}% at {format_count(g.macs)})"
     if g.gain is None:
         return f"{head}: no searched candidate at equal or lower MACs yet"
-    return f"{head}: {g.gain:+.2f} points by trial {g.searched_trial} ({g.searched_score:.2f}% at {format_count(g.searched_macs)} MACs)"
+    return f"{head}: {g.gain:+.2f} by t{g.searched_trial} ({g.searched_score:.2f}% at {format_count(g.searched_macs)})"
 
 
 def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.Study]:
