@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
-
 from torch import nn
 
 from structsearch.cost import CostReport, LatencyReport, MemoryReport, measure_cost
