@@ -63,7 +63,6 @@ def main() -> None:
     os.environ["STRUCTSEARCH_HOME"] = tempfile.mkdtemp(prefix="trial-cost-")
     os.chdir(ROOT)
 
-
     from structsearch.distill.teacher import OnlineTeacher
     from structsearch.search.context import build_context, plan_search
     from structsearch.search.objective import Objective
