@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--budget", default="50%")
     ap.add_argument("--proxy-lr", type=float, help="override the spec's proxy lr (an experiment; default: the spec's)")
+    ap.add_argument("--proxy-steps", type=int, help="override the spec's proxy steps (an experiment; default: the spec's)")
     ap.add_argument("--home", help="STRUCTSEARCH_HOME to search in (default: a fresh temporary one)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -120,6 +121,7 @@ def main() -> None:
     spec = spec.with_overrides(**{
         "name": f"vs-pruning-{args.teacher}", "trials": args.trials, "budget.flops": args.budget,
         "teacher.model": args.teacher, "teacher.checkpoint": str(CHECKPOINTS[args.teacher]), "proxy.lr": args.proxy_lr,
+        "proxy.steps": args.proxy_steps,
     })  # fmt: skip
     os.chdir(ROOT)  # the spec's data paths are relative to the project root
     t0 = time.perf_counter()
