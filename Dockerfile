@@ -1,6 +1,6 @@
 # structsearch service image: API, workers, migrations and dashboard (one image, different commands).
 #   docker build -t structsearch .                                   # CUDA-capable torch (GPU workers)
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t structsearch .
+#   docker build --build-arg PIP_INDEX_URL=<your index> -t structsearch .   # pip's own setting, passed through
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -8,10 +8,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch/torchvision first, at the versions pinned in pyproject.toml, in their own layer: code
-# changes then rebuild in seconds. The index decides CUDA (PyPI's default wheels) or CPU-only.
-ARG TORCH_INDEX_URL=https://pypi.org/simple
-RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
-        "torch==2.14.1" "torchvision==0.29.1"
+# changes then rebuild in seconds. Which index pip uses is pip's own configuration (PIP_INDEX_URL,
+# PIP_EXTRA_INDEX_URL, given as build args when set); the index decides CUDA or CPU-only wheels.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+RUN pip install "torch==2.14.1" "torchvision==0.29.1"
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
