@@ -12,7 +12,9 @@ ENV PYTHONUNBUFFERED=1 \
 # PIP_EXTRA_INDEX_URL, given as build args when set); the index decides CUDA or CPU-only wheels.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
-RUN pip install "torch==2.14.1" "torchvision==0.29.1"
+# (an empty value, as compose passes for an unset variable, means: not set)
+RUN [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; [ -n "$PIP_EXTRA_INDEX_URL" ] || unset PIP_EXTRA_INDEX_URL; \
+    pip install "torch==2.14.1" "torchvision==0.29.1"
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
@@ -21,7 +23,8 @@ COPY structsearch ./structsearch
 COPY api ./api
 COPY studies ./studies
 # Editable install: `structsearch db upgrade` finds alembic/ next to the package.
-RUN pip install -e ".[service]"
+RUN [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; [ -n "$PIP_EXTRA_INDEX_URL" ] || unset PIP_EXTRA_INDEX_URL; \
+    pip install -e ".[service]"
 
 RUN useradd --create-home --uid 10001 structsearch \
     && mkdir -p /data/home /data/artifacts /data/datasets \
