@@ -258,7 +258,8 @@ def test_plan_search_rejects_unusable_synthetic_specs(cnn_ckpt: Path) -> None:
         plan_search(parse_study_spec(_spec(cnn_ckpt, train="digits", val="synthetic:10")))
     with pytest.raises(DataError, match="psaq needs timm self-attention"):
         plan_search(parse_study_spec(_spec(cnn_ckpt, train="synthetic:10?method=psaq")))
-    assert plan_search(parse_study_spec(_spec(cnn_ckpt))).space is not None
+    plan = plan_search(parse_study_spec(_spec(cnn_ckpt)))  # a real checkpoint: accepted
+    assert plan.inherit and plan.space.model == "cifar_resnet20" and plan.spec.data.train.startswith("synthetic:")
 
 
 @pytest.mark.slow

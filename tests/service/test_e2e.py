@@ -214,7 +214,10 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
     zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path / "student")
     import structsearch
 
-    assert structsearch.load(tmp_path / "student") is not None
+    student = structsearch.load(tmp_path / "student")
+    import torch
+
+    assert student(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
 
     # a StructsearchError in a worker (here: the data file is not there) fails the search with its message
     body = service.submit(tiny_spec(name="no-data", data={"train": f"npz:{data_root}/missing.npz", "input_size": 8}))
