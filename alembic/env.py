@@ -14,9 +14,9 @@ The URL comes from the caller (``structsearch db upgrade --storage``, via
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine
 
+from alembic import context
 from structsearch.service.migrations import VERSION_TABLE, include_name, include_object
 from structsearch.service.models import Base
 

@@ -66,7 +66,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     from structsearch.search.spec import StudySpec
 
-    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes)
+    doc = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
+    )
     spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     components.update(spec_schema.pop("$defs", {}))

@@ -34,7 +34,7 @@ class Services:
     queue: JobQueue
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> "Services":
+    def from_settings(cls, settings: ServiceSettings) -> Services:
         return cls(
             settings=settings,
             db=Database(settings.database_url),

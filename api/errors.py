@@ -50,7 +50,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc.orig).strip().splitlines()[:1])
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            str(exc.orig).strip().splitlines()[:1],
+        )
         return error_response(503, "database unavailable; try again shortly")
 
     @app.exception_handler(Exception)

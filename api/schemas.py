@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,16 +46,27 @@ class CandidatePublic(BaseModel):
     params: int | None
     spec: dict[str, Any] | None = Field(description="the student's ArchSpec")
     seconds: float | None = Field(description="proxy training time")
-    resolution: int | None = Field(default=None, description="student input resolution in px (searches with data.resolutions)")
-    latency_ms: float | None = Field(default=None, description="median measured inference latency (ms), on latency_device")
-    latency_device: str | None = Field(default=None, description="the device latency_ms was measured on, e.g. 'AMD EPYC 7B13 (cpu, 2 threads)'")
+    resolution: int | None = Field(
+        default=None, description="student input resolution in px (searches with data.resolutions)"
+    )
+    latency_ms: float | None = Field(
+        default=None, description="median measured inference latency (ms), on latency_device"
+    )
+    latency_device: str | None = Field(
+        default=None, description="the device latency_ms was measured on, e.g. 'AMD EPYC 7B13 (cpu, 2 threads)'"
+    )
     latency_runtime: str | None = Field(default=None, description="torch or onnxruntime")
-    memory_bytes: int | None = Field(default=None, description="measured peak activation memory of one inference forward (bytes)")
+    memory_bytes: int | None = Field(
+        default=None, description="measured peak activation memory of one inference forward (bytes)"
+    )
     memory_device: str | None = Field(default=None, description="the device memory_bytes was measured on")
-    baseline: str | None = Field(default=None, description="the baseline this trial scores (uniform, global_magnitude, depth); null: a searched candidate")
+    baseline: str | None = Field(
+        default=None,
+        description="the baseline this trial scores (uniform, global_magnitude, depth); null: a searched candidate",
+    )
 
 
-class TrialStateName(str, Enum):
+class TrialStateName(StrEnum):
     complete = "complete"
     pruned = "pruned"
     running = "running"
@@ -66,7 +77,9 @@ class TrialStateName(str, Enum):
 class TrialPublic(CandidatePublic):
     """A trial of a search (finished or not), with where its result came from."""
 
-    duplicate_of: int | None = Field(default=None, description="an earlier trial of the same structure whose score was reused")
+    duplicate_of: int | None = Field(
+        default=None, description="an earlier trial of the same structure whose score was reused"
+    )
     copied_from: str | None = Field(default=None, description="warm start: STUDY#TRIAL this trial was copied from")
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -86,7 +99,7 @@ class TrialCountsPublic(BaseModel):
     copied: int
 
 
-class SearchStatusName(str, Enum):
+class SearchStatusName(StrEnum):
     queued = "queued"
     running = "running"
     done = "done"
@@ -162,9 +175,15 @@ class ParetoPublic(BaseModel):
     search_id: uuid.UUID
     study: str
     cost: Literal["macs", "params", "latency", "memory"]
-    front: list[CandidatePublic] = Field(description="feasible trained candidates not dominated in (score up, cost down), by cost")
-    recheck: list[RecheckPublic] = Field(default_factory=list, description="proxy fidelity re-checks of this study, shortest first")
-    baselines: list[BaselineGainPublic] = Field(default_factory=list, description="the study's baselines and the search's gain over each")
+    front: list[CandidatePublic] = Field(
+        description="feasible trained candidates not dominated in (score up, cost down), by cost"
+    )
+    recheck: list[RecheckPublic] = Field(
+        default_factory=list, description="proxy fidelity re-checks of this study, shortest first"
+    )
+    baselines: list[BaselineGainPublic] = Field(
+        default_factory=list, description="the study's baselines and the search's gain over each"
+    )
 
 
 class FamilyPublic(BaseModel):

@@ -77,12 +77,31 @@ def add_trials(study: optuna.Study, n: int, max_macs: int, seed: int = 0) -> Non
         macs, params = rng.randint(100_000, int(max_macs * 1.1)), rng.randint(10_000, 300_000)
         feasible = macs <= max_macs
         score = round(rng.uniform(10, 99), 3)
-        spec = {"model": "cifar_resnet20", "model_kwargs": {"num_classes": 10},
-                "stages": [[{"keep": rng.random() > 0.3, "width": rng.choice([0.25, 0.5, 0.75, 1.0])} for _ in range(3)] for _ in range(3)]}
-        attrs = {"spec": spec, "spec_key": f"{i:016x}", "macs": macs, "params": params, "trained": feasible,
-                 "score": score if feasible else None, "proxy_seconds": 0.1, "proxy_steps": 5}
-        batch.append(optuna.trial.create_trial(values=[score if feasible else 0.0, float(macs)], user_attrs=attrs,
-                                               system_attrs={"constraints:flops": float(macs - max_macs)}))
+        spec = {
+            "model": "cifar_resnet20",
+            "model_kwargs": {"num_classes": 10},
+            "stages": [
+                [{"keep": rng.random() > 0.3, "width": rng.choice([0.25, 0.5, 0.75, 1.0])} for _ in range(3)]
+                for _ in range(3)
+            ],
+        }
+        attrs = {
+            "spec": spec,
+            "spec_key": f"{i:016x}",
+            "macs": macs,
+            "params": params,
+            "trained": feasible,
+            "score": score if feasible else None,
+            "proxy_seconds": 0.1,
+            "proxy_steps": 5,
+        }
+        batch.append(
+            optuna.trial.create_trial(
+                values=[score if feasible else 0.0, float(macs)],
+                user_attrs=attrs,
+                system_attrs={"constraints:flops": float(macs - max_macs)},
+            )
+        )
         if len(batch) == 1000:
             study.add_trials(batch)
             batch = []
@@ -102,7 +121,9 @@ def start_server(url: str, cache_size: int, home: Path) -> tuple[subprocess.Pope
     env.update(STRUCTSEARCH_STUDY_CACHE_SIZE=str(cache_size), STRUCTSEARCH_HOME=str(home), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "structsearch"), "serve", "--port", str(port), "--storage", url],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -121,7 +142,9 @@ async def load(base: str, path: str, n: int, concurrency: int) -> dict[str, floa
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=300, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
         r = await client.get(path)  # warm-up (fills the cache when there is one)
         if r.status_code != 200:
             raise SystemExit(f"{path}: {r.status_code} {r.text[:200]}")
@@ -177,9 +200,13 @@ def main() -> None:
     ap.add_argument("--database-url", help="PostgreSQL server URL (a new database is created on it)")
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=300, help="requests per endpoint with the cache")
-    ap.add_argument("--uncached-requests", type=int, default=20, help="requests per endpoint without the cache (0: skip)")
+    ap.add_argument(
+        "--uncached-requests", type=int, default=20, help="requests per endpoint without the cache (0: skip)"
+    )
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--reuse", metavar="URL", help="a database from an earlier run (its 'bench' search is measured again)")
+    ap.add_argument(
+        "--reuse", metavar="URL", help="a database from an earlier run (its 'bench' search is measured again)"
+    )
     args = ap.parse_args()
 
     server_url, pgdir = postgres_url(args.reuse or args.database_url)
@@ -207,13 +234,17 @@ def main() -> None:
             try:
                 for label, path in paths.items():
                     m = asyncio.run(load(base, path, n, args.concurrency))
-                    print(f"{label:<16} {'on' if cache_size else 'off':<6} {n:>8} {m['p50']:>9.1f} {m['p99']:>9.1f} {m['rps']:>8.1f} {m['errors']:>6}")
+                    print(
+                        f"{label:<16} {'on' if cache_size else 'off':<6} {n:>8} {m['p50']:>9.1f} {m['p99']:>9.1f} {m['rps']:>8.1f} {m['errors']:>6}"
+                    )
                 if cache_size:
                     # a trial finishes during a search: the next read fetches just that trial
                     add_trials(study, 1, study.user_attrs["max_macs"], seed=len(study.trials))
                     t = time.perf_counter()
                     httpx.get(f"{base}{paths['/pareto']}", timeout=300).raise_for_status()
-                    print(f"first /pareto after a trial finished (incremental refresh): {(time.perf_counter() - t) * 1000:.1f} ms")
+                    print(
+                        f"first /pareto after a trial finished (incremental refresh): {(time.perf_counter() - t) * 1000:.1f} ms"
+                    )
             finally:
                 proc.terminate()
                 proc.wait()

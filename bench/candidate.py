@@ -44,7 +44,9 @@ def bench(model_name: str, candidates: int, seed: int) -> None:
         t3 = time.perf_counter()
         for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
             phases[k].append(v)
-    print(f"{model_name} ({space.num_blocks} blocks, input {size[1]}px, {candidates} candidates, {torch.get_num_threads()} threads)")
+    print(
+        f"{model_name} ({space.num_blocks} blocks, input {size[1]}px, {candidates} candidates, {torch.get_num_threads()} threads)"
+    )
     for k, v in phases.items():
         print(f"  {k:7s} median {statistics.median(v) * 1000:8.1f} ms   max {max(v) * 1000:8.1f} ms")
     total = statistics.median(phases["total"])

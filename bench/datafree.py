@@ -49,7 +49,9 @@ CKPT = SHARED / "weights" / "cifar_resnet" / "resnet56-4bfd9763.th"
 TEACHER = "cifar_resnet56"
 
 
-def sample_candidates(teacher: torch.nn.Module, k: int, budget: float, seed: int, size: tuple[int, int, int]) -> list[Any]:
+def sample_candidates(
+    teacher: torch.nn.Module, k: int, budget: float, seed: int, size: tuple[int, int, int]
+) -> list[Any]:
     """``k`` distinct random specs whose students cost at most ``budget`` of the teacher's MACs."""
     space = space_of(teacher, TEACHER)
     limit = budget * measure_cost(teacher, size).macs
@@ -82,11 +84,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="proxy steps (studies/cifar10_resnet56.yaml: 100)")
     ap.add_argument("--batch-size", type=int, default=64, help="proxy batch")
     ap.add_argument("--lr", type=float, default=ProxyConfig.lr)
-    ap.add_argument("--train-size", type=int, default=None, help="real training images (default: as many as synthetic ones)")
+    ap.add_argument(
+        "--train-size", type=int, default=None, help="real training images (default: as many as synthetic ones)"
+    )
     ap.add_argument("--val-size", type=int, default=2000, help="real validation images, test.npz[:val-size]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="default: the shared cache ($STRUCTSEARCH_CACHE / $STRUCTSEARCH_HOME/cache)")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="default: the shared cache ($STRUCTSEARCH_CACHE / $STRUCTSEARCH_HOME/cache)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
@@ -99,24 +108,44 @@ def main() -> None:
     cache = TeacherCache(args.cache_dir)
     teacher_id = TeacherId.of(TEACHER, {}, CKPT)
     figures: dict[str, Any] = {
-        "device": str(device), "threads": torch.get_num_threads(), "n": args.n, "iters": args.iters,
-        "synth_batch": args.synth_batch, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "candidates": args.candidates, "budget": args.budget,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "n": args.n,
+        "iters": args.iters,
+        "synth_batch": args.synth_batch,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "candidates": args.candidates,
+        "budget": args.budget,
     }
 
     # -- the synthetic set (cached) --------------------------------------------------------------
     t = time.perf_counter()
     synth = synthesize(
-        teacher, preprocess, args.n, method=args.method, iterations=args.iters, batch_size=args.synth_batch,
-        seed=args.seed, device=device, teacher_id=teacher_id, cache=cache,
-        progress=lambda b, nb, losses: print(f"  synthesis batch {b}/{nb}: " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()), flush=True),
+        teacher,
+        preprocess,
+        args.n,
+        method=args.method,
+        iterations=args.iters,
+        batch_size=args.synth_batch,
+        seed=args.seed,
+        device=device,
+        teacher_id=teacher_id,
+        cache=cache,
+        progress=lambda b, nb, losses: print(
+            f"  synthesis batch {b}/{nb}: " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()), flush=True
+        ),
     )
     figures["synthesis"] = {**synth.info(), "wall_s": time.perf_counter() - t}
-    print(f"synthetic set: {args.n} images, {synth.method}, {args.iters} iterations at batch {args.synth_batch}: "
-          f"{synth.seconds:.1f} s, {synth.seconds_per_iteration:.3f} s per iteration"
-          f"{' (cache hit: figures of the run that made it)' if synth.cache_hit else ''}; "
-          f"teacher predicts the target class for {100 * synth.target_agreement:.1f}%; "
-          f"label histogram {torch.bincount(synth.data.y, minlength=10).tolist()}", flush=True)
+    print(
+        f"synthetic set: {args.n} images, {synth.method}, {args.iters} iterations at batch {args.synth_batch}: "
+        f"{synth.seconds:.1f} s, {synth.seconds_per_iteration:.3f} s per iteration"
+        f"{' (cache hit: figures of the run that made it)' if synth.cache_hit else ''}; "
+        f"teacher predicts the target class for {100 * synth.target_agreement:.1f}%; "
+        f"label histogram {torch.bincount(synth.data.y, minlength=10).tolist()}",
+        flush=True,
+    )
 
     # -- data ------------------------------------------------------------------------------------
     train_size = args.train_size or args.n
@@ -124,13 +153,27 @@ def main() -> None:
     real_val = load_data(f"npz:{TEST}[:{args.val_size}]")
     s_train_idx, s_val_idx = split_train_val(synth.data.y, args.synth_val_size, args.seed)
     config = ProxyConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=str(device))
-    real_kd = Distiller(teacher, real_train, torch.arange(len(real_train)), torch.arange(len(real_val)), preprocess, config,
-                        val_data=real_val, teacher_id=teacher_id, cache=cache)
-    free_kd = Distiller(teacher, synth.data, s_train_idx, s_val_idx, preprocess, config, teacher_id=teacher_id, cache=cache)
+    real_kd = Distiller(
+        teacher,
+        real_train,
+        torch.arange(len(real_train)),
+        torch.arange(len(real_val)),
+        preprocess,
+        config,
+        val_data=real_val,
+        teacher_id=teacher_id,
+        cache=cache,
+    )
+    free_kd = Distiller(
+        teacher, synth.data, s_train_idx, s_val_idx, preprocess, config, teacher_id=teacher_id, cache=cache
+    )
     figures["teacher_real_val_top1"], _ = real_kd.evaluate(teacher)
-    print(f"real proxy: {len(real_train)} train images, {len(real_val)} val (test.npz); data-free proxy: "
-          f"{len(s_train_idx)} synthetic train, {len(s_val_idx)} synthetic val; teacher {figures['teacher_real_val_top1']:.2f}% "
-          f"on the real val", flush=True)
+    print(
+        f"real proxy: {len(real_train)} train images, {len(real_val)} val (test.npz); data-free proxy: "
+        f"{len(s_train_idx)} synthetic train, {len(s_val_idx)} synthetic val; teacher {figures['teacher_real_val_top1']:.2f}% "
+        f"on the real val",
+        flush=True,
+    )
 
     # -- candidates ------------------------------------------------------------------------------
     teacher_macs = measure_cost(teacher, size).macs
@@ -142,10 +185,21 @@ def main() -> None:
         student = build_student(teacher, spec)
         free = free_kd.score(student)
         hybrid = 100.0 * float((predict(student, real_val.x, preprocess, 256, device) == real_val.y).double().mean())
-        rows.append({"macs_ratio": macs / teacher_macs, "real": real.val_top1, "datafree": free.val_top1,
-                     "datafree_train_real_val": hybrid, "real_seconds": real.seconds, "datafree_seconds": free.seconds})
-        print(f"{i:3d} {100 * macs / teacher_macs:7.1f} {real.val_top1:7.2f} {free.val_top1:9.2f} {hybrid:9.2f} "
-              f"{real.seconds:7.1f} {free.seconds:6.1f}", flush=True)
+        rows.append(
+            {
+                "macs_ratio": macs / teacher_macs,
+                "real": real.val_top1,
+                "datafree": free.val_top1,
+                "datafree_train_real_val": hybrid,
+                "real_seconds": real.seconds,
+                "datafree_seconds": free.seconds,
+            }
+        )
+        print(
+            f"{i:3d} {100 * macs / teacher_macs:7.1f} {real.val_top1:7.2f} {free.val_top1:9.2f} {hybrid:9.2f} "
+            f"{real.seconds:7.1f} {free.seconds:6.1f}",
+            flush=True,
+        )
     figures["rows"] = rows
 
     real_scores = [r["real"] for r in rows]
@@ -153,10 +207,16 @@ def main() -> None:
         scores = [r[name] for r in rows]
         tau = stats.kendalltau(real_scores, scores)
         rho = stats.spearmanr(real_scores, scores)
-        figures[f"{name}_vs_real"] = {"kendall_tau": _num(tau.statistic), "kendall_p": _num(tau.pvalue),
-                                      "spearman_rho": _num(rho.statistic), "spearman_p": _num(rho.pvalue)}
-        print(f"{name:>24s} vs real: Kendall tau {tau.statistic:+.3f} (p {tau.pvalue:.3g}), "
-              f"Spearman rho {rho.statistic:+.3f} (p {rho.pvalue:.3g})")
+        figures[f"{name}_vs_real"] = {
+            "kendall_tau": _num(tau.statistic),
+            "kendall_p": _num(tau.pvalue),
+            "spearman_rho": _num(rho.statistic),
+            "spearman_p": _num(rho.pvalue),
+        }
+        print(
+            f"{name:>24s} vs real: Kendall tau {tau.statistic:+.3f} (p {tau.pvalue:.3g}), "
+            f"Spearman rho {rho.statistic:+.3f} (p {rho.pvalue:.3g})"
+        )
     print(f"scores real:     {[round(s, 2) for s in real_scores]}")
     print(f"scores datafree: {[round(r['datafree'], 2) for r in rows]}")
     if args.json:

@@ -47,7 +47,9 @@ def main() -> None:
     from structsearch.surgery import build_student, get_importance
 
     study = load_study(args.study, open_storage(create=False))
-    spec = load_study_spec(args.spec).with_overrides(**{"teacher.model": args.teacher, "teacher.checkpoint": args.teacher_checkpoint})
+    spec = load_study_spec(args.spec).with_overrides(
+        **{"teacher.model": args.teacher, "teacher.checkpoint": args.teacher_checkpoint}
+    )
     plan = plan_search(spec)
     ctx = build_context(plan)
     importance = get_importance(spec.importance, spec.seed)
@@ -60,14 +62,27 @@ def main() -> None:
         student = build_student(ctx.base, ArchSpec.from_dict(a["spec"]), importance)
         start = time.perf_counter()
         quick = ctx.distiller.quick_score(student, input_size=a.get("resolution"))
-        rows.append({"trial": t.number, "macs": a["macs"], "proxy": a["score"], "quick": quick,
-                     "quick_seconds": time.perf_counter() - start, "proxy_seconds": a.get("proxy_seconds")})  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "macs": a["macs"],
+                "proxy": a["score"],
+                "quick": quick,
+                "quick_seconds": time.perf_counter() - start,
+                "proxy_seconds": a.get("proxy_seconds"),
+            }
+        )
     result: dict = {"study": args.study, "trials": len(rows)}
     for name, subset in (("all", rows), ("at budget", [r for r in rows if r["macs"] >= 0.9 * max_macs])):
         if len(subset) >= 3:
             tau, p = kendalltau([r["quick"] for r in subset], [r["proxy"] for r in subset])
             rho, _ = spearmanr([r["quick"] for r in subset], [r["proxy"] for r in subset])
-            result[name] = {"n": len(subset), "tau": round(float(tau), 3), "p": round(float(p), 4), "spearman": round(float(rho), 3)}
+            result[name] = {
+                "n": len(subset),
+                "tau": round(float(tau), 3),
+                "p": round(float(p), 4),
+                "spearman": round(float(rho), 3),
+            }
             print(f"{name:10s} n={len(subset):3d}  Kendall tau {tau:.3f} (p={p:.3g})  Spearman {rho:.3f}")
     for r in sorted(rows, key=lambda r: -r["proxy"]):
         print(f"  trial {r['trial']:3d}  {r['macs'] / 1e6:6.1f}M  proxy {r['proxy']:6.2f}  quick {r['quick']:6.2f}")
@@ -75,10 +90,17 @@ def main() -> None:
     ranked = prescreen(ctx, args.candidates, seed=123)
     seconds = time.perf_counter() - start
     median_trial = statistics.median(r["proxy_seconds"] for r in rows if r["proxy_seconds"])
-    result |= {"candidates": len(ranked), "prescreen_seconds": round(seconds, 1), "per_candidate_s": round(seconds / max(1, len(ranked)), 3),
-               "median_proxy_s": median_trial, "top_quick": [s for s, _ in ranked[:10]]}  # fmt: skip
-    print(f"pre-screen of {len(ranked)} distinct candidates: {seconds:.0f} s ({seconds / max(1, len(ranked)):.2f} s each) "
-          f"vs a median proxy trial of {median_trial:.1f} s; best quick scores {[s for s, _ in ranked[:5]]}")  # fmt: skip
+    result |= {
+        "candidates": len(ranked),
+        "prescreen_seconds": round(seconds, 1),
+        "per_candidate_s": round(seconds / max(1, len(ranked)), 3),
+        "median_proxy_s": median_trial,
+        "top_quick": [s for s, _ in ranked[:10]],
+    }
+    print(
+        f"pre-screen of {len(ranked)} distinct candidates: {seconds:.0f} s ({seconds / max(1, len(ranked)):.2f} s each) "
+        f"vs a median proxy trial of {median_trial:.1f} s; best quick scores {[s for s, _ in ranked[:5]]}"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result | {"rows": rows}, indent=2) + "\n")

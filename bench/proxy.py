@@ -73,8 +73,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "device": args.device, "steps": args.steps,
-                               "batch_size": args.batch_size, "views": args.views}
+    figures: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "views": args.views,
+    }
     teacher = create_model(TEACHER, checkpoint=CKPT).eval()
     preprocess = Preprocess.from_model(teacher)
     spec = uniform_width_spec(space_of(teacher, TEACHER), args.width)
@@ -82,8 +87,10 @@ def main() -> None:
     teacher_macs = measure_cost(teacher, size).macs
     student_cost = measure_cost(build_student(teacher, spec), size)
     figures["macs_ratio"] = student_cost.macs / teacher_macs
-    print(f"student: every block at width {args.width}: {student_cost.macs / 1e6:.1f}M MACs, "
-          f"{figures['macs_ratio']:.3f} of the teacher's {teacher_macs / 1e6:.1f}M; {student_cost.params:,} params")
+    print(
+        f"student: every block at width {args.width}: {student_cost.macs / 1e6:.1f}M MACs, "
+        f"{figures['macs_ratio']:.3f} of the teacher's {teacher_macs / 1e6:.1f}M; {student_cost.params:,} params"
+    )
 
     data = load_data(f"npz:{TRAIN}[:{args.train_size + args.val_size}]")
     train_idx, val_idx = split_train_val(data.y, args.val_size, 0, train_size=args.train_size)
@@ -92,15 +99,20 @@ def main() -> None:
     device = torch.device(args.device)
     test_teacher_pred = predict(teacher, test.x, preprocess, 256, device)
     figures["teacher_test_top1"] = _pct(test_teacher_pred, test.y)
-    print(f"data: {len(train_idx)} train x {args.views} views, {len(val_idx)} val (other train images), "
-          f"{len(test)} test; teacher test top-1 {figures['teacher_test_top1']:.2f}%", flush=True)
+    print(
+        f"data: {len(train_idx)} train x {args.views} views, {len(val_idx)} val (other train images), "
+        f"{len(test)} test; teacher test top-1 {figures['teacher_test_top1']:.2f}%",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = TeacherCache(args.cache_dir or tmp)
         teacher_id = TeacherId.of(TEACHER, {}, CKPT)
 
         def distiller(cfg: ProxyConfig = config, **kw: Any) -> Distiller:
-            return Distiller(teacher, data, train_idx, val_idx, preprocess, cfg, teacher_id=teacher_id, cache=cache, **kw)
+            return Distiller(
+                teacher, data, train_idx, val_idx, preprocess, cfg, teacher_id=teacher_id, cache=cache, **kw
+            )
 
         t = time.perf_counter()
         kd = distiller()
@@ -108,23 +120,34 @@ def main() -> None:
         t = time.perf_counter()
         kd = distiller()
         figures["cache_reload_s"] = time.perf_counter() - t
-        print(f"teacher cache: build {figures['cache_build_s']:.1f} s (teacher on {len(train_idx) * args.views} train "
-              f"+ {len(val_idx)} val images), reload {figures['cache_reload_s']:.2f} s (hit: {kd.cache_hit})", flush=True)
+        print(
+            f"teacher cache: build {figures['cache_build_s']:.1f} s (teacher on {len(train_idx) * args.views} train "
+            f"+ {len(val_idx)} val images), reload {figures['cache_reload_s']:.2f} s (hit: {kd.cache_hit})",
+            flush=True,
+        )
 
         student = build_student(teacher, spec)
-        recalibrate_bn(student, (kd._pre(kd.train_views[i * 128:(i + 1) * 128]) for i in range(config.bn_recalibration_batches)))
+        recalibrate_bn(
+            student, (kd._pre(kd.train_views[i * 128 : (i + 1) * 128]) for i in range(config.bn_recalibration_batches))
+        )
         figures["inherited_0_steps_val_top1"], _ = kd.evaluate(student)
         figures["inherited_0_steps_test_top1"] = _pct(predict(student, test.x, preprocess, 256, device), test.y)
 
         def trial(name: str, model: torch.nn.Module, dist: Distiller) -> ProxyResult:
             r = dist.score(model)
             test_pred = predict(model, test.x, preprocess, 256, device)
-            figures[name] = {**r.to_dict(), "test_top1": _pct(test_pred, test.y),
-                             "test_agreement": float((test_pred == test_teacher_pred).double().mean())}
+            figures[name] = {
+                **r.to_dict(),
+                "test_top1": _pct(test_pred, test.y),
+                "test_agreement": float((test_pred == test_teacher_pred).double().mean()),
+            }
             f = figures[name]
-            print(f"{name:18s} {r.steps:4d} steps  val {r.val_top1:6.2f}%  test {f['test_top1']:6.2f}%  "
-                  f"agree(val) {r.teacher_agreement:.3f}  {r.seconds:7.1f} s/trial  {r.train_images_per_s:6.0f} train img/s  "
-                  f"loss {r.final_loss:.4f}", flush=True)
+            print(
+                f"{name:18s} {r.steps:4d} steps  val {r.val_top1:6.2f}%  test {f['test_top1']:6.2f}%  "
+                f"agree(val) {r.teacher_agreement:.3f}  {r.seconds:7.1f} s/trial  {r.train_images_per_s:6.0f} train img/s  "
+                f"loss {r.final_loss:.4f}",
+                flush=True,
+            )
             return r
 
         # cache speed-up: alternate short cached / online segments of the same trial
@@ -136,26 +159,38 @@ def main() -> None:
                 rates[name].append(dist.score(build_student(teacher, spec)).train_images_per_s)
         figures["speed_segments_images_per_s"] = rates
         figures["cache_speedup"] = statistics.median(rates["cached"]) / statistics.median(rates["online"])
-        print(f"cache speed-up: {figures['cache_speedup']:.2f}x training images/s with cached teacher outputs "
-              f"(median of {args.speed_rounds} alternating {args.speed_steps}-step segments: "
-              f"cached {[round(r) for r in rates['cached']]}, online {[round(r) for r in rates['online']]} img/s)", flush=True)
+        print(
+            f"cache speed-up: {figures['cache_speedup']:.2f}x training images/s with cached teacher outputs "
+            f"(median of {args.speed_rounds} alternating {args.speed_steps}-step segments: "
+            f"cached {[round(r) for r in rates['cached']]}, online {[round(r) for r in rates['online']]} img/s)",
+            flush=True,
+        )
 
         # determinism: the same short trial twice
         repeat_kd = distiller(ProxyConfig(**{**config.to_dict(), "steps": args.repeat_steps}))
         a, b = (repeat_kd.score(build_student(teacher, spec)) for _ in range(2))
-        figures["deterministic"] = (a.val_top1, a.teacher_agreement, a.final_loss) == (b.val_top1, b.teacher_agreement, b.final_loss)
-        print(f"same seed, same score ({args.repeat_steps} steps, twice): {figures['deterministic']} "
-              f"(val {a.val_top1:.2f}% / {b.val_top1:.2f}%, loss {a.final_loss:.6f} / {b.final_loss:.6f})", flush=True)
+        figures["deterministic"] = (a.val_top1, a.teacher_agreement, a.final_loss) == (
+            b.val_top1,
+            b.teacher_agreement,
+            b.final_loss,
+        )
+        print(
+            f"same seed, same score ({args.repeat_steps} steps, twice): {figures['deterministic']} "
+            f"(val {a.val_top1:.2f}% / {b.val_top1:.2f}%, loss {a.final_loss:.6f} / {b.final_loss:.6f})",
+            flush=True,
+        )
 
         inherited = trial("inherited", build_student(teacher, spec), kd)
         torch.manual_seed(0)
         scratch_cfg = ProxyConfig(**{**config.to_dict(), "lr": args.scratch_lr})
         scratch = trial("scratch", build_student(create_model(TEACHER), spec), distiller(scratch_cfg))
 
-    print(f"inherited vs scratch after {args.steps} steps: val {inherited.val_top1:.2f}% vs {scratch.val_top1:.2f}% "
-          f"(scratch lr {args.scratch_lr}), test {figures['inherited']['test_top1']:.2f}% vs {figures['scratch']['test_top1']:.2f}%; "
-          f"before training (BN recalibrated only): val {figures['inherited_0_steps_val_top1']:.2f}%, "
-          f"test {figures['inherited_0_steps_test_top1']:.2f}%")
+    print(
+        f"inherited vs scratch after {args.steps} steps: val {inherited.val_top1:.2f}% vs {scratch.val_top1:.2f}% "
+        f"(scratch lr {args.scratch_lr}), test {figures['inherited']['test_top1']:.2f}% vs {figures['scratch']['test_top1']:.2f}%; "
+        f"before training (BN recalibrated only): val {figures['inherited_0_steps_val_top1']:.2f}%, "
+        f"test {figures['inherited_0_steps_test_top1']:.2f}%"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -91,8 +91,26 @@ def stage_recheck() -> dict[str, Any]:
 def stage_datafree() -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     raw = OUT / "datafree_raw.json"
-    result = run([sys.executable, "bench/datafree.py", "--n", "384", "--iters", "100", "--synth-batch", "128",
-                  "--candidates", "6", "--steps", "100", "--json", str(raw.relative_to(ROOT))], log, raw)
+    result = run(
+        [
+            sys.executable,
+            "bench/datafree.py",
+            "--n",
+            "384",
+            "--iters",
+            "100",
+            "--synth-batch",
+            "128",
+            "--candidates",
+            "6",
+            "--steps",
+            "100",
+            "--json",
+            str(raw.relative_to(ROOT)),
+        ],
+        log,
+        raw,
+    )
     return {"commands": log, "datafree": result}
 
 
@@ -101,8 +119,12 @@ def stage_resolution() -> dict[str, Any]:
     summary = run([*CLI, "search", RES_SPEC, "--format", "json"], log)
     best = {}
     for budget in ("20%", "35%", "50%"):
-        best[f"MACs <= {budget}"] = run([*CLI, "best", "--study", RES_STUDY, "--budget-flops", budget, "--format", "json"], log)
-    best["memory <= 200kB"] = run([*CLI, "best", "--study", RES_STUDY, "--budget-memory", "200kB", "--format", "json"], log)
+        best[f"MACs <= {budget}"] = run(
+            [*CLI, "best", "--study", RES_STUDY, "--budget-flops", budget, "--format", "json"], log
+        )
+    best["memory <= 200kB"] = run(
+        [*CLI, "best", "--study", RES_STUDY, "--budget-memory", "200kB", "--format", "json"], log
+    )
     latency = run([*CLI, "pareto", "--study", RES_STUDY, "--cost", "latency", "--format", "json"], log)
     return {"commands": log, "summary": summary, "best": best, "latency_front": latency["front"]}
 
@@ -116,9 +138,33 @@ def stage_vit() -> dict[str, Any]:
 def stage_finetune() -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     best = run([*CLI, "best", "--study", STUDY, "--budget-flops", "50%", "--format", "json"], log)
-    result = run([*CLI, "finetune", "--study", STUDY, "--trial", str(best["trial"]), "--epochs", "6",
-                  "--data", TRAIN, "--test", REPORT, "--downstream", "digits", "--downstream-test", "digits:test",
-                  "--downstream-epochs", "10", "--no-downstream-flip", "--restart", "--format", "json"], log)
+    result = run(
+        [
+            *CLI,
+            "finetune",
+            "--study",
+            STUDY,
+            "--trial",
+            str(best["trial"]),
+            "--epochs",
+            "6",
+            "--data",
+            TRAIN,
+            "--test",
+            REPORT,
+            "--downstream",
+            "digits",
+            "--downstream-test",
+            "digits:test",
+            "--downstream-epochs",
+            "10",
+            "--no-downstream-flip",
+            "--restart",
+            "--format",
+            "json",
+        ],
+        log,
+    )
     return {"commands": log, "best": best, "finetune": result}
 
 
@@ -128,7 +174,11 @@ def stage_vs_pruning() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for teacher in ("cifar_resnet56", "cifar_resnet20"):
         raw = OUT / f"vs_pruning_{teacher.removeprefix('cifar_')}.json"
-        out[teacher] = run([sys.executable, "bench/vs_pruning.py", "--teacher", teacher, "--json", str(raw.relative_to(ROOT))], log, raw)
+        out[teacher] = run(
+            [sys.executable, "bench/vs_pruning.py", "--teacher", teacher, "--json", str(raw.relative_to(ROOT))],
+            log,
+            raw,
+        )
     return {"commands": log, **out}
 
 
@@ -137,8 +187,20 @@ def stage_prescreen() -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     raw = OUT / "prescreen_raw.json"
     home = os.environ["STRUCTSEARCH_HOME"]
-    result = run([sys.executable, "bench/prescreen.py", "--home", home, "--study", "vs-pruning-cifar_resnet56",
-                  "--json", str(raw.relative_to(ROOT))], log, raw)
+    result = run(
+        [
+            sys.executable,
+            "bench/prescreen.py",
+            "--home",
+            home,
+            "--study",
+            "vs-pruning-cifar_resnet56",
+            "--json",
+            str(raw.relative_to(ROOT)),
+        ],
+        log,
+        raw,
+    )
     return {"commands": log, "prescreen": result}
 
 

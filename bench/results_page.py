@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 OUT = DOCS / "results"
@@ -33,7 +33,9 @@ def pct(x: float | None) -> str:
 def commands(stage: dict[str, Any]) -> str:
     lines = "\n".join(c["command"] for c in stage["commands"])
     total = stage.get("seconds")
-    return f"```\n{lines}\n```\n" + (f"({total / 60:.1f} min on {stage.get('machine', 'this machine')})\n" if total else "")
+    return f"```\n{lines}\n```\n" + (
+        f"({total / 60:.1f} min on {stage.get('machine', 'this machine')})\n" if total else ""
+    )
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -42,7 +44,9 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def scatter(path: Path, xs: list[float], ys: list[float], labels: list[str], xlabel: str, ylabel: str, title: str) -> str:
+def scatter(
+    path: Path, xs: list[float], ys: list[float], labels: list[str], xlabel: str, ylabel: str, title: str
+) -> str:
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.scatter(xs, ys, s=24)
     for x, y, label in zip(xs, ys, labels):
@@ -64,12 +68,22 @@ def section_teacher(s: Stages) -> str:
     c = st["cost"]
     return (
         "## Teacher: ResNet-56 on CIFAR-10\n\n"
-        + table(["data", "images", "top-1"], [[st["test"]["data"], st["test"]["images"], pct(st["test"]["top1"])],
-                                              [st["report"]["data"], st["report"]["images"], pct(st["report"]["top1"])]])
+        + table(
+            ["data", "images", "top-1"],
+            [
+                [st["test"]["data"], st["test"]["images"], pct(st["test"]["top1"])],
+                [st["report"]["data"], st["report"]["images"], pct(st["report"]["top1"])],
+            ],
+        )
         + f"\n{mega(c.get('macs'))} MACs, {c.get('params'):,} params"
-        + (f", latency {c['latency']['median_ms']:.2f} ms ({c['latency']['runtime']}, batch 1, {c['latency']['device']})" if c.get("latency") else "")
+        + (
+            f", latency {c['latency']['median_ms']:.2f} ms ({c['latency']['runtime']}, batch 1, {c['latency']['device']})"
+            if c.get("latency")
+            else ""
+        )
         + (f", peak activation memory {c['memory']['peak_bytes'] / 1e3:.1f} kB" if c.get("memory") else "")
-        + ".\n\n" + commands(st)
+        + ".\n\n"
+        + commands(st)
     )
 
 
@@ -88,7 +102,8 @@ def section_search(s: Stages) -> str:
         f"Proxy time per trial on the front: {min(secs):.0f} s at least, {median(secs):.0f} s median (part of the search "
         "shared the 2 cores with other jobs; the command resumes a finished study, so the stage time below is short).\n\n"
         + table(["trial", "proxy val top-1", "MACs", "params"], rows)
-        + f"\n![Pareto front]({OUT.name}/{st['plot']})\n\n" + commands(st)
+        + f"\n![Pareto front]({OUT.name}/{st['plot']})\n\n"
+        + commands(st)
     )
 
 
@@ -98,18 +113,29 @@ def section_recheck(s: Stages) -> str:
         return "## Proxy fidelity: proxy vs longer training\n\nnot run yet\n"
     r = st["recheck"]
     entries = r["entries"]
-    png = scatter(OUT / "recheck.png", [e["proxy_score"] for e in entries], [e["long_score"] for e in entries],
-                  [f"t{e['trial']}" for e in entries], f"proxy val top-1 ({r['proxy_steps']} steps)",
-                  f"val top-1 after {r['steps']} steps", f"Kendall tau = {r['tau']}")
-    rows = [[e["trial"], e["group"], mega(e["macs"]), pct(e["proxy_score"]), pct(e["long_score"]), f"{e['seconds']:.0f} s"]
-            for e in sorted(entries, key=lambda e: -e["proxy_score"])]
+    png = scatter(
+        OUT / "recheck.png",
+        [e["proxy_score"] for e in entries],
+        [e["long_score"] for e in entries],
+        [f"t{e['trial']}" for e in entries],
+        f"proxy val top-1 ({r['proxy_steps']} steps)",
+        f"val top-1 after {r['steps']} steps",
+        f"Kendall tau = {r['tau']}",
+    )
+    rows = [
+        [e["trial"], e["group"], mega(e["macs"]), pct(e["proxy_score"]), pct(e["long_score"]), f"{e['seconds']:.0f} s"]
+        for e in sorted(entries, key=lambda e: -e["proxy_score"])
+    ]
     return (
         "## Proxy fidelity: proxy vs longer training\n\n"
         f"The {r['top']} best front candidates and {r['top']} random other feasible ones, retrained for {r['steps']} "
         f"steps ({r['steps'] // r['proxy_steps']}x the proxy). **Kendall tau = {r['tau']}** (p = {r['tau_p_value']}), "
         f"Spearman {r['spearman']}; the proxy's winner {'is' if r['same_winner'] else 'is not'} the longer run's winner.\n\n"
-        + table(["trial", "group", "MACs", f"proxy ({r['proxy_steps']} steps)", f"long ({r['steps']} steps)", "time"], rows)
-        + f"\n![proxy vs long]({OUT.name}/{png})\n\n" + commands(st)
+        + table(
+            ["trial", "group", "MACs", f"proxy ({r['proxy_steps']} steps)", f"long ({r['steps']} steps)", "time"], rows
+        )
+        + f"\n![proxy vs long]({OUT.name}/{png})\n\n"
+        + commands(st)
     )
 
 
@@ -122,11 +148,19 @@ def section_datafree(s: Stages) -> str:
     syn = d["synthesis"]
     tau = d["datafree_vs_real"]
     tau_rv = d["datafree_train_real_val_vs_real"]
-    png = scatter(OUT / "datafree.png", [r["real"] for r in rows_in], [r["datafree"] for r in rows_in],
-                  [f"{r['macs_ratio']:.2f}" for r in rows_in], "real-data proxy val top-1 (%)",
-                  "data-free proxy score (% agreement, synthetic val)", f"Kendall tau = {tau['kendall_tau']:.2f}")
-    rows = [[i, f"{r['macs_ratio']:.2f}", pct(r["real"]), pct(r["datafree"]), pct(r["datafree_train_real_val"])]
-            for i, r in enumerate(rows_in)]
+    png = scatter(
+        OUT / "datafree.png",
+        [r["real"] for r in rows_in],
+        [r["datafree"] for r in rows_in],
+        [f"{r['macs_ratio']:.2f}" for r in rows_in],
+        "real-data proxy val top-1 (%)",
+        "data-free proxy score (% agreement, synthetic val)",
+        f"Kendall tau = {tau['kendall_tau']:.2f}",
+    )
+    rows = [
+        [i, f"{r['macs_ratio']:.2f}", pct(r["real"]), pct(r["datafree"]), pct(r["datafree_train_real_val"])]
+        for i, r in enumerate(rows_in)
+    ]
     return (
         "## Data-free proxy vs real-data proxy\n\n"
         f"{syn['images']} images synthesised from the teacher alone ({syn['method']}, {d['iters']} iterations per batch "
@@ -139,8 +173,11 @@ def section_datafree(s: Stages) -> str:
         f"Spearman {tau['spearman_rho']:.2f}\n"
         f"- trained on synthetic images, scored on real validation images vs real-data proxy: Kendall tau = "
         f"{tau_rv['kendall_tau']:.2f} (p = {tau_rv['kendall_p']:.2f})\n\n"
-        + table(["candidate", "MACs / teacher", "real-data proxy", "data-free proxy", "data-free trained, real val"], rows)
-        + f"\n![data-free vs real]({OUT.name}/{png})\n\n" + commands(st)
+        + table(
+            ["candidate", "MACs / teacher", "real-data proxy", "data-free proxy", "data-free trained, real val"], rows
+        )
+        + f"\n![data-free vs real]({OUT.name}/{png})\n\n"
+        + commands(st)
     )
 
 
@@ -150,9 +187,17 @@ def section_resolution(s: Stages) -> str:
         return "## Budgets, resolution, latency and memory\n\nnot run yet\n"
     rows = []
     for budget, r in st["best"].items():
-        rows.append([budget, r["trial"], r.get("resolution") or 32, pct(r["score"]), mega(r["macs"]),
-                     f"{r['latency_ms']:.2f} ms" if r.get("latency_ms") else "-",
-                     f"{r['memory_bytes'] / 1e3:.1f} kB" if r.get("memory_bytes") else "-"])
+        rows.append(
+            [
+                budget,
+                r["trial"],
+                r.get("resolution") or 32,
+                pct(r["score"]),
+                mega(r["macs"]),
+                f"{r['latency_ms']:.2f} ms" if r.get("latency_ms") else "-",
+                f"{r['memory_bytes'] / 1e3:.1f} kB" if r.get("memory_bytes") else "-",
+            ]
+        )
     front = st["latency_front"]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     for res in sorted({r.get("resolution") or 32 for r in front}):
@@ -174,7 +219,8 @@ def section_resolution(s: Stages) -> str:
         "output at full resolution; and this stage ran while other stages shared the 2 cores, so single latencies "
         "are noisy (compare within the table, not against a quiet machine).\n\n"
         + table(["budget", "trial", "resolution", "proxy val top-1", "MACs", "latency", "peak act. memory"], rows)
-        + "\n![latency front](results/latency_front.png)\n\n" + commands(st)
+        + "\n![latency front](results/latency_front.png)\n\n"
+        + commands(st)
     )
 
 
@@ -189,7 +235,9 @@ def section_vit(s: Stages) -> str:
         f"ResNet-56 distilled into a ViT (patch 4, width 128) whose depth, heads and MLP width are searched under 50 % "
         f"of the teacher's MACs; the ViT cannot inherit CNN weights and learns from logits from scratch. "
         f"{sm['trials']} trials; teacher {pct(sm['teacher_score'])} on the same split.\n\n"
-        + table(["trial", "proxy val top-1", "MACs", "params"], rows) + "\n" + commands(st)
+        + table(["trial", "proxy val top-1", "MACs", "params"], rows)
+        + "\n"
+        + commands(st)
     )
 
 
@@ -204,40 +252,58 @@ def section_finetune(s: Stages) -> str:
         f"The best student within 50 % of the teacher's MACs (trial {b['trial']}, {mega(b['macs'])} MACs, "
         f"proxy {pct(b['score'])}) trained on the full 50k training set with KD for {f.get('epochs')} epochs "
         f"on {f.get('device', 'CPU')}:\n\n"
-        + table(["model", "test[5000:] top-1"], [["student", pct(f.get("test_top1"))], ["teacher ResNet-56", pct(f.get("teacher_top1"))]])
+        + table(
+            ["model", "test[5000:] top-1"],
+            [["student", pct(f.get("test_top1"))], ["teacher ResNet-56", pct(f.get("teacher_top1"))]],
+        )
         + f"\nAn epoch took {f['kd']['seconds_per_epoch'] / 60:.1f} min here. Then the student, with a new 10-class head, "
         f"was fine-tuned on scikit-learn's digits (8x8 grey images resized to 32 px; downstream task): "
-        f"**{pct((f.get('downstream') or {}).get('test_top1'))}** on the held-out digits.\n\n"
-        + commands(st)
+        f"**{pct((f.get('downstream') or {}).get('test_top1'))}** on the held-out digits.\n\n" + commands(st)
     )
 
 
 def _vs_rows(r: dict[str, Any]) -> list[list[Any]]:
-    return [[x["name"], mega(x["macs"]), f"{100 * x['macs'] / r['max_macs']:.1f}%", f"{x['params'] / 1e3:.1f}k",
-             pct(x.get("proxy")), pct(x["val"]), f"**{x['test']:.2f}%**"] for x in r["rows"]]
+    return [
+        [
+            x["name"],
+            mega(x["macs"]),
+            f"{100 * x['macs'] / r['max_macs']:.1f}%",
+            f"{x['params'] / 1e3:.1f}k",
+            pct(x.get("proxy")),
+            pct(x["val"]),
+            f"**{x['test']:.2f}%**",
+        ]
+        for x in r["rows"]
+    ]
 
 
 def section_vs_pruning(s: Stages) -> str:
     st = s.get("vs_pruning")
     if not st:
         return "## The search against structured pruning\n\nnot run yet\n"
-    parts = ["## The search against structured pruning at 50 % MACs\n\n"
-             "Every study scores its baselines first: `uniform` width scaling to the budget, `global_magnitude` "
-             "(group-L2 channel ranking across all blocks, Torch-Pruning's global recipe, put on the width grid) and "
-             "`depth` (stage-uniform block dropping). The best *searched* student within the budget (not a baseline), "
-             "the baselines and channel-level global magnitude pruning (off the grid) then get the **same** short KD: "
-             "300 steps of batch 128 on train[:10000], no augmentation, teacher logits precomputed, KL at T=4 times "
-             "T^2, SGD Nesterov, OneCycle to lr 0.05 with 15% warm-up, seed 0. Structures were selected on "
-             "test[:2000] (the proxy); test[5000:] was never looked at before this table.\n"]
+    parts = [
+        "## The search against structured pruning at 50 % MACs\n\n"
+        "Every study scores its baselines first: `uniform` width scaling to the budget, `global_magnitude` "
+        "(group-L2 channel ranking across all blocks, Torch-Pruning's global recipe, put on the width grid) and "
+        "`depth` (stage-uniform block dropping). The best *searched* student within the budget (not a baseline), "
+        "the baselines and channel-level global magnitude pruning (off the grid) then get the **same** short KD: "
+        "300 steps of batch 128 on train[:10000], no augmentation, teacher logits precomputed, KL at T=4 times "
+        "T^2, SGD Nesterov, OneCycle to lr 0.05 with 15% warm-up, seed 0. Structures were selected on "
+        "test[:2000] (the proxy); test[5000:] was never looked at before this table.\n"
+    ]
     for teacher, r in ((k, v) for k, v in st.items() if k.startswith("cifar_")):
         checks = "; ".join(f"{what}: {'yes' if ok else '**no**'}" for what, ok in r["checks"].items())
         parts.append(
             f"\n### {teacher}, budget {r['budget']} = {mega(r['max_macs'])} MACs\n\n"
             f"Search: {r['trials']} trials in {r['search_minutes']:.1f} min, {r['in_window']} of them within "
             f"[0.9, 1.0] x budget.\n\n"
-            + table(["student", "MACs", "of budget", "params", "proxy (test[:2000])", "test[:5000]", "test[5000:]"], _vs_rows(r))
+            + table(
+                ["student", "MACs", "of budget", "params", "proxy (test[:2000])", "test[:5000]", "test[5000:]"],
+                _vs_rows(r),
+            )
             + "\nGain of the searched student on test[5000:]: "
-            + ", ".join(f"{g:+.2f} vs {name}" for name, g in r["gains"].items()) + f".\n\nAcceptance: {checks}.\n"
+            + ", ".join(f"{g:+.2f} vs {name}" for name, g in r["gains"].items())
+            + f".\n\nAcceptance: {checks}.\n"
         )
     return "".join(parts) + "\n" + commands(st)
 
@@ -247,17 +313,29 @@ def section_prescreen(s: Stages) -> str:
     if not st:
         return "## Pre-screen\n\nnot run yet\n"
     p = st["prescreen"]
-    rows = [[name, p[name]["n"], p[name]["tau"], f"{p[name]['p']:.2g}", p[name]["spearman"]] for name in ("all", "at budget") if name in p]
-    png = scatter(OUT / "prescreen.png", [r["quick"] for r in p["rows"]], [r["proxy"] for r in p["rows"]],
-                  [f"t{r['trial']}" for r in p["rows"]], "top-1 after BN recalibration only (512 images)",
-                  "proxy val top-1 (100 KD steps)", f"pre-screen vs proxy, Kendall tau = {p['all']['tau']}")
+    rows = [
+        [name, p[name]["n"], p[name]["tau"], f"{p[name]['p']:.2g}", p[name]["spearman"]]
+        for name in ("all", "at budget")
+        if name in p
+    ]
+    png = scatter(
+        OUT / "prescreen.png",
+        [r["quick"] for r in p["rows"]],
+        [r["proxy"] for r in p["rows"]],
+        [f"t{r['trial']}" for r in p["rows"]],
+        "top-1 after BN recalibration only (512 images)",
+        "proxy val top-1 (100 KD steps)",
+        f"pre-screen vs proxy, Kendall tau = {p['all']['tau']}",
+    )
     return (
         "## Pre-screen: BatchNorm-recalibrated accuracy vs the KD proxy\n\n"
         f"Every trained trial of the ResNet-56 study above, scored without training (EagleEye: top-1 on 512 "
         f"validation images after BatchNorm recalibration on 4 batches): {p['per_candidate_s']:.2f} s per candidate "
         f"against a median proxy trial of {p['median_proxy_s']:.1f} s.\n\n"
         + table(["trials", "n", "Kendall tau", "p", "Spearman"], rows)
-        + f"\n![pre-screen vs proxy]({OUT.name}/{png})\n\n" + _prescreen_effect(st) + commands(st)
+        + f"\n![pre-screen vs proxy]({OUT.name}/{png})\n\n"
+        + _prescreen_effect(st)
+        + commands(st)
     )
 
 
@@ -269,13 +347,30 @@ def _prescreen_effect(st: dict[str, Any]) -> str:
     rows = []
     for label, r in runs.items():
         best = r["rows"][1]
-        rows.append([label, f"{r['search_minutes']:.1f} min", r["in_window"], pct(best.get("proxy")), pct(best["test"]),
-                     pct(next(x["proxy"] for x in r["rows"] if x["name"].startswith("uniform")))])
+        rows.append(
+            [
+                label,
+                f"{r['search_minutes']:.1f} min",
+                r["in_window"],
+                pct(best.get("proxy")),
+                pct(best["test"]),
+                pct(next(x["proxy"] for x in r["rows"] if x["name"].startswith("uniform"))),
+            ]
+        )
     return (
         "The ResNet-56 search run with and without it (`prescreen: {candidates: 200, keep: 0.1}`; same seed; both "
         "runs shared the 2 cores with test runs for part of the time, so their times are upper bounds):\n\n"
-        + table(["search", "time", "trials in [0.9, 1] x budget", "best searched proxy", "its test[5000:] after the 300-step KD",
-                 "uniform baseline proxy"], rows)
+        + table(
+            [
+                "search",
+                "time",
+                "trials in [0.9, 1] x budget",
+                "best searched proxy",
+                "its test[5000:] after the 300-step KD",
+                "uniform baseline proxy",
+            ],
+            rows,
+        )
         + "\nThe pre-screen raises the best searched proxy score but not the student's accuracy after the reference "
         "KD, and the front's top is the uniform baseline either way: it stays off by default "
         "(`prescreen.candidates: 0`).\n\n"
@@ -293,9 +388,15 @@ def section_trial_cost(s: Stages) -> str:
         "latency and memory measurement, BatchNorm recalibration, proxy, validation, artifact, storage) against the "
         "same students' optimisation steps alone on the cached teacher outputs, and against the same steps with the "
         "teacher run online.\n\n"
-        + table(["ratio", "value", "goal"], [["trial / steps", f"{t['trial_over_steps']:.2f}", "<= 1.2"],
-                                            ["online teacher / cached", f"{t['online_over_cached']:.2f}x", ">= 1.5x"]])
-        + f"\nMedian trial: {t['median_trial_s']:.1f} s.\n\n" + commands(st)
+        + table(
+            ["ratio", "value", "goal"],
+            [
+                ["trial / steps", f"{t['trial_over_steps']:.2f}", "<= 1.2"],
+                ["online teacher / cached", f"{t['online_over_cached']:.2f}x", ">= 1.5x"],
+            ],
+        )
+        + f"\nMedian trial: {t['median_trial_s']:.1f} s.\n\n"
+        + commands(st)
     )
 
 

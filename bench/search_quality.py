@@ -34,12 +34,17 @@ def sampler_efficiency(spec, storage: str, trials: int) -> None:
     hv = {}
     for sampler in ("tpe", "random"):
         t = time.perf_counter()
-        s = run_search(spec.with_overrides(name=f"{spec.name}-{sampler}", sampler=sampler, trials=trials, warm_start=False), storage)
+        s = run_search(
+            spec.with_overrides(name=f"{spec.name}-{sampler}", sampler=sampler, trials=trials, warm_start=False),
+            storage,
+        )
         front = pareto_front(study_records(s))
         hv[sampler] = hypervolume(front, s.user_attrs["teacher_macs"], s.user_attrs["max_macs"])
         best = max((r.score for r in front), default=float("nan"))
-        print(f"  {sampler:6s} hypervolume {hv[sampler]:8.3f}   front {len(front)} points, best {best:.2f}%   "
-              f"({time.perf_counter() - t:.0f} s)")
+        print(
+            f"  {sampler:6s} hypervolume {hv[sampler]:8.3f}   front {len(front)} points, best {best:.2f}%   "
+            f"({time.perf_counter() - t:.0f} s)"
+        )
     if hv["random"] > 0:
         print(f"  TPE / random hypervolume ratio: {hv['tpe'] / hv['random']:.3f}")
 
@@ -49,8 +54,10 @@ def uniform_baseline(spec, storage: str, study_name: str) -> None:
     front = pareto_front(study_records(study))
     plan = plan_search(spec)
     ctx = build_context(plan)
-    print(f"== uniform width scaling vs the front of '{study_name}' (teacher {ctx.teacher_score:.2f}%, "
-          f"{format_count(plan.teacher_cost.macs)} MACs, budget {format_count(plan.max_macs or 0)})")
+    print(
+        f"== uniform width scaling vs the front of '{study_name}' (teacher {ctx.teacher_score:.2f}%, "
+        f"{format_count(plan.teacher_cost.macs)} MACs, budget {format_count(plan.max_macs or 0)})"
+    )
     print(f"  {'ratio':>5s} {'MACs':>8s} {'uniform %':>9s} | {'searched %':>10s} {'MACs':>8s} trial  gain")
     for spec_u in uniform_width_specs(plan.space):
         student = build_student(ctx.base, spec_u)
@@ -62,7 +69,9 @@ def uniform_baseline(spec, storage: str, study_name: str) -> None:
         rivals = [r for r in front if r.macs <= macs]
         if rivals:
             r = max(rivals, key=lambda r: r.score)
-            print(f"  {ratio:5.3f} {format_count(macs):>8s} {score:9.2f} | {r.score:10.2f} {format_count(r.macs):>8s} {r.trial:5d} {r.score - score:+5.2f}")
+            print(
+                f"  {ratio:5.3f} {format_count(macs):>8s} {score:9.2f} | {r.score:10.2f} {format_count(r.macs):>8s} {r.trial:5d} {r.score - score:+5.2f}"
+            )
         else:
             print(f"  {ratio:5.3f} {format_count(macs):>8s} {score:9.2f} | {'(none at <= MACs)':>25s}")
 
@@ -72,7 +81,9 @@ def main() -> None:
     ap.add_argument("spec", nargs="?", type=Path, help="study spec YAML (default: the embedded default)")
     ap.add_argument("--trials", type=int, default=None, help="trials per sampler (default: the spec's)")
     ap.add_argument("--storage", default=None, help="storage URL (default: a temporary SQLite file)")
-    ap.add_argument("--study", default=None, help="compare the uniform baseline against this study (default: the TPE run)")
+    ap.add_argument(
+        "--study", default=None, help="compare the uniform baseline against this study (default: the TPE run)"
+    )
     ap.add_argument("--skip-samplers", action="store_true", help="only the uniform baseline")
     args = ap.parse_args()
     spec = load_study_spec(args.spec) if args.spec else default_spec()

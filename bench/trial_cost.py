@@ -72,7 +72,9 @@ def main() -> None:
     from structsearch.space import ArchSpec
     from structsearch.surgery import build_student, get_importance
 
-    spec = load_study_spec(args.spec).with_overrides(name="trial-cost", trials=args.trials, baselines=[], warm_start=False)
+    spec = load_study_spec(args.spec).with_overrides(
+        name="trial-cost", trials=args.trials, baselines=[], warm_start=False
+    )
     plan = plan_search(spec)
     ctx = build_context(plan)  # teacher outputs cached here, before anything is timed
     study = open_study(plan, open_storage())
@@ -91,7 +93,9 @@ def main() -> None:
         student = build_student(ctx.base, ArchSpec.from_dict(t.user_attrs["spec"]), importance)
         steps_s.append(time_steps(ctx.distiller, copy.deepcopy(student)))
         online_s.append(time_steps(ctx.distiller, copy.deepcopy(student), online))
-    print(f"{spec.teacher.model}, {spec.proxy.steps} steps x batch {spec.proxy.batch_size}, {torch.get_num_threads()} threads")
+    print(
+        f"{spec.teacher.model}, {spec.proxy.steps} steps x batch {spec.proxy.batch_size}, {torch.get_num_threads()} threads"
+    )
     print(f"{'trial':>5s} {'MACs':>8s} {'trial s':>8s} {'steps s':>8s} {'online s':>9s} {'trial/steps':>12s}")
     for t, a, b, c in zip(study.get_trials(), trial_s, steps_s, online_s):
         print(f"{t.number:5d} {t.user_attrs['macs'] / 1e6:7.1f}M {a:8.2f} {b:8.2f} {c:9.2f} {a / b:12.2f}")
@@ -100,11 +104,21 @@ def main() -> None:
     print(f"\ntrial / steps: {ratio:.2f} (goal <= 1.2)   online teacher / cached: {cache:.2f}x (goal >= 1.5)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "trials": len(trial_s), "trial_s": trial_s, "steps_s": steps_s, "online_s": online_s,
-            "trial_over_steps": round(ratio, 3), "online_over_cached": round(cache, 3),
-            "median_trial_s": statistics.median(trial_s),
-        }, indent=2) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "trials": len(trial_s),
+                    "trial_s": trial_s,
+                    "steps_s": steps_s,
+                    "online_s": online_s,
+                    "trial_over_steps": round(ratio, 3),
+                    "online_over_cached": round(cache, 3),
+                    "median_trial_s": statistics.median(trial_s),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,16 @@ CHECKPOINTS = {
 REFERENCE = {"cifar_resnet56": 88.5}
 
 
-def short_kd(student: nn.Module, teacher_logits: torch.Tensor, x: torch.Tensor, steps: int = 300, batch: int = 128,
-             lr: float = 0.05, temperature: float = 4.0, seed: int = 0) -> float:  # fmt: skip
+def short_kd(
+    student: nn.Module,
+    teacher_logits: torch.Tensor,
+    x: torch.Tensor,
+    steps: int = 300,
+    batch: int = 128,
+    lr: float = 0.05,
+    temperature: float = 4.0,
+    seed: int = 0,
+) -> float:
     """The fixed recipe; returns seconds. ``x`` is preprocessed (NCHW float), no augmentation."""
     torch.manual_seed(seed)
     student.train().to(memory_format=torch.channels_last)
@@ -59,8 +67,16 @@ def short_kd(student: nn.Module, teacher_logits: torch.Tensor, x: torch.Tensor, 
         idx = order[step * batch : (step + 1) * batch]
         out = student(x[idx].contiguous(memory_format=torch.channels_last))
         t = temperature
-        loss = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(teacher_logits[idx] / t, 1), log_target=True,
-                        reduction="batchmean") * t * t  # fmt: skip
+        loss = (
+            F.kl_div(
+                F.log_softmax(out / t, 1),
+                F.log_softmax(teacher_logits[idx] / t, 1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * t
+            * t
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,7 +89,9 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     correct = 0
     with torch.inference_mode():
         for s in range(0, len(x), 500):
-            correct += int((model(x[s : s + 500].contiguous(memory_format=torch.channels_last)).argmax(1) == y[s : s + 500]).sum())
+            correct += int(
+                (model(x[s : s + 500].contiguous(memory_format=torch.channels_last)).argmax(1) == y[s : s + 500]).sum()
+            )
     return 100.0 * correct / len(x)
 
 
@@ -92,7 +110,9 @@ def channel_level_global_magnitude(teacher: nn.Module, plan: Any) -> tuple[nn.Mo
     spec = ArchSpec(plan.space.model, tuple(stages), plan.space.model_kwargs)
     student = copy.deepcopy(teacher)
     family_for(teacher).shrink(student, spec, get_importance("l1"))  # exact channel counts: no grid check
-    return student, {"channels": {f"{i}.{j}": kept[(i, j, "width")] for i, s in enumerate(stages) for j in range(len(s))}}
+    return student, {
+        "channels": {f"{i}.{j}": kept[(i, j, "width")] for i, s in enumerate(stages) for j in range(len(s))}
+    }
 
 
 def main() -> None:
@@ -101,7 +121,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--budget", default="50%")
     ap.add_argument("--proxy-lr", type=float, help="override the spec's proxy lr (an experiment; default: the spec's)")
-    ap.add_argument("--proxy-steps", type=int, help="override the spec's proxy steps (an experiment; default: the spec's)")
+    ap.add_argument(
+        "--proxy-steps", type=int, help="override the spec's proxy steps (an experiment; default: the spec's)"
+    )
     ap.add_argument("--home", help="STRUCTSEARCH_HOME to search in (default: a fresh temporary one)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -118,11 +140,17 @@ def main() -> None:
     from structsearch.surgery import build_student, get_importance
 
     spec = load_study_spec(ROOT / "studies" / "cifar10_resnet56.yaml")
-    spec = spec.with_overrides(**{
-        "name": f"vs-pruning-{args.teacher}", "trials": args.trials, "budget.flops": args.budget,
-        "teacher.model": args.teacher, "teacher.checkpoint": str(CHECKPOINTS[args.teacher]), "proxy.lr": args.proxy_lr,
-        "proxy.steps": args.proxy_steps,
-    })  # fmt: skip
+    spec = spec.with_overrides(
+        **{
+            "name": f"vs-pruning-{args.teacher}",
+            "trials": args.trials,
+            "budget.flops": args.budget,
+            "teacher.model": args.teacher,
+            "teacher.checkpoint": str(CHECKPOINTS[args.teacher]),
+            "proxy.lr": args.proxy_lr,
+            "proxy.steps": args.proxy_steps,
+        }
+    )
     os.chdir(ROOT)  # the spec's data paths are relative to the project root
     t0 = time.perf_counter()
     study = run_search(spec, None)
@@ -131,12 +159,22 @@ def main() -> None:
     max_macs = plan.max_macs
     records = {r.trial: r for r in study_records(study)}
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    baselines = {t.user_attrs["baseline"]: t for t in trials.values() if t.user_attrs.get("baseline") and t.user_attrs.get("trained")}
-    searched = [r for n, r in records.items() if r.trained and r.feasible and r.score is not None and n not in {t.number for t in baselines.values()}]
+    baselines = {
+        t.user_attrs["baseline"]: t
+        for t in trials.values()
+        if t.user_attrs.get("baseline") and t.user_attrs.get("trained")
+    }
+    searched = [
+        r
+        for n, r in records.items()
+        if r.trained and r.feasible and r.score is not None and n not in {t.number for t in baselines.values()}
+    ]
     best = max(searched, key=lambda r: r.score)
     macs_in_window = sum(1 for r in records.values() if r.macs and 0.9 * max_macs <= r.macs <= max_macs)
-    print(f"search: {len(records)} trials in {search_s / 60:.1f} min; {macs_in_window} within [0.9, 1.0] x budget "
-          f"({max_macs / 1e6:.1f}M MACs); best searched: trial {best.trial}, proxy {best.score:.2f}% at {best.macs / 1e6:.1f}M")  # fmt: skip
+    print(
+        f"search: {len(records)} trials in {search_s / 60:.1f} min; {macs_in_window} within [0.9, 1.0] x budget "
+        f"({max_macs / 1e6:.1f}M MACs); best searched: trial {best.trial}, proxy {best.score:.2f}% at {best.macs / 1e6:.1f}M"
+    )
 
     teacher = create_model(args.teacher, checkpoint=str(CHECKPOINTS[args.teacher])).eval()
     pre = Preprocess.from_model(teacher, (32, 32))
@@ -147,16 +185,33 @@ def main() -> None:
     y_test = test.y
     with torch.inference_mode():
         teacher_logits = torch.cat([teacher(b) for b in x_train.split(500)])
-    teacher_row = {"name": "teacher", "macs": plan.teacher_cost.macs, "params": plan.teacher_cost.params,
-                   "val": top1(teacher, x_test[:5000], y_test[:5000]), "test": top1(teacher, x_test[5000:], y_test[5000:])}  # fmt: skip
+    teacher_row = {
+        "name": "teacher",
+        "macs": plan.teacher_cost.macs,
+        "params": plan.teacher_cost.params,
+        "val": top1(teacher, x_test[:5000], y_test[:5000]),
+        "test": top1(teacher, x_test[5000:], y_test[5000:]),
+    }
 
     importance = get_importance(spec.importance, spec.seed)
     candidates: list[tuple[str, nn.Module, dict[str, Any]]] = []
-    candidates.append((f"searched (trial {best.trial})", build_student(teacher, ArchSpec.from_dict(best.spec), importance), {"trial": best.trial, "proxy": best.score}))
+    candidates.append(
+        (
+            f"searched (trial {best.trial})",
+            build_student(teacher, ArchSpec.from_dict(best.spec), importance),
+            {"trial": best.trial, "proxy": best.score},
+        )
+    )
     for name in ("global_magnitude", "uniform", "depth"):
         if name in baselines:
             t = baselines[name]
-            candidates.append((f"{name} (trial {t.number})", build_student(teacher, ArchSpec.from_dict(t.user_attrs["spec"]), importance), {"trial": t.number, "proxy": t.user_attrs.get("score")}))
+            candidates.append(
+                (
+                    f"{name} (trial {t.number})",
+                    build_student(teacher, ArchSpec.from_dict(t.user_attrs["spec"]), importance),
+                    {"trial": t.number, "proxy": t.user_attrs.get("score")},
+                )
+            )
     gm_student, gm_info = channel_level_global_magnitude(teacher, plan)
     candidates.append(("global magnitude, channel-level", gm_student, gm_info))
 
@@ -164,28 +219,44 @@ def main() -> None:
     for name, student, info in candidates:
         cost = measure_cost(student, (3, 32, 32))
         seconds = short_kd(student, teacher_logits, x_train)
-        row = {"name": name, "macs": cost.macs, "params": cost.params, "budget_used": cost.macs / max_macs,
-               "val": top1(student, x_test[:5000], y_test[:5000]), "test": top1(student, x_test[5000:], y_test[5000:]),
-               "kd_seconds": round(seconds, 1), **{k: v for k, v in info.items() if k != "channels"}}  # fmt: skip
+        row = {
+            "name": name,
+            "macs": cost.macs,
+            "params": cost.params,
+            "budget_used": cost.macs / max_macs,
+            "val": top1(student, x_test[:5000], y_test[:5000]),
+            "test": top1(student, x_test[5000:], y_test[5000:]),
+            "kd_seconds": round(seconds, 1),
+            **{k: v for k, v in info.items() if k != "channels"},
+        }
         rows.append(row)
-        print(f"  {name:34s} {row['macs'] / 1e6:6.1f}M MACs ({100 * row['budget_used']:5.1f}% of budget) "
-              f"{row['params'] / 1e3:6.1f}k params  test[:5000] {row['val']:.2f}%  test[5000:] {row['test']:.2f}%  ({seconds:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"  {name:34s} {row['macs'] / 1e6:6.1f}M MACs ({100 * row['budget_used']:5.1f}% of budget) "
+            f"{row['params'] / 1e3:6.1f}k params  test[:5000] {row['val']:.2f}%  test[5000:] {row['test']:.2f}%  ({seconds:.0f} s)",
+            flush=True,
+        )
 
     print(f"\n{args.teacher}, budget {args.budget} = {max_macs / 1e6:.1f}M MACs; same 300-step KD for every row")
     print(f"{'student':36s} {'MACs':>8s} {'% budget':>9s} {'params':>8s} {'test[:5000]':>12s} {'test[5000:]':>12s}")
     for r in rows:
-        print(f"{r['name']:36s} {r['macs'] / 1e6:7.1f}M {100 * r['macs'] / max_macs:8.1f}% {r['params'] / 1e3:7.1f}k {r['val']:11.2f}% {r['test']:11.2f}%")
+        print(
+            f"{r['name']:36s} {r['macs'] / 1e6:7.1f}M {100 * r['macs'] / max_macs:8.1f}% {r['params'] / 1e3:7.1f}k {r['val']:11.2f}% {r['test']:11.2f}%"
+        )
     searched_row = rows[1]
     print("\ngain of the searched student on test[5000:]:")
     gains = {}
     for r in rows[2:]:
         gains[r["name"]] = round(searched_row["test"] - r["test"], 2)
-        print(f"  vs {r['name']:34s} {gains[r['name']]:+.2f} points (it: {r['macs'] / 1e6:.1f}M, searched: {searched_row['macs'] / 1e6:.1f}M MACs)")
+        print(
+            f"  vs {r['name']:34s} {gains[r['name']]:+.2f} points (it: {r['macs'] / 1e6:.1f}M, searched: {searched_row['macs'] / 1e6:.1f}M MACs)"
+        )
     ref = REFERENCE.get(args.teacher)
     gm = next((r for r in rows if r["name"].startswith("global_magnitude")), None)
     checks = {
         "uses >= 90% of the budget": searched_row["budget_used"] >= 0.9,
-        "beats the study's global magnitude by >= 1.0": gm is not None and searched_row["test"] - gm["test"] >= 1.0 and gm["macs"] <= max_macs,
+        "beats the study's global magnitude by >= 1.0": gm is not None
+        and searched_row["test"] - gm["test"] >= 1.0
+        and gm["macs"] <= max_macs,
     }
     if ref is not None:
         checks[f"beats the issue's {ref}% by >= 1.0"] = searched_row["test"] - ref >= 1.0
@@ -193,11 +264,24 @@ def main() -> None:
         print(f"  [{'x' if ok else ' '}] {what}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "teacher": args.teacher, "budget": args.budget, "max_macs": max_macs, "trials": len(records),
-            "search_minutes": round(search_s / 60, 2), "in_window": macs_in_window, "rows": rows, "gains": gains,
-            "checks": checks, "reference": ref,
-        }, indent=2) + "\n")  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "teacher": args.teacher,
+                    "budget": args.budget,
+                    "max_macs": max_macs,
+                    "trials": len(records),
+                    "search_minutes": round(search_s / 60, 2),
+                    "in_window": macs_in_window,
+                    "rows": rows,
+                    "gains": gains,
+                    "checks": checks,
+                    "reference": ref,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __version__ = "0.1.0"
 
 
-def load(directory: str | Path) -> "nn.Module":
+def load(directory: str | Path) -> nn.Module:
     """Rebuild an exported student (``structsearch export``) in any process."""
     from structsearch.surgery import load_student
 

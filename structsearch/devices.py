@@ -40,6 +40,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise DeviceError(f"device {device!r} was asked for but CUDA is not available here; use cpu")
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise DeviceError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         dev = torch.device("cuda", index)
     return dev

@@ -123,7 +123,14 @@ class FinetuneConfig:
     downstream_val_size: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every", "report_every", "eval_batch_size", "downstream_epochs"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "checkpoint_every",
+            "report_every",
+            "eval_batch_size",
+            "downstream_epochs",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FinetuneError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -422,7 +429,13 @@ def finetune_trial(
         teacher_input_size=teacher_size,
         kd=kd,
         settings_hash=_settings_hash(settings),
-        extra={"lr": config.lr, "batch_size": config.batch_size, "temperature": temperature, "alpha": alpha, "seed": seed},
+        extra={
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "temperature": temperature,
+            "alpha": alpha,
+            "seed": seed,
+        },
     )
     if not kd.completed:
         result.seconds = time.perf_counter() - t_start
@@ -440,8 +453,18 @@ def finetune_trial(
     if downstream:
         status("downstream")
         result.downstream = _downstream(
-            student_cpu, arch, downstream, downstream_test, student_pre, config, seed, device, out_dir, resume,
-            base_settings=settings, on_progress=on_progress,
+            student_cpu,
+            arch,
+            downstream,
+            downstream_test,
+            student_pre,
+            config,
+            seed,
+            device,
+            out_dir,
+            resume,
+            base_settings=settings,
+            on_progress=on_progress,
         )
     result.seconds = time.perf_counter() - t_start
     _write_json_atomically(out_dir / RESULT_FILE, result.to_dict())
@@ -597,7 +620,9 @@ def _run_phase(
                 run = _Running()
             if epoch != order_epoch:
                 order_epoch = epoch
-                order = torch.randperm(len(y_src), generator=torch.Generator().manual_seed(_derived_seed(seed, phase, epoch)))
+                order = torch.randperm(
+                    len(y_src), generator=torch.Generator().manual_seed(_derived_seed(seed, phase, epoch))
+                )
             rows = order[b * bs : (b + 1) * bs].to(x_src.device)
             gen = torch.Generator().manual_seed(_derived_seed(seed, phase, epoch, b))
             x = augment(x_src[rows], gen).to(device, non_blocking=True)
@@ -668,8 +693,16 @@ class _Running:
 
 
 def _save_checkpoint(
-    path: Path, settings: dict[str, Any], settings_hash: str, step: int, run: _Running, train_seconds: float,
-    model: nn.Module, opt: torch.optim.Optimizer, sched: Any, device: torch.device,
+    path: Path,
+    settings: dict[str, Any],
+    settings_hash: str,
+    step: int,
+    run: _Running,
+    train_seconds: float,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    device: torch.device,
 ) -> None:
     """Write the checkpoint to a temporary file in the same directory, then ``os.replace`` it:
     an interruption mid-write leaves the previous checkpoint intact, never half a file."""
@@ -698,8 +731,13 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, settings: dict[str, Any], settings_hash: str,
-    model: nn.Module, opt: torch.optim.Optimizer, sched: Any, device: torch.device,
+    path: Path,
+    settings: dict[str, Any],
+    settings_hash: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    device: torch.device,
 ) -> tuple[int, _Running, float]:
     """Restore a run from ``path``; refuse a checkpoint of other settings or one that is damaged."""
     fix = "delete it or pass --restart"
@@ -812,9 +850,21 @@ def _downstream(
         return F.cross_entropy(logits.float(), y), logits
 
     phase = _run_phase(
-        phase="downstream", model=model, data=data, idx=train_idx, augment=augment, loss_fn=ce,
-        epochs=config.downstream_epochs, lr=config.downstream_lr, config=config, seed=seed, device=device,
-        ckpt=out_dir / f"{DOWNSTREAM_CHECKPOINT_PREFIX}{_settings_hash(settings)}.pt", settings=settings, resume=resume, on_progress=on_progress,
+        phase="downstream",
+        model=model,
+        data=data,
+        idx=train_idx,
+        augment=augment,
+        loss_fn=ce,
+        epochs=config.downstream_epochs,
+        lr=config.downstream_lr,
+        config=config,
+        seed=seed,
+        device=device,
+        ckpt=out_dir / f"{DOWNSTREAM_CHECKPOINT_PREFIX}{_settings_hash(settings)}.pt",
+        settings=settings,
+        resume=resume,
+        on_progress=on_progress,
         stop_after_steps=None,
     )
     acc = top1(model, test_data.x[test_idx], test_data.y[test_idx], pre, config.eval_batch_size, device)
@@ -825,7 +875,8 @@ def _downstream(
     _save_student_atomically(out_dir / DOWNSTREAM_DIR, model_cpu, new_arch, save_student)
     return {
         "data": data.source,
-        "test_data": test_data.source + ("" if test_text else f" (held-out {config.downstream_val_size:.0%}, stratified)"),
+        "test_data": test_data.source
+        + ("" if test_text else f" (held-out {config.downstream_val_size:.0%}, stratified)"),
         "train_images": len(train_idx),
         "test_images": len(test_idx),
         "num_classes": num_classes,

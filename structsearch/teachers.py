@@ -75,8 +75,17 @@ def trained_teacher(
 ) -> tuple[nn.Module, Path]:
     """The teacher trained by :func:`fit_teacher`, from the cache when the same one exists."""
     key_src = json.dumps(
-        {"model": model, "kwargs": kwargs, "data": data_key, "train": hashlib.sha256(train_idx.numpy().tobytes()).hexdigest(),
-         "preprocess": repr(preprocess), "augment": repr(augment), "epochs": epochs, "seed": seed, "v": 1},
+        {
+            "model": model,
+            "kwargs": kwargs,
+            "data": data_key,
+            "train": hashlib.sha256(train_idx.numpy().tobytes()).hexdigest(),
+            "preprocess": repr(preprocess),
+            "augment": repr(augment),
+            "epochs": epochs,
+            "seed": seed,
+            "v": 1,
+        },
         sort_keys=True,
     )
     path = cache_dir / f"{model}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"

@@ -76,7 +76,14 @@ def test_bad_input_is_one_line(args: tuple[str, ...], fragments: tuple[str, ...]
 
 
 def test_spec_that_does_not_fit_names_the_block(tmp_path: Path) -> None:
-    bad = {"model": "cifar_resnet20", "stages": [[{"keep": True, "width": 1.0}] * 3, [{"keep": False, "width": 1.0}] + [{"keep": True, "width": 1.0}] * 2, [{"keep": True, "width": 1.0}] * 3]}
+    bad = {
+        "model": "cifar_resnet20",
+        "stages": [
+            [{"keep": True, "width": 1.0}] * 3,
+            [{"keep": False, "width": 1.0}] + [{"keep": True, "width": 1.0}] * 2,
+            [{"keep": True, "width": 1.0}] * 3,
+        ],
+    }
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert_one_line_error(run("cost", "--spec", str(tmp_path / "bad.json")), "layer2.0", "cannot be dropped")
     (tmp_path / "junk.json").write_text("{nope")

@@ -219,19 +219,40 @@ def test_uncounted_elementwise_ops_are_fine() -> None:
 
 @pytest.mark.parametrize(
     "op",
-    ["aten::baddbmm", "aten::addmm_", "aten::_convolution", "aten::conv2d", "aten::conv_transpose2d",
-     "aten::scaled_dot_product_attention", "aten::linear", "aten::einsum", "aten::tensordot",
-     "aten::matmul", "aten::mv", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::lstm"],
-)  # fmt: skip
+    [
+        "aten::baddbmm",
+        "aten::addmm_",
+        "aten::_convolution",
+        "aten::conv2d",
+        "aten::conv_transpose2d",
+        "aten::scaled_dot_product_attention",
+        "aten::linear",
+        "aten::einsum",
+        "aten::tensordot",
+        "aten::matmul",
+        "aten::mv",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::lstm",
+    ],
+)
 def test_matmul_like_ops(op: str) -> None:
     assert is_matmul_like(op)
 
 
 @pytest.mark.parametrize(
     "op",
-    ["aten::add", "aten::mul", "aten::gelu", "aten::softmax", "aten::layer_norm", "aten::mean",
-     "aten::upsample_bilinear2d", "aten::_convert_indices_from_coo_to_csr", "aten::sigmoid"],
-)  # fmt: skip
+    [
+        "aten::add",
+        "aten::mul",
+        "aten::gelu",
+        "aten::softmax",
+        "aten::layer_norm",
+        "aten::mean",
+        "aten::upsample_bilinear2d",
+        "aten::_convert_indices_from_coo_to_csr",
+        "aten::sigmoid",
+    ],
+)
 def test_elementwise_ops_are_not_matmul_like(op: str) -> None:
     assert not is_matmul_like(op)
 
@@ -338,9 +359,18 @@ def test_resolve() -> None:
 
 @pytest.mark.parametrize(
     ("text", "canonical"),
-    [("300M", "300M"), ("1.2g", "1.2G"), ("850K", "850k"), ("300000000", "300M"), ("999", "999"),
-     ("60%", "60%"), ("12.5%", "12.5%"), ("2.50M", "2.5M"), ("1T", "1T")],
-)  # fmt: skip
+    [
+        ("300M", "300M"),
+        ("1.2g", "1.2G"),
+        ("850K", "850k"),
+        ("300000000", "300M"),
+        ("999", "999"),
+        ("60%", "60%"),
+        ("12.5%", "12.5%"),
+        ("2.50M", "2.5M"),
+        ("1T", "1T"),
+    ],
+)
 def test_canonical_string(text: str, canonical: str) -> None:
     assert str(parse_budget(text)) == canonical
 
@@ -376,9 +406,17 @@ def test_budget_error_message_example() -> None:
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(1_819_065_856, "1.82G"), (11_689_512, "11.69M"), (850_000, "850.0k"), (999, "999"), (0, "0"),
-     (999_999, "1.00M"), (1_500_000_000_000, "1.50T"), (314_193_216, "314.19M")],
-)  # fmt: skip
+    [
+        (1_819_065_856, "1.82G"),
+        (11_689_512, "11.69M"),
+        (850_000, "850.0k"),
+        (999, "999"),
+        (0, "0"),
+        (999_999, "1.00M"),
+        (1_500_000_000_000, "1.50T"),
+        (314_193_216, "314.19M"),
+    ],
+)
 def test_format_count(n: int, text: str) -> None:
     assert format_count(n) == text
 

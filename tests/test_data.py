@@ -91,7 +91,13 @@ def test_spec_round_trip(text: str) -> None:
 
 def test_spec_fields_and_equivalent_spellings() -> None:
     spec = DataSpec.parse("torchvision:CIFAR10:/data:test?download=1[5000:]")
-    assert (spec.kind, spec.name, spec.path, spec.split, spec.download) == ("torchvision", "CIFAR10", "/data", "test", True)
+    assert (spec.kind, spec.name, spec.path, spec.split, spec.download) == (
+        "torchvision",
+        "CIFAR10",
+        "/data",
+        "test",
+        True,
+    )
     assert (spec.start, spec.stop) == (5000, None)
     assert spec == DataSpec.parse("torchvision:CIFAR10:/data:test[5000:]?download=1")
     assert DataSpec.parse("digits:train") == DataSpec.parse("digits")
@@ -285,7 +291,9 @@ def test_missing_paths_and_unknown_sources(tmp_path: Path) -> None:
 
 def test_torchvision_errors_without_download(tmp_path: Path) -> None:
     assert_one_line_error(f"torchvision:NoSuchSet:{tmp_path}", "unknown torchvision dataset 'NoSuchSet'", "CIFAR10")
-    assert_one_line_error(f"torchvision:CIFAR10:{tmp_path}", "not found", "--download", f"put the files under {tmp_path}")
+    assert_one_line_error(
+        f"torchvision:CIFAR10:{tmp_path}", "not found", "--download", f"put the files under {tmp_path}"
+    )
     assert not any(tmp_path.iterdir())  # nothing was downloaded or created
 
 

@@ -159,8 +159,16 @@ class CountCalls:
 def make_distiller(teacher: nn.Module, data: LoadedData, split, cache_dir: Path, **cfg) -> Distiller:
     train_idx, val_idx = split
     config = ProxyConfig(**{**FAST, **cfg})
-    return Distiller(teacher, data, train_idx, val_idx, preprocess_for(teacher), config,
-                     teacher_id=TeacherId("cifar_resnet20"), cache=TeacherCache(cache_dir))
+    return Distiller(
+        teacher,
+        data,
+        train_idx,
+        val_idx,
+        preprocess_for(teacher),
+        config,
+        teacher_id=TeacherId("cifar_resnet20"),
+        cache=TeacherCache(cache_dir),
+    )
 
 
 def test_second_distiller_reads_the_cache_without_running_the_teacher(digits, split, tmp_path: Path) -> None:
@@ -190,8 +198,17 @@ def test_any_input_change_is_a_new_cache_entry(change: str, digits, split, tmp_p
     teacher_id = TeacherId.of("cifar_resnet20", {}, ckpt)
 
     def build() -> Distiller:
-        return Distiller(teacher, data, train_idx, val_idx, preprocess_for(teacher), ProxyConfig(**{**FAST, **cfg}),
-                         teacher_id=teacher_id, cache=TeacherCache(tmp_path / "cache"), augment=augment)
+        return Distiller(
+            teacher,
+            data,
+            train_idx,
+            val_idx,
+            preprocess_for(teacher),
+            ProxyConfig(**{**FAST, **cfg}),
+            teacher_id=teacher_id,
+            cache=TeacherCache(tmp_path / "cache"),
+            augment=augment,
+        )
 
     assert build().cache_hit is False
     assert build().cache_hit is True
@@ -273,8 +290,9 @@ def test_online_teacher_trains_on_the_same_stream(digits, split, tmp_path: Path)
     teacher = make_teacher()
     cached = make_distiller(teacher, digits, split, tmp_path).score(small_student(teacher))
     train_idx, val_idx = split
-    online = Distiller(teacher, digits, train_idx, val_idx, preprocess_for(teacher), ProxyConfig(**FAST),
-                       online_teacher=True).score(small_student(teacher))
+    online = Distiller(
+        teacher, digits, train_idx, val_idx, preprocess_for(teacher), ProxyConfig(**FAST), online_teacher=True
+    ).score(small_student(teacher))
     assert online.final_loss == pytest.approx(cached.final_loss, rel=1e-3)
 
 
@@ -292,7 +310,9 @@ def test_feature_kd_adapters_stay_out_of_the_student(digits, split, tmp_path: Pa
 
 def test_cross_family_student_learns_from_logits(digits, split, tmp_path: Path) -> None:
     teacher = make_teacher()
-    vit = create_model("vit_tiny_patch16_224", num_classes=10, img_size=8, patch_size=4, depth=2, embed_dim=48, num_heads=2)
+    vit = create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=8, patch_size=4, depth=2, embed_dim=48, num_heads=2
+    )
     result = make_distiller(teacher, digits, split, tmp_path, lr=0.01).score(vit)
     assert math.isfinite(result.final_loss)
     with pytest.raises(FeatureKDError, match="same family"):
@@ -327,19 +347,61 @@ def test_wrong_student_and_bad_inputs_are_user_errors(digits, split, tmp_path: P
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-
 def test_cli_eval_and_proxy_json(tmp_path: Path) -> None:
     teacher = make_teacher()
     ckpt = tmp_path / "t.pt"
     torch.save(teacher.state_dict(), ckpt)
-    res = runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--checkpoint", str(ckpt), "--data", "digits:test",
-                              "--input-size", "8", "--device", "cpu", "--format", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "cifar_resnet20",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            "digits:test",
+            "--input-size",
+            "8",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["images"] == len(load_data("digits:test")) and 0 <= out["top1"] <= 100 and out["model"] == "cifar_resnet20"
-    res = runner.invoke(app, ["proxy", "--teacher", "cifar_resnet20", "--checkpoint", str(ckpt), "--data", "digits",
-                              "--val-size", "100", "--train-size", "200", "--steps", "2", "--batch-size", "32",
-                              "--input-size", "8", "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--format", "json"])
+    assert (
+        out["images"] == len(load_data("digits:test")) and 0 <= out["top1"] <= 100 and out["model"] == "cifar_resnet20"
+    )
+    res = runner.invoke(
+        app,
+        [
+            "proxy",
+            "--teacher",
+            "cifar_resnet20",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            "digits",
+            "--val-size",
+            "100",
+            "--train-size",
+            "200",
+            "--steps",
+            "2",
+            "--batch-size",
+            "32",
+            "--input-size",
+            "8",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     for key in ("val_top1", "teacher_agreement", "steps", "seconds", "train_images_per_s", "macs", "params"):
@@ -358,8 +420,13 @@ def test_cli_one_line_errors(tmp_path: Path) -> None:
     np.savez(labels, x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, 40]))
     base = ["--device", "cpu", "--input-size", "8"]
     one_line_error(["eval", "--model", "resnet5000", "--data", "digits", *base], "unknown model")
-    one_line_error(["eval", "--model", "cifar_resnet20", "--checkpoint", str(junk), "--data", "digits", *base], "cannot read checkpoint")
-    one_line_error(["eval", "--model", "cifar_resnet20", "--checkpoint", str(wrong), "--data", "digits", *base], "does not fit")
+    one_line_error(
+        ["eval", "--model", "cifar_resnet20", "--checkpoint", str(junk), "--data", "digits", *base],
+        "cannot read checkpoint",
+    )
+    one_line_error(
+        ["eval", "--model", "cifar_resnet20", "--checkpoint", str(wrong), "--data", "digits", *base], "does not fit"
+    )
     one_line_error(["eval", "--model", "cifar_resnet20", "--data", f"npz:{tmp_path}/missing.npz", *base], "missing.npz")
     one_line_error(["eval", "--model", "cifar_resnet20", "--data", f"npz:{bad_npz}", *base], "bad.npz")
     one_line_error(["eval", "--model", "cifar_resnet20", "--data", f"npz:{labels}", *base], "10 classes")

@@ -74,12 +74,18 @@ def five_classes(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def full_run(study: optuna.Study, trained: list[int], five_classes: str, tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
+def full_run(
+    study: optuna.Study, trained: list[int], five_classes: str, tmp_path_factory: pytest.TempPathFactory
+) -> FinetuneResult:
     out = tmp_path_factory.mktemp("ft") / "full"
     events: list[ProgressEvent] = []
     result = finetune_trial(
-        "ft-tiny", trained[0], FinetuneConfig(epochs=2, downstream_epochs=2, **FAST),
-        out=out, downstream=five_classes, on_progress=events.append,
+        "ft-tiny",
+        trained[0],
+        FinetuneConfig(epochs=2, downstream_epochs=2, **FAST),
+        out=out,
+        downstream=five_classes,
+        on_progress=events.append,
     )
     result.extra["events"] = events
     return result
@@ -126,7 +132,9 @@ def test_downstream_replaces_the_head(full_run: FinetuneResult, five_classes: st
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_gives_identical_weights(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
+def test_resume_after_interruption_gives_identical_weights(
+    study: optuna.Study, trained: list[int], tmp_path: Path
+) -> None:
     # 2 epochs of 8 steps; checkpoints every 3 steps and at the end of each epoch
     config = FinetuneConfig(epochs=2, checkpoint_every=3, **{**FAST, "batch_size": 128})
     trial = trained[1]
@@ -136,6 +144,7 @@ def test_resume_after_interruption_gives_identical_weights(study: optuna.Study, 
         def hook(e: ProgressEvent) -> None:
             if e.step == step:
                 raise Interrupt(step)
+
         return hook
 
     out = tmp_path / "b"
@@ -150,7 +159,9 @@ def test_resume_after_interruption_gives_identical_weights(study: optuna.Study, 
     assert done.test_top1 == straight.test_top1 and done.settings_hash == straight.settings_hash
 
 
-def test_other_settings_are_refused_and_restart_discards(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
+def test_other_settings_are_refused_and_restart_discards(
+    study: optuna.Study, trained: list[int], tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     finetune_trial("ft-tiny", trained[0], FinetuneConfig(epochs=2, **FAST), out=out, stop_after_steps=2)
     other = FinetuneConfig(epochs=2, **{**FAST, "lr": 0.1})
@@ -173,12 +184,21 @@ def test_damaged_checkpoint_is_one_line_error(study: optuna.Study, trained: list
         finetune_trial("ft-tiny", trained[0], FinetuneConfig(epochs=1, **FAST), out=out)
 
 
-def test_missing_artifact_rebuilds_from_spec_and_resolution_attr(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
+def test_missing_artifact_rebuilds_from_spec_and_resolution_attr(
+    study: optuna.Study, trained: list[int], tmp_path: Path
+) -> None:
     src = study.get_trials(deepcopy=False)[trained[0]]
     # a trial searched at another resolution, whose artifact is not on this machine
     attrs = {**src.user_attrs, "resolution": 12, "artifact": str(tmp_path / "gone")}
-    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, values=src.values,
-                                              user_attrs=attrs, system_attrs=src.system_attrs))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=src.params,
+            distributions=src.distributions,
+            values=src.values,
+            user_attrs=attrs,
+            system_attrs=src.system_attrs,
+        )
+    )
     number = study.get_trials(deepcopy=False)[-1].number
     r = finetune_trial("ft-tiny", number, FinetuneConfig(epochs=1, **{**FAST, "batch_size": 128}), out=tmp_path / "r")
     assert r.start == "rebuilt" and r.input_size == 12 and r.teacher_input_size == 8
@@ -189,8 +209,15 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
     # proposals fill the budget, so the search leaves no candidate untrained: record one as an
     # over-budget candidate would be
     src = study.get_trials(deepcopy=False)[trained[0]]
-    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, values=src.values,
-                                              user_attrs={**src.user_attrs, "trained": False}, system_attrs=src.system_attrs))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=src.params,
+            distributions=src.distributions,
+            values=src.values,
+            user_attrs={**src.user_attrs, "trained": False},
+            system_attrs=src.system_attrs,
+        )
+    )
     untrained = study.get_trials(deepcopy=False)[-1].number
     with pytest.raises(StructsearchError, match="no study named 'nope'"):
         finetune_trial("nope", 0, FinetuneConfig(epochs=1, **FAST))
@@ -209,13 +236,19 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
 # -- CLI -------------------------------------------------------------------------------------------
 
 
-
 def test_cli_errors(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
     # proposals fill the budget, so the search leaves no candidate untrained: record one as an
     # over-budget candidate would be
     src = study.get_trials(deepcopy=False)[trained[0]]
-    study.add_trial(optuna.trial.create_trial(params=src.params, distributions=src.distributions, values=src.values,
-                                              user_attrs={**src.user_attrs, "trained": False}, system_attrs=src.system_attrs))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=src.params,
+            distributions=src.distributions,
+            values=src.values,
+            user_attrs={**src.user_attrs, "trained": False},
+            system_attrs=src.system_attrs,
+        )
+    )
     untrained = study.get_trials(deepcopy=False)[-1].number
     base = ["finetune", "--epochs", "1", "--device", "cpu"]
     one_line_error([*base, "--study", "nope", "--trial", "0"], "no study named 'nope'")
@@ -224,16 +257,50 @@ def test_cli_errors(study: optuna.Study, trained: list[int], tmp_path: Path) -> 
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / CHECKPOINT_FILE).write_bytes(b"junk")
-    one_line_error([*base, "--study", "ft-tiny", "--trial", str(trained[0]), "--out", str(bad)], "is damaged", "--restart")
-    one_line_error([*base, "--study", "ft-tiny", "--trial", str(trained[0]), "--downstream", "npz:/nonexistent.npz",
-                    "--out", str(tmp_path / "x"), "--batch-size", "2000"], "batch size 2000")
+    one_line_error(
+        [*base, "--study", "ft-tiny", "--trial", str(trained[0]), "--out", str(bad)], "is damaged", "--restart"
+    )
+    one_line_error(
+        [
+            *base,
+            "--study",
+            "ft-tiny",
+            "--trial",
+            str(trained[0]),
+            "--downstream",
+            "npz:/nonexistent.npz",
+            "--out",
+            str(tmp_path / "x"),
+            "--batch-size",
+            "2000",
+        ],
+        "batch size 2000",
+    )
 
 
 @pytest.mark.slow
 def test_cli_json_run(study: optuna.Study, trained: list[int], tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    res = runner.invoke(app, ["finetune", "--study", "ft-tiny", "--trial", str(trained[0]), "--epochs", "1",
-                              "--batch-size", "128", "--device", "cpu", "--out", str(out), "--format", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--study",
+            "ft-tiny",
+            "--trial",
+            str(trained[0]),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["completed"] and data["kd"]["steps"] == 8 and 0 <= data["test_top1"] <= 100
@@ -241,6 +308,9 @@ def test_cli_json_run(study: optuna.Study, trained: list[int], tmp_path: Path) -
 
 
 def test_cli_process_exits_2_without_traceback(home: Path, study: optuna.Study) -> None:
-    res = subprocess.run([sys.executable, "-m", "structsearch.cli", "finetune", "--study", "ft-tiny", "--trial", "999",
-                          "--epochs", "1"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "structsearch.cli", "finetune", "--study", "ft-tiny", "--trial", "999", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

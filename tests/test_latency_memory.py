@@ -40,9 +40,16 @@ from structsearch.search.objective import spec_key
 
 @pytest.mark.parametrize(
     ("text", "value", "relative"),
-    [("5ms", 5.0, False), ("800us", 0.8, False), ("800µs", 0.8, False), ("0.01s", 10.0, False), ("2.5 ms", 2.5, False),
-     ("1500ns", 0.0015, False), ("60%", 0.6, True)],
-)  # fmt: skip
+    [
+        ("5ms", 5.0, False),
+        ("800us", 0.8, False),
+        ("800µs", 0.8, False),
+        ("0.01s", 10.0, False),
+        ("2.5 ms", 2.5, False),
+        ("1500ns", 0.0015, False),
+        ("60%", 0.6, True),
+    ],
+)
 def test_parse_latency_budget(text: str, value: float, relative: bool) -> None:
     b = parse_budget(text, "latency")
     assert b == Budget(value=value, relative=relative, unit="ms")
@@ -51,9 +58,16 @@ def test_parse_latency_budget(text: str, value: float, relative: bool) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value", "relative"),
-    [("50MB", 50_000_000, False), ("512kB", 512_000, False), ("512KB", 512_000, False), ("1.5GB", 1_500_000_000, False),
-     ("64MiB", 64 * 2**20, False), ("100B", 100, False), ("60%", 0.6, True)],
-)  # fmt: skip
+    [
+        ("50MB", 50_000_000, False),
+        ("512kB", 512_000, False),
+        ("512KB", 512_000, False),
+        ("1.5GB", 1_500_000_000, False),
+        ("64MiB", 64 * 2**20, False),
+        ("100B", 100, False),
+        ("60%", 0.6, True),
+    ],
+)
 def test_parse_memory_budget(text: str, value: float, relative: bool) -> None:
     b = parse_budget(text, "memory")
     assert b == Budget(value=value, relative=relative, unit="B")
@@ -69,11 +83,19 @@ def test_resolving_latency_keeps_fractions_and_memory_rounds() -> None:
 
 @pytest.mark.parametrize(
     ("text", "what", "fragment"),
-    [("5", "latency", "no unit"), (5, "latency", "no unit"), ("5 parsecs", "latency", "unknown unit"),
-     ("-1ms", "latency", "positive"), ("0ms", "latency", "positive"), ("150%", "latency", "at most 100%"),
-     ("50M", "memory", "unknown unit 'M'"), ("0.5B", "memory", "at least 1 byte"), ("", "memory", "empty"),
-     ("lots", "memory", "not a number")],
-)  # fmt: skip
+    [
+        ("5", "latency", "no unit"),
+        (5, "latency", "no unit"),
+        ("5 parsecs", "latency", "unknown unit"),
+        ("-1ms", "latency", "positive"),
+        ("0ms", "latency", "positive"),
+        ("150%", "latency", "at most 100%"),
+        ("50M", "memory", "unknown unit 'M'"),
+        ("0.5B", "memory", "at least 1 byte"),
+        ("", "memory", "empty"),
+        ("lots", "memory", "not a number"),
+    ],
+)
 def test_invalid_latency_and_memory_budgets_are_one_line(text: str | int, what: str, fragment: str) -> None:
     with pytest.raises(BudgetError) as info:
         parse_budget(text, what)
@@ -124,8 +146,16 @@ def test_memory_of_a_straight_chain_matches_hooks() -> None:
     together with layer i-1's, so the peak is max_i(out_{i-1} + out_i) (out_0 = the input, not
     counted). Output sizes come from forward hooks, not from the dispatch tracker."""
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1),
-              nn.Conv2d(4, 32, 3, stride=2, padding=1), nn.Sigmoid(), nn.AvgPool2d(2), nn.Conv2d(32, 10, 1)]  # fmt: skip
+    layers = [
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1),
+        nn.Conv2d(4, 32, 3, stride=2, padding=1),
+        nn.Sigmoid(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(32, 10, 1),
+    ]
     net = nn.Sequential(*layers).eval()
     sizes: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size())) for m in layers]
@@ -242,7 +272,9 @@ def test_resolution_search_measures_every_candidate_and_skips_over_memory(res_st
     assert over_memory and trained, "the sample has candidates on both sides of the memory budget"
     # activations scale with the pixel count: 16 px students are over 60% of the 16 px teacher
     assert all(t.user_attrs["trained"] is (t.user_attrs["resolution"] < 16) for t in trials)
-    assert any(t.user_attrs["trained"] and t.user_attrs["resolution"] == 12 for t in trials), "trained at a resized input"
+    assert any(t.user_attrs["trained"] and t.user_attrs["resolution"] == 12 for t in trials), (
+        "trained at a resized input"
+    )
 
 
 @pytest.mark.slow
@@ -263,7 +295,9 @@ def test_records_fronts_and_best_use_measured_figures(home: Path, res_study: opt
 
 
 def test_impossible_memory_budget_stores_nothing(home: Path) -> None:
-    with pytest.raises(BudgetError, match="memory budget 1kB .* below the peak activation memory of the smallest student"):
+    with pytest.raises(
+        BudgetError, match="memory budget 1kB .* below the peak activation memory of the smallest student"
+    ):
         plan_search(parse_study_spec({**RES, "name": "res-impossible", "budget": {"memory": "1kB"}}))
 
 
@@ -282,15 +316,21 @@ def test_spec_validation_of_measured_settings() -> None:
     old = plain.model_dump(include={"teacher", "student", "data", "proxy", "importance", "seed"})
     del old["data"]["resolutions"]
     assert plain.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
-    assert parse_study_spec({**RES, "data": {**plain.data.model_dump(), "resolutions": [8]}}).fingerprint() != plain.fingerprint()
+    assert (
+        parse_study_spec({**RES, "data": {**plain.data.model_dump(), "resolutions": [8]}}).fingerprint()
+        != plain.fingerprint()
+    )
 
 
 @pytest.mark.slow
 def test_cli_best_with_memory_budget(home: Path, res_study: optuna.Study) -> None:
     exe = [sys.executable, "-m", "structsearch.cli"]
     limit = max(r.memory_bytes for r in study_records(res_study) if r.trained)
-    ok = subprocess.run(exe + ["best", "--budget-memory", f"{limit}B", "--study", "res-mem", "--format", "json"],
-                        capture_output=True, text=True)  # fmt: skip
+    ok = subprocess.run(
+        exe + ["best", "--budget-memory", f"{limit}B", "--study", "res-mem", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["memory_bytes"] <= limit and data["memory_device"] and data["resolution"] in (8, 12)

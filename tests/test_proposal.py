@@ -6,7 +6,7 @@ Every figure checked here is fvcore's count of a really built student: the cost 
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +24,7 @@ from tests.families import CASE_IDS, CASES
 EXACT_FAMILIES = {"cifar_resnet", "resnet", "vit"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _case(name: str, kwargs_items: tuple, size: int) -> tuple[object, Space, CostModel]:
     kwargs = dict(kwargs_items)
     model = create_model(name, **kwargs).eval()
@@ -62,7 +62,9 @@ def test_cost_model_matches_fvcore(family: str, name: str, kwargs: dict, size: i
 @pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), fraction=st.sampled_from([0.3, 0.5, 0.75]))
-def test_proposals_fill_the_budget(family: str, name: str, kwargs: dict, size: int, data: st.DataObject, fraction: float) -> None:
+def test_proposals_fill_the_budget(
+    family: str, name: str, kwargs: dict, size: int, data: st.DataObject, fraction: float
+) -> None:
     """Any shape, realised: measured MACs within [fill x budget, budget] (fill 0.9)."""
     model, space, cm = _setup(name, kwargs, size)
     budget = int(fraction * cm.macs(space.full_spec()))
@@ -124,8 +126,10 @@ def test_baselines_fill_the_budget_and_rank_globally() -> None:
     budget = int(0.5 * cm.macs(space.full_spec()))
     proposals = ProposalSpace(space, cm, budget, None, 0.9)
     assert [n for n, _ in enqueued_params(["uniform", "global_magnitude", "depth"], proposals)] == [
-        "uniform", "global_magnitude", "depth",
-    ]  # fmt: skip
+        "uniform",
+        "global_magnitude",
+        "depth",
+    ]
     gm = baseline_spec("global_magnitude", model, proposals)
     assert gm is not None and 0.9 * budget <= cm.macs(gm) <= budget
     assert all(b.keep for _, _, b in gm.blocks())

@@ -44,8 +44,15 @@ def test_inherited_student_beats_scratch_and_is_deterministic(teacher: torch.nn.
 
     def distiller(**cfg) -> Distiller:
         return Distiller(
-            teacher, train, torch.arange(len(train)), torch.arange(len(val)), preprocess, ProxyConfig(**{**base, **cfg}),
-            val_data=val, teacher_id=TeacherId.of("cifar_resnet56", {}, RESNET56_CKPT), cache=TeacherCache(tmp_path),
+            teacher,
+            train,
+            torch.arange(len(train)),
+            torch.arange(len(val)),
+            preprocess,
+            ProxyConfig(**{**base, **cfg}),
+            val_data=val,
+            teacher_id=TeacherId.of("cifar_resnet56", {}, RESNET56_CKPT),
+            cache=TeacherCache(tmp_path),
         )
 
     inherited_kd = distiller()
@@ -57,5 +64,7 @@ def test_inherited_student_beats_scratch_and_is_deterministic(teacher: torch.nn.
     assert inherited.val_top1 >= scratch.val_top1 + 10, (inherited, scratch)
     assert inherited.teacher_agreement > 0.7
     assert (again.val_top1, again.teacher_agreement, again.final_loss) == (
-        inherited.val_top1, inherited.teacher_agreement, inherited.final_loss,
+        inherited.val_top1,
+        inherited.teacher_agreement,
+        inherited.final_loss,
     )

@@ -90,21 +90,39 @@ def test_recheck_rejects_a_run_no_longer_than_the_proxy(study: optuna.Study) -> 
 
 def test_cli_recheck_and_pareto_show_tau(study: optuna.Study) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "structsearch.cli", "recheck", "--study", study.study_name, "--top", "2", "--steps", "12",
-         "--format", "json"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "structsearch.cli",
+            "recheck",
+            "--study",
+            study.study_name,
+            "--top",
+            "2",
+            "--steps",
+            "12",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["steps"] == 12 and out["complete"] is True and "tau" in out
     pareto = subprocess.run(
         [sys.executable, "-m", "structsearch.cli", "pareto", "--study", study.study_name, "--format", "json"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert pareto.returncode == 0, pareto.stderr
     assert json.loads(pareto.stdout)["recheck"][0]["tau"] == out["tau"]
     bad = subprocess.run(
         [sys.executable, "-m", "structsearch.cli", "recheck", "--study", study.study_name, "--steps", "2"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2 and "not longer" in bad.stderr and "Traceback" not in bad.stderr

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from structsearch.errors import BudgetError, StructsearchError
@@ -159,7 +158,15 @@ def test_bad_specs_give_one_line_errors() -> None:
 
 
 def test_single_objective_search_with_pruner(home: Path) -> None:
-    spec = parse_study_spec({**TINY, "name": "tiny-single", "objectives": ["accuracy"], "trials": 3, "proxy": {"steps": 5, "batch_size": 32}})
+    spec = parse_study_spec(
+        {
+            **TINY,
+            "name": "tiny-single",
+            "objectives": ["accuracy"],
+            "trials": 3,
+            "proxy": {"steps": 5, "batch_size": 32},
+        }
+    )
     study = run_search(spec)
     assert len(study.directions) == 1
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
@@ -172,10 +179,7 @@ def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna
     written = export_trial("tiny", best.trial, out, onnx=True)
     assert {p.name for p in written} == {"student.pt", "spec.json", "trial.json", "student.onnx"}
     assert json.loads((out / "spec.json").read_text()) == best.spec
-    code = (
-        "import torch, structsearch; m = structsearch.load(%r); "
-        "print(m(torch.zeros(2, 3, 8, 8)).shape)" % str(out)
-    )
+    code = f"import torch, structsearch; m = structsearch.load({str(out)!r}); print(m(torch.zeros(2, 3, 8, 8)).shape)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "torch.Size([2, 10])" in res.stdout
     # proposals fill the budget, so a search rarely leaves a candidate untrained: make one
@@ -187,8 +191,9 @@ def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna
 
 def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
     exe = [sys.executable, "-m", "structsearch.cli"]
-    env_ok = subprocess.run(exe + ["best", "--budget-flops", "40%", "--study", "tiny", "--format", "json"],
-                            capture_output=True, text=True)
+    env_ok = subprocess.run(
+        exe + ["best", "--budget-flops", "40%", "--study", "tiny", "--format", "json"], capture_output=True, text=True
+    )
     assert env_ok.returncode == 0, env_ok.stderr
     data = json.loads(env_ok.stdout)
     assert {"study", "trial", "macs", "params", "score"} <= set(data)
@@ -321,9 +326,9 @@ def test_spec_rejects_a_bad_fill_and_unknown_baselines() -> None:
 
 
 def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna.Study) -> None:
+    from structsearch.cli import app
     from structsearch.search.results import baseline_gains
     from tests.cli_helpers import runner
-    from structsearch.cli import app
 
     res = runner.invoke(app, ["pareto", "--study", "tiny", "--format", "json"])
     assert res.exit_code == 0, res.output
@@ -338,8 +343,17 @@ def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna
 
 def test_prescreen_enqueues_the_best_quick_scores_once(home: Path) -> None:
     """The pre-screen ranks shapes without training and hands only the best ``keep`` to the proxy."""
-    spec = parse_study_spec({**TINY, "name": "tiny-prescreen", "trials": 5, "seed": 5, "warm_start": False,
-                             "baselines": [], "prescreen": {"candidates": 8, "keep": 0.3, "images": 64, "batches": 2}})
+    spec = parse_study_spec(
+        {
+            **TINY,
+            "name": "tiny-prescreen",
+            "trials": 5,
+            "seed": 5,
+            "warm_start": False,
+            "baselines": [],
+            "prescreen": {"candidates": 8, "keep": 0.3, "images": 64, "batches": 2},
+        }
+    )
     study = run_search(spec)
     summary = study.user_attrs["prescreen"]
     assert summary["status"] == "done" and 1 <= summary["candidates"] <= 8

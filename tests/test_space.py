@@ -23,7 +23,7 @@ from tests.families import CASE_IDS, CASES, FAMILY_CASES
 PROPERTY = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def teacher_and_space(name: str, kwargs_items: tuple) -> tuple[torch.nn.Module, Space, int]:
     torch.manual_seed(0)
     kwargs = dict(kwargs_items)
@@ -82,9 +82,7 @@ def test_single_width_reduction_never_raises_macs(family: str, name: str, kwargs
     teacher, space, _ = _setup(name, kwargs)
     rng = random.Random(seed)
     spec = space.sample(rng)
-    candidates = [
-        (i, j, b) for i, j, b in spec.blocks() if b.keep and b.width > min(space.stages[i][j].widths)
-    ]
+    candidates = [(i, j, b) for i, j, b in spec.blocks() if b.keep and b.width > min(space.stages[i][j].widths)]
     if not candidates:
         return
     i, j, b = rng.choice(candidates)
@@ -115,7 +113,9 @@ def test_random_importance_differs_from_l1(family: str, name: str, kwargs: dict,
 
 
 @pytest.mark.parametrize("family,name,kwargs,size", CASES[::2], ids=CASE_IDS[::2])
-def test_saved_student_reloads_in_fresh_process(family: str, name: str, kwargs: dict, size: int, tmp_path: Path) -> None:
+def test_saved_student_reloads_in_fresh_process(
+    family: str, name: str, kwargs: dict, size: int, tmp_path: Path
+) -> None:
     teacher, space, _ = _setup(name, kwargs)
     student, recipe = build_student_with_recipe(teacher, space.sample(random.Random(7)))
     student.eval()

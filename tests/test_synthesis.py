@@ -173,7 +173,9 @@ def test_cache_hit_returns_identical_images_without_optimising(cnn: nn.Module, t
     pre = Preprocess.from_model(cnn, 8)
     cache = TeacherCache(tmp_path / "cache")
     calls: list[int] = []
-    kw = dict(iterations=4, batch_size=8, seed=0, device="cpu", cache=cache, progress=lambda b, n, losses: calls.append(b))
+    kw = dict(
+        iterations=4, batch_size=8, seed=0, device="cpu", cache=cache, progress=lambda b, n, losses: calls.append(b)
+    )
     first = synthesize(cnn, pre, 16, **kw)
     assert not first.cache_hit and calls == [1, 2]
     t = time.perf_counter()
@@ -276,23 +278,87 @@ def test_search_with_synthetic_data_end_to_end(home: Path, cnn_ckpt: Path) -> No
 
 
 def test_proxy_cli_accepts_synthetic_data(tmp_path: Path, cnn_ckpt: Path) -> None:
-    res = runner.invoke(app, ["proxy", "--teacher", "cifar_resnet20", "--kw", "num_classes=10", "--checkpoint", str(cnn_ckpt),
-                              "--data", "synthetic:40?iters=2&batch=20", "--val-size", "10", "--steps", "2",
-                              "--batch-size", "16", "--input-size", "8", "--device", "cpu",
-                              "--cache-dir", str(tmp_path / "c"), "--format", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "proxy",
+            "--teacher",
+            "cifar_resnet20",
+            "--kw",
+            "num_classes=10",
+            "--checkpoint",
+            str(cnn_ckpt),
+            "--data",
+            "synthetic:40?iters=2&batch=20",
+            "--val-size",
+            "10",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--input-size",
+            "8",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["train_images"] == 30 and out["val_images"] == 10
-    res = runner.invoke(app, ["proxy", "--teacher", "cifar_resnet20", "--kw", "num_classes=10", "--data", "synthetic:40",
-                              "--input-size", "8", "--device", "cpu", "--cache-dir", str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        [
+            "proxy",
+            "--teacher",
+            "cifar_resnet20",
+            "--kw",
+            "num_classes=10",
+            "--data",
+            "synthetic:40",
+            "--input-size",
+            "8",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 2 and "--checkpoint" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_cli_synthesize_writes_a_loadable_npz(tmp_path: Path, cnn_ckpt: Path) -> None:
     out, grid = tmp_path / "syn" / "set.npz", tmp_path / "syn" / "grid.png"
-    args = ["synthesize", "--teacher", "cifar_resnet20", "--kw", "num_classes=10", "--checkpoint", str(cnn_ckpt),
-            "--n", "24", "--iters", "3", "--batch-size", "12", "--input-size", "8", "--device", "cpu",
-            "--out", str(out), "--grid", str(grid), "--cache-dir", str(tmp_path / "c"), "--format", "json"]
+    args = [
+        "synthesize",
+        "--teacher",
+        "cifar_resnet20",
+        "--kw",
+        "num_classes=10",
+        "--checkpoint",
+        str(cnn_ckpt),
+        "--n",
+        "24",
+        "--iters",
+        "3",
+        "--batch-size",
+        "12",
+        "--input-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--grid",
+        str(grid),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--format",
+        "json",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
@@ -306,14 +372,38 @@ def test_cli_synthesize_writes_a_loadable_npz(tmp_path: Path, cnn_ckpt: Path) ->
     assert again.exit_code == 0 and json.loads(again.stdout)["cache_hit"] is True
     # the same set as the library call with the same identity and cache
     teacher = create_model("cifar_resnet20", checkpoint=cnn_ckpt, **CNN_KW)
-    lib = synthesize(teacher, Preprocess.from_model(teacher, 8), 24, iterations=3, batch_size=12, device="cpu",
-                     teacher_id=TeacherId.of("cifar_resnet20", CNN_KW, cnn_ckpt), cache=TeacherCache(tmp_path / "c")).data
+    lib = synthesize(
+        teacher,
+        Preprocess.from_model(teacher, 8),
+        24,
+        iterations=3,
+        batch_size=12,
+        device="cpu",
+        teacher_id=TeacherId.of("cifar_resnet20", CNN_KW, cnn_ckpt),
+        cache=TeacherCache(tmp_path / "c"),
+    ).data
     assert torch.equal(lib.x, loaded.x) and torch.equal(lib.y, loaded.y)
 
 
 def test_cli_synthesize_one_line_errors(tmp_path: Path, cnn_ckpt: Path) -> None:
-    base = ["synthesize", "--teacher", "cifar_resnet20", "--kw", "num_classes=10", "--n", "4", "--iters", "1",
-            "--input-size", "8", "--device", "cpu", "--out", str(tmp_path / "s.npz"), "--no-cache"]
+    base = [
+        "synthesize",
+        "--teacher",
+        "cifar_resnet20",
+        "--kw",
+        "num_classes=10",
+        "--n",
+        "4",
+        "--iters",
+        "1",
+        "--input-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "s.npz"),
+        "--no-cache",
+    ]
     for extra, fragment in (
         ([], "--checkpoint"),
         (["--checkpoint", str(cnn_ckpt), "--method", "psaq"], "psaq needs timm self-attention"),
@@ -323,5 +413,7 @@ def test_cli_synthesize_one_line_errors(tmp_path: Path, cnn_ckpt: Path) -> None:
         assert res.exit_code == 2, res.output
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], res.stderr
-    res = runner.invoke(app, ["eval", "--model", "cifar_resnet20", "--data", "synthetic:8", "--input-size", "8", "--device", "cpu"])
+    res = runner.invoke(
+        app, ["eval", "--model", "cifar_resnet20", "--data", "synthetic:8", "--input-size", "8", "--device", "cpu"]
+    )
     assert res.exit_code == 2 and "synthesised from a teacher" in res.stderr

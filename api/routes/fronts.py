@@ -20,7 +20,10 @@ from structsearch.search.recheck import rechecks_from_attrs
 
 router = APIRouter(prefix="/searches/{search_id}", tags=["results"], dependencies=[Depends(read_access)])
 
-_ERRORS = {404: {"model": ErrorPublic, "description": "no such search, or no candidate within the budget"}, 422: {"model": ErrorPublic}}
+_ERRORS = {
+    404: {"model": ErrorPublic, "description": "no such search, or no candidate within the budget"},
+    422: {"model": ErrorPublic},
+}
 
 
 @router.get("/pareto", response_model=ParetoPublic, responses=_ERRORS)
@@ -29,7 +32,9 @@ def pareto(
     services: ServicesDep,
     cost: Annotated[
         Literal["macs", "params", "latency", "memory"],
-        Query(description="the cost axis of the front: MACs, params, measured latency (ms) or peak activation memory (bytes)"),
+        Query(
+            description="the cost axis of the front: MACs, params, measured latency (ms) or peak activation memory (bytes)"
+        ),
     ] = "macs",
 ) -> ParetoPublic:
     """Feasible trained candidates not beaten on both score and cost, cheapest first."""
@@ -39,8 +44,12 @@ def pareto(
     rechecks = [RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)]
     gains = [BaselineGainPublic(**g.to_dict()) for g in services.reader.finished(search.name).gains()]
     return ParetoPublic(
-        search_id=search.id, study=search.name, cost=cost, front=[CandidatePublic(**r.to_dict()) for r in front],
-        recheck=rechecks, baselines=gains,
+        search_id=search.id,
+        study=search.name,
+        cost=cost,
+        front=[CandidatePublic(**r.to_dict()) for r in front],
+        recheck=rechecks,
+        baselines=gains,
     )
 
 
@@ -48,10 +57,17 @@ def pareto(
 def best(
     search: SearchDep,
     services: ServicesDep,
-    budget_flops: Annotated[str | None, Query(max_length=32, description="MACs budget: 300M, 1.2G or 60% (of the teacher)")] = None,
+    budget_flops: Annotated[
+        str | None, Query(max_length=32, description="MACs budget: 300M, 1.2G or 60% (of the teacher)")
+    ] = None,
     budget_params: Annotated[str | None, Query(max_length=32, description="params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[str | None, Query(max_length=32, description="latency budget against each trial's measured latency: 5ms, 800us or 60%")] = None,
-    budget_memory: Annotated[str | None, Query(max_length=32, description="peak activation memory budget: 50MB, 64MiB or 60%")] = None,
+    budget_latency: Annotated[
+        str | None,
+        Query(max_length=32, description="latency budget against each trial's measured latency: 5ms, 800us or 60%"),
+    ] = None,
+    budget_memory: Annotated[
+        str | None, Query(max_length=32, description="peak activation memory budget: 50MB, 64MiB or 60%")
+    ] = None,
 ) -> CandidatePublic:
     """The highest-scoring trained candidate within the budget(s) (same as `structsearch best --study`).
 
@@ -60,14 +76,21 @@ def best(
     """
     texts = {"flops": budget_flops, "params": budget_params, "latency": budget_latency, "memory": budget_memory}
     if all(t is None for t in texts.values()):
-        raise HTTPException(422, "give budget_flops, budget_params, budget_latency and/or budget_memory, e.g. ?budget_flops=300M")
+        raise HTTPException(
+            422, "give budget_flops, budget_params, budget_latency and/or budget_memory, e.g. ?budget_flops=300M"
+        )
     for what, text in texts.items():
         if text is not None:
             parse_budget(text, what)  # BudgetError -> 422 (api.errors)
     try:
         record = best_under_budget(
-            budget_flops, budget_params, study=search.name, budget_latency=budget_latency, budget_memory=budget_memory,
-            storage=services.reader.storage, records_of=services.reader.records,
+            budget_flops,
+            budget_params,
+            study=search.name,
+            budget_latency=budget_latency,
+            budget_memory=budget_memory,
+            storage=services.reader.storage,
+            records_of=services.reader.records,
         )
     except StructsearchError as e:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None

@@ -31,5 +31,7 @@ def readyz(services: ServicesDep) -> HealthPublic | JSONResponse:
         return error_response(503, f"database unreachable: {first}")
     head = head_revision(services.settings.database_url)
     if revision != head:
-        return error_response(503, f"database schema at {revision or 'nothing'}, expected {head}: run `structsearch db upgrade`")
+        return error_response(
+            503, f"database schema at {revision or 'nothing'}, expected {head}: run `structsearch db upgrade`"
+        )
     return HealthPublic(status="ready", database="ok", schema_revision=revision)

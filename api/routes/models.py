@@ -16,4 +16,6 @@ def list_models(page: PageDep) -> Page[FamilyPublic]:
     from structsearch.space import list_families
 
     fams = [FamilyPublic(family=f.name, description=f.description, examples=list(f.examples)) for f in list_families()]
-    return Page(items=fams[page.offset : page.offset + page.limit], total=len(fams), offset=page.offset, limit=page.limit)
+    return Page(
+        items=fams[page.offset : page.offset + page.limit], total=len(fams), offset=page.offset, limit=page.limit
+    )

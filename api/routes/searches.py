@@ -67,7 +67,15 @@ def search_public(row: Search, reader: StudyReader) -> SearchPublic:
     openapi_extra={"x-study-spec": True},  # api.app points the request body at the StudySpec schema
 )
 def create_search(
-    spec: Annotated[dict[str, Any], Body(description="a study spec (schema: StudySpec)", openapi_examples={"digits": {"summary": "a small search on the embedded digits data", "value": EXAMPLE_SPEC}})],
+    spec: Annotated[
+        dict[str, Any],
+        Body(
+            description="a study spec (schema: StudySpec)",
+            openapi_examples={
+                "digits": {"summary": "a small search on the embedded digits data", "value": EXAMPLE_SPEC}
+            },
+        ),
+    ],
     services: ServicesDep,
     key: WriterDep,
     response: Response,
@@ -103,11 +111,15 @@ def create_search(
 def list_searches(
     services: ServicesDep,
     page: PageDep,
-    status_: Annotated[SearchStatusName | None, Query(alias="status", description="only searches in this status")] = None,
+    status_: Annotated[
+        SearchStatusName | None, Query(alias="status", description="only searches in this status")
+    ] = None,
 ) -> Page[SearchPublic]:
     """Searches, newest first, with their progress."""
     with services.db.session() as s:
-        rows, total = SearchRepository(s).page(page.offset, page.limit, SearchStatus(status_.value) if status_ else None)
+        rows, total = SearchRepository(s).page(
+            page.offset, page.limit, SearchStatus(status_.value) if status_ else None
+        )
     items = [search_public(r, services.reader) for r in rows]
     return Page(items=items, total=total, offset=page.offset, limit=page.limit)
 

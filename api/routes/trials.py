@@ -54,13 +54,18 @@ def list_trials(
         else:
             trials = [t for t in trials if t.state.name.lower() == state.value]
     window = trials[page.offset : page.offset + page.limit]
-    return Page(items=[trial_public(search.name, t) for t in window], total=len(trials), offset=page.offset, limit=page.limit)
+    return Page(
+        items=[trial_public(search.name, t) for t in window], total=len(trials), offset=page.offset, limit=page.limit
+    )
 
 
 @router.get(
     "/{number}/artifact",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "student.pt, spec.json and trial.json"}, **_ERRORS},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "student.pt, spec.json and trial.json"},
+        **_ERRORS,
+    },
 )
 def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> FileResponse:
     """The trained student of a trial as a zip: ``student.pt``, ``spec.json``, ``trial.json``.
@@ -74,11 +79,16 @@ def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> 
     if t is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"search '{search.name}' has no trial {number}")
     if not t.user_attrs.get("trained") or t.state.name != "COMPLETE":
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"trial {number} was not trained (over budget, pruned or unfinished): no student to download")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"trial {number} was not trained (over budget, pruned or unfinished): no student to download",
+        )
     artifact = Path(str(t.user_attrs.get("artifact", "")))
     root = services.settings.artifacts
     if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or not artifact.is_dir():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the files of trial {number} are not on this server's artifact volume ({root})")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"the files of trial {number} are not on this server's artifact volume ({root})"
+        )
     work = Path(tempfile.mkdtemp(prefix="structsearch-artifact-"))
     try:
         files = export_trial(search.name, number, work / "student", storage_url=services.settings.database_url)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,7 +19,7 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
 

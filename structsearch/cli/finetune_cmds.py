@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -13,27 +13,72 @@ from structsearch.cli._common import Format, console, err_console, fail, print_j
 
 def finetune(
     study: Annotated[str, typer.Option(help="Study name")],
-    trial: Annotated[int, typer.Option(help="Trial number (a trained one; `structsearch pareto --study NAME` lists them)")],
+    trial: Annotated[
+        int, typer.Option(help="Trial number (a trained one; `structsearch pareto --study NAME` lists them)")
+    ],
     epochs: Annotated[int, typer.Option(min=1, help="KD epochs over the training data")],
-    data: Annotated[Optional[str], typer.Option(help=(
-        "Training data (default: the study's training rows its validation does not use), "
-        "e.g. the full npz:../shared/data/cifar10/train.npz"))] = None,
-    test: Annotated[Optional[str], typer.Option(help=(
-        "Data the final top-1 is measured on (default: the study's validation data). For the CIFAR "
-        "study, npz:../shared/data/cifar10/test.npz[5000:] is the half no structure was selected on"))] = None,
-    lr: Annotated[float, typer.Option(help="Peak SGD learning rate, cosine-annealed to 0 (fine-tuning an inherited student)")] = 0.02,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Training data (default: the study's training rows its validation does not use), "
+                "e.g. the full npz:../shared/data/cifar10/train.npz"
+            )
+        ),
+    ] = None,
+    test: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Data the final top-1 is measured on (default: the study's validation data). For the CIFAR "
+                "study, npz:../shared/data/cifar10/test.npz[5000:] is the half no structure was selected on"
+            )
+        ),
+    ] = None,
+    lr: Annotated[
+        float, typer.Option(help="Peak SGD learning rate, cosine-annealed to 0 (fine-tuning an inherited student)")
+    ] = 0.02,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step")] = 128,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: $STRUCTSEARCH_HOME/finetune/STUDY/trial-NNNNN)")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--restart", help=(
-        "Continue from the checkpoint in --out when its settings match (default), or discard it and start over"))] = True,
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Also checkpoint every this many steps (always after each epoch)")] = 500,
-    downstream: Annotated[Optional[str], typer.Option(help="Then fine-tune on this dataset with a new classifier head, e.g. digits")] = None,
-    downstream_test: Annotated[Optional[str], typer.Option(help="Test data for --downstream (default: a stratified 20% carved from it)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: $STRUCTSEARCH_HOME/finetune/STUDY/trial-NNNNN)")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--restart",
+            help=(
+                "Continue from the checkpoint in --out when its settings match (default), or discard it and start over"
+            ),
+        ),
+    ] = True,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Also checkpoint every this many steps (always after each epoch)")
+    ] = 500,
+    downstream: Annotated[
+        str | None, typer.Option(help="Then fine-tune on this dataset with a new classifier head, e.g. digits")
+    ] = None,
+    downstream_test: Annotated[
+        str | None, typer.Option(help="Test data for --downstream (default: a stratified 20% carved from it)")
+    ] = None,
     downstream_epochs: Annotated[int, typer.Option(min=1, help="Cross-entropy epochs on --downstream")] = 10,
-    downstream_lr: Annotated[float, typer.Option(help="Peak learning rate on --downstream (new head, pretrained body)")] = 0.01,
-    downstream_flip: Annotated[bool, typer.Option("--downstream-flip/--no-downstream-flip", help="Random horizontal flips on --downstream (off for digits or text)")] = True,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)")] = None,
+    downstream_lr: Annotated[
+        float, typer.Option(help="Peak learning rate on --downstream (new head, pretrained body)")
+    ] = 0.01,
+    downstream_flip: Annotated[
+        bool,
+        typer.Option(
+            "--downstream-flip/--no-downstream-flip",
+            help="Random horizontal flips on --downstream (off for digits or text)",
+        ),
+    ] = True,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
+        ),
+    ] = None,
     format: Annotated[Format, typer.Option("--format", help="table for people, json for scripts")] = Format.table,
 ) -> None:
     """Train a trial's student to completion with KD from the teacher: checkpoints, resume, test top-1."""
@@ -42,12 +87,24 @@ def finetune(
         from structsearch.finetune import FinetuneConfig, ProgressEvent, finetune_trial
 
         config = FinetuneConfig(
-            epochs=epochs, lr=lr, batch_size=batch_size, device=device, checkpoint_every=checkpoint_every,
-            downstream_epochs=downstream_epochs, downstream_lr=downstream_lr, downstream_hflip=downstream_flip,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            device=device,
+            checkpoint_every=checkpoint_every,
+            downstream_epochs=downstream_epochs,
+            downstream_lr=downstream_lr,
+            downstream_hflip=downstream_flip,
         )
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
         ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
             tasks: dict[str, int] = {}
             prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
@@ -61,14 +118,25 @@ def finetune(
                     label = "KD" if e.phase == "kd" else "downstream"
                     tasks[e.phase] = progress.add_task(label, total=e.steps, status="")
                 progress.update(
-                    tasks[e.phase], completed=e.step,
+                    tasks[e.phase],
+                    completed=e.step,
                     status=f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.3f}  train top-1 {e.running_top1:.1f}%",
                 )
 
             try:
                 result = finetune_trial(
-                    study, trial, config, data=data, test=test, out=out, resume=resume, downstream=downstream,
-                    downstream_test=downstream_test, storage_url=storage, on_progress=on_progress, on_status=on_status,
+                    study,
+                    trial,
+                    config,
+                    data=data,
+                    test=test,
+                    out=out,
+                    resume=resume,
+                    downstream=downstream,
+                    downstream_test=downstream_test,
+                    storage_url=storage,
+                    on_progress=on_progress,
+                    on_status=on_status,
                 )
             except KeyboardInterrupt:
                 progress.stop()
@@ -82,20 +150,25 @@ def finetune(
         console.print(
             f"[bold]{study}[/] trial {trial}: {result.epochs} KD epoch{'s' if result.epochs != 1 else ''} on {result.train_images} images of "
             f"{result.train_data} ({result.start} start, {result.device}"
-            + (f", {spe:.1f} s/epoch" if spe else "") + (f", resumed at step {kd.resumed_from_step}" if kd.resumed_from_step else "") + ")",
-            highlight=False, soft_wrap=True,
+            + (f", {spe:.1f} s/epoch" if spe else "")
+            + (f", resumed at step {kd.resumed_from_step}" if kd.resumed_from_step else "")
+            + ")",
+            highlight=False,
+            soft_wrap=True,
         )
         console.print(
             f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
             f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px) on {result.test_images} images of {result.test_data}",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
         if result.downstream:
             ds = result.downstream
             console.print(
                 f"downstream: top-1 [bold]{ds['test_top1']:.2f}%[/] on {ds['test_images']} images of {ds['test_data']} "
                 f"({ds['num_classes']} classes, {ds['epochs']} epoch{'s' if ds['epochs'] != 1 else ''})",
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
         console.print(f"student and result.json in {result.out}", highlight=False, soft_wrap=True)
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
 
-KwOpt = Annotated[Optional[list[str]], typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable), e.g. --kw num_classes=10")]
+KwOpt = Annotated[
+    list[str] | None,
+    typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable), e.g. --kw num_classes=10"),
+]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 
 
@@ -31,7 +34,7 @@ def models(format: FormatOpt = Format.table) -> None:
 def space(
     model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet50 or cifar_resnet56")],
     kw: KwOpt = None,
-    input_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """Print a model's block-wise search space and the smallest and largest MACs it reaches."""
@@ -56,8 +59,13 @@ def space(
                     "input_size": list(size),
                     "stages": [
                         [
-                            {"name": c.name, "removable": c.removable, "width_base": c.width_base,
-                             "widths": list(c.widths), "heads": list(c.heads) if c.heads else None}
+                            {
+                                "name": c.name,
+                                "removable": c.removable,
+                                "width_base": c.width_base,
+                                "widths": list(c.widths),
+                                "heads": list(c.heads) if c.heads else None,
+                            }
                             for c in stage
                         ]
                         for stage in sp.stages
@@ -90,16 +98,20 @@ def space(
 
 
 def cost(
-    model: Annotated[Optional[str], typer.Argument(help="timm model name (omit when --spec names it)")] = None,
-    spec: Annotated[Optional[Path], typer.Option(help="ArchSpec JSON of a student; its model and kwargs are used")] = None,
+    model: Annotated[str | None, typer.Argument(help="timm model name (omit when --spec names it)")] = None,
+    spec: Annotated[Path | None, typer.Option(help="ArchSpec JSON of a student; its model and kwargs are used")] = None,
     kw: KwOpt = None,
-    input_size: Annotated[Optional[int], typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
-    latency: Annotated[bool, typer.Option("--latency", help="Also time inference (median ms) on --device with --runtime")] = False,
-    memory: Annotated[bool, typer.Option("--memory", help="Also measure peak activation memory of one inference forward")] = False,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution in pixels (default: the model's)")] = None,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Also time inference (median ms) on --device with --runtime")
+    ] = False,
+    memory: Annotated[
+        bool, typer.Option("--memory", help="Also measure peak activation memory of one inference forward")
+    ] = False,
     runtime: Annotated[str, typer.Option(help="Latency runtime: torch or onnxruntime")] = "torch",
     device: Annotated[str, typer.Option(help="Device to measure on: cpu, cuda, cuda:N or auto")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Images per measured inference call")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for latency (default: torch's setting)")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for latency (default: torch's setting)")] = None,
     repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported")] = 20,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -128,8 +140,15 @@ def cost(
         if latency:
             from structsearch.cost import measure_latency
 
-            lat = measure_latency(net, size, runtime=runtime, device=device, batch_size=batch_size, threads=threads,  # type: ignore[arg-type]
-                                  repeats=repeats)  # fmt: skip
+            lat = measure_latency(
+                net,
+                size,
+                runtime=runtime,
+                device=device,
+                batch_size=batch_size,
+                threads=threads,  # type: ignore[arg-type]
+                repeats=repeats,
+            )
         if memory:
             from structsearch.cost import measure_memory
 

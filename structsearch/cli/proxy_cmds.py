@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
 
-KwOpt = Annotated[Optional[list[str]], typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable)")]
+KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable)")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option(help="Local checkpoint (state dict) to load")]
+CheckpointOpt = Annotated[Path | None, typer.Option(help="Local checkpoint (state dict) to load")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")]
 
 
@@ -21,7 +21,7 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     kw: KwOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 256,
-    input_size: Annotated[Optional[int], typer.Option(help="Input resolution (default: the model's)")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution (default: the model's)")] = None,
     device: DeviceOpt = "auto",
     format: FormatOpt = Format.table,
 ) -> None:
@@ -50,26 +50,50 @@ def evaluate(
         if format is Format.json:
             print_json(result)
         else:
-            console.print(f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     run_guarded(body)
 
 
 def proxy(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher timm model name, e.g. cifar_resnet56")],
-    data: Annotated[str, typer.Option("--data", help="Training data source (validation is carved from it unless --val-data); synthetic:N?iters=K makes it from the teacher (needs --checkpoint)")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Training data source (validation is carved from it unless --val-data); synthetic:N?iters=K makes it from the teacher (needs --checkpoint)",
+        ),
+    ],
     checkpoint: CheckpointOpt = None,
     kw: KwOpt = None,
-    student_spec: Annotated[Optional[Path], typer.Option(help="ArchSpec JSON of a student of the teacher (inherits its weights)")] = None,
-    student_model: Annotated[Optional[str], typer.Option(help="A student of another model/family, trained from scratch on logits")] = None,
-    student_kw: Annotated[Optional[list[str]], typer.Option("--student-kw", help="Constructor kwarg of --student-model KEY=VALUE")] = None,
-    width: Annotated[float, typer.Option(help="Without --student-spec/--student-model: every block's width ratio")] = 0.5,
-    val_data: Annotated[Optional[str], typer.Option(help="Separate validation source, e.g. npz:.../test.npz[:5000]")] = None,
-    val_size: Annotated[int, typer.Option(min=1, help="Validation rows carved from --data (ignored with --val-data)")] = 1000,
-    train_size: Annotated[Optional[int], typer.Option(min=1, help="Cap on the training rows (stratified)")] = None,
+    student_spec: Annotated[
+        Path | None, typer.Option(help="ArchSpec JSON of a student of the teacher (inherits its weights)")
+    ] = None,
+    student_model: Annotated[
+        str | None, typer.Option(help="A student of another model/family, trained from scratch on logits")
+    ] = None,
+    student_kw: Annotated[
+        list[str] | None, typer.Option("--student-kw", help="Constructor kwarg of --student-model KEY=VALUE")
+    ] = None,
+    width: Annotated[
+        float, typer.Option(help="Without --student-spec/--student-model: every block's width ratio")
+    ] = 0.5,
+    val_data: Annotated[
+        str | None, typer.Option(help="Separate validation source, e.g. npz:.../test.npz[:5000]")
+    ] = None,
+    val_size: Annotated[
+        int, typer.Option(min=1, help="Validation rows carved from --data (ignored with --val-data)")
+    ] = 1000,
+    train_size: Annotated[int | None, typer.Option(min=1, help="Cap on the training rows (stratified)")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps")] = 200,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay); ~0.003 inherited, ~0.05 scratch")] = 0.003,
+    lr: Annotated[
+        float, typer.Option(help="Peak learning rate (cosine decay); ~0.003 inherited, ~0.05 scratch")
+    ] = 0.003,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw")] = "sgd",
     temperature: Annotated[float, typer.Option(help="KD temperature T")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term against cross-entropy")] = 0.9,
@@ -77,9 +101,12 @@ def proxy(
     views: Annotated[int, typer.Option(min=1, help="Augmented copies of each training image")] = 2,
     seed: Annotated[int, typer.Option(help="Training seed (batch order, adapters)")] = 0,
     split_seed: Annotated[int, typer.Option(help="Seed of the train/validation split")] = 0,
-    input_size: Annotated[Optional[int], typer.Option(help="Input resolution (default: the teacher's)")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input resolution (default: the teacher's)")] = None,
     device: DeviceOpt = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Teacher-output cache (default $STRUCTSEARCH_CACHE, else $STRUCTSEARCH_HOME/cache)")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Teacher-output cache (default $STRUCTSEARCH_CACHE, else $STRUCTSEARCH_HOME/cache)"),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep teacher outputs in memory only")] = False,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -96,12 +123,34 @@ def proxy(
         if student_spec is not None and student_model is not None:
             raise StructsearchError("give --student-spec or --student-model, not both")
         config = _proxy_config(
-            steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, temperature=temperature, alpha=alpha,
-            feature_kd=feature_kd, views=views, seed=seed, device=device,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            temperature=temperature,
+            alpha=alpha,
+            feature_kd=feature_kd,
+            views=views,
+            seed=seed,
+            device=device,
         )
         result = _run_proxy(
-            teacher, checkpoint, parse_kwargs(kw), student_spec, student_model, parse_kwargs(student_kw), width,
-            data, val_data, val_size, train_size, split_seed, input_size, config, None if no_cache else cache_dir, no_cache,
+            teacher,
+            checkpoint,
+            parse_kwargs(kw),
+            student_spec,
+            student_model,
+            parse_kwargs(student_kw),
+            width,
+            data,
+            val_data,
+            val_size,
+            train_size,
+            split_seed,
+            input_size,
+            config,
+            None if no_cache else cache_dir,
+            no_cache,
         )
         if format is Format.json:
             print_json(result)
@@ -177,7 +226,9 @@ def _run_proxy(
         check_feature_pair(teacher, student)
 
     preprocess = Preprocess.from_model(teacher, input_size)
-    train = _train_data(data_source, teacher_name, checkpoint, teacher_kwargs, teacher, preprocess, config, cache_dir, no_cache)
+    train = _train_data(
+        data_source, teacher_name, checkpoint, teacher_kwargs, teacher, preprocess, config, cache_dir, no_cache
+    )
     if val_source is not None:
         val = load_data(val_source)
         train_idx = torch.arange(len(train))
@@ -191,7 +242,12 @@ def _run_proxy(
     size = (3, *preprocess.input_size)
     teacher_cost, student_cost = measure_cost(teacher, size), measure_cost(student, size)
     distiller = Distiller(
-        teacher, train, train_idx, val_idx, preprocess, config,
+        teacher,
+        train,
+        train_idx,
+        val_idx,
+        preprocess,
+        config,
         val_data=val,
         teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint),
         cache=None if no_cache else TeacherCache(cache_dir),
@@ -237,6 +293,10 @@ def _train_data(
     if checkpoint is None:
         raise DataError(f"--data {source} is synthesised from the teacher's trained weights; give its --checkpoint")
     return synthesize_spec(
-        teacher, preprocess, spec.synthesis, device=config.device,
-        teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint), cache=None if no_cache else TeacherCache(cache_dir),
+        teacher,
+        preprocess,
+        spec.synthesis,
+        device=config.device,
+        teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint),
+        cache=None if no_cache else TeacherCache(cache_dir),
     ).data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,8 +12,11 @@ from rich.table import Table
 from structsearch.cli._common import Format, console, err_console, print_json, run_guarded
 
 StorageOpt = Annotated[
-    Optional[str],
-    typer.Option("--storage", help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)"),
+    str | None,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
+    ),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 
@@ -58,29 +61,52 @@ def _resolutions(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise StructsearchError(f"invalid --resolutions '{text}': use comma-separated pixel sizes, e.g. 24,28,32") from None
+        raise StructsearchError(
+            f"invalid --resolutions '{text}': use comma-separated pixel sizes, e.g. 24,28,32"
+        ) from None
 
 
 def search(
-    spec_file: Annotated[Optional[Path], typer.Argument(help="Study spec YAML (default: studies/digits_default.yaml's embedded default)")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Study name (a new name starts a new study)")] = None,
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher timm model name")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option(help="Teacher checkpoint (state dict)")] = None,
-    student: Annotated[Optional[str], typer.Option(help="Student base model (default: the teacher's architecture)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Training data: npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT, digits")] = None,
-    val_data: Annotated[Optional[str], typer.Option(help="Separate validation data (default: carved from --data)")] = None,
-    budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[Optional[str], typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60% of the teacher")] = None,
-    budget_memory: Annotated[Optional[str], typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60% of the teacher")] = None,
-    resolutions: Annotated[Optional[str], typer.Option(help="Student input resolutions to search, e.g. 24,28,32 (the teacher keeps its own)")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="accuracy (single objective, pruned), or accuracy,X with X macs, params, latency or memory")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="tpe, nsga2 or random")] = None,
-    trials: Annotated[Optional[int], typer.Option(help="Number of trials")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Proxy KD steps per candidate")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto")] = None,
-    heartbeat: Annotated[int, typer.Option(help="Seconds between trial heartbeats; a trial of a killed search is failed and re-run after 3 silent beats", min=1)] = 10,
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="Study spec YAML (default: studies/digits_default.yaml's embedded default)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Study name (a new name starts a new study)")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher timm model name")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Teacher checkpoint (state dict)")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student base model (default: the teacher's architecture)")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Training data: npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT, digits")
+    ] = None,
+    val_data: Annotated[str | None, typer.Option(help="Separate validation data (default: carved from --data)")] = None,
+    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
+    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
+    budget_latency: Annotated[
+        str | None, typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60% of the teacher")
+    ] = None,
+    budget_memory: Annotated[
+        str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60% of the teacher")
+    ] = None,
+    resolutions: Annotated[
+        str | None, typer.Option(help="Student input resolutions to search, e.g. 24,28,32 (the teacher keeps its own)")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="accuracy (single objective, pruned), or accuracy,X with X macs, params, latency or memory"),
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe, nsga2 or random")] = None,
+    trials: Annotated[int | None, typer.Option(help="Number of trials")] = None,
+    steps: Annotated[int | None, typer.Option(help="Proxy KD steps per candidate")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto")] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            help="Seconds between trial heartbeats; a trial of a killed search is failed and re-run after 3 silent beats",
+            min=1,
+        ),
+    ] = 10,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -113,10 +139,17 @@ def search(
             }
         )
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), console=err_console, transient=format is Format.json,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=format is Format.json,
         ) as progress:
-            task = progress.add_task(f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)")
+            task = progress.add_task(
+                f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)"
+            )
 
             def on_trial(done: int, feasible: int, best: float | None) -> None:
                 best_txt = f"best {best:.2f}%" if best is not None else "best -"
@@ -160,20 +193,33 @@ def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> Non
             return
         table = Table("study", "teacher", "data", "budget", "trials", "trained", "best")
         for r in rows:
-            budget = " ".join(f"{what}<={r[f'budget_{what}']}" for what in ("flops", "params", "latency", "memory") if r.get(f"budget_{what}"))
-            table.add_row(r["study"], r["teacher"], r["data"], budget or "-", f"{r['trials']}/{r['trials_requested']}", str(r["trained"]),
-                          "-" if r["best_score"] is None else f"{r['best_score']:.2f}")
+            budget = " ".join(
+                f"{what}<={r[f'budget_{what}']}"
+                for what in ("flops", "params", "latency", "memory")
+                if r.get(f"budget_{what}")
+            )
+            table.add_row(
+                r["study"],
+                r["teacher"],
+                r["data"],
+                budget or "-",
+                f"{r['trials']}/{r['trials_requested']}",
+                str(r["trained"]),
+                "-" if r["best_score"] is None else f"{r['best_score']:.2f}",
+            )
         console.print(table)
 
     run_guarded(body)
 
 
 def best(
-    budget_flops: Annotated[Optional[str], typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[Optional[str], typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[Optional[str], typer.Option(help="Latency budget against each trial's measured latency: 5ms, 800us or 60%")] = None,
-    budget_memory: Annotated[Optional[str], typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")] = None,
-    study: Annotated[Optional[str], typer.Option(help="Look in one study (default: every study in the storage)")] = None,
+    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
+    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
+    budget_latency: Annotated[
+        str | None, typer.Option(help="Latency budget against each trial's measured latency: 5ms, 800us or 60%")
+    ] = None,
+    budget_memory: Annotated[str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")] = None,
+    study: Annotated[str | None, typer.Option(help="Look in one study (default: every study in the storage)")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
@@ -181,7 +227,6 @@ def best(
 
     def body() -> None:
         from structsearch.search import best_under_budget
-
         from structsearch.search.results import baseline_gains, load_study, study_records
         from structsearch.search.storage import open_storage
 
@@ -201,17 +246,19 @@ def best(
 
 def pareto(
     study: Annotated[str, typer.Option(help="Study name")],
-    cost: Annotated[str, typer.Option(help="macs, params, latency (measured ms) or memory (peak activation bytes)")] = "macs",
-    plot: Annotated[Optional[Path], typer.Option(help="Draw the front to a .png or .html file")] = None,
+    cost: Annotated[
+        str, typer.Option(help="macs, params, latency (measured ms) or memory (peak activation bytes)")
+    ] = "macs",
+    plot: Annotated[Path | None, typer.Option(help="Draw the front to a .png or .html file")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """Print (and draw) a study's Pareto front of score vs cost."""
 
     def body() -> None:
+        from structsearch.cli.recheck_cmds import recheck_summary
         from structsearch.errors import StructsearchError
         from structsearch.search import pareto_front, plot_front, study_records
-        from structsearch.cli.recheck_cmds import recheck_summary
         from structsearch.search.recheck import stored_rechecks
         from structsearch.search.results import baseline_gains, load_study
         from structsearch.search.storage import open_storage
@@ -226,8 +273,15 @@ def pareto(
         rechecks = stored_rechecks(s)
         gains = baseline_gains(records)
         if format is Format.json:
-            print_json({"study": s.study_name, "cost": cost, "front": [r.to_dict() for r in front],
-                        "recheck": [r.to_dict() for r in rechecks], "baselines": [g.to_dict() for g in gains]})
+            print_json(
+                {
+                    "study": s.study_name,
+                    "cost": cost,
+                    "front": [r.to_dict() for r in front],
+                    "recheck": [r.to_dict() for r in rechecks],
+                    "baselines": [g.to_dict() for g in gains],
+                }
+            )
             return
         console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
         _print_gains(gains)

@@ -8,7 +8,7 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,8 +16,11 @@ from structsearch.cli._common import Format, console, print_json, run_guarded
 from structsearch.errors import StructsearchError
 
 StorageOpt = Annotated[
-    Optional[str],
-    typer.Option("--storage", help="SQLAlchemy URL of the service database (default: $STRUCTSEARCH_DATABASE_URL, else $STRUCTSEARCH_STORAGE)"),
+    str | None,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL of the service database (default: $STRUCTSEARCH_DATABASE_URL, else $STRUCTSEARCH_STORAGE)",
+    ),
 ]
 
 db_app = typer.Typer(help="The service database: migrations.", no_args_is_help=True)
@@ -28,11 +31,15 @@ def _settings(storage: str | None):
     try:
         from structsearch.service.settings import ServiceSettings
     except ImportError as e:
-        raise StructsearchError(f"the service needs its extra: pip install 'structsearch[service]' ({e.name} is missing)") from None
+        raise StructsearchError(
+            f"the service needs its extra: pip install 'structsearch[service]' ({e.name} is missing)"
+        ) from None
     try:
         return ServiceSettings().with_database(storage)
     except ValueError as e:  # pydantic's ValidationError: a malformed STRUCTSEARCH_* variable
-        raise StructsearchError(f"invalid service settings: {str(e).splitlines()[0]} ({str(e).splitlines()[-1].strip()})") from None
+        raise StructsearchError(
+            f"invalid service settings: {str(e).splitlines()[0]} ({str(e).splitlines()[-1].strip()})"
+        ) from None
 
 
 def _logging() -> None:
@@ -49,7 +56,10 @@ def db_upgrade(storage: StorageOpt = None) -> None:
 
         settings = _settings(storage)
         revisions = upgrade(settings.database_url)
-        console.print(f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}", highlight=False)
+        console.print(
+            f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}",
+            highlight=False,
+        )
 
     run_guarded(body)
 
@@ -71,7 +81,9 @@ def apikey_create(
         except StructsearchError:
             raise
         except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
-            raise StructsearchError(f"cannot store the key: {str(e).strip().splitlines()[0]} (did you run `structsearch db upgrade`?)") from None
+            raise StructsearchError(
+                f"cannot store the key: {str(e).strip().splitlines()[0]} (did you run `structsearch db upgrade`?)"
+            ) from None
         finally:
             db.dispose()
         print(key)
@@ -151,14 +163,16 @@ def serve(
 def worker(
     storage: StorageOpt = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Trials this worker runs at once")] = 1,
-    name: Annotated[Optional[str], typer.Option(help="Worker name in logs (default: host-pid)")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name in logs (default: host-pid)")] = None,
 ) -> None:
     """Run queued trials of submitted searches until SIGTERM (which lets running trials finish)."""
 
     def body() -> None:
         settings = _settings(storage)
         if not settings.is_postgres:
-            raise StructsearchError(f"workers need the PostgreSQL service database, not {settings.database_url}; pass --storage postgresql+psycopg://...")
+            raise StructsearchError(
+                f"workers need the PostgreSQL service database, not {settings.database_url}; pass --storage postgresql+psycopg://..."
+            )
         from structsearch.service.worker import run_worker
 
         _logging()

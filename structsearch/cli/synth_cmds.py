@@ -10,29 +10,45 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
 
-KwOpt = Annotated[Optional[list[str]], typer.Option("--kw", help="Teacher constructor kwarg KEY=VALUE (repeatable)")]
+KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Teacher constructor kwarg KEY=VALUE (repeatable)")]
 
 
 def synthesize(
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher timm model name, e.g. cifar_resnet56")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images to synthesise")],
-    out: Annotated[Path, typer.Option("--out", help="Archive to write (x uint8 N×H×W×3, y = the teacher's labels); load it as npz:FILE")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="The teacher's trained weights (required: synthesis inverts them)")] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Archive to write (x uint8 N×H×W×3, y = the teacher's labels); load it as npz:FILE"),
+    ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="The teacher's trained weights (required: synthesis inverts them)")
+    ] = None,
     kw: KwOpt = None,
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Optimisation steps per batch (DeepInversion paper: 2000)")] = 2000,
-    method: Annotated[str, typer.Option(help="auto (DeepInversion with BatchNorm, else PSAQ-ViT), deepinversion or psaq")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images optimised together (BatchNorm statistics are matched per batch)")] = 256,
+    iters: Annotated[
+        int, typer.Option("--iters", min=1, help="Optimisation steps per batch (DeepInversion paper: 2000)")
+    ] = 2000,
+    method: Annotated[
+        str, typer.Option(help="auto (DeepInversion with BatchNorm, else PSAQ-ViT), deepinversion or psaq")
+    ] = "auto",
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images optimised together (BatchNorm statistics are matched per batch)")
+    ] = 256,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random start, targets, jitter and flips")] = 0,
-    input_size: Annotated[Optional[int], typer.Option(help="Resolution (default: the teacher's)")] = None,
-    grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write the first 100 images as a PNG grid")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Resolution (default: the teacher's)")] = None,
+    grid: Annotated[Path | None, typer.Option("--grid", help="Also write the first 100 images as a PNG grid")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache of synthetic sets and teacher outputs (default $STRUCTSEARCH_CACHE, else $STRUCTSEARCH_HOME/cache)")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache of synthetic sets and teacher outputs (default $STRUCTSEARCH_CACHE, else $STRUCTSEARCH_HOME/cache)"
+        ),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor store the set in the cache")] = False,
     format: Annotated[Format, typer.Option("--format", help="table for people, json for scripts")] = Format.table,
 ) -> None:
@@ -63,14 +79,24 @@ def synthesize(
                 console.print(f"batch {batch}/{batches}: {terms}", highlight=False, soft_wrap=True)
 
         result = synthesize_spec(
-            net, preprocess, spec, device=device, teacher_id=TeacherId.of(teacher, kwargs, checkpoint),
-            cache=None if no_cache else TeacherCache(cache_dir), progress=progress,
+            net,
+            preprocess,
+            spec,
+            device=device,
+            teacher_id=TeacherId.of(teacher, kwargs, checkpoint),
+            cache=None if no_cache else TeacherCache(cache_dir),
+            progress=progress,
         )
         _write_npz(out, result.data)
         if grid is not None:
             _write_grid(grid, result.data.x[:100])
-        info = {**result.info(), "teacher": teacher, "checkpoint": str(checkpoint), "out": str(out),
-                "grid": str(grid) if grid else None}
+        info = {
+            **result.info(),
+            "teacher": teacher,
+            "checkpoint": str(checkpoint),
+            "out": str(out),
+            "grid": str(grid) if grid else None,
+        }
         if format is Format.json:
             print_json(info)
             return

@@ -44,27 +44,48 @@ _LABELS: dict[str, str] = {
     "latency": "latency budget",
     "memory": "memory budget",
 }
-_EXAMPLES: dict[str, str] = {"flops": "300M, 1.2G", "params": "5M, 850k", "latency": "5ms, 800us, 0.01s",
-                             "memory": "50MB, 512kB, 1.5GB, 64MiB"}  # fmt: skip
+_EXAMPLES: dict[str, str] = {
+    "flops": "300M, 1.2G",
+    "params": "5M, 850k",
+    "latency": "5ms, 800us, 0.01s",
+    "memory": "50MB, 512kB, 1.5GB, 64MiB",
+}
 
 #: What each kind of budget measures; ``Budget.unit`` ("" for counts).
 UNITS: dict[str, str] = {"flops": "", "params": "", "latency": "ms", "memory": "B"}
 
 #: Latency units in milliseconds (lower-cased; "µ" in both of its Unicode spellings).
 _TIME_UNITS: dict[str, Decimal] = {
-    "ns": Decimal("0.000001"), "us": Decimal("0.001"), "\u00b5s": Decimal("0.001"), "\u03bcs": Decimal("0.001"),
-    "ms": Decimal(1), "s": Decimal(1000),
-}  # fmt: skip
+    "ns": Decimal("0.000001"),
+    "us": Decimal("0.001"),
+    "\u00b5s": Decimal("0.001"),
+    "\u03bcs": Decimal("0.001"),
+    "ms": Decimal(1),
+    "s": Decimal(1000),
+}
 #: Memory units in bytes (lower-cased): decimal SI as in "50MB", binary IEC as in "64MiB".
 _BYTE_UNITS: dict[str, int] = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 #: Byte units as written back (their canonical spelling).
 _WRITE_BYTE_UNITS: tuple[tuple[str, int], ...] = (
-    ("kB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12),
-    ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40),
-)  # fmt: skip
+    ("kB", 10**3),
+    ("MB", 10**6),
+    ("GB", 10**9),
+    ("TB", 10**12),
+    ("KiB", 2**10),
+    ("MiB", 2**20),
+    ("GiB", 2**30),
+    ("TiB", 2**40),
+)
 _MEASURED_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[^\d\s.][^\s]*)?$", re.IGNORECASE)
 
 
@@ -173,9 +194,7 @@ def _parse_measured(text: str, what: str) -> Budget:
         if not 0 < number <= 100:
             raise _invalid(text, what, "a percentage must be above 0% and at most 100%")
         return Budget(value=float(number / 100), relative=True, unit=UNITS[what])
-    units: dict[str, Decimal] = (
-        _TIME_UNITS if what == "latency" else {k: Decimal(v) for k, v in _BYTE_UNITS.items()}
-    )
+    units: dict[str, Decimal] = _TIME_UNITS if what == "latency" else {k: Decimal(v) for k, v in _BYTE_UNITS.items()}
     if not unit:
         raise _invalid(text, what, "it has no unit")
     if unit not in units:

@@ -51,11 +51,33 @@ CONVENTION = "fvcore: 1 multiply-add = 1 flop (MACs)"
 #: Op-name tokens (split on "_") that mark an op as doing multiply-accumulate work.
 _MATMUL_TOKENS = frozenset(
     {
-        "mm", "bmm", "addmm", "baddbmm", "addbmm", "mv", "addmv", "matmul", "einsum", "tensordot",
-        "dot", "vdot", "vecdot", "inner", "outer", "ger", "addr", "kron",
-        "linear", "bilinear", "trilinear", "attention", "rnn", "lstm", "gru",
+        "mm",
+        "bmm",
+        "addmm",
+        "baddbmm",
+        "addbmm",
+        "mv",
+        "addmv",
+        "matmul",
+        "einsum",
+        "tensordot",
+        "dot",
+        "vdot",
+        "vecdot",
+        "inner",
+        "outer",
+        "ger",
+        "addr",
+        "kron",
+        "linear",
+        "bilinear",
+        "trilinear",
+        "attention",
+        "rnn",
+        "lstm",
+        "gru",
     }
-)  # fmt: skip
+)
 #: conv, conv2d, convolution (but not e.g. "convert").
 _CONV_TOKEN = re.compile(r"^conv(\d+d|olution)?$")
 

@@ -163,7 +163,10 @@ def measure_latency(
     dev = resolve_device(device)
     n_threads = (threads or torch.get_num_threads()) if dev.type == "cpu" else None
     if runtime == "torch":
-        times, version = _time_torch(model, size, dev, batch_size, n_threads, warmup, repeats), f"torch {torch.__version__}"
+        times, version = (
+            _time_torch(model, size, dev, batch_size, n_threads, warmup, repeats),
+            f"torch {torch.__version__}",
+        )
     else:
         times, version = _time_onnxruntime(model, size, dev, batch_size, n_threads, warmup, repeats)
     ordered = sorted(times)
@@ -216,8 +219,13 @@ class _Threads:
 
 
 def _time_torch(
-    model: nn.Module, size: tuple[int, int, int], dev: torch.device, batch_size: int, threads: int | None,
-    warmup: int, repeats: int,
+    model: nn.Module,
+    size: tuple[int, int, int],
+    dev: torch.device,
+    batch_size: int,
+    threads: int | None,
+    warmup: int,
+    repeats: int,
 ) -> list[float]:
     """Per-call milliseconds of eager PyTorch (host timer on CPU, CUDA events on CUDA)."""
     net = _model_on(model, dev)
@@ -244,8 +252,13 @@ def _time_torch(
 
 
 def _time_onnxruntime(
-    model: nn.Module, size: tuple[int, int, int], dev: torch.device, batch_size: int, threads: int | None,
-    warmup: int, repeats: int,
+    model: nn.Module,
+    size: tuple[int, int, int],
+    dev: torch.device,
+    batch_size: int,
+    threads: int | None,
+    warmup: int,
+    repeats: int,
 ) -> tuple[list[float], str]:
     """Per-call milliseconds of an onnxruntime session on a temporary export of ``model``.
 

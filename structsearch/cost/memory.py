@@ -92,7 +92,9 @@ class LiveStorageTracker(TorchDispatchMode):
         self._live: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
@@ -182,4 +184,3 @@ def _cuda_peak(net: nn.Module, x: torch.Tensor, dev: torch.device) -> int:
     peak = torch.cuda.max_memory_allocated(dev) - before
     del out
     return max(0, peak)
-

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Hashable
 
 import numpy as np
 import torch

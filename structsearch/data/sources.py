@@ -16,9 +16,10 @@ import inspect
 import os
 import zipfile
 import zlib
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,9 @@ def _stat_digest(files: list[tuple[Path, int]], root: Path) -> str:
     return h.hexdigest()
 
 
-def _read_imagefolder(files: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int] | None) -> RawArrays:
+def _read_imagefolder(
+    files: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int] | None
+) -> RawArrays:
     first = _decode_image(files[0][0], size)
     h, w = first.shape[:2]
     x = np.empty((len(files), h, w, 3), dtype=np.uint8)
@@ -257,7 +260,9 @@ def _read_torchvision(dataset_cls: type, root: Path, spec: DataSpec) -> RawArray
         dataset = dataset_cls(str(root), **kwargs)
     except Exception as e:  # noqa: BLE001 -- third-party code reading user files; any failure is a data problem
         if spec.download:
-            raise DataError(f"could not download or read torchvision dataset {name} into {root}: {one_line(e)}") from None
+            raise DataError(
+                f"could not download or read torchvision dataset {name} into {root}: {one_line(e)}"
+            ) from None
         if isinstance(e, RuntimeError):  # what torchvision raises for missing or corrupt files
             raise DataError(
                 f"torchvision dataset {name} ({spec.split}) not found or incomplete under {root}: "
@@ -312,7 +317,9 @@ def _arrays_by_item(dataset: Any, name: str, names: tuple[str, ...] | None) -> R
     for i in range(n):
         image, target = dataset[i]
         if not isinstance(target, (int, np.integer)):
-            raise DataError(f"torchvision dataset {name} has non-integer targets ({type(target).__name__}); unsupported")
+            raise DataError(
+                f"torchvision dataset {name} has non-integer targets ({type(target).__name__}); unsupported"
+            )
         array = _pil_to_rgb(image, None if first is None else first)
         if x is None:
             first = array.shape[:2]

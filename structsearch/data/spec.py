@@ -88,9 +88,13 @@ class SynthesisSpec:
         for name, low in (("n", 1), ("iterations", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise DataError(f"synthetic data: {_SYNTH_OPTION_OF.get(name, name)} must be an integer >= {low}, got {value!r}")
+                raise DataError(
+                    f"synthetic data: {_SYNTH_OPTION_OF.get(name, name)} must be an integer >= {low}, got {value!r}"
+                )
         if self.method not in SYNTHESIS_METHODS:
-            raise DataError(f"synthetic data: unknown method {self.method!r}; use one of {', '.join(SYNTHESIS_METHODS)}")
+            raise DataError(
+                f"synthetic data: unknown method {self.method!r}; use one of {', '.join(SYNTHESIS_METHODS)}"
+            )
 
     def options_str(self) -> str:
         """``iters=K&method=M&...`` for the options that differ from their defaults (may be empty)."""
@@ -168,7 +172,7 @@ class DataSpec:
     # -- parsing -----------------------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, text: "str | DataSpec") -> "DataSpec":
+    def parse(cls, text: str | DataSpec) -> DataSpec:
         """Read a spec from its command-line form (see the module docstring); raise DataError."""
         if isinstance(text, DataSpec):
             return text
@@ -224,13 +228,13 @@ class DataSpec:
     def is_sliced(self) -> bool:
         return self.start is not None or self.stop is not None
 
-    def with_download(self, download: bool = True) -> "DataSpec":
+    def with_download(self, download: bool = True) -> DataSpec:
         """The same spec with downloading switched on or off (what the CLI's ``--download`` does)."""
         if download and self.kind != "torchvision":
             return self  # nothing to download; a flag meant for torchvision data is harmless here
         return replace(self, download=download)
 
-    def unsliced(self) -> "DataSpec":
+    def unsliced(self) -> DataSpec:
         """The whole source: the spec without its row slice."""
         return replace(self, start=None, stop=None)
 
@@ -277,7 +281,9 @@ def _parse_body(kind: str, rest: str) -> dict[str, object]:
                 root, split = root[: -len(s) - 1], s
                 break
         if not name or not root:
-            raise DataError(f"torchvision data needs a dataset name and a root, e.g. torchvision:CIFAR10:/data; got {rest!r}")
+            raise DataError(
+                f"torchvision data needs a dataset name and a root, e.g. torchvision:CIFAR10:/data; got {rest!r}"
+            )
         return {"name": name, "path": root, "split": split}
     if not rest:
         raise DataError(f"{kind} data needs a path, e.g. {kind}:/path/to/data")

@@ -9,7 +9,7 @@ per-item collation.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -119,8 +119,7 @@ def _resolve_val_size(val_size: int | float, n: int) -> int:
         count = val_size
     if not 1 <= count <= n - 1:
         raise DataError(
-            f"validation size {val_size!r} gives {count} of {n} rows; need at least 1 for validation "
-            "and 1 for training"
+            f"validation size {val_size!r} gives {count} of {n} rows; need at least 1 for validation and 1 for training"
         )
     return count
 

@@ -62,7 +62,7 @@ class Preprocess:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, input_size: int | tuple[int, int] | None = None) -> "Preprocess":
+    def from_model(cls, model: torch.nn.Module, input_size: int | tuple[int, int] | None = None) -> Preprocess:
         """Read mean, std, input size and interpolation from a timm model's pretrained config.
 
         ``input_size`` overrides the model's (e.g. 32 to run an ImageNet-shaped model on CIFAR
@@ -112,7 +112,7 @@ class Augment:
     hflip: bool = True
 
     @classmethod
-    def for_size(cls, height: int, hflip: bool = True) -> "Augment":
+    def for_size(cls, height: int, hflip: bool = True) -> Augment:
         """Padding scaled to the image (4 px at 32 px, 1 px at 8 px): a 4 px shift would wreck an
         8x8 digit, while CIFAR's recipe stays exactly as its teachers were trained."""
         return cls(crop_padding=max(1, round(height / 8)), hflip=hflip)

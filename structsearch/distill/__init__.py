@@ -14,10 +14,10 @@ the 1×1 adapters that belong to the loss) are optimised.
 from structsearch.distill.bn import recalibrate_bn
 from structsearch.distill.cache import TeacherCache, cache_key, default_cache_dir
 from structsearch.distill.evaluate import predict, top1
-from structsearch.distill.students import uniform_width_spec
 from structsearch.distill.losses import distill_loss, feature_kd_loss, kd_loss
-from structsearch.distill.taps import FeatureKDError, FeatureTap, stage_names, tapped
+from structsearch.distill.students import uniform_width_spec
 from structsearch.distill.synthesis import SynthesisConfig, SynthesisResult, synthesize
+from structsearch.distill.taps import FeatureKDError, FeatureTap, stage_names, tapped
 from structsearch.distill.teacher import TeacherId, augmented_views, run_teacher
 from structsearch.distill.trainer import (
     Distiller,

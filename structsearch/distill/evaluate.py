@@ -22,7 +22,9 @@ def predict(model: nn.Module, x_uint8: Tensor, preprocess: Preprocess, batch_siz
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
-def top1(model: nn.Module, x_uint8: Tensor, y: Tensor, preprocess: Preprocess, batch_size: int, device: torch.device) -> float:
+def top1(
+    model: nn.Module, x_uint8: Tensor, y: Tensor, preprocess: Preprocess, batch_size: int, device: torch.device
+) -> float:
     """Top-1 accuracy in percent."""
     if len(y) == 0:
         return float("nan")

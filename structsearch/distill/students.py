@@ -18,6 +18,10 @@ def uniform_width_spec(space: Space, width: float) -> ArchSpec:
     for i, stage in enumerate(space.stages):
         for j, b in enumerate(stage):
             if not any(abs(width - w) < 1e-9 for w in b.widths):
-                raise SpecError(f"width {width} is not allowed for block {b.name} (stage {i}, block {j}); use one of {list(b.widths)}")
-    stages = tuple(tuple(BlockSpec(keep=True, width=width, heads=b.heads_base) for b in stage) for stage in space.stages)
+                raise SpecError(
+                    f"width {width} is not allowed for block {b.name} (stage {i}, block {j}); use one of {list(b.widths)}"
+                )
+    stages = tuple(
+        tuple(BlockSpec(keep=True, width=width, heads=b.heads_base) for b in stage) for stage in space.stages
+    )
     return ArchSpec(space.model, stages, space.model_kwargs)

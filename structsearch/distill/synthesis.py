@@ -223,9 +223,13 @@ def resolve_method(model: nn.Module, method: str = "auto", name: str | None = No
             "timm self-attention blocks (PSAQ-ViT); give real data"
         )
     if method == "deepinversion" and not has_batchnorm(model):
-        raise DataError(f"method deepinversion needs BatchNorm layers with running statistics, and {who} has none; use method=psaq or auto")
+        raise DataError(
+            f"method deepinversion needs BatchNorm layers with running statistics, and {who} has none; use method=psaq or auto"
+        )
     if method == "psaq" and not _attentions(model):
-        raise DataError(f"method psaq needs timm self-attention blocks, and {who} has none; use method=deepinversion or auto")
+        raise DataError(
+            f"method psaq needs timm self-attention blocks, and {who} has none; use method=deepinversion or auto"
+        )
     if method not in METHODS:
         raise DataError(f"unknown synthesis method {method!r}; use auto, {', '.join(METHODS)}")
     return method
@@ -353,8 +357,17 @@ def synthesize_spec(
 ) -> SynthesisResult:
     """:func:`synthesize` with the settings of a ``synthetic:N?...`` data spec."""
     return synthesize(
-        teacher, preprocess, spec.n, method=spec.method, iterations=spec.iterations, batch_size=spec.batch_size,
-        seed=spec.seed, device=device, teacher_id=teacher_id, cache=cache, progress=progress,
+        teacher,
+        preprocess,
+        spec.n,
+        method=spec.method,
+        iterations=spec.iterations,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        device=device,
+        teacher_id=teacher_id,
+        cache=cache,
+        progress=progress,
     )
 
 
@@ -409,7 +422,9 @@ def synthesize(
     source = f"synthetic:{n}" + (f"?{options}" if options else "")
 
     def compute() -> dict[str, np.ndarray]:
-        return _run(teacher, preprocess, n, resolved, iterations, batch_size, seed, dev, cfg, num_classes, progress, stats)
+        return _run(
+            teacher, preprocess, n, resolved, iterations, batch_size, seed, dev, cfg, num_classes, progress, stats
+        )
 
     # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
     # report the timings and losses of the run that made the set
@@ -424,7 +439,9 @@ def synthesize(
     x = torch.from_numpy(np.array(arrays["x"], dtype=np.uint8))
     y = torch.from_numpy(np.array(arrays["y"], dtype=np.int64))
     targets = torch.from_numpy(np.array(arrays["targets"], dtype=np.int64))
-    data = LoadedData(x=x, y=y, num_classes=num_classes, class_names=tuple(str(i) for i in range(num_classes)), source=source)
+    data = LoadedData(
+        x=x, y=y, num_classes=num_classes, class_names=tuple(str(i) for i in range(num_classes)), source=source
+    )
     if hit:
         log.info("synthetic set %s read from the cache (%s)", source, key[:12])
     return SynthesisResult(
@@ -489,7 +506,9 @@ def _run(
         for b, rows in enumerate(chunks):
             t0 = time.perf_counter()
             batch_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b + 1)
-            x, first, last = _invert(teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen)
+            x, first, last = _invert(
+                teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen
+            )
             optimise_seconds += time.perf_counter() - t0
             images[rows] = _quantise(x, mean, std).cpu()
             initials.append(first)
@@ -549,7 +568,9 @@ def _invert(
     bn = _BNStatistics(teacher) if method == "deepinversion" else None
     sim = _PatchSimilarity(teacher) if method == "psaq" else None
     # all randomness of the loop comes from one CPU generator: jitter, flips, KDE pair subsets
-    shifts = torch.randint(-jitter, jitter + 1, (iterations, 2), generator=gen).tolist() if jitter else [[0, 0]] * iterations
+    shifts = (
+        torch.randint(-jitter, jitter + 1, (iterations, 2), generator=gen).tolist() if jitter else [[0, 0]] * iterations
+    )
     flips = (torch.rand(iterations, generator=gen) < 0.5).tolist() if cfg.flip else [False] * iterations
     first: dict[str, float] = {}
     last: dict[str, Tensor] = {}

@@ -50,7 +50,7 @@ class TeacherId:
     checkpoint_hash: str | None = None
 
     @classmethod
-    def of(cls, name: str, kwargs: dict[str, Any] | None = None, checkpoint: Any = None) -> "TeacherId":
+    def of(cls, name: str, kwargs: dict[str, Any] | None = None, checkpoint: Any = None) -> TeacherId:
         """The id of ``create_model(name, checkpoint, **kwargs)``; hashes the checkpoint file."""
         from structsearch.models import file_hash
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structsearch.data import Augment, LoadedData, Preprocess, batches, check_labels, fingerprint
+from structsearch.devices import resolve_device
 from structsearch.distill.bn import recalibrate_bn
 from structsearch.distill.cache import TeacherCache, cache_key
 from structsearch.distill.losses import distill_loss, feature_kd_loss
@@ -43,7 +44,6 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
-from structsearch.devices import resolve_device
 from structsearch.errors import DataError, StructsearchError
 
 __all__ = ["ProxyConfig", "ProxyConfigError", "ProxyResult", "Distiller", "train_proxy", "resolve_device"]
@@ -103,7 +103,11 @@ class ProxyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ProxyConfigError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.bn_recalibration_batches, bool) or not isinstance(self.bn_recalibration_batches, int) or self.bn_recalibration_batches < 0:
+        if (
+            isinstance(self.bn_recalibration_batches, bool)
+            or not isinstance(self.bn_recalibration_batches, int)
+            or self.bn_recalibration_batches < 0
+        ):
             raise ProxyConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ProxyConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
@@ -189,7 +193,9 @@ class Distiller:
         val_data = data if val_data is None else val_data
         self.val_idx = _as_index(val_idx, len(val_data), "validation")
         if val_data is data and np.intersect1d(self.train_idx.numpy(), self.val_idx.numpy()).size:
-            raise DataError("training and validation indices overlap; a proxy scored on its training images says nothing")
+            raise DataError(
+                "training and validation indices overlap; a proxy scored on its training images says nothing"
+            )
 
         self.num_classes = num_classes_of(teacher) or self._probe_classes(val_data)
         check_labels(data, self.num_classes)
@@ -268,7 +274,13 @@ class Distiller:
         def compute() -> dict[str, np.ndarray]:
             self.teacher.to(self.device)
             return run_teacher(
-                self.teacher, x, self.preprocess, self.config.eval_batch_size, self.device, taps, self.config.channels_last
+                self.teacher,
+                x,
+                self.preprocess,
+                self.config.eval_batch_size,
+                self.device,
+                taps,
+                self.config.channels_last,
             )
 
         if self.cache is None:
@@ -280,7 +292,9 @@ class Distiller:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def score(self, student: nn.Module, callback: Callback | None = None, *, input_size: int | None = None) -> ProxyResult:
+    def score(
+        self, student: nn.Module, callback: Callback | None = None, *, input_size: int | None = None
+    ) -> ProxyResult:
         """Distil into ``student`` (trained in place, left in eval mode) and score it on validation.
 
         ``callback(step, val_top1)`` is called every ``config.report_every`` steps with the current
@@ -308,7 +322,9 @@ class Distiller:
         if size == tuple(self.preprocess.input_size):
             return None
         if self.config.feature_kd:
-            raise ProxyConfigError("feature KD needs the student at the teacher's resolution; turn it off to train at another size")
+            raise ProxyConfigError(
+                "feature KD needs the student at the teacher's resolution; turn it off to train at another size"
+            )
         return size
 
     def _resize(self, x: Tensor, size: tuple[int, int] | None) -> Tensor:
@@ -328,7 +344,8 @@ class Distiller:
         self._probe_student(student, size)
         recal = torch.Generator().manual_seed(cfg.seed + 1)
         recal_batches = (
-            self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(recal, cfg.bn_recalibration_batches)
+            self._resize(self._pre(self.train_views[p]), size)
+            for p in self._pair_batches(recal, cfg.bn_recalibration_batches)
         )
         recalibrate_bn(student, recal_batches)
         adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
@@ -348,7 +365,9 @@ class Distiller:
                 x = self._pre(self.train_views[pairs])
                 t_logits, t_feats = self.source(pairs, x)
                 out = student(self._resize(x, size))
-                loss = distill_loss(out, t_logits, self.train_y[pairs.to(self.device) % self.n_train], cfg.temperature, cfg.alpha)
+                loss = distill_loss(
+                    out, t_logits, self.train_y[pairs.to(self.device) % self.n_train], cfg.temperature, cfg.alpha
+                )
                 if tap is not None:
                     loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
                 opt.zero_grad(set_to_none=True)
@@ -384,7 +403,9 @@ class Distiller:
             teacher_cache_hit=self.cache_hit,
         )
 
-    def quick_score(self, student: nn.Module, *, batches: int = 4, images: int = 512, input_size: int | None = None) -> float:
+    def quick_score(
+        self, student: nn.Module, *, batches: int = 4, images: int = 512, input_size: int | None = None
+    ) -> float:
         """Top-1 (%) on the first ``images`` validation images after BatchNorm recalibration only.
 
         No training step: EagleEye (Li et al., ECCV 2020) shows that a pruned network's accuracy
@@ -397,7 +418,9 @@ class Distiller:
         if self.config.channels_last:
             student.to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(self.config.seed + 1)  # the batches the proxy recalibrates on
-        recalibrate_bn(student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, batches)))
+        recalibrate_bn(
+            student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, batches))
+        )
         student.eval()
         n = min(images, len(self.val_y))
         correct = 0

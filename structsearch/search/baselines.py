@@ -22,14 +22,15 @@ parameters and their structure is worked out from the teacher's weights when the
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
+from structsearch.pruning.importance import Importance, TensorDim
 from structsearch.search.costmodel import CostModel
-from structsearch.search.proposal import Caps, ProposalSpace, evenly, fill_greedily, Shape
+from structsearch.search.proposal import Caps, ProposalSpace, Shape, evenly, fill_greedily
 from structsearch.space import ArchSpec, BlockSpec, Space
 from structsearch.surgery import build_student_with_recipe
-from structsearch.surgery.importance import Importance, TensorDim
 
 BASELINES = ("uniform", "global_magnitude", "depth")
 #: Baselines with a structure of their own rather than shape parameters.
@@ -80,7 +81,9 @@ def enqueued_params(names: Sequence[str], proposals: ProposalSpace) -> list[tupl
             out.append((name, proposals.largest()))
         elif caps.primary is None:
             continue
-        elif name == "global_magnitude" and any(len(c.widths) > 1 or (c.heads and len(c.heads) > 1) for s in space.stages for c in s):
+        elif name == "global_magnitude" and any(
+            len(c.widths) > 1 or (c.heads and len(c.heads) > 1) for s in space.stages for c in s
+        ):
             out.append((name, {}))
         elif name == "depth" and depth_spec(space, proposals.model, caps) is not None:
             out.append((name, {}))
@@ -118,7 +121,10 @@ def unit_scores(base: nn.Module, space: Space, importance: Importance | None = N
             recorder = _Recorder(importance or L2GroupMagnitude())
             narrowest = BlockSpec(True, min(c.widths), min(c.heads) if c.heads else None)
             build_student_with_recipe(base, full.replace_block(i, j, narrowest), recorder)
-            for kind, size in (("width", c.width_base if len(c.widths) > 1 else 0), ("heads", c.heads_base if searchable_heads else 0)):
+            for kind, size in (
+                ("width", c.width_base if len(c.widths) > 1 else 0),
+                ("heads", c.heads_base if searchable_heads else 0),
+            ):
                 vectors = [v / v.mean().clamp_min(1e-12) for v in recorder.calls if size and v.numel() == size]
                 if vectors:
                     out[(i, j, kind)] = torch.stack(vectors).mean(0)
@@ -159,7 +165,9 @@ def global_units(base: nn.Module, space: Space, model: CostModel, caps: Caps) ->
 def global_magnitude_spec(base: nn.Module, space: Space, model: CostModel, caps: Caps) -> ArchSpec | None:
     """:func:`global_units` put on the width grid and filled to the budget (None: nothing to rank)."""
     kept = global_units(base, space, model, caps)
-    ratio = [[kept[(i, j, "width")] / c.width_base for j, c in enumerate(stage)] for i, stage in enumerate(space.stages)]
+    ratio = [
+        [kept[(i, j, "width")] / c.width_base for j, c in enumerate(stage)] for i, stage in enumerate(space.stages)
+    ]
     heads = [
         [kept[(i, j, "heads")] / c.heads_base if c.heads_base else 1.0 for j, c in enumerate(stage)]
         for i, stage in enumerate(space.stages)
@@ -183,7 +191,9 @@ def depth_spec(space: Space, model: CostModel, caps: Caps) -> ArchSpec | None:
             if len(rem) == len(stage):
                 n = max(n, 1)
             kept = set(evenly(rem, n))
-            stages.append(tuple(BlockSpec(not c.removable or j in kept, 1.0, c.heads_base) for j, c in enumerate(stage)))
+            stages.append(
+                tuple(BlockSpec(not c.removable or j in kept, 1.0, c.heads_base) for j, c in enumerate(stage))
+            )
         spec = ArchSpec(space.model, tuple(stages), space.model_kwargs)
         if caps.fits(model.macs(spec), model.params(spec)):
             return spec if k < steps else None  # keeping every block is no depth baseline

@@ -34,9 +34,9 @@ from structsearch.cost import (
 from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
 from structsearch.models import create_model, file_hash
-from structsearch.search.datafree import check_synthetic, load_train_data
 from structsearch.search.baselines import enqueued_params
 from structsearch.search.costmodel import CostModel
+from structsearch.search.datafree import check_synthetic, load_train_data
 from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
@@ -75,24 +75,38 @@ class SearchPlan:
             assert self.base is not None, "plan_search sets the base model"
             model = CostModel.calibrate(self.base, self.space, self.student_input_size(resolution))
             primary = self.max_macs if self.max_macs is not None else self.max_params
-            smallest = model.macs(self.space.smallest_spec()) if self.max_macs is not None else model.params(self.space.smallest_spec())
+            smallest = (
+                model.macs(self.space.smallest_spec())
+                if self.max_macs is not None
+                else model.params(self.space.smallest_spec())
+            )
             self._proposals[resolution] = ProposalSpace(
-                self.space, model, self.max_macs, self.max_params, self.spec.budget.fill,
-                vary_target=not self.spec.single_objective, min_target=smallest / primary if primary else 0.0,
-            )  # fmt: skip
+                self.space,
+                model,
+                self.max_macs,
+                self.max_params,
+                self.spec.budget.fill,
+                vary_target=not self.spec.single_objective,
+                min_target=smallest / primary if primary else 0.0,
+            )
         return self._proposals[resolution]
 
     def baseline_trials(self) -> list[tuple[str, dict[str, Any]]]:
         """``(name, parameters)`` of the baselines a new study enqueues, at the largest resolution."""
         resolution = max(self.resolutions) if self.resolutions else None
         fixed = {"resolution": resolution} if resolution is not None else {}
-        return [(name, {**params, **fixed}) for name, params in enqueued_params(self.spec.baselines, self.proposals(resolution))]
+        return [
+            (name, {**params, **fixed})
+            for name, params in enqueued_params(self.spec.baselines, self.proposals(resolution))
+        ]
 
     def student_input_size(self, resolution: int | None) -> tuple[int, int, int]:
         """``(C, H, W)`` a student runs at: its trial's resolution, else the teacher's size."""
         return self.input_size if resolution is None else (self.input_size[0], resolution, resolution)
 
-    def measure_runtime(self, model: nn.Module, resolution: int | None = None) -> tuple[LatencyReport | None, MemoryReport | None]:
+    def measure_runtime(
+        self, model: nn.Module, resolution: int | None = None
+    ) -> tuple[LatencyReport | None, MemoryReport | None]:
         """Latency and peak activation memory of ``model`` as the spec's ``measure`` section says.
 
         One place, so candidates, the teacher and the smallest student are measured alike.
@@ -100,10 +114,19 @@ class SearchPlan:
         m = self.spec.measure
         size = self.student_input_size(resolution)
         latency = (
-            measure_latency(model, size, runtime=m.runtime, device=m.device, batch_size=m.batch_size,
-                            threads=m.threads, warmup=m.warmup, repeats=m.repeats)
-            if m.latency else None
-        )  # fmt: skip
+            measure_latency(
+                model,
+                size,
+                runtime=m.runtime,
+                device=m.device,
+                batch_size=m.batch_size,
+                threads=m.threads,
+                warmup=m.warmup,
+                repeats=m.repeats,
+            )
+            if m.latency
+            else None
+        )
         memory = measure_memory(model, size, device=m.device, batch_size=m.batch_size) if m.memory else None
         return latency, memory
 
@@ -183,8 +206,20 @@ def plan_search(spec: StudySpec) -> SearchPlan:
             f"params budget {spec.budget.params} ({format_count(max_params)}) is below the smallest "
             f"student of {base_model} ({format_count(smallest.params)} params); raise the budget"
         )
-    plan = SearchPlan(spec, space, base_model, base_kwargs, inherit, size, teacher_cost, smallest, max_macs, max_params,
-                      resolutions=resolutions, base=base)  # fmt: skip
+    plan = SearchPlan(
+        spec,
+        space,
+        base_model,
+        base_kwargs,
+        inherit,
+        size,
+        teacher_cost,
+        smallest,
+        max_macs,
+        max_params,
+        resolutions=resolutions,
+        base=base,
+    )
     _resolve_measured_budgets(plan, teacher, smallest_student)
     return plan
 
@@ -304,8 +339,16 @@ def load_study_data(plan: SearchPlan) -> StudyData:
         teacher_id = TeacherId.of(t.model, t.kwargs, t.checkpoint)
     elif t.train_epochs:
         teacher, path = trained_teacher(
-            t.model, t.kwargs, train_data, fingerprint(train_data), train_idx, preprocess, t.train_epochs, spec.seed,
-            home() / "teachers", augment,
+            t.model,
+            t.kwargs,
+            train_data,
+            fingerprint(train_data),
+            train_idx,
+            preprocess,
+            t.train_epochs,
+            spec.seed,
+            home() / "teachers",
+            augment,
         )
         teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
     else:
@@ -324,13 +367,28 @@ def build_context(plan: SearchPlan) -> SearchContext:
     p = spec.proxy
     lr = p.lr if p.lr is not None else (0.003 if plan.inherit else 0.05)
     config = ProxyConfig(
-        steps=p.steps, batch_size=p.batch_size, optimizer=p.optimizer, lr=lr, temperature=p.temperature,
-        alpha=p.alpha, feature_kd=p.feature_kd and plan.inherit, seed=spec.seed, device=p.device,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        optimizer=p.optimizer,
+        lr=lr,
+        temperature=p.temperature,
+        alpha=p.alpha,
+        feature_kd=p.feature_kd and plan.inherit,
+        seed=spec.seed,
+        device=p.device,
         report_every=max(1, p.steps // 5),
     )
     distiller = Distiller(
-        teacher, d.train, d.train_idx, d.val_idx, preprocess, config,
-        val_data=d.val, teacher_id=d.teacher_id, cache=TeacherCache(), augment=augment,
+        teacher,
+        d.train,
+        d.train_idx,
+        d.val_idx,
+        preprocess,
+        config,
+        val_data=d.val,
+        teacher_id=d.teacher_id,
+        cache=TeacherCache(),
+        augment=augment,
     )
     teacher_score, _ = distiller.evaluate(teacher)
     return SearchContext(plan, base, distiller, teacher_score)

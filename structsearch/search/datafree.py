@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from structsearch.search.spec import StudySpec
 
 
-def check_synthetic(spec: "StudySpec", teacher: nn.Module) -> None:
+def check_synthetic(spec: StudySpec, teacher: nn.Module) -> None:
     """Raise a one-line DataError if the spec's synthetic data cannot be made for this teacher.
 
     ``teacher`` may have random weights: only its layers are looked at (which method applies).
@@ -38,7 +38,9 @@ def check_synthetic(spec: "StudySpec", teacher: nn.Module) -> None:
     from structsearch.distill.synthesis import resolve_method
 
     if spec.data.val and DataSpec.parse(spec.data.val).kind == "synthetic":
-        raise DataError("data.val cannot be synthetic; leave data.val out to carve validation from the synthetic data.train")
+        raise DataError(
+            "data.val cannot be synthetic; leave data.val out to carve validation from the synthetic data.train"
+        )
     train = DataSpec.parse(spec.data.train)
     if train.synthesis is None:
         return
@@ -49,11 +51,13 @@ def check_synthetic(spec: "StudySpec", teacher: nn.Module) -> None:
             if t.train_epochs
             else "a teacher without a checkpoint has random weights"
         )
-        raise DataError(f"data.train {spec.data.train} is synthesised from the teacher's trained weights, so the teacher needs a checkpoint ({why})")
+        raise DataError(
+            f"data.train {spec.data.train} is synthesised from the teacher's trained weights, so the teacher needs a checkpoint ({why})"
+        )
     resolve_method(teacher, train.synthesis.method, t.model)
 
 
-def load_train_data(spec: "StudySpec", teacher: nn.Module, preprocess: Preprocess) -> LoadedData:
+def load_train_data(spec: StudySpec, teacher: nn.Module, preprocess: Preprocess) -> LoadedData:
     """``data.train`` of a spec: loaded from files, or synthesised from ``teacher`` (cached on disk)."""
     from structsearch.data import load_data
     from structsearch.distill import TeacherCache, TeacherId
@@ -64,6 +68,10 @@ def load_train_data(spec: "StudySpec", teacher: nn.Module, preprocess: Preproces
         return load_data(train)
     t = spec.teacher
     return synthesize_spec(
-        teacher, preprocess, train.synthesis,
-        device=spec.proxy.device, teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint), cache=TeacherCache(),
+        teacher,
+        preprocess,
+        train.synthesis,
+        device=spec.proxy.device,
+        teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint),
+        cache=TeacherCache(),
     ).data

@@ -22,7 +22,9 @@ from structsearch.search.storage import open_storage
 from structsearch.surgery import SPEC_FILE, WEIGHTS_FILE, load_student
 
 
-def export_trial(study: str, trial: int, out: str | Path, storage_url: str | None = None, onnx: bool = False) -> list[Path]:
+def export_trial(
+    study: str, trial: int, out: str | Path, storage_url: str | None = None, onnx: bool = False
+) -> list[Path]:
     """Write the student of ``study``/``trial`` to ``out``; returns the files written."""
     s = load_study(study, open_storage(storage_url, create=False))
     trials = {t.number: t for t in s.get_trials(deepcopy=False)}
@@ -31,7 +33,9 @@ def export_trial(study: str, trial: int, out: str | Path, storage_url: str | Non
     t = trials[trial]
     rec = record_of(study, t)
     if not rec.trained:
-        raise StructsearchError(f"trial {trial} of '{study}' was not trained (over budget or pruned); pick a trained trial")
+        raise StructsearchError(
+            f"trial {trial} of '{study}' was not trained (over budget or pruned); pick a trained trial"
+        )
     artifact = Path(t.user_attrs.get("artifact", ""))
     if not (artifact / WEIGHTS_FILE).is_file():
         raise StructsearchError(
@@ -46,10 +50,20 @@ def export_trial(study: str, trial: int, out: str | Path, storage_url: str | Non
     input_size = s.user_attrs.get("input_size")
     if rec.resolution is not None and input_size:  # a resolution-searched student runs at its own size
         input_size = [input_size[0], rec.resolution, rec.resolution]
-    info = {"study": study, "trial": trial, "score": rec.score, "macs": rec.macs, "params": rec.params,
-            "input_size": input_size, "convention": s.user_attrs.get("convention"),
-            "latency_ms": rec.latency_ms, "latency_device": rec.latency_device, "latency_runtime": rec.latency_runtime,
-            "memory_bytes": rec.memory_bytes, "memory_device": rec.memory_device}
+    info = {
+        "study": study,
+        "trial": trial,
+        "score": rec.score,
+        "macs": rec.macs,
+        "params": rec.params,
+        "input_size": input_size,
+        "convention": s.user_attrs.get("convention"),
+        "latency_ms": rec.latency_ms,
+        "latency_device": rec.latency_device,
+        "latency_runtime": rec.latency_runtime,
+        "memory_bytes": rec.memory_bytes,
+        "memory_device": rec.memory_device,
+    }
     (dest / "trial.json").write_text(json.dumps(info, indent=2) + "\n")
     written.append(dest / "trial.json")
     if onnx:
@@ -68,8 +82,15 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, atol:
     x = torch.randn(2, *input_size)
     with warnings.catch_warnings():  # the TorchScript exporter handles every family here; silence its notices
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     with torch.no_grad():
         expected = model(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

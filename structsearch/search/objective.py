@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -85,7 +86,7 @@ def record_runtime(trial: optuna.Trial, latency: LatencyReport | None, memory: M
 class Objective:
     """Callable for ``study.optimize``; holds the per-process :class:`SearchContext`."""
 
-    def __init__(self, ctx: "SearchContext", on_scored: Callable[[int], None] | None = None) -> None:
+    def __init__(self, ctx: SearchContext, on_scored: Callable[[int], None] | None = None) -> None:
         self.ctx = ctx
         self.on_scored = on_scored
 
@@ -111,7 +112,11 @@ class Objective:
         # Measured before any training. A candidate over the MACs/params budgets is measured too when
         # the study has a latency/memory budget or objective, so every trial carries the same
         # constraints and objective values; otherwise it is left alone.
-        cares = plan.max_latency_ms is not None or plan.max_memory_bytes is not None or bool({"latency", "memory"} & set(objectives))
+        cares = (
+            plan.max_latency_ms is not None
+            or plan.max_memory_bytes is not None
+            or bool({"latency", "memory"} & set(objectives))
+        )
         latency = memory = None
         if feasible or cares:
             latency, memory = plan.measure_runtime(student, resolution)
@@ -155,7 +160,9 @@ class Objective:
             self.on_scored(trial.number)
         return values(result.val_top1)
 
-    def _propose(self, trial: optuna.Trial, resolution: int | None) -> tuple[ArchSpec, nn.Module, dict[str, Any], CostReport]:
+    def _propose(
+        self, trial: optuna.Trial, resolution: int | None
+    ) -> tuple[ArchSpec, nn.Module, dict[str, Any], CostReport]:
         """The trial's structure, built with inherited weights and measured by fvcore.
 
         A search trial realises its shape parameters at the budget (:mod:`~structsearch.search.proposal`);
@@ -165,7 +172,9 @@ class Objective:
         """
         plan = self.ctx.plan
         proposals = plan.proposals(resolution)
-        students = Students(self.ctx.base, get_importance(plan.spec.importance, plan.spec.seed), plan.student_input_size(resolution))
+        students = Students(
+            self.ctx.base, get_importance(plan.spec.importance, plan.spec.seed), plan.student_input_size(resolution)
+        )
         name = trial.user_attrs.get("baseline")
         spec = baseline_spec(name, self.ctx.base, proposals) if name in FIXED_BASELINES else None
         if spec is None:

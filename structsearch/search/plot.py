@@ -7,7 +7,6 @@ from pathlib import Path
 from structsearch.errors import StructsearchError
 from structsearch.search.results import TrialRecord, scored
 
-
 #: Cost axis -> (divisor, axis label).
 _AXES: dict[str, tuple[float, str]] = {
     "macs": (1e6, "MMACs"),
@@ -17,13 +16,21 @@ _AXES: dict[str, tuple[float, str]] = {
 }
 
 
-def plot_front(records: list[TrialRecord], front: list[TrialRecord], cost: str, path: str | Path, title: str = "") -> Path:
+def plot_front(
+    records: list[TrialRecord], front: list[TrialRecord], cost: str, path: str | Path, title: str = ""
+) -> Path:
     """Write a PNG (matplotlib) or an interactive HTML (plotly, when installed) of the front."""
     p = Path(path)
     pts = [r for r in scored(records) if r.cost(cost) is not None]
     scale, label = _AXES[cost]
     xs = lambda rs: [r.cost(cost) / scale for r in rs]  # noqa: E731
-    devices = sorted({d for r in pts if (d := r.latency_device if cost == "latency" else r.memory_device if cost == "memory" else None)})
+    devices = sorted(
+        {
+            d
+            for r in pts
+            if (d := r.latency_device if cost == "latency" else r.memory_device if cost == "memory" else None)
+        }
+    )
     if devices:  # a measured axis means nothing without the device it was measured on
         label += f" on {', '.join(devices)}"
     if p.suffix == ".html":
@@ -32,10 +39,20 @@ def plot_front(records: list[TrialRecord], front: list[TrialRecord], cost: str, 
         except ImportError:
             raise StructsearchError("HTML plots need plotly (pip install plotly); or use a .png path") from None
         fig = go.Figure()
-        fig.add_scatter(x=xs(pts), y=[r.score for r in pts], mode="markers", name="candidates",
-                        text=[f"trial {r.trial}" for r in pts])
-        fig.add_scatter(x=xs(front), y=[r.score for r in front], mode="lines+markers", name="Pareto front",
-                        text=[f"trial {r.trial}" for r in front])
+        fig.add_scatter(
+            x=xs(pts),
+            y=[r.score for r in pts],
+            mode="markers",
+            name="candidates",
+            text=[f"trial {r.trial}" for r in pts],
+        )
+        fig.add_scatter(
+            x=xs(front),
+            y=[r.score for r in front],
+            mode="lines+markers",
+            name="Pareto front",
+            text=[f"trial {r.trial}" for r in front],
+        )
         fig.update_layout(title=title, xaxis_title=label, yaxis_title="val top-1 (%)")
         fig.write_html(str(p))
         return p

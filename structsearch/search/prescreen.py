@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 PRESCREEN_ATTR = "prescreen"
 
 
-def run_prescreen(study: optuna.Study, ctx: "SearchContext") -> dict[str, Any] | None:
+def run_prescreen(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
     """Pre-screen once per study (no-op when off or done); returns the stored summary."""
     p = ctx.plan.spec.prescreen
     if p.candidates == 0 or PRESCREEN_ATTR in study.user_attrs:
@@ -41,14 +41,20 @@ def run_prescreen(study: optuna.Study, ctx: "SearchContext") -> dict[str, Any] |
     for score, params in kept:
         study.enqueue_trial(params, user_attrs={"prescreen_score": score, "target": 1.0})  # scored at the budget
     summary = {
-        "status": "done", "candidates": len(ranked), "kept": len(kept), "seconds": round(time.perf_counter() - start, 2),
-        "best": kept[0][0] if kept else None, "cutoff": kept[-1][0] if kept else None,
-    }  # fmt: skip
+        "status": "done",
+        "candidates": len(ranked),
+        "kept": len(kept),
+        "seconds": round(time.perf_counter() - start, 2),
+        "best": kept[0][0] if kept else None,
+        "cutoff": kept[-1][0] if kept else None,
+    }
     study.set_user_attr(PRESCREEN_ATTR, summary)
     return summary
 
 
-def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int = 4, images: int = 512) -> list[tuple[float, dict[str, Any]]]:
+def prescreen(
+    ctx: SearchContext, candidates: int, seed: int, *, batches: int = 4, images: int = 512
+) -> list[tuple[float, dict[str, Any]]]:
     """``(quick score, params)`` of up to ``candidates`` distinct random shapes at the budget, best first.
 
     Shapes aim at the budget itself (their trials are enqueued with ``target`` 1); with a resolution
@@ -62,7 +68,9 @@ def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int 
     for _ in range(candidates):
         resolution = rng.choice(plan.resolutions) if plan.resolutions else None
         proposals = plan.proposals(resolution)
-        params: dict[str, Any] = {name: rng.uniform(low, high) for name, (low, high) in proposals.param_ranges().items()}
+        params: dict[str, Any] = {
+            name: rng.uniform(low, high) for name, (low, high) in proposals.param_ranges().items()
+        }
         students = Students(ctx.base, importance, plan.student_input_size(resolution))
         spec = proposals.propose(params, students.measure)
         if (spec, resolution) in seen:
@@ -71,6 +79,11 @@ def prescreen(ctx: "SearchContext", candidates: int, seed: int, *, batches: int 
         student = students.get(spec)[0]
         if resolution is not None:
             params["resolution"] = resolution
-        out.append((round(ctx.distiller.quick_score(student, batches=batches, images=images, input_size=resolution), 3), params))
+        out.append(
+            (
+                round(ctx.distiller.quick_score(student, batches=batches, images=images, input_size=resolution), 3),
+                params,
+            )
+        )
     out.sort(key=lambda item: -item[0])
     return out

@@ -64,7 +64,9 @@ class Caps:
         return "macs" if self.max_macs is not None else "params" if self.max_params is not None else None
 
     def fits(self, macs: float, params: float) -> bool:
-        return (self.max_macs is None or macs <= self.max_macs) and (self.max_params is None or params <= self.max_params)
+        return (self.max_macs is None or macs <= self.max_macs) and (
+            self.max_params is None or params <= self.max_params
+        )
 
     def filled(self, macs: float, params: float) -> bool:
         if self.primary is None:
@@ -72,7 +74,7 @@ class Caps:
         value, cap = (macs, self.max_macs) if self.primary == "macs" else (params, self.max_params)
         return value >= self.fill * cap  # type: ignore[operator]
 
-    def shifted(self, macs_error: float, params_error: float) -> "Caps":
+    def shifted(self, macs_error: float, params_error: float) -> Caps:
         """The caps the *model* must aim at when it over-predicts by ``(macs_error, params_error)``."""
         return Caps(
             None if self.max_macs is None else int(self.max_macs + macs_error),
@@ -84,8 +86,17 @@ class Caps:
 class ProposalSpace:
     """The budget-filling parametrisation of one :class:`Space` (see the module docstring)."""
 
-    def __init__(self, space: Space, model: CostModel, max_macs: int | None, max_params: int | None,
-                 fill: float = 0.9, *, vary_target: bool = False, min_target: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        space: Space,
+        model: CostModel,
+        max_macs: int | None,
+        max_params: int | None,
+        fill: float = 0.9,
+        *,
+        vary_target: bool = False,
+        min_target: float = 0.0,
+    ) -> None:
         self.space = space
         self.model = model
         self.max_macs = max_macs
@@ -117,7 +128,7 @@ class ProposalSpace:
         """
         return {name: (0.0 if name.endswith(".taper") else high) for name, (_, high) in self.param_ranges().items()}
 
-    def suggest_params(self, trial: "optuna.Trial") -> dict[str, float]:
+    def suggest_params(self, trial: optuna.Trial) -> dict[str, float]:
         return {name: trial.suggest_float(name, low, high) for name, (low, high) in self.param_ranges().items()}
 
     def target_for(self, number: int) -> float:
@@ -209,7 +220,7 @@ class Shape:
     heads: list[list[float]]
 
     @classmethod
-    def of(cls, space: Space, params: Mapping[str, float]) -> "Shape":
+    def of(cls, space: Space, params: Mapping[str, float]) -> Shape:
         keep, ratio, heads = [], [], []
         for i, stage in enumerate(space.stages):
             removable = [j for j, c in enumerate(stage) if c.removable]

@@ -73,7 +73,7 @@ class RecheckResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RecheckResult":
+    def from_dict(cls, d: dict[str, Any]) -> RecheckResult:
         entries = tuple(RecheckEntry(**e) for e in d.get("entries", ()))
         return cls(**{**d, "entries": entries})
 
@@ -185,8 +185,14 @@ def recheck(
             student = build_student(ctx.base, ArchSpec.from_dict(r.spec), importance)
             resolution = trials[r.trial].user_attrs.get("resolution")
             result = ctx.score(student, input_size=resolution)
-            entry = RecheckEntry(r.trial, group, int(r.macs), float(r.score), round(result.val_top1, 3),
-                                 round(time.perf_counter() - start, 2))
+            entry = RecheckEntry(
+                r.trial,
+                group,
+                int(r.macs),
+                float(r.score),
+                round(result.val_top1, 3),
+                round(time.perf_counter() - start, 2),
+            )
             entries.append(entry)
             _store(study, _summarise(base, entries, len(picks)))
             if on_entry:

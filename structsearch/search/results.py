@@ -7,8 +7,9 @@ never trained, and their score is not a measurement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -145,12 +146,18 @@ def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:
     for b in sorted((r for r in records if r.baseline is not None), key=lambda r: r.trial):
         done = b.state == "complete" and b.trained and b.score is not None and b.macs is not None
         rival = max((r for r in searched if done and r.macs <= b.macs), key=lambda r: (r.score, -r.macs), default=None)
-        out.append(BaselineGain(
-            baseline=b.baseline, trial=b.trial, score=b.score, macs=b.macs,
-            searched_trial=rival.trial if rival else None, searched_score=rival.score if rival else None,
-            searched_macs=rival.macs if rival else None,
-            gain=round(rival.score - b.score, 3) if rival and done else None,
-        ))  # fmt: skip
+        out.append(
+            BaselineGain(
+                baseline=b.baseline,
+                trial=b.trial,
+                score=b.score,
+                macs=b.macs,
+                searched_trial=rival.trial if rival else None,
+                searched_score=rival.score if rival else None,
+                searched_macs=rival.macs if rival else None,
+                gain=round(rival.score - b.score, 3) if rival and done else None,
+            )
+        )
     return out
 
 
@@ -200,7 +207,11 @@ def _limit(budget: str | None, what: str, study: optuna.Study) -> float | None:
         return b.value if what == "latency" else int(b.value)
     ref = study.user_attrs.get(_BUDGETS[what][0])
     if ref is None:
-        hint = " (the teacher is measured only for a percentage budget in the spec; give an absolute budget)" if what in ("latency", "memory") else ""
+        hint = (
+            " (the teacher is measured only for a percentage budget in the spec; give an absolute budget)"
+            if what in ("latency", "memory")
+            else ""
+        )
         raise BudgetError(f"study '{study.study_name}' has no teacher {what} to take {budget} of{hint}")
     return b.resolve(float(ref))
 
@@ -275,9 +286,13 @@ def best_under_budget(
     wanted = " and ".join(_fmt_figure(what, lim) for what, lim in limits.items())
     figures = [f"{format_count(r.macs)} MACs", f"{format_count(r.params)} params"]
     if "latency" in limits:
-        figures.append("latency not measured" if r.latency_ms is None else f"{format_ms(r.latency_ms)} on {r.latency_device}")
+        figures.append(
+            "latency not measured" if r.latency_ms is None else f"{format_ms(r.latency_ms)} on {r.latency_device}"
+        )
     if "memory" in limits:
-        figures.append("memory not measured" if r.memory_bytes is None else f"{format_bytes(r.memory_bytes)} peak activations")
+        figures.append(
+            "memory not measured" if r.memory_bytes is None else f"{format_bytes(r.memory_bytes)} peak activations"
+        )
     raise BudgetError(
         f"no stored candidate within {wanted}; nearest: study {r.study} trial {r.trial} with "
         f"{', '.join(figures)}, score {r.score:.2f}"

@@ -7,7 +7,7 @@ storage): each stops once the study holds the requested number of trials.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -35,7 +35,9 @@ class _StopAtTarget:
         mine = own_trials(study)
         finished = [t for t in mine if t.state != TrialState.RUNNING]
         if self.on_trial:
-            recs = [record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+            recs = [
+                record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            ]
             feasible = [r for r in recs if r.feasible and r.trained]
             best = max((r.score for r in feasible), default=None)
             self.on_trial(len(finished), len(feasible), best)

@@ -100,7 +100,7 @@ class BudgetSection(_Strict):
         return None if v is None else str(v)
 
     @model_validator(mode="after")
-    def _parse(self) -> "BudgetSection":
+    def _parse(self) -> BudgetSection:
         for what in ("flops", "params", "latency", "memory"):
             text = getattr(self, what)
             if text is not None:
@@ -192,7 +192,7 @@ class StudySpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _measured_when_needed(self) -> "StudySpec":
+    def _measured_when_needed(self) -> StudySpec:
         """A latency/memory budget or objective needs that measurement switched on; feature KD
         needs the student's stage maps at the teacher's size, which other resolutions break."""
         for what in ("latency", "memory"):
@@ -214,7 +214,7 @@ class StudySpec(_Strict):
             key["data"].pop("resolutions", None)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
-    def with_overrides(self, **changes: Any) -> "StudySpec":
+    def with_overrides(self, **changes: Any) -> StudySpec:
         """A copy with top-level or dotted (``budget.flops``) fields replaced, validated again."""
         data = self.model_dump()
         for key, value in changes.items():

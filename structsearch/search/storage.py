@@ -49,8 +49,11 @@ def open_storage(
         with warnings.catch_warnings():  # "experimental" since Optuna 2.8; the replacement for the deprecated callback
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": heartbeat_interval * 3,
-                  "heartbeat_stale_trial_callback": retry}
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": heartbeat_interval * 3,
+            "heartbeat_stale_trial_callback": retry,
+        }
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers

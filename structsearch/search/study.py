@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -49,9 +49,12 @@ def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.Ba
     with warnings.catch_warnings():  # both stable in practice; Optuna still labels them experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(10, max(3, spec.trials // 3)), multivariate=True, group=True,
+            seed=seed,
+            n_startup_trials=min(10, max(3, spec.trials // 3)),
+            multivariate=True,
+            group=True,
             constant_liar=True,
-        )  # fmt: skip
+        )
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -82,7 +85,9 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
     if spec.name in existing:
         stored = existing[spec.name].user_attrs.get(STUDY_MARKER)
         if stored is None:
-            raise StructsearchError(f"study '{spec.name}' exists but was not created by structsearch; choose another name")
+            raise StructsearchError(
+                f"study '{spec.name}' exists but was not created by structsearch; choose another name"
+            )
         old = StudySpec.model_validate(json.loads(stored)).model_dump()
         new = spec.model_dump()
         changed = sorted(k for k in new if new[k] != old.get(k) and k not in _RESUMABLE_CHANGES)
@@ -92,8 +97,12 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
                 "give the search a new name (it will start from the earlier trials)"
             )
         if sampler_seed is None:  # a resumed study must not replay the proposals of its first run
-            sampler_seed = spec.seed + len(storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False))
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, sampler_seed), pruner=make_pruner(spec))
+            sampler_seed = spec.seed + len(
+                storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False)
+            )
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=make_sampler(spec, sampler_seed), pruner=make_pruner(spec)
+        )
         study.set_user_attr("trials_requested", spec.trials)
         return study
     study = optuna.create_study(
@@ -146,7 +155,11 @@ def _measured_alike(t: FrozenTrial, plan: SearchPlan) -> bool:
     a = t.user_attrs
     objectives = set(plan.spec.objectives)
     if plan.spec.budget.latency is not None or "latency" in objectives:
-        if a.get("latency_ms") is None or a.get("latency_runtime") != m.runtime or a.get("latency_batch_size") != m.batch_size:
+        if (
+            a.get("latency_ms") is None
+            or a.get("latency_runtime") != m.runtime
+            or a.get("latency_batch_size") != m.batch_size
+        ):
             return False
         if a.get("latency_device") != _device_here(m.device, m.threads, latency=True):
             return False

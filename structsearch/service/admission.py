@@ -26,7 +26,15 @@ from structsearch.search.spec import StudySpec, parse_study_spec
 
 #: Model kwargs that load files or download weights (timm's and structsearch's create_model).
 FORBIDDEN_KWARGS = frozenset(
-    {"pretrained", "checkpoint", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"}
+    {
+        "pretrained",
+        "checkpoint",
+        "checkpoint_path",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "pretrained_strict",
+        "cache_dir",
+    }
 )
 
 
@@ -34,7 +42,9 @@ class AdmissionError(StructsearchError):
     """The spec is well-formed but not allowed from a client of this service."""
 
 
-def admit_spec(data: Any, data_roots: Sequence[Path], max_trials: int, max_synthesis_work: int | None = None) -> StudySpec:
+def admit_spec(
+    data: Any, data_roots: Sequence[Path], max_trials: int, max_synthesis_work: int | None = None
+) -> StudySpec:
     """Validate ``data`` into a spec this service may run; raise a one-line error otherwise.
 
     ``max_synthesis_work`` caps a data-free set's images x iterations (``None``: no cap).
@@ -43,7 +53,11 @@ def admit_spec(data: Any, data_roots: Sequence[Path], max_trials: int, max_synth
     if spec.trials > max_trials:
         raise AdmissionError(f"trials: at most {max_trials} per search on this service, got {spec.trials}")
     synthesis = DataSpec.parse(spec.data.train).synthesis
-    if synthesis is not None and max_synthesis_work is not None and synthesis.n * synthesis.iterations > max_synthesis_work:
+    if (
+        synthesis is not None
+        and max_synthesis_work is not None
+        and synthesis.n * synthesis.iterations > max_synthesis_work
+    ):
         raise AdmissionError(
             f"data.train: {synthesis.n} synthetic images x {synthesis.iterations} iterations exceeds this service's "
             f"limit of {max_synthesis_work} images x iterations; ask for fewer images or iterations"
@@ -65,7 +79,9 @@ def spec_paths(spec: StudySpec) -> list[tuple[str, str]]:
             continue
         ds = DataSpec.parse(text)
         if ds.download:
-            raise AdmissionError(f"{field}: downloads are not allowed through the service; put the data under a data root")
+            raise AdmissionError(
+                f"{field}: downloads are not allowed through the service; put the data under a data root"
+            )
         if ds.path:
             out.append((field, ds.path))
     return out
@@ -88,7 +104,9 @@ def check_inside_roots(path: str, field: str, roots: Sequence[Path]) -> Path:
 def _check_kwargs(kwargs: dict[str, Any], field: str) -> None:
     bad = sorted(FORBIDDEN_KWARGS & set(kwargs))
     if bad:
-        raise AdmissionError(f"{field}: {', '.join(bad)} cannot be set through the service (files and downloads are not allowed)")
+        raise AdmissionError(
+            f"{field}: {', '.join(bad)} cannot be set through the service (files and downloads are not allowed)"
+        )
     for key, value in kwargs.items():
         if not _plain(value):
             raise AdmissionError(f"{field}.{key}: only numbers, strings, booleans and lists of them are allowed")

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from alembic import command
 from structsearch.errors import StructsearchError
 
 VERSION_TABLE = "ss_alembic_version"

@@ -9,8 +9,8 @@ name and holds only what Optuna does not know (the submitted spec, the service s
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, Uuid
@@ -31,10 +31,10 @@ JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class SearchStatus(str, Enum):
+class SearchStatus(StrEnum):
     """Life of a search. ``done``, ``cancelled`` and ``failed`` are final: nothing leaves them."""
 
     queued = "queued"
@@ -76,9 +76,7 @@ class Search(Base):
 
     __tablename__ = "ss_searches"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'done', 'cancelled', 'failed')", name="status_known"
-        ),
+        CheckConstraint("status IN ('queued', 'running', 'done', 'cancelled', 'failed')", name="status_known"),
         Index("ix_ss_searches_created_at", "created_at"),
         Index("ix_ss_searches_status", "status"),
     )
@@ -93,9 +91,7 @@ class Search(Base):
     trials_requested: Mapped[int] = mapped_column(Integer)
     #: Why the search failed (one line), or who cancelled it.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    api_key_id: Mapped[int | None] = mapped_column(
-        ForeignKey("ss_api_keys.id", ondelete="SET NULL"), nullable=True
-    )
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("ss_api_keys.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -88,7 +88,7 @@ def submit_search(
         named = spec.with_overrides(name=row.name)
         open_study(dataclasses.replace(plan, spec=named), reader.storage)
         queue.defer_trials(str(search_id), spec.trials)
-    except Exception as e:  # noqa: BLE001 - database/queue failures of any kind
+    except Exception as e:
         reason = f"could not queue the search: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         with db.session() as s:
             SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
@@ -96,7 +96,9 @@ def submit_search(
     return row
 
 
-def _claim_name(db: Database, reader: StudyReader, search_id: uuid.UUID, spec: StudySpec, api_key_id: int | None) -> Search:
+def _claim_name(
+    db: Database, reader: StudyReader, search_id: uuid.UUID, spec: StudySpec, api_key_id: int | None
+) -> Search:
     candidates = [spec.name, f"{spec.name[: NAME_MAX - 7]}-{search_id.hex[:6]}"]
     for name in candidates:
         if _optuna_study_exists(reader, name):
@@ -136,7 +138,9 @@ def cancel_search(db: Database, queue: JobQueue, search_id: uuid.UUID) -> Search
             return None
         if not repo.transition(search_id, SearchStatus.cancelled, ACTIVE_STATUSES, error="cancelled by request"):
             s.refresh(row)
-            raise CancelRefused(f"search {search_id} is already {row.status}; only queued or running searches can be cancelled")
+            raise CancelRefused(
+                f"search {search_id} is already {row.status}; only queued or running searches can be cancelled"
+            )
     queue.cancel_queued(str(search_id))
     with db.session() as s:
         return SearchRepository(s).get(search_id)

@@ -73,7 +73,7 @@ class ServiceSettings(BaseSettings):
     def _resolve_artifacts(cls, v: Path) -> Path:
         return v.expanduser().resolve()
 
-    def with_database(self, url: str | None) -> "ServiceSettings":
+    def with_database(self, url: str | None) -> ServiceSettings:
         """A copy using ``url`` (a ``--storage`` flag) instead of the configured database."""
         return self if not url else self.model_copy(update={"database_url": url})
 

@@ -35,7 +35,9 @@ _COUNTS_SQL = text(
     "SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
     "WHERE s.study_name = :name GROUP BY t.state"
 )
-_FINISHED_IDS_SQL = text("SELECT trial_id FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')")
+_FINISHED_IDS_SQL = text(
+    "SELECT trial_id FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,11 @@ class FinishedTrials:
 
     def summary(self) -> FinishedSummary:
         def make() -> FinishedSummary:
-            own = [r for t, r in zip(self.trials, self.records) if "copied_from" not in t.user_attrs and r.state == "complete"]
+            own = [
+                r
+                for t, r in zip(self.trials, self.records)
+                if "copied_from" not in t.user_attrs and r.state == "complete"
+            ]
             good = [r for r in self.scored() if r.feasible]
             return FinishedSummary(
                 complete=len(own),
@@ -216,4 +222,3 @@ class StudyReader:
         if hit is not None:
             return hit
         return next((t for t in self.live(name) if t.number == number), None)
-

@@ -94,7 +94,7 @@ async def _requeue_stalled_jobs(app: procrastinate.App, settings: ServiceSetting
                     log.warning("job %s of a dead worker put back in the queue", job.id)
                 except procrastinate.exceptions.ConnectorException:
                     pass  # another worker re-queued it first
-        except Exception:  # noqa: BLE001 - keep recovering after a database hiccup
+        except Exception:
             log.exception("stalled-job recovery failed; retrying")
         await asyncio.sleep(every)
 

@@ -4,15 +4,14 @@ Importing this package registers the built-in family adapters. To add a family, 
 with a :class:`Family` subclass decorated by :func:`register_family` and import it here.
 """
 
+# Built-in adapters (registration order is the order `structsearch models` lists them in).
+from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: F401
+from structsearch.space import mobilenet as _mobilenet  # noqa: F401
+from structsearch.space import resnet as _resnet  # noqa: F401
+from structsearch.space import vit as _vit  # noqa: F401
 from structsearch.space.base import BlockChoices, Family, Space
 from structsearch.space.registry import family_for, get_family, list_families, register_family, space_of
 from structsearch.space.spec import WIDTH_GRID, ArchSpec, BlockSpec
-
-# Built-in adapters (registration order is the order `structsearch models` lists them in).
-from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: E402,F401
-from structsearch.space import resnet as _resnet  # noqa: E402,F401
-from structsearch.space import mobilenet as _mobilenet  # noqa: E402,F401
-from structsearch.space import vit as _vit  # noqa: E402,F401
 
 __all__ = [
     "ArchSpec",

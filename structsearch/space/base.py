@@ -27,7 +27,7 @@ from structsearch.errors import SpecError
 from structsearch.space.spec import WIDTH_GRID, ArchSpec, BlockSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from structsearch.surgery.importance import Importance
+    from structsearch.pruning.importance import Importance
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Family(ABC):
         """The choices per block, stage by stage, for ``model`` as built."""
 
     @abstractmethod
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: "Importance") -> dict[str, Any]:
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
         """Shrink ``model`` in place to ``spec`` (already validated) and return the recipe.
 
         The recipe is JSON-serialisable and records what was kept: block names and the kept

@@ -13,11 +13,11 @@ from typing import Any
 from torch import nn
 
 from structsearch.models.cifar_resnet import BasicBlockA, CifarResNet
+from structsearch.pruning.importance import Importance
+from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
-from structsearch.surgery.importance import Importance
-from structsearch.surgery.ops import keep_blocks, slice_conv, slice_norm
 
 STAGES = ("layer1", "layer2", "layer3")
 

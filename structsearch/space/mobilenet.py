@@ -34,8 +34,9 @@ Every block with a residual connection (``has_skip``: stride 1, same in/out chan
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from timm.models._efficientnet_blocks import (
     ConvBnAct,
@@ -48,11 +49,11 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 from torch import Tensor, nn
 
+from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import WIDTH_GRID, ArchSpec
-from structsearch.surgery.importance import Importance, TensorDim
-from structsearch.surgery.ops import keep_blocks, slice_conv, slice_norm
 
 #: Block types this adapter knows (``CondConvResidual`` is a subclass of ``InvertedResidual``).
 KNOWN_BLOCKS: tuple[type[nn.Module], ...] = (InvertedResidual, EdgeResidual, DepthwiseSeparableConv, ConvBnAct)
@@ -272,7 +273,9 @@ class MobileNetFamily(Family):
     """Depth (residual blocks) and expansion width (per block) of timm's inverted-residual nets."""
 
     name = "mobilenet"
-    description = "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ... (depth and expansion width)"
+    description = (
+        "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ... (depth and expansion width)"
+    )
     examples = ("mobilenetv2_100", "efficientnet_b0")
 
     def handles(self, model: nn.Module) -> bool:

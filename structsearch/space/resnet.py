@@ -31,12 +31,12 @@ from timm.layers import BlurPool2d
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
 
+from structsearch.pruning.importance import Importance
+from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.cifar_resnet import shrink_basic_block
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec, BlockSpec
-from structsearch.surgery.importance import Importance
-from structsearch.surgery.ops import keep_blocks, slice_conv, slice_norm
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -136,9 +136,7 @@ class ResNetFamily(Family):
         return all(isinstance(s, nn.Sequential) and len(s) > 0 and all(map(_block_supported, s)) for s in stages)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        return tuple(
-            tuple(_choices(f"{s}.{j}", block) for j, block in enumerate(getattr(model, s))) for s in STAGES
-        )
+        return tuple(tuple(_choices(f"{s}.{j}", block) for j, block in enumerate(getattr(model, s))) for s in STAGES)
 
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
         recipe: dict[str, Any] = {}
@@ -148,4 +146,3 @@ class ResNetFamily(Family):
                 recipe[c.name] = _shrink_entry(block, b, c, importance)
             setattr(model, s, keep_blocks(blocks, [b.keep for b in stage_spec]))
         return {"blocks": recipe}
-

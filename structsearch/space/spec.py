@@ -15,9 +15,10 @@ importance strategy and recorded in the student's recipe.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from structsearch.errors import SpecError
 
@@ -41,7 +42,7 @@ class BlockSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "BlockSpec":
+    def from_dict(cls, d: Any, where: str) -> BlockSpec:
         if not isinstance(d, dict):
             raise SpecError(f"{where}: expected an object with 'keep', 'width' (and 'heads'), got {d!r}")
         unknown = set(d) - {"keep", "width", "heads"}
@@ -91,14 +92,14 @@ class ArchSpec:
             for j, block in enumerate(stage):
                 yield i, j, block
 
-    def replace_block(self, stage: int, index: int, block: BlockSpec) -> "ArchSpec":
+    def replace_block(self, stage: int, index: int, block: BlockSpec) -> ArchSpec:
         """A copy of this spec with one block replaced."""
         stages = [list(s) for s in self.stages]
         stages[stage][index] = block
         return ArchSpec(self.model, tuple(tuple(s) for s in stages), self.model_kwargs)
 
     @staticmethod
-    def make(model: str, stages: Any, model_kwargs: dict[str, Any] | None = None) -> "ArchSpec":
+    def make(model: str, stages: Any, model_kwargs: dict[str, Any] | None = None) -> ArchSpec:
         """Build a spec from nested lists of `BlockSpec` and a kwargs dict."""
         return ArchSpec(model, tuple(tuple(s) for s in stages), _freeze(model_kwargs or {}))
 
@@ -114,7 +115,7 @@ class ArchSpec:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ArchSpec":
+    def from_dict(cls, d: Any) -> ArchSpec:
         if not isinstance(d, dict):
             raise SpecError(f"a spec must be a JSON object with 'model' and 'stages', got {type(d).__name__}")
         model = d.get("model")
@@ -133,7 +134,7 @@ class ArchSpec:
         return cls.make(model, parsed, kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -144,7 +145,7 @@ class ArchSpec:
         Path(path).write_text(self.to_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchSpec":
+    def load(cls, path: str | Path) -> ArchSpec:
         p = Path(path)
         if not p.is_file():
             raise SpecError(f"spec file not found: {p}")

@@ -39,11 +39,11 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.ops import head_channels, keep_blocks, slice_linear, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
-from structsearch.surgery.importance import Importance, TensorDim
-from structsearch.surgery.ops import head_channels, keep_blocks, slice_linear, slice_norm
 
 #: The one stage: timm keeps every transformer block in ``model.blocks``.
 STAGE = "blocks"
@@ -185,4 +185,3 @@ class ViTFamily(Family):
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
         _refresh_feature_info(model)
         return {"blocks": recipe}
-

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from structsearch.errors import CheckpointError
+from structsearch.pruning.importance import Importance, L1Magnitude, RandomImportance, get_importance
 from structsearch.space import ArchSpec, family_for, space_of
-from structsearch.surgery.importance import Importance, L1Magnitude, RandomImportance, get_importance
 
 __all__ = [
     "build_student",
@@ -56,7 +56,9 @@ def build_student(teacher: nn.Module, spec: ArchSpec, importance: Importance | N
     return build_student_with_recipe(teacher, spec, importance)[0]
 
 
-def save_student(directory: str | Path, student: nn.Module, spec: ArchSpec, recipe: dict[str, Any] | None = None) -> Path:
+def save_student(
+    directory: str | Path, student: nn.Module, spec: ArchSpec, recipe: dict[str, Any] | None = None
+) -> Path:
     """Write ``student.pt`` (state dict), ``spec.json`` and, when given, ``recipe.json`` to ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,11 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service extra is not installed (scripts/bootstrap.sh dev,service)")
 
-import psycopg  # noqa: E402
-from sqlalchemy import make_url  # noqa: E402
+import psycopg
+from sqlalchemy import make_url
 
-from structsearch.service.database import libpq_url  # noqa: E402
-from structsearch.service.settings import ServiceSettings  # noqa: E402
+from structsearch.service.database import libpq_url
+from structsearch.service.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

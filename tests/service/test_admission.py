@@ -32,7 +32,9 @@ def test_paths_must_resolve_inside_a_root(tmp_path: Path) -> None:
 
 def test_admit_spec(tmp_path: Path) -> None:
     root = tmp_path.resolve()
-    spec = admit_spec(tiny_spec(data={"train": f"npz:{root}/a.npz[:100]", "val": f"imagefolder:{root}/val"}), [root], 10)
+    spec = admit_spec(
+        tiny_spec(data={"train": f"npz:{root}/a.npz[:100]", "val": f"imagefolder:{root}/val"}), [root], 10
+    )
     assert spec.name == "tiny"
     assert admit_spec(tiny_spec(), [], 10).data.train == "digits"  # digits needs no root
     with pytest.raises(AdmissionError, match="data.val"):
@@ -47,7 +49,9 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
             monkeypatch.delenv(k)
     monkeypatch.setenv("STRUCTSEARCH_HOME", str(tmp_path))
     default = ServiceSettings()
-    assert default.database_url == f"sqlite:///{tmp_path / 'studies.db'}" and default.artifacts == tmp_path / "artifacts"
+    assert (
+        default.database_url == f"sqlite:///{tmp_path / 'studies.db'}" and default.artifacts == tmp_path / "artifacts"
+    )
     assert default.open_reads and default.data_roots == []
     monkeypatch.setenv("STRUCTSEARCH_STORAGE", "postgresql+psycopg://a@b/c")
     assert ServiceSettings().database_url == "postgresql+psycopg://a@b/c"

@@ -171,7 +171,13 @@ def test_a_name_used_by_a_cli_study_is_not_reused(client: TestClient, key: str, 
     ],
 )
 def test_rejected_specs_store_nothing(
-    client: TestClient, key: str, settings, postgres: Postgres, data_root: Path, change: dict, fragments: tuple[str, ...]
+    client: TestClient,
+    key: str,
+    settings,
+    postgres: Postgres,
+    data_root: Path,
+    change: dict,
+    fragments: tuple[str, ...],
 ) -> None:
     spec = tiny_spec()
     for k, v in change.items():
@@ -245,7 +251,10 @@ def test_pareto_and_best_match_the_library(client: TestClient, search_with_resul
     want = best_under_budget(budget, "250k", study=study.study_name, storage_url=settings.database_url)
     assert got == want.to_dict()
     detail = client.get(url).json()
-    assert detail["best"] == best_under_budget(budget, None, study=study.study_name, storage_url=settings.database_url).to_dict()
+    assert (
+        detail["best"]
+        == best_under_budget(budget, None, study=study.study_name, storage_url=settings.database_url).to_dict()
+    )
     # a stored `structsearch recheck` shows on the front, as `structsearch pareto --format json` shows it
     assert client.get(f"{url}/pareto").json()["recheck"] == []
     entries = (RecheckEntry(0, "front", 1000, 80.0, 85.0, 1.0), RecheckEntry(1, "random", 900, 70.0, 72.5, 1.0))
@@ -282,10 +291,14 @@ def test_latency_and_memory_fronts_and_budgets_match_the_library(client: TestCli
     url, records = body["url"], study_records(study)
     for cost in ("latency", "memory"):
         got = client.get(f"{url}/pareto", params={"cost": cost}).json()
-        assert got["cost"] == cost and got["front"] == [r.to_dict() for r in pareto_front(records, cost)] and got["front"]
+        assert (
+            got["cost"] == cost and got["front"] == [r.to_dict() for r in pareto_front(records, cost)] and got["front"]
+        )
         assert all(c["latency_device"] and c["memory_device"] and c["resolution"] for c in got["front"])
     got = client.get(f"{url}/best", params={"budget_latency": "10ms", "budget_memory": "2MB"}).json()
-    want = best_under_budget(study=study.study_name, storage_url=settings.database_url, budget_latency="10ms", budget_memory="2MB")
+    want = best_under_budget(
+        study=study.study_name, storage_url=settings.database_url, budget_latency="10ms", budget_memory="2MB"
+    )
     assert got == want.to_dict() and got["latency_ms"] <= 10 and got["memory_bytes"] <= 2_000_000
     assert_error(client.get(f"{url}/best", params={"budget_memory": "50M"}), 422, "invalid memory budget '50M'")
     assert_error(client.get(f"{url}/best", params={"budget_latency": "5"}), 422, "no unit")
@@ -306,7 +319,14 @@ def test_results_follow_new_trials(client: TestClient, search_with_results) -> N
     study.add_trial(
         optuna.trial.create_trial(
             values=[100.0, float(cheapest - 1)],
-            user_attrs={"macs": cheapest - 1, "params": 1, "trained": True, "score": 100.0, "spec": {}, "spec_key": "z"},
+            user_attrs={
+                "macs": cheapest - 1,
+                "params": 1,
+                "trained": True,
+                "score": 100.0,
+                "spec": {},
+                "spec_key": "z",
+            },
             system_attrs={"constraints:flops": -1.0},
         )
     )

@@ -203,7 +203,10 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
     got = service.http.get(f"{body['url']}/best", params={"budget_flops": budget})
     cli = subprocess.run(
         [*CLI, "best", "--study", body["name"], "--budget-flops", budget, "--storage", service.url, "--format", "json"],
-        capture_output=True, text=True, env=service.env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=service.env,
+        timeout=120,
     )
     assert cli.returncode == 0, cli.stderr
     assert got.status_code == 200 and got.json() == json.loads(cli.stdout)
@@ -236,7 +239,9 @@ def running_trial(url: str, name: str) -> Callable[[], optuna.trial.FrozenTrial 
 
     def check() -> optuna.trial.FrozenTrial | None:
         try:
-            trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            trials = optuna.load_study(study_name=name, storage=url).get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)
+            )
         except KeyError:
             return None
         trials = [t for t in trials if "macs" in t.user_attrs]
@@ -270,13 +275,17 @@ def test_killed_worker_trial_is_retried_and_sigterm_finishes_the_trial(service: 
     rescuer.signal(signal.SIGTERM)
     assert rescuer.p.wait(120) == 0, rescuer.text()[-3000:]
     # (baselines not reached yet wait in the queue: they have not started)
-    started = [t for t in own(optuna.load_study(study_name=body["name"], storage=service.url)) if t.state != TrialState.WAITING]
+    started = [
+        t for t in own(optuna.load_study(study_name=body["name"], storage=service.url)) if t.state != TrialState.WAITING
+    ]
     # the trial running at SIGTERM (whichever it was by then) finished; none started afterwards
     assert next(t for t in started if t.number == trial.number).state == TrialState.COMPLETE
     assert all(t.state == TrialState.COMPLETE and t.datetime_start <= sigterm_at for t in started)
     done = len(started)
     detail = service.search(body["id"])
-    assert detail["status"] == "running" and detail["trials"]["complete"] == done < 3 and detail["trials"]["running"] == 0
+    assert (
+        detail["status"] == "running" and detail["trials"]["complete"] == done < 3 and detail["trials"]["running"] == 0
+    )
     r = service.http.post(f"{body['url']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     queue = JobQueue(service.url)

@@ -11,7 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from structsearch.service.migrations import VERSION_TABLE, current_revision, head_revision, include_name, include_object, upgrade
+from structsearch.service.migrations import (
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    include_name,
+    include_object,
+    upgrade,
+)
 from structsearch.service.models import Base
 from tests.service.conftest import Postgres
 
@@ -37,7 +44,12 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
         with engine.connect() as conn:
             ctx = MigrationContext.configure(
                 conn,
-                opts={"include_name": include_name, "include_object": include_object, "compare_type": True, "version_table": VERSION_TABLE},
+                opts={
+                    "include_name": include_name,
+                    "include_object": include_object,
+                    "compare_type": True,
+                    "version_table": VERSION_TABLE,
+                },
             )
             assert compare_metadata(ctx, Base.metadata) == []
             # without the filter it would drop every Optuna and procrastinate table

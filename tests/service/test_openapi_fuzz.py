@@ -37,7 +37,9 @@ def api_schema(db_url: str, tmp_path, data_root) -> Iterator[schemathesis.BaseSc
     from fastapi.testclient import TestClient
 
     with TestClient(app) as client:  # one real search with trials, so some ids resolve
-        r = client.post("/api/v1/searches", json=tiny_spec(name="fuzzed"), headers={"Authorization": f"Bearer {FUZZ['key']}"})
+        r = client.post(
+            "/api/v1/searches", json=tiny_spec(name="fuzzed"), headers={"Authorization": f"Bearer {FUZZ['key']}"}
+        )
         assert r.status_code == 202, r.text
         FUZZ["search"] = r.json()["id"]
         study = optuna.load_study(study_name="fuzzed", storage=db_url)
@@ -47,7 +49,9 @@ def api_schema(db_url: str, tmp_path, data_root) -> Iterator[schemathesis.BaseSc
 
 def operations() -> list[tuple[str, str]]:
     """Every (method, path) of the API, read from an app that is never connected."""
-    doc = create_app(make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none", Path("/nonexistent"), Path("/nonexistent"))).openapi()
+    doc = create_app(
+        make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none", Path("/nonexistent"), Path("/nonexistent"))
+    ).openapi()
     return [(m.upper(), path) for path, ops in doc["paths"].items() for m in ops]
 
 

@@ -9,7 +9,7 @@ whether importance matters for a given teacher.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
