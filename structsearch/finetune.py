@@ -252,7 +252,7 @@ class FinetuneResult:
 
 def default_out_dir(study: str, trial: int) -> Path:
     """``$STRUCTSEARCH_HOME/finetune/<study>/trial-<NNNNN>`` (numbered like the trial artifacts)."""
-    from structsearch.search.storage import home
+    from structsearch.paths import home
 
     return home() / "finetune" / study / f"trial-{trial:05d}"
 

@@ -45,7 +45,7 @@ _CHECKSUM_LIMIT = 64 << 20
 
 def default_cache_dir() -> Path:
     """``$STRUCTSEARCH_CACHE`` if set, else ``$STRUCTSEARCH_HOME/cache`` (beside studies and teachers)."""
-    from structsearch.search.storage import home
+    from structsearch.paths import home
 
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else home() / "cache"

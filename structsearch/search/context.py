@@ -286,7 +286,7 @@ class SearchContext:
         return self.distiller.score(student, report, input_size=input_size)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
-        from structsearch.search.storage import artifacts_dir
+        from structsearch.paths import artifacts_dir
 
         return artifacts_dir() / study / f"trial-{trial:05d}"
 
@@ -314,7 +314,7 @@ def load_study_data(plan: SearchPlan) -> StudyData:
     """Load the data and load (or train once, cached) the teacher of a planned search."""
     from structsearch.data import Augment, Preprocess, fingerprint, load_data, split_train_val
     from structsearch.distill import TeacherId
-    from structsearch.search.storage import home
+    from structsearch.paths import home
     from structsearch.teachers import trained_teacher
 
     spec = plan.spec

@@ -14,11 +14,7 @@ from pathlib import Path
 import optuna
 
 from structsearch.errors import StructsearchError
-
-
-def home() -> Path:
-    """structsearch's data directory: studies, cached teachers and teacher outputs, artifacts."""
-    return Path(os.environ.get("STRUCTSEARCH_HOME", Path.home() / ".structsearch")).expanduser()
+from structsearch.paths import home
 
 
 def default_storage_url() -> str:
@@ -58,8 +54,3 @@ def open_storage(
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers
         raise StructsearchError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
-
-
-def artifacts_dir() -> Path:
-    """Where trained students of every trial are kept (``$STRUCTSEARCH_ARTIFACTS`` overrides)."""
-    return Path(os.environ.get("STRUCTSEARCH_ARTIFACTS", home() / "artifacts")).expanduser()

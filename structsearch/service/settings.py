@@ -15,7 +15,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from structsearch.search.storage import artifacts_dir, resolve_storage_url
+from structsearch.paths import artifacts_dir
+from structsearch.search.storage import resolve_storage_url
 
 
 def _default_database_url() -> str:
