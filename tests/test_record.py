@@ -182,6 +182,8 @@ def test_stored_trial_opens_a_trained_trial(storage: optuna.storages.BaseStorage
     [
         ("nope", 0, "no study named 'nope'; studies here: s"),
         ("s", 9, "study 's' has no trial 9 (trials 0..3)"),
+        ("s", 2**40, "study 's' has no trial 1099511627776 (trials 0..3)"),
+        ("s", -1, "study 's' has no trial -1"),
         ("s", 1, "trial 1 of 's' was not trained"),
         ("s", 2, "trial 2 of 's' stores no structure"),
     ],

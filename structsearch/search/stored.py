@@ -52,12 +52,11 @@ class StoredTrial:
         if not isinstance(storage, optuna.storages.BaseStorage):
             storage = open_storage(storage, create=False)
         sid = study_id(study, storage)
-        try:
-            trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, number))
-        except KeyError:
-            n = storage.get_n_trials(sid)
+        n = storage.get_n_trials(sid)  # trials are numbered 0..n-1 and never deleted
+        if not 0 <= number < n:
             hint = f"trials 0..{n - 1}" if n else "it has no trials yet"
-            raise StructsearchError(f"study '{study}' has no trial {number} ({hint})") from None
+            raise StructsearchError(f"study '{study}' has no trial {number} ({hint})")
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, number))
         record = record_of(study, trial)
         if not record.trained or record.state != "complete":
             raise StructsearchError(
