@@ -10,20 +10,13 @@ are stored (``None`` is never stored: an absent key and ``None`` read the same).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from structsearch.cost import LatencyReport, MemoryReport
 from structsearch.errors import StructsearchError
-
-
-class _HasUserAttrs(Protocol):
-    number: int
-
-    @property
-    def user_attrs(self) -> dict[str, Any]: ...
 
 
 class TrialAttrs(BaseModel):
@@ -72,7 +65,7 @@ class TrialAttrs(BaseModel):
     copied_from: str | None = None
 
     @classmethod
-    def read(cls, trial: _HasUserAttrs) -> TrialAttrs:
+    def read(cls, trial: optuna.Trial | optuna.trial.FrozenTrial) -> TrialAttrs:
         """The record of a trial (frozen or running); a malformed attribute is a one-line error."""
         try:
             return cls.model_validate(trial.user_attrs)
