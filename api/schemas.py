@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from structsearch.search.results import TrialRecord
+
 T = TypeVar("T")
 
 
@@ -33,37 +35,8 @@ class Page(BaseModel, Generic[T]):
     limit: int
 
 
-class CandidatePublic(BaseModel):
+class CandidatePublic(TrialRecord):
     """One candidate student, in the same fields as ``structsearch best --format json``."""
-
-    study: str
-    trial: int
-    state: str
-    trained: bool
-    feasible: bool
-    score: float | None = Field(description="validation top-1 accuracy (%) after the KD proxy")
-    macs: int | None = Field(description="multiply-adds (fvcore: 1 multiply-add = 1 flop)")
-    params: int | None
-    spec: dict[str, Any] | None = Field(description="the student's ArchSpec")
-    seconds: float | None = Field(description="proxy training time")
-    resolution: int | None = Field(
-        default=None, description="student input resolution in px (searches with data.resolutions)"
-    )
-    latency_ms: float | None = Field(
-        default=None, description="median measured inference latency (ms), on latency_device"
-    )
-    latency_device: str | None = Field(
-        default=None, description="the device latency_ms was measured on, e.g. 'AMD EPYC 7B13 (cpu, 2 threads)'"
-    )
-    latency_runtime: str | None = Field(default=None, description="torch or onnxruntime")
-    memory_bytes: int | None = Field(
-        default=None, description="measured peak activation memory of one inference forward (bytes)"
-    )
-    memory_device: str | None = Field(default=None, description="the device memory_bytes was measured on")
-    baseline: str | None = Field(
-        default=None,
-        description="the baseline this trial scores (uniform, global_magnitude, depth); null: a searched candidate",
-    )
 
 
 class TrialStateName(StrEnum):

@@ -25,7 +25,8 @@ from structsearch.search import (
     run_search,
     study_records,
 )
-from structsearch.search.context import plan_search
+from structsearch.search.context import load_study_data, plan_search
+from structsearch.search.record import OWN_FIELDS, TrialAttrs
 from structsearch.search.results import load_study
 from structsearch.search.storage import open_storage
 
@@ -110,6 +111,11 @@ def test_same_structure_is_not_trained_twice(home: Path, tiny_study: optuna.Stud
     a, b = study.get_trials()
     assert a.user_attrs["spec_key"] == b.user_attrs["spec_key"] and "duplicate_of" not in a.user_attrs
     assert b.user_attrs["duplicate_of"] == a.number and b.user_attrs["score"] == a.user_attrs["score"]
+    # the duplicate holds its original's record whole; only its own measurement and provenance differ
+    ra, rb = TrialAttrs.read(a), TrialAttrs.read(b)
+    differs = {k for k in TrialAttrs.model_fields if getattr(ra, k) != getattr(rb, k)}
+    assert "duplicate_of" in differs and differs <= OWN_FIELDS
+    assert rb.artifact == ra.artifact and rb.proxy_steps == ra.proxy_steps and rb.trained
 
 
 def test_new_budget_warm_starts_from_earlier_trials(home: Path, tiny_study: optuna.Study) -> None:
@@ -177,8 +183,9 @@ def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna
     best = pareto_front(study_records(tiny_study))[-1]
     out = tmp_path / "student"
     written = export_trial("tiny", best.trial, out, onnx=True)
-    assert {p.name for p in written} == {"student.pt", "spec.json", "trial.json", "student.onnx"}
+    assert {p.name for p in written} == {"student.pt", "spec.json", "recipe.json", "trial.json", "student.onnx"}
     assert json.loads((out / "spec.json").read_text()) == best.spec
+    assert json.loads((out / "trial.json").read_text())["score"] == best.score
     code = f"import torch, structsearch; m = structsearch.load({str(out)!r}); print(m(torch.zeros(2, 3, 8, 8)).shape)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "torch.Size([2, 10])" in res.stdout
@@ -282,10 +289,11 @@ def test_trained_structure_is_the_realised_parameters(home: Path, tiny_study: op
     """No silent mismatch: a trial's stored parameters realise exactly the structure it trained."""
     from structsearch.cost import measure_cost
     from structsearch.space import ArchSpec
-    from structsearch.surgery import build_student
+    from structsearch.surgery import build_student, build_student_with_recipe
 
     plan = plan_search(parse_study_spec(TINY))
     proposals = plan.proposals(None)
+    teacher = load_study_data(plan).teacher  # the trained teacher the students were cut from
 
     def measure(spec: ArchSpec) -> tuple[int, int]:
         c = measure_cost(build_student(plan.base, spec), plan.input_size)
@@ -296,6 +304,10 @@ def test_trained_structure_is_the_realised_parameters(home: Path, tiny_study: op
         stored = ArchSpec.from_dict(t.user_attrs["spec"])
         artifact = ArchSpec.load(Path(t.user_attrs["artifact"]) / "spec.json")
         assert artifact == stored
+        # the artifact keeps the surgery recipe that rebuilds the student from the teacher
+        recipe = json.loads((Path(t.user_attrs["artifact"]) / "recipe.json").read_text())
+        assert recipe == json.loads(json.dumps(build_student_with_recipe(teacher, stored)[1]))
+        assert recipe["family"] == "cifar_resnet" and recipe["importance"] == "l1"
         if t.user_attrs.get("baseline") in (None, "uniform"):
             assert proposals.propose(t.params, measure, t.user_attrs.get("target", 1.0)) == stored
             checked += 1

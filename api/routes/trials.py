@@ -25,10 +25,11 @@ _ERRORS = {404: {"model": ErrorPublic, "description": "no such search or trial"}
 
 
 def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
+    r = record_of(study, t)
     return TrialPublic(
-        **record_of(study, t).to_dict(),
-        duplicate_of=t.user_attrs.get("duplicate_of"),
-        copied_from=t.user_attrs.get("copied_from"),
+        **r.to_dict(),
+        duplicate_of=r.duplicate_of,
+        copied_from=r.copied_from,
         started_at=t.datetime_start,
         completed_at=t.datetime_complete,
     )
@@ -63,27 +64,24 @@ def list_trials(
     "/{number}/artifact",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/zip": {}}, "description": "student.pt, spec.json and trial.json"},
+        200: {"content": {"application/zip": {}}, "description": "student.pt, spec.json, recipe.json and trial.json"},
         **_ERRORS,
     },
 )
 def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> FileResponse:
-    """The trained student of a trial as a zip: ``student.pt``, ``spec.json``, ``trial.json``.
+    """The trained student of a trial as a zip: ``student.pt``, ``spec.json``, ``recipe.json``, ``trial.json``.
 
     Load it with ``structsearch.load(DIR)`` after unzipping. 404 when the trial was not trained
     (over budget, pruned) or its files are not on the API's artifact volume.
     """
-    from structsearch.search import export_trial
+    from structsearch.search.export import export_stored
+    from structsearch.search.stored import StoredTrial
 
-    t = services.reader.trial(search.name, number)
-    if t is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search '{search.name}' has no trial {number}")
-    if not t.user_attrs.get("trained") or t.state.name != "COMPLETE":
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"trial {number} was not trained (over budget, pruned or unfinished): no student to download",
-        )
-    artifact = Path(str(t.user_attrs.get("artifact", "")))
+    try:
+        stored = StoredTrial.open(search.name, number, services.reader.storage)
+    except StructsearchError as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    artifact = Path(stored.attrs.artifact or "")
     root = services.settings.artifacts
     if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or not artifact.is_dir():
         raise HTTPException(
@@ -91,7 +89,7 @@ def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> 
         )
     work = Path(tempfile.mkdtemp(prefix="structsearch-artifact-"))
     try:
-        files = export_trial(search.name, number, work / "student", storage_url=services.settings.database_url)
+        files = export_stored(stored, work / "student")
         archive = work / f"{search.name}-trial{number}.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for f in files:

@@ -1,8 +1,8 @@
-"""Exporting a trial's student: weights + spec (+ ONNX checked against onnxruntime).
+"""Exporting a trial's student: weights, spec and surgery recipe (+ ONNX checked against onnxruntime).
 
-The weights are the ones the proxy trained, kept as the trial's artifact; if that artifact is gone
-(another machine, cleaned disk) the student is rebuilt from the spec with the teacher's inherited
-weights instead, and the export says so. ``structsearch.load(DIR)`` rebuilds the model anywhere.
+The weights are the ones the proxy trained, kept as the trial's artifact; an artifact that is not
+on this machine (another machine, cleaned disk) is a one-line error: export where the search ran.
+``structsearch.load(DIR)`` rebuilds the model anywhere.
 """
 
 from __future__ import annotations
@@ -13,51 +13,45 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from torch import nn
 
 from structsearch.errors import StructsearchError
-from structsearch.search.results import load_study, record_of
-from structsearch.search.storage import open_storage
-from structsearch.surgery import SPEC_FILE, WEIGHTS_FILE, load_student
+from structsearch.search.stored import StoredTrial
+from structsearch.surgery import RECIPE_FILE, SPEC_FILE, WEIGHTS_FILE, load_student
 
 
 def export_trial(
-    study: str, trial: int, out: str | Path, storage_url: str | None = None, onnx: bool = False
+    study: str,
+    trial: int,
+    out: str | Path,
+    storage_url: optuna.storages.BaseStorage | str | None = None,
+    onnx: bool = False,
 ) -> list[Path]:
     """Write the student of ``study``/``trial`` to ``out``; returns the files written."""
-    s = load_study(study, open_storage(storage_url, create=False))
-    trials = {t.number: t for t in s.get_trials(deepcopy=False)}
-    if trial not in trials:
-        raise StructsearchError(f"study '{study}' has no trial {trial} (trials 0..{len(trials) - 1})")
-    t = trials[trial]
-    rec = record_of(study, t)
-    if not rec.trained:
-        raise StructsearchError(
-            f"trial {trial} of '{study}' was not trained (over budget or pruned); pick a trained trial"
-        )
-    artifact = Path(t.user_attrs.get("artifact", ""))
-    if not (artifact / WEIGHTS_FILE).is_file():
-        raise StructsearchError(
-            f"the trained weights of trial {trial} are not on this machine ({artifact}); export it where the search ran"
-        )
+    return export_stored(StoredTrial.open(study, trial, storage_url), out, onnx)
+
+
+def export_stored(stored: StoredTrial, out: str | Path, onnx: bool = False) -> list[Path]:
+    """Write an opened trial's student to ``out`` (see :func:`export_trial`)."""
+    artifact = stored.require_saved()
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in (WEIGHTS_FILE, SPEC_FILE):
-        shutil.copyfile(artifact / name, dest / name)
-        written.append(dest / name)
-    input_size = s.user_attrs.get("input_size")
-    if rec.resolution is not None and input_size:  # a resolution-searched student runs at its own size
-        input_size = [input_size[0], rec.resolution, rec.resolution]
+    for name in (WEIGHTS_FILE, SPEC_FILE, RECIPE_FILE):
+        if (artifact / name).is_file():  # artifacts written before the recipe was kept lack it
+            shutil.copyfile(artifact / name, dest / name)
+            written.append(dest / name)
+    rec = stored.record
     info = {
-        "study": study,
-        "trial": trial,
+        "study": stored.study,
+        "trial": stored.number,
         "score": rec.score,
         "macs": rec.macs,
         "params": rec.params,
-        "input_size": input_size,
-        "convention": s.user_attrs.get("convention"),
+        "input_size": stored.input_size,
+        "convention": stored.study_attrs.get("convention"),
         "latency_ms": rec.latency_ms,
         "latency_device": rec.latency_device,
         "latency_runtime": rec.latency_runtime,
@@ -67,7 +61,7 @@ def export_trial(
     (dest / "trial.json").write_text(json.dumps(info, indent=2) + "\n")
     written.append(dest / "trial.json")
     if onnx:
-        size = tuple(input_size or (3, 224, 224))
+        size = tuple(stored.input_size or (3, 224, 224))
         written.append(export_onnx(load_student(dest), size, dest / "student.onnx"))
     return written
 

@@ -9,15 +9,12 @@ training; an over-budget candidate is recorded with its cost and constraints and
 a structure already scored in this study (same spec and resolution) reuses its score; a feasible
 new one inherits the teacher's weights and is scored by the short KD proxy at its resolution.
 
-User attributes written per trial (read by :mod:`structsearch.search.results`, the API, the
-dashboard): ``spec``, ``spec_key``, ``macs``, ``params``, ``trained``; ``baseline`` (its name, on
-the baseline trials ``open_study`` enqueued); ``resolution`` (px, on every
-trial when the dimension is on); when measured, ``latency_ms``, ``latency_p90_ms``,
-``latency_device``, ``latency_runtime``, ``latency_batch_size``, ``memory_bytes``,
-``memory_device``, ``memory_method``, ``memory_batch_size``; after training ``score``,
-``teacher_agreement``, ``proxy_seconds``, ``proxy_steps``, ``artifact``; ``target`` (multi-objective
-studies: the fraction of the budget the proposal filled). Constraints: ``flops``,
-``params``, ``latency``, ``memory`` (each only when its budget is set; <= 0 is feasible).
+The trial's user attributes are one :class:`~structsearch.search.record.TrialAttrs`: the proposal
+(``spec``, ``spec_key``, ``resolution``, ``macs``, ``params``, ``target``) is stored before any
+measurement, latency / memory when measured, the proxy's result and ``artifact`` (the student's
+weights, spec and surgery recipe) after training; a duplicate stores its original's record.
+Constraints: ``flops``, ``params``, ``latency``, ``memory`` (each only when its budget is set and
+its figure measured; <= 0 is feasible).
 """
 
 from __future__ import annotations
@@ -31,13 +28,14 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
-from structsearch.cost import CostReport, LatencyReport, MemoryReport, measure_cost
+from structsearch.cost import CostReport, measure_cost
 from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
+from structsearch.search.record import TrialAttrs
 from structsearch.space import ArchSpec
 from structsearch.surgery import Importance, build_student_with_recipe, get_importance, save_student
 
 if TYPE_CHECKING:  # pragma: no cover
-    from structsearch.search.context import SearchContext
+    from structsearch.search.context import SearchContext, SearchPlan
 
 
 def spec_key(spec: ArchSpec, resolution: int | None = None) -> str:
@@ -51,64 +49,46 @@ def spec_key(spec: ArchSpec, resolution: int | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def objective_values(
-    objectives: tuple[str, ...],
-    score: float,
-    macs: int,
-    params: int,
-    latency_ms: float | None = None,
-    memory_bytes: int | None = None,
-) -> float | tuple[float, ...]:
-    """The trial's values in the order of ``objectives``; an unmeasured latency/memory is ``inf``
-    (only possible for a candidate that is infeasible anyway, so it never reaches a front)."""
-    figures = {"macs": macs, "params": params, "latency": latency_ms, "memory": memory_bytes}
-    values = tuple(
-        score if o == "accuracy" else (float("inf") if figures[o] is None else float(figures[o])) for o in objectives
-    )
+def objective_values(objectives: tuple[str, ...], rec: TrialAttrs) -> float | tuple[float, ...]:
+    """The trial's values in the order of ``objectives``: the score of a trained trial (else 0), its
+    cost figures; an unmeasured latency/memory is ``inf`` (only possible for a candidate that is
+    infeasible anyway, so it never reaches a front)."""
+    figures = {
+        "accuracy": rec.score if rec.trained and rec.score is not None else 0.0,
+        "macs": rec.macs,
+        "params": rec.params,
+        "latency": rec.latency_ms,
+        "memory": rec.memory_bytes,
+    }
+    values = tuple(float("inf") if figures[o] is None else float(figures[o]) for o in objectives)
     return values[0] if len(values) == 1 else values
 
 
-def record_runtime(trial: optuna.Trial, latency: LatencyReport | None, memory: MemoryReport | None) -> None:
-    """Store measured latency / memory as user attrs, always with the device that produced them."""
-    if latency is not None:
-        trial.set_user_attr("latency_ms", round(latency.median_ms, 4))
-        trial.set_user_attr("latency_p90_ms", round(latency.p90_ms, 4))
-        trial.set_user_attr("latency_device", latency.device)
-        trial.set_user_attr("latency_runtime", latency.runtime)
-        trial.set_user_attr("latency_batch_size", latency.batch_size)
-    if memory is not None:
-        trial.set_user_attr("memory_bytes", memory.peak_bytes)
-        trial.set_user_attr("memory_device", memory.device)
-        trial.set_user_attr("memory_method", memory.method)
-        trial.set_user_attr("memory_batch_size", memory.batch_size)
+def constraints(plan: SearchPlan, rec: TrialAttrs) -> dict[str, float]:
+    """The trial's constraints under ``plan``'s budgets (<= 0 is feasible); a budget whose figure
+    the record lacks (not measured) is left out."""
+    limits = {
+        "flops": (rec.macs, plan.max_macs),
+        "params": (rec.params, plan.max_params),
+        "latency": (rec.latency_ms, plan.max_latency_ms),
+        "memory": (rec.memory_bytes, plan.max_memory_bytes),
+    }
+    return {k: float(v - lim) for k, (v, lim) in limits.items() if v is not None and lim is not None}
 
 
 class Objective:
     """Callable for ``study.optimize``; holds the per-process :class:`SearchContext`."""
 
-    def __init__(self, ctx: SearchContext, on_scored: Callable[[int], None] | None = None) -> None:
+    def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
-        self.on_scored = on_scored
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         ctx, plan = self.ctx, self.ctx.plan
-        resolution = trial.suggest_categorical("resolution", list(plan.resolutions)) if plan.resolutions else None
-        spec, student, recipe, cost = self._propose(trial, resolution)
-        key = spec_key(spec, resolution)
-        trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("spec_key", key)
-        if resolution is not None:
-            trial.set_user_attr("resolution", int(resolution))
-        trial.set_user_attr("macs", cost.macs)
-        trial.set_user_attr("params", cost.params)
-        feasible = True
-        if plan.max_macs is not None:
-            trial.set_constraint("flops", float(cost.macs - plan.max_macs))
-            feasible &= cost.macs <= plan.max_macs
-        if plan.max_params is not None:
-            trial.set_constraint("params", float(cost.params - plan.max_params))
-            feasible &= cost.params <= plan.max_params
         objectives = plan.spec.objectives
+        resolution = trial.suggest_categorical("resolution", list(plan.resolutions)) if plan.resolutions else None
+        rec, spec, student, recipe = self._propose(trial, TrialAttrs.read(trial), resolution)
+        rec.write(trial)
+        feasible = all(v <= 0 for v in constraints(plan, rec).values())
         # Measured before any training. A candidate over the MACs/params budgets is measured too when
         # the study has a latency/memory budget or objective, so every trial carries the same
         # constraints and objective values; otherwise it is left alone.
@@ -117,53 +97,37 @@ class Objective:
             or plan.max_memory_bytes is not None
             or bool({"latency", "memory"} & set(objectives))
         )
-        latency = memory = None
         if feasible or cares:
-            latency, memory = plan.measure_runtime(student, resolution)
-            record_runtime(trial, latency, memory)
-        if plan.max_latency_ms is not None and latency is not None:
-            trial.set_constraint("latency", float(latency.median_ms - plan.max_latency_ms))
-            feasible &= latency.median_ms <= plan.max_latency_ms
-        if plan.max_memory_bytes is not None and memory is not None:
-            trial.set_constraint("memory", float(memory.peak_bytes - plan.max_memory_bytes))
-            feasible &= memory.peak_bytes <= plan.max_memory_bytes
-        latency_ms = latency.median_ms if latency is not None else None
-        memory_bytes = memory.peak_bytes if memory is not None else None
-
-        def values(score: float) -> float | tuple[float, ...]:
-            return objective_values(objectives, score, cost.macs, cost.params, latency_ms, memory_bytes)
-
+            rec = rec.with_runtime(*plan.measure_runtime(student, resolution))
+            rec.write(trial)
+        for key, value in constraints(plan, rec).items():  # Optuna keeps the first value set: set once
+            trial.set_constraint(key, value)
+            feasible &= value <= 0
         if not feasible:
-            trial.set_user_attr("trained", False)
-            return values(0.0)
-
-        previous = _scored_before(trial.study, key, trial.number)
-        if previous is not None:
-            trial.set_user_attr("trained", True)
-            trial.set_user_attr("duplicate_of", previous.number)
-            for k in ("score", "teacher_agreement", "proxy_seconds", "proxy_steps", "artifact"):
-                if k in previous.user_attrs:
-                    trial.set_user_attr(k, previous.user_attrs[k])
-            return values(previous.user_attrs["score"])
-
-        report = _pruning_reporter(trial) if plan.spec.single_objective else None
-        result = ctx.score(student, report, input_size=resolution)
-        trial.set_user_attr("trained", True)
-        trial.set_user_attr("score", result.val_top1)
-        trial.set_user_attr("teacher_agreement", result.teacher_agreement)
-        trial.set_user_attr("proxy_seconds", round(result.seconds, 3))
-        trial.set_user_attr("proxy_steps", result.steps)
-        artifact = ctx.artifact_dir(trial.study.study_name, trial.number)
-        save_student(artifact, student, spec, recipe)
-        trial.set_user_attr("artifact", str(artifact))
-        if self.on_scored:
-            self.on_scored(trial.number)
-        return values(result.val_top1)
+            rec = rec.update(trained=False)
+        elif (previous := _scored_before(trial.study, rec.spec_key, trial.number)) is not None:
+            rec = rec.duplicate(*previous)
+        else:
+            report = _pruning_reporter(trial) if plan.spec.single_objective else None
+            result = ctx.score(student, report, input_size=resolution)
+            artifact = ctx.artifact_dir(trial.study.study_name, trial.number)
+            save_student(artifact, student, spec, recipe)
+            rec = rec.update(
+                trained=True,
+                score=result.val_top1,
+                teacher_agreement=result.teacher_agreement,
+                proxy_seconds=round(result.seconds, 3),
+                proxy_steps=result.steps,
+                artifact=str(artifact),
+            )
+        rec.write(trial)
+        return objective_values(objectives, rec)
 
     def _propose(
-        self, trial: optuna.Trial, resolution: int | None
-    ) -> tuple[ArchSpec, nn.Module, dict[str, Any], CostReport]:
-        """The trial's structure, built with inherited weights and measured by fvcore.
+        self, trial: optuna.Trial, rec: TrialAttrs, resolution: int | None
+    ) -> tuple[TrialAttrs, ArchSpec, nn.Module, dict[str, Any]]:
+        """The trial's structure, built with inherited weights and measured by fvcore: its record
+        (proposal and cost), spec, student and surgery recipe.
 
         A search trial realises its shape parameters at the budget (:mod:`~structsearch.search.proposal`);
         a ``global_magnitude`` or ``depth`` baseline trial (enqueued by ``open_study``) takes its
@@ -175,16 +139,24 @@ class Objective:
         students = Students(
             self.ctx.base, get_importance(plan.spec.importance, plan.spec.seed), plan.student_input_size(resolution)
         )
-        name = trial.user_attrs.get("baseline")
-        spec = baseline_spec(name, self.ctx.base, proposals) if name in FIXED_BASELINES else None
+        spec = baseline_spec(rec.baseline, self.ctx.base, proposals) if rec.baseline in FIXED_BASELINES else None
         if spec is None:
             # baselines fill the budget; a retried trial keeps its stored target (user attrs are copied)
-            target = 1.0 if name else trial.user_attrs.get("target", proposals.target_for(trial.number))
+            target = (
+                1.0 if rec.baseline else rec.target if rec.target is not None else proposals.target_for(trial.number)
+            )
             if proposals.vary_target:
-                trial.set_user_attr("target", target)
+                rec = rec.update(target=target)
             spec = proposals.propose(proposals.suggest_params(trial), students.measure, target)
         student, recipe, cost = students.get(spec)
-        return spec, student, recipe, cost
+        rec = rec.update(
+            spec=spec.to_dict(),
+            spec_key=spec_key(spec, resolution),
+            resolution=resolution,
+            macs=cost.macs,
+            params=cost.params,
+        )
+        return rec, spec, student, recipe
 
 
 class Students:
@@ -207,23 +179,24 @@ class Students:
         return cost.macs, cost.params
 
 
-def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> optuna.trial.FrozenTrial | None:
-    """A finished, trained trial of the same structure, if any (never trains a structure twice).
+def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> tuple[TrialAttrs, int] | None:
+    """``(record, number)`` of a finished, trained trial of the same structure, if any (never trains
+    a structure twice).
 
     Several workers may propose the same structure at once. The trial with the lower number
-    trains it; a later one waits for it and reuses its score. If the earlier one fails (its worker
+    trains it; a later one waits for it and reuses its result. If the earlier one fails (its worker
     died), the later one trains the structure itself.
     """
     while True:
         same = [
-            t
+            (t, rec)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if t.number != number and t.user_attrs.get("spec_key") == key
+            if t.number != number and (rec := TrialAttrs.read(t)).spec_key == key
         ]
-        done = [t for t in same if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+        done = [(rec, t.number) for t, rec in same if t.state == TrialState.COMPLETE and rec.trained]
         if done:
             return done[0]
-        if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
+        if not any(t.state == TrialState.RUNNING and t.number < number for t, _ in same):
             return None
         time.sleep(poll_s)
 
@@ -234,7 +207,7 @@ def _pruning_reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
     def report(step: int, top1: float) -> None:
         trial.report(top1, step)
         if trial.should_prune():
-            trial.set_user_attr("trained", False)
+            TrialAttrs(trained=False).write(trial)
             raise optuna.TrialPruned(f"pruned at step {step} with top-1 {top1:.2f}")
 
     return report

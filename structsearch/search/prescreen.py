@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from structsearch.search.objective import Students
+from structsearch.search.record import TrialAttrs
 from structsearch.space import ArchSpec
 from structsearch.surgery import get_importance
 
@@ -39,7 +40,7 @@ def run_prescreen(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | N
     ranked = prescreen(ctx, p.candidates, ctx.plan.spec.seed, batches=p.batches, images=p.images)
     kept = ranked[: max(1, math.ceil(p.keep * len(ranked)))]
     for score, params in kept:
-        study.enqueue_trial(params, user_attrs={"prescreen_score": score, "target": 1.0})  # scored at the budget
+        study.enqueue_trial(params, user_attrs=TrialAttrs(prescreen_score=score, target=1.0).attrs())  # at the budget
     summary = {
         "status": "done",
         "candidates": len(ranked),

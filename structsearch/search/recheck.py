@@ -26,11 +26,10 @@ import optuna
 from scipy import stats
 
 from structsearch.errors import StructsearchError
-from structsearch.search.results import STUDY_MARKER, TrialRecord, load_study, pareto_front, scored, study_records
-from structsearch.search.spec import StudySpec
+from structsearch.search.results import TrialRecord, load_study, pareto_front, scored, study_records
 from structsearch.search.storage import open_storage
-from structsearch.space import ArchSpec
-from structsearch.surgery import build_student, get_importance
+from structsearch.search.stored import StoredTrial, stored_study_spec
+from structsearch.surgery import get_importance
 
 #: Study user attribute holding every re-check of the study: ``{str(steps): RecheckResult dict}``.
 RECHECK_ATTR = "recheck"
@@ -156,10 +155,9 @@ def recheck(
     """
     from structsearch.search.context import build_context, plan_search
 
-    study = load_study(study_name, open_storage(storage_url, create=False))
-    if STUDY_MARKER not in study.user_attrs:
-        raise StructsearchError(f"study '{study_name}' was not created by structsearch")
-    spec = StudySpec.model_validate(json.loads(study.user_attrs[STUDY_MARKER]))
+    storage = open_storage(storage_url, create=False)
+    study = load_study(study_name, storage)
+    spec = stored_study_spec(study_name, study.user_attrs)
     steps = steps or 4 * spec.proxy.steps
     if steps <= spec.proxy.steps:
         raise StructsearchError(
@@ -179,12 +177,10 @@ def recheck(
         plan = plan_search(spec.with_overrides(**overrides))
         ctx = build_context(plan)
         importance = get_importance(spec.importance, spec.seed)
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         for r, group in todo:
             start = time.perf_counter()
-            student = build_student(ctx.base, ArchSpec.from_dict(r.spec), importance)
-            resolution = trials[r.trial].user_attrs.get("resolution")
-            result = ctx.score(student, input_size=resolution)
+            student = StoredTrial.open(study_name, r.trial, storage).rebuild(ctx.base, importance)
+            result = ctx.score(student, input_size=r.resolution)
             entry = RecheckEntry(
                 r.trial,
                 group,

@@ -13,43 +13,61 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
+from pydantic import BaseModel, ConfigDict, Field
 
 from structsearch.cost import Budget, format_bytes, format_count, format_ms, parse_budget
 from structsearch.errors import BudgetError, StructsearchError
+from structsearch.search.record import TrialAttrs
 from structsearch.search.storage import open_storage
 
 #: Marks an Optuna study as created by structsearch (other studies in the storage are ignored).
 STUDY_MARKER = "structsearch_spec"
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """One scored (or cost-only) candidate, in the units every output uses."""
+class TrialRecord(BaseModel):
+    """One scored (or cost-only) candidate, in the units every output uses.
+
+    Built from the trial's :class:`~structsearch.search.record.TrialAttrs` by :func:`record_of`;
+    the API's ``CandidatePublic`` is this model, so ``structsearch best --format json`` and
+    ``GET .../best`` give the same fields.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     study: str
     trial: int
     state: str
     trained: bool
     feasible: bool
-    score: float | None
-    macs: int | None
+    score: float | None = Field(description="validation top-1 accuracy (%) after the KD proxy")
+    macs: int | None = Field(description="multiply-adds (fvcore: 1 multiply-add = 1 flop)")
     params: int | None
-    spec: dict[str, Any] | None
-    seconds: float | None = None
-    #: Student input resolution in px (None: no resolution dimension, the study's input size).
-    resolution: int | None = None
-    #: Median measured latency (ms) and the device / runtime it was measured with.
-    latency_ms: float | None = None
-    latency_device: str | None = None
-    latency_runtime: str | None = None
-    #: Measured peak activation memory (bytes) of one inference forward, and where.
-    memory_bytes: int | None = None
-    memory_device: str | None = None
-    #: The baseline this trial scores (``uniform``, ``global_magnitude``, ``depth``); None: searched.
-    baseline: str | None = None
+    spec: dict[str, Any] | None = Field(description="the student's ArchSpec")
+    seconds: float | None = Field(description="proxy training time")
+    resolution: int | None = Field(
+        default=None, description="student input resolution in px (searches with data.resolutions)"
+    )
+    latency_ms: float | None = Field(
+        default=None, description="median measured inference latency (ms), on latency_device"
+    )
+    latency_device: str | None = Field(
+        default=None, description="the device latency_ms was measured on, e.g. 'AMD EPYC 7B13 (cpu, 2 threads)'"
+    )
+    latency_runtime: str | None = Field(default=None, description="torch or onnxruntime")
+    memory_bytes: int | None = Field(
+        default=None, description="measured peak activation memory of one inference forward (bytes)"
+    )
+    memory_device: str | None = Field(default=None, description="the device memory_bytes was measured on")
+    baseline: str | None = Field(
+        default=None,
+        description="the baseline this trial scores (uniform, global_magnitude, depth); null: a searched candidate",
+    )
+    #: Where the result came from; not part of the output (the API's TrialPublic shows them).
+    duplicate_of: int | None = Field(default=None, exclude=True)
+    copied_from: str | None = Field(default=None, exclude=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def cost(self, axis: str) -> float | None:
         """The figure on a cost axis: ``macs``, ``params``, ``latency`` (ms) or ``memory`` (bytes)."""
@@ -58,30 +76,22 @@ class TrialRecord:
 
 #: Cost axes of fronts and budgets -> the TrialRecord field holding the figure.
 COST_FIELDS: dict[str, str] = {"macs": "macs", "params": "params", "latency": "latency_ms", "memory": "memory_bytes"}
+#: Fields a record takes unchanged from the trial's attributes.
+_FROM_ATTRS = frozenset(TrialRecord.model_fields) & frozenset(TrialAttrs.model_fields) - {"baseline"}
 
 
 def record_of(study_name: str, t: FrozenTrial) -> TrialRecord:
-    attrs = t.user_attrs
-    constraints = t.constraints
+    """The record of one trial of ``study_name``."""
+    a = TrialAttrs.read(t)
     return TrialRecord(
         study=study_name,
         trial=t.number,
         state=t.state.name.lower(),
-        trained=bool(attrs.get("trained", False)),
-        feasible=all(v <= 0 for v in constraints.values()),
-        score=attrs.get("score"),
-        macs=attrs.get("macs"),
-        params=attrs.get("params"),
-        spec=attrs.get("spec"),
-        seconds=attrs.get("proxy_seconds"),
-        resolution=attrs.get("resolution"),
-        latency_ms=attrs.get("latency_ms"),
-        latency_device=attrs.get("latency_device"),
-        latency_runtime=attrs.get("latency_runtime"),
-        memory_bytes=attrs.get("memory_bytes"),
-        memory_device=attrs.get("memory_device"),
+        feasible=all(v <= 0 for v in t.constraints.values()),
+        seconds=a.proxy_seconds,
         # a warm-start copy of another study's baseline is an ordinary result here (another budget)
-        baseline=None if "copied_from" in attrs else attrs.get("baseline"),
+        baseline=None if a.copied_from else a.baseline,
+        **a.model_dump(include=_FROM_ATTRS),
     )
 
 
@@ -181,13 +191,25 @@ def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.St
     return out
 
 
+def _no_study(name: str, storage: optuna.storages.BaseStorage) -> StructsearchError:
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies yet"
+    return StructsearchError(f"no study named '{name}'{hint}")
+
+
 def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
-        hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies yet"
-        raise StructsearchError(f"no study named '{name}'{hint}") from None
+        raise _no_study(name, storage) from None
+
+
+def study_id(name: str, storage: optuna.storages.BaseStorage) -> int:
+    """The storage's id of study ``name`` (a one-line error naming the studies there when absent)."""
+    try:
+        return storage.get_study_id_from_name(name)
+    except KeyError:
+        raise _no_study(name, storage) from None
 
 
 #: Budget kind -> (study attr with the teacher's figure, record field compared, label for messages).

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from structsearch.errors import StructsearchError
 from structsearch.search.context import SearchPlan
-from structsearch.search.objective import objective_values
+from structsearch.search.objective import constraints, objective_values
+from structsearch.search.record import TrialAttrs
 from structsearch.search.results import STUDY_MARKER, structsearch_studies
 from structsearch.search.spec import StudySpec
 
@@ -74,7 +74,8 @@ def own_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False)
-        if "copied_from" not in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        and TrialAttrs.read(t).copied_from is None
     ]
 
 
@@ -121,7 +122,7 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
     if spec.warm_start:
         warm_start(study, plan, storage)
     for name, params in plan.baseline_trials():  # the study's first trials, enqueued exactly once
-        study.enqueue_trial(params, user_attrs={"baseline": name})
+        study.enqueue_trial(params, user_attrs=TrialAttrs(baseline=name).attrs())
     return study
 
 
@@ -134,16 +135,16 @@ def warm_start(study: optuna.Study, plan: SearchPlan, storage: optuna.storages.B
         if other.study_name == study.study_name or other.user_attrs.get("fingerprint") != fp:
             continue
         for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            key = t.user_attrs.get("spec_key")
-            if key is None or key in seen or not t.user_attrs.get("trained") or not _measured_alike(t, plan):
+            rec = TrialAttrs.read(t)
+            if rec.spec_key is None or rec.spec_key in seen or not rec.trained or not _measured_alike(rec, plan):
                 continue
-            seen.add(key)
-            study.add_trial(_copy_for(t, other.study_name, plan))
+            seen.add(rec.spec_key)
+            study.add_trial(_copy_for(t, rec.update(copied_from=f"{other.study_name}#{t.number}"), plan))
             copied += 1
     return copied
 
 
-def _measured_alike(t: FrozenTrial, plan: SearchPlan) -> bool:
+def _measured_alike(a: TrialAttrs, plan: SearchPlan) -> bool:
     """Whether an earlier trial's latency/memory figures can stand in this study.
 
     Scores carry over between studies of the same fingerprint, but a latency measured with another
@@ -152,21 +153,16 @@ def _measured_alike(t: FrozenTrial, plan: SearchPlan) -> bool:
     device they name.
     """
     m = plan.spec.measure
-    a = t.user_attrs
     objectives = set(plan.spec.objectives)
     if plan.spec.budget.latency is not None or "latency" in objectives:
-        if (
-            a.get("latency_ms") is None
-            or a.get("latency_runtime") != m.runtime
-            or a.get("latency_batch_size") != m.batch_size
-        ):
+        if a.latency_ms is None or a.latency_runtime != m.runtime or a.latency_batch_size != m.batch_size:
             return False
-        if a.get("latency_device") != _device_here(m.device, m.threads, latency=True):
+        if a.latency_device != _device_here(m.device, m.threads, latency=True):
             return False
     if plan.spec.budget.memory is not None or "memory" in objectives:
-        if a.get("memory_bytes") is None or a.get("memory_batch_size") != m.batch_size:
+        if a.memory_bytes is None or a.memory_batch_size != m.batch_size:
             return False
-        if a.get("memory_device") != _device_here(m.device, None, latency=False):
+        if a.memory_device != _device_here(m.device, None, latency=False):
             return False
     return True
 
@@ -185,30 +181,18 @@ def _device_here(device: str, threads: int | None, *, latency: bool) -> str | No
     return device_name(dev, (threads or torch.get_num_threads()) if latency and dev.type == "cpu" else None)
 
 
-def _copy_for(t: FrozenTrial, source: str, plan: SearchPlan) -> FrozenTrial:
-    macs, params = t.user_attrs["macs"], t.user_attrs["params"]
-    latency_ms, memory_bytes = t.user_attrs.get("latency_ms"), t.user_attrs.get("memory_bytes")
-    system_attrs = {}
-    if plan.max_macs is not None:
-        system_attrs["constraints:flops"] = float(macs - plan.max_macs)
-    if plan.max_params is not None:
-        system_attrs["constraints:params"] = float(params - plan.max_params)
-    if plan.max_latency_ms is not None and latency_ms is not None:
-        system_attrs["constraints:latency"] = float(latency_ms - plan.max_latency_ms)
-    if plan.max_memory_bytes is not None and memory_bytes is not None:
-        system_attrs["constraints:memory"] = float(memory_bytes - plan.max_memory_bytes)
-    values = objective_values(plan.spec.objectives, t.user_attrs["score"], macs, params, latency_ms, memory_bytes)
+def _copy_for(t: FrozenTrial, rec: TrialAttrs, plan: SearchPlan) -> FrozenTrial:
+    """A finished trial of another study as this study's trial: its record whole, with the
+    constraints and objective values of this study's budgets and objectives."""
+    values = objective_values(plan.spec.objectives, rec)
     return optuna.trial.create_trial(
         params=t.params,
         distributions=t.distributions,
         values=[values] if isinstance(values, float) else list(values),
-        user_attrs={**t.user_attrs, "copied_from": f"{source}#{t.number}"},
-        system_attrs=system_attrs,
+        user_attrs=rec.attrs(),
+        system_attrs={f"constraints:{k}": v for k, v in constraints(plan, rec).items()},
     )
 
 
 def remaining_trials(study: optuna.Study, target: int) -> int:
     return max(0, target - len(own_trials(study)))
-
-
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]

@@ -84,17 +84,13 @@ class FinishedTrials:
 
     def summary(self) -> FinishedSummary:
         def make() -> FinishedSummary:
-            own = [
-                r
-                for t, r in zip(self.trials, self.records)
-                if "copied_from" not in t.user_attrs and r.state == "complete"
-            ]
+            own = [r for r in self.records if r.copied_from is None and r.state == "complete"]
             good = [r for r in self.scored() if r.feasible]
             return FinishedSummary(
                 complete=len(own),
                 trained=sum(r.trained for r in own),
                 over_budget=sum(not r.feasible for r in own),
-                copied=sum("copied_from" in t.user_attrs for t in self.trials),
+                copied=sum(r.copied_from is not None for r in self.records),
                 best=max(good, key=lambda r: (r.score, -r.macs)) if good else None,
             )
 
@@ -215,10 +211,3 @@ class StudyReader:
         """The scored records: a drop-in ``records_of`` for ``best_under_budget``, which looks at
         nothing else, so its answer equals the one from :func:`~structsearch.search.study_records`."""
         return self.finished(study.study_name).scored()
-
-    def trial(self, name: str, number: int) -> FrozenTrial | None:
-        """One trial by number (finished from memory, live ones fresh)."""
-        hit = self.finished(name).by_number.get(number)
-        if hit is not None:
-            return hit
-        return next((t for t in self.live(name) if t.number == number), None)

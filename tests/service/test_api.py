@@ -367,7 +367,14 @@ def test_artifact_download(client: TestClient, search_with_results, settings, tm
     study.add_trial(
         optuna.trial.create_trial(
             values=[50.0, 1000.0],
-            user_attrs={"macs": 1000, "params": 10, "trained": True, "score": 50.0, "artifact": str(outside)},
+            user_attrs={
+                "macs": 1000,
+                "params": 10,
+                "trained": True,
+                "score": 50.0,
+                "spec": {"model": "cifar_resnet20"},
+                "artifact": str(outside),
+            },
         )
     )
     assert_error(client.get(f"{body['url']}/trials/40/artifact"), 404, "artifact volume")
