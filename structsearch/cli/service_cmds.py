@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from structsearch.cli._common import Format, console, print_json, run_guarded
-from structsearch.errors import StructsearchError
+from structsearch.errors import StructsearchError, one_line
 
 StorageOpt = Annotated[
     str | None,
@@ -37,9 +37,7 @@ def _settings(storage: str | None):
     try:
         return ServiceSettings().with_database(storage)
     except ValueError as e:  # pydantic's ValidationError: a malformed STRUCTSEARCH_* variable
-        raise StructsearchError(
-            f"invalid service settings: {str(e).splitlines()[0]} ({str(e).splitlines()[-1].strip()})"
-        ) from None
+        raise StructsearchError(f"invalid service settings: {one_line(e)}") from None
 
 
 def _logging() -> None:
@@ -82,7 +80,7 @@ def apikey_create(
             raise
         except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
             raise StructsearchError(
-                f"cannot store the key: {str(e).strip().splitlines()[0]} (did you run `structsearch db upgrade`?)"
+                f"cannot store the key: {one_line(e)} (did you run `structsearch db upgrade`?)"
             ) from None
         finally:
             db.dispose()
@@ -198,7 +196,7 @@ def dashboard(
         try:
             missing = "studies" not in inspect(engine).get_table_names()
         except Exception as e:  # noqa: BLE001 - unreachable database
-            raise StructsearchError(f"cannot open {url}: {str(e).strip().splitlines()[0]}") from None
+            raise StructsearchError(f"cannot open {url}: {one_line(e)}") from None
         finally:
             engine.dispose()
         if missing:

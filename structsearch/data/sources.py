@@ -26,7 +26,7 @@ import torch
 
 from structsearch.data.spec import DataSpec
 from structsearch.data.splits import split_train_val
-from structsearch.errors import DataError
+from structsearch.errors import DataError, one_line
 
 #: File name endings ImageFolder sources read (torchvision's IMG_EXTENSIONS).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -81,12 +81,6 @@ def prepare(spec: DataSpec) -> Prepared:
     if spec.kind == "torchvision":
         return _prepare_torchvision(spec)
     return _prepare_digits(spec)
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message squeezed onto one line (error messages are printed as one line)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # -- npz -------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from structsearch.cost import parse_budget
-from structsearch.errors import BudgetError, StructsearchError
+from structsearch.errors import BudgetError, StructsearchError, one_line
 
 Objective = Literal["accuracy", "macs", "params", "latency", "memory"]
 
@@ -235,7 +234,7 @@ def parse_study_spec(data: Any, source: str = "study spec") -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
-        raise StructsearchError(f"{source}: {_one_line(e)}") from None
+        raise StructsearchError(f"{source}: {one_line(e)}") from None
     except BudgetError as e:
         raise BudgetError(f"{source}: {e}") from None
 
@@ -248,14 +247,5 @@ def load_study_spec(path: str | Path) -> StudySpec:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise StructsearchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise StructsearchError(f"{p} is not valid YAML: {one_line(e)}") from None
     return parse_study_spec(data, str(p))
-
-
-def _one_line(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = re.sub(r"^Value error, ", "", err["msg"])
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
