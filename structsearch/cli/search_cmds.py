@@ -6,19 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from structsearch.cli._common import Format, console, err_console, print_json, run_guarded
-
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--storage",
-        help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
-    ),
-]
-FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
 
 
 def _fmt(n: int | None) -> str:
@@ -138,15 +128,7 @@ def search(
                 "seed": seed,
             }
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=format is Format.json,
-        ) as progress:
+        with progress_bar(transient=format is Format.json) as progress:
             task = progress.add_task(
                 f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)"
             )
