@@ -123,7 +123,12 @@ class TrialRunner:
                         self.stopping.wait(self.poll_s)
                         continue
                 study = run_search(
-                    spec, url, heartbeat_interval=heartbeat, max_trials=1, sampler_seed=secrets.randbits(31)
+                    spec,
+                    url,
+                    heartbeat_interval=heartbeat,
+                    max_trials=1,
+                    sampler_seed=secrets.randbits(31),
+                    artifacts=self.settings.artifacts,
                 )
                 if len([t for t in own_trials(study) if t.state != TrialState.RUNNING]) >= spec.trials:
                     self._set(sid, SearchStatus.done)

@@ -22,6 +22,7 @@ from structsearch.search.recheck import RECHECK_ATTR, RecheckEntry, RecheckResul
 from structsearch.search.storage import open_storage
 from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
+from structsearch.service.jobs import TrialRunner
 from structsearch.service.settings import ServiceSettings
 from tests.service.conftest import Postgres, make_settings, tiny_spec
 from tests.service.synthetic import add_trials
@@ -435,3 +436,18 @@ def test_storage_that_cannot_be_opened_is_503_without_its_url(tmp_path: Path, da
         r = c.get("/open")
     assert_error(r, 503, "cannot open the study storage")
     assert "s3cret" not in r.text and "someone" not in r.text
+
+
+def test_a_worker_saves_students_under_the_settings_artifacts(
+    client: TestClient, key: str, settings: ServiceSettings, service_home: Path
+) -> None:
+    """The worker writes where the API serves downloads from, whatever $STRUCTSEARCH_ARTIFACTS says."""
+    body = submit(client, key, tiny_spec(name="artifacts-here", trials=1, baselines=["uniform"]))
+    db = Database(settings.database_url)
+    try:
+        assert TrialRunner(settings, db).run(body["id"]) == "ran a trial"
+    finally:
+        db.dispose()
+    assert [p.name for p in (settings.artifacts / body["name"]).iterdir()] == ["trial-00000"]
+    assert not (service_home / "artifacts" / body["name"]).exists()  # the environment's folder
+    assert client.get(f"{body['url']}/trials/0/artifact").status_code == 200
