@@ -17,6 +17,8 @@ from typing import ClassVar
 
 #: How many validation problems :func:`one_line` lists before it counts the rest.
 MAX_PROBLEMS = 5
+#: How many characters of another error's message :func:`one_line` keeps (SQL errors quote statements).
+MAX_CHARS = 400
 
 
 class StructsearchError(Exception):
@@ -97,7 +99,8 @@ def one_line(error: BaseException) -> str:
 
     A validation error (pydantic's, or FastAPI's request validation) becomes ``field: problem;
     field: problem`` (the first :data:`MAX_PROBLEMS`; the request body's own location is left out);
-    any other error ``Type: first line of its message``, or ``Type`` alone when it has no message.
+    any other error ``Type: its message`` with line breaks squeezed to spaces (at most
+    :data:`MAX_CHARS` of it), or ``Type`` alone when it has no message.
     """
     problems = getattr(error, "errors", None)
     if callable(problems):
@@ -110,5 +113,7 @@ def one_line(error: BaseException) -> str:
         if len(found) > MAX_PROBLEMS:
             parts.append(f"and {len(found) - MAX_PROBLEMS} more")
         return "; ".join(parts) or type(error).__name__
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+    text = " ".join(str(error).split())
+    if len(text) > MAX_CHARS:
+        text = text[: MAX_CHARS - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

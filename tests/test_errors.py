@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError, create_model, field_validator
 
-from structsearch.errors import MAX_PROBLEMS, one_line
+from structsearch.errors import MAX_CHARS, MAX_PROBLEMS, one_line
 
 
 class _Spec(BaseModel):
@@ -20,10 +20,12 @@ class _Spec(BaseModel):
         return v
 
 
-def test_one_line_keeps_the_type_and_the_first_line() -> None:
-    assert one_line(OSError("disk full\nsecond line")) == "OSError: disk full"
+def test_one_line_keeps_the_type_and_squeezes_the_message() -> None:
+    assert one_line(OSError("download failed:\n  got URLError\n")) == "OSError: download failed: got URLError"
     assert one_line(KeyError()) == "KeyError"
     assert one_line(RuntimeError("  \n  ")) == "RuntimeError"
+    long = one_line(RuntimeError("x" * 10 * MAX_CHARS))
+    assert len(long) == len("RuntimeError: ") + MAX_CHARS and long.endswith("...")
 
 
 def test_one_line_lists_validation_problems_by_field() -> None:
