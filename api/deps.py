@@ -16,11 +16,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from structsearch.errors import NotFound
 from structsearch.service.apikeys import authenticate
 from structsearch.service.database import Database
-from structsearch.service.models import ApiKey, Search
 from structsearch.service.queue import JobQueue
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import ApiKey, Search
 
 MAX_PAGE = 100
 

@@ -21,10 +21,10 @@ from api.schemas import (
     TrialCountsPublic,
 )
 from structsearch.errors import NotFound
-from structsearch.service.models import Search, SearchStatus
 from structsearch.service.repository import SearchRepository
 from structsearch.service.searches import cancel_search, progress, submit_search
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import Search, SearchStatus
 
 router = APIRouter(prefix="/searches", tags=["searches"], dependencies=[Depends(read_access)])
 

@@ -13,8 +13,8 @@ import secrets
 
 from structsearch.errors import NameTaken, StructsearchError
 from structsearch.service.database import Database
-from structsearch.service.models import ApiKey
 from structsearch.service.repository import ApiKeyRepository
+from structsearch.service.tables import ApiKey
 
 KEY_PREFIX = "ss_"
 

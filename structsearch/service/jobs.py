@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from structsearch.errors import StructsearchError
 from structsearch.service.database import Database
-from structsearch.service.models import ACTIVE_STATUSES, SearchStatus
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
+from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
 
 if TYPE_CHECKING:  # pragma: no cover - the search package (torch) is imported when a job runs
     from procrastinate import JobContext

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from structsearch.errors import NameTaken
-from structsearch.service.models import ApiKey, Search, SearchStatus, utcnow
+from structsearch.service.tables import ApiKey, Search, SearchStatus, utcnow
 
 
 class SearchRepository:

@@ -26,11 +26,11 @@ from structsearch.search.results import TrialRecord
 from structsearch.search.spec import StudySpec
 from structsearch.service.admission import admit_spec
 from structsearch.service.database import Database
-from structsearch.service.models import ACTIVE_STATUSES, Search, SearchStatus
 from structsearch.service.queue import JobQueue
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus
 
 NAME_MAX = 100
 
