@@ -107,7 +107,7 @@ def test_invalid_latency_and_memory_budgets_are_one_line(text: str | int, what: 
 
 
 def test_flops_budgets_are_unchanged() -> None:
-    with pytest.raises(BudgetError, match="invalid FLOPs budget '300MB': unknown suffix 'MB'"):
+    with pytest.raises(BudgetError, match=r"invalid FLOPs \(MACs\) budget '300MB': unknown suffix 'MB'"):
         parse_budget("300MB", "flops")
     assert parse_budget("300M") == Budget(300_000_000, False)
     assert str(parse_budget("1.2G", "params")) == "1.2G"

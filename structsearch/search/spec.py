@@ -80,6 +80,9 @@ class DataSection(_Strict):
 class BudgetSection(_Strict):
     """Hard budgets: ``300M``, ``1.2G``, ``60%`` (of the teacher). At least one is usually set.
 
+    ``flops`` counts MACs (fvcore's convention: one multiply-add is one flop; see
+    :mod:`structsearch.cost`), the figure stored on every trial as ``macs``.
+
     ``latency`` (``5ms``, ``800us``) and ``memory`` (peak activations, ``50MB``, ``64MiB``) are read
     against figures measured on the device of the ``measure`` section; ``60%`` means 60% of the
     teacher's figure measured the same way.
@@ -89,7 +92,7 @@ class BudgetSection(_Strict):
     params: str | None = None
     latency: str | None = None
     memory: str | None = None
-    #: Proposals fill the FLOPs budget (the params budget when there is none) to at least this
+    #: Proposals fill the flops (MACs) budget (the params budget when there is none) to at least this
     #: fraction: every trained candidate lies in ``[fill x budget, budget]`` where the space allows.
     fill: float = Field(default=0.9, gt=0, le=1)
 
