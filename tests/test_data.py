@@ -571,9 +571,9 @@ def test_real_cifar10_test_archive() -> None:
 
 
 def test_every_source_kind_has_a_registered_reader() -> None:
-    from structsearch.data.sources import register_source, source_kinds
+    from structsearch.data.sources import _READERS, register_source
     from structsearch.data.spec import KINDS
 
-    assert sorted(source_kinds()) == sorted(KINDS)
+    assert sorted(_READERS) == sorted(KINDS)
     with pytest.raises(ValueError, match="already registered"):
         register_source("npz")(lambda spec: None)  # type: ignore[arg-type,return-value]

@@ -10,6 +10,11 @@ from rich.table import Table
 
 from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
 
+FlopsOpt = Annotated[str | None, typer.Option(help="MACs budget (fvcore's FLOPs): 300M, 1.2G or 60% of the teacher")]
+ParamsOpt = Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60% of the teacher")]
+LatencyOpt = Annotated[str | None, typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60%")]
+MemoryOpt = Annotated[str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")]
+
 
 def _fmt(n: int | None) -> str:
     from structsearch.cost import format_count
@@ -70,14 +75,10 @@ def search(
         str | None, typer.Option(help="Training data: npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT, digits")
     ] = None,
     val_data: Annotated[str | None, typer.Option(help="Separate validation data (default: carved from --data)")] = None,
-    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[
-        str | None, typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60% of the teacher")
-    ] = None,
-    budget_memory: Annotated[
-        str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60% of the teacher")
-    ] = None,
+    budget_flops: FlopsOpt = None,
+    budget_params: ParamsOpt = None,
+    budget_latency: LatencyOpt = None,
+    budget_memory: MemoryOpt = None,
     resolutions: Annotated[
         str | None, typer.Option(help="Student input resolutions to search, e.g. 24,28,32 (the teacher keeps its own)")
     ] = None,
@@ -195,12 +196,10 @@ def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> Non
 
 
 def best(
-    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[
-        str | None, typer.Option(help="Latency budget against each trial's measured latency: 5ms, 800us or 60%")
-    ] = None,
-    budget_memory: Annotated[str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")] = None,
+    budget_flops: FlopsOpt = None,
+    budget_params: ParamsOpt = None,
+    budget_latency: LatencyOpt = None,
+    budget_memory: MemoryOpt = None,
     study: Annotated[str | None, typer.Option(help="Look in one study (default: every study in the storage)")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,

@@ -77,17 +77,11 @@ def register_source(kind: str) -> Callable[[Reader], Reader]:
     """Decorator: ``reader`` prepares data of ``kind`` (one of :data:`structsearch.data.spec.KINDS`)."""
 
     def add(reader: Reader) -> Reader:
-        if kind in _READERS:
+        if _READERS.setdefault(kind, reader) is not reader:
             raise ValueError(f"data source '{kind}' is already registered")
-        _READERS[kind] = reader
         return reader
 
     return add
-
-
-def source_kinds() -> list[str]:
-    """The kinds with a registered reader, in registration order."""
-    return list(_READERS)
 
 
 def prepare(spec: DataSpec) -> Prepared:

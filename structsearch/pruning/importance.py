@@ -49,9 +49,8 @@ ImportanceT = TypeVar("ImportanceT", bound=type[Importance])
 
 def register_importance(cls: ImportanceT) -> ImportanceT:
     """Class decorator: make an :class:`Importance` available by ``cls.name``."""
-    if cls.name in _IMPORTANCES:
+    if _IMPORTANCES.setdefault(cls.name, cls) is not cls:
         raise ValueError(f"importance '{cls.name}' is already registered")
-    _IMPORTANCES[cls.name] = cls
     return cls
 
 
