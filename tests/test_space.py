@@ -169,10 +169,10 @@ def test_invalid_specs_name_the_block() -> None:
 def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> None:
     from typing import get_args
 
-    from structsearch.pruning.importance import L1Magnitude, get_importance, importance_names
+    from structsearch.pruning.importance import _IMPORTANCES, L1Magnitude, get_importance
     from structsearch.search.spec import StudySpec
 
-    assert importance_names() == list(get_args(StudySpec.model_fields["importance"].annotation))
+    assert list(_IMPORTANCES) == list(get_args(StudySpec.model_fields["importance"].annotation))
     assert isinstance(get_importance("l1"), L1Magnitude) and get_importance("random", seed=3).seed == 3
     with pytest.raises(ValueError, match="unknown importance 'l3'.*l1, random"):
         get_importance("l3")

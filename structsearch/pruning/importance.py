@@ -54,11 +54,6 @@ def register_importance(cls: ImportanceT) -> ImportanceT:
     return cls
 
 
-def importance_names() -> list[str]:
-    """Registered strategies, in registration order."""
-    return list(_IMPORTANCES)
-
-
 def get_importance(name: str, seed: int = 0) -> Importance:
     """A registered importance strategy by name (``l1``, ``random``); ``ValueError`` for others."""
     try:
