@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 
 from alembic import context
 from structsearch.service.migrations import VERSION_TABLE, include_name, include_object
-from structsearch.service.models import Base
+from structsearch.service.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

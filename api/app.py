@@ -37,7 +37,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="structsearch",
         version="1",
-        summary="Find the best compact student of a timm teacher under a FLOPs/params budget.",
+        summary="Find the best compact student of a timm teacher under a MACs (budget key `flops`), params, latency or memory budget.",
         description=(
             "Submit a study spec; workers score candidate students with short knowledge-distillation runs; "
             "read the Pareto front and the best student within a budget, and download it. "

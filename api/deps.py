@@ -13,13 +13,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from structsearch.errors import NotFound
 from structsearch.service.apikeys import authenticate
 from structsearch.service.database import Database
-from structsearch.service.models import ApiKey, Search
 from structsearch.service.queue import JobQueue
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import ApiKey, Search
 
 MAX_PAGE = 100
 
@@ -103,11 +104,11 @@ def get_search(search_id: str, services: ServicesDep) -> Search:
     try:
         sid = uuid.UUID(search_id)
     except ValueError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no search with id '{search_id}'") from None
+        raise NotFound(f"no search with id '{search_id}'") from None
     with services.db.session() as s:
         row = SearchRepository(s).get(sid)
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no search with id '{search_id}'")
+        raise NotFound(f"no search with id '{search_id}'")
     return row
 
 

@@ -2,7 +2,8 @@
 
 * HTTP errors raised by routes and dependencies keep their status and headers;
 * request validation (path, query, JSON syntax) -> 422 with the first problems on one line;
-* :class:`StructsearchError` escaping a route -> 422 (it is, by contract, the user's to fix);
+* :class:`StructsearchError` escaping a route -> the status its class carries (422 for input the
+  user must fix, :class:`~structsearch.errors.NotFound` 404, ``Conflict`` 409, ``Unavailable`` 503);
 * the database unreachable (connection errors) -> 503, so clients and proxies retry;
 * anything else -> 500 ``internal error`` (logged with its traceback; a bug).
 """
@@ -17,21 +18,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import StructsearchError, one_line
 
 log = logging.getLogger("structsearch.api")
 
 
 def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
-
-
-def validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -42,11 +35,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, validation_message(exc))
+        return error_response(422, one_line(exc))
 
     @app.exception_handler(StructsearchError)
-    async def user_error(request: Request, exc: StructsearchError) -> JSONResponse:
-        return error_response(422, str(exc))
+    async def structsearch_error(request: Request, exc: StructsearchError) -> JSONResponse:
+        return error_response(exc.status, str(exc))
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
@@ -54,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "database unavailable on %s %s: %s",
             request.method,
             request.url.path,
-            str(exc.orig).strip().splitlines()[:1],
+            one_line(exc.orig or exc),
         )
         return error_response(503, "database unavailable; try again shortly")
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from structsearch.service.apikeys import create_key  # noqa: E402
 from structsearch.service.database import Database, libpq_url  # noqa: E402
 from structsearch.service.migrations import upgrade  # noqa: E402
-from structsearch.service.models import Search  # noqa: E402
+from structsearch.service.tables import Search  # noqa: E402
 
 SPEC = {
     "name": "bench",

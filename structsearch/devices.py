@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import DeviceError
 
 __all__ = ["DeviceError", "resolve_device"]
 
 _FORMS = "use cpu, cuda, cuda:N or auto"
-
-
-class DeviceError(StructsearchError):
-    """An unknown device, or a CUDA device this machine does not have."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -379,7 +379,7 @@ INVALID_BUDGETS = ["300MB", "-1", "abc", "0", "0%", "150%", "", "   ", "nan", "i
 
 
 @pytest.mark.parametrize("text", INVALID_BUDGETS)
-@pytest.mark.parametrize(("what", "label"), [("flops", "FLOPs budget"), ("params", "params budget")])
+@pytest.mark.parametrize(("what", "label"), [("flops", "FLOPs (MACs) budget"), ("params", "params budget")])
 def test_invalid_budget_message(text: str, what: str, label: str) -> None:
     """One line that names the text (as its repr, so a newline cannot break the line) and the fix."""
     with pytest.raises(BudgetError) as info:
@@ -401,7 +401,7 @@ def test_invalid_numeric_budget(number: float) -> None:
 def test_budget_error_message_example() -> None:
     with pytest.raises(BudgetError) as info:
         parse_budget("300MB")
-    assert str(info.value).startswith("invalid FLOPs budget '300MB': ")
+    assert str(info.value).startswith("invalid FLOPs (MACs) budget '300MB': ")
 
 
 @pytest.mark.parametrize(

@@ -568,3 +568,12 @@ def test_real_cifar10_test_archive() -> None:
     check_labels(val, 10)
     mean = data.x.float().mean(dim=(0, 2, 3)) / 255
     assert mean.tolist() == pytest.approx([0.494, 0.485, 0.450], abs=0.01)
+
+
+def test_every_source_kind_has_a_registered_reader() -> None:
+    from structsearch.data.sources import _READERS, register_source
+    from structsearch.data.spec import KINDS
+
+    assert sorted(_READERS) == sorted(KINDS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_source("npz")(lambda spec: None)  # type: ignore[arg-type,return-value]

@@ -164,3 +164,15 @@ def test_invalid_specs_name_the_block() -> None:
         ArchSpec.from_dict({"model": "x", "stages": [[{"keep": True, "width": 2}]]})
     with pytest.raises(SpecError, match="JSON"):
         ArchSpec.from_json("{not json")
+
+
+def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> None:
+    from typing import get_args
+
+    from structsearch.pruning.importance import _IMPORTANCES, L1Magnitude, get_importance
+    from structsearch.search.spec import StudySpec
+
+    assert list(_IMPORTANCES) == list(get_args(StudySpec.model_fields["importance"].annotation))
+    assert isinstance(get_importance("l1"), L1Magnitude) and get_importance("random", seed=3).seed == 3
+    with pytest.raises(ValueError, match="unknown importance 'l3'.*l1, random"):
+        get_importance("l3")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from api.deps import SearchDep, ServicesDep, read_access
 from api.schemas import BaselineGainPublic, CandidatePublic, ErrorPublic, ParetoPublic, RecheckPublic
 from structsearch.cost import parse_budget
-from structsearch.errors import StructsearchError
 from structsearch.search import best_under_budget
 from structsearch.search.recheck import rechecks_from_attrs
 
@@ -82,16 +81,13 @@ def best(
     for what, text in texts.items():
         if text is not None:
             parse_budget(text, what)  # BudgetError -> 422 (api.errors)
-    try:
-        record = best_under_budget(
-            budget_flops,
-            budget_params,
-            study=search.name,
-            budget_latency=budget_latency,
-            budget_memory=budget_memory,
-            storage=services.reader.storage,
-            records_of=services.reader.records,
-        )
-    except StructsearchError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    record = best_under_budget(
+        budget_flops,
+        budget_params,
+        study=search.name,
+        budget_latency=budget_latency,
+        budget_memory=budget_memory,
+        storage=services.reader.storage,
+        records_of=services.reader.records,
+    )
     return CandidatePublic(**record.to_dict())

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from api.deps import ServicesDep
 from api.errors import error_response
 from api.schemas import ErrorPublic, HealthPublic
+from structsearch.errors import one_line
 
 router = APIRouter(tags=["health"])
 
@@ -27,8 +28,7 @@ def readyz(services: ServicesDep) -> HealthPublic | JSONResponse:
         services.db.ping()
         revision = current_revision(services.db.engine)
     except Exception as e:  # noqa: BLE001 - any driver error means "not ready"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return error_response(503, f"database unreachable: {first}")
+        return error_response(503, f"database unreachable: {one_line(e)}")
     head = head_revision(services.settings.database_url)
     if revision != head:
         return error_response(

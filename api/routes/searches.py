@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 
 from api.deps import PageDep, SearchDep, ServicesDep, WriterDep, read_access
 from api.schemas import (
@@ -20,10 +20,11 @@ from api.schemas import (
     SearchStatusName,
     TrialCountsPublic,
 )
-from structsearch.service.models import Search, SearchStatus
+from structsearch.errors import NotFound
 from structsearch.service.repository import SearchRepository
-from structsearch.service.searches import CancelRefused, SubmitFailed, cancel_search, progress, submit_search
+from structsearch.service.searches import cancel_search, progress, submit_search
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import Search, SearchStatus
 
 router = APIRouter(prefix="/searches", tags=["searches"], dependencies=[Depends(read_access)])
 
@@ -85,10 +86,7 @@ def create_search(
     Nothing is stored when the spec is rejected (422). The study is named after the spec; when
     that name is taken the search gets the name with a short suffix, and says so.
     """
-    try:
-        row = submit_search(spec, services.settings, services.db, services.reader, services.queue, key.id)
-    except SubmitFailed as e:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from None
+    row = submit_search(spec, services.settings, services.db, services.reader, services.queue, key.id)
     renamed = row.name != row.requested_name
     url = f"/api/v1/searches/{row.id}"
     response.headers["Location"] = url
@@ -133,10 +131,7 @@ def get_search(search: SearchDep, services: ServicesDep) -> SearchPublic:
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
 def cancel(search: SearchDep, services: ServicesDep, key: WriterDep) -> SearchPublic:
     """Start no new trials; running trials finish and are kept. 409 if the search already ended."""
-    try:
-        row = cancel_search(services.db, services.queue, search.id)
-    except CancelRefused as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    row = cancel_search(services.db, services.queue, search.id)
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no search with id '{search.id}'")
+        raise NotFound(f"no search with id '{search.id}'")
     return search_public(row, services.reader)

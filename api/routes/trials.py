@@ -16,7 +16,6 @@ from starlette.background import BackgroundTask
 
 from api.deps import PageDep, SearchDep, ServicesDep, read_access
 from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
-from structsearch.errors import StructsearchError
 from structsearch.search.results import record_of
 
 router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"], dependencies=[Depends(read_access)])
@@ -94,9 +93,6 @@ def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> 
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for f in files:
                 zf.write(f, arcname=f.name)
-    except StructsearchError as e:
-        shutil.rmtree(work, ignore_errors=True)
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -7,7 +7,7 @@ import typer
 from structsearch.cli import finetune_cmds, model_cmds, proxy_cmds, recheck_cmds, search_cmds, service_cmds, synth_cmds
 
 app = typer.Typer(
-    help="Find the best student of a teacher under a FLOPs or params budget.",
+    help="Find the best student of a teacher under a MACs (--budget-flops), params, latency or memory budget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

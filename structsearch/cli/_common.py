@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors, output formats, model kwargs from flags."""
+"""Shared CLI plumbing: one-line errors, the options several commands take, progress bars, model kwargs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 import sys
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 from structsearch.errors import StructsearchError
 
@@ -22,6 +23,34 @@ T = TypeVar("T")
 class Format(StrEnum):
     table = "table"
     json = "json"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+KwOpt = Annotated[
+    list[str] | None,
+    typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable), e.g. --kw num_classes=10"),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
+    ),
+]
+
+
+def progress_bar(transient: bool, *extra: ProgressColumn) -> Progress:
+    """The bar long commands draw on stderr: task, bar, done/total, a ``status`` field, time (``extra`` after)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        *extra,
+        console=err_console,
+        transient=transient,
+    )
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -8,13 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
-
-KwOpt = Annotated[
-    list[str] | None,
-    typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable), e.g. --kw num_classes=10"),
-]
-FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
 
 
 def models(format: FormatOpt = Format.table) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from structsearch.cli._common import Format, console, err_console, print_json, run_guarded
-from structsearch.cli.search_cmds import FormatOpt, StorageOpt
+from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
 
 
 def recheck_table(result) -> Table:
@@ -67,15 +65,7 @@ def recheck(
     def body() -> None:
         from structsearch.search.recheck import recheck as run_recheck
 
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=format is Format.json,
-        ) as progress:
+        with progress_bar(transient=format is Format.json) as progress:
             task = progress.add_task(f"recheck {study}", total=None, status="preparing (teacher, data, cache)")
 
             def on_entry(done: int, total: int, entry) -> None:

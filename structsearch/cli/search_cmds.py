@@ -6,19 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from structsearch.cli._common import Format, console, err_console, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
 
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--storage",
-        help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
-    ),
-]
-FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+FlopsOpt = Annotated[str | None, typer.Option(help="MACs budget (fvcore's FLOPs): 300M, 1.2G or 60% of the teacher")]
+ParamsOpt = Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60% of the teacher")]
+LatencyOpt = Annotated[str | None, typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60%")]
+MemoryOpt = Annotated[str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")]
 
 
 def _fmt(n: int | None) -> str:
@@ -80,14 +75,10 @@ def search(
         str | None, typer.Option(help="Training data: npz:PATH, imagefolder:PATH, torchvision:NAME:ROOT, digits")
     ] = None,
     val_data: Annotated[str | None, typer.Option(help="Separate validation data (default: carved from --data)")] = None,
-    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[
-        str | None, typer.Option(help="Latency budget, measured per candidate: 5ms, 800us or 60% of the teacher")
-    ] = None,
-    budget_memory: Annotated[
-        str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60% of the teacher")
-    ] = None,
+    budget_flops: FlopsOpt = None,
+    budget_params: ParamsOpt = None,
+    budget_latency: LatencyOpt = None,
+    budget_memory: MemoryOpt = None,
     resolutions: Annotated[
         str | None, typer.Option(help="Student input resolutions to search, e.g. 24,28,32 (the teacher keeps its own)")
     ] = None,
@@ -138,15 +129,7 @@ def search(
                 "seed": seed,
             }
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=format is Format.json,
-        ) as progress:
+        with progress_bar(transient=format is Format.json) as progress:
             task = progress.add_task(
                 f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)"
             )
@@ -213,12 +196,10 @@ def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> Non
 
 
 def best(
-    budget_flops: Annotated[str | None, typer.Option(help="MACs budget: 300M, 1.2G or 60% of the teacher")] = None,
-    budget_params: Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60%")] = None,
-    budget_latency: Annotated[
-        str | None, typer.Option(help="Latency budget against each trial's measured latency: 5ms, 800us or 60%")
-    ] = None,
-    budget_memory: Annotated[str | None, typer.Option(help="Peak activation memory budget: 50MB, 64MiB or 60%")] = None,
+    budget_flops: FlopsOpt = None,
+    budget_params: ParamsOpt = None,
+    budget_latency: LatencyOpt = None,
+    budget_memory: MemoryOpt = None,
     study: Annotated[str | None, typer.Option(help="Look in one study (default: every study in the storage)")] = None,
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,

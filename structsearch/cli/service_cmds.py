@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from structsearch.cli._common import Format, console, print_json, run_guarded
-from structsearch.errors import StructsearchError
+from structsearch.cli._common import Format, FormatOpt, console, print_json, run_guarded
+from structsearch.errors import StructsearchError, one_line
 
-StorageOpt = Annotated[
+DatabaseOpt = Annotated[
     str | None,
     typer.Option(
         "--storage",
@@ -37,9 +37,7 @@ def _settings(storage: str | None):
     try:
         return ServiceSettings().with_database(storage)
     except ValueError as e:  # pydantic's ValidationError: a malformed STRUCTSEARCH_* variable
-        raise StructsearchError(
-            f"invalid service settings: {str(e).splitlines()[0]} ({str(e).splitlines()[-1].strip()})"
-        ) from None
+        raise StructsearchError(f"invalid service settings: {one_line(e)}") from None
 
 
 def _logging() -> None:
@@ -48,7 +46,7 @@ def _logging() -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(storage: StorageOpt = None) -> None:
+def db_upgrade(storage: DatabaseOpt = None) -> None:
     """Create or migrate the service's tables, procrastinate's job queue and Optuna's tables."""
 
     def body() -> None:
@@ -67,7 +65,7 @@ def db_upgrade(storage: StorageOpt = None) -> None:
 @apikey_app.command("create")
 def apikey_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for (unique)")],
-    storage: StorageOpt = None,
+    storage: DatabaseOpt = None,
 ) -> None:
     """Create a key and print it. It is shown only this once; only its hash is stored."""
 
@@ -82,7 +80,7 @@ def apikey_create(
             raise
         except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
             raise StructsearchError(
-                f"cannot store the key: {str(e).strip().splitlines()[0]} (did you run `structsearch db upgrade`?)"
+                f"cannot store the key: {one_line(e)} (did you run `structsearch db upgrade`?)"
             ) from None
         finally:
             db.dispose()
@@ -92,7 +90,7 @@ def apikey_create(
 
 
 @apikey_app.command("list")
-def apikey_list(storage: StorageOpt = None, format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -> None:
     """List keys (name, prefix, created, revoked); never the keys themselves."""
 
     def body() -> None:
@@ -122,7 +120,7 @@ def apikey_list(storage: StorageOpt = None, format: Annotated[Format, typer.Opti
 
 
 @apikey_app.command("revoke")
-def apikey_revoke(name: Annotated[str, typer.Option("--name")], storage: StorageOpt = None) -> None:
+def apikey_revoke(name: Annotated[str, typer.Option("--name")], storage: DatabaseOpt = None) -> None:
     """Revoke a key by name: it stops working at once."""
 
     def body() -> None:
@@ -144,7 +142,7 @@ def apikey_revoke(name: Annotated[str, typer.Option("--name")], storage: Storage
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    storage: StorageOpt = None,
+    storage: DatabaseOpt = None,
 ) -> None:
     """Serve the REST API (uvicorn; OpenAPI docs at /docs)."""
 
@@ -161,7 +159,7 @@ def serve(
 
 
 def worker(
-    storage: StorageOpt = None,
+    storage: DatabaseOpt = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Trials this worker runs at once")] = 1,
     name: Annotated[str | None, typer.Option(help="Worker name in logs (default: host-pid)")] = None,
 ) -> None:
@@ -182,7 +180,7 @@ def worker(
 
 
 def dashboard(
-    storage: StorageOpt = None,
+    storage: DatabaseOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
 ) -> None:
@@ -198,7 +196,7 @@ def dashboard(
         try:
             missing = "studies" not in inspect(engine).get_table_names()
         except Exception as e:  # noqa: BLE001 - unreachable database
-            raise StructsearchError(f"cannot open {url}: {str(e).strip().splitlines()[0]}") from None
+            raise StructsearchError(f"cannot open {url}: {one_line(e)}") from None
         finally:
             engine.dispose()
         if missing:

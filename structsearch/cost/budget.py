@@ -5,7 +5,7 @@ Every budget in the product -- CLI flags, study specs, REST bodies -- goes throu
 message. A budget is either absolute or a fraction of the teacher's figure; :meth:`Budget.resolve`
 turns both into an absolute figure once the teacher has been measured. Absolute figures are
 
-* FLOPs / params: a count (MACs in fvcore's convention, or parameters), with SI suffixes k/M/G/T;
+* flops / params: a count (flops are MACs, fvcore's convention; or parameters), with SI suffixes k/M/G/T;
 * latency: milliseconds, written with a time unit (``5ms``, ``800us``, ``0.01s``);
 * memory: bytes, written with a byte unit, decimal (``50MB``, ``512kB``) or binary (``64MiB``).
 
@@ -39,7 +39,7 @@ _BUDGET_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<u
 _NUMBER_PREFIX_RE = re.compile(r"^(?:\d+\.?\d*|\.\d+)\s*(?P<rest>.*)$", re.DOTALL)
 
 _LABELS: dict[str, str] = {
-    "flops": "FLOPs budget",
+    "flops": "FLOPs (MACs) budget",
     "params": "params budget",
     "latency": "latency budget",
     "memory": "memory budget",
@@ -91,14 +91,14 @@ _MEASURED_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P
 
 @dataclass(frozen=True)
 class Budget:
-    """A FLOPs, params, latency or memory budget, absolute or relative to the teacher.
+    """A flops (MACs), params, latency or memory budget, absolute or relative to the teacher.
 
     Attributes:
         value: the absolute figure (``relative=False``) in the budget's unit -- a count, milliseconds
             or bytes -- or the fraction of the teacher's figure in ``(0, 1]`` (``relative=True``;
             ``"60%"`` is ``0.6``).
         relative: whether ``value`` is a fraction of the teacher.
-        unit: ``""`` for counts (FLOPs, params), ``"ms"`` for latency, ``"B"`` for memory; it only
+        unit: ``""`` for counts (MACs, params), ``"ms"`` for latency, ``"B"`` for memory; it only
             decides how the budget is written back and whether :meth:`resolve` rounds.
     """
 
@@ -155,9 +155,9 @@ def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
     """Parse a budget such as ``"300M"``, ``"1.2g"``, ``"850k"``, ``"5ms"``, ``"50MB"`` or ``"60%"``.
 
     Args:
-        text: the user's budget. Numbers are taken as absolute counts (FLOPs/params only: a
+        text: the user's budget. Numbers are taken as absolute counts (flops = MACs, or params; a
             latency or memory budget needs its unit).
-        what: ``"flops"``, ``"params"`` (counts with k/M/G/T suffixes), ``"latency"`` (ns/us/ms/s,
+        what: ``"flops"`` (MACs), ``"params"`` (counts with k/M/G/T suffixes), ``"latency"`` (ns/us/ms/s,
             resolved in ms) or ``"memory"`` (B/kB/MB/GB/TB or KiB/MiB/GiB/TiB, resolved in bytes).
 
     Raises:

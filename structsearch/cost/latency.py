@@ -42,7 +42,7 @@ from torch import nn
 
 from structsearch.cost.counter import _eval_mode, _normalize_input_size
 from structsearch.devices import resolve_device
-from structsearch.errors import CostError
+from structsearch.errors import CostError, one_line
 
 __all__ = ["LatencyReport", "Runtime", "cpu_model_name", "device_name", "measure_latency"]
 
@@ -281,8 +281,9 @@ def _time_onnxruntime(
                 warnings.simplefilter("ignore")  # the TorchScript exporter's notices concern it, not the model
                 torch.onnx.export(cpu_net, (x,), str(path), input_names=["input"], dynamo=False)
         except Exception as e:  # noqa: BLE001 -- any exporter failure means "cannot time it with onnxruntime"
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CostError(f"cannot export {type(model).__name__} to ONNX for onnxruntime latency: {first}") from None
+            raise CostError(
+                f"cannot export {type(model).__name__} to ONNX for onnxruntime latency: {one_line(e)}"
+            ) from None
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

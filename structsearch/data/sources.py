@@ -1,8 +1,9 @@
 """Readers for each source kind: file system checks, an identity for caching, and decoding to NumPy.
 
-Each kind's ``_prepare_*`` does the cheap part eagerly (stat the file, list the folder, resolve the
-torchvision class) and returns a :class:`Prepared` whose ``identity`` changes whenever the data on
-disk changes and whose ``decode`` does the expensive part. The loader calls ``decode`` only when
+Each kind registers a reader with :func:`register_source` (like ``register_family``). A reader does
+the cheap part eagerly (stat the file, list the folder, resolve the torchvision class) and returns a
+:class:`Prepared` whose ``identity`` changes whenever the data on disk changes and whose ``decode``
+does the expensive part. The loader calls ``decode`` only when
 its cache has no entry with that identity, so a search decodes its data once per process.
 
 Decoded arrays are validated and converted to tensors in one place (``loading._finalize``) so
@@ -26,7 +27,7 @@ import torch
 
 from structsearch.data.spec import DataSpec
 from structsearch.data.splits import split_train_val
-from structsearch.errors import DataError
+from structsearch.errors import DataError, one_line
 
 #: File name endings ImageFolder sources read (torchvision's IMG_EXTENSIONS).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -66,32 +67,41 @@ class Prepared:
     identity_after_decode: Callable[[], Hashable] | None = None
 
 
+#: A source kind's reader: checks the files of an (unsliced) spec and says how to decode them.
+Reader = Callable[[DataSpec], Prepared]
+
+_READERS: dict[str, Reader] = {}
+
+
+def register_source(kind: str) -> Callable[[Reader], Reader]:
+    """Decorator: ``reader`` prepares data of ``kind`` (one of :data:`structsearch.data.spec.KINDS`)."""
+
+    def add(reader: Reader) -> Reader:
+        if _READERS.setdefault(kind, reader) is not reader:
+            raise ValueError(f"data source '{kind}' is already registered")
+        return reader
+
+    return add
+
+
 def prepare(spec: DataSpec) -> Prepared:
     """Check that ``spec``'s files exist and say how to decode them (the spec's slice is ignored)."""
     spec = spec.unsliced()  # only torchvision specs may carry download; it drops it from its key
-    if spec.kind == "synthetic":
-        raise DataError(
-            f"{spec} is synthesised from a teacher, not loaded from files: use it as a search's data.train or "
-            "`structsearch proxy --data`, or write it to a file with `structsearch synthesize --out FILE.npz`"
-        )
-    if spec.kind == "npz":
-        return _prepare_npz(spec)
-    if spec.kind == "imagefolder":
-        return _prepare_imagefolder(spec)
-    if spec.kind == "torchvision":
-        return _prepare_torchvision(spec)
-    return _prepare_digits(spec)
+    return _READERS[spec.kind](spec)
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message squeezed onto one line (error messages are printed as one line)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+@register_source("synthetic")
+def _refuse_synthetic(spec: DataSpec) -> Prepared:
+    raise DataError(
+        f"{spec} is synthesised from a teacher, not loaded from files: use it as a search's data.train or "
+        "`structsearch proxy --data`, or write it to a file with `structsearch synthesize --out FILE.npz`"
+    )
 
 
 # -- npz -------------------------------------------------------------------------------------------
 
 
+@register_source("npz")
 def _prepare_npz(spec: DataSpec) -> Prepared:
     path = Path(spec.path).expanduser()
     try:
@@ -137,6 +147,7 @@ def _names_from_array(names: np.ndarray | None, shown: str) -> tuple[str, ...] |
 # -- imagefolder -----------------------------------------------------------------------------------
 
 
+@register_source("imagefolder")
 def _prepare_imagefolder(spec: DataSpec) -> Prepared:
     root = Path(spec.path).expanduser()
     if not root.exists():
@@ -214,6 +225,7 @@ def _pil_to_rgb(image: Any, size: tuple[int, int] | None) -> np.ndarray:
 # -- torchvision -----------------------------------------------------------------------------------
 
 
+@register_source("torchvision")
 def _prepare_torchvision(spec: DataSpec) -> Prepared:
     dataset_cls = _torchvision_class(spec.name)
     canonical = replace(spec, name=dataset_cls.__name__, download=False)
@@ -331,6 +343,7 @@ def _arrays_by_item(dataset: Any, name: str, names: tuple[str, ...] | None) -> R
 # -- digits ----------------------------------------------------------------------------------------
 
 
+@register_source("digits")
 def _prepare_digits(spec: DataSpec) -> Prepared:
     return Prepared(spec, ("digits", spec.split), lambda: _read_digits(spec.split))
 

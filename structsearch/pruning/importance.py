@@ -3,13 +3,15 @@
 An importance strategy scores the *units* (channels, heads) shared by a group of tensors and keeps
 the best ``k``. L1 magnitude is the default (Li et al., "Pruning Filters for Efficient ConvNets",
 2017: filters with small L1 norm contribute little); random selection is the ablation that tells
-whether importance matters for a given teacher.
+whether importance matters for a given teacher. Strategies register by name with
+:func:`register_importance` (like ``register_family``); a study's ``importance`` names one.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -19,9 +21,12 @@ TensorDim = tuple[Tensor, int]
 
 
 class Importance(ABC):
-    """Scores units and keeps the ``k`` most important ones."""
+    """Scores units and keeps the ``k`` most important ones; ``seed`` serves strategies that draw."""
 
     name: str
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
 
     @abstractmethod
     def scores(self, tensors: Sequence[TensorDim]) -> Tensor:
@@ -37,6 +42,27 @@ class Importance(ABC):
         return torch.sort(order).values
 
 
+_IMPORTANCES: dict[str, type[Importance]] = {}
+
+ImportanceT = TypeVar("ImportanceT", bound=type[Importance])
+
+
+def register_importance(cls: ImportanceT) -> ImportanceT:
+    """Class decorator: make an :class:`Importance` available by ``cls.name``."""
+    if _IMPORTANCES.setdefault(cls.name, cls) is not cls:
+        raise ValueError(f"importance '{cls.name}' is already registered")
+    return cls
+
+
+def get_importance(name: str, seed: int = 0) -> Importance:
+    """A registered importance strategy by name (``l1``, ``random``); ``ValueError`` for others."""
+    try:
+        return _IMPORTANCES[name](seed)
+    except KeyError:
+        raise ValueError(f"unknown importance '{name}'; use one of {', '.join(_IMPORTANCES)}") from None
+
+
+@register_importance
 class L1Magnitude(Importance):
     """Sum over all tensors of the L1 norm of each unit's weights (the default)."""
 
@@ -53,26 +79,13 @@ class L1Magnitude(Importance):
         return total
 
 
+@register_importance
 class RandomImportance(Importance):
     """Uniformly random units, seeded: the ablation baseline."""
 
     name = "random"
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-
     def scores(self, tensors: Sequence[TensorDim]) -> Tensor:
         t, dim = tensors[0]
         g = torch.Generator().manual_seed(self.seed + t.shape[dim])
         return torch.rand(t.shape[dim], generator=g)
-
-
-def get_importance(name: str, seed: int = 0) -> Importance:
-    """Importance strategy by name (``l1`` or ``random``)."""
-    from structsearch.errors import StructsearchError
-
-    if name == "l1":
-        return L1Magnitude()
-    if name == "random":
-        return RandomImportance(seed)
-    raise StructsearchError(f"unknown importance '{name}'; use 'l1' or 'random'")

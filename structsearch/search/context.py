@@ -277,6 +277,8 @@ class SearchContext:
     distiller: Any  # structsearch.distill.Distiller
     #: The teacher's own top-1 on the validation split: the reference every score is read against.
     teacher_score: float
+    #: Where trained students are saved, a folder per trial; ``None``: this context saves none (recheck).
+    artifacts: Path | None = None
 
     def score(self, student: nn.Module, report: Any = None, *, input_size: int | None = None) -> Any:
         """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``.
@@ -286,9 +288,9 @@ class SearchContext:
         return self.distiller.score(student, report, input_size=input_size)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
-        from structsearch.paths import artifacts_dir
-
-        return artifacts_dir() / study / f"trial-{trial:05d}"
+        if self.artifacts is None:
+            raise RuntimeError("this search context was built without an artifacts directory")
+        return self.artifacts / study / f"trial-{trial:05d}"
 
 
 @dataclass
@@ -356,8 +358,11 @@ def load_study_data(plan: SearchPlan) -> StudyData:
     return StudyData(teacher.eval(), teacher_id, preprocess, train_data, val_data, train_idx, val_idx, augment)
 
 
-def build_context(plan: SearchPlan) -> SearchContext:
-    """Load data, load or train the teacher, prepare the cached KD scorer (once per process)."""
+def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchContext:
+    """Load data, load or train the teacher, prepare the cached KD scorer (once per process).
+
+    ``artifacts``: where trials save their trained students (see :attr:`SearchContext.artifacts`).
+    """
     from structsearch.distill import Distiller, ProxyConfig, TeacherCache
 
     spec = plan.spec
@@ -391,4 +396,4 @@ def build_context(plan: SearchPlan) -> SearchContext:
         augment=augment,
     )
     teacher_score, _ = distiller.evaluate(teacher)
-    return SearchContext(plan, base, distiller, teacher_score)
+    return SearchContext(plan, base, distiller, teacher_score, artifacts)

@@ -8,10 +8,12 @@ storage): each stops once the study holds the requested number of trials.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from structsearch.paths import artifacts_dir
 from structsearch.search.context import build_context, plan_search
 from structsearch.search.objective import Objective
 from structsearch.search.prescreen import run_prescreen
@@ -52,13 +54,16 @@ def run_search(
     heartbeat_interval: int | None = None,
     max_trials: int | None = None,
     sampler_seed: int | None = None,
+    artifacts: Path | None = None,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
     ``max_trials`` caps how many trials this call runs (a service worker runs one per job);
     ``heartbeat_interval`` turns on Optuna's heartbeats so a killed worker's trial is failed and
     retried by the next worker instead of staying RUNNING forever; ``sampler_seed`` (default: the
-    spec's seed) lets each such call propose differently.
+    spec's seed) lets each such call propose differently. Trained students are saved under
+    ``artifacts`` (default: ``$STRUCTSEARCH_ARTIFACTS``, as the CLI has it; a service worker passes
+    its settings' directory, the one the API serves downloads from).
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
@@ -75,7 +80,7 @@ def run_search(
         on_trial(done, 0, None)
     if todo == 0:
         return study
-    ctx = build_context(plan)
+    ctx = build_context(plan, artifacts if artifacts is not None else artifacts_dir())
     if study.user_attrs.get("teacher_score") is None:
         study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
     run_prescreen(study, ctx)  # once per study, when spec.prescreen is on

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from structsearch.cost import parse_budget
-from structsearch.errors import BudgetError, StructsearchError
+from structsearch.errors import BudgetError, StructsearchError, one_line
 
 Objective = Literal["accuracy", "macs", "params", "latency", "memory"]
 
@@ -81,6 +80,9 @@ class DataSection(_Strict):
 class BudgetSection(_Strict):
     """Hard budgets: ``300M``, ``1.2G``, ``60%`` (of the teacher). At least one is usually set.
 
+    ``flops`` counts MACs (fvcore's convention: one multiply-add is one flop; see
+    :mod:`structsearch.cost`), the figure stored on every trial as ``macs``.
+
     ``latency`` (``5ms``, ``800us``) and ``memory`` (peak activations, ``50MB``, ``64MiB``) are read
     against figures measured on the device of the ``measure`` section; ``60%`` means 60% of the
     teacher's figure measured the same way.
@@ -90,7 +92,7 @@ class BudgetSection(_Strict):
     params: str | None = None
     latency: str | None = None
     memory: str | None = None
-    #: Proposals fill the FLOPs budget (the params budget when there is none) to at least this
+    #: Proposals fill the flops (MACs) budget (the params budget when there is none) to at least this
     #: fraction: every trained candidate lies in ``[fill x budget, budget]`` where the space allows.
     fill: float = Field(default=0.9, gt=0, le=1)
 
@@ -235,7 +237,7 @@ def parse_study_spec(data: Any, source: str = "study spec") -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
-        raise StructsearchError(f"{source}: {_one_line(e)}") from None
+        raise StructsearchError(f"{source}: {one_line(e)}") from None
     except BudgetError as e:
         raise BudgetError(f"{source}: {e}") from None
 
@@ -248,14 +250,5 @@ def load_study_spec(path: str | Path) -> StudySpec:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise StructsearchError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise StructsearchError(f"{p} is not valid YAML: {one_line(e)}") from None
     return parse_study_spec(data, str(p))
-
-
-def _one_line(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = re.sub(r"^Value error, ", "", err["msg"])
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import NotFound, Unavailable, one_line
 from structsearch.paths import home
 
 
@@ -32,13 +32,14 @@ def open_storage(
     """An Optuna RDB storage; heartbeats (for dead-worker detection) when an interval is given.
 
     With ``create=False`` (read-only commands such as ``best``) a SQLite file that does not exist
-    is an error instead of a new empty database.
+    is an error instead of a new empty database. A storage that cannot be opened is
+    :class:`Unavailable`; its message leaves the URL out (it may hold a password).
     """
     url = resolve_storage_url(url)
     if url.startswith("sqlite:///") and ":memory:" not in url:
         path = Path(url.removeprefix("sqlite:///")).expanduser()
         if not create and not path.is_file():
-            raise StructsearchError(f"storage {url} does not exist; run `structsearch search` first or pass --storage")
+            raise NotFound(f"storage {url} does not exist; run `structsearch search` first or pass --storage")
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict = {}
     if heartbeat_interval:
@@ -53,4 +54,4 @@ def open_storage(
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers
-        raise StructsearchError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+        raise Unavailable(f"cannot open the study storage: {one_line(e).replace(url, '<storage URL>')}") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from structsearch.data import DataSpec
-from structsearch.errors import StructsearchError
+from structsearch.errors import AdmissionError
 from structsearch.search.spec import StudySpec, parse_study_spec
 
 #: Model kwargs that load files or download weights (timm's and structsearch's create_model).
@@ -36,10 +36,6 @@ FORBIDDEN_KWARGS = frozenset(
         "cache_dir",
     }
 )
-
-
-class AdmissionError(StructsearchError):
-    """The spec is well-formed but not allowed from a client of this service."""
 
 
 def admit_spec(

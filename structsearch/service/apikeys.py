@@ -11,10 +11,10 @@ import hashlib
 import hmac
 import secrets
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import NameTaken, StructsearchError
 from structsearch.service.database import Database
-from structsearch.service.models import ApiKey
-from structsearch.service.repository import ApiKeyRepository, NameTaken
+from structsearch.service.repository import ApiKeyRepository
+from structsearch.service.tables import ApiKey
 
 KEY_PREFIX = "ss_"
 
@@ -37,7 +37,7 @@ def create_key(db: Database, name: str) -> str:
         try:
             ApiKeyRepository(s).add(name, hash_key(key), key[: len(KEY_PREFIX) + 6])
         except NameTaken:
-            raise StructsearchError(f"an API key named '{name}' exists; pick another name or revoke it first") from None
+            raise NameTaken(f"an API key named '{name}' exists; pick another name or revoke it first") from None
     return key
 
 

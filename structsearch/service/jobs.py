@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from structsearch.errors import StructsearchError
 from structsearch.service.database import Database
-from structsearch.service.models import ACTIVE_STATUSES, SearchStatus
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
+from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
 
 if TYPE_CHECKING:  # pragma: no cover - the search package (torch) is imported when a job runs
     from procrastinate import JobContext
@@ -123,7 +123,12 @@ class TrialRunner:
                         self.stopping.wait(self.poll_s)
                         continue
                 study = run_search(
-                    spec, url, heartbeat_interval=heartbeat, max_trials=1, sampler_seed=secrets.randbits(31)
+                    spec,
+                    url,
+                    heartbeat_interval=heartbeat,
+                    max_trials=1,
+                    sampler_seed=secrets.randbits(31),
+                    artifacts=self.settings.artifacts,
                 )
                 if len([t for t in own_trials(study) if t.state != TrialState.RUNNING]) >= spec.trials:
                     self._set(sid, SearchStatus.done)

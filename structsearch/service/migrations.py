@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from alembic import command
-from structsearch.errors import StructsearchError
+from structsearch.errors import StructsearchError, one_line
 
 VERSION_TABLE = "ss_alembic_version"
 #: Our tables' prefix: the only tables Alembic may reflect, compare or change.
@@ -84,8 +84,7 @@ def upgrade(url: str) -> dict[str, str | None]:
     except StructsearchError:
         raise
     except Exception as e:  # noqa: BLE001 - drivers raise many types for unreachable servers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StructsearchError(f"cannot migrate {url}: {first}") from None
+        raise StructsearchError(f"cannot migrate {url}: {one_line(e)}") from None
     engine = create_engine(url)
     try:
         return {"structsearch": current_revision(engine), "optuna": optuna_version}

@@ -23,11 +23,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from structsearch.service.models import ApiKey, Search, SearchStatus, utcnow
-
-
-class NameTaken(Exception):
-    """Another search already holds this study name."""
+from structsearch.errors import NameTaken
+from structsearch.service.tables import ApiKey, Search, SearchStatus, utcnow
 
 
 class SearchRepository:

@@ -21,26 +21,18 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import CancelRefused, NameTaken, SubmitFailed, one_line
 from structsearch.search.results import TrialRecord
 from structsearch.search.spec import StudySpec
 from structsearch.service.admission import admit_spec
 from structsearch.service.database import Database
-from structsearch.service.models import ACTIVE_STATUSES, Search, SearchStatus
 from structsearch.service.queue import JobQueue
-from structsearch.service.repository import NameTaken, SearchRepository
+from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
+from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus
 
 NAME_MAX = 100
-
-
-class SubmitFailed(Exception):
-    """The spec was fine but the search could not be set up (database or queue trouble)."""
-
-
-class CancelRefused(StructsearchError):
-    """The search already reached a final status."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ def submit_search(
         open_study(dataclasses.replace(plan, spec=named), reader.storage)
         queue.defer_trials(str(search_id), spec.trials)
     except Exception as e:
-        reason = f"could not queue the search: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        reason = f"could not queue the search: {one_line(e)}"
         with db.session() as s:
             SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
         raise SubmitFailed(reason) from e

@@ -1,7 +1,9 @@
 """Service configuration, read from ``STRUCTSEARCH_*`` environment variables (and ``.env``).
 
 One object is built by the CLI (``structsearch serve | worker | db | apikey | dashboard``) and
-passed down; nothing reads the environment again later, so tests can build settings directly.
+passed down: the database, the data roots and the artifacts folder (workers hand it to
+``run_search``) are never read from the environment again, so tests can build settings directly.
+Caches (trained teachers, teacher outputs) stay under each process's ``$STRUCTSEARCH_HOME``.
 Only the process environment is read (no ``.env`` file here: the repository's ``.env`` holds
 docker-compose's defaults, which must not leak into a local ``structsearch serve``).
 """

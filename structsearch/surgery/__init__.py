@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structsearch.errors import CheckpointError
+from structsearch.errors import CheckpointError, one_line
 from structsearch.pruning.importance import Importance, L1Magnitude, RandomImportance, get_importance
 from structsearch.space import ArchSpec, family_for, space_of
 
@@ -83,5 +83,5 @@ def load_student(directory: str | Path) -> nn.Module:
     try:
         student.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"weights in {d} do not fit the spec beside them: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"weights in {d} do not fit the spec beside them: {one_line(e)}") from None
     return student.eval()

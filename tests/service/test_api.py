@@ -16,10 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
+from structsearch.errors import BudgetError, CancelRefused, NotFound, StructsearchError, SubmitFailed
 from structsearch.search import best_under_budget, pareto_front, study_records
 from structsearch.search.recheck import RECHECK_ATTR, RecheckEntry, RecheckResult
+from structsearch.search.storage import open_storage
 from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
+from structsearch.service.jobs import TrialRunner
 from structsearch.service.settings import ServiceSettings
 from tests.service.conftest import Postgres, make_settings, tiny_spec
 from tests.service.synthetic import add_trials
@@ -409,3 +412,49 @@ def test_database_down_is_503(tmp_path: Path, data_root: Path) -> None:
         assert c.get("/healthz").status_code == 200
         assert_error(c.get("/readyz"), 503, "database unreachable")
         assert_error(c.get(f"{API}/searches"), 503, "database unavailable")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(StructsearchError, 422), (BudgetError, 422), (NotFound, 404), (CancelRefused, 409), (SubmitFailed, 503)],
+)
+def test_structsearch_errors_answer_with_their_class_status(
+    tmp_path: Path, data_root: Path, error: type[StructsearchError], status: int
+) -> None:
+    app = create_app(make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "a", data_root))
+
+    @app.get("/raise")
+    def raise_it() -> None:
+        raise error("what went wrong")
+
+    with TestClient(app) as c:
+        assert_error(c.get("/raise"), status, "what went wrong")
+
+
+def test_storage_that_cannot_be_opened_is_503_without_its_url(tmp_path: Path, data_root: Path) -> None:
+    url = "postgresql+psycopg://someone:s3cret@127.0.0.1:1/studies"
+    app = create_app(make_settings(url, tmp_path / "a", data_root))
+
+    @app.get("/open")
+    def open_it() -> None:
+        open_storage(url)
+
+    with TestClient(app) as c:
+        r = c.get("/open")
+    assert_error(r, 503, "cannot open the study storage")
+    assert "s3cret" not in r.text and "someone" not in r.text
+
+
+def test_a_worker_saves_students_under_the_settings_artifacts(
+    client: TestClient, key: str, settings: ServiceSettings, service_home: Path
+) -> None:
+    """The worker writes where the API serves downloads from, whatever $STRUCTSEARCH_ARTIFACTS says."""
+    body = submit(client, key, tiny_spec(name="artifacts-here", trials=1, baselines=["uniform"]))
+    db = Database(settings.database_url)
+    try:
+        assert TrialRunner(settings, db).run(body["id"]) == "ran a trial"
+    finally:
+        db.dispose()
+    assert [p.name for p in (settings.artifacts / body["name"]).iterdir()] == ["trial-00000"]
+    assert not (service_home / "artifacts" / body["name"]).exists()  # the environment's folder
+    assert client.get(f"{body['url']}/trials/0/artifact").status_code == 200

@@ -19,7 +19,7 @@ from structsearch.service.migrations import (
     include_object,
     upgrade,
 )
-from structsearch.service.models import Base
+from structsearch.service.tables import Base
 from tests.service.conftest import Postgres
 
 
