@@ -62,6 +62,10 @@ class BudgetError(StructsearchError):
     """A budget string that cannot be parsed, or a budget no candidate can meet."""
 
 
+class NothingWithinBudget(BudgetError, NotFound):
+    """No stored candidate meets the budget asked for (404: the query is fine, the answer is empty)."""
+
+
 class CostError(StructsearchError):
     """The cost counter could not account for every matmul-like operation of a model."""
 

@@ -76,10 +76,7 @@ def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> 
     from structsearch.search.export import export_stored
     from structsearch.search.stored import StoredTrial
 
-    try:
-        stored = StoredTrial.open(search.name, number, services.reader.storage)
-    except StructsearchError as e:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(e)) from None
+    stored = StoredTrial.open(search.name, number, services.reader.storage)
     artifact = Path(stored.attrs.artifact or "")
     root = services.settings.artifacts
     if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or not artifact.is_dir():

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
 
 from structsearch.cost import Budget, format_bytes, format_count, format_ms, parse_budget
-from structsearch.errors import BudgetError, StructsearchError
+from structsearch.errors import BudgetError, NotFound, NothingWithinBudget, StructsearchError
 from structsearch.search.record import TrialAttrs
 from structsearch.search.storage import open_storage
 
@@ -194,7 +194,7 @@ def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.St
 def _no_study(name: str, storage: optuna.storages.BaseStorage) -> StructsearchError:
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies yet"
-    return StructsearchError(f"no study named '{name}'{hint}")
+    return NotFound(f"no study named '{name}'{hint}")
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -282,7 +282,7 @@ def best_under_budget(
     records_of = records_of or study_records
     studies = [load_study(study, storage)] if study else structsearch_studies(storage)
     if not studies:
-        raise StructsearchError("this storage holds no structsearch studies; run `structsearch search` first")
+        raise NotFound("this storage holds no structsearch studies; run `structsearch search` first")
     fits: list[TrialRecord] = []
     all_scored: list[tuple[TrialRecord, dict[str, float]]] = []
     for s in studies:
@@ -294,7 +294,7 @@ def best_under_budget(
     if fits:
         return max(fits, key=lambda r: (r.score, -r.macs))
     if not all_scored:
-        raise StructsearchError("no trained candidates stored yet; run or resume a search first")
+        raise NotFound("no trained candidates stored yet; run or resume a search first")
 
     def overshoot(item: tuple[TrialRecord, dict[str, float]]) -> float:
         r, limits = item
@@ -315,7 +315,7 @@ def best_under_budget(
         figures.append(
             "memory not measured" if r.memory_bytes is None else f"{format_bytes(r.memory_bytes)} peak activations"
         )
-    raise BudgetError(
+    raise NothingWithinBudget(
         f"no stored candidate within {wanted}; nearest: study {r.study} trial {r.trial} with "
         f"{', '.join(figures)}, score {r.score:.2f}"
     )

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from torch import nn
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import NotFound, StructsearchError
 from structsearch.search.record import TrialAttrs
 from structsearch.search.results import STUDY_MARKER, TrialRecord, record_of, study_id
 from structsearch.search.spec import StudySpec, parse_study_spec
@@ -55,16 +55,16 @@ class StoredTrial:
         n = storage.get_n_trials(sid)  # trials are numbered 0..n-1 and never deleted
         if not 0 <= number < n:
             hint = f"trials 0..{n - 1}" if n else "it has no trials yet"
-            raise StructsearchError(f"study '{study}' has no trial {number} ({hint})")
+            raise NotFound(f"study '{study}' has no trial {number} ({hint})")
         trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, number))
         record = record_of(study, trial)
         if not record.trained or record.state != "complete":
-            raise StructsearchError(
+            raise NotFound(
                 f"trial {number} of '{study}' was not trained (over budget, pruned or unfinished); "
                 f"pick a trained trial (`structsearch pareto --study {study}` lists them)"
             )
         if not record.spec:
-            raise StructsearchError(f"trial {number} of '{study}' stores no structure (spec); it cannot be rebuilt")
+            raise NotFound(f"trial {number} of '{study}' stores no structure (spec); it cannot be rebuilt")
         attrs = TrialAttrs.read(trial)
         return cls(study, number, storage, storage.get_study_user_attrs(sid), trial, attrs, record)
 
@@ -95,7 +95,7 @@ class StoredTrial:
         """:meth:`saved`, or a one-line error naming where the files were written."""
         d = self.saved()
         if d is None:
-            raise StructsearchError(
+            raise NotFound(
                 f"the trained weights of trial {self.number} are not on this machine ({self.attrs.artifact}); "
                 "export it where the search ran"
             )
