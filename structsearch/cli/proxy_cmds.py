@@ -30,7 +30,7 @@ def evaluate(
     def body() -> None:
         from structsearch.data import Preprocess, check_labels, load_data
         from structsearch.distill import resolve_device, top1
-        from structsearch.distill.trainer import num_classes_of
+        from structsearch.train import num_classes_of
         from structsearch.models import create_model
 
         dev = resolve_device(device)
@@ -198,7 +198,7 @@ def _run_proxy(
     from structsearch.data import Preprocess, load_data, split_train_val
     from structsearch.distill import Distiller, TeacherCache, TeacherId, uniform_width_spec
     from structsearch.distill.taps import check_feature_pair
-    from structsearch.distill.trainer import num_classes_of
+    from structsearch.train import num_classes_of
     from structsearch.errors import SpecError
     from structsearch.models import create_model
     from structsearch.space import ArchSpec, space_of

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration after surgery.
+"""BatchNorm recalibration (after surgery, before a fine-tune).
 
 A student inherits its BatchNorm running statistics from the teacher, but they describe the
 teacher's activations: once blocks are dropped or channels removed, the inputs every later layer
