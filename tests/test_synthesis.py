@@ -200,7 +200,7 @@ def test_cache_hit_returns_identical_images_without_optimising(cnn: nn.Module, t
 def test_method_choice_and_errors(cnn: nn.Module) -> None:
     assert [m.name for m in list_methods()] == ["deepinversion", "psaq"]  # auto's order of preference
     with pytest.raises(ValueError, match="already registered"):
-        register_method(type(list_methods()[0]))
+        register_method(list_methods()[0])
     vit = make_vit()
     assert resolve_method(cnn) == "deepinversion" and resolve_method(vit) == "psaq"
     assert resolve_method(cnn, "deepinversion") == "deepinversion"

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -189,42 +189,34 @@ class _Prior(Protocol):
     def remove(self) -> None: ...
 
 
+@dataclass(frozen=True)
 class SynthesisMethod:
     """One inversion recipe: which teachers it applies to and the loss term it adds to CE and TV.
 
-    ``term`` names the term in the reported losses; :meth:`weight` is its signed weight in the
-    total (negative for a term to maximise); ``lr`` is the method's default Adam learning rate;
-    ``needs`` says, for error messages, what a teacher must have for :meth:`applies`.
+    ``term`` names the term in the reported losses; ``weight(cfg)`` is its signed weight in the
+    total (negative for a term to maximise); ``attach(teacher, cfg)`` hooks the teacher so that
+    each forward pass yields the term; ``lr`` is the default Adam learning rate; ``needs`` says,
+    for error messages, what a teacher must have for ``applies(model)``.
     """
 
-    name: ClassVar[str]
-    term: ClassVar[str]
-    lr: ClassVar[float]
-    needs: ClassVar[str]
-
-    def applies(self, model: nn.Module) -> bool:
-        raise NotImplementedError
-
-    def weight(self, cfg: SynthesisConfig) -> float:
-        raise NotImplementedError
-
-    def attach(self, teacher: nn.Module, cfg: SynthesisConfig) -> _Prior:
-        raise NotImplementedError
+    name: str
+    term: str
+    lr: float
+    needs: str
+    applies: Callable[[nn.Module], bool]
+    weight: Callable[[SynthesisConfig], float]
+    attach: Callable[[nn.Module, SynthesisConfig], _Prior]
 
 
 _METHODS: dict[str, SynthesisMethod] = {}
-M = TypeVar("M", bound=type[SynthesisMethod])
 
 
-def register_method(cls: M) -> M:
-    """Class decorator: register one instance of a :class:`SynthesisMethod` under ``cls.name``.
-
-    ``method="auto"`` picks the first registered method that applies to the teacher.
-    """
-    if cls.name in _METHODS:
-        raise ValueError(f"synthesis method '{cls.name}' is already registered")
-    _METHODS[cls.name] = cls()
-    return cls
+def register_method(method: SynthesisMethod) -> SynthesisMethod:
+    """Register ``method`` under its name; ``method="auto"`` picks the first registered one that applies."""
+    if method.name in _METHODS:
+        raise ValueError(f"synthesis method '{method.name}' is already registered")
+    _METHODS[method.name] = method
+    return method
 
 
 def list_methods() -> list[SynthesisMethod]:
@@ -374,42 +366,30 @@ def _similarity_entropy(feats: Tensor, prefix: int, cfg: SynthesisConfig, gen: t
     return torch.trapezoid(-pdf * pdf.log(), grid, dim=-1).mean()
 
 
-@register_method
-class DeepInversion(SynthesisMethod):
-    """Yin et al. (CVPR 2020): match every BatchNorm layer's running statistics."""
-
-    name = "deepinversion"
-    term = "bn"
-    lr = 0.1  # DeepInversion's CIFAR-10 code
-    needs = "BatchNorm layers with running statistics"
-
-    def applies(self, model: nn.Module) -> bool:
-        return has_batchnorm(model)
-
-    def weight(self, cfg: SynthesisConfig) -> float:
-        return cfg.bn_weight
-
-    def attach(self, teacher: nn.Module, cfg: SynthesisConfig) -> _Prior:
-        return _BNStatistics(teacher)
-
-
-@register_method
-class PSAQ(SynthesisMethod):
-    """Li et al. (ECCV 2022): maximise the entropy of the patch similarities in every attention block."""
-
-    name = "psaq"
-    term = "entropy"
-    lr = 0.2  # PSAQ-ViT's rate for ViTs
-    needs = "timm self-attention blocks"
-
-    def applies(self, model: nn.Module) -> bool:
-        return bool(_attentions(model))
-
-    def weight(self, cfg: SynthesisConfig) -> float:
-        return -cfg.entropy_weight
-
-    def attach(self, teacher: nn.Module, cfg: SynthesisConfig) -> _Prior:
-        return _PatchSimilarity(teacher, cfg)
+#: Yin et al. (CVPR 2020): match every BatchNorm layer's running statistics (lr: their CIFAR-10 code).
+register_method(
+    SynthesisMethod(
+        "deepinversion",
+        "bn",
+        0.1,
+        "BatchNorm layers with running statistics",
+        has_batchnorm,
+        lambda cfg: cfg.bn_weight,
+        lambda teacher, cfg: _BNStatistics(teacher),
+    )
+)
+#: Li et al. (ECCV 2022): maximise the patch-similarity entropy of every attention block (lr: theirs for ViTs).
+register_method(
+    SynthesisMethod(
+        "psaq",
+        "entropy",
+        0.2,
+        "timm self-attention blocks",
+        lambda model: bool(_attentions(model)),
+        lambda cfg: -cfg.entropy_weight,
+        _PatchSimilarity,
+    )
+)
 
 
 def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:

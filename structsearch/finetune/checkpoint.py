@@ -15,18 +15,6 @@ from torch import Tensor, nn
 
 from structsearch.train import load_checkpoint, save_checkpoint
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "CHECKPOINT_FORMAT",
-    "DOWNSTREAM_CHECKPOINT_PREFIX",
-    "DOWNSTREAM_DIR",
-    "RESULT_FILE",
-    "STUDY_ATTR",
-    "Running",
-    "restore_phase",
-    "save_phase",
-]
-
 #: Bump when the meaning of a checkpoint's contents changes; part of the settings hash.
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -11,18 +11,6 @@ from typing import Any
 from structsearch.errors import StructsearchError
 from structsearch.train import OptimizerName
 
-__all__ = [
-    "ADAMW_LR",
-    "SGD_LR",
-    "FinetuneConfig",
-    "FinetuneError",
-    "FinetuneResult",
-    "PhaseResult",
-    "ProgressEvent",
-    "ProgressFn",
-    "default_out_dir",
-]
-
 #: SGD's fine-tuning rate (see :class:`FinetuneConfig`).
 SGD_LR = 0.02
 #: AdamW's rate when the study's proxy names none: Adam's steps are relative to the weights'

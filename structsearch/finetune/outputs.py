@@ -12,8 +12,6 @@ from torch import nn
 
 from structsearch.finetune.checkpoint import STUDY_ATTR
 
-__all__ = ["record_on_study", "save_student_atomically", "write_json_atomically"]
-
 
 def save_student_atomically(directory: Path, student: nn.Module, arch: Any) -> None:
     """Save into a temporary sibling directory, then move its files into place one by one (each an

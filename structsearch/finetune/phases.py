@@ -40,8 +40,6 @@ from structsearch.finetune.config import FinetuneConfig, FinetuneError, PhaseRes
 from structsearch.finetune.outputs import save_student_atomically
 from structsearch.train import WarmupCosine, fits_on_device, make_optimizer, run_steps, settings_hash
 
-__all__ = ["LossFn", "downstream_phase", "kd_loss_fn", "prep", "run_phase"]
-
 #: ``loss_fn(x_uint8, y, model) -> (loss, logits)``: the phase's objective.
 LossFn = Callable[[Tensor, Tensor, nn.Module], tuple[Tensor, Tensor]]
 

@@ -61,8 +61,6 @@ from structsearch.finetune.phases import downstream_phase, kd_loss_fn, prep, run
 from structsearch.finetune.stored import StoredTrial, open_trial, start_student
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
 
-__all__ = ["finetune_trial"]
-
 
 @dataclass(frozen=True)
 class _Hyper:

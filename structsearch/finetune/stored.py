@@ -12,8 +12,6 @@ from torch import nn
 
 from structsearch.finetune.config import FinetuneError
 
-__all__ = ["StoredTrial", "open_trial", "start_student"]
-
 
 @dataclass(frozen=True)
 class StoredTrial:

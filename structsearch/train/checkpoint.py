@@ -20,8 +20,6 @@ from torch import nn
 
 from structsearch.errors import CheckpointError
 
-__all__ = ["load_checkpoint", "save_checkpoint", "settings_hash"]
-
 _NEEDED = ("format", "settings_hash", "settings", "step", "model", "optimizer", "scheduler", "rng_cpu")
 _FIX = "delete it or pass --restart"
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ON_DEVICE_LIMIT", "fits_on_device", "num_classes_of", "probe_classes"]
-
 #: Keep whole tensors (training images, preprocessed validation images) on the device up to this
 #: many bytes; above it they stay on the CPU and move batch by batch (CIFAR-10's 50k images: 150 MB).
 ON_DEVICE_LIMIT = 1 << 30

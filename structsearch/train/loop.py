@@ -15,8 +15,6 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["AfterStep", "LossFn", "run_steps"]
-
 B = TypeVar("B")
 #: ``loss_fn(batch) -> (loss, aux)``: ``aux`` (logits, loss terms, ...) is handed to ``after_step``.
 LossFn = Callable[[B], tuple[Tensor, Any]]

@@ -20,8 +20,6 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import Tensor
 
-__all__ = ["OptimizerName", "WarmupCosine", "make_optimizer"]
-
 #: The optimizers a study, the proxy and the fine-tune can name.
 OptimizerName = Literal["sgd", "adamw"]
 #: Our names -> timm's.
