@@ -5,24 +5,12 @@ The search scores each candidate with a *short* KD proxy (a few hundred steps ag
 teacher outputs on a fixed augmented stream). Once a structure is chosen, it deserves a real
 training run, which is what this module does:
 
-* **KD phase** -- epoch-based Hinton KD (:func:`structsearch.distill.distill_loss`, the study's
-  ``temperature``/``alpha``) from the study's teacher, starting from the trial's proxy-trained
-  student (its ``artifact``) or, when that is gone, from the structure rebuilt with inherited
-  teacher weights. Every epoch sees *fresh* augmentations (random crop + flip), so the teacher
-  runs online on every batch (under ``no_grad``): a cache keyed on fixed views cannot serve
-  changing ones. The study's optimizer (``proxy.optimizer``, unless the settings name another)
-  and one cosine schedule over all steps.
-* **Downstream phase** (``downstream=DATA``) -- the fine-tuned student gets a new classifier head
-  (timm's ``reset_classifier``) and is trained with cross-entropy on another dataset; its top-1
-  on a held-out split is reported.
+* **KD phase** from the study's teacher, starting from the trial's proxy-trained student (its
+  ``artifact``) or, when that is gone, from the structure rebuilt with inherited teacher weights;
+* **Downstream phase** (``downstream=DATA``): a new head trained on another dataset.
 
-Both phases checkpoint atomically (temporary file + ``os.replace``) after every epoch and every
-``checkpoint_every`` steps: model, optimizer, scheduler, step, running statistics, torch's RNG
-states and the settings with their hash. Data order and augmentation are *pure functions* of
-``(seed, phase, epoch, batch)`` rather than of a generator's history, so a run resumed from any
-checkpoint replays exactly the batches an uninterrupted run would have seen -- on CPU the final
-weights are bit-identical. A checkpoint written with other settings is refused, never silently
-continued.
+How the phases train, resume and checkpoint: :mod:`structsearch.finetune.phases` and
+:mod:`structsearch.finetune.checkpoint`.
 
 Outputs (default ``$STRUCTSEARCH_HOME/finetune/<study>/trial-<NNNNN>/``): ``student.pt`` +
 ``spec.json`` (so ``structsearch.load(OUT)`` rebuilds the fine-tuned student), ``result.json``,
