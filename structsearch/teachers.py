@@ -21,13 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from structsearch.data import Augment, LoadedData, Preprocess, batches
-from structsearch.models import create_model, file_hash, load_checkpoint
-
-
-def teacher_id(model: str, kwargs: dict[str, Any], checkpoint: str | None) -> str:
-    """Identifies a teacher's weights: name, kwargs and the checkpoint's content hash."""
-    ckpt = file_hash(checkpoint) if checkpoint else "init"
-    return f"{model}:{json.dumps(kwargs, sort_keys=True)}:{ckpt}"
+from structsearch.models import create_model, load_checkpoint
+from structsearch.train import make_optimizer, run_steps
 
 
 def fit_teacher(
@@ -41,23 +36,21 @@ def fit_teacher(
     lr: float = 0.1,
     augment: Augment | None = None,
 ) -> nn.Module:
-    """Train ``model`` from scratch with cross-entropy (SGD, cosine, crop+flip); deterministic on CPU."""
+    """Train ``model`` from scratch with cross-entropy (Nesterov SGD, one-cycle, crop+flip); deterministic on CPU."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     augment = augment or Augment.for_size(data.x.shape[-2])
     steps = max(1, epochs * math.ceil(len(train_idx) / batch_size))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = make_optimizer(model.parameters(), "nesterov", lr, weight_decay=5e-4, momentum=0.9)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+
+    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+        rows = train_idx[idx]
+        return F.cross_entropy(model(preprocess(augment(data.x[rows], g))), data.y[rows]), None
+
     model.train()
-    for _ in range(epochs):
-        for idx in batches(len(train_idx), batch_size, g, drop_last=True):
-            rows = train_idx[idx]
-            x = preprocess(augment(data.x[rows], g))
-            loss = F.cross_entropy(model(x), data.y[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    epoch_batches = (idx for _ in range(epochs) for idx in batches(len(train_idx), batch_size, g, drop_last=True))
+    run_steps(epoch_batches, loss_fn, opt, sched)
     return model.eval()
 
 

@@ -31,6 +31,7 @@ from structsearch.finetune import (
     ProgressEvent,
     finetune_trial,
 )
+from structsearch.finetune.config import ADAMW_LR, SGD_LR
 from structsearch.search import parse_study_spec, run_search, study_records
 from tests.cli_helpers import one_line_error, runner
 
@@ -231,6 +232,31 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
         FinetuneConfig(epochs=0)
     with pytest.raises(StructsearchError, match="device"):
         FinetuneConfig(epochs=1, device="tpu")
+
+
+def test_optimizer_and_lr_default_to_the_studys() -> None:
+    assert FinetuneConfig(epochs=1).optimizer_and_lr("sgd", 0.05) == ("sgd", SGD_LR)
+    assert FinetuneConfig(epochs=1).optimizer_and_lr("adamw", 0.001) == ("adamw", 0.001)
+    assert FinetuneConfig(epochs=1).optimizer_and_lr("adamw", None) == ("adamw", ADAMW_LR)
+    assert FinetuneConfig(epochs=1, optimizer="adamw").optimizer_and_lr("sgd", 0.05) == ("adamw", ADAMW_LR)
+    assert FinetuneConfig(epochs=1, lr=0.3).optimizer_and_lr("adamw", 0.001) == ("adamw", 0.3)
+    with pytest.raises(FinetuneError, match="optimizer"):
+        FinetuneConfig(epochs=1, optimizer="lbfgs")  # type: ignore[arg-type]
+
+
+def test_adamw_study_is_fine_tuned_with_adamw(study: optuna.Study, tmp_path: Path) -> None:
+    """The optimizer and rate of the study's proxy reach the fine-tune's training engine."""
+    spec = {**STUDY, "name": "ft-adamw", "trials": 1, "baselines": ["uniform"], "proxy": {**STUDY["proxy"]}}
+    spec["proxy"] |= {"optimizer": "adamw", "lr": 0.0007}
+    number = next(r.trial for r in study_records(run_search(parse_study_spec(spec))) if r.trained)
+    config = FinetuneConfig(epochs=1, **{k: v for k, v in FAST.items() if k != "lr"})
+    r = finetune_trial("ft-adamw", number, config, out=tmp_path, stop_after_steps=2)
+    assert r.extra["optimizer"] == "adamw" and r.extra["lr"] == 0.0007
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == 0.0007 and group["decoupled_weight_decay"] is True  # AdamW's, not SGD's
+    assert "exp_avg_sq" in next(iter(state["optimizer"]["state"].values()))
+    assert json.loads(state["settings"])["optimizer"] == "adamw"
 
 
 # -- CLI -------------------------------------------------------------------------------------------

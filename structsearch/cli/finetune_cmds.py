@@ -35,9 +35,13 @@ def finetune(
             )
         ),
     ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw (default: the study's proxy optimizer)")] = None,
     lr: Annotated[
-        float, typer.Option(help="Peak SGD learning rate, cosine-annealed to 0 (fine-tuning an inherited student)")
-    ] = 0.02,
+        float | None,
+        typer.Option(
+            help="Peak learning rate, cosine-annealed to 0 (default: 0.02 with SGD; with AdamW the study's proxy lr)"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step")] = 128,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
     out: Annotated[
@@ -88,6 +92,7 @@ def finetune(
 
         config = FinetuneConfig(
             epochs=epochs,
+            optimizer=optimizer,  # type: ignore[arg-type]  # checked by FinetuneConfig
             lr=lr,
             batch_size=batch_size,
             device=device,

@@ -30,8 +30,8 @@ def evaluate(
     def body() -> None:
         from structsearch.data import Preprocess, check_labels, load_data
         from structsearch.distill import resolve_device, top1
-        from structsearch.distill.trainer import num_classes_of
         from structsearch.models import create_model
+        from structsearch.train import num_classes_of
 
         dev = resolve_device(device)
         net = create_model(model, checkpoint=checkpoint, **parse_kwargs(kw)).eval()
@@ -92,8 +92,9 @@ def proxy(
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps")] = 200,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: Annotated[
-        float, typer.Option(help="Peak learning rate (cosine decay); ~0.003 inherited, ~0.05 scratch")
-    ] = 0.003,
+        float | None,
+        typer.Option(help="Peak learning rate (cosine decay); default: the proxy's rate for an inherited student"),
+    ] = None,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw")] = "sgd",
     temperature: Annotated[float, typer.Option(help="KD temperature T")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term against cross-entropy")] = 0.9,
@@ -168,9 +169,19 @@ def proxy(
 
 
 def _proxy_config(**fields: Any) -> Any:
-    from structsearch.distill import ProxyConfig
+    """The settings a study's ``proxy`` section also has are validated by that section's Pydantic model."""
+    from pydantic import ValidationError
 
-    return ProxyConfig(**fields)
+    from structsearch.distill import ProxyConfig, ProxyConfigError
+    from structsearch.search.spec import ProxySection
+
+    shared = {k: fields.pop(k) for k in ProxySection.model_fields if k in fields}
+    try:
+        section = ProxySection(**{k: v for k, v in shared.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ProxyConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return ProxyConfig(**section.model_dump(exclude_none=True), **fields)
 
 
 def _run_proxy(
@@ -198,11 +209,11 @@ def _run_proxy(
     from structsearch.data import Preprocess, load_data, split_train_val
     from structsearch.distill import Distiller, TeacherCache, TeacherId, uniform_width_spec
     from structsearch.distill.taps import check_feature_pair
-    from structsearch.distill.trainer import num_classes_of
     from structsearch.errors import SpecError
     from structsearch.models import create_model
     from structsearch.space import ArchSpec, space_of
     from structsearch.surgery import build_student
+    from structsearch.train import num_classes_of
 
     teacher = create_model(teacher_name, checkpoint=checkpoint, **teacher_kwargs).eval()
     if student_model is not None:

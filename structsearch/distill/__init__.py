@@ -11,7 +11,6 @@ from the on-disk :class:`TeacherCache`, and only the student's parameters (plus,
 the 1×1 adapters that belong to the loss) are optimised.
 """
 
-from structsearch.distill.bn import recalibrate_bn
 from structsearch.distill.cache import TeacherCache, cache_key, default_cache_dir
 from structsearch.distill.evaluate import predict, top1
 from structsearch.distill.losses import distill_loss, feature_kd_loss, kd_loss
@@ -27,6 +26,7 @@ from structsearch.distill.trainer import (
     resolve_device,
     train_proxy,
 )
+from structsearch.train import recalibrate_bn
 
 __all__ = [
     "Distiller",

@@ -64,8 +64,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -74,17 +74,21 @@ from torch import Tensor, nn
 
 from structsearch.data import LoadedData, Preprocess
 from structsearch.data.spec import SynthesisSpec
+from structsearch.devices import resolve_device
 from structsearch.distill.cache import META, TeacherCache, cache_key
 from structsearch.distill.evaluate import predict
 from structsearch.distill.teacher import TeacherId, state_digest
 from structsearch.errors import DataError
+from structsearch.train import WarmupCosine, make_optimizer, num_classes_of, probe_classes, run_steps
 
 __all__ = [
-    "METHODS",
     "SynthesisConfig",
+    "SynthesisMethod",
     "SynthesisResult",
     "bn_statistics_loss",
     "has_batchnorm",
+    "list_methods",
+    "register_method",
     "resolve_method",
     "synthesize",
     "synthesize_spec",
@@ -93,12 +97,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The concrete methods ``method="auto"`` chooses between.
-METHODS: tuple[str, ...] = ("deepinversion", "psaq")
 #: Version of what a cached synthetic set means; bump it when the synthesis changes.
 SYNTHESIS_FORMAT = 1
-#: Default Adam learning rate per method (DeepInversion's CIFAR-10 code; PSAQ-ViT's 0.2 for ViTs).
-DEFAULT_LR = {"deepinversion": 0.1, "psaq": 0.2}
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -107,7 +107,7 @@ Progress = Callable[[int, int, dict[str, float]], None]
 class SynthesisConfig:
     """Loss weights and optimiser settings; every field is part of the cache key.
 
-    ``lr=None`` takes the method's default (:data:`DEFAULT_LR`); ``jitter=None`` rolls by up to
+    ``lr=None`` takes the method's default (:attr:`SynthesisMethod.lr`); ``jitter=None`` rolls by up to
     ``max(1, H // 16)`` pixels (2 at 32 px, as DeepInversion's CIFAR code).
     """
 
@@ -178,7 +178,50 @@ class SynthesisResult:
         }
 
 
-# -- choosing a method -----------------------------------------------------------------------------
+# -- the methods, by registry ---------------------------------------------------------------------
+
+
+class _Prior(Protocol):
+    """Forward hooks on the teacher that turn one forward pass into a method's loss term."""
+
+    def take(self, gen: torch.Generator) -> Tensor: ...
+
+    def remove(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SynthesisMethod:
+    """One inversion recipe: which teachers it applies to and the loss term it adds to CE and TV.
+
+    ``term`` names the term in the reported losses; ``weight(cfg)`` is its signed weight in the
+    total (negative for a term to maximise); ``attach(teacher, cfg)`` hooks the teacher so that
+    each forward pass yields the term; ``lr`` is the default Adam learning rate; ``needs`` says,
+    for error messages, what a teacher must have for ``applies(model)``.
+    """
+
+    name: str
+    term: str
+    lr: float
+    needs: str
+    applies: Callable[[nn.Module], bool]
+    weight: Callable[[SynthesisConfig], float]
+    attach: Callable[[nn.Module, SynthesisConfig], _Prior]
+
+
+_METHODS: dict[str, SynthesisMethod] = {}
+
+
+def register_method(method: SynthesisMethod) -> SynthesisMethod:
+    """Register ``method`` under its name; ``method="auto"`` picks the first registered one that applies."""
+    if method.name in _METHODS:
+        raise ValueError(f"synthesis method '{method.name}' is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def list_methods() -> list[SynthesisMethod]:
+    """Registered methods, in registration (= ``auto`` preference) order."""
+    return list(_METHODS.values())
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -207,31 +250,24 @@ def _attentions(model: nn.Module) -> list[nn.Module]:
 
 
 def resolve_method(model: nn.Module, method: str = "auto", name: str | None = None) -> str:
-    """The concrete method for ``model``: ``auto`` → DeepInversion with BatchNorm, else PSAQ-ViT.
+    """The concrete method for ``model``: ``auto`` → the first registered one that applies
+    (DeepInversion with BatchNorm, else PSAQ-ViT).
 
     Raises DataError when the method needs layers the model lacks (checked on a randomly
     initialised model too, so a search can refuse the spec before loading anything).
     """
     who = name or type(model).__name__
     if method == "auto":
-        if has_batchnorm(model):
-            return "deepinversion"
-        if _attentions(model):
-            return "psaq"
-        raise DataError(
-            f"no data-free method for {who}: it has neither BatchNorm layers (DeepInversion) nor "
-            "timm self-attention blocks (PSAQ-ViT); give real data"
-        )
-    if method == "deepinversion" and not has_batchnorm(model):
-        raise DataError(
-            f"method deepinversion needs BatchNorm layers with running statistics, and {who} has none; use method=psaq or auto"
-        )
-    if method == "psaq" and not _attentions(model):
-        raise DataError(
-            f"method psaq needs timm self-attention blocks, and {who} has none; use method=deepinversion or auto"
-        )
-    if method not in METHODS:
-        raise DataError(f"unknown synthesis method {method!r}; use auto, {', '.join(METHODS)}")
+        for m in _METHODS.values():
+            if m.applies(model):
+                return m.name
+        has = " nor ".join(f"{m.needs} ({m.name})" for m in _METHODS.values())
+        raise DataError(f"no data-free method for {who}: it has neither {has}; give real data")
+    if method not in _METHODS:
+        raise DataError(f"unknown synthesis method {method!r}; use auto, {', '.join(_METHODS)}")
+    if not _METHODS[method].applies(model):
+        others = " or ".join([*(m for m in _METHODS if m != method), "auto"])
+        raise DataError(f"method {method} needs {_METHODS[method].needs}, and {who} has none; use method={others}")
     return method
 
 
@@ -263,7 +299,7 @@ class _BNStatistics:
         rv = module.running_var.to(x.dtype)  # type: ignore[union-attr]
         self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
 
-    def take(self) -> Tensor:
+    def take(self, gen: torch.Generator | None = None) -> Tensor:
         out = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
         self.terms = []
         return out
@@ -278,9 +314,12 @@ class _PatchSimilarity:
 
     The projection's input is ``attn @ v`` with the heads concatenated (B×N×C); PSAQ-ViT averages it
     over heads before measuring patch similarity, so it is reshaped to B×N×heads×(C/heads).
+    :meth:`take` sums the similarity entropies of the blocks of the last forward pass.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, cfg: SynthesisConfig) -> None:
+        self.cfg = cfg
+        self.prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.features: list[Tensor] = []
         self.handles = []
         for attn in _attentions(model):
@@ -297,9 +336,10 @@ class _PatchSimilarity:
 
         return hook
 
-    def take(self) -> list[Tensor]:
-        out, self.features = self.features, []
-        return out
+    def take(self, gen: torch.Generator) -> Tensor:
+        feats, self.features = self.features, []
+        ent = [_similarity_entropy(f, self.prefix, self.cfg, gen) for f in feats]
+        return torch.stack(ent).sum() if ent else torch.zeros(())
 
     def remove(self) -> None:
         for h in self.handles:
@@ -324,6 +364,32 @@ def _similarity_entropy(feats: Tensor, prefix: int, cfg: SynthesisConfig, gen: t
     diffs = grid.view(1, -1, 1) - s.unsqueeze(1)  # B×G×P
     pdf = torch.exp(-0.5 * (diffs / h) ** 2).mean(-1) / (h * math.sqrt(2 * math.pi)) + 1e-4
     return torch.trapezoid(-pdf * pdf.log(), grid, dim=-1).mean()
+
+
+#: Yin et al. (CVPR 2020): match every BatchNorm layer's running statistics (lr: their CIFAR-10 code).
+register_method(
+    SynthesisMethod(
+        "deepinversion",
+        "bn",
+        0.1,
+        "BatchNorm layers with running statistics",
+        has_batchnorm,
+        lambda cfg: cfg.bn_weight,
+        lambda teacher, cfg: _BNStatistics(teacher),
+    )
+)
+#: Li et al. (ECCV 2022): maximise the patch-similarity entropy of every attention block (lr: theirs for ViTs).
+register_method(
+    SynthesisMethod(
+        "psaq",
+        "entropy",
+        0.2,
+        "timm self-attention blocks",
+        lambda model: bool(_attentions(model)),
+        lambda cfg: -cfg.entropy_weight,
+        _PatchSimilarity,
+    )
+)
 
 
 def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:
@@ -393,16 +459,14 @@ def synthesize(
     (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
     ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
     """
-    from structsearch.distill.trainer import num_classes_of, resolve_device
-
     # validates n, iterations, batch size, seed and the method name with the data spec's messages
-    SynthesisSpec(n, method, iterations, seed, batch_size)
+    spec = SynthesisSpec(n, method, iterations, seed, batch_size)
     cfg = config or SynthesisConfig()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     teacher.eval()
     resolved = resolve_method(teacher, method)
     h, w = preprocess.input_size
-    num_classes = num_classes_of(teacher) or _probe_classes(teacher, preprocess, dev)
+    num_classes = num_classes_of(teacher) or probe_classes(teacher.to(dev), torch.zeros(1, 3, h, w, device=dev))
     ident = teacher_id.to_dict() if teacher_id is not None else {"state": state_digest(teacher)}
     key_parts = {
         "what": "synthetic-images",
@@ -418,12 +482,23 @@ def synthesize(
         "config": asdict(cfg),
         "num_classes": num_classes,
     }
-    options = SynthesisSpec(n, resolved, iterations, seed, batch_size).options_str()
+    options = replace(spec, method=resolved).options_str()
     source = f"synthetic:{n}" + (f"?{options}" if options else "")
 
     def compute() -> dict[str, np.ndarray]:
         return _run(
-            teacher, preprocess, n, resolved, iterations, batch_size, seed, dev, cfg, num_classes, progress, stats
+            teacher,
+            preprocess,
+            n,
+            _METHODS[resolved],
+            iterations,
+            batch_size,
+            seed,
+            dev,
+            cfg,
+            num_classes,
+            progress,
+            stats,
         )
 
     # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
@@ -464,13 +539,6 @@ def _stored_stats(cache: TeacherCache, key: str) -> dict[str, Any]:
         return {}
 
 
-def _probe_classes(teacher: nn.Module, preprocess: Preprocess, device: torch.device) -> int:
-    h, w = preprocess.input_size
-    with torch.inference_mode():
-        out = teacher.to(device)(torch.zeros(1, 3, h, w, device=device))
-    return int(out.shape[-1])
-
-
 def _balanced_targets(n: int, num_classes: int, gen: torch.Generator) -> Tensor:
     """Every class ``n // C`` or ``n // C + 1`` times, in a seeded random order (mixed batches)."""
     return (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
@@ -480,7 +548,7 @@ def _run(
     teacher: nn.Module,
     preprocess: Preprocess,
     n: int,
-    method: str,
+    method: SynthesisMethod,
     iterations: int,
     batch_size: int,
     seed: int,
@@ -547,7 +615,7 @@ def _invert(
     teacher: nn.Module,
     targets: Tensor,
     size: tuple[int, int],
-    method: str,
+    method: SynthesisMethod,
     iterations: int,
     cfg: SynthesisConfig,
     mean: Tensor,
@@ -556,17 +624,15 @@ def _invert(
 ) -> tuple[Tensor, dict[str, float], dict[str, float]]:
     """Optimise one batch of pixels (normalised space); returns it with the first and last losses."""
     device = targets.device
-    b = targets.numel()
     h, w = size
-    x = torch.randn((b, 3, h, w), generator=gen).to(device).requires_grad_(True)
+    x = torch.randn((targets.numel(), 3, h, w), generator=gen).to(device).requires_grad_(True)
     lo, hi = (0.0 - mean) / std, (1.0 - mean) / std
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[method]
-    opt = torch.optim.Adam([x], lr=lr, betas=cfg.betas, eps=1e-8)
-    warmup = min(cfg.warmup, iterations // 10)
+    lr = cfg.lr if cfg.lr is not None else method.lr
+    opt = make_optimizer([x], "adam", lr, betas=cfg.betas, eps=1e-8)
+    sched = WarmupCosine(opt, iterations, warmup=min(cfg.warmup, iterations // 10))
     jitter = cfg.jitter if cfg.jitter is not None else max(1, h // 16)
-    prefix = int(getattr(teacher, "num_prefix_tokens", 0) or 0)
-    bn = _BNStatistics(teacher) if method == "deepinversion" else None
-    sim = _PatchSimilarity(teacher) if method == "psaq" else None
+    prior = method.attach(teacher, cfg)
+    weight = method.weight(cfg)
     # all randomness of the loop comes from one CPU generator: jitter, flips, KDE pair subsets
     shifts = (
         torch.randint(-jitter, jitter + 1, (iterations, 2), generator=gen).tolist() if jitter else [[0, 0]] * iterations
@@ -574,52 +640,36 @@ def _invert(
     flips = (torch.rand(iterations, generator=gen) < 0.5).tolist() if cfg.flip else [False] * iterations
     first: dict[str, float] = {}
     last: dict[str, Tensor] = {}
+
+    def loss_fn(it: int) -> tuple[Tensor, dict[str, Tensor]]:
+        xj = torch.roll(x, shifts=tuple(shifts[it]), dims=(2, 3)) if jitter else x
+        if flips[it]:
+            xj = torch.flip(xj, dims=(3,))
+        out = teacher(xj.contiguous(memory_format=torch.channels_last))
+        terms: dict[str, Tensor] = {"ce": F.cross_entropy(out, targets)}
+        terms[method.term] = prior.take(gen)
+        terms["tv"] = total_variation(xj)
+        loss = cfg.ce_weight * terms["ce"] + weight * terms[method.term] + cfg.tv_weight * terms["tv"]
+        if cfg.l2_weight:
+            terms["l2"] = xj.norm()
+            loss = loss + cfg.l2_weight * terms["l2"]
+        terms["total"] = loss
+        return loss, terms
+
+    def after_step(step: int, _it: int, _loss: Tensor, terms: dict[str, Tensor]) -> None:
+        nonlocal first, last
+        with torch.no_grad():
+            x.copy_(torch.maximum(torch.minimum(x, hi), lo))  # clip to valid pixel values
+        if step == 1:
+            first = {k: float(v.detach()) for k, v in terms.items()}
+        if step == iterations:
+            last = {k: v.detach() for k, v in terms.items()}
+
     try:
-        for it in range(iterations):
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(it, iterations, warmup, lr)
-            xj = torch.roll(x, shifts=tuple(shifts[it]), dims=(2, 3)) if jitter else x
-            if flips[it]:
-                xj = torch.flip(xj, dims=(3,))
-            out = teacher(xj.contiguous(memory_format=torch.channels_last))
-            terms: dict[str, Tensor] = {"ce": F.cross_entropy(out, targets)}
-            loss = cfg.ce_weight * terms["ce"]
-            if bn is not None:
-                terms["bn"] = bn.take()
-                loss = loss + cfg.bn_weight * terms["bn"]
-            if sim is not None:
-                ent = [_similarity_entropy(f, prefix, cfg, gen) for f in sim.take()]
-                terms["entropy"] = torch.stack(ent).sum() if ent else x.new_zeros(())
-                loss = loss - cfg.entropy_weight * terms["entropy"]
-            terms["tv"] = total_variation(xj)
-            loss = loss + cfg.tv_weight * terms["tv"]
-            if cfg.l2_weight:
-                terms["l2"] = xj.norm()
-                loss = loss + cfg.l2_weight * terms["l2"]
-            terms["total"] = loss
-            (grad,) = torch.autograd.grad(loss, [x])
-            opt.zero_grad(set_to_none=True)
-            x.grad = grad
-            opt.step()
-            with torch.no_grad():
-                x.copy_(torch.maximum(torch.minimum(x, hi), lo))  # clip to valid pixel values
-            if it == 0:
-                first = {k: float(v.detach()) for k, v in terms.items()}
-            if it == iterations - 1:
-                last = {k: v.detach() for k, v in terms.items()}
+        run_steps(range(iterations), loss_fn, opt, sched, after_step=after_step)
     finally:
-        for hook in (bn, sim):
-            if hook is not None:
-                hook.remove()
+        prior.remove()
     return x.detach(), first, {k: float(v) for k, v in last.items()}
-
-
-def _lr_at(it: int, iterations: int, warmup: int, lr: float) -> float:
-    """Linear warm-up, then cosine decay to 0 (DeepInversion's ImageNet code and PSAQ-ViT)."""
-    if it < warmup:
-        return lr * (it + 1) / warmup
-    span = max(1, iterations - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * (it - warmup) / span)) * lr
 
 
 def _quantise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

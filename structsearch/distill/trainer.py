@@ -18,11 +18,10 @@ learns from logits only; whether it starts from inherited or random weights is t
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,6 @@ from torch import Tensor, nn
 
 from structsearch.data import Augment, LoadedData, Preprocess, batches, check_labels, fingerprint
 from structsearch.devices import resolve_device
-from structsearch.distill.bn import recalibrate_bn
 from structsearch.distill.cache import TeacherCache, cache_key
 from structsearch.distill.losses import distill_loss, feature_kd_loss
 from structsearch.distill.taps import FeatureKDError, FeatureTap, check_feature_pair
@@ -45,20 +43,47 @@ from structsearch.distill.teacher import (
     tensor_digest,
 )
 from structsearch.errors import DataError, StructsearchError
+from structsearch.train import (
+    OptimizerName,
+    WarmupCosine,
+    fits_on_device,
+    make_optimizer,
+    num_classes_of,
+    probe_classes,
+    recalibrate_bn,
+    run_steps,
+)
 
-__all__ = ["ProxyConfig", "ProxyConfigError", "ProxyResult", "Distiller", "train_proxy", "resolve_device"]
+__all__ = [
+    "INHERITED_LR",
+    "SCRATCH_LR",
+    "Distiller",
+    "ProxyConfig",
+    "ProxyConfigError",
+    "ProxyResult",
+    "default_lr",
+    "resolve_device",
+    "train_proxy",
+]
 
 #: Version of what the cached teacher outputs mean; bump it when their computation changes.
 CACHE_FORMAT = 1
-#: Keep whole tensors (training views, preprocessed validation images) on the device up to this size;
-#: above it they stay on the CPU and move batch by batch.
-_ON_DEVICE_LIMIT = 1 << 30
+#: The proxy's learning rate for a student that inherits the teacher's weights (measured on
+#: ResNet-56 -> 50 % width: 0.01 already knocks the inherited weights back for the first tens of
+#: steps) and for one trained from scratch (another family).
+INHERITED_LR = 0.003
+SCRATCH_LR = 0.05
 
 Callback = Callable[[int, float], None]
 
 
 class ProxyConfigError(StructsearchError):
-    """A proxy setting out of range (steps, learning rate, temperature, ...)."""
+    """A proxy request that cannot work (a student resolution that feature KD cannot take, ...)."""
+
+
+def default_lr(inherit: bool) -> float:
+    """The proxy's learning rate when none is given: :data:`INHERITED_LR` or :data:`SCRATCH_LR`."""
+    return INHERITED_LR if inherit else SCRATCH_LR
 
 
 @dataclass(frozen=True)
@@ -66,15 +91,16 @@ class ProxyConfig:
     """Settings of one short distillation run; identical settings give identical scores.
 
     Defaults suit fine-tuning an *inherited* student for a few hundred steps: SGD with momentum and
-    a cosine schedule from a small ``lr`` (0.003; measured on ResNet-56 → 50 % width, 0.01 already
-    knocks the inherited weights back for the first tens of steps), Hinton's ``T = 4`` and
-    ``alpha = 0.9``. A student trained from scratch wants a larger ``lr`` (about 0.05).
+    a cosine schedule from a small ``lr`` (:data:`INHERITED_LR`), Hinton's ``T = 4`` and
+    ``alpha = 0.9``. A student trained from scratch wants a larger ``lr`` (:func:`default_lr`).
+    Values are not re-checked here: a study's settings are validated by its Pydantic spec
+    (``structsearch.search.spec.ProxySection``), the ``proxy`` command's by the same model.
     """
 
     steps: int = 200
     batch_size: int = 128
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.003
+    optimizer: OptimizerName = "sgd"
+    lr: float = INHERITED_LR
     momentum: float = 0.9
     weight_decay: float = 5e-4
     temperature: float = 4.0
@@ -96,30 +122,6 @@ class ProxyConfig:
     report_every: int = 50
     #: NHWC activations: 15-30 % faster CNN training and inference on this project's 2-core CPU.
     channels_last: bool = True
-
-    def __post_init__(self) -> None:
-        positive_ints = ("steps", "batch_size", "views", "eval_batch_size", "report_every")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ProxyConfigError(f"{name} must be a positive integer, got {value!r}")
-        if (
-            isinstance(self.bn_recalibration_batches, bool)
-            or not isinstance(self.bn_recalibration_batches, int)
-            or self.bn_recalibration_batches < 0
-        ):
-            raise ProxyConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ProxyConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ProxyConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ProxyConfigError(f"temperature must be positive, got {self.temperature!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ProxyConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0 or self.feature_weight < 0:
-            raise ProxyConfigError("momentum must be in [0, 1); weight_decay and feature_weight must be >= 0")
-        resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,12 +149,6 @@ class ProxyResult:
         d = asdict(self)
         d["history"] = [list(h) for h in self.history]
         return d
-
-
-def num_classes_of(model: nn.Module) -> int | None:
-    """The classifier's output count as the model declares it (timm's ``num_classes``), if it does."""
-    n = getattr(model, "num_classes", None)
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 class Distiller:
@@ -197,7 +193,7 @@ class Distiller:
                 "training and validation indices overlap; a proxy scored on its training images says nothing"
             )
 
-        self.num_classes = num_classes_of(teacher) or self._probe_classes(val_data)
+        self.num_classes = num_classes_of(teacher) or probe_classes(teacher.to(self.device), self._pre(val_data.x[:1]))
         check_labels(data, self.num_classes)
         if val_data is not data:
             check_labels(val_data, self.num_classes)
@@ -238,7 +234,7 @@ class Distiller:
             "val_idx": tensor_digest(self.val_idx),
             "preprocess": asdict(preprocess),
         }
-        if x_val.numel() * 4 <= _ON_DEVICE_LIMIT:
+        if fits_on_device(x_val, element_size=4):  # preprocessed: float32
             self.val_x: Tensor = torch.cat([self._pre(b) for b in x_val.split(config.eval_batch_size)])
             self._val_preprocessed = True
         else:
@@ -261,12 +257,7 @@ class Distiller:
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def _maybe_on_device(self, t: Tensor) -> Tensor:
-        return t.to(self.device) if t.numel() * t.element_size() <= _ON_DEVICE_LIMIT else t
-
-    def _probe_classes(self, data: LoadedData) -> int:
-        with torch.inference_mode():
-            out = self.teacher.to(self.device)(self._pre(data.x[:1]))
-        return int(out.shape[-1])
+        return t.to(self.device) if fits_on_device(t) else t
 
     def _teacher_outputs(self, key_parts: dict[str, Any], x: Tensor, taps: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Teacher outputs on ``x``, from the cache when it has them (sets ``cache_hit``)."""
@@ -351,44 +342,48 @@ class Distiller:
         adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
 
         params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
-        opt = _optimizer(params, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / cfg.steps)))
+        opt = make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[tuple[int, float]] = []
         loss_sum = torch.zeros((), device=self.device)
         tail = max(1, min(10, cfg.steps))
-        train_seconds = 0.0
+        clock = {"train": 0.0, "t0": 0.0}
+
+        def loss_fn(pairs: Tensor) -> tuple[Tensor, None]:
+            x = self._pre(self.train_views[pairs])
+            t_logits, t_feats = self.source(pairs, x)
+            out = student(self._resize(x, size))
+            y = self.train_y[pairs.to(self.device) % self.n_train]
+            loss = distill_loss(out, t_logits, y, cfg.temperature, cfg.alpha)
+            if tap is not None:
+                loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
+            return loss, None
+
+        def after_step(step: int, _pairs: Tensor, loss: Tensor, _aux: None) -> None:
+            nonlocal loss_sum
+            if step > cfg.steps - tail:
+                loss_sum += loss.detach()
+            if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
+                clock["train"] += time.perf_counter() - clock["t0"]
+                top1, _ = self._evaluate(student, size)
+                history.append((step, top1))
+                if tap is not None:
+                    tap.clear()  # drop the stage outputs the evaluation pass recorded
+                callback(step, top1)
+                student.train()
+                clock["t0"] = time.perf_counter()
+
         student.train()
         try:
-            t0 = time.perf_counter()
-            for step, pairs in enumerate(self._pair_batches(gen, cfg.steps), start=1):
-                x = self._pre(self.train_views[pairs])
-                t_logits, t_feats = self.source(pairs, x)
-                out = student(self._resize(x, size))
-                loss = distill_loss(
-                    out, t_logits, self.train_y[pairs.to(self.device) % self.n_train], cfg.temperature, cfg.alpha
-                )
-                if tap is not None:
-                    loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if step > cfg.steps - tail:
-                    loss_sum += loss.detach()
-                if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
-                    train_seconds += time.perf_counter() - t0
-                    top1, _ = self._evaluate(student, size)
-                    history.append((step, top1))
-                    if tap is not None:
-                        tap.clear()  # drop the stage outputs the evaluation pass recorded
-                    callback(step, top1)
-                    student.train()
-                    t0 = time.perf_counter()
-            train_seconds += time.perf_counter() - t0
+            clock["t0"] = time.perf_counter()
+            run_steps(
+                self._pair_batches(gen, cfg.steps), loss_fn, opt, WarmupCosine(opt, cfg.steps), after_step=after_step
+            )
+            clock["train"] += time.perf_counter() - clock["t0"]
         finally:
             if tap is not None:
                 tap.remove()
+        train_seconds = clock["train"]
         top1, agreement = self._evaluate(student, size)
         seconds = time.perf_counter() - start
         images = cfg.steps * self._batch_size()
@@ -506,12 +501,6 @@ class Distiller:
             same = s.shape[1] == t.shape[1]
             adapters.append(nn.Identity() if same else nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False))
         return adapters.to(self.device), tap
-
-
-def _optimizer(params: list[nn.Parameter], cfg: ProxyConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _as_index(idx: Tensor, n: int, what: str) -> Tensor:

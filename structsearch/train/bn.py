@@ -1,4 +1,4 @@
-"""BatchNorm recalibration after surgery.
+"""BatchNorm recalibration (after surgery, before a fine-tune).
 
 A student inherits its BatchNorm running statistics from the teacher, but they describe the
 teacher's activations: once blocks are dropped or channels removed, the inputs every later layer
@@ -13,8 +13,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-
-__all__ = ["recalibrate_bn"]
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -1,0 +1,81 @@
+"""What a fine-tuning run writes where, and a phase's checkpoint (through :mod:`structsearch.train.checkpoint`).
+
+Both phases checkpoint atomically after every epoch and every ``checkpoint_every`` steps: model,
+optimizer, scheduler, step, the epoch's running statistics, torch's RNG states and the settings with
+their hash. A checkpoint written with other settings is refused, never silently continued.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from structsearch.train import load_checkpoint, save_checkpoint
+
+#: Bump when the meaning of a checkpoint's contents changes; part of the settings hash.
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Downstream checkpoints are named by their settings hash (``downstream-<hash>.pt``): a new downstream
+#: dataset or setting is a new experiment on the same fine-tuned student, not a conflict with the old one.
+DOWNSTREAM_CHECKPOINT_PREFIX = "downstream-"
+DOWNSTREAM_DIR = "downstream"
+RESULT_FILE = "result.json"
+#: Study user attribute holding every trial's fine-tuning outcome.
+STUDY_ATTR = "finetune"
+
+
+class Running:
+    """Loss and accuracy sums over the current epoch, kept on the device (no sync per step)."""
+
+    def __init__(self, loss_sum: float = 0.0, correct: int = 0, seen: int = 0) -> None:
+        self.loss_sum: Tensor | float = loss_sum
+        self.correct: Tensor | int = correct
+        self.seen = seen
+
+    def add(self, loss: Tensor, correct: Tensor, n: int) -> None:
+        self.loss_sum = self.loss_sum + loss.float() * n
+        self.correct = self.correct + correct
+        self.seen += n
+
+    def loss(self) -> float:
+        return float(self.loss_sum) / self.seen if self.seen else float("nan")
+
+    def top1(self) -> float:
+        return 100.0 * float(self.correct) / self.seen if self.seen else float("nan")
+
+    def state(self) -> dict[str, float | int]:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}
+
+
+def save_phase(
+    path: Path,
+    settings: dict[str, Any],
+    step: int,
+    run: Running,
+    train_seconds: float,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    device: torch.device,
+) -> None:
+    """Checkpoint a phase at ``step`` with its epoch statistics and training time so far."""
+    extra = {"running": run.state(), "train_seconds": train_seconds}
+    save_checkpoint(path, settings, step=step, model=model, optimizer=opt, scheduler=sched, device=device, extra=extra)
+
+
+def restore_phase(
+    path: Path,
+    settings: dict[str, Any],
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    device: torch.device,
+) -> tuple[int, Running, float]:
+    """``(step, running statistics, training seconds)`` of the checkpoint at ``path``, states restored."""
+    state = load_checkpoint(
+        path, settings, model=model, optimizer=opt, scheduler=sched, device=device, needed=("running",)
+    )
+    return state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))

@@ -1,0 +1,333 @@
+"""Fine-tuning after the search: train a chosen trial's student to completion, then (optionally)
+transfer it to another dataset.
+
+The search scores each candidate with a *short* KD proxy (a few hundred steps against cached
+teacher outputs on a fixed augmented stream). Once a structure is chosen, it deserves a real
+training run, which is what this module does:
+
+* **KD phase** from the study's teacher, starting from the trial's proxy-trained student (its
+  ``artifact``) or, when that is gone, from the structure rebuilt with inherited teacher weights;
+* **Downstream phase** (``downstream=DATA``): a new head trained on another dataset.
+
+How the phases train, resume and checkpoint: :mod:`structsearch.finetune.phases` and
+:mod:`structsearch.finetune.checkpoint`.
+
+Outputs (default ``$STRUCTSEARCH_HOME/finetune/<study>/trial-<NNNNN>/``): ``student.pt`` +
+``spec.json`` (so ``structsearch.load(OUT)`` rebuilds the fine-tuned student), ``result.json``,
+``checkpoint.pt``; with a downstream run also ``downstream/`` (``structsearch.load`` works there
+too: its spec carries the new ``num_classes``) and ``downstream-<settings hash>.pt``. The outcome is
+also stored on the study (user attr ``finetune``, keyed by trial number), because finished
+Optuna trials cannot take new user attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, split_train_val
+from structsearch.devices import resolve_device
+from structsearch.distill import top1
+from structsearch.distill.teacher import state_digest, tensor_digest
+from structsearch.finetune.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RESULT_FILE
+from structsearch.finetune.config import (
+    FinetuneConfig,
+    FinetuneError,
+    FinetuneResult,
+    ProgressFn,
+    default_out_dir,
+)
+from structsearch.finetune.outputs import record_on_study, save_student_atomically, write_json_atomically
+from structsearch.finetune.phases import downstream_phase, kd_loss_fn, prep, run_phase
+from structsearch.finetune.stored import StoredTrial, open_trial, start_student
+from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """The KD phase's settings once the study's defaults are filled in."""
+
+    optimizer: str
+    lr: float
+    temperature: float
+    alpha: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The teacher and the rows it is fine-tuned on and tested on."""
+
+    plan: Any
+    teacher: nn.Module
+    train: LoadedData
+    train_idx: Tensor
+    test: LoadedData
+    test_idx: Tensor
+
+
+@dataclass(frozen=True)
+class _Student:
+    arch: Any
+    model: nn.Module
+    start: str
+    teacher_pre: Preprocess
+    pre: Preprocess
+
+
+def finetune_trial(
+    study: str,
+    trial: int,
+    config: FinetuneConfig,
+    *,
+    data: str | None = None,
+    test: str | None = None,
+    out: str | Path | None = None,
+    resume: bool = True,
+    downstream: str | None = None,
+    downstream_test: str | None = None,
+    storage_url: str | None = None,
+    on_progress: ProgressFn | None = None,
+    on_status: Callable[[str], None] | None = None,
+    stop_after_steps: int | None = None,
+) -> FinetuneResult:
+    """Fine-tune trial ``trial`` of ``study`` with KD to completion (and downstream, if asked).
+
+    ``data`` overrides the training data (default: the study's training rows that its validation
+    does not use); ``test`` the data the final accuracy is measured on (default: the study's
+    validation data). ``resume=False`` discards existing checkpoints in ``out``.
+    ``stop_after_steps`` ends the KD phase after that many steps in total, with a checkpoint, as
+    if the process had been interrupted there (the result then has ``completed=False``); it exists
+    for tests and timing runs. All input problems raise a one-line :class:`StructsearchError`
+    before any training.
+    """
+    status = on_status or (lambda _msg: None)
+    t_start = time.perf_counter()
+    if stop_after_steps is not None and (isinstance(stop_after_steps, bool) or stop_after_steps < 1):
+        raise FinetuneError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
+    device = resolve_device(config.device)
+    stored = open_trial(study, trial, storage_url)
+    hyper = _hyper(config, stored.spec)
+
+    status("loading the teacher and data")
+    d = _load_data(stored.spec, config, data, test)
+    student = _prepare_student(stored, d, config, hyper.seed, device)
+    out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    augment = Augment.for_size(d.train.x.shape[-2], hflip=stored.spec.data.hflip)
+    settings = _kd_settings(study, trial, config, hyper, d, student, augment)
+    d.teacher.to(device).eval()
+    if config.channels_last:
+        d.teacher.to(memory_format=torch.channels_last)
+
+    status("training")
+    kd = run_phase(
+        phase="kd",
+        model=student.model,
+        data=d.train,
+        idx=d.train_idx,
+        augment=augment,
+        loss_fn=kd_loss_fn(
+            d.teacher, student.teacher_pre, student.pre, hyper.temperature, hyper.alpha, config.channels_last
+        ),
+        epochs=config.epochs,
+        optimizer=hyper.optimizer,
+        lr=hyper.lr,
+        config=config,
+        seed=hyper.seed,
+        device=device,
+        ckpt=out_dir / CHECKPOINT_FILE,
+        settings=settings,
+        resume=resume,
+        on_progress=on_progress,
+        stop_after_steps=stop_after_steps,
+    )
+    result = FinetuneResult(
+        study=study,
+        trial=trial,
+        out=str(out_dir),
+        completed=kd.completed,
+        start=student.start,
+        device=str(device),
+        epochs=config.epochs,
+        train_data=d.train.source,
+        train_images=len(d.train_idx),
+        test_data=d.test.source,
+        test_images=len(d.test_idx),
+        input_size=student.pre.input_size[0],
+        teacher_input_size=student.teacher_pre.input_size[0],
+        kd=kd,
+        settings_hash=settings_hash(settings),
+        extra={
+            "optimizer": hyper.optimizer,
+            "lr": hyper.lr,
+            "batch_size": config.batch_size,
+            "temperature": hyper.temperature,
+            "alpha": hyper.alpha,
+            "seed": hyper.seed,
+        },
+    )
+    if not kd.completed:
+        result.seconds = time.perf_counter() - t_start
+        return result
+
+    status("testing")
+    student_cpu = _test_and_save(result, d, student, config, device, out_dir)
+    if downstream:
+        status("downstream")
+        result.downstream = downstream_phase(
+            student_cpu,
+            student.arch,
+            downstream,
+            downstream_test,
+            student.pre,
+            config,
+            hyper.seed,
+            device,
+            out_dir,
+            resume,
+            base_settings=settings,
+            on_progress=on_progress,
+        )
+    result.seconds = time.perf_counter() - t_start
+    write_json_atomically(out_dir / RESULT_FILE, result.to_dict())
+    record_on_study(stored.study, trial, result.study_summary())
+    return result
+
+
+# -- the named steps -------------------------------------------------------------------------------
+
+
+def _hyper(config: FinetuneConfig, spec: Any) -> _Hyper:
+    """The run's optimizer, rate, KD temperature/alpha and seed: the settings', else the study's."""
+    optimizer, lr = config.optimizer_and_lr(spec.proxy.optimizer, spec.proxy.lr)
+    return _Hyper(
+        optimizer=optimizer,
+        lr=lr,
+        temperature=config.temperature if config.temperature is not None else spec.proxy.temperature,
+        alpha=config.alpha if config.alpha is not None else spec.proxy.alpha,
+        seed=config.seed if config.seed is not None else spec.seed,
+    )
+
+
+def _load_data(spec: Any, config: FinetuneConfig, data: str | None, test: str | None) -> _Data:
+    """The teacher, the training rows and the test rows kept out of them."""
+    plan, teacher, study_train = _study_teacher_and_data(spec)
+    test_data, test_idx, exclude = _test_split(spec, test, study_train)
+    train_data = load_data(data) if data else study_train
+    train_idx = torch.arange(len(train_data))
+    if exclude is not None and train_data.source == test_data.source:
+        keep = torch.ones(len(train_data), dtype=torch.bool)
+        keep[exclude] = False
+        train_idx = train_idx[keep]
+    if len(train_idx) < config.batch_size:
+        raise FinetuneError(
+            f"batch size {config.batch_size} is larger than the {len(train_idx)} training images of {train_data.source}"
+        )
+    return _Data(plan, teacher, train_data, train_idx, test_data, test_idx)
+
+
+def _prepare_student(
+    stored: StoredTrial, d: _Data, config: FinetuneConfig, seed: int, device: torch.device
+) -> _Student:
+    """The trial's student at its resolution; a rebuilt one gets its BatchNorm statistics re-estimated."""
+    teacher_size = d.plan.input_size[1]
+    student_size = stored.resolution or teacher_size
+    teacher_pre = Preprocess.from_model(d.teacher, d.plan.input_size[1:])
+    student_pre = dataclasses.replace(teacher_pre, input_size=(student_size, student_size))
+    num_classes = num_classes_of(d.teacher) or probe_classes(d.teacher, teacher_pre(d.test.x[:1]))
+    check_labels(d.train, num_classes)
+    check_labels(d.test, num_classes)
+    arch, model, start = start_student(stored.frozen, d.plan, d.teacher, stored.spec)
+    if start == "rebuilt":
+        # surgery leaves the teacher's BatchNorm statistics; re-estimate them as the proxy does
+        g = torch.Generator().manual_seed(seed)
+        rows = [d.train_idx[torch.randperm(len(d.train_idx), generator=g)[: config.batch_size]] for _ in range(8)]
+        model.to(device)
+        recalibrate_bn(model, (prep(student_pre, d.train.x[r].to(device), config.channels_last) for r in rows))
+    return _Student(arch, model, start, teacher_pre, student_pre)
+
+
+def _kd_settings(
+    study: str,
+    trial: int,
+    config: FinetuneConfig,
+    hyper: _Hyper,
+    d: _Data,
+    student: _Student,
+    augment: Augment,
+) -> dict[str, Any]:
+    """Everything that determines the KD phase's result (its checkpoint's settings)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "phase": "kd",
+        "study": study,
+        "trial": trial,
+        "arch": student.arch.to_dict(),
+        "start_weights": state_digest(student.model),
+        "teacher": state_digest(d.teacher),
+        "train_data": fingerprint(d.train),
+        "train_idx": tensor_digest(d.train_idx),
+        "teacher_preprocess": asdict(student.teacher_pre),
+        "student_preprocess": asdict(student.pre),
+        "augment": asdict(augment),
+        "epochs": config.epochs,
+        "optimizer": hyper.optimizer,
+        "lr": hyper.lr,
+        "batch_size": config.batch_size,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
+        "temperature": hyper.temperature,
+        "alpha": hyper.alpha,
+        "seed": hyper.seed,
+        "channels_last": config.channels_last,
+    }
+
+
+def _test_and_save(
+    result: FinetuneResult, d: _Data, student: _Student, config: FinetuneConfig, device: torch.device, out_dir: Path
+) -> nn.Module:
+    """Student's and teacher's top-1 on the test rows into ``result``; the student saved to ``out_dir`` (returned on CPU)."""
+    x_test, y_test = d.test.x[d.test_idx], d.test.y[d.test_idx]
+    bs = config.eval_batch_size
+    result.test_top1 = round(top1(student.model, x_test, y_test, student.pre, bs, device), 3)
+    result.teacher_top1 = round(top1(d.teacher, x_test, y_test, student.teacher_pre, bs, device), 3)
+    student_cpu = student.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    save_student_atomically(out_dir, student_cpu, student.arch)
+    return student_cpu
+
+
+def _test_split(spec: Any, test: str | None, study_train: LoadedData) -> tuple[LoadedData, Tensor, Tensor | None]:
+    """``(test data, test rows, rows of the study's training data to exclude from training)``.
+
+    The default test set is the study's validation data: its separate ``data.val`` source, or the
+    rows the study carved from its training data (same ``val_size`` and seed, so the same rows).
+    Those carved rows are then excluded from training; ``data.train_size`` is ignored, since it
+    only caps the *proxy's* training set for speed.
+    """
+    if test:
+        t = load_data(test)
+        return t, torch.arange(len(t)), None
+    if spec.data.val:
+        t = load_data(spec.data.val)
+        return t, torch.arange(len(t)), None
+    _, val_idx = split_train_val(study_train.y, spec.data.val_size, spec.seed)
+    return study_train, val_idx, val_idx
+
+
+def _study_teacher_and_data(spec: Any) -> tuple[Any, nn.Module, LoadedData]:
+    """The study's plan, its teacher and its training data, loaded exactly as the search did
+    (:func:`structsearch.search.context.load_study_data`), without building the proxy's
+    Distiller, whose teacher-output cache on fixed views the fine-tuning cannot use."""
+    from structsearch.search.context import load_study_data, plan_search
+
+    plan = plan_search(spec)
+    d = load_study_data(plan)
+    return plan, d.teacher, d.train

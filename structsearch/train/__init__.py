@@ -1,0 +1,35 @@
+"""The training engine every loop of the project runs on.
+
+* :mod:`~structsearch.train.optim` -- optimizers through timm's factory, the warm-up + cosine schedule;
+* :mod:`~structsearch.train.loop` -- the step loop, with hooks for the loss and the bookkeeping;
+* :mod:`~structsearch.train.bn` -- BatchNorm recalibration;
+* :mod:`~structsearch.train.checkpoint` -- atomic, settings-checked resumable checkpoints;
+* :mod:`~structsearch.train.device` -- the on-device size limit and class-count probing.
+
+Users: the KD proxy (:class:`structsearch.distill.Distiller`), the fine-tune
+(:mod:`structsearch.finetune`), teacher training (:mod:`structsearch.teachers`) and data-free
+synthesis (:mod:`structsearch.distill.synthesis`).
+"""
+
+from structsearch.train.bn import recalibrate_bn
+from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, settings_hash
+from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
+from structsearch.train.loop import AfterStep, LossFn, run_steps
+from structsearch.train.optim import OptimizerName, WarmupCosine, make_optimizer
+
+__all__ = [
+    "ON_DEVICE_LIMIT",
+    "AfterStep",
+    "LossFn",
+    "OptimizerName",
+    "WarmupCosine",
+    "fits_on_device",
+    "load_checkpoint",
+    "make_optimizer",
+    "num_classes_of",
+    "probe_classes",
+    "recalibrate_bn",
+    "run_steps",
+    "save_checkpoint",
+    "settings_hash",
+]
