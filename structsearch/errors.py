@@ -4,10 +4,8 @@ Every error caused by user input (an unknown model, a malformed budget, a spec t
 the model, a missing file) is a :class:`StructsearchError`. The CLI prints ``str(error)`` as one line
 and exits with status 2; the API answers ``{"detail": str(error)}`` with the class's ``status``
 (422 unless the class says otherwise: :class:`NotFound` 404, :class:`Conflict` 409,
-:class:`Unavailable` 503). Anything else is a bug and may show a traceback.
-
-Errors that belong to one module and stay there: ``distill.trainer.ProxyConfigError``,
-``distill.taps.FeatureKDError`` and ``finetune.FinetuneError`` (all 422).
+:class:`Unavailable` 503). Anything else is a bug and may show a traceback. Every error class of
+the project is defined here.
 """
 
 from __future__ import annotations
@@ -121,3 +119,15 @@ def one_line(error: BaseException) -> str:
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 3] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class FinetuneError(StructsearchError):
+    """A fine-tuning setting or request that cannot work (bad value, untrained trial, ...)."""
+
+
+class ProxyConfigError(StructsearchError):
+    """A proxy request that cannot work (a student resolution that feature KD cannot take, ...)."""
+
+
+class FeatureKDError(StructsearchError):
+    """Feature KD was asked for a model (or teacher/student pair) it cannot be applied to."""

@@ -21,7 +21,7 @@ import torch
 import structsearch
 from structsearch.cli import app
 from structsearch.data import load_data
-from structsearch.errors import CheckpointError, StructsearchError
+from structsearch.errors import CheckpointError, NotFound, StructsearchError
 from structsearch.finetune import (
     CHECKPOINT_FILE,
     RESULT_FILE,
@@ -222,9 +222,9 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
     untrained = study.get_trials(deepcopy=False)[-1].number
     with pytest.raises(StructsearchError, match="no study named 'nope'"):
         finetune_trial("nope", 0, FinetuneConfig(epochs=1, **FAST))
-    with pytest.raises(FinetuneError, match="has no trial 999"):
+    with pytest.raises(NotFound, match="has no trial 999"):
         finetune_trial("ft-tiny", 999, FinetuneConfig(epochs=1, **FAST))
-    with pytest.raises(FinetuneError, match="was not trained"):
+    with pytest.raises(NotFound, match="was not trained"):
         finetune_trial("ft-tiny", untrained, FinetuneConfig(epochs=1, **FAST))
     with pytest.raises(FinetuneError, match="batch size 5000 is larger"):
         finetune_trial("ft-tiny", trained[0], FinetuneConfig(epochs=1, **{**FAST, "batch_size": 5000}))

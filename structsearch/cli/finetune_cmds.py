@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TimeRemainingColumn
 
-from structsearch.cli._common import Format, console, err_console, fail, print_json, run_guarded
+from structsearch.cli._common import Format, console, fail, print_json, progress_bar, run_guarded
 
 
 def finetune(
@@ -101,15 +101,8 @@ def finetune(
             downstream_lr=downstream_lr,
             downstream_hflip=downstream_flip,
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
+        with progress_bar(
+            True, TimeRemainingColumn()
         ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
             tasks: dict[str, int] = {}
             prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")

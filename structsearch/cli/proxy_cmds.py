@@ -7,10 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
 
-KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Model constructor kwarg KEY=VALUE (repeatable)")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local checkpoint (state dict) to load")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")]
 

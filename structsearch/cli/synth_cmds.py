@@ -14,9 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, console, parse_kwargs, print_json, run_guarded
-
-KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Teacher constructor kwarg KEY=VALUE (repeatable)")]
+from structsearch.cli._common import Format, KwOpt, console, parse_kwargs, print_json, run_guarded
 
 
 def synthesize(

@@ -20,13 +20,9 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import FeatureKDError
 
 __all__ = ["FeatureKDError", "stage_names", "FeatureTap", "tapped"]
-
-
-class FeatureKDError(StructsearchError):
-    """Feature KD was asked for a model (or teacher/student pair) it cannot be applied to."""
 
 
 _FIXED_STAGES: dict[str, tuple[str, ...]] = {

@@ -42,7 +42,7 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
-from structsearch.errors import DataError, StructsearchError
+from structsearch.errors import DataError, ProxyConfigError, StructsearchError
 from structsearch.train import (
     OptimizerName,
     WarmupCosine,
@@ -75,10 +75,6 @@ INHERITED_LR = 0.003
 SCRATCH_LR = 0.05
 
 Callback = Callable[[int, float], None]
-
-
-class ProxyConfigError(StructsearchError):
-    """A proxy request that cannot work (a student resolution that feature KD cannot take, ...)."""
 
 
 def default_lr(inherit: bool) -> float:

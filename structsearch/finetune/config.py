@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import FinetuneError
 from structsearch.train import OptimizerName
 
 #: SGD's fine-tuning rate (see :class:`FinetuneConfig`).
@@ -16,10 +16,6 @@ SGD_LR = 0.02
 #: AdamW's rate when the study's proxy names none: Adam's steps are relative to the weights'
 #: gradient scale, so the proxy's rate is also a fine-tuning rate.
 ADAMW_LR = 0.001
-
-
-class FinetuneError(StructsearchError):
-    """A fine-tuning setting or request that cannot work (bad value, untrained trial, ...)."""
 
 
 @dataclass(frozen=True)

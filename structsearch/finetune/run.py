@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from torch import Tensor, nn
 
@@ -46,7 +47,8 @@ from structsearch.finetune.config import (
 )
 from structsearch.finetune.outputs import record_on_study, save_student_atomically, write_json_atomically
 from structsearch.finetune.phases import downstream_phase, kd_loss_fn, prep, run_phase
-from structsearch.finetune.stored import StoredTrial, open_trial, start_student
+from structsearch.finetune.stored import start_student
+from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
 
 
@@ -113,15 +115,15 @@ def finetune_trial(
     if stop_after_steps is not None and (isinstance(stop_after_steps, bool) or stop_after_steps < 1):
         raise FinetuneError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
     device = resolve_device(config.device)
-    stored = open_trial(study, trial, storage_url)
-    hyper = _hyper(config, stored.spec)
+    stored = StoredTrial.open(study, trial, storage_url)
+    hyper = _hyper(config, stored.study_spec)
 
     status("loading the teacher and data")
-    d = _load_data(stored.spec, config, data, test)
+    d = _load_data(stored.study_spec, config, data, test)
     student = _prepare_student(stored, d, config, hyper.seed, device)
     out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
     out_dir.mkdir(parents=True, exist_ok=True)
-    augment = Augment.for_size(d.train.x.shape[-2], hflip=stored.spec.data.hflip)
+    augment = Augment.for_size(d.train.x.shape[-2], hflip=stored.study_spec.data.hflip)
     settings = _kd_settings(study, trial, config, hyper, d, student, augment)
     d.teacher.to(device).eval()
     if config.channels_last:
@@ -198,7 +200,7 @@ def finetune_trial(
         )
     result.seconds = time.perf_counter() - t_start
     write_json_atomically(out_dir / RESULT_FILE, result.to_dict())
-    record_on_study(stored.study, trial, result.study_summary())
+    record_on_study(optuna.load_study(study_name=study, storage=stored.storage), trial, result.study_summary())
     return result
 
 
@@ -239,13 +241,13 @@ def _prepare_student(
 ) -> _Student:
     """The trial's student at its resolution; a rebuilt one gets its BatchNorm statistics re-estimated."""
     teacher_size = d.plan.input_size[1]
-    student_size = stored.resolution or teacher_size
+    student_size = stored.record.resolution or teacher_size
     teacher_pre = Preprocess.from_model(d.teacher, d.plan.input_size[1:])
     student_pre = dataclasses.replace(teacher_pre, input_size=(student_size, student_size))
     num_classes = num_classes_of(d.teacher) or probe_classes(d.teacher, teacher_pre(d.test.x[:1]))
     check_labels(d.train, num_classes)
     check_labels(d.test, num_classes)
-    arch, model, start = start_student(stored.frozen, d.plan, d.teacher, stored.spec)
+    arch, model, start = start_student(stored, d.plan, d.teacher)
     if start == "rebuilt":
         # surgery leaves the teacher's BatchNorm statistics; re-estimate them as the proxy does
         g = torch.Generator().manual_seed(seed)

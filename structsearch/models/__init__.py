@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from structsearch.errors import CheckpointError, UnknownModelError
+from structsearch.errors import CheckpointError, UnknownModelError, one_line
 from structsearch.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
 
 
@@ -58,8 +58,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {first}") from None
+        raise CheckpointError(f"cannot read checkpoint {p}: {one_line(e)}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
             if key in obj and isinstance(obj[key], dict):

@@ -364,13 +364,14 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     ``artifacts``: where trials save their trained students (see :attr:`SearchContext.artifacts`).
     """
     from structsearch.distill import Distiller, ProxyConfig, TeacherCache
+    from structsearch.distill.trainer import default_lr
 
     spec = plan.spec
     d = load_study_data(plan)
     teacher, preprocess, augment = d.teacher, d.preprocess, d.augment
     base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
     p = spec.proxy
-    lr = p.lr if p.lr is not None else (0.003 if plan.inherit else 0.05)
+    lr = p.lr if p.lr is not None else default_lr(plan.inherit)
     config = ProxyConfig(
         steps=p.steps,
         batch_size=p.batch_size,

@@ -138,8 +138,8 @@ class ProxySection(_Strict):
     steps: int = Field(default=200, ge=1, le=1_000_000)
     batch_size: int = Field(default=64, ge=1, le=4096)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    #: Default: 0.003 when the student inherits the teacher's weights (a gentle fine-tune keeps
-    #: what it inherited), 0.05 when it starts from scratch (another family).
+    #: Default (``None``): ``distill.trainer.default_lr`` -- low when the student inherits the
+    #: teacher's weights (a gentle fine-tune keeps what it inherited), high from scratch.
     lr: float | None = Field(default=None, gt=0)
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.9, ge=0, le=1)
