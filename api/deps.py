@@ -2,6 +2,11 @@
 
 The per-process services live on ``app.state.services``, built by :func:`api.app.create_app`
 from its settings; nothing here is a module global.
+
+Who may see what: a search belongs to the key that submitted it. Its spec, trials, students and
+cancel are for that key or an admin key (:data:`OwnedSearchDep`); its front and best are too,
+unless the service runs with open reads (:data:`ResultSearchDep`). Anyone else gets the 404 of
+an unknown id.
 """
 
 from __future__ import annotations
@@ -63,24 +68,36 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_key(services: ServicesDep, credentials: BearerDep) -> ApiKey:
-    """The caller's API key; 401 when it is missing, malformed, unknown or revoked."""
-    if credentials is None or not credentials.credentials:
-        raise _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    key = authenticate(services.db, credentials.credentials)
+def optional_key(services: ServicesDep, credentials: BearerDep) -> ApiKey | None:
+    """The caller's API key, None when the request sends none; 401 when it sends an unusable one."""
+    if credentials is None:
+        return None
+    key = authenticate(services.db, credentials.credentials) if credentials.credentials else None
     if key is None:
-        raise _unauthorized("invalid or revoked API key")
+        raise _unauthorized("invalid, revoked or expired API key")
     return key
 
 
-def read_access(services: ServicesDep, credentials: BearerDep) -> ApiKey | None:
-    """Reads need a key only when the service is configured with closed reads."""
+OptionalKeyDep = Annotated[ApiKey | None, Depends(optional_key)]
+
+
+def require_key(key: OptionalKeyDep) -> ApiKey:
+    """The caller's API key; 401 when it is missing, malformed, unknown, revoked or expired."""
+    if key is None:
+        raise _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(require_key)]
+#: The key of a request that changes something (submit, cancel).
+WriterDep = KeyDep
+
+
+def read_access(services: ServicesDep, key: OptionalKeyDep) -> ApiKey | None:
+    """Public listings (``/models``) need a key unless the service is configured with open reads."""
     if services.settings.open_reads:
-        return None
-    return require_key(services, credentials)
-
-
-WriterDep = Annotated[ApiKey, Depends(require_key)]
+        return key
+    return require_key(key)
 
 
 @dataclass(frozen=True)
@@ -99,17 +116,47 @@ def page_params(
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 
-def get_search(search_id: str, services: ServicesDep) -> Search:
-    """The search named in the path; 404 for unknown (or malformed) ids."""
+def _search(search_id: str, services: Services, key: ApiKey | None) -> Search:
+    """The search named in the path, if ``key`` may see it (None: anyone may).
+
+    Unknown ids, malformed ids and other owners' searches get the same 404, so a key cannot tell
+    whether someone else's search exists.
+    """
+    missing = NotFound(f"no search with id '{search_id}'")
     try:
         sid = uuid.UUID(search_id)
     except ValueError:
-        raise NotFound(f"no search with id '{search_id}'") from None
+        raise missing from None
     with services.db.session() as s:
         row = SearchRepository(s).get(sid)
-    if row is None:
-        raise NotFound(f"no search with id '{search_id}'")
+    if row is None or (key is not None and not key.owns(row)):
+        raise missing
     return row
 
 
-SearchDep = Annotated[Search, Depends(get_search)]
+def owned_search(search_id: str, services: ServicesDep, key: KeyDep) -> Search:
+    """The search in the path, for its owner's key or an admin key only (its spec, trials,
+    students; cancelling it)."""
+    return _search(search_id, services, key)
+
+
+def result_search(search_id: str, services: ServicesDep, key: OptionalKeyDep) -> Search:
+    """The search in the path for its fronts and bests: anyone's when the service has open reads
+    (a key sent is still checked); otherwise as :func:`owned_search`."""
+    if services.settings.open_reads:
+        return _search(search_id, services, None)
+    return _search(search_id, services, require_key(key))
+
+
+OwnedSearchDep = Annotated[Search, Depends(owned_search)]
+ResultSearchDep = Annotated[Search, Depends(result_search)]
+
+
+def study_id_of(search: Search, services: Services) -> int:
+    """Optuna's id of the search's study; 404 when there is none (its submission failed before
+    creating it). Checked here so that no storage message -- which would name other owners'
+    studies -- answers for it."""
+    sid = services.reader.study_id(search.name)
+    if sid is None:
+        raise NotFound(f"search {search.id} has no study: its submission failed")
+    return sid

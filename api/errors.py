@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from structsearch.errors import StructsearchError, one_line
+from structsearch.search.storage import hide_secrets
 
 log = logging.getLogger("structsearch.api")
 
@@ -47,7 +48,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "database unavailable on %s %s: %s",
             request.method,
             request.url.path,
-            one_line(exc.orig or exc),
+            hide_secrets(one_line(exc.orig or exc), request.app.state.settings.database_url),
         )
         return error_response(503, "database unavailable; try again shortly")
 

@@ -2,32 +2,38 @@
 
 Both go through the search package's own functions (:func:`pareto_front`,
 :func:`best_under_budget`), fed from the API's per-study cache of finished trials, so the CLI and
-the API cannot disagree. The front is computed once per cache entry.
+the API cannot disagree. The front is computed once per cache entry. They are the owner's (or an
+admin's), or anyone's when the service runs with ``STRUCTSEARCH_OPEN_READS``: a front names
+structures and scores, not the spec's paths.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 
-from api.deps import SearchDep, ServicesDep, read_access
+from api.deps import ResultSearchDep, ServicesDep, study_id_of
 from api.schemas import BaselineGainPublic, CandidatePublic, ErrorPublic, ParetoPublic, RecheckPublic
 from structsearch.cost import parse_budget
 from structsearch.search import best_under_budget
 from structsearch.search.recheck import rechecks_from_attrs
 
-router = APIRouter(prefix="/searches/{search_id}", tags=["results"], dependencies=[Depends(read_access)])
+router = APIRouter(prefix="/searches/{search_id}", tags=["results"])
 
-_ERRORS = {
-    404: {"model": ErrorPublic, "description": "no such search, or no candidate within the budget"},
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "missing or invalid API key (unless the service has open reads)"},
+    404: {
+        "model": ErrorPublic,
+        "description": "no such search (or not the caller's), or no candidate within the budget",
+    },
     422: {"model": ErrorPublic},
 }
 
 
 @router.get("/pareto", response_model=ParetoPublic, responses=_ERRORS)
 def pareto(
-    search: SearchDep,
+    search: ResultSearchDep,
     services: ServicesDep,
     cost: Annotated[
         Literal["macs", "params", "latency", "memory"],
@@ -37,9 +43,9 @@ def pareto(
     ] = "macs",
 ) -> ParetoPublic:
     """Feasible trained candidates not beaten on both score and cost, cheapest first."""
+    study_id = study_id_of(search, services)
     front = services.reader.finished(search.name).front(cost)  # pareto_front(records), memoised
-    storage = services.reader.storage
-    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(search.name))
+    attrs = services.reader.storage.get_study_user_attrs(study_id)
     rechecks = [RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)]
     gains = [BaselineGainPublic(**g.to_dict()) for g in services.reader.finished(search.name).gains()]
     return ParetoPublic(
@@ -54,7 +60,7 @@ def pareto(
 
 @router.get("/best", response_model=CandidatePublic, responses=_ERRORS)
 def best(
-    search: SearchDep,
+    search: ResultSearchDep,
     services: ServicesDep,
     budget_flops: Annotated[
         str | None, Query(max_length=32, description="MACs budget: 300M, 1.2G or 60% (of the teacher)")
@@ -81,6 +87,7 @@ def best(
     for what, text in texts.items():
         if text is not None:
             parse_budget(text, what)  # BudgetError -> 422 (api.errors)
+    study_id_of(search, services)
     record = best_under_budget(
         budget_flops,
         budget_params,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 
-from api.deps import PageDep, SearchDep, ServicesDep, WriterDep, read_access
+from api.deps import KeyDep, OwnedSearchDep, PageDep, ServicesDep
 from api.schemas import (
     CandidatePublic,
     ErrorPublic,
@@ -26,11 +26,11 @@ from structsearch.service.searches import cancel_search, progress, submit_search
 from structsearch.service.studies import StudyReader
 from structsearch.service.tables import Search, SearchStatus
 
-router = APIRouter(prefix="/searches", tags=["searches"], dependencies=[Depends(read_access)])
+router = APIRouter(prefix="/searches", tags=["searches"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "missing or invalid API key"},
-    404: {"model": ErrorPublic, "description": "no such search"},
+    404: {"model": ErrorPublic, "description": "no such search (or not the caller's)"},
     422: {"model": ErrorPublic, "description": "invalid input"},
 }
 
@@ -78,7 +78,7 @@ def create_search(
         ),
     ],
     services: ServicesDep,
-    key: WriterDep,
+    key: KeyDep,
     response: Response,
 ) -> SearchAccepted:
     """Validate a study spec fully (models built, budgets checked) and queue its trials.
@@ -108,29 +108,32 @@ def create_search(
 @router.get("", response_model=Page[SearchPublic], responses=_ERRORS)
 def list_searches(
     services: ServicesDep,
+    key: KeyDep,
     page: PageDep,
     status_: Annotated[
         SearchStatusName | None, Query(alias="status", description="only searches in this status")
     ] = None,
 ) -> Page[SearchPublic]:
-    """Searches, newest first, with their progress."""
+    """The caller's searches (an admin key: everyone's), newest first, with their progress."""
     with services.db.session() as s:
         rows, total = SearchRepository(s).page(
-            page.offset, page.limit, SearchStatus(status_.value) if status_ else None
+            page.offset, page.limit, SearchStatus(status_.value) if status_ else None, owner=key
         )
     items = [search_public(r, services.reader) for r in rows]
     return Page(items=items, total=total, offset=page.offset, limit=page.limit)
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
-def get_search(search: SearchDep, services: ServicesDep) -> SearchPublic:
-    """Status, trial counts and the best candidate so far."""
+def get_search(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
+    """Status, spec, trial counts and the best candidate so far (the owner's or an admin key)."""
     return search_public(search, services.reader)
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
-def cancel(search: SearchDep, services: ServicesDep, key: WriterDep) -> SearchPublic:
-    """Start no new trials; running trials finish and are kept. 409 if the search already ended."""
+def cancel(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
+    """Start no new trials; running trials finish and are kept. 409 if the search already ended.
+
+    The owner's key or an admin key only; any other key gets the 404 of an unknown search."""
     row = cancel_search(services.db, services.queue, search.id)
     if row is None:
         raise NotFound(f"no search with id '{search.id}'")

@@ -1,4 +1,8 @@
-"""``/api/v1/searches/{id}/trials``: a search's trials and their trained students."""
+"""``/api/v1/searches/{id}/trials``: a search's trials and their trained students.
+
+Both are the owner's (or an admin's) only, open reads or not: trials carry structures and the
+students are the owner's work. A 404 names the trial, never a server path or the storage.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,25 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from optuna.trial import FrozenTrial
 from starlette.background import BackgroundTask
 
-from api.deps import PageDep, SearchDep, ServicesDep, read_access
+from api.deps import OwnedSearchDep, PageDep, ServicesDep, study_id_of
 from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
+from structsearch.errors import NotFound
 from structsearch.search.results import record_of
 
-router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"], dependencies=[Depends(read_access)])
+router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"])
 
-_ERRORS = {404: {"model": ErrorPublic, "description": "no such search or trial"}, 422: {"model": ErrorPublic}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "missing or invalid API key"},
+    404: {"model": ErrorPublic, "description": "no such search (or not the caller's) or trial"},
+    422: {"model": ErrorPublic},
+}
 
 
 def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
@@ -36,7 +45,7 @@ def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
 
 @router.get("", response_model=Page[TrialPublic], responses=_ERRORS)
 def list_trials(
-    search: SearchDep,
+    search: OwnedSearchDep,
     services: ServicesDep,
     page: PageDep,
     state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
@@ -67,7 +76,7 @@ def list_trials(
         **_ERRORS,
     },
 )
-def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> FileResponse:
+def download_artifact(search: OwnedSearchDep, services: ServicesDep, number: int) -> FileResponse:
     """The trained student of a trial as a zip: ``student.pt``, ``spec.json``, ``recipe.json``, ``trial.json``.
 
     Load it with ``structsearch.load(DIR)`` after unzipping. 404 when the trial was not trained
@@ -76,13 +85,12 @@ def download_artifact(search: SearchDep, services: ServicesDep, number: int) -> 
     from structsearch.search.export import export_stored
     from structsearch.search.stored import StoredTrial
 
+    study_id_of(search, services)  # a missing study is a 404 of ours, not a storage message
     stored = StoredTrial.open(search.name, number, services.reader.storage)
     artifact = Path(stored.attrs.artifact or "")
     root = services.settings.artifacts
-    if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or not artifact.is_dir():
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"the files of trial {number} are not on this server's artifact volume ({root})"
-        )
+    if not artifact.is_absolute() or not artifact.resolve().is_relative_to(root) or stored.saved() is None:
+        raise NotFound(f"the files of trial {number} are not on this server's artifact volume")
     work = Path(tempfile.mkdtemp(prefix="structsearch-artifact-"))
     try:
         files = export_stored(stored, work / "student")

@@ -8,7 +8,7 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +40,20 @@ def _settings(storage: str | None):
         raise StructsearchError(f"invalid service settings: {one_line(e)}") from None
 
 
+def _safe_url(url: str) -> str:
+    """The URL as messages show it: password hidden (``search.storage.safe_url``)."""
+    from structsearch.search.storage import safe_url
+
+    return safe_url(url)
+
+
+def _hide(text: str, url: str) -> str:
+    """A driver's message with the URL and its password hidden (``search.storage.hide_secrets``)."""
+    from structsearch.search.storage import hide_secrets
+
+    return hide_secrets(text, url)
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
@@ -65,22 +79,31 @@ def db_upgrade(storage: DatabaseOpt = None) -> None:
 @apikey_app.command("create")
 def apikey_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for (unique)")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An admin key: sees and cancels every search, not only its own")
+    ] = False,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Lifetime, e.g. 30d, 12h, 90m or 2w (default: never expires)")
+    ] = None,
     storage: DatabaseOpt = None,
 ) -> None:
     """Create a key and print it. It is shown only this once; only its hash is stored."""
 
     def body() -> None:
-        from structsearch.service.apikeys import create_key
+        from structsearch.service.apikeys import create_key, parse_lifetime
         from structsearch.service.database import Database
+        from structsearch.service.tables import KeyScope
 
-        db = Database(_settings(storage).database_url)
+        lifetime = parse_lifetime(expires) if expires is not None else None
+        url = _settings(storage).database_url
+        db = Database(url)
         try:
-            key = create_key(db, name)
+            key = create_key(db, name, KeyScope.admin if admin else KeyScope.user, lifetime)
         except StructsearchError:
             raise
         except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
             raise StructsearchError(
-                f"cannot store the key: {one_line(e)} (did you run `structsearch db upgrade`?)"
+                f"cannot store the key: {_hide(one_line(e), url)} (did you run `structsearch db upgrade`?)"
             ) from None
         finally:
             db.dispose()
@@ -91,7 +114,7 @@ def apikey_create(
 
 @apikey_app.command("list")
 def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -> None:
-    """List keys (name, prefix, created, revoked); never the keys themselves."""
+    """List keys (name, prefix, scope, created, expires, last used, revoked); never the keys themselves."""
 
     def body() -> None:
         from rich.table import Table
@@ -102,8 +125,16 @@ def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -
         db = Database(_settings(storage).database_url)
         try:
             with db.session() as s:
-                rows = [
-                    {"name": k.name, "prefix": k.prefix, "created_at": k.created_at, "revoked_at": k.revoked_at}
+                rows: list[dict[str, Any]] = [
+                    {
+                        "name": k.name,
+                        "prefix": k.prefix,
+                        "scope": k.scope,
+                        "created_at": k.created_at,
+                        "expires_at": k.expires_at,
+                        "last_used_at": k.last_used_at,
+                        "revoked_at": k.revoked_at,
+                    }
                     for k in ApiKeyRepository(s).all()
                 ]
         finally:
@@ -111,9 +142,14 @@ def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -
         if format is Format.json:
             print_json(rows)
             return
-        table = Table("name", "prefix", "created", "revoked")
+        table = Table("name", "prefix", "scope", "created", "expires", "last used", "revoked")
         for r in rows:
-            table.add_row(r["name"], r["prefix"] + "...", str(r["created_at"]), str(r["revoked_at"] or "-"))
+            table.add_row(
+                r["name"],
+                r["prefix"] + "...",
+                r["scope"],
+                *(str(r[k] or "-") for k in ("created_at", "expires_at", "last_used_at", "revoked_at")),
+            )
         console.print(table)
 
     run_guarded(body)
@@ -169,7 +205,7 @@ def worker(
         settings = _settings(storage)
         if not settings.is_postgres:
             raise StructsearchError(
-                f"workers need the PostgreSQL service database, not {settings.database_url}; pass --storage postgresql+psycopg://..."
+                f"workers need the PostgreSQL service database, not {_safe_url(settings.database_url)}; pass --storage postgresql+psycopg://..."
             )
         from structsearch.service.worker import run_worker
 
@@ -196,7 +232,7 @@ def dashboard(
         try:
             missing = "studies" not in inspect(engine).get_table_names()
         except Exception as e:  # noqa: BLE001 - unreachable database
-            raise StructsearchError(f"cannot open {url}: {one_line(e)}") from None
+            raise StructsearchError(f"cannot open {_safe_url(url)}: {_hide(one_line(e), url)}") from None
         finally:
             engine.dispose()
         if missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import optuna
 
@@ -26,6 +27,42 @@ def resolve_storage_url(url: str | None = None) -> str:
     return url or os.environ.get("STRUCTSEARCH_STORAGE") or default_storage_url()
 
 
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown (messages, logs): the password replaced by ``***``.
+
+    A string SQLAlchemy cannot parse is not shown at all: it may be a URL with a typo that still
+    holds a password.
+    """
+    from sqlalchemy import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - ArgumentError, ValueError (bad port), ...
+        return "<storage URL>"
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` with ``url`` shown as :func:`safe_url` and its password (as written, or URL-encoded)
+    replaced by ``***`` wherever a driver echoed it."""
+    text = text.replace(url, safe_url(url))
+    password = _password(url)
+    if password:
+        for form in sorted({password, quote(password, safe=""), quote_plus(password)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # noqa: BLE001
+        # unparseable: take what lies between "user:" and "@" of the authority, if anything
+        authority = url.partition("://")[2].rpartition("@")[0]
+        return authority.partition(":")[2] or None
+
+
 def open_storage(
     url: str | None = None, create: bool = True, heartbeat_interval: int | None = None
 ) -> optuna.storages.RDBStorage:
@@ -33,13 +70,13 @@ def open_storage(
 
     With ``create=False`` (read-only commands such as ``best``) a SQLite file that does not exist
     is an error instead of a new empty database. A storage that cannot be opened is
-    :class:`Unavailable`; its message leaves the URL out (it may hold a password).
+    :class:`Unavailable`; its message leaves the URL and its password out.
     """
     url = resolve_storage_url(url)
     if url.startswith("sqlite:///") and ":memory:" not in url:
         path = Path(url.removeprefix("sqlite:///")).expanduser()
         if not create and not path.is_file():
-            raise NotFound(f"storage {url} does not exist; run `structsearch search` first or pass --storage")
+            raise NotFound(f"storage {safe_url(url)} does not exist; run `structsearch search` first or pass --storage")
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict = {}
     if heartbeat_interval:
@@ -54,4 +91,6 @@ def open_storage(
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for bad URLs / servers
-        raise Unavailable(f"cannot open the study storage: {one_line(e).replace(url, '<storage URL>')}") from None
+        raise Unavailable(
+            f"cannot open the study storage: {hide_secrets(one_line(e), url).replace(safe_url(url), '<storage URL>')}"
+        ) from None

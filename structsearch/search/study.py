@@ -5,6 +5,7 @@
 * A new study starts from earlier trials of the same teacher, student base, data and proxy
   (same :meth:`StudySpec.fingerprint`) in the same storage: their scores stay valid, only the
   constraints are recomputed for the new budget, so a new budget does not retrain known structures.
+  The service narrows "earlier studies" to the submitting key's own (``warm_from``).
 * A new study enqueues its baselines (``spec.baselines``) as its first trials; they are stored
   WAITING, so a study interrupted before running them still runs them when resumed.
 * Metric names and per-trial MACs, params, spec and scores are stored on the study, so the Optuna
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Collection
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -79,8 +81,17 @@ def own_trials(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_seed: int | None = None) -> optuna.Study:
-    """Create the spec's study, or load it when it exists (then the spec must match)."""
+def open_study(
+    plan: SearchPlan,
+    storage: optuna.storages.BaseStorage,
+    sampler_seed: int | None = None,
+    warm_from: Collection[str] | None = None,
+) -> optuna.Study:
+    """Create the spec's study, or load it when it exists (then the spec must match).
+
+    ``warm_from``: the only studies a new study may warm-start from (the service passes the
+    submitting key's own); None: any study in the storage (the CLI's one-user case).
+    """
     spec = plan.spec
     existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
     if spec.name in existing:
@@ -120,19 +131,27 @@ def open_study(plan: SearchPlan, storage: optuna.storages.BaseStorage, sampler_s
         study.set_user_attr(key, value)
     study.set_user_attr(STUDY_MARKER, spec.model_dump_json())
     if spec.warm_start:
-        warm_start(study, plan, storage)
+        warm_start(study, plan, storage, warm_from)
     for name, params in plan.baseline_trials():  # the study's first trials, enqueued exactly once
         study.enqueue_trial(params, user_attrs=TrialAttrs(baseline=name).attrs())
     return study
 
 
-def warm_start(study: optuna.Study, plan: SearchPlan, storage: optuna.storages.BaseStorage) -> int:
-    """Copy finished trials of earlier studies with the same fingerprint; returns how many."""
+def warm_start(
+    study: optuna.Study,
+    plan: SearchPlan,
+    storage: optuna.storages.BaseStorage,
+    only: Collection[str] | None = None,
+) -> int:
+    """Copy finished trials of earlier studies with the same fingerprint (among ``only``, when
+    given); returns how many."""
     fp = plan.spec.fingerprint()
     seen: set[str] = set()
     copied = 0
     for other in structsearch_studies(storage):
         if other.study_name == study.study_name or other.user_attrs.get("fingerprint") != fp:
+            continue
+        if only is not None and other.study_name not in only:
             continue
         for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             rec = TrialAttrs.read(t)

@@ -16,7 +16,8 @@ so however jobs and workers interleave, the search ends with exactly ``spec.tria
    queue (:class:`HandedBack`); one that is mid-trial finishes it first.
 
 A :class:`StructsearchError` (bad data on the worker's machine, a spec that no longer fits) marks
-the search failed with its one-line message; anything else too, and the job fails loudly.
+the search failed with its one-line message; anything else too, with a fixed message (the raw
+text may hold secrets; the log has it, password hidden), and the job fails loudly.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from structsearch.errors import StructsearchError
 from structsearch.service.database import Database
+from structsearch.service.public_errors import log_error, public_error
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
@@ -82,10 +84,11 @@ class TrialRunner:
             raise
         except StructsearchError as e:
             log.warning("search %s failed: %s", search_id, e)
-            self._set(sid, SearchStatus.failed, str(e))
+            self._set(sid, SearchStatus.failed, public_error(e))
             return f"failed: {e}"
         except Exception as e:
-            self._set(sid, SearchStatus.failed, f"worker error: {type(e).__name__}: {e}")
+            log_error(log, f"search {search_id} failed", e, self.settings.database_url)
+            self._set(sid, SearchStatus.failed, public_error(e))
             raise
 
     def _one_trial(self, sid: uuid.UUID, spec: StudySpec, should_abort: Callable[[], bool]) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from alembic import command
 from structsearch.errors import StructsearchError, one_line
+from structsearch.search.storage import hide_secrets, safe_url
 
 VERSION_TABLE = "ss_alembic_version"
 #: Our tables' prefix: the only tables Alembic may reflect, compare or change.
@@ -84,7 +85,7 @@ def upgrade(url: str) -> dict[str, str | None]:
     except StructsearchError:
         raise
     except Exception as e:  # noqa: BLE001 - drivers raise many types for unreachable servers
-        raise StructsearchError(f"cannot migrate {url}: {one_line(e)}") from None
+        raise StructsearchError(f"cannot migrate {safe_url(url)}: {hide_secrets(one_line(e), url)}") from None
     engine = create_engine(url)
     try:
         return {"structsearch": current_revision(engine), "optuna": optuna_version}

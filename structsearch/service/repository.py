@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from structsearch.errors import NameTaken
-from structsearch.service.tables import ApiKey, Search, SearchStatus, utcnow
+from structsearch.service.tables import ApiKey, KeyScope, Search, SearchStatus, utcnow
 
 
 class SearchRepository:
@@ -46,15 +46,28 @@ class SearchRepository:
     def name_exists(self, name: str) -> bool:
         return self.session.scalar(select(func.count()).select_from(Search).where(Search.name == name)) > 0
 
-    def page(self, offset: int, limit: int, status: SearchStatus | None = None) -> tuple[Sequence[Search], int]:
-        """Newest first; returns one page and the total number of matching searches."""
+    def page(
+        self, offset: int, limit: int, status: SearchStatus | None = None, owner: ApiKey | None = None
+    ) -> tuple[Sequence[Search], int]:
+        """Newest first; returns one page and the total number of matching searches.
+
+        With ``owner``, only the searches that key may see (its own; all for an admin key).
+        """
         q = select(Search)
         count = select(func.count()).select_from(Search)
         if status is not None:
             q = q.where(Search.status == status.value)
             count = count.where(Search.status == status.value)
+        if owner is not None and not owner.is_admin:
+            q = q.where(Search.api_key_id == owner.id)
+            count = count.where(Search.api_key_id == owner.id)
         rows = self.session.scalars(q.order_by(Search.created_at.desc(), Search.id).offset(offset).limit(limit)).all()
         return rows, int(self.session.scalar(count) or 0)
+
+    def names_owned_by(self, api_key_id: int | None) -> set[str]:
+        """Study names of the searches submitted with this key (``None``: those with no key)."""
+        owner = Search.api_key_id.is_(None) if api_key_id is None else Search.api_key_id == api_key_id
+        return set(self.session.scalars(select(Search.name).where(owner)).all())
 
     def status_of(self, search_id: uuid.UUID) -> SearchStatus | None:
         value = self.session.scalar(select(Search.status).where(Search.id == search_id))
@@ -84,9 +97,16 @@ class ApiKeyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, name: str, key_hash: str, prefix: str) -> ApiKey:
+    def add(
+        self,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        scope: KeyScope = KeyScope.user,
+        expires_at: datetime | None = None,
+    ) -> ApiKey:
         """Insert a key; raises :class:`NameTaken` when the name is in use."""
-        row = ApiKey(name=name, key_hash=key_hash, prefix=prefix)
+        row = ApiKey(name=name, key_hash=key_hash, prefix=prefix, scope=scope.value, expires_at=expires_at)
         try:
             with self.session.begin_nested():
                 self.session.add(row)
@@ -94,8 +114,25 @@ class ApiKeyRepository:
             raise NameTaken(name) from None
         return row
 
-    def active_by_hash(self, key_hash: str) -> ApiKey | None:
-        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+    def active_by_hash(self, key_hash: str, now: datetime | None = None) -> ApiKey | None:
+        """The key with this hash, unless it is revoked or expired (at ``now``)."""
+        now = now or utcnow()
+        return self.session.scalar(
+            select(ApiKey).where(
+                ApiKey.key_hash == key_hash,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+
+    def touch(self, key_id: int, now: datetime, unless_after: datetime) -> None:
+        """Record a use at ``now`` unless one after ``unless_after`` is recorded (another process's)."""
+        self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= unless_after))
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
     def all(self) -> Sequence[ApiKey]:
         return self.session.scalars(select(ApiKey).order_by(ApiKey.id)).all()

@@ -8,24 +8,27 @@ Submission order, so that a rejected spec leaves nothing behind:
 2. Claim a unique study name: the spec's own, or with ``-<6 hex of the id>`` appended when a
    search or an Optuna study (e.g. from the CLI) already uses it. The response says so.
 3. Insert the ``ss_searches`` row (``queued``), create the Optuna study (attributes, warm start
-   from earlier studies with the same teacher/data/proxy), and queue one job per trial. If either
-   of the last two fails (database trouble), the row is marked failed with the reason.
+   from earlier searches of the same key with the same teacher/data/proxy: never from another
+   owner's), and queue one job per trial. If either of the last two fails (database trouble), the
+   row is marked failed with a fixed reason (the log has the error).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from optuna.trial import TrialState
 
-from structsearch.errors import CancelRefused, NameTaken, SubmitFailed, one_line
+from structsearch.errors import CancelRefused, NameTaken, SubmitFailed
 from structsearch.search.results import TrialRecord
 from structsearch.search.spec import StudySpec
 from structsearch.service.admission import admit_spec
 from structsearch.service.database import Database
+from structsearch.service.public_errors import STORAGE_ERROR, log_error, public_error
 from structsearch.service.queue import JobQueue
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
@@ -33,6 +36,8 @@ from structsearch.service.studies import StudyReader
 from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus
 
 NAME_MAX = 100
+
+log = logging.getLogger("structsearch.api")
 
 
 @dataclass(frozen=True)
@@ -78,10 +83,13 @@ def submit_search(
     row = _claim_name(db, reader, search_id, spec, api_key_id)
     try:
         named = spec.with_overrides(name=row.name)
-        open_study(dataclasses.replace(plan, spec=named), reader.storage)
+        with db.session() as s:  # warm start only from the submitting key's own searches
+            own = SearchRepository(s).names_owned_by(api_key_id)
+        open_study(dataclasses.replace(plan, spec=named), reader.storage, warm_from=own)
         queue.defer_trials(str(search_id), spec.trials)
     except Exception as e:
-        reason = f"could not queue the search: {one_line(e)}"
+        log_error(log, f"search {search_id} could not be queued", e, settings.database_url)
+        reason = f"could not queue the search: {public_error(e, STORAGE_ERROR)}"
         with db.session() as s:
             SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
         raise SubmitFailed(reason) from e

@@ -37,8 +37,10 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url)
     #: Where workers write trained students and the API reads them for download.
     artifacts: Path = Field(default_factory=artifacts_dir)
-    #: Reads (GET) without an API key; submitting and cancelling always need one.
-    open_reads: bool = True
+    #: Fronts and bests (GET .../pareto, .../best) without an API key. Everything else -- specs,
+    #: trial lists, artifacts, listing, submitting, cancelling -- always needs the owner's (or an
+    #: admin) key, whatever this says.
+    open_reads: bool = False
     #: Directories that file paths in submitted specs (checkpoints, npz / imagefolder /
     #: torchvision data) must lie in; comma- or ``os.pathsep``-separated in the environment.
     #: Empty: only file-less data (``digits``) can be submitted.

@@ -56,10 +56,18 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class KeyScope(StrEnum):
+    """What a key may do: ``user`` keys see and change their own searches; ``admin`` keys all."""
+
+    user = "user"
+    admin = "admin"
+
+
 class ApiKey(Base):
     """A bearer token allowed to submit and cancel. Only its SHA-256 is stored."""
 
     __tablename__ = "ss_api_keys"
+    __table_args__ = (CheckConstraint("scope IN ('user', 'admin')", name="scope_known"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -69,6 +77,19 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    scope: Mapped[str] = mapped_column(String(16), default=KeyScope.user.value, server_default=KeyScope.user.value)
+    #: After this the key is refused (401); None: it does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: When the key last authenticated a request, to within a minute (see ``apikeys.TOUCH_EVERY``).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == KeyScope.admin.value
+
+    def owns(self, search: Search) -> bool:
+        """Whether this key may see and change ``search``: it submitted it, or it is an admin key."""
+        return self.is_admin or search.api_key_id == self.id
 
 
 class Search(Base):

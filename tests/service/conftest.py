@@ -131,7 +131,7 @@ def make_settings(db_url: str, artifacts: Path, data_root: Path, **changes: Any)
     values: dict[str, Any] = dict(
         database_url=db_url,
         artifacts=artifacts,
-        open_reads=True,
+        open_reads=False,
         data_roots=[data_root],
         max_trials=50,
         trial_heartbeat_s=1,

@@ -52,14 +52,14 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert (
         default.database_url == f"sqlite:///{tmp_path / 'studies.db'}" and default.artifacts == tmp_path / "artifacts"
     )
-    assert default.open_reads and default.data_roots == []
+    assert not default.open_reads and default.data_roots == []  # reads need a key unless opened
     monkeypatch.setenv("STRUCTSEARCH_STORAGE", "postgresql+psycopg://a@b/c")
     assert ServiceSettings().database_url == "postgresql+psycopg://a@b/c"
     monkeypatch.setenv("STRUCTSEARCH_DATABASE_URL", "postgresql+psycopg://x@y/z")
     monkeypatch.setenv("STRUCTSEARCH_DATA_ROOTS", f"{tmp_path}/a, {tmp_path}/b{os.pathsep}{tmp_path}/c")
-    monkeypatch.setenv("STRUCTSEARCH_OPEN_READS", "false")
+    monkeypatch.setenv("STRUCTSEARCH_OPEN_READS", "true")
     s = ServiceSettings()
-    assert s.database_url == "postgresql+psycopg://x@y/z" and not s.open_reads
+    assert s.database_url == "postgresql+psycopg://x@y/z" and s.open_reads
     assert s.data_roots == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     assert s.with_database("sqlite:///other.db").database_url == "sqlite:///other.db"
     assert s.with_database(None) is s

@@ -9,13 +9,16 @@ from __future__ import annotations
 import io
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import create_app
+from api.routes.health import NOT_READY
 from structsearch.errors import BudgetError, CancelRefused, NotFound, StructsearchError, SubmitFailed
 from structsearch.search import best_under_budget, pareto_front, study_records
 from structsearch.search.recheck import RECHECK_ATTR, RecheckEntry, RecheckResult
@@ -40,9 +43,21 @@ def key(settings: ServiceSettings) -> str:
 
 
 @pytest.fixture
-def client(settings: ServiceSettings) -> TestClient:
-    with TestClient(create_app(settings)) as c:
+def app(settings: ServiceSettings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI, key: str) -> Iterator[TestClient]:
+    """A client that sends the `key` fixture's key (reads need one by default)."""
+    with TestClient(app, headers=auth(key)) as c:
         yield c
+
+
+@pytest.fixture
+def anon(app: FastAPI, client: TestClient) -> TestClient:
+    """A client of the same app that sends no key (the app's lifespan is `client`'s)."""
+    return TestClient(app)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -71,10 +86,10 @@ def submit(client: TestClient, key: str, spec: dict) -> dict:
 # -- health -------------------------------------------------------------------------------------
 
 
-def test_health_and_readiness(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
-    r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["schema_revision"] == "0002"
+def test_health_and_readiness(anon: TestClient) -> None:
+    assert anon.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
+    r = anon.get("/readyz")
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0003"
 
 
 def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
@@ -82,7 +97,9 @@ def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Pat
     url = postgres.create(name)
     try:
         with TestClient(create_app(make_settings(url, tmp_path / "a", data_root))) as c:
-            assert_error(c.get("/readyz"), 503, "structsearch db upgrade")
+            r = c.get("/readyz")
+            assert_error(r, 503)
+            assert r.json() == {"detail": NOT_READY}  # why (the schema revision) is in the server log
             assert c.get("/healthz").status_code == 200
     finally:
         postgres.drop(name)
@@ -97,15 +114,17 @@ def test_models(client: TestClient) -> None:
 # -- auth -------------------------------------------------------------------------------------
 
 
-def test_submit_and_cancel_need_a_valid_key(client: TestClient, key: str, settings, postgres: Postgres) -> None:
-    r = client.post(f"{API}/searches", json=tiny_spec())
+def test_submit_and_cancel_need_a_valid_key(
+    client: TestClient, anon: TestClient, key: str, settings, postgres: Postgres
+) -> None:
+    r = anon.post(f"{API}/searches", json=tiny_spec())
     assert_error(r, 401, "Authorization: Bearer")
     assert r.headers["www-authenticate"] == "Bearer"
     assert_error(client.post(f"{API}/searches", json=tiny_spec(), headers=auth("ss_wrong")), 401, "invalid")
     assert_error(client.post(f"{API}/searches", json=tiny_spec(), headers={"Authorization": "Basic eDp5"}), 401)
     assert stored(postgres, settings.database_url) == (0, 0, 0)
     sid = submit(client, key, tiny_spec())["id"]
-    assert_error(client.post(f"{API}/searches/{sid}/cancel"), 401)
+    assert_error(anon.post(f"{API}/searches/{sid}/cancel"), 401)
     assert_error(client.post(f"{API}/searches/{sid}/cancel", headers=auth(key + "x")), 401)
 
 
@@ -410,8 +429,10 @@ def test_database_down_is_503(tmp_path: Path, data_root: Path) -> None:
     down = make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "a", data_root)
     with TestClient(create_app(down)) as c:
         assert c.get("/healthz").status_code == 200
-        assert_error(c.get("/readyz"), 503, "database unreachable")
-        assert_error(c.get(f"{API}/searches"), 503, "database unavailable")
+        r = c.get("/readyz")
+        assert_error(r, 503)
+        assert r.json() == {"detail": NOT_READY} and "nobody" not in r.text and "127.0.0.1" not in r.text
+        assert_error(c.get(f"{API}/searches", headers=auth("ss_any")), 503, "database unavailable")  # checking the key
 
 
 @pytest.mark.parametrize(

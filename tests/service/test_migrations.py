@@ -7,9 +7,11 @@ import uuid
 from pathlib import Path
 
 import optuna
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
+from sqlalchemy.exc import IntegrityError
 
 from structsearch.service.migrations import (
     VERSION_TABLE,
@@ -29,14 +31,14 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
     try:
         first = upgrade(url)
         assert upgrade(url) == first  # second run: nothing to do, nothing broken
-        assert first["structsearch"] == head_revision(url) == "0002"
+        assert first["structsearch"] == head_revision(url) == "0003"
         engine = create_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"ss_searches", "ss_api_keys", VERSION_TABLE} <= tables
         assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's, with Optuna's own version table
         assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
         with engine.connect() as conn:
-            assert current_revision(engine) == "0002"
+            assert current_revision(engine) == "0003"
             optuna_rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         assert optuna_rev == optuna.storages.RDBStorage(url).get_current_version()
 
@@ -64,8 +66,45 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
 def test_sqlite_keeps_working(tmp_path: Path) -> None:
     """The embedded default: our tables and Optuna's, no job queue (PostgreSQL only)."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert upgrade(url)["structsearch"] == "0002"
+    assert upgrade(url)["structsearch"] == "0003"
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
     assert {"ss_searches", "studies"} <= tables and not any(t.startswith("procrastinate") for t in tables)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_0003_key_scope_expiry_last_use_up_and_down(postgres: Postgres, tmp_path: Path, backend: str) -> None:
+    """Keys made before 0003 become user keys that never expire; downgrading drops the columns
+    (and the scope check) and keeps the keys."""
+    from alembic import command
+    from structsearch.service.migrations import alembic_config
+
+    name = f"ss_mig_{uuid.uuid4().hex[:8]}"
+    url = postgres.create(name) if backend == "postgresql" else f"sqlite:///{tmp_path / 'keys.db'}"
+    engine = create_engine(url)
+    try:
+        command.upgrade(alembic_config(url), "0002")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO ss_api_keys (name, key_hash, prefix, created_at) VALUES ('old', 'h', 'ss_abc', CURRENT_TIMESTAMP)"
+            )
+        command.upgrade(alembic_config(url), "0003")
+        columns = {c["name"] for c in inspect(engine).get_columns("ss_api_keys")}
+        assert {"scope", "expires_at", "last_used_at"} <= columns
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("SELECT scope, expires_at FROM ss_api_keys").one() == ("user", None)
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE ss_api_keys SET scope = 'root'")
+        command.downgrade(alembic_config(url), "0002")
+        columns = {c["name"] for c in inspect(engine).get_columns("ss_api_keys")}
+        assert not {"scope", "expires_at", "last_used_at"} & columns
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT name FROM ss_api_keys").scalar() == "old"
+            assert current_revision(engine) == "0002"
+        command.upgrade(alembic_config(url), "head")
+        assert current_revision(engine) == "0003"
+    finally:
+        engine.dispose()
+        if backend == "postgresql":
+            postgres.drop(name)
