@@ -7,7 +7,7 @@ never trained, and their score is not a measurement.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ def study_records(study: optuna.Study) -> list[TrialRecord]:
     return [record_of(study.study_name, t) for t in study.get_trials(deepcopy=False)]
 
 
-def scored(records: list[TrialRecord]) -> list[ScoredRecord]:
+def scored(records: Sequence[TrialRecord]) -> list[ScoredRecord]:
     """Completed, trained trials: the ones with a real score."""
     return [
         ScoredRecord.model_validate(r, from_attributes=True)
@@ -273,7 +273,7 @@ def best_under_budget(
     budget_latency: str | None = None,
     budget_memory: str | None = None,
     storage: optuna.storages.BaseStorage | None = None,
-    records_of: Callable[[optuna.Study], list[TrialRecord]] | None = None,
+    records_of: Callable[[optuna.Study], Sequence[TrialRecord]] | None = None,
 ) -> TrialRecord:
     """The highest-scoring stored candidate within the budgets (one study, or all of them).
 
