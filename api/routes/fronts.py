@@ -7,7 +7,7 @@ the API cannot disagree. The front is computed once per cache entry.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
@@ -19,7 +19,7 @@ from structsearch.search.recheck import rechecks_from_attrs
 
 router = APIRouter(prefix="/searches/{search_id}", tags=["results"], dependencies=[Depends(read_access)])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "no such search, or no candidate within the budget"},
     422: {"model": ErrorPublic},
 }

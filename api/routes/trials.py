@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse
@@ -20,7 +20,10 @@ from structsearch.search.results import record_of
 
 router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"], dependencies=[Depends(read_access)])
 
-_ERRORS = {404: {"model": ErrorPublic, "description": "no such search or trial"}, 422: {"model": ErrorPublic}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorPublic, "description": "no such search or trial"},
+    422: {"model": ErrorPublic},
+}
 
 
 def trial_public(study: str, t: FrozenTrial) -> TrialPublic:

@@ -8,7 +8,7 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,7 +102,7 @@ def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -
         db = Database(_settings(storage).database_url)
         try:
             with db.session() as s:
-                rows = [
+                rows: list[dict[str, Any]] = [
                     {"name": k.name, "prefix": k.prefix, "created_at": k.created_at, "revoked_at": k.revoked_at}
                     for k in ApiKeyRepository(s).all()
                 ]
