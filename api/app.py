@@ -51,7 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     for router in (searches.router, trials.router, fronts.router, models.router):
         app.include_router(router, prefix=API_PREFIX)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented schema override
     return app
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
@@ -15,13 +15,13 @@ def models(format: FormatOpt = Format.table) -> None:
     """List the model families structsearch can search, with example timm names."""
     from structsearch.space import list_families
 
-    fams = [{"family": f.name, "description": f.description, "examples": list(f.examples)} for f in list_families()]
+    fams = list_families()
     if format is Format.json:
-        print_json(fams)
+        print_json([{"family": f.name, "description": f.description, "examples": list(f.examples)} for f in fams])
         return
     table = Table("family", "what is searched", "examples")
     for f in fams:
-        table.add_row(f["family"], f["description"], ", ".join(f["examples"]))
+        table.add_row(f.name, f.description, ", ".join(f.examples))
     console.print(table)
 
 
@@ -132,15 +132,15 @@ def cost(
         report = measure_cost(net, size)
         lat = mem = None
         if latency:
-            from structsearch.cost import measure_latency
+            from structsearch.cost.latency import Runtime, measure_latency
 
             lat = measure_latency(
                 net,
                 size,
-                runtime=runtime,
+                runtime=cast(Runtime, runtime),  # any other string is refused there with a CostError
                 device=device,
                 batch_size=batch_size,
-                threads=threads,  # type: ignore[arg-type]
+                threads=threads,
                 repeats=repeats,
             )
         if memory:

@@ -141,7 +141,7 @@ def search(
             study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat)
         records = study_records(study)
         front = pareto_front(records)
-        summary = {
+        summary: dict[str, Any] = {
             "study": study.study_name,
             "trials": len(records),
             "trained": sum(r.trained and not r.state == "pruned" for r in records),

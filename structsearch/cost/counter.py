@@ -20,7 +20,7 @@ import importlib.metadata
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -186,14 +186,14 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     cfg_size = cfg.get("input_size")
     patch_size = _patch_embed_img_size(model)
-    if cfg_size is None and patch_size is None:
+    if patch_size is not None:
+        channels = int(cfg_size[0]) if cfg_size is not None else _patch_embed_channels(model)
+        return (channels, patch_size[0], patch_size[1])
+    if cfg_size is None:
         raise CostError(
             f"cannot tell the input size of {_model_name(model)}: it has no timm pretrained_cfg; "
             "pass an input size such as 224 or (3, 32, 32)"
         )
-    channels = int(cfg_size[0]) if cfg_size is not None else _patch_embed_channels(model)
-    if patch_size is not None:
-        return (channels, patch_size[0], patch_size[1])
     return _normalize_input_size(tuple(int(d) for d in cfg_size))
 
 
@@ -296,7 +296,7 @@ def _zero_input(model: nn.Module, size: tuple[int, int, int]) -> torch.Tensor:
     return torch.zeros((1, *size), device=device, dtype=dtype)
 
 
-def _normalize_input_size(input_size: int | tuple[int, int, int]) -> tuple[int, int, int]:
+def _normalize_input_size(input_size: int | Sequence[int]) -> tuple[int, int, int]:
     """``S`` -> ``(3, S, S)``; ``(C, H, W)`` checked to be three positive ints."""
     dims = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(dims) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):

@@ -58,8 +58,8 @@ class LoadedData:
     def _fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(f"structsearch-data-v1 x{tuple(self.x.shape)} y{tuple(self.y.shape)}\n".encode())
-        h.update(memoryview(self.x.contiguous().numpy()).cast("B"))
-        h.update(memoryview(self.y.contiguous().numpy()).cast("B"))
+        h.update(self.x.contiguous().numpy().data.cast("B"))
+        h.update(self.y.contiguous().numpy().data.cast("B"))
         return h.hexdigest()
 
 

@@ -171,7 +171,7 @@ def _prepare_imagefolder(spec: DataSpec) -> Prepared:
 
 def _images_under(folder: Path) -> list[Path]:
     """Image files below ``folder`` in sorted order (recursively, like ImageFolder; hidden entries skipped)."""
-    found = []
+    found: list[Path] = []
     for current, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
@@ -337,7 +337,8 @@ def _arrays_by_item(dataset: Any, name: str, names: tuple[str, ...] | None) -> R
             first = array.shape[:2]
             x = np.empty((n, *array.shape), dtype=np.uint8)
         x[i], y[i] = array, int(target)
-    return RawArrays(x, y, names)  # type: ignore[arg-type]
+    assert x is not None  # n > 0, so the loop allocated it
+    return RawArrays(x, y, names)
 
 
 # -- digits ----------------------------------------------------------------------------------------

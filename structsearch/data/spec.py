@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import TypedDict
 
 from structsearch.errors import DataError
 
@@ -109,6 +110,16 @@ class SynthesisSpec:
 #: ``synthetic:`` option names and the :class:`SynthesisSpec` fields they set, in canonical order.
 _SYNTH_OPTIONS = {"iters": "iterations", "method": "method", "seed": "seed", "batch": "batch_size"}
 _SYNTH_OPTION_OF = {field: option for option, field in _SYNTH_OPTIONS.items()} | {"n": "the image count N"}
+
+
+class _SourceFields(TypedDict, total=False):
+    """The :class:`DataSpec` fields a spec's body and options set (parsing builds them up)."""
+
+    path: str
+    name: str
+    split: str
+    download: bool
+    size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -267,7 +278,7 @@ def _split_suffixes(text: str) -> tuple[str, int | None, int | None, str]:
     return text, start, stop, options
 
 
-def _parse_body(kind: str, rest: str) -> dict[str, object]:
+def _parse_body(kind: str, rest: str) -> _SourceFields:
     """The kind-specific part after ``KIND:`` as DataSpec fields."""
     if kind == "digits":
         if rest not in ("", *SPLITS):
@@ -290,9 +301,9 @@ def _parse_body(kind: str, rest: str) -> dict[str, object]:
     return {"path": rest}
 
 
-def _parse_options(kind: str, options: str) -> dict[str, object]:
+def _parse_options(kind: str, options: str) -> _SourceFields:
     """``download=1&size=32x32`` as DataSpec fields; unknown or inapplicable keys are errors."""
-    fields: dict[str, object] = {}
+    fields: _SourceFields = {}
     if not options:
         return fields
     allowed = {"torchvision": "download", "imagefolder": "size"}.get(kind)
@@ -302,7 +313,10 @@ def _parse_options(kind: str, options: str) -> dict[str, object]:
         if key != allowed:
             hint = f"the only option of {kind} data is {allowed}" if allowed else f"{kind} data takes no options"
             raise DataError(f"unknown data option {key!r}; {hint}")
-        fields[key] = _parse_download(value) if key == "download" else _parse_size(value)
+        if key == "download":
+            fields["download"] = _parse_download(value)
+        else:
+            fields["size"] = _parse_size(value)
     return fields
 
 
@@ -310,19 +324,20 @@ def _parse_synthesis(count: str, options: str) -> SynthesisSpec:
     """``N`` and ``iters=K&method=M&seed=S&batch=B`` of a ``synthetic:`` spec."""
     if not count.isdigit():
         raise DataError(f"synthetic data needs a positive image count, e.g. synthetic:2048; got 'synthetic:{count}'")
-    fields: dict[str, object] = {"n": int(count)}
+    method = SynthesisSpec.method
+    numbers: dict[str, int] = {}
     for item in options.split("&") if options else []:
         key, _, value = item.partition("=")
         name = _SYNTH_OPTIONS.get(key.lower())
         if name is None:
             raise DataError(f"unknown data option {key!r}; synthetic data takes {', '.join(_SYNTH_OPTIONS)}")
         if name == "method":
-            fields[name] = value.lower()
+            method = value.lower()
         elif value.isdigit():
-            fields[name] = int(value)
+            numbers[name] = int(value)
         else:
             raise DataError(f"synthetic data: {key} must be an integer, got {value!r}")
-    return SynthesisSpec(**fields)  # type: ignore[arg-type]
+    return SynthesisSpec(n=int(count), method=method, **numbers)
 
 
 def _parse_download(value: str) -> bool:

@@ -74,9 +74,9 @@ class Preprocess:
         size = _as_hw(input_size) if input_size is not None else tuple(config["input_size"][-2:])
         interpolation = str(config.get("interpolation", "bilinear"))
         return cls(
-            input_size=size,  # type: ignore[arg-type]
-            mean=tuple(config["mean"]),  # type: ignore[arg-type]
-            std=tuple(config["std"]),  # type: ignore[arg-type]
+            input_size=size,
+            mean=tuple(config["mean"]),
+            std=tuple(config["std"]),
             interpolation=_TIMM_INTERPOLATION.get(interpolation, interpolation),
         )
 

@@ -10,6 +10,8 @@ normalisation statistics, which the pretrained cfg below records so timm's data 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from timm.models import register_model
 from torch import Tensor, nn
@@ -114,7 +116,7 @@ class CifarResNet(nn.Module):
         self.linear = nn.Linear(self.num_features, num_classes)
 
 
-def _create(depth: int, pretrained: bool, **kwargs: object) -> CifarResNet:
+def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
     from timm.models import build_model_with_cfg
 
     return build_model_with_cfg(CifarResNet, f"cifar_resnet{depth}", pretrained, depth=depth, **kwargs)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _param(t: Tensor, like: nn.Parameter) -> nn.Parameter:
+def _param(t: Tensor, like: Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=like.requires_grad)
 
 

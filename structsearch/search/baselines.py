@@ -57,7 +57,8 @@ class _Recorder(Importance):
     """Wraps an importance and keeps every score vector it computes (to read a block's channel scores)."""
 
     def __init__(self, inner: Importance) -> None:
-        self.inner, self.name, self.calls = inner, inner.name, []
+        self.inner, self.name = inner, inner.name
+        self.calls: list[Tensor] = []
 
     def scores(self, tensors: Sequence[TensorDim]) -> Tensor:
         s = self.inner.scores(tensors)
@@ -115,7 +116,7 @@ def unit_scores(base: nn.Module, space: Space, importance: Importance | None = N
     full = space.full_spec()
     for i, stage in enumerate(space.stages):
         for j, c in enumerate(stage):
-            searchable_heads = bool(c.heads) and len(c.heads) > 1
+            searchable_heads = c.heads is not None and len(c.heads) > 1
             if len(c.widths) < 2 and not searchable_heads:
                 continue
             recorder = _Recorder(importance or L2GroupMagnitude())
@@ -147,8 +148,9 @@ def global_units(base: nn.Module, space: Space, model: CostModel, caps: Caps) ->
             kept[(i, j, "heads")] = c.heads_base or 0
             floor[(i, j, "heads")] = min(c.heads) if c.heads else 0
     units = sorted((float(v), u) for u, s in scores.items() for v in s)
-    macs = model.macs(space.full_spec())
-    params = model.params(space.full_spec())
+    # running estimates, updated by each block's fitted (fractional) cost
+    macs: float = model.macs(space.full_spec())
+    params: float = model.params(space.full_spec())
     for _, (i, j, kind) in units:
         if caps.fits(macs, params):
             break

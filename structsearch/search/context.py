@@ -169,7 +169,7 @@ def _resolve(text: str | None, what: str, reference: int) -> int | None:
     if text is None:
         return None
     b = parse_budget(text, what)
-    return b.resolve(reference) if b.relative else int(b.value)
+    return round(b.resolve(reference)) if b.relative else int(b.value)  # a count: already whole
 
 
 def plan_search(spec: StudySpec) -> SearchPlan:

@@ -60,7 +60,7 @@ def objective_values(objectives: tuple[str, ...], rec: TrialAttrs) -> float | tu
         "latency": rec.latency_ms,
         "memory": rec.memory_bytes,
     }
-    values = tuple(float("inf") if figures[o] is None else float(figures[o]) for o in objectives)
+    values = tuple(float("inf") if (v := figures[o]) is None else float(v) for o in objectives)
     return values[0] if len(values) == 1 else values
 
 
@@ -105,7 +105,7 @@ class Objective:
             feasible &= value <= 0
         if not feasible:
             rec = rec.update(trained=False)
-        elif (previous := _scored_before(trial.study, rec.spec_key, trial.number)) is not None:
+        elif (previous := _scored_before(trial.study, spec_key(spec, resolution), trial.number)) is not None:
             rec = rec.duplicate(*previous)
         else:
             report = _pruning_reporter(trial) if plan.spec.single_objective else None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from structsearch.errors import StructsearchError
-from structsearch.search.results import TrialRecord, scored
+from structsearch.search.results import ScoredRecord, TrialRecord, scored
 
 #: Cost axis -> (divisor, axis label).
 _AXES: dict[str, tuple[float, str]] = {
@@ -17,13 +18,18 @@ _AXES: dict[str, tuple[float, str]] = {
 
 
 def plot_front(
-    records: list[TrialRecord], front: list[TrialRecord], cost: str, path: str | Path, title: str = ""
+    records: list[TrialRecord], front: Sequence[ScoredRecord], cost: str, path: str | Path, title: str = ""
 ) -> Path:
     """Write a PNG (matplotlib) or an interactive HTML (plotly, when installed) of the front."""
     p = Path(path)
     pts = [r for r in scored(records) if r.cost(cost) is not None]
     scale, label = _AXES[cost]
-    xs = lambda rs: [r.cost(cost) / scale for r in rs]  # noqa: E731
+
+    def points(rs: Sequence[ScoredRecord]) -> tuple[list[float], list[float]]:
+        """(cost / scale, score) of the records measured on the cost axis, as x and y lists."""
+        pairs = [(c / scale, r.score) for r in rs if (c := r.cost(cost)) is not None]
+        return [x for x, _ in pairs], [y for _, y in pairs]
+
     devices = sorted(
         {
             d
@@ -39,16 +45,18 @@ def plot_front(
         except ImportError:
             raise StructsearchError("HTML plots need plotly (pip install plotly); or use a .png path") from None
         fig = go.Figure()
+        x, y = points(pts)
         fig.add_scatter(
-            x=xs(pts),
-            y=[r.score for r in pts],
+            x=x,
+            y=y,
             mode="markers",
             name="candidates",
             text=[f"trial {r.trial}" for r in pts],
         )
+        x, y = points(front)
         fig.add_scatter(
-            x=xs(front),
-            y=[r.score for r in front],
+            x=x,
+            y=y,
             mode="lines+markers",
             name="Pareto front",
             text=[f"trial {r.trial}" for r in front],
@@ -66,10 +74,10 @@ def plot_front(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     feasible = [r for r in pts if r.feasible]
     over = [r for r in pts if not r.feasible]
-    ax.scatter(xs(feasible), [r.score for r in feasible], s=16, alpha=0.6, label="candidates")
+    ax.scatter(*points(feasible), s=16, alpha=0.6, label="candidates")
     if over:
-        ax.scatter(xs(over), [r.score for r in over], s=16, c="lightgrey", label="over budget")
-    ax.plot(xs(front), [r.score for r in front], "o-", c="tab:red", label="Pareto front")
+        ax.scatter(*points(over), s=16, c="lightgrey", label="over budget")
+    ax.plot(*points(front), "o-", c="tab:red", label="Pareto front")
     ax.set_xlabel(label)
     ax.set_ylabel("val top-1 (%)")
     ax.set_title(title)

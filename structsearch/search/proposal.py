@@ -69,10 +69,11 @@ class Caps:
         )
 
     def filled(self, macs: float, params: float) -> bool:
-        if self.primary is None:
-            return True
-        value, cap = (macs, self.max_macs) if self.primary == "macs" else (params, self.max_params)
-        return value >= self.fill * cap  # type: ignore[operator]
+        if self.max_macs is not None:  # the primary budget, as in :attr:`primary`
+            return macs >= self.fill * self.max_macs
+        if self.max_params is not None:
+            return params >= self.fill * self.max_params
+        return True
 
     def shifted(self, macs_error: float, params_error: float) -> Caps:
         """The caps the *model* must aim at when it over-predicts by ``(macs_error, params_error)``."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 from optuna._hypervolume import compute_hypervolume
 
-from structsearch.search.results import TrialRecord
+from structsearch.search.results import ScoredRecord
 from structsearch.space import ArchSpec, BlockSpec, Space
 
 
-def hypervolume(front: list[TrialRecord], teacher_macs: int, max_macs: int | None = None) -> float:
+def hypervolume(front: list[ScoredRecord], teacher_macs: int, max_macs: int | None = None) -> float:
     """Hypervolume of ``front`` in (error %, MACs / teacher MACs); reference (100, budget ratio)."""
     ref_x = (max_macs or teacher_macs) / teacher_macs
     pts = [(100.0 - r.score, r.macs / teacher_macs) for r in front if r.macs / teacher_macs <= ref_x]
@@ -34,8 +34,9 @@ def uniform_width_specs(space: Space) -> list[ArchSpec]:
             blocks = []
             for c in stage:
                 heads = None
-                if c.heads:
-                    heads = min(c.heads, key=lambda h: abs(h - c.heads_base * ratio))
+                if c.heads and c.heads_base is not None:
+                    base = c.heads_base
+                    heads = min(c.heads, key=lambda h: abs(h - base * ratio))
                 blocks.append(BlockSpec(keep=True, width=ratio, heads=heads))
             stages.append(tuple(blocks))
         specs.append(ArchSpec(space.model, tuple(stages), space.model_kwargs))

@@ -26,7 +26,7 @@ import optuna
 from scipy import stats
 
 from structsearch.errors import StructsearchError
-from structsearch.search.results import TrialRecord, load_study, pareto_front, scored, study_records
+from structsearch.search.results import ScoredRecord, TrialRecord, load_study, pareto_front, scored, study_records
 from structsearch.search.storage import open_storage
 from structsearch.search.stored import StoredTrial, stored_study_spec
 from structsearch.surgery import get_importance
@@ -86,14 +86,14 @@ def rank_agreement(proxy: list[float], long: list[float]) -> tuple[float | None,
     return round(float(tau.statistic), 4), round(float(tau.pvalue), 4), round(float(rho.statistic), 4)
 
 
-def select_candidates(records: list[TrialRecord], top: int, seed: int = 0) -> list[tuple[TrialRecord, str]]:
+def select_candidates(records: list[TrialRecord], top: int, seed: int = 0) -> list[tuple[ScoredRecord, str]]:
     """The ``top`` best front candidates by score, then ``top`` random other feasible trained ones.
 
     Copies of one structure (duplicates reuse a score) are taken once, by their first trial.
     """
     if top < 1:
         raise StructsearchError(f"--top must be at least 1, got {top}")
-    unique: dict[str, TrialRecord] = {}
+    unique: dict[str, ScoredRecord] = {}
     for r in sorted((r for r in scored(records) if r.feasible), key=lambda r: r.trial):
         unique.setdefault(json.dumps(r.spec, sort_keys=True), r)
     pool = list(unique.values())
@@ -184,8 +184,8 @@ def recheck(
             entry = RecheckEntry(
                 r.trial,
                 group,
-                int(r.macs),
-                float(r.score),
+                r.macs,
+                r.score,
                 round(result.val_top1, 3),
                 round(time.perf_counter() - start, 2),
             )

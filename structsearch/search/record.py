@@ -123,7 +123,6 @@ class TrialAttrs(BaseModel):
 
 
 #: Fields a duplicate keeps from its own trial instead of copying them from the original.
-OWN_FIELDS: frozenset[str] = frozenset(
-    {"baseline", "target", "prescreen_score", "duplicate_of", "copied_from"}
-    | {f for f in TrialAttrs.model_fields if f.startswith(("latency_", "memory_"))}
-)
+OWN_FIELDS: set[str] = {"baseline", "target", "prescreen_score", "duplicate_of", "copied_from"} | {
+    f for f in TrialAttrs.model_fields if f.startswith(("latency_", "memory_"))
+}

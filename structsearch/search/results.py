@@ -7,7 +7,7 @@ never trained, and their score is not a measurement.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -74,10 +74,19 @@ class TrialRecord(BaseModel):
         return getattr(self, COST_FIELDS[axis])
 
 
+class ScoredRecord(TrialRecord):
+    """The record of a completed, trained trial (what :func:`scored` keeps): its score is a
+    measurement and its MACs and params were counted before it was trained."""
+
+    score: float
+    macs: int
+    params: int
+
+
 #: Cost axes of fronts and budgets -> the TrialRecord field holding the figure.
 COST_FIELDS: dict[str, str] = {"macs": "macs", "params": "params", "latency": "latency_ms", "memory": "memory_bytes"}
 #: Fields a record takes unchanged from the trial's attributes.
-_FROM_ATTRS = frozenset(TrialRecord.model_fields) & frozenset(TrialAttrs.model_fields) - {"baseline"}
+_FROM_ATTRS: set[str] = set(TrialRecord.model_fields) & set(TrialAttrs.model_fields) - {"baseline"}
 
 
 def record_of(study_name: str, t: FrozenTrial) -> TrialRecord:
@@ -100,12 +109,16 @@ def study_records(study: optuna.Study) -> list[TrialRecord]:
     return [record_of(study.study_name, t) for t in study.get_trials(deepcopy=False)]
 
 
-def scored(records: list[TrialRecord]) -> list[TrialRecord]:
+def scored(records: Sequence[TrialRecord]) -> list[ScoredRecord]:
     """Completed, trained trials: the ones with a real score."""
-    return [r for r in records if r.state == "complete" and r.trained and r.score is not None]
+    return [
+        ScoredRecord.model_validate(r, from_attributes=True)
+        for r in records
+        if r.state == "complete" and r.trained and r.score is not None and r.macs is not None and r.params is not None
+    ]
 
 
-def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[TrialRecord]:
+def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[ScoredRecord]:
     """Scored, feasible trials not dominated in (higher score, lower ``cost``), sorted by cost.
 
     ``cost`` is ``macs``, ``params``, ``latency`` or ``memory``; trials without a measured figure
@@ -117,7 +130,7 @@ def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[TrialRe
         raise StructsearchError(f"unknown cost axis '{cost}'; use one of {', '.join(COST_FIELDS)}")
     pts = [r for r in scored(records) if r.feasible and r.cost(cost) is not None]
     pts.sort(key=lambda r: (r.cost(cost), -r.score))
-    front: list[TrialRecord] = []
+    front: list[ScoredRecord] = []
     best = float("-inf")
     for r in pts:
         if r.score > best:
@@ -150,12 +163,16 @@ class BaselineGain:
 
 def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:
     """The search's gain over each of its study's own baselines, at equal or lower MACs."""
-    good = [r for r in scored(records) if r.feasible]
-    searched = [r for r in good if r.baseline is None and r.macs is not None]
+    searched = [r for r in scored(records) if r.feasible and r.baseline is None]
     out = []
-    for b in sorted((r for r in records if r.baseline is not None), key=lambda r: r.trial):
-        done = b.state == "complete" and b.trained and b.score is not None and b.macs is not None
-        rival = max((r for r in searched if done and r.macs <= b.macs), key=lambda r: (r.score, -r.macs), default=None)
+    for b in sorted(records, key=lambda r: r.trial):
+        if b.baseline is None:
+            continue
+        rival, gain = None, None
+        if b.state == "complete" and b.trained and b.score is not None and b.macs is not None:
+            cheaper = (r for r in searched if r.macs <= b.macs)
+            rival = max(cheaper, key=lambda r: (r.score, -r.macs), default=None)
+            gain = None if rival is None else round(rival.score - b.score, 3)
         out.append(
             BaselineGain(
                 baseline=b.baseline,
@@ -165,7 +182,7 @@ def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:
                 searched_trial=rival.trial if rival else None,
                 searched_score=rival.score if rival else None,
                 searched_macs=rival.macs if rival else None,
-                gain=round(rival.score - b.score, 3) if rival and done else None,
+                gain=gain,
             )
         )
     return out
@@ -177,7 +194,7 @@ def gain_summary(g: BaselineGain) -> str:
     if g.score is None or g.macs is None:
         return f"{head}): not scored yet"
     head += f": {g.score:.2f}% at {format_count(g.macs)})"
-    if g.gain is None:
+    if g.gain is None or g.searched_macs is None:
         return f"{head}: no searched candidate at equal or lower MACs yet"
     return f"{head}: {g.gain:+.2f} by t{g.searched_trial} ({g.searched_score:.2f}% at {format_count(g.searched_macs)})"
 
@@ -256,7 +273,7 @@ def best_under_budget(
     budget_latency: str | None = None,
     budget_memory: str | None = None,
     storage: optuna.storages.BaseStorage | None = None,
-    records_of: Callable[[optuna.Study], list[TrialRecord]] | None = None,
+    records_of: Callable[[optuna.Study], Sequence[TrialRecord]] | None = None,
 ) -> TrialRecord:
     """The highest-scoring stored candidate within the budgets (one study, or all of them).
 
@@ -283,8 +300,8 @@ def best_under_budget(
     studies = [load_study(study, storage)] if study else structsearch_studies(storage)
     if not studies:
         raise NotFound("this storage holds no structsearch studies; run `structsearch search` first")
-    fits: list[TrialRecord] = []
-    all_scored: list[tuple[TrialRecord, dict[str, float]]] = []
+    fits: list[ScoredRecord] = []
+    all_scored: list[tuple[ScoredRecord, dict[str, float]]] = []
     for s in studies:
         limits = {what: lim for what, text in texts.items() if (lim := _limit(text, what, s)) is not None}
         for r in scored(records_of(s)):
@@ -296,7 +313,7 @@ def best_under_budget(
     if not all_scored:
         raise NotFound("no trained candidates stored yet; run or resume a search first")
 
-    def overshoot(item: tuple[TrialRecord, dict[str, float]]) -> float:
+    def overshoot(item: tuple[ScoredRecord, dict[str, float]]) -> float:
         r, limits = item
         ratios = []
         for what, lim in limits.items():

@@ -17,7 +17,7 @@ from structsearch.paths import artifacts_dir
 from structsearch.search.context import build_context, plan_search
 from structsearch.search.objective import Objective
 from structsearch.search.prescreen import run_prescreen
-from structsearch.search.results import record_of
+from structsearch.search.results import record_of, scored
 from structsearch.search.spec import StudySpec
 from structsearch.search.storage import open_storage
 from structsearch.search.study import open_study, own_trials, remaining_trials
@@ -40,7 +40,7 @@ class _StopAtTarget:
             recs = [
                 record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             ]
-            feasible = [r for r in recs if r.feasible and r.trained]
+            feasible = [r for r in scored(recs) if r.feasible]
             best = max((r.score for r in feasible), default=None)
             self.on_trial(len(finished), len(feasible), best)
         if len(mine) >= self.target:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Collection
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -67,7 +68,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def directions(spec: StudySpec) -> list[str]:
+def directions(spec: StudySpec) -> list[Literal["maximize", "minimize"]]:
     return ["maximize" if o == "accuracy" else "minimize" for o in spec.objectives]
 
 

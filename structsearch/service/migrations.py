@@ -32,7 +32,7 @@ PREFIX = "ss_"
 def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
     """Alembic ``include_name``: reflect only our tables (and everything inside them)."""
     if type_ == "table":
-        return bool(name) and name.startswith(PREFIX)
+        return name is not None and name.startswith(PREFIX)
     return True
 
 
@@ -40,7 +40,7 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool, c
     """Alembic ``include_object``: compare only our tables; columns, indexes, constraints follow
     their table. Without it, autogenerate would propose dropping Optuna's and procrastinate's."""
     if type_ == "table":
-        return bool(name) and name.startswith(PREFIX)
+        return name is not None and name.startswith(PREFIX)
     table = getattr(obj, "table", None)
     if table is not None:
         return table.name.startswith(PREFIX)

@@ -17,6 +17,7 @@ from typing import Any
 
 import procrastinate
 from procrastinate import RetryStrategy
+from procrastinate.types import JSONDict
 
 from structsearch.service.database import libpq_url
 from structsearch.service.jobs import TASK_NAME, HandedBack, run_trial_job
@@ -58,7 +59,8 @@ class JobQueue:
     def defer_trials(self, search_id: str, trials: int) -> list[int]:
         """Queue ``trials`` jobs for the search; returns their job ids."""
         app = self._open()
-        return app.tasks[TASK_NAME].batch_defer(*({"search_id": search_id} for _ in range(trials)))
+        jobs: list[JSONDict] = [{"search_id": search_id} for _ in range(trials)]
+        return app.tasks[TASK_NAME].batch_defer(*jobs)
 
     def cancel_queued(self, search_id: str) -> int:
         """Cancel the search's jobs that no worker has started; returns how many."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, Update, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,7 +45,7 @@ class SearchRepository:
         return self.session.get(Search, search_id)
 
     def name_exists(self, name: str) -> bool:
-        return self.session.scalar(select(func.count()).select_from(Search).where(Search.name == name)) > 0
+        return bool(self.session.scalar(select(func.count()).select_from(Search).where(Search.name == name)))
 
     def page(
         self, offset: int, limit: int, status: SearchStatus | None = None, owner: ApiKey | None = None
@@ -84,13 +85,13 @@ class SearchRepository:
         values: dict[str, object] = {"status": to.value, "updated_at": utcnow()}
         if error is not None:
             values["error"] = error[:2000]
-        result = self.session.execute(
+        return _changed_one(
+            self.session,
             update(Search)
             .where(Search.id == search_id, Search.status.in_([s.value for s in allowed_from]))
             .values(**values)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return result.rowcount == 1
 
 
 class ApiKeyRepository:
@@ -138,7 +139,14 @@ class ApiKeyRepository:
         return self.session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
 
     def revoke(self, name: str, when: datetime | None = None) -> bool:
-        result = self.session.execute(
-            update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=when or utcnow())
+        return _changed_one(
+            self.session,
+            update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=when or utcnow()),
         )
-        return result.rowcount == 1
+
+
+def _changed_one(session: Session, statement: Update) -> bool:
+    """Run an ``UPDATE``; True when it changed exactly one row."""
+    # An UPDATE without RETURNING always yields a CursorResult; Session.execute is typed as Result.
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount == 1

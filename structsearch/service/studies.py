@@ -24,7 +24,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
-from structsearch.search.results import BaselineGain, TrialRecord, baseline_gains, pareto_front, record_of, scored
+from structsearch.search.results import (
+    BaselineGain,
+    ScoredRecord,
+    TrialRecord,
+    baseline_gains,
+    pareto_front,
+    record_of,
+    scored,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LIVE = (TrialState.RUNNING, TrialState.WAITING)
@@ -70,7 +78,7 @@ class FinishedTrials:
             self._memo[key] = make()
         return self._memo[key]
 
-    def front(self, cost: str) -> list[TrialRecord]:
+    def front(self, cost: str) -> list[ScoredRecord]:
         """:func:`pareto_front` of these records."""
         return self._once(f"front:{cost}", lambda: pareto_front(self.records, cost))
 
@@ -78,7 +86,7 @@ class FinishedTrials:
         """:func:`baseline_gains` of these records."""
         return self._once("gains", lambda: baseline_gains(self.records))
 
-    def scored(self) -> list[TrialRecord]:
+    def scored(self) -> list[ScoredRecord]:
         """Complete, trained trials with a score (all that ``best_under_budget`` looks at)."""
         return self._once("scored", lambda: scored(self.records))
 
@@ -199,15 +207,15 @@ class StudyReader:
         # counts and trials are read in separate queries; if a trial finished in between, key the
         # entry on what was actually read, so the next call notices and reads again.
         actual = tuple(sum(t.state == s for t in trials) for s in FINISHED)
-        known = {r.trial: r for r in previous.records} if previous is not None else {}
-        records = [known.get(t.number) or record_of(name, t) for t in trials]  # records of old trials are reused
+        old = {r.trial: r for r in previous.records} if previous is not None else {}
+        records = [old.get(t.number) or record_of(name, t) for t in trials]  # records of old trials are reused
         return FinishedTrials(actual, trials, records, {t.number: t for t in trials})
 
     def live(self, name: str) -> list[FrozenTrial]:
         """Running and waiting trials, read fresh (they still change)."""
         return self._trials(name, LIVE)
 
-    def records(self, study: optuna.Study) -> list[TrialRecord]:
+    def records(self, study: optuna.Study) -> list[ScoredRecord]:
         """The scored records: a drop-in ``records_of`` for ``best_under_budget``, which looks at
         nothing else, so its answer equals the one from :func:`~structsearch.search.study_records`."""
         return self.finished(study.study_name).scored()

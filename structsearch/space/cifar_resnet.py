@@ -8,7 +8,7 @@ residual stream and never changes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -22,7 +22,18 @@ from structsearch.space.spec import ArchSpec
 STAGES = ("layer1", "layer2", "layer3")
 
 
-def shrink_basic_block(block: nn.Module, channels: int, importance: Importance) -> list[int]:
+class BasicBlockLike(Protocol):
+    """A block whose internal width runs ``conv1 -> bn1 -> conv2`` (CIFAR and timm BasicBlocks)."""
+
+    @property
+    def conv1(self) -> nn.Conv2d: ...
+    @property
+    def bn1(self) -> nn.Module: ...
+    @property
+    def conv2(self) -> nn.Conv2d: ...
+
+
+def shrink_basic_block(block: BasicBlockLike, channels: int, importance: Importance) -> list[int]:
     """Keep ``channels`` of the block's internal width (``conv1`` out, ``bn1``, ``conv2`` in).
 
     Works for any block with ``conv1``/``bn1``/``conv2`` attributes (CIFAR and timm BasicBlocks).

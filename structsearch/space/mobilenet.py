@@ -34,7 +34,7 @@ Every block with a residual connection (``has_skip``: stride 1, same in/out chan
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,7 +230,8 @@ def _nominal_width(block: nn.Module) -> int:
         return block.conv_exp.out_channels
     if isinstance(block, DepthwiseSeparableConv):
         return block.conv_dw.out_channels
-    return block.conv.out_channels  # ConvBnAct
+    assert isinstance(block, ConvBnAct), "one of KNOWN_BLOCKS"
+    return block.conv.out_channels
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def _blocks(model: nn.Module) -> list[list[_Block]]:
     """Every block, stage by stage, with its channel group (computed on the model as it is now)."""
     producer = _stem_output(model)
     stages: list[list[_Block]] = []
-    for i, stage in enumerate(model.blocks):
+    for i, stage in enumerate(_known_stages(model)):
         blocks = []
         for j, block in enumerate(stage):
             blocks.append(_Block(f"blocks.{i}.{j}", block, _channel_group(block, producer)))
@@ -263,9 +264,20 @@ def _blocks(model: nn.Module) -> list[list[_Block]]:
     return stages
 
 
-def _iter_modules(model: nn.Module) -> Iterator[nn.Module]:
-    for stage in model.blocks:
-        yield from stage
+def _stages(model: nn.Module) -> list[nn.Sequential] | None:
+    """The stages of ``model.blocks``; None unless it is a ``Sequential`` of ``Sequential`` stages."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return None
+    stages = [stage for stage in blocks if isinstance(stage, nn.Sequential)]
+    return stages if len(stages) == len(blocks) else None
+
+
+def _known_stages(model: nn.Module) -> list[nn.Sequential]:
+    """The stages of a model :meth:`MobileNetFamily.handles` accepted."""
+    stages = _stages(model)
+    assert stages is not None, "a model MobileNetFamily.handles accepted"
+    return stages
 
 
 @register_family
@@ -284,11 +296,10 @@ class MobileNetFamily(Family):
         Models with other blocks (MobileNetV4's universal inverted residuals and attention) are
         refused rather than half-supported: dropping or narrowing them has not been checked.
         """
-        if not isinstance(model, KNOWN_MODELS) or not isinstance(getattr(model, "blocks", None), nn.Sequential):
+        stages = _stages(model)
+        if not isinstance(model, KNOWN_MODELS) or stages is None:
             return False
-        if not all(isinstance(stage, nn.Sequential) for stage in model.blocks):
-            return False
-        return all(isinstance(b, KNOWN_BLOCKS) and hasattr(b, "has_skip") for b in _iter_modules(model))
+        return all(isinstance(b, KNOWN_BLOCKS) and hasattr(b, "has_skip") for stage in stages for b in stage)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(b.choices() for b in stage) for stage in _blocks(model))
@@ -320,4 +331,4 @@ class MobileNetFamily(Family):
 
 def _drop_blocks(model: nn.Module, keep: Sequence[Sequence[bool]]) -> None:
     """Replace every stage by a ``Sequential`` of its kept blocks (the spec keeps one per stage)."""
-    model.blocks = nn.Sequential(*[keep_blocks(stage, list(k)) for stage, k in zip(model.blocks, keep)])
+    model.blocks = nn.Sequential(*[keep_blocks(stage, list(k)) for stage, k in zip(_known_stages(model), keep)])

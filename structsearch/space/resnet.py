@@ -60,10 +60,10 @@ def _block_supported(block: nn.Module) -> bool:
 
 
 # -- slicing ----------------------------------------------------------------------------------------
-def _slice_aa(aa: nn.Module, idx: Tensor) -> None:
+def _slice_aa(aa: nn.Module | None, idx: Tensor) -> None:
     """Keep channels ``idx`` of an anti-aliasing layer; only a channel-sized ``BlurPool2d`` stores any."""
     if isinstance(aa, BlurPool2d) and aa.channels is not None:
-        aa.filt = aa.filt[idx].clone()
+        aa.filt = aa.get_buffer("filt")[idx].clone()
         aa.channels = len(idx)
 
 
@@ -96,7 +96,7 @@ def _shrink_bottleneck(
 
 
 def _shrink_block(
-    block: nn.Module, choices: BlockChoices, ratio: float, importance: Importance
+    block: BasicBlock | Bottleneck, choices: BlockChoices, ratio: float, importance: Importance
 ) -> list[int] | dict[str, list[int]]:
     """Narrow one block; the kept indices (a list for ``BasicBlock``, per conv for ``Bottleneck``)."""
     if isinstance(block, Bottleneck):
@@ -106,13 +106,15 @@ def _shrink_block(
     return kept
 
 
-def _choices(name: str, block: nn.Module) -> BlockChoices:
+def _choices(name: str, block: BasicBlock | Bottleneck) -> BlockChoices:
     """A block's choices: droppable without a shortcut projection; width = the searched conv's outputs."""
     width = block.conv2.out_channels if isinstance(block, Bottleneck) else block.conv1.out_channels
     return BlockChoices(name=name, removable=block.downsample is None, width_base=width)
 
 
-def _shrink_entry(block: nn.Module, b: BlockSpec, c: BlockChoices, importance: Importance) -> dict[str, Any]:
+def _shrink_entry(
+    block: BasicBlock | Bottleneck, b: BlockSpec, c: BlockChoices, importance: Importance
+) -> dict[str, Any]:
     """Shrink one block as ``b`` says and return its recipe entry (kept channels only when narrowed)."""
     entry: dict[str, Any] = {"keep": b.keep}
     if b.keep and b.width < 1.0:

@@ -90,6 +90,7 @@ def _plain_block(block: nn.Module) -> bool:
 # -- surgery on one block -------------------------------------------------------------------------
 def shrink_mlp(mlp: Mlp, channels: int, importance: Importance) -> list[int]:
     """Keep ``channels`` hidden units of ``mlp`` (``fc1`` out, hidden ``norm``, ``fc2`` in)."""
+    assert isinstance(mlp.fc1, nn.Linear) and isinstance(mlp.fc2, nn.Linear), "a token Mlp (see _plain_mlp)"
     idx = importance.select([(mlp.fc1.weight, 0), (mlp.fc2.weight, 1)], channels)
     slice_linear(mlp.fc1, out_idx=idx)
     if not isinstance(mlp.norm, nn.Identity):
@@ -106,7 +107,7 @@ def _head_views(attn: Attention) -> list[TensorDim]:
         (attn.proj.weight.view(-1, heads, head_dim), 1),  # input columns (head, head_dim)
     ]
     gate = _gate(attn)
-    if gate is not None:
+    if isinstance(gate, nn.Linear):  # the only kind of gate _plain_attention accepts
         views.append((gate.weight.view(heads, head_dim, -1), 0))
     return views
 
@@ -122,7 +123,7 @@ def shrink_heads(attn: Attention, heads: int, importance: Importance) -> list[in
     qkv_rows = torch.cat([part * attn.attn_dim + channels for part in range(3)])
     slice_linear(attn.qkv, out_idx=qkv_rows)
     gate = _gate(attn)
-    if gate is not None:
+    if isinstance(gate, nn.Linear):
         slice_linear(gate, out_idx=channels)
     if not isinstance(attn.norm, nn.Identity):
         slice_norm(attn.norm, channels)
@@ -171,16 +172,19 @@ class ViTFamily(Family):
         return (stage,)
 
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        assert isinstance(model, VisionTransformer), "a model handles() accepted"
         (choices,) = self.describe(model)
         (stage_spec,) = spec.stages
         blocks: nn.Sequential = getattr(model, STAGE)
         recipe: dict[str, Any] = {}
         for block, b, c in zip(blocks, stage_spec, choices):
+            attn, mlp = block.get_submodule("attn"), block.get_submodule("mlp")
+            assert isinstance(attn, Attention) and isinstance(mlp, Mlp), "a block _plain_block accepted"
             entry: dict[str, Any] = {"keep": b.keep}
             if b.keep and b.width < 1.0:
-                entry["channels"] = shrink_mlp(block.mlp, c.channels(b.width), importance)
+                entry["channels"] = shrink_mlp(mlp, c.channels(b.width), importance)
             if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
-                entry["heads"] = shrink_heads(block.attn, b.heads, importance)
+                entry["heads"] = shrink_heads(attn, b.heads, importance)
             recipe[c.name] = entry
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
         _refresh_feature_info(model)
