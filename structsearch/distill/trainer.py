@@ -42,7 +42,7 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
-from structsearch.errors import DataError, ProxyConfigError, StructsearchError
+from structsearch.errors import DataError, ProxyConfigError, StructsearchError, one_line
 from structsearch.train import (
     OptimizerName,
     WarmupCosine,
@@ -63,7 +63,6 @@ __all__ = [
     "ProxyResult",
     "default_lr",
     "resolve_device",
-    "train_proxy",
 ]
 
 #: Version of what the cached teacher outputs mean; bump it when their computation changes.
@@ -324,17 +323,10 @@ class Distiller:
     def _score(self, student: nn.Module, callback: Callback | None, size: tuple[int, int] | None = None) -> ProxyResult:
         cfg = self.config
         start = time.perf_counter()
-        student.to(self.device)
-        if cfg.channels_last:
-            student.to(memory_format=torch.channels_last)
+        self._place(student)
         torch.manual_seed(cfg.seed)
         self._probe_student(student, size)
-        recal = torch.Generator().manual_seed(cfg.seed + 1)
-        recal_batches = (
-            self._resize(self._pre(self.train_views[p]), size)
-            for p in self._pair_batches(recal, cfg.bn_recalibration_batches)
-        )
-        recalibrate_bn(student, recal_batches)
+        self._recalibrate(student, size, cfg.bn_recalibration_batches)
         adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
 
         params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
@@ -405,22 +397,9 @@ class Distiller:
         changed in place (its BatchNorm buffers) and left in eval mode.
         """
         size = self._student_size(input_size)
-        student.to(self.device)
-        if self.config.channels_last:
-            student.to(memory_format=torch.channels_last)
-        gen = torch.Generator().manual_seed(self.config.seed + 1)  # the batches the proxy recalibrates on
-        recalibrate_bn(
-            student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, batches))
-        )
-        student.eval()
-        n = min(images, len(self.val_y))
-        correct = 0
-        with torch.inference_mode():
-            for begin in range(0, n, self.config.eval_batch_size):
-                sl = slice(begin, min(n, begin + self.config.eval_batch_size))
-                x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
-                correct += int((student(self._resize(x, size)).argmax(1) == self.val_y[sl]).sum())
-        return 100.0 * correct / n
+        self._place(student)
+        self._recalibrate(student, size, batches)
+        return self._evaluate(student, size, images)[0]
 
     def evaluate(self, model: nn.Module, *, input_size: int | None = None) -> tuple[float, float]:
         """``(top-1 in percent, agreement with the teacher as a fraction)`` on the validation split.
@@ -431,20 +410,35 @@ class Distiller:
         """
         return self._evaluate(model, self._student_size(input_size))
 
-    def _evaluate(self, model: nn.Module, size: tuple[int, int] | None) -> tuple[float, float]:
+    def _evaluate(
+        self, model: nn.Module, size: tuple[int, int] | None, images: int | None = None
+    ) -> tuple[float, float]:
+        """``(top-1 %, teacher agreement)`` on the first ``images`` validation images (default: all)."""
         model.to(self.device).eval()
+        n = len(self.val_y) if images is None else min(images, len(self.val_y))
         correct = agree = 0
         with torch.inference_mode():
-            for begin in range(0, len(self.val_y), self.config.eval_batch_size):
-                sl = slice(begin, begin + self.config.eval_batch_size)
+            for begin in range(0, n, self.config.eval_batch_size):
+                sl = slice(begin, min(n, begin + self.config.eval_batch_size))
                 x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
                 pred = model(self._resize(x, size)).argmax(1)
                 correct += int((pred == self.val_y[sl]).sum())
                 agree += int((pred == self.val_teacher_pred[sl]).sum())
-        n = len(self.val_y)
         return 100.0 * correct / n, agree / n
 
     # -- scoring helpers -----------------------------------------------------------------------
+
+    def _place(self, student: nn.Module) -> None:
+        student.to(self.device)
+        if self.config.channels_last:
+            student.to(memory_format=torch.channels_last)
+
+    def _recalibrate(self, student: nn.Module, size: tuple[int, int] | None, count: int) -> None:
+        """BatchNorm statistics re-estimated on ``count`` training batches (the same ones for every candidate)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        recalibrate_bn(
+            student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, count))
+        )
 
     def _batch_size(self) -> int:
         return min(self.config.batch_size, self.n_train * self.config.views)
@@ -468,10 +462,9 @@ class Distiller:
             with torch.no_grad():
                 out = student(x)
         except (RuntimeError, AssertionError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             whose = "the teacher's" if size is None else "its"
             raise StructsearchError(
-                f"the student cannot run on {whose} {x.shape[-2]}x{x.shape[-1]} inputs: {first}"
+                f"the student cannot run on {whose} {x.shape[-2]}x{x.shape[-1]} inputs: {one_line(e)}"
             ) from None
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise StructsearchError(
@@ -508,18 +501,3 @@ def _as_index(idx: Tensor, n: int, what: str) -> Tensor:
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise DataError(f"{what} indices must lie in 0..{n - 1}")
     return idx
-
-
-def train_proxy(
-    student: nn.Module,
-    teacher: nn.Module,
-    data: LoadedData,
-    train_idx: Tensor,
-    val_idx: Tensor,
-    preprocess: Preprocess,
-    config: ProxyConfig = ProxyConfig(),
-    callback: Callback | None = None,
-    **distiller_kwargs: Any,
-) -> ProxyResult:
-    """One-off scoring: build a :class:`Distiller` and score ``student``. A search should keep the Distiller."""
-    return Distiller(teacher, data, train_idx, val_idx, preprocess, config, **distiller_kwargs).score(student, callback)
