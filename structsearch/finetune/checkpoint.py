@@ -1,4 +1,5 @@
-"""What a fine-tuning run writes where, and a phase's checkpoint (through :mod:`structsearch.train.checkpoint`).
+"""What a fine-tuning run writes where, a phase's checkpoint (through :mod:`structsearch.train.checkpoint`)
+and the atomic save of a trained student.
 
 Both phases checkpoint atomically after every epoch and every ``checkpoint_every`` steps: model,
 optimizer, scheduler, step, the epoch's running statistics, torch's RNG states and the settings with
@@ -7,6 +8,8 @@ their hash. A checkpoint written with other settings is refused, never silently 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,24 @@ def restore_phase(
         path, settings, model=model, optimizer=opt, scheduler=sched, device=device, needed=("running",)
     )
     return state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
+
+
+def save_student_atomically(directory: Path, student: nn.Module, arch: Any) -> nn.Module:
+    """Save the student (moved to the CPU, contiguous, eval mode: returned) into a temporary sibling
+    directory, then move its files into place one by one (each an atomic ``os.replace``), so a
+    reader never sees a half-written ``student.pt``."""
+    from structsearch.surgery import save_student
+
+    student = student.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".save-"))
+    try:
+        save_student(tmp, student, arch)
+        for f in tmp.iterdir():
+            os.replace(f, directory / f.name)
+    finally:
+        for f in tmp.iterdir() if tmp.exists() else ():
+            f.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+    return student

@@ -35,9 +35,9 @@ from structsearch.finetune.checkpoint import (
     Running,
     restore_phase,
     save_phase,
+    save_student_atomically,
 )
 from structsearch.finetune.config import FinetuneConfig, FinetuneError, PhaseResult, ProgressEvent, ProgressFn
-from structsearch.finetune.outputs import save_student_atomically
 from structsearch.train import WarmupCosine, fits_on_device, make_optimizer, run_steps, settings_hash
 
 #: ``loss_fn(x_uint8, y, model) -> (loss, logits)``: the phase's objective.
@@ -233,11 +233,8 @@ def downstream_phase(
         "augment": asdict(augment),
         "epochs": config.downstream_epochs,
         "lr": config.downstream_lr,
-        "batch_size": config.batch_size,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
         "seed": seed,
-        "channels_last": config.channels_last,
+        **config.training_settings(),
     }
 
     def ce(x_uint8: Tensor, y: Tensor, m: nn.Module) -> tuple[Tensor, Tensor]:
@@ -267,8 +264,7 @@ def downstream_phase(
     # the saved spec carries the new class count, so structsearch.load() builds the right head
     kwargs = {**arch.kwargs, "num_classes": num_classes}
     new_arch = ArchSpec.make(arch.model, arch.stages, kwargs)
-    model_cpu = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    save_student_atomically(out_dir / DOWNSTREAM_DIR, model_cpu, new_arch)
+    save_student_atomically(out_dir / DOWNSTREAM_DIR, model, new_arch)
     return {
         "data": data.source,
         "test_data": test_data.source
