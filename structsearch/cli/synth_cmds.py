@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, KwOpt, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
 
 
 def synthesize(
@@ -46,7 +46,7 @@ def synthesize(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor store the set in the cache")] = False,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for scripts")] = Format.table,
+    format: FormatOpt = Format.table,
 ) -> None:
     """Synthesise a proxy set from a trained teacher (data-free distillation) and write it as an npz.
 

@@ -33,8 +33,6 @@ import numpy as np
 
 from structsearch.atomic import atomic_write
 
-__all__ = ["CACHE_ENV", "TeacherCache", "cache_key", "default_cache_dir"]
-
 log = logging.getLogger(__name__)
 
 #: Environment variable that overrides the default cache directory.

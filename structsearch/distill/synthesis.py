@@ -81,20 +81,6 @@ from structsearch.distill.teacher import TeacherId, state_digest
 from structsearch.errors import DataError
 from structsearch.train import WarmupCosine, batchnorms, make_optimizer, num_classes_of, probe_classes, run_steps
 
-__all__ = [
-    "SynthesisConfig",
-    "SynthesisMethod",
-    "SynthesisResult",
-    "bn_statistics_loss",
-    "has_batchnorm",
-    "list_methods",
-    "register_method",
-    "resolve_method",
-    "synthesize",
-    "synthesize_spec",
-    "total_variation",
-]
-
 log = logging.getLogger(__name__)
 
 #: Version of what a cached synthetic set means; bump it when the synthesis changes.

@@ -27,16 +27,6 @@ from torch import Tensor, nn
 from structsearch.data import Augment, Preprocess
 from structsearch.distill.taps import tapped
 
-__all__ = [
-    "TeacherId",
-    "augmented_views",
-    "tensor_digest",
-    "state_digest",
-    "run_teacher",
-    "OnlineTeacher",
-    "CachedTeacher",
-]
-
 #: Images augmented per generator call. Fixed, because the random numbers drawn depend on it.
 AUG_CHUNK = 1024
 

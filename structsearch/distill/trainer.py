@@ -54,17 +54,6 @@ from structsearch.train import (
     run_steps,
 )
 
-__all__ = [
-    "INHERITED_LR",
-    "SCRATCH_LR",
-    "Distiller",
-    "ProxyConfig",
-    "ProxyConfigError",
-    "ProxyResult",
-    "default_lr",
-    "resolve_device",
-]
-
 #: Version of what the cached teacher outputs mean; bump it when their computation changes.
 CACHE_FORMAT = 1
 #: The proxy's learning rate for a student that inherits the teacher's weights (measured on
