@@ -205,11 +205,6 @@ def list_methods() -> list[SynthesisMethod]:
     return list(_METHODS.values())
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether DeepInversion applies: some BatchNorm layer keeps running statistics."""
-    return bool(batchnorms(model))
-
-
 def _attentions(model: nn.Module) -> list[nn.Module]:
     """timm-style self-attention blocks: ``qkv`` and ``proj`` linears and a ``num_heads``."""
     return [
@@ -345,7 +340,7 @@ register_method(
         "bn",
         0.1,
         "BatchNorm layers with running statistics",
-        has_batchnorm,
+        lambda model: bool(batchnorms(model)),
         lambda cfg: cfg.bn_weight,
         lambda teacher, cfg: _BNStatistics(teacher),
     )
@@ -483,11 +478,6 @@ def _stored_stats(cache: TeacherCache, key: str) -> dict[str, Any]:
         return {}
 
 
-def _balanced_targets(n: int, num_classes: int, gen: torch.Generator) -> Tensor:
-    """Every class ``n // C`` or ``n // C + 1`` times, in a seeded random order (mixed batches)."""
-    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-
-
 def _run(
     teacher: nn.Module,
     preprocess: Preprocess,
@@ -502,7 +492,8 @@ def _run(
     start = time.perf_counter()
     n, iterations, seed, method = spec.n, spec.iterations, spec.seed, _METHODS[spec.method]
     gen = torch.Generator().manual_seed(int(seed))
-    targets = _balanced_targets(n, num_classes, gen)
+    # every class n // C or n // C + 1 times, in a seeded random order (mixed batches)
+    targets = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
     chunks = list(torch.arange(n).tensor_split(math.ceil(n / spec.batch_size)))
     teacher.to(device).eval()
     mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
@@ -519,7 +510,8 @@ def _run(
                 teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen
             )
             optimise_seconds += time.perf_counter() - t0
-            images[rows] = _quantise(x, mean, std).cpu()
+            # normalised floats -> uint8 pixels (de-normalise, clamp, round)
+            images[rows] = (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
             initials.append(first)
             finals.append(last)
             if progress is not None:
@@ -611,8 +603,3 @@ def _invert(
     finally:
         prior.remove()
     return x.detach(), first, {k: float(v) for k, v in last.items()}
-
-
-def _quantise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Normalised float images → uint8 pixels (de-normalise, clamp, round)."""
-    return (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)

@@ -86,10 +86,6 @@ def augmented_views(x: Tensor, augment: Augment | None, seed: int, views: int) -
     return out
 
 
-def _channels_last(x: Tensor, enabled: bool) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if enabled and x.ndim == 4 else x
-
-
 class OnlineTeacher:
     """Runs the teacher on every batch (no cache): the baseline the cache is measured against."""
 
@@ -145,7 +141,8 @@ def run_teacher(
     teacher.eval()
     with torch.inference_mode(), tapped(teacher, taps) as tap:
         for start in range(0, n, batch_size):
-            xb = _channels_last(preprocess(x_uint8[start : start + batch_size].to(device)), channels_last)
+            xb = preprocess(x_uint8[start : start + batch_size].to(device))
+            xb = xb.contiguous(memory_format=torch.channels_last) if channels_last and xb.ndim == 4 else xb
             out = teacher(xb)
             if logits is None:
                 logits = np.empty((n, *out.shape[1:]), dtype=np.float32)

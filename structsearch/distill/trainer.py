@@ -192,15 +192,16 @@ class Distiller:
         augment = (augment or Augment()) if config.augment else None
         views = augmented_views(x_train, augment, config.aug_seed, config.views)
         self.n_train = len(self.train_idx)
-        self.train_views = self._maybe_on_device(views.reshape(-1, *views.shape[2:]))
+        self.train_views = views.reshape(-1, *views.shape[2:])
+        self.train_views = self.train_views.to(self.device) if fits_on_device(self.train_views) else self.train_views
         self.train_y = data.y[self.train_idx].to(self.device)
+        # what identifies the teacher's outputs, in both cache keys
+        outputs_of = {"format": CACHE_FORMAT, "teacher": self.teacher_id, "preprocess": asdict(preprocess)}
         train_key = {
+            **outputs_of,
             "what": "teacher-train-outputs",
-            "format": CACHE_FORMAT,
-            "teacher": self.teacher_id,
             "data": fingerprint(data),
             "train_idx": tensor_digest(self.train_idx),
-            "preprocess": asdict(preprocess),
             "augment": asdict(augment) if augment else None,
             "aug_seed": config.aug_seed,
             "views": config.views,
@@ -211,12 +212,10 @@ class Distiller:
         x_val = val_data.x[self.val_idx]
         self.val_y = val_data.y[self.val_idx].to(self.device)
         val_key = {
+            **outputs_of,
             "what": "teacher-val-logits",
-            "format": CACHE_FORMAT,
-            "teacher": self.teacher_id,
             "data": fingerprint(val_data),
             "val_idx": tensor_digest(self.val_idx),
-            "preprocess": asdict(preprocess),
         }
         if fits_on_device(x_val, element_size=4):  # preprocessed: float32
             self.val_x: Tensor = torch.cat([self._pre(b) for b in x_val.split(config.eval_batch_size)])
@@ -239,9 +238,6 @@ class Distiller:
     def _pre(self, x_uint8: Tensor) -> Tensor:
         x = self.preprocess(x_uint8.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-    def _maybe_on_device(self, t: Tensor) -> Tensor:
-        return t.to(self.device) if fits_on_device(t) else t
 
     def _teacher_outputs(self, key_parts: dict[str, Any], x: Tensor, taps: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Teacher outputs on ``x``, from the cache when it has them (sets ``cache_hit``)."""
@@ -283,8 +279,7 @@ class Distiller:
         is the unchanged default path.
         """
         size = self._student_size(input_size)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return self._score(student, callback, size)
 
     def _student_size(self, input_size: int | None) -> tuple[int, int] | None:
