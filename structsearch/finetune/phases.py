@@ -17,7 +17,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,20 @@ def _derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@dataclass(frozen=True)
+class PhaseContext:
+    """What both phases of one fine-tune share: its settings and seed, where it computes and writes, how it reports."""
+
+    config: FinetuneConfig
+    seed: int
+    device: torch.device
+    out_dir: Path
+    resume: bool
+    on_progress: ProgressFn | None
+
+
 def run_phase(
+    ctx: PhaseContext,
     *,
     phase: str,
     model: nn.Module,
@@ -87,14 +100,9 @@ def run_phase(
     epochs: int,
     optimizer: str,
     lr: float,
-    config: FinetuneConfig,
-    seed: int,
-    device: torch.device,
     ckpt: Path,
     settings: dict[str, Any],
-    resume: bool,
-    on_progress: ProgressFn | None,
-    stop_after_steps: int | None,
+    stop_after_steps: int | None = None,
 ) -> PhaseResult:
     """Train ``model`` in place for ``epochs`` epochs over rows ``idx`` of ``data``, resumably.
 
@@ -103,6 +111,7 @@ def run_phase(
     survive an interruption for a resumed run to see the same batches. The last incomplete batch
     of an epoch is dropped (BatchNorm on a handful of images is noisy).
     """
+    config, seed, device, on_progress = ctx.config, ctx.seed, ctx.device, ctx.on_progress
     bs = config.batch_size
     steps_per_epoch = len(idx) // bs
     if steps_per_epoch == 0:
@@ -127,7 +136,7 @@ def run_phase(
         step, before = 0, 0.0
         run = Running()
         if ckpt.exists():
-            if resume:
+            if ctx.resume:
                 step, run, before = restore_phase(ckpt, settings, model, opt, sched, device)
             else:
                 ckpt.unlink()
@@ -186,22 +195,18 @@ def run_phase(
 
 
 def downstream_phase(
+    ctx: PhaseContext,
     student: nn.Module,
     arch: Any,
     data_text: str,
     test_text: str | None,
     pre: Preprocess,
-    config: FinetuneConfig,
-    seed: int,
-    device: torch.device,
-    out_dir: Path,
-    resume: bool,
-    *,
     base_settings: dict[str, Any],
-    on_progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Transfer the fine-tuned student: new head, cross-entropy on ``data_text``, top-1 on its test rows."""
     from structsearch.space import ArchSpec
+
+    config, seed, device, out_dir = ctx.config, ctx.seed, ctx.device, ctx.out_dir
 
     data = load_data(data_text)
     if test_text:
@@ -242,6 +247,7 @@ def downstream_phase(
         return F.cross_entropy(logits.float(), y), logits
 
     phase = run_phase(
+        ctx,
         phase="downstream",
         model=model,
         data=data,
@@ -251,14 +257,8 @@ def downstream_phase(
         epochs=config.downstream_epochs,
         optimizer="sgd",
         lr=config.downstream_lr,
-        config=config,
-        seed=seed,
-        device=device,
         ckpt=out_dir / f"{DOWNSTREAM_CHECKPOINT_PREFIX}{settings_hash(settings)}.pt",
         settings=settings,
-        resume=resume,
-        on_progress=on_progress,
-        stop_after_steps=None,
     )
     acc = top1(model, test_data.x[test_idx], test_data.y[test_idx], pre, config.eval_batch_size, device)
     # the saved spec carries the new class count, so structsearch.load() builds the right head

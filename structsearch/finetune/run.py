@@ -53,7 +53,7 @@ from structsearch.finetune.config import (
     ProgressFn,
     default_out_dir,
 )
-from structsearch.finetune.phases import downstream_phase, kd_loss_fn, prep, run_phase
+from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
 
@@ -146,7 +146,9 @@ def finetune_trial(
         d.teacher.to(memory_format=torch.channels_last)
 
     status("training")
+    ctx = PhaseContext(config, hyper.seed, device, out_dir, resume, on_progress)
     kd = run_phase(
+        ctx,
         phase="kd",
         model=student.model,
         data=d.train,
@@ -158,13 +160,8 @@ def finetune_trial(
         epochs=config.epochs,
         optimizer=hyper.optimizer,
         lr=hyper.lr,
-        config=config,
-        seed=hyper.seed,
-        device=device,
         ckpt=out_dir / CHECKPOINT_FILE,
         settings=settings,
-        resume=resume,
-        on_progress=on_progress,
         stop_after_steps=stop_after_steps,
     )
     result = FinetuneResult(
@@ -197,18 +194,7 @@ def finetune_trial(
     if downstream:
         status("downstream")
         result.downstream = downstream_phase(
-            student_cpu,
-            student.arch,
-            downstream,
-            downstream_test,
-            student.pre,
-            config,
-            hyper.seed,
-            device,
-            out_dir,
-            resume,
-            base_settings=settings,
-            on_progress=on_progress,
+            ctx, student_cpu, student.arch, downstream, downstream_test, student.pre, settings
         )
     result.seconds = time.perf_counter() - t_start
     text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
