@@ -1,5 +1,5 @@
-"""What a fine-tuning run writes where, a phase's checkpoint (through :mod:`structsearch.train.checkpoint`)
-and the atomic save of a trained student.
+"""What a fine-tuning run writes where, the epoch statistics a phase's checkpoint carries, and the
+atomic save of a trained student.
 
 Both phases checkpoint atomically after every epoch and every ``checkpoint_every`` steps: model,
 optimizer, scheduler, step, the epoch's running statistics, torch's RNG states and the settings with
@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from structsearch.train import load_checkpoint, save_checkpoint
 
 #: Bump when the meaning of a checkpoint's contents changes; part of the settings hash.
 CHECKPOINT_FORMAT = 1
@@ -51,37 +49,6 @@ class Running:
 
     def state(self) -> dict[str, float | int]:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}
-
-
-def save_phase(
-    path: Path,
-    settings: dict[str, Any],
-    step: int,
-    run: Running,
-    train_seconds: float,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    device: torch.device,
-) -> None:
-    """Checkpoint a phase at ``step`` with its epoch statistics and training time so far."""
-    extra = {"running": run.state(), "train_seconds": train_seconds}
-    save_checkpoint(path, settings, step=step, model=model, optimizer=opt, scheduler=sched, device=device, extra=extra)
-
-
-def restore_phase(
-    path: Path,
-    settings: dict[str, Any],
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    device: torch.device,
-) -> tuple[int, Running, float]:
-    """``(step, running statistics, training seconds)`` of the checkpoint at ``path``, states restored."""
-    state = load_checkpoint(
-        path, settings, model=model, optimizer=opt, scheduler=sched, device=device, needed=("running",)
-    )
-    return state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
 
 
 def save_student_atomically(directory: Path, student: nn.Module, arch: Any) -> nn.Module:

@@ -33,12 +33,18 @@ from structsearch.finetune.checkpoint import (
     DOWNSTREAM_CHECKPOINT_PREFIX,
     DOWNSTREAM_DIR,
     Running,
-    restore_phase,
-    save_phase,
     save_student_atomically,
 )
 from structsearch.finetune.config import FinetuneConfig, FinetuneError, PhaseResult, ProgressEvent, ProgressFn
-from structsearch.train import WarmupCosine, fits_on_device, make_optimizer, run_steps, settings_hash
+from structsearch.train import (
+    WarmupCosine,
+    fits_on_device,
+    load_checkpoint,
+    make_optimizer,
+    run_steps,
+    save_checkpoint,
+    settings_hash,
+)
 
 #: ``loss_fn(x_uint8, y, model) -> (loss, logits)``: the phase's objective.
 LossFn = Callable[[Tensor, Tensor, nn.Module], tuple[Tensor, Tensor]]
@@ -130,16 +136,17 @@ def run_phase(
     opt = make_optimizer(params, optimizer, lr, weight_decay=config.weight_decay, momentum=config.momentum)
     sched = WarmupCosine(opt, total)
 
+    states: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "device": device}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the caller's random streams are left alone
         torch.manual_seed(seed)
-        step, before = 0, 0.0
+        step, before = 0, 0.0  # the steps and training seconds of earlier calls
         run = Running()
-        if ckpt.exists():
-            if ctx.resume:
-                step, run, before = restore_phase(ckpt, settings, model, opt, sched, device)
-            else:
-                ckpt.unlink()
+        if ckpt.exists() and ctx.resume:
+            state = load_checkpoint(ckpt, settings, **states, needed=("running",))
+            step, run, before = state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
+        elif ckpt.exists():
+            ckpt.unlink()
         start_step = step
         t0 = time.perf_counter()
         since_report = 0
@@ -175,7 +182,8 @@ def run_phase(
                 on_progress(ProgressEvent(phase, min(epoch + 1, epochs), epochs, step, total, run.loss(), run.top1()))
             if end_of_epoch or step % config.checkpoint_every == 0 or stop_here:
                 seconds = before + time.perf_counter() - t0  # training seconds of every call so far
-                save_phase(ckpt, settings, step, run, seconds, model, opt, sched, device)
+                extra = {"running": run.state(), "train_seconds": seconds}
+                save_checkpoint(ckpt, settings, step=step, **states, extra=extra)
             return stop_here
 
         model.train()
@@ -224,7 +232,7 @@ def downstream_phase(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # the new head's initialisation is part of the reproducible run
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # type: ignore[operator]  # checked callable above
     augment = Augment.for_size(data.x.shape[-2], hflip=config.downstream_hflip)
     settings = {
         "format": CHECKPOINT_FORMAT,
