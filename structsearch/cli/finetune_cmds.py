@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import TimeRemainingColumn
+from rich.progress import TaskID, TimeRemainingColumn
 
 from structsearch.cli._common import (
     Format,
@@ -107,7 +107,7 @@ def finetune(
         with progress_bar(
             True, TimeRemainingColumn()
         ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
             prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
 
             def on_status(message: str) -> None:

@@ -66,7 +66,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _checksum(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
 
 
 class TeacherCache:

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -262,8 +262,8 @@ class _BNStatistics:
         dims = [0, *range(2, x.ndim)]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        rm = module.running_mean.to(x.dtype)  # type: ignore[union-attr]
-        rv = module.running_var.to(x.dtype)  # type: ignore[union-attr]
+        rm = cast(Tensor, module.running_mean).to(x.dtype)
+        rv = cast(Tensor, module.running_var).to(x.dtype)
         self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
 
     def take(self, gen: torch.Generator | None = None) -> Tensor:
@@ -292,8 +292,8 @@ class _PatchSimilarity:
         for attn in _attentions(model):
             norm = getattr(attn, "norm", None)
             # timm applies an optional norm (Identity by default) between attn @ v and proj
-            target = norm if isinstance(norm, nn.Module) else attn.proj
-            self.handles.append(target.register_forward_pre_hook(self._hook_for(attn.num_heads)))
+            target = norm if isinstance(norm, nn.Module) else cast(nn.Module, attn.proj)
+            self.handles.append(target.register_forward_pre_hook(self._hook_for(cast(int, attn.num_heads))))
 
     def _hook_for(self, heads: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:

@@ -54,7 +54,7 @@ def tensor_digest(t: Tensor) -> str:
     """sha256 of a CPU tensor's dtype, shape and bytes."""
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}\n".encode())
-    h.update(memoryview(t.numpy()).cast("B") if t.numel() else b"")
+    h.update(t.numpy().data.cast("B") if t.numel() else b"")
     return h.hexdigest()
 
 
