@@ -153,13 +153,11 @@ def run_phase(
 
         def batches() -> Iterator[tuple[int, Tensor, Tensor]]:
             nonlocal run
-            order_epoch, order = -1, torch.empty(0, dtype=torch.int64)
             for s in range(start_step, total):
                 epoch, b = divmod(s, steps_per_epoch)
                 if b == 0:
                     run = Running()
-                if epoch != order_epoch:
-                    order_epoch = epoch
+                if b == 0 or s == start_step:  # the epoch's order (also when resuming mid-epoch)
                     g = torch.Generator().manual_seed(_derived_seed(seed, phase, epoch))
                     order = torch.randperm(len(y_src), generator=g)
                 rows = order[b * bs : (b + 1) * bs].to(x_src.device)
