@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structsearch.atomic import atomic_write
 from structsearch.data import Augment, LoadedData, Preprocess, batches
 from structsearch.models import create_model, load_checkpoint
 from structsearch.train import make_optimizer, run_steps
@@ -90,9 +90,5 @@ def trained_teacher(
         except Exception:  # noqa: BLE001 - a corrupt cache entry is retrained, never fatal
             path.unlink(missing_ok=True)
     fit_teacher(net, data, train_idx, preprocess, epochs, seed, augment=augment)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    atomic_write(path, partial(torch.save, net.state_dict()))  # concurrent workers never read half a file
     return net, path

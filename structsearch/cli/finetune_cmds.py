@@ -6,9 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import TimeRemainingColumn
+from rich.progress import TaskID, TimeRemainingColumn
 
-from structsearch.cli._common import Format, console, fail, print_json, progress_bar, run_guarded
+from structsearch.cli._common import (
+    Format,
+    FormatOpt,
+    StorageOpt,
+    console,
+    fail,
+    print_json,
+    progress_bar,
+    run_guarded,
+)
 
 
 def finetune(
@@ -76,14 +85,8 @@ def finetune(
             help="Random horizontal flips on --downstream (off for digits or text)",
         ),
     ] = True,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            "--storage",
-            help="SQLAlchemy URL of the study storage (default: $STRUCTSEARCH_STORAGE, else ~/.structsearch/studies.db)",
-        ),
-    ] = None,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for scripts")] = Format.table,
+    storage: StorageOpt = None,
+    format: FormatOpt = Format.table,
 ) -> None:
     """Train a trial's student to completion with KD from the teacher: checkpoints, resume, test top-1."""
 
@@ -104,7 +107,7 @@ def finetune(
         with progress_bar(
             True, TimeRemainingColumn()
         ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
             prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
 
             def on_status(message: str) -> None:

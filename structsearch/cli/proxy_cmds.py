@@ -117,7 +117,15 @@ def proxy(
     """
 
     def body() -> None:
-        from structsearch.errors import StructsearchError
+        import torch
+
+        from structsearch.cost import measure_cost
+        from structsearch.data import DataSpec, Preprocess, load_data, split_train_val
+        from structsearch.distill import Distiller, TeacherCache, TeacherId
+        from structsearch.distill.synthesis import synthesize_spec
+        from structsearch.distill.taps import check_feature_pair
+        from structsearch.errors import DataError, StructsearchError
+        from structsearch.models import create_model
 
         if student_spec is not None and student_model is not None:
             raise StructsearchError("give --student-spec or --student-model, not both")
@@ -133,24 +141,53 @@ def proxy(
             seed=seed,
             device=device,
         )
-        result = _run_proxy(
-            teacher,
-            checkpoint,
-            parse_kwargs(kw),
-            student_spec,
-            student_model,
-            parse_kwargs(student_kw),
-            width,
-            data,
-            val_data,
-            val_size,
-            train_size,
-            split_seed,
-            input_size,
-            config,
-            None if no_cache else cache_dir,
-            no_cache,
+        # every input (models, checkpoint, data, labels, student) is checked before training starts
+        teacher_kwargs = parse_kwargs(kw)
+        net = create_model(teacher, checkpoint=checkpoint, **teacher_kwargs).eval()
+        student, described = _student(net, teacher, teacher_kwargs, student_spec, student_model, student_kw, width)
+        if config.feature_kd:
+            check_feature_pair(net, student)
+        preprocess = Preprocess.from_model(net, input_size)
+        teacher_id = TeacherId.of(teacher, teacher_kwargs, checkpoint)
+        cache = None if no_cache else TeacherCache(cache_dir)
+        source = DataSpec.parse(data)
+        if source.synthesis is not None and checkpoint is None:
+            raise DataError(f"--data {data} is synthesised from the teacher's trained weights; give its --checkpoint")
+        # synthetic data without --val-data: validation is carved from the synthetic set, whose
+        # labels are the teacher's predictions, so the score is agreement with the teacher
+        train = (
+            load_data(source)
+            if source.synthesis is None
+            else synthesize_spec(
+                net, preprocess, source.synthesis, device=config.device, teacher_id=teacher_id, cache=cache
+            ).data
         )
+        if val_data is not None:
+            val = load_data(val_data)
+            train_idx = torch.arange(len(train))
+            if train_size is not None and train_size < len(train):
+                train_idx, _ = split_train_val(train.y, 1, split_seed, train_size)
+            val_idx = torch.arange(len(val))
+        else:
+            val = train
+            train_idx, val_idx = split_train_val(train.y, val_size, split_seed, train_size)
+
+        size = (3, *preprocess.input_size)
+        teacher_cost, student_cost = measure_cost(net, size), measure_cost(student, size)
+        distiller = Distiller(
+            net, train, train_idx, val_idx, preprocess, config, val_data=val, teacher_id=teacher_id, cache=cache
+        )
+        result = {
+            "teacher": teacher,
+            "student": described,
+            **{k: v for k, v in distiller.score(student).to_dict().items() if k != "history"},
+            "macs": student_cost.macs,
+            "params": student_cost.params,
+            "teacher_macs": teacher_cost.macs,
+            "macs_ratio": student_cost.macs / teacher_cost.macs,
+            "train_images": len(train_idx),
+            "val_images": len(val_idx),
+        }
         if format is Format.json:
             print_json(result)
             return
@@ -182,130 +219,34 @@ def _proxy_config(**fields: Any) -> Any:
     return ProxyConfig(**section.model_dump(exclude_none=True), **fields)
 
 
-def _run_proxy(
+def _student(
+    teacher: Any,
     teacher_name: str,
-    checkpoint: Path | None,
     teacher_kwargs: dict[str, Any],
     spec_path: Path | None,
     student_model: str | None,
-    student_kwargs: dict[str, Any],
+    student_kw: list[str] | None,
     width: float,
-    data_source: str,
-    val_source: str | None,
-    val_size: int,
-    train_size: int | None,
-    split_seed: int,
-    input_size: int | None,
-    config: Any,
-    cache_dir: Path | None,
-    no_cache: bool,
-) -> dict[str, Any]:
-    """Every input is checked (models, checkpoint, data, labels, student) before training starts."""
-    import torch
-
-    from structsearch.cost import measure_cost
-    from structsearch.data import Preprocess, load_data, split_train_val
-    from structsearch.distill import Distiller, TeacherCache, TeacherId, uniform_width_spec
-    from structsearch.distill.taps import check_feature_pair
+) -> tuple[Any, str]:
+    """The student to score and how to describe it: another model from scratch, the teacher
+    reduced by ``--student-spec``, or the teacher at a uniform ``--width``."""
+    from structsearch.distill import uniform_width_spec
     from structsearch.errors import SpecError
     from structsearch.models import create_model
     from structsearch.space import ArchSpec, space_of
     from structsearch.surgery import build_student
     from structsearch.train import num_classes_of
 
-    teacher = create_model(teacher_name, checkpoint=checkpoint, **teacher_kwargs).eval()
     if student_model is not None:
-        kwargs = {"num_classes": num_classes_of(teacher) or 1000, **student_kwargs}
-        student = create_model(student_model, **kwargs)
-        described = f"{student_model} (from scratch)"
-    else:
-        if spec_path is not None:
-            spec = ArchSpec.load(spec_path)
-            if spec.model != teacher_name or spec.kwargs != teacher_kwargs:
-                raise SpecError(
-                    f"--student-spec is for {spec.model} {spec.kwargs} but the teacher is {teacher_name} {teacher_kwargs}; "
-                    "a spec reduces its own teacher (use --student-model for another model)"
-                )
-            described = str(spec_path)
-        else:
-            spec = uniform_width_spec(space_of(teacher, teacher_name, teacher_kwargs), width)
-            described = f"{teacher_name} at width {width:g}"
-        student = build_student(teacher, spec)
-    if config.feature_kd:
-        check_feature_pair(teacher, student)
-
-    preprocess = Preprocess.from_model(teacher, input_size)
-    train = _train_data(
-        data_source, teacher_name, checkpoint, teacher_kwargs, teacher, preprocess, config, cache_dir, no_cache
-    )
-    if val_source is not None:
-        val = load_data(val_source)
-        train_idx = torch.arange(len(train))
-        if train_size is not None and train_size < len(train):
-            train_idx, _ = split_train_val(train.y, 1, split_seed, train_size)
-        val_idx = torch.arange(len(val))
-    else:
-        val = train
-        train_idx, val_idx = split_train_val(train.y, val_size, split_seed, train_size)
-
-    size = (3, *preprocess.input_size)
-    teacher_cost, student_cost = measure_cost(teacher, size), measure_cost(student, size)
-    distiller = Distiller(
-        teacher,
-        train,
-        train_idx,
-        val_idx,
-        preprocess,
-        config,
-        val_data=val,
-        teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint),
-        cache=None if no_cache else TeacherCache(cache_dir),
-    )
-    result = distiller.score(student)
-    return {
-        "teacher": teacher_name,
-        "student": described,
-        **{k: v for k, v in result.to_dict().items() if k != "history"},
-        "macs": student_cost.macs,
-        "params": student_cost.params,
-        "teacher_macs": teacher_cost.macs,
-        "macs_ratio": student_cost.macs / teacher_cost.macs,
-        "train_images": len(train_idx),
-        "val_images": len(val_idx),
-    }
-
-
-def _train_data(
-    source: str,
-    teacher_name: str,
-    checkpoint: Path | None,
-    teacher_kwargs: dict[str, Any],
-    teacher: Any,
-    preprocess: Any,
-    config: Any,
-    cache_dir: Path | None,
-    no_cache: bool,
-) -> Any:
-    """``--data`` loaded from files, or ``synthetic:N?...`` synthesised from the teacher (cached like its outputs).
-
-    With synthetic data and no ``--val-data`` the validation rows are carved from the synthetic set,
-    whose labels are the teacher's predictions: the score is then agreement with the teacher.
-    """
-    from structsearch.data import DataSpec, load_data
-    from structsearch.distill import TeacherCache, TeacherId
-    from structsearch.distill.synthesis import synthesize_spec
-    from structsearch.errors import DataError
-
-    spec = DataSpec.parse(source)
-    if spec.synthesis is None:
-        return load_data(spec)
-    if checkpoint is None:
-        raise DataError(f"--data {source} is synthesised from the teacher's trained weights; give its --checkpoint")
-    return synthesize_spec(
-        teacher,
-        preprocess,
-        spec.synthesis,
-        device=config.device,
-        teacher_id=TeacherId.of(teacher_name, teacher_kwargs, checkpoint),
-        cache=None if no_cache else TeacherCache(cache_dir),
-    ).data
+        kwargs = {"num_classes": num_classes_of(teacher) or 1000, **parse_kwargs(student_kw)}
+        return create_model(student_model, **kwargs), f"{student_model} (from scratch)"
+    if spec_path is not None:
+        spec = ArchSpec.load(spec_path)
+        if spec.model != teacher_name or spec.kwargs != teacher_kwargs:
+            raise SpecError(
+                f"--student-spec is for {spec.model} {spec.kwargs} but the teacher is {teacher_name} {teacher_kwargs}; "
+                "a spec reduces its own teacher (use --student-model for another model)"
+            )
+        return build_student(teacher, spec), str(spec_path)
+    spec = uniform_width_spec(space_of(teacher, teacher_name, teacher_kwargs), width)
+    return build_student(teacher, spec), f"{teacher_name} at width {width:g}"

@@ -7,14 +7,12 @@ machine as ``npz:FILE`` and compared with what a search trains on.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, KwOpt, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
 
 
 def synthesize(
@@ -48,7 +46,7 @@ def synthesize(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor store the set in the cache")] = False,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for scripts")] = Format.table,
+    format: FormatOpt = Format.table,
 ) -> None:
     """Synthesise a proxy set from a trained teacher (data-free distillation) and write it as an npz.
 
@@ -114,19 +112,12 @@ def _write_npz(path: Path, data: Any) -> None:
     """``x`` uint8 N×H×W×3, ``y`` int64, ``class_names``: the layout ``npz:PATH`` reads; written atomically."""
     import numpy as np
 
+    from structsearch.atomic import atomic_write
     from structsearch.errors import StructsearchError
 
     x = data.x.permute(0, 2, 3, 1).contiguous().numpy()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, x=x, y=data.y.numpy(), class_names=np.array(data.class_names))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: np.savez(f, x=x, y=data.y.numpy(), class_names=np.array(data.class_names)))
     except OSError as e:
         raise StructsearchError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -24,7 +24,6 @@ from structsearch.distill.trainer import (
     ProxyConfigError,
     ProxyResult,
     resolve_device,
-    train_proxy,
 )
 from structsearch.train import recalibrate_bn
 
@@ -53,6 +52,5 @@ __all__ = [
     "synthesize",
     "tapped",
     "top1",
-    "train_proxy",
     "uniform_width_spec",
 ]

@@ -24,14 +24,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_ENV", "TeacherCache", "cache_key", "default_cache_dir"]
+from structsearch.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _checksum(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
 
 
 class TeacherCache:
@@ -111,14 +111,14 @@ class TeacherCache:
             meta: dict[str, Any] = {"key": key, "info": dict(info or {}), "arrays": {}}
             for name, arr in arrays.items():
                 arr = np.ascontiguousarray(arr)
-                _atomic_write(entry / f"{name}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
+                atomic_write(entry / f"{name}.npy", partial(np.save, arr=arr, allow_pickle=False))
                 meta["arrays"][name] = {
                     "shape": list(arr.shape),
                     "dtype": str(arr.dtype),
                     "sha256": _checksum(arr) if arr.nbytes <= _CHECKSUM_LIMIT else None,
                 }
             text = json.dumps(meta, indent=1, default=_json_default)
-            _atomic_write(entry / META, lambda f: f.write(text.encode()))
+            atomic_write(entry / META, lambda f: f.write(text.encode()))
         except OSError as e:
             log.warning("cannot write teacher cache entry %s (%s); continuing without it", entry, e)
 
@@ -135,15 +135,3 @@ class TeacherCache:
         arrays = dict(compute())
         self.save(key, arrays, info)
         return arrays, False
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write ``path`` via a temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,8 +7,6 @@ from torch import Tensor, nn
 
 from structsearch.data import Preprocess
 
-__all__ = ["predict", "top1"]
-
 
 def predict(model: nn.Module, x_uint8: Tensor, preprocess: Preprocess, batch_size: int, device: torch.device) -> Tensor:
     """Top-1 class of every image (CPU int64), preprocessing batch by batch in eval mode."""

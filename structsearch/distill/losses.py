@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["kd_loss", "distill_loss", "feature_kd_loss"]
-
 
 def _at_least_fp32(x: Tensor) -> Tensor:
     """Softmax and KL in half precision lose too much; float32/float64 inputs are kept as they are."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 from structsearch.errors import SpecError
 from structsearch.space import ArchSpec, BlockSpec, Space
 
-__all__ = ["uniform_width_spec"]
-
 
 def uniform_width_spec(space: Space, width: float) -> ArchSpec:
     """Every block kept, every block's internal width at ``width`` (all heads kept).

@@ -64,8 +64,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -79,21 +79,7 @@ from structsearch.distill.cache import META, TeacherCache, cache_key
 from structsearch.distill.evaluate import predict
 from structsearch.distill.teacher import TeacherId, state_digest
 from structsearch.errors import DataError
-from structsearch.train import WarmupCosine, make_optimizer, num_classes_of, probe_classes, run_steps
-
-__all__ = [
-    "SynthesisConfig",
-    "SynthesisMethod",
-    "SynthesisResult",
-    "bn_statistics_loss",
-    "has_batchnorm",
-    "list_methods",
-    "register_method",
-    "resolve_method",
-    "synthesize",
-    "synthesize_spec",
-    "total_variation",
-]
+from structsearch.train import WarmupCosine, batchnorms, make_optimizer, num_classes_of, probe_classes, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +150,12 @@ class SynthesisResult:
 
     def info(self) -> dict[str, Any]:
         """JSON-ready figures (no arrays)."""
+        figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("data", "targets")}
         return {
             "source": self.data.source,
             "images": len(self.data),
             "image_size": list(self.data.image_size),
-            "method": self.method,
-            "cache_hit": self.cache_hit,
-            "seconds": self.seconds,
-            "seconds_per_iteration": self.seconds_per_iteration,
-            "target_agreement": self.target_agreement,
-            "losses": self.losses,
-            "initial_losses": self.initial_losses,
+            **figures,
         }
 
 
@@ -222,20 +203,6 @@ def register_method(method: SynthesisMethod) -> SynthesisMethod:
 def list_methods() -> list[SynthesisMethod]:
     """Registered methods, in registration (= ``auto`` preference) order."""
     return list(_METHODS.values())
-
-
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """BatchNorm layers that keep running statistics (the ones DeepInversion can match)."""
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
-    ]
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether DeepInversion applies: some BatchNorm layer keeps running statistics."""
-    return bool(_batchnorms(model))
 
 
 def _attentions(model: nn.Module) -> list[nn.Module]:
@@ -288,15 +255,15 @@ class _BNStatistics:
 
     def __init__(self, model: nn.Module) -> None:
         self.terms: list[Tensor] = []
-        self.handles = [m.register_forward_hook(self._hook) for m in _batchnorms(model)]
+        self.handles = [m.register_forward_hook(self._hook) for m in batchnorms(model)]
 
     def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         x = inputs[0]
         dims = [0, *range(2, x.ndim)]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        rm = module.running_mean.to(x.dtype)  # type: ignore[union-attr]
-        rv = module.running_var.to(x.dtype)  # type: ignore[union-attr]
+        rm = cast(Tensor, module.running_mean).to(x.dtype)
+        rv = cast(Tensor, module.running_var).to(x.dtype)
         self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
 
     def take(self, gen: torch.Generator | None = None) -> Tensor:
@@ -325,8 +292,8 @@ class _PatchSimilarity:
         for attn in _attentions(model):
             norm = getattr(attn, "norm", None)
             # timm applies an optional norm (Identity by default) between attn @ v and proj
-            target = norm if isinstance(norm, nn.Module) else attn.proj
-            self.handles.append(target.register_forward_pre_hook(self._hook_for(attn.num_heads)))
+            target = norm if isinstance(norm, nn.Module) else cast(nn.Module, attn.proj)
+            self.handles.append(target.register_forward_pre_hook(self._hook_for(cast(int, attn.num_heads))))
 
     def _hook_for(self, heads: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -373,7 +340,7 @@ register_method(
         "bn",
         0.1,
         "BatchNorm layers with running statistics",
-        has_batchnorm,
+        lambda model: bool(batchnorms(model)),
         lambda cfg: cfg.bn_weight,
         lambda teacher, cfg: _BNStatistics(teacher),
     )
@@ -411,32 +378,6 @@ def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:
 # -- synthesis -------------------------------------------------------------------------------------
 
 
-def synthesize_spec(
-    teacher: nn.Module,
-    preprocess: Preprocess,
-    spec: SynthesisSpec,
-    *,
-    device: str | torch.device = "auto",
-    teacher_id: TeacherId | None = None,
-    cache: TeacherCache | None = None,
-    progress: Progress | None = None,
-) -> SynthesisResult:
-    """:func:`synthesize` with the settings of a ``synthetic:N?...`` data spec."""
-    return synthesize(
-        teacher,
-        preprocess,
-        spec.n,
-        method=spec.method,
-        iterations=spec.iterations,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        device=device,
-        teacher_id=teacher_id,
-        cache=cache,
-        progress=progress,
-    )
-
-
 def synthesize(
     teacher: nn.Module,
     preprocess: Preprocess,
@@ -446,25 +387,36 @@ def synthesize(
     iterations: int = 2000,
     batch_size: int = 256,
     seed: int = 0,
+    **options: Any,
+) -> SynthesisResult:
+    """:func:`synthesize_spec` with the spec's fields as arguments (``options``: that function's keywords)."""
+    # the data spec validates n, iterations, batch size, seed and the method name with its messages
+    return synthesize_spec(teacher, preprocess, SynthesisSpec(n, method, iterations, seed, batch_size), **options)
+
+
+def synthesize_spec(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    spec: SynthesisSpec,
+    *,
     device: str | torch.device = "auto",
     teacher_id: TeacherId | None = None,
     cache: TeacherCache | None = None,
     config: SynthesisConfig | None = None,
     progress: Progress | None = None,
 ) -> SynthesisResult:
-    """``n`` uint8 images at the teacher's input resolution, the teacher's labels for them, and how
-    they were made (targets, method, timings, losses, cache hit).
+    """``spec.n`` uint8 images at the teacher's input resolution (as a ``synthetic:N?...`` data spec
+    asks), the teacher's labels for them, and how they were made (targets, method, timings, losses,
+    cache hit).
 
     See the module docstring for the methods. ``teacher_id`` names the teacher in the cache key
     (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
     ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
     """
-    # validates n, iterations, batch size, seed and the method name with the data spec's messages
-    spec = SynthesisSpec(n, method, iterations, seed, batch_size)
     cfg = config or SynthesisConfig()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     teacher.eval()
-    resolved = resolve_method(teacher, method)
+    spec = replace(spec, method=resolve_method(teacher, spec.method))
     h, w = preprocess.input_size
     num_classes = num_classes_of(teacher) or probe_classes(teacher.to(dev), torch.zeros(1, 3, h, w, device=dev))
     ident = teacher_id.to_dict() if teacher_id is not None else {"state": state_digest(teacher)}
@@ -472,34 +424,21 @@ def synthesize(
         "what": "synthetic-images",
         "format": SYNTHESIS_FORMAT,
         "teacher": ident,
-        "n": n,
-        "method": resolved,
-        "iterations": iterations,
-        "batch_size": batch_size,
-        "seed": seed,
+        "n": spec.n,
+        "method": spec.method,
+        "iterations": spec.iterations,
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
         "resolution": [h, w],
         "preprocess": asdict(preprocess),
         "config": asdict(cfg),
         "num_classes": num_classes,
     }
-    options = replace(spec, method=resolved).options_str()
-    source = f"synthetic:{n}" + (f"?{options}" if options else "")
+    options = spec.options_str()
+    source = f"synthetic:{spec.n}" + (f"?{options}" if options else "")
 
     def compute() -> dict[str, np.ndarray]:
-        return _run(
-            teacher,
-            preprocess,
-            n,
-            _METHODS[resolved],
-            iterations,
-            batch_size,
-            seed,
-            dev,
-            cfg,
-            num_classes,
-            progress,
-            stats,
-        )
+        return _run(teacher, preprocess, spec, dev, cfg, num_classes, progress, stats)
 
     # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
     # report the timings and losses of the run that made the set
@@ -522,7 +461,7 @@ def synthesize(
     return SynthesisResult(
         data=data,
         targets=targets,
-        method=resolved,
+        method=spec.method,
         cache_hit=hit,
         seconds=float(stats.get("seconds", float("nan"))),
         seconds_per_iteration=float(stats.get("seconds_per_iteration", float("nan"))),
@@ -539,19 +478,10 @@ def _stored_stats(cache: TeacherCache, key: str) -> dict[str, Any]:
         return {}
 
 
-def _balanced_targets(n: int, num_classes: int, gen: torch.Generator) -> Tensor:
-    """Every class ``n // C`` or ``n // C + 1`` times, in a seeded random order (mixed batches)."""
-    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-
-
 def _run(
     teacher: nn.Module,
     preprocess: Preprocess,
-    n: int,
-    method: SynthesisMethod,
-    iterations: int,
-    batch_size: int,
-    seed: int,
+    spec: SynthesisSpec,
     device: torch.device,
     cfg: SynthesisConfig,
     num_classes: int,
@@ -560,9 +490,11 @@ def _run(
 ) -> dict[str, np.ndarray]:
     """Optimise every batch, quantise, label; fills ``stats`` (timings, losses) for the cache entry."""
     start = time.perf_counter()
+    n, iterations, seed, method = spec.n, spec.iterations, spec.seed, _METHODS[spec.method]
     gen = torch.Generator().manual_seed(int(seed))
-    targets = _balanced_targets(n, num_classes, gen)
-    chunks = list(torch.arange(n).tensor_split(math.ceil(n / batch_size)))
+    # every class n // C or n // C + 1 times, in a seeded random order (mixed batches)
+    targets = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
+    chunks = list(torch.arange(n).tensor_split(math.ceil(n / spec.batch_size)))
     teacher.to(device).eval()
     mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
@@ -578,7 +510,8 @@ def _run(
                 teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen
             )
             optimise_seconds += time.perf_counter() - t0
-            images[rows] = _quantise(x, mean, std).cpu()
+            # normalised floats -> uint8 pixels (de-normalise, clamp, round)
+            images[rows] = (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
             initials.append(first)
             finals.append(last)
             if progress is not None:
@@ -670,8 +603,3 @@ def _invert(
     finally:
         prior.remove()
     return x.detach(), first, {k: float(v) for k, v in last.items()}
-
-
-def _quantise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Normalised float images → uint8 pixels (de-normalise, clamp, round)."""
-    return (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)

@@ -22,9 +22,6 @@ from torch import Tensor, nn
 
 from structsearch.errors import FeatureKDError
 
-__all__ = ["FeatureKDError", "stage_names", "FeatureTap", "tapped"]
-
-
 _FIXED_STAGES: dict[str, tuple[str, ...]] = {
     "cifar_resnet": ("layer1", "layer2", "layer3"),
     "resnet": ("layer1", "layer2", "layer3", "layer4"),

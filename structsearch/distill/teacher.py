@@ -27,16 +27,6 @@ from torch import Tensor, nn
 from structsearch.data import Augment, Preprocess
 from structsearch.distill.taps import tapped
 
-__all__ = [
-    "TeacherId",
-    "augmented_views",
-    "tensor_digest",
-    "state_digest",
-    "run_teacher",
-    "OnlineTeacher",
-    "CachedTeacher",
-]
-
 #: Images augmented per generator call. Fixed, because the random numbers drawn depend on it.
 AUG_CHUNK = 1024
 
@@ -64,7 +54,7 @@ def tensor_digest(t: Tensor) -> str:
     """sha256 of a CPU tensor's dtype, shape and bytes."""
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}\n".encode())
-    h.update(memoryview(t.numpy()).cast("B") if t.numel() else b"")
+    h.update(t.numpy().data.cast("B") if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -94,10 +84,6 @@ def augmented_views(x: Tensor, augment: Augment | None, seed: int, views: int) -
         for start in range(0, n, AUG_CHUNK):
             out[v, start : start + AUG_CHUNK] = augment(x[start : start + AUG_CHUNK], g)
     return out
-
-
-def _channels_last(x: Tensor, enabled: bool) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if enabled and x.ndim == 4 else x
 
 
 class OnlineTeacher:
@@ -155,7 +141,8 @@ def run_teacher(
     teacher.eval()
     with torch.inference_mode(), tapped(teacher, taps) as tap:
         for start in range(0, n, batch_size):
-            xb = _channels_last(preprocess(x_uint8[start : start + batch_size].to(device)), channels_last)
+            xb = preprocess(x_uint8[start : start + batch_size].to(device))
+            xb = xb.contiguous(memory_format=torch.channels_last) if channels_last and xb.ndim == 4 else xb
             out = teacher(xb)
             if logits is None:
                 logits = np.empty((n, *out.shape[1:]), dtype=np.float32)

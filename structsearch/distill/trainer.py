@@ -42,7 +42,7 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
-from structsearch.errors import DataError, ProxyConfigError, StructsearchError
+from structsearch.errors import DataError, ProxyConfigError, StructsearchError, one_line
 from structsearch.train import (
     OptimizerName,
     WarmupCosine,
@@ -53,18 +53,6 @@ from structsearch.train import (
     recalibrate_bn,
     run_steps,
 )
-
-__all__ = [
-    "INHERITED_LR",
-    "SCRATCH_LR",
-    "Distiller",
-    "ProxyConfig",
-    "ProxyConfigError",
-    "ProxyResult",
-    "default_lr",
-    "resolve_device",
-    "train_proxy",
-]
 
 #: Version of what the cached teacher outputs mean; bump it when their computation changes.
 CACHE_FORMAT = 1
@@ -204,15 +192,16 @@ class Distiller:
         augment = (augment or Augment()) if config.augment else None
         views = augmented_views(x_train, augment, config.aug_seed, config.views)
         self.n_train = len(self.train_idx)
-        self.train_views = self._maybe_on_device(views.reshape(-1, *views.shape[2:]))
+        self.train_views = views.reshape(-1, *views.shape[2:])
+        self.train_views = self.train_views.to(self.device) if fits_on_device(self.train_views) else self.train_views
         self.train_y = data.y[self.train_idx].to(self.device)
+        # what identifies the teacher's outputs, in both cache keys
+        outputs_of = {"format": CACHE_FORMAT, "teacher": self.teacher_id, "preprocess": asdict(preprocess)}
         train_key = {
+            **outputs_of,
             "what": "teacher-train-outputs",
-            "format": CACHE_FORMAT,
-            "teacher": self.teacher_id,
             "data": fingerprint(data),
             "train_idx": tensor_digest(self.train_idx),
-            "preprocess": asdict(preprocess),
             "augment": asdict(augment) if augment else None,
             "aug_seed": config.aug_seed,
             "views": config.views,
@@ -223,12 +212,10 @@ class Distiller:
         x_val = val_data.x[self.val_idx]
         self.val_y = val_data.y[self.val_idx].to(self.device)
         val_key = {
+            **outputs_of,
             "what": "teacher-val-logits",
-            "format": CACHE_FORMAT,
-            "teacher": self.teacher_id,
             "data": fingerprint(val_data),
             "val_idx": tensor_digest(self.val_idx),
-            "preprocess": asdict(preprocess),
         }
         if fits_on_device(x_val, element_size=4):  # preprocessed: float32
             self.val_x: Tensor = torch.cat([self._pre(b) for b in x_val.split(config.eval_batch_size)])
@@ -251,9 +238,6 @@ class Distiller:
     def _pre(self, x_uint8: Tensor) -> Tensor:
         x = self.preprocess(x_uint8.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-    def _maybe_on_device(self, t: Tensor) -> Tensor:
-        return t.to(self.device) if fits_on_device(t) else t
 
     def _teacher_outputs(self, key_parts: dict[str, Any], x: Tensor, taps: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Teacher outputs on ``x``, from the cache when it has them (sets ``cache_hit``)."""
@@ -295,8 +279,7 @@ class Distiller:
         is the unchanged default path.
         """
         size = self._student_size(input_size)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return self._score(student, callback, size)
 
     def _student_size(self, input_size: int | None) -> tuple[int, int] | None:
@@ -324,17 +307,10 @@ class Distiller:
     def _score(self, student: nn.Module, callback: Callback | None, size: tuple[int, int] | None = None) -> ProxyResult:
         cfg = self.config
         start = time.perf_counter()
-        student.to(self.device)
-        if cfg.channels_last:
-            student.to(memory_format=torch.channels_last)
+        self._place(student)
         torch.manual_seed(cfg.seed)
         self._probe_student(student, size)
-        recal = torch.Generator().manual_seed(cfg.seed + 1)
-        recal_batches = (
-            self._resize(self._pre(self.train_views[p]), size)
-            for p in self._pair_batches(recal, cfg.bn_recalibration_batches)
-        )
-        recalibrate_bn(student, recal_batches)
+        self._recalibrate(student, size, cfg.bn_recalibration_batches)
         adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
 
         params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
@@ -405,22 +381,9 @@ class Distiller:
         changed in place (its BatchNorm buffers) and left in eval mode.
         """
         size = self._student_size(input_size)
-        student.to(self.device)
-        if self.config.channels_last:
-            student.to(memory_format=torch.channels_last)
-        gen = torch.Generator().manual_seed(self.config.seed + 1)  # the batches the proxy recalibrates on
-        recalibrate_bn(
-            student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, batches))
-        )
-        student.eval()
-        n = min(images, len(self.val_y))
-        correct = 0
-        with torch.inference_mode():
-            for begin in range(0, n, self.config.eval_batch_size):
-                sl = slice(begin, min(n, begin + self.config.eval_batch_size))
-                x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
-                correct += int((student(self._resize(x, size)).argmax(1) == self.val_y[sl]).sum())
-        return 100.0 * correct / n
+        self._place(student)
+        self._recalibrate(student, size, batches)
+        return self._evaluate(student, size, images)[0]
 
     def evaluate(self, model: nn.Module, *, input_size: int | None = None) -> tuple[float, float]:
         """``(top-1 in percent, agreement with the teacher as a fraction)`` on the validation split.
@@ -431,20 +394,35 @@ class Distiller:
         """
         return self._evaluate(model, self._student_size(input_size))
 
-    def _evaluate(self, model: nn.Module, size: tuple[int, int] | None) -> tuple[float, float]:
+    def _evaluate(
+        self, model: nn.Module, size: tuple[int, int] | None, images: int | None = None
+    ) -> tuple[float, float]:
+        """``(top-1 %, teacher agreement)`` on the first ``images`` validation images (default: all)."""
         model.to(self.device).eval()
+        n = len(self.val_y) if images is None else min(images, len(self.val_y))
         correct = agree = 0
         with torch.inference_mode():
-            for begin in range(0, len(self.val_y), self.config.eval_batch_size):
-                sl = slice(begin, begin + self.config.eval_batch_size)
+            for begin in range(0, n, self.config.eval_batch_size):
+                sl = slice(begin, min(n, begin + self.config.eval_batch_size))
                 x = self.val_x[sl] if self._val_preprocessed else self._pre(self.val_x[sl])
                 pred = model(self._resize(x, size)).argmax(1)
                 correct += int((pred == self.val_y[sl]).sum())
                 agree += int((pred == self.val_teacher_pred[sl]).sum())
-        n = len(self.val_y)
         return 100.0 * correct / n, agree / n
 
     # -- scoring helpers -----------------------------------------------------------------------
+
+    def _place(self, student: nn.Module) -> None:
+        student.to(self.device)
+        if self.config.channels_last:
+            student.to(memory_format=torch.channels_last)
+
+    def _recalibrate(self, student: nn.Module, size: tuple[int, int] | None, count: int) -> None:
+        """BatchNorm statistics re-estimated on ``count`` training batches (the same ones for every candidate)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        recalibrate_bn(
+            student, (self._resize(self._pre(self.train_views[p]), size) for p in self._pair_batches(gen, count))
+        )
 
     def _batch_size(self) -> int:
         return min(self.config.batch_size, self.n_train * self.config.views)
@@ -468,10 +446,9 @@ class Distiller:
             with torch.no_grad():
                 out = student(x)
         except (RuntimeError, AssertionError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             whose = "the teacher's" if size is None else "its"
             raise StructsearchError(
-                f"the student cannot run on {whose} {x.shape[-2]}x{x.shape[-1]} inputs: {first}"
+                f"the student cannot run on {whose} {x.shape[-2]}x{x.shape[-1]} inputs: {one_line(e)}"
             ) from None
         if out.ndim != 2 or out.shape[1] != self.num_classes:
             raise StructsearchError(
@@ -508,18 +485,3 @@ def _as_index(idx: Tensor, n: int, what: str) -> Tensor:
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise DataError(f"{what} indices must lie in 0..{n - 1}")
     return idx
-
-
-def train_proxy(
-    student: nn.Module,
-    teacher: nn.Module,
-    data: LoadedData,
-    train_idx: Tensor,
-    val_idx: Tensor,
-    preprocess: Preprocess,
-    config: ProxyConfig = ProxyConfig(),
-    callback: Callback | None = None,
-    **distiller_kwargs: Any,
-) -> ProxyResult:
-    """One-off scoring: build a :class:`Distiller` and score ``student``. A search should keep the Distiller."""
-    return Distiller(teacher, data, train_idx, val_idx, preprocess, config, **distiller_kwargs).score(student, callback)

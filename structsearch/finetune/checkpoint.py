@@ -1,4 +1,5 @@
-"""What a fine-tuning run writes where, and a phase's checkpoint (through :mod:`structsearch.train.checkpoint`).
+"""What a fine-tuning run writes where, the epoch statistics a phase's checkpoint carries, and the
+atomic save of a trained student.
 
 Both phases checkpoint atomically after every epoch and every ``checkpoint_every`` steps: model,
 optimizer, scheduler, step, the epoch's running statistics, torch's RNG states and the settings with
@@ -7,13 +8,13 @@ their hash. A checkpoint written with other settings is refused, never silently 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from structsearch.train import load_checkpoint, save_checkpoint
 
 #: Bump when the meaning of a checkpoint's contents changes; part of the settings hash.
 CHECKPOINT_FORMAT = 1
@@ -50,32 +51,22 @@ class Running:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen}
 
 
-def save_phase(
-    path: Path,
-    settings: dict[str, Any],
-    step: int,
-    run: Running,
-    train_seconds: float,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    device: torch.device,
-) -> None:
-    """Checkpoint a phase at ``step`` with its epoch statistics and training time so far."""
-    extra = {"running": run.state(), "train_seconds": train_seconds}
-    save_checkpoint(path, settings, step=step, model=model, optimizer=opt, scheduler=sched, device=device, extra=extra)
+def save_student_atomically(directory: Path, student: nn.Module, arch: Any) -> nn.Module:
+    """Save the student (moved to the CPU, contiguous, eval mode: returned) into a temporary sibling
+    directory, then move its files into place one by one (each an atomic ``os.replace``), so a
+    reader never sees a half-written ``student.pt``."""
+    from structsearch.surgery import save_student
 
-
-def restore_phase(
-    path: Path,
-    settings: dict[str, Any],
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    device: torch.device,
-) -> tuple[int, Running, float]:
-    """``(step, running statistics, training seconds)`` of the checkpoint at ``path``, states restored."""
-    state = load_checkpoint(
-        path, settings, model=model, optimizer=opt, scheduler=sched, device=device, needed=("running",)
-    )
-    return state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
+    student = student.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".save-"))
+    try:
+        save_student(tmp, student, arch)
+        for f in tmp.iterdir():
+            os.replace(f, directory / f.name)
+    finally:
+        for f in tmp.iterdir() if tmp.exists() else ():
+            f.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+    return student

@@ -82,6 +82,10 @@ class FinetuneConfig:
 
         resolve_device(self.device)
 
+    def training_settings(self) -> dict[str, Any]:
+        """The settings both phases train with (part of each phase's checkpoint settings)."""
+        return {k: getattr(self, k) for k in ("batch_size", "momentum", "weight_decay", "channels_last")}
+
     def optimizer_and_lr(self, study_optimizer: OptimizerName, study_lr: float | None) -> tuple[OptimizerName, float]:
         """The optimizer and peak rate of the KD phase, given the study's ``proxy.optimizer``/``proxy.lr``."""
         optimizer = self.optimizer or study_optimizer

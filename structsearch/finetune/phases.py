@@ -17,7 +17,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,18 @@ from structsearch.finetune.checkpoint import (
     DOWNSTREAM_CHECKPOINT_PREFIX,
     DOWNSTREAM_DIR,
     Running,
-    restore_phase,
-    save_phase,
+    save_student_atomically,
 )
 from structsearch.finetune.config import FinetuneConfig, FinetuneError, PhaseResult, ProgressEvent, ProgressFn
-from structsearch.finetune.outputs import save_student_atomically
-from structsearch.train import WarmupCosine, fits_on_device, make_optimizer, run_steps, settings_hash
+from structsearch.train import (
+    WarmupCosine,
+    fits_on_device,
+    load_checkpoint,
+    make_optimizer,
+    run_steps,
+    save_checkpoint,
+    settings_hash,
+)
 
 #: ``loss_fn(x_uint8, y, model) -> (loss, logits)``: the phase's objective.
 LossFn = Callable[[Tensor, Tensor, nn.Module], tuple[Tensor, Tensor]]
@@ -76,7 +82,20 @@ def _derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@dataclass(frozen=True)
+class PhaseContext:
+    """What both phases of one fine-tune share: its settings and seed, where it computes and writes, how it reports."""
+
+    config: FinetuneConfig
+    seed: int
+    device: torch.device
+    out_dir: Path
+    resume: bool
+    on_progress: ProgressFn | None
+
+
 def run_phase(
+    ctx: PhaseContext,
     *,
     phase: str,
     model: nn.Module,
@@ -87,14 +106,9 @@ def run_phase(
     epochs: int,
     optimizer: str,
     lr: float,
-    config: FinetuneConfig,
-    seed: int,
-    device: torch.device,
     ckpt: Path,
     settings: dict[str, Any],
-    resume: bool,
-    on_progress: ProgressFn | None,
-    stop_after_steps: int | None,
+    stop_after_steps: int | None = None,
 ) -> PhaseResult:
     """Train ``model`` in place for ``epochs`` epochs over rows ``idx`` of ``data``, resumably.
 
@@ -103,6 +117,7 @@ def run_phase(
     survive an interruption for a resumed run to see the same batches. The last incomplete batch
     of an epoch is dropped (BatchNorm on a handful of images is noisy).
     """
+    config, seed, device, on_progress = ctx.config, ctx.seed, ctx.device, ctx.on_progress
     bs = config.batch_size
     steps_per_epoch = len(idx) // bs
     if steps_per_epoch == 0:
@@ -121,29 +136,28 @@ def run_phase(
     opt = make_optimizer(params, optimizer, lr, weight_decay=config.weight_decay, momentum=config.momentum)
     sched = WarmupCosine(opt, total)
 
+    states: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "device": device}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the caller's random streams are left alone
         torch.manual_seed(seed)
-        step, before = 0, 0.0
+        step, before = 0, 0.0  # the steps and training seconds of earlier calls
         run = Running()
-        if ckpt.exists():
-            if resume:
-                step, run, before = restore_phase(ckpt, settings, model, opt, sched, device)
-            else:
-                ckpt.unlink()
+        if ckpt.exists() and ctx.resume:
+            state = load_checkpoint(ckpt, settings, **states, needed=("running",))
+            step, run, before = state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
+        elif ckpt.exists():
+            ckpt.unlink()
         start_step = step
         t0 = time.perf_counter()
         since_report = 0
 
         def batches() -> Iterator[tuple[int, Tensor, Tensor]]:
             nonlocal run
-            order_epoch, order = -1, torch.empty(0, dtype=torch.int64)
             for s in range(start_step, total):
                 epoch, b = divmod(s, steps_per_epoch)
                 if b == 0:
                     run = Running()
-                if epoch != order_epoch:
-                    order_epoch = epoch
+                if b == 0 or s == start_step:  # the epoch's order (also when resuming mid-epoch)
                     g = torch.Generator().manual_seed(_derived_seed(seed, phase, epoch))
                     order = torch.randperm(len(y_src), generator=g)
                 rows = order[b * bs : (b + 1) * bs].to(x_src.device)
@@ -166,7 +180,8 @@ def run_phase(
                 on_progress(ProgressEvent(phase, min(epoch + 1, epochs), epochs, step, total, run.loss(), run.top1()))
             if end_of_epoch or step % config.checkpoint_every == 0 or stop_here:
                 seconds = before + time.perf_counter() - t0  # training seconds of every call so far
-                save_phase(ckpt, settings, step, run, seconds, model, opt, sched, device)
+                extra = {"running": run.state(), "train_seconds": seconds}
+                save_checkpoint(ckpt, settings, step=step, **states, extra=extra)
             return stop_here
 
         model.train()
@@ -186,22 +201,18 @@ def run_phase(
 
 
 def downstream_phase(
+    ctx: PhaseContext,
     student: nn.Module,
     arch: Any,
     data_text: str,
     test_text: str | None,
     pre: Preprocess,
-    config: FinetuneConfig,
-    seed: int,
-    device: torch.device,
-    out_dir: Path,
-    resume: bool,
-    *,
     base_settings: dict[str, Any],
-    on_progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Transfer the fine-tuned student: new head, cross-entropy on ``data_text``, top-1 on its test rows."""
     from structsearch.space import ArchSpec
+
+    config, seed, device, out_dir = ctx.config, ctx.seed, ctx.device, ctx.out_dir
 
     data = load_data(data_text)
     if test_text:
@@ -219,7 +230,7 @@ def downstream_phase(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)  # the new head's initialisation is part of the reproducible run
-        model.reset_classifier(num_classes)
+        model.reset_classifier(num_classes)  # type: ignore[operator]  # checked callable above
     augment = Augment.for_size(data.x.shape[-2], hflip=config.downstream_hflip)
     settings = {
         "format": CHECKPOINT_FORMAT,
@@ -233,11 +244,8 @@ def downstream_phase(
         "augment": asdict(augment),
         "epochs": config.downstream_epochs,
         "lr": config.downstream_lr,
-        "batch_size": config.batch_size,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
         "seed": seed,
-        "channels_last": config.channels_last,
+        **config.training_settings(),
     }
 
     def ce(x_uint8: Tensor, y: Tensor, m: nn.Module) -> tuple[Tensor, Tensor]:
@@ -245,6 +253,7 @@ def downstream_phase(
         return F.cross_entropy(logits.float(), y), logits
 
     phase = run_phase(
+        ctx,
         phase="downstream",
         model=model,
         data=data,
@@ -254,21 +263,14 @@ def downstream_phase(
         epochs=config.downstream_epochs,
         optimizer="sgd",
         lr=config.downstream_lr,
-        config=config,
-        seed=seed,
-        device=device,
         ckpt=out_dir / f"{DOWNSTREAM_CHECKPOINT_PREFIX}{settings_hash(settings)}.pt",
         settings=settings,
-        resume=resume,
-        on_progress=on_progress,
-        stop_after_steps=None,
     )
     acc = top1(model, test_data.x[test_idx], test_data.y[test_idx], pre, config.eval_batch_size, device)
     # the saved spec carries the new class count, so structsearch.load() builds the right head
     kwargs = {**arch.kwargs, "num_classes": num_classes}
     new_arch = ArchSpec.make(arch.model, arch.stages, kwargs)
-    model_cpu = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    save_student_atomically(out_dir / DOWNSTREAM_DIR, model_cpu, new_arch)
+    save_student_atomically(out_dir / DOWNSTREAM_DIR, model, new_arch)
     return {
         "data": data.source,
         "test_data": test_data.source

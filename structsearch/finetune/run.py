@@ -23,6 +23,7 @@ Optuna trials cannot take new user attributes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,11 +34,18 @@ import optuna
 import torch
 from torch import Tensor, nn
 
+from structsearch.atomic import atomic_write
 from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, split_train_val
 from structsearch.devices import resolve_device
 from structsearch.distill import top1
 from structsearch.distill.teacher import state_digest, tensor_digest
-from structsearch.finetune.checkpoint import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RESULT_FILE
+from structsearch.finetune.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    RESULT_FILE,
+    STUDY_ATTR,
+    save_student_atomically,
+)
 from structsearch.finetune.config import (
     FinetuneConfig,
     FinetuneError,
@@ -45,22 +53,30 @@ from structsearch.finetune.config import (
     ProgressFn,
     default_out_dir,
 )
-from structsearch.finetune.outputs import record_on_study, save_student_atomically, write_json_atomically
-from structsearch.finetune.phases import downstream_phase, kd_loss_fn, prep, run_phase
-from structsearch.finetune.stored import start_student
+from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
 
 
 @dataclass(frozen=True)
 class _Hyper:
-    """The KD phase's settings once the study's defaults are filled in."""
+    """The KD phase's settings once the study's defaults are filled in (reported in the result's ``extra``)."""
 
     optimizer: str
     lr: float
+    batch_size: int
     temperature: float
     alpha: float
     seed: int
+
+    @classmethod
+    def of(cls, config: FinetuneConfig, spec: Any) -> _Hyper:
+        """The run's optimizer, rate, KD temperature/alpha and seed: the settings', else the study's."""
+        optimizer, lr = config.optimizer_and_lr(spec.proxy.optimizer, spec.proxy.lr)
+        temperature = config.temperature if config.temperature is not None else spec.proxy.temperature
+        alpha = config.alpha if config.alpha is not None else spec.proxy.alpha
+        seed = config.seed if config.seed is not None else spec.seed
+        return cls(optimizer, lr, config.batch_size, temperature, alpha, seed)
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,7 @@ def finetune_trial(
         raise FinetuneError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
     device = resolve_device(config.device)
     stored = StoredTrial.open(study, trial, storage_url)
-    hyper = _hyper(config, stored.study_spec)
+    hyper = _Hyper.of(config, stored.study_spec)
 
     status("loading the teacher and data")
     d = _load_data(stored.study_spec, config, data, test)
@@ -130,7 +146,9 @@ def finetune_trial(
         d.teacher.to(memory_format=torch.channels_last)
 
     status("training")
+    ctx = PhaseContext(config, hyper.seed, device, out_dir, resume, on_progress)
     kd = run_phase(
+        ctx,
         phase="kd",
         model=student.model,
         data=d.train,
@@ -142,13 +160,8 @@ def finetune_trial(
         epochs=config.epochs,
         optimizer=hyper.optimizer,
         lr=hyper.lr,
-        config=config,
-        seed=hyper.seed,
-        device=device,
         ckpt=out_dir / CHECKPOINT_FILE,
         settings=settings,
-        resume=resume,
-        on_progress=on_progress,
         stop_after_steps=stop_after_steps,
     )
     result = FinetuneResult(
@@ -167,61 +180,46 @@ def finetune_trial(
         teacher_input_size=student.teacher_pre.input_size[0],
         kd=kd,
         settings_hash=settings_hash(settings),
-        extra={
-            "optimizer": hyper.optimizer,
-            "lr": hyper.lr,
-            "batch_size": config.batch_size,
-            "temperature": hyper.temperature,
-            "alpha": hyper.alpha,
-            "seed": hyper.seed,
-        },
+        extra=asdict(hyper),
     )
     if not kd.completed:
         result.seconds = time.perf_counter() - t_start
         return result
 
     status("testing")
-    student_cpu = _test_and_save(result, d, student, config, device, out_dir)
+    x_test, y_test = d.test.x[d.test_idx], d.test.y[d.test_idx]
+    result.test_top1 = round(top1(student.model, x_test, y_test, student.pre, config.eval_batch_size, device), 3)
+    result.teacher_top1 = round(top1(d.teacher, x_test, y_test, student.teacher_pre, config.eval_batch_size, device), 3)
+    student_cpu = save_student_atomically(out_dir, student.model, student.arch)
     if downstream:
         status("downstream")
         result.downstream = downstream_phase(
-            student_cpu,
-            student.arch,
-            downstream,
-            downstream_test,
-            student.pre,
-            config,
-            hyper.seed,
-            device,
-            out_dir,
-            resume,
-            base_settings=settings,
-            on_progress=on_progress,
+            ctx, student_cpu, student.arch, downstream, downstream_test, student.pre, settings
         )
     result.seconds = time.perf_counter() - t_start
-    write_json_atomically(out_dir / RESULT_FILE, result.to_dict())
-    record_on_study(optuna.load_study(study_name=study, storage=stored.storage), trial, result.study_summary())
+    text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+    atomic_write(out_dir / RESULT_FILE, lambda f: f.write(text.encode()))
+    # read-modify-write of the study's record: two fine-tunings of one study finishing at the same
+    # instant could drop one entry; each run's full record stays in its own result.json
+    on_study = optuna.load_study(study_name=study, storage=stored.storage)
+    on_study.set_user_attr(
+        STUDY_ATTR, {**(on_study.user_attrs.get(STUDY_ATTR) or {}), str(trial): result.study_summary()}
+    )
     return result
 
 
 # -- the named steps -------------------------------------------------------------------------------
 
 
-def _hyper(config: FinetuneConfig, spec: Any) -> _Hyper:
-    """The run's optimizer, rate, KD temperature/alpha and seed: the settings', else the study's."""
-    optimizer, lr = config.optimizer_and_lr(spec.proxy.optimizer, spec.proxy.lr)
-    return _Hyper(
-        optimizer=optimizer,
-        lr=lr,
-        temperature=config.temperature if config.temperature is not None else spec.proxy.temperature,
-        alpha=config.alpha if config.alpha is not None else spec.proxy.alpha,
-        seed=config.seed if config.seed is not None else spec.seed,
-    )
-
-
 def _load_data(spec: Any, config: FinetuneConfig, data: str | None, test: str | None) -> _Data:
     """The teacher, the training rows and the test rows kept out of them."""
-    plan, teacher, study_train = _study_teacher_and_data(spec)
+    from structsearch.search.context import load_study_data, plan_search
+
+    # loaded exactly as the search did, without the proxy's Distiller (its cache of teacher outputs
+    # on fixed views cannot serve a fine-tune's fresh augmentations)
+    plan = plan_search(spec)
+    study_data = load_study_data(plan)
+    teacher, study_train = study_data.teacher, study_data.train
     test_data, test_idx, exclude = _test_split(spec, test, study_train)
     train_data = load_data(data) if data else study_train
     train_idx = torch.arange(len(train_data))
@@ -247,7 +245,7 @@ def _prepare_student(
     num_classes = num_classes_of(d.teacher) or probe_classes(d.teacher, teacher_pre(d.test.x[:1]))
     check_labels(d.train, num_classes)
     check_labels(d.test, num_classes)
-    arch, model, start = start_student(stored, d.plan, d.teacher)
+    arch, model, start = _start_student(stored, d.plan, d.teacher)
     if start == "rebuilt":
         # surgery leaves the teacher's BatchNorm statistics; re-estimate them as the proxy does
         g = torch.Generator().manual_seed(seed)
@@ -281,29 +279,9 @@ def _kd_settings(
         "student_preprocess": asdict(student.pre),
         "augment": asdict(augment),
         "epochs": config.epochs,
-        "optimizer": hyper.optimizer,
-        "lr": hyper.lr,
-        "batch_size": config.batch_size,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
-        "temperature": hyper.temperature,
-        "alpha": hyper.alpha,
-        "seed": hyper.seed,
-        "channels_last": config.channels_last,
+        **asdict(hyper),
+        **config.training_settings(),
     }
-
-
-def _test_and_save(
-    result: FinetuneResult, d: _Data, student: _Student, config: FinetuneConfig, device: torch.device, out_dir: Path
-) -> nn.Module:
-    """Student's and teacher's top-1 on the test rows into ``result``; the student saved to ``out_dir`` (returned on CPU)."""
-    x_test, y_test = d.test.x[d.test_idx], d.test.y[d.test_idx]
-    bs = config.eval_batch_size
-    result.test_top1 = round(top1(student.model, x_test, y_test, student.pre, bs, device), 3)
-    result.teacher_top1 = round(top1(d.teacher, x_test, y_test, student.teacher_pre, bs, device), 3)
-    student_cpu = student.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    save_student_atomically(out_dir, student_cpu, student.arch)
-    return student_cpu
 
 
 def _test_split(spec: Any, test: str | None, study_train: LoadedData) -> tuple[LoadedData, Tensor, Tensor | None]:
@@ -324,12 +302,16 @@ def _test_split(spec: Any, test: str | None, study_train: LoadedData) -> tuple[L
     return study_train, val_idx, val_idx
 
 
-def _study_teacher_and_data(spec: Any) -> tuple[Any, nn.Module, LoadedData]:
-    """The study's plan, its teacher and its training data, loaded exactly as the search did
-    (:func:`structsearch.search.context.load_study_data`), without building the proxy's
-    Distiller, whose teacher-output cache on fixed views the fine-tuning cannot use."""
-    from structsearch.search.context import load_study_data, plan_search
+def _start_student(stored: StoredTrial, plan: Any, teacher: nn.Module) -> tuple[Any, nn.Module, str]:
+    """The trial's structure and its starting weights: the proxy-trained artifact when it is on
+    this machine, else the structure rebuilt from the spec (inherited teacher weights, or the base
+    model's fresh initialisation for a student of another family)."""
+    from structsearch.models import create_model
+    from structsearch.surgery import get_importance
 
-    plan = plan_search(spec)
-    d = load_study_data(plan)
-    return plan, d.teacher, d.train
+    if stored.saved() is not None:
+        return stored.arch, stored.load(), "artifact"
+    spec = stored.study_spec
+    torch.manual_seed(spec.seed)  # a from-scratch base is initialised reproducibly
+    base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
+    return stored.arch, stored.rebuild(base, get_importance(spec.importance, spec.seed)), "rebuilt"

@@ -80,11 +80,7 @@ def prescreen(
         student = students.get(spec)[0]
         if resolution is not None:
             params["resolution"] = resolution
-        out.append(
-            (
-                round(ctx.distiller.quick_score(student, batches=batches, images=images, input_size=resolution), 3),
-                params,
-            )
-        )
+        score = ctx.distiller.quick_score(student, batches=batches, images=images, input_size=resolution)
+        out.append((round(score, 3), params))
     out.sort(key=lambda item: -item[0])
     return out

@@ -11,7 +11,7 @@ Users: the KD proxy (:class:`structsearch.distill.Distiller`), the fine-tune
 synthesis (:mod:`structsearch.distill.synthesis`).
 """
 
-from structsearch.train.bn import recalibrate_bn
+from structsearch.train.bn import batchnorms, recalibrate_bn
 from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, settings_hash
 from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
 from structsearch.train.loop import AfterStep, LossFn, run_steps
@@ -23,6 +23,7 @@ __all__ = [
     "LossFn",
     "OptimizerName",
     "WarmupCosine",
+    "batchnorms",
     "fits_on_device",
     "load_checkpoint",
     "make_optimizer",

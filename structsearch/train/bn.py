@@ -15,8 +15,13 @@ import torch
 from torch import Tensor, nn
 
 
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None
+    ]
 
 
 def recalibrate_bn(model: nn.Module, x_batches: Iterable[Tensor]) -> int:
@@ -27,7 +32,7 @@ def recalibrate_bn(model: nn.Module, x_batches: Iterable[Tensor]) -> int:
     updates. The model's train/eval mode and each layer's momentum are restored afterwards. Returns
     the number of batches used; with no BatchNorm or no batches the model is left untouched.
     """
-    norms = _batchnorms(model)
+    norms = batchnorms(model)
     if not norms:
         return 0
     was_training = model.training

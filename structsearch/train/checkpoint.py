@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from structsearch.errors import CheckpointError
+from structsearch.atomic import atomic_write
+from structsearch.errors import CheckpointError, one_line
 
 _NEEDED = ("format", "settings_hash", "settings", "step", "model", "optimizer", "scheduler", "rng_cpu")
 _FIX = "delete it or pass --restart"
@@ -53,15 +53,7 @@ def save_checkpoint(
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, partial(torch.save, state))
 
 
 def load_checkpoint(
@@ -82,8 +74,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is damaged ({first[:120]}); {_FIX}") from None
+        raise CheckpointError(f"checkpoint {path} is damaged ({one_line(e)[:120]}); {_FIX}") from None
     if not isinstance(state, dict) or any(k not in state for k in (*_NEEDED, *needed)):
         raise CheckpointError(f"checkpoint {path} is not a structsearch fine-tuning checkpoint; {_FIX}")
     if state["settings_hash"] != settings_hash(settings):
@@ -101,8 +92,7 @@ def load_checkpoint(
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         state["step"] = int(state["step"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} does not fit this run ({first[:120]}); {_FIX}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({one_line(e)[:120]}); {_FIX}") from None
     return state
 
 

@@ -61,4 +61,4 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup, span) / span)) * base
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return [self.rate(self.last_epoch, base) for base in self.base_lrs]
+        return [self.rate(self.last_epoch, float(base)) for base in self.base_lrs]
