@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def time_steps(distiller, student, online_source=None) -> float:
     """Seconds of the proxy's optimisation steps alone (no recalibration, probe or evaluation)."""
     from structsearch.distill.losses import distill_loss
-    from structsearch.distill.trainer import _optimizer
+    from structsearch.train import make_optimizer
 
     cfg = distiller.config
     source = online_source or distiller.source
     student.to(distiller.device).to(memory_format=torch.channels_last).train()
-    opt = _optimizer([p for p in student.parameters() if p.requires_grad], cfg)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     for pairs in distiller._pair_batches(gen, cfg.steps):
