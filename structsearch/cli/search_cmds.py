@@ -237,7 +237,7 @@ def pareto(
         from structsearch.cli.recheck_cmds import recheck_summary
         from structsearch.errors import StructsearchError
         from structsearch.search import pareto_front, plot_front, study_records
-        from structsearch.search.recheck import stored_rechecks
+        from structsearch.search.recheck import rechecks_from_attrs
         from structsearch.search.results import baseline_gains, load_study
         from structsearch.search.storage import open_storage
 
@@ -248,7 +248,7 @@ def pareto(
         front = pareto_front(records, cost)
         if plot:
             plot_front(records, front, cost, plot, title=s.study_name)
-        rechecks = stored_rechecks(s)
+        rechecks = rechecks_from_attrs(s.user_attrs)
         gains = baseline_gains(records)
         if format is Format.json:
             print_json(
