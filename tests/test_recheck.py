@@ -14,7 +14,7 @@ import pytest
 
 from structsearch.errors import StructsearchError
 from structsearch.search import parse_study_spec, run_search
-from structsearch.search.recheck import RECHECK_ATTR, rank_agreement, recheck, select_candidates, stored_rechecks
+from structsearch.search.recheck import RECHECK_ATTR, rank_agreement, recheck, rechecks_from_attrs, select_candidates
 from structsearch.search.results import load_study, pareto_front, study_records
 from structsearch.search.storage import open_storage
 
@@ -78,7 +78,7 @@ def test_recheck_stores_long_scores_and_tau_and_resumes(study: optuna.Study) -> 
     calls: list = []
     again = recheck(study.study_name, top=2, steps=12, on_entry=lambda d, t, e: calls.append(e))
     assert again == result and calls == [None]
-    assert [r.steps for r in stored_rechecks(load_study(study.study_name, open_storage()))] == [12]
+    assert [r.steps for r in rechecks_from_attrs(load_study(study.study_name, open_storage()).user_attrs)] == [12]
 
 
 def test_recheck_rejects_a_run_no_longer_than_the_proxy(study: optuna.Study) -> None:

@@ -26,23 +26,20 @@ def _records_table(records: list, title: str | None = None) -> Table:
     """Score and cost per record; resolution, latency and memory columns appear when measured."""
     from structsearch.cost import format_bytes, format_ms
 
-    with_res = any(r.resolution is not None for r in records)
-    with_lat = any(r.latency_ms is not None for r in records)
-    with_mem = any(r.memory_bytes is not None for r in records)
-    columns = ["study", "trial", "score (val top-1 %)", "MACs", "params"]
-    columns += ["px"] * with_res + ["latency"] * with_lat + ["peak act. memory"] * with_mem
+    optional = (
+        ("px", "resolution", str),
+        ("latency", "latency_ms", format_ms),
+        ("peak act. memory", "memory_bytes", format_bytes),
+    )
+    shown = [(head, key, fmt) for head, key, fmt in optional if any(getattr(r, key) is not None for r in records)]
+    columns = ["study", "trial", "score (val top-1 %)", "MACs", "params", *(head for head, _, _ in shown)]
     # the device of every measured figure, once under the table instead of in every row
     where = sorted({f"{r.latency_runtime} on {r.latency_device}" for r in records if r.latency_ms is not None})
     table = Table(*columns, title=title, caption=f"latency: {'; '.join(where)}" if where else None)
     for r in records:
         trial = f"{r.trial} ({r.baseline})" if r.baseline else str(r.trial)  # flagged: a baseline, not searched
         row = [r.study, trial, f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
-        if with_res:
-            row.append("-" if r.resolution is None else str(r.resolution))
-        if with_lat:
-            row.append("-" if r.latency_ms is None else format_ms(r.latency_ms))
-        if with_mem:
-            row.append("-" if r.memory_bytes is None else format_bytes(r.memory_bytes))
+        row += ["-" if (value := getattr(r, key)) is None else fmt(value) for _, key, fmt in shown]
         table.add_row(*row)
     return table
 
@@ -240,7 +237,7 @@ def pareto(
         from structsearch.cli.recheck_cmds import recheck_summary
         from structsearch.errors import StructsearchError
         from structsearch.search import pareto_front, plot_front, study_records
-        from structsearch.search.recheck import stored_rechecks
+        from structsearch.search.recheck import rechecks_from_attrs
         from structsearch.search.results import baseline_gains, load_study
         from structsearch.search.storage import open_storage
 
@@ -251,7 +248,7 @@ def pareto(
         front = pareto_front(records, cost)
         if plot:
             plot_front(records, front, cost, plot, title=s.study_name)
-        rechecks = stored_rechecks(s)
+        rechecks = rechecks_from_attrs(s.user_attrs)
         gains = baseline_gains(records)
         if format is Format.json:
             print_json(

@@ -173,32 +173,32 @@ def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
         return _absolute(Decimal(repr(text)) if math.isfinite(text) else None, text, what)
     if not isinstance(text, str):
         raise _invalid(text, what, f"expected text or a number, got {type(text).__name__}")
-    if UNITS[what]:
-        return _parse_measured(text, what)
-    return _parse_text(text, what)
-
-
-def _parse_measured(text: str, what: str) -> Budget:
-    """Latency and memory budgets: a number with a mandatory unit, or a percentage."""
     stripped = text.strip()
     if not stripped:
         raise _invalid(text, what, "it is empty")
     if stripped.startswith("-"):
         raise _invalid(text, what, "a budget must be positive")
-    match = _MEASURED_RE.match(stripped)
+    match = (_MEASURED_RE if UNITS[what] else _BUDGET_RE).match(stripped)
     if match is None:
-        raise _invalid(text, what, "not a number with a unit")
+        raise _invalid(text, what, "not a number with a unit" if UNITS[what] else _why_unparsed(stripped))
     number = _decimal(match["number"])
     unit = (match["unit"] or "").lower()
     if unit == "%":
         if not 0 < number <= 100:
             raise _invalid(text, what, "a percentage must be above 0% and at most 100%")
         return Budget(value=float(number / 100), relative=True, unit=UNITS[what])
+    if UNITS[what]:
+        return _measured(number, unit, match["unit"], text, what)
+    return _absolute(number * _SUFFIXES[unit], text, what)
+
+
+def _measured(number: Decimal, unit: str, written: str | None, text: str, what: str) -> Budget:
+    """An absolute latency or memory budget: ``number`` in ``unit`` (mandatory), as written."""
     units: dict[str, Decimal] = _TIME_UNITS if what == "latency" else {k: Decimal(v) for k, v in _BYTE_UNITS.items()}
     if not unit:
         raise _invalid(text, what, "it has no unit")
     if unit not in units:
-        raise _invalid(text, what, f"unknown unit {match['unit']!r}")
+        raise _invalid(text, what, f"unknown unit {written!r}")
     value = number * units[unit]
     if not value.is_finite() or value <= 0:
         raise _invalid(text, what, "a budget must be positive")
@@ -208,25 +208,6 @@ def _parse_measured(text: str, what: str) -> Budget:
     if not math.isfinite(as_float):
         raise _invalid(text, what, "too large")
     return Budget(value=as_float, relative=False, unit=UNITS[what])
-
-
-def _parse_text(text: str, what: str) -> Budget:
-    """Parse the string form; split out so the numeric path stays trivial."""
-    stripped = text.strip()
-    if not stripped:
-        raise _invalid(text, what, "it is empty")
-    if stripped.startswith("-"):
-        raise _invalid(text, what, "a budget must be positive")
-    match = _BUDGET_RE.match(stripped)
-    if match is None:
-        raise _invalid(text, what, _why_unparsed(stripped))
-    number = _decimal(match["number"])
-    unit = match["unit"].lower()
-    if unit == "%":
-        if not 0 < number <= 100:
-            raise _invalid(text, what, "a percentage must be above 0% and at most 100%")
-        return Budget(value=float(number / 100), relative=True)
-    return _absolute(number * _SUFFIXES[unit], text, what)
 
 
 def _why_unparsed(stripped: str) -> str:

@@ -44,6 +44,10 @@ def default_spec() -> StudySpec:
     return parse_study_spec(DEFAULT_SPEC, "embedded default")
 
 
+#: Study attributes ``list_studies`` shows as they are stored.
+_LISTED_ATTRS = ("teacher", "data", "budget_flops", "budget_params", "budget_latency", "budget_memory")
+
+
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
     """One summary row per structsearch study in the storage."""
     rows = []
@@ -54,12 +58,7 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
         rows.append(
             {
                 "study": s.study_name,
-                "teacher": a.get("teacher"),
-                "data": a.get("data"),
-                "budget_flops": a.get("budget_flops"),
-                "budget_params": a.get("budget_params"),
-                "budget_latency": a.get("budget_latency"),
-                "budget_memory": a.get("budget_memory"),
+                **{key: a.get(key) for key in _LISTED_ATTRS},
                 "trials": len(recs),
                 "trials_requested": a.get("trials_requested"),
                 "trained": len(scored(recs)),

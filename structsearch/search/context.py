@@ -113,20 +113,7 @@ class SearchPlan:
         """
         m = self.spec.measure
         size = self.student_input_size(resolution)
-        latency = (
-            measure_latency(
-                model,
-                size,
-                runtime=m.runtime,
-                device=m.device,
-                batch_size=m.batch_size,
-                threads=m.threads,
-                warmup=m.warmup,
-                repeats=m.repeats,
-            )
-            if m.latency
-            else None
-        )
+        latency = measure_latency(model, size, **m.model_dump(exclude={"latency", "memory"})) if m.latency else None
         memory = measure_memory(model, size, device=m.device, batch_size=m.batch_size) if m.memory else None
         return latency, memory
 
@@ -373,15 +360,10 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     p = spec.proxy
     lr = p.lr if p.lr is not None else default_lr(plan.inherit)
     config = ProxyConfig(
-        steps=p.steps,
-        batch_size=p.batch_size,
-        optimizer=p.optimizer,
+        **p.model_dump(exclude={"lr", "feature_kd"}),
         lr=lr,
-        temperature=p.temperature,
-        alpha=p.alpha,
         feature_kd=p.feature_kd and plan.inherit,
         seed=spec.seed,
-        device=p.device,
         report_every=max(1, p.steps // 5),
     )
     distiller = Distiller(

@@ -21,6 +21,9 @@ from structsearch.errors import StructsearchError
 from structsearch.search.stored import StoredTrial
 from structsearch.surgery import RECIPE_FILE, SPEC_FILE, WEIGHTS_FILE, load_student
 
+#: The record's measured figures an export's ``trial.json`` repeats, with the device they were measured on.
+_MEASURED = {"latency_ms", "latency_device", "latency_runtime", "memory_bytes", "memory_device"}
+
 
 def export_trial(
     study: str,
@@ -43,20 +46,13 @@ def export_stored(stored: StoredTrial, out: str | Path, onnx: bool = False) -> l
         if (artifact / name).is_file():  # artifacts written before the recipe was kept lack it
             shutil.copyfile(artifact / name, dest / name)
             written.append(dest / name)
-    rec = stored.record
     info = {
         "study": stored.study,
         "trial": stored.number,
-        "score": rec.score,
-        "macs": rec.macs,
-        "params": rec.params,
+        **stored.record.model_dump(include={"score", "macs", "params"}),
         "input_size": stored.input_size,
         "convention": stored.study_attrs.get("convention"),
-        "latency_ms": rec.latency_ms,
-        "latency_device": rec.latency_device,
-        "latency_runtime": rec.latency_runtime,
-        "memory_bytes": rec.memory_bytes,
-        "memory_device": rec.memory_device,
+        **stored.record.model_dump(include=_MEASURED),
     }
     (dest / "trial.json").write_text(json.dumps(info, indent=2) + "\n")
     written.append(dest / "trial.json")

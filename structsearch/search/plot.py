@@ -45,22 +45,9 @@ def plot_front(
         except ImportError:
             raise StructsearchError("HTML plots need plotly (pip install plotly); or use a .png path") from None
         fig = go.Figure()
-        x, y = points(pts)
-        fig.add_scatter(
-            x=x,
-            y=y,
-            mode="markers",
-            name="candidates",
-            text=[f"trial {r.trial}" for r in pts],
-        )
-        x, y = points(front)
-        fig.add_scatter(
-            x=x,
-            y=y,
-            mode="lines+markers",
-            name="Pareto front",
-            text=[f"trial {r.trial}" for r in front],
-        )
+        for rs, mode, name in ((pts, "markers", "candidates"), (front, "lines+markers", "Pareto front")):
+            x, y = points(rs)
+            fig.add_scatter(x=x, y=y, mode=mode, name=name, text=[f"trial {r.trial}" for r in rs])
         fig.update_layout(title=title, xaxis_title=label, yaxis_title="val top-1 (%)")
         fig.write_html(str(p))
         return p

@@ -115,11 +115,6 @@ def rechecks_from_attrs(user_attrs: dict[str, Any]) -> list[RecheckResult]:
     return sorted((RecheckResult.from_dict(v) for v in raw.values()), key=lambda r: r.steps)
 
 
-def stored_rechecks(study: optuna.Study) -> list[RecheckResult]:
-    """Every re-check stored on ``study``, shortest run first."""
-    return rechecks_from_attrs(study.user_attrs)
-
-
 def _store(study: optuna.Study, result: RecheckResult) -> None:
     raw = dict(study.user_attrs.get(RECHECK_ATTR) or {})
     raw[str(result.steps)] = result.to_dict()
@@ -165,7 +160,7 @@ def recheck(
             f"use several times that, e.g. --steps {4 * spec.proxy.steps}"
         )
     picks = select_candidates(study_records(study), top, seed)
-    previous = {r.steps: r for r in stored_rechecks(study)}.get(steps)
+    previous = {r.steps: r for r in rechecks_from_attrs(study.user_attrs)}.get(steps)
     done = {e.trial: e for e in previous.entries} if previous else {}
     base = RecheckResult(study.study_name, steps, spec.proxy.steps, top)
     entries = [done[r.trial] for r, _ in picks if r.trial in done]
