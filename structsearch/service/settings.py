@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from structsearch.paths import artifacts_dir
@@ -91,6 +91,30 @@ class ServiceSettings(BaseSettings):
     max_trial_steps_per_key: int = Field(default=1_000_000, ge=1)
     #: Largest request body, bytes; a larger one is refused with a 413 before it is read.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # --- The dashboard (issue 13): optuna-dashboard can delete, rename and `tell`, so it connects
+    # through a role that can only read Optuna's tables. ---
+    #: Password of that role; ``structsearch db upgrade`` creates (or updates) the role only when
+    #: this is set, and ``structsearch dashboard`` then connects with it.
+    dashboard_password: SecretStr | None = None
+    #: Name of the read-only role.
+    dashboard_role: str = Field(default="structsearch_dashboard", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @field_validator("dashboard_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def dashboard_url(self) -> str | None:
+        """The database URL as the read-only dashboard role; None when no password is configured."""
+        if self.dashboard_password is None:
+            return None
+        from sqlalchemy import make_url
+
+        url = make_url(self.database_url).set(
+            username=self.dashboard_role, password=self.dashboard_password.get_secret_value()
+        )
+        return url.render_as_string(hide_password=False)
 
     @field_validator("data_roots", mode="before")
     @classmethod
