@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.middleware import BodyLimit, WriteAuth
 from api.routes import fronts, health, models, searches, trials
 from structsearch.service.settings import ServiceSettings
 
@@ -48,6 +49,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.services = services
     app.state.settings = settings
     install_error_handlers(app)
+    # Outermost first: a write's key, then the body's size, both before the body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(WriteAuth)
     app.include_router(health.router)
     for router in (searches.router, trials.router, fronts.router, models.router):
         app.include_router(router, prefix=API_PREFIX)

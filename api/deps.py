@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.middleware import STATE_KEY
 from structsearch.errors import NotFound
 from structsearch.service.apikeys import authenticate
 from structsearch.service.database import Database
@@ -68,8 +69,14 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def optional_key(services: ServicesDep, credentials: BearerDep) -> ApiKey | None:
-    """The caller's API key, None when the request sends none; 401 when it sends an unusable one."""
+def optional_key(request: Request, services: ServicesDep, credentials: BearerDep) -> ApiKey | None:
+    """The caller's API key, None when the request sends none; 401 when it sends an unusable one.
+
+    A write's key was already checked, before its body was read, by :class:`api.middleware.WriteAuth`.
+    """
+    found = getattr(request.state, STATE_KEY, None)
+    if isinstance(found, ApiKey):
+        return found
     if credentials is None:
         return None
     key = authenticate(services.db, credentials.credentials) if credentials.credentials else None

@@ -131,3 +131,15 @@ class ProxyConfigError(StructsearchError):
 
 class FeatureKDError(StructsearchError):
     """Feature KD was asked for a model (or teacher/student pair) it cannot be applied to."""
+
+
+class TooMany(StructsearchError):
+    """A key is over one of its quotas (active searches, queued trial-steps); retry when some end."""
+
+    status = 429
+
+
+class TooLarge(StructsearchError):
+    """A request body over the service's size limit."""
+
+    status = 413

@@ -64,7 +64,12 @@ def search_public(row: Search, reader: StudyReader) -> SearchPublic:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SearchAccepted,
-    responses={**_ERRORS, 503: {"model": ErrorPublic, "description": "the search could not be queued"}},
+    responses={
+        **_ERRORS,
+        413: {"model": ErrorPublic, "description": "request body too large"},
+        429: {"model": ErrorPublic, "description": "the key is over a quota (active searches, trial-steps)"},
+        503: {"model": ErrorPublic, "description": "the search could not be queued"},
+    },
     openapi_extra={"x-study-spec": True},  # api.app points the request body at the StudySpec schema
 )
 def create_search(
@@ -86,7 +91,9 @@ def create_search(
     Nothing is stored when the spec is rejected (422). The study is named after the spec; when
     that name is taken the search gets the name with a short suffix, and says so.
     """
-    row = submit_search(spec, services.settings, services.db, services.reader, services.queue, key.id)
+    row = submit_search(
+        spec, services.settings, services.db, services.reader, services.queue, key.id, quota_exempt=key.is_admin
+    )
     renamed = row.name != row.requested_name
     url = f"/api/v1/searches/{row.id}"
     response.headers["Location"] = url

@@ -66,8 +66,12 @@ def db_upgrade(storage: DatabaseOpt = None) -> None:
     def body() -> None:
         from structsearch.service.migrations import upgrade
 
+        _logging()
         settings = _settings(storage)
-        revisions = upgrade(settings.database_url)
+        password = settings.dashboard_password
+        revisions = upgrade(
+            settings.database_url, password.get_secret_value() if password else None, settings.dashboard_role
+        )
         console.print(
             f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}",
             highlight=False,
@@ -220,14 +224,29 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
 ) -> None:
-    """Serve optuna-dashboard on the service database (read-only; run `structsearch db upgrade` first)."""
+    """Serve optuna-dashboard on the service database, as its read-only role (an operator tool).
+
+    optuna-dashboard has delete, rename and `tell` routes and no authentication: with
+    STRUCTSEARCH_DASHBOARD_PASSWORD set (and `structsearch db upgrade` run with it) it connects as
+    the role that can only read Optuna's tables; without it, it connects as the service's own user
+    and may only listen on localhost.
+    """
 
     def body() -> None:
         from sqlalchemy import create_engine, inspect
 
         from structsearch.service.database import libpq_url
 
-        url = libpq_url(_settings(storage).database_url)  # psycopg2 driver, as optuna-dashboard expects
+        settings = _settings(storage)
+        readonly = settings.dashboard_url() if settings.is_postgres else None
+        if readonly is None and host not in ("127.0.0.1", "localhost", "::1"):
+            raise StructsearchError(
+                "without the read-only role the dashboard can change studies: set STRUCTSEARCH_DASHBOARD_PASSWORD "
+                "(and run `structsearch db upgrade`) to serve it beyond localhost"
+            )
+        if readonly is None:
+            console.print("[yellow]dashboard connected as the service user (writable); localhost only[/yellow]")
+        url = libpq_url(readonly or settings.database_url)  # psycopg2 driver, as optuna-dashboard expects
         engine = create_engine(url)
         try:
             missing = "studies" not in inspect(engine).get_table_names()

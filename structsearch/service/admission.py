@@ -8,21 +8,38 @@ the machine to read files or fetch weights, so on top of that:
 * torchvision ``?download=1`` is refused (a worker would fetch from the internet);
 * model kwargs may not name files or downloads (``pretrained``, ``checkpoint_path``, ...) and
   may only hold plain values, not nested configs that could smuggle either;
-* ``trials`` is capped (one queued job per trial).
+* ``trials`` is capped (one queued job per trial);
+* every setting that sizes work is capped service-wide (:class:`WorkLimits`): model kwargs are
+  allow-listed and bounded, the teacher's (and student base's) parameters are counted on the
+  ``meta`` device -- no memory is allocated -- before anything real is built, and ``measure``,
+  ``proxy``, ``train_epochs``, image sizes and devices have ceilings. A breach names the setting
+  and the limit, so one request cannot ask the API or a worker for a 49 GB model or hours of
+  timing.
 
 The heavier check, :func:`structsearch.search.context.plan_search` (unknown model, impossible
-budget), runs after this one, so it never touches a path that was not allowed.
+budget), runs after this one, so it never touches a path that was not allowed, and it runs in a
+child process with a memory and time limit (:mod:`structsearch.service.planning`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from structsearch.data import DataSpec
-from structsearch.errors import AdmissionError
+from structsearch.errors import AdmissionError, StructsearchError
 from structsearch.search.spec import StudySpec, parse_study_spec
+
+if TYPE_CHECKING:
+    from structsearch.service.settings import ServiceSettings
+
+#: Device strings a spec may name (``resolve_device``'s spellings); anything else is refused at
+#: submission instead of failing every trial on a worker.
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|cuda(:\d{1,2})?)$")
 
 #: Model kwargs that load files or download weights (timm's and structsearch's create_model).
 FORBIDDEN_KWARGS = frozenset(
@@ -38,13 +55,49 @@ FORBIDDEN_KWARGS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class WorkLimits:
+    """Service-wide ceilings on what one spec may ask for (see the fields of ``ServiceSettings``)."""
+
+    max_model_params: int = 200_000_000
+    max_num_classes: int = 100_000
+    max_image_side: int = 1024
+    max_measure_batch: int = 64
+    max_measure_repeats: int = 200
+    max_measure_warmup: int = 50
+    max_threads: int = os.cpu_count() or 1
+    max_proxy_steps: int = 20_000
+    max_proxy_batch: int = 1024
+    max_train_epochs: int = 200
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> WorkLimits:
+        return cls(
+            max_model_params=settings.max_model_params,
+            max_num_classes=settings.max_num_classes,
+            max_image_side=settings.max_image_side,
+            max_measure_batch=settings.max_measure_batch,
+            max_measure_repeats=settings.max_measure_repeats,
+            max_measure_warmup=settings.max_measure_warmup,
+            max_proxy_steps=settings.max_proxy_steps,
+            max_proxy_batch=settings.max_proxy_batch,
+            max_train_epochs=settings.max_train_epochs,
+        )
+
+
 def admit_spec(
-    data: Any, data_roots: Sequence[Path], max_trials: int, max_synthesis_work: int | None = None
+    data: Any,
+    data_roots: Sequence[Path],
+    max_trials: int,
+    max_synthesis_work: int | None = None,
+    limits: WorkLimits | None = None,
 ) -> StudySpec:
     """Validate ``data`` into a spec this service may run; raise a one-line error otherwise.
 
-    ``max_synthesis_work`` caps a data-free set's images x iterations (``None``: no cap).
+    ``max_synthesis_work`` caps a data-free set's images x iterations (``None``: no cap);
+    ``limits`` the rest of the work (default: :class:`WorkLimits`' defaults).
     """
+    limits = limits or WorkLimits()
     spec = parse_study_spec(data, "study spec")
     if spec.trials > max_trials:
         raise AdmissionError(f"trials: at most {max_trials} per search on this service, got {spec.trials}")
@@ -58,11 +111,82 @@ def admit_spec(
             f"data.train: {synthesis.n} synthetic images x {synthesis.iterations} iterations exceeds this service's "
             f"limit of {max_synthesis_work} images x iterations; ask for fewer images or iterations"
         )
-    _check_kwargs(spec.teacher.kwargs, "teacher.kwargs")
-    _check_kwargs(spec.student.kwargs, "student.kwargs")
+    _check_kwargs(spec.teacher.kwargs, "teacher.kwargs", limits)
+    _check_kwargs(spec.student.kwargs, "student.kwargs", limits)
+    check_work(spec, limits)
     for field, path in spec_paths(spec):
         check_inside_roots(path, field, data_roots)
+    check_model_sizes(spec, limits)
     return spec
+
+
+def _cap(field: str, value: int | None, limit: int, setting: str) -> None:
+    if value is not None and value > limit:
+        raise AdmissionError(
+            f"{field}: at most {limit} on this service (setting STRUCTSEARCH_{setting.upper()}), got {value}"
+        )
+
+
+def check_work(spec: StudySpec, limits: WorkLimits) -> None:
+    """The ``measure``, ``proxy``, ``train_epochs``, image-size and device ceilings."""
+    m, p = spec.measure, spec.proxy
+    _cap("measure.batch_size", m.batch_size, limits.max_measure_batch, "max_measure_batch")
+    _cap("measure.repeats", m.repeats, limits.max_measure_repeats, "max_measure_repeats")
+    _cap("measure.warmup", m.warmup, limits.max_measure_warmup, "max_measure_warmup")
+    if m.threads is not None and m.threads > limits.max_threads:
+        raise AdmissionError(
+            f"measure.threads: at most {limits.max_threads} (the CPU count of this service's machine), got {m.threads}"
+        )
+    _cap("proxy.steps", p.steps, limits.max_proxy_steps, "max_proxy_steps")
+    _cap("proxy.batch_size", p.batch_size, limits.max_proxy_batch, "max_proxy_batch")
+    _cap("teacher.train_epochs", spec.teacher.train_epochs, limits.max_train_epochs, "max_train_epochs")
+    for field, device in (("proxy.device", p.device), ("measure.device", m.device)):
+        if not DEVICE_PATTERN.match(device):
+            raise AdmissionError(f"{field}: unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+    side = limits.max_image_side
+    _cap("data.input_size", spec.data.input_size, side, "max_image_side")
+    for r in spec.data.resolutions or ():
+        _cap("data.resolutions", r, side, "max_image_side")
+    for field, text in (("data.train", spec.data.train), ("data.val", spec.data.val)):
+        size = DataSpec.parse(text).size if text else None
+        for v in size or ():
+            _cap(f"{field} size", v, side, "max_image_side")
+
+
+def check_model_sizes(spec: StudySpec, limits: WorkLimits) -> None:
+    """Refuse a teacher or student base above ``max_model_params``, counted without allocating."""
+    models = [("teacher", spec.teacher.model, dict(spec.teacher.kwargs))]
+    if spec.student.model:
+        kwargs = dict(spec.student.kwargs)
+        kwargs.setdefault("num_classes", spec.teacher.kwargs.get("num_classes", 1000))
+        models.append(("student", spec.student.model, kwargs))
+    for field, name, kwargs in models:
+        n = meta_param_count(name, kwargs)
+        if n is not None and n > limits.max_model_params:
+            raise AdmissionError(
+                f"{field}: {name} with these kwargs has {n:,} parameters; this service allows at most "
+                f"{limits.max_model_params:,} (setting STRUCTSEARCH_MAX_MODEL_PARAMS)"
+            )
+
+
+def meta_param_count(name: str, kwargs: dict[str, Any]) -> int | None:
+    """Parameters of ``name(**kwargs)`` built on the ``meta`` device (shapes only: no memory, ms).
+
+    None when the constructor cannot run on ``meta`` (one that reads tensor values while it
+    builds); planning, in its memory-limited child process, then finds out the real way.
+    """
+    import torch
+
+    from structsearch.models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+    except StructsearchError:
+        raise
+    except Exception:  # noqa: BLE001 - any constructor error: the planning child reports it
+        return None
+    return sum(p.numel() for p in model.parameters())
 
 
 def spec_paths(spec: StudySpec) -> list[tuple[str, str]]:
@@ -97,7 +221,59 @@ def check_inside_roots(path: str, field: str, roots: Sequence[Path]) -> Path:
     return resolved
 
 
-def _check_kwargs(kwargs: dict[str, Any], field: str) -> None:
+def _int_in(low: int, high: int | str) -> Callable[[Any, WorkLimits], str | None]:
+    """Integers (or a short list of them) in ``[low, high]``; ``high`` a number or the name of a
+    :class:`WorkLimits` field (the message then names its setting)."""
+
+    def check(v: Any, limits: WorkLimits) -> str | None:
+        values = v if isinstance(v, (list, tuple)) and 0 < len(v) <= 8 else [v]
+        top = getattr(limits, high) if isinstance(high, str) else high
+        if all(isinstance(x, int) and not isinstance(x, bool) and low <= x <= top for x in values):
+            return None
+        setting = f" (setting STRUCTSEARCH_{high.upper()})" if isinstance(high, str) else ""
+        return f"an integer (or a short list of them) from {low} to {top}{setting}"
+
+    return check
+
+
+def _float_in(low: float, high: float) -> Callable[[Any, WorkLimits], str | None]:
+    def check(v: Any, limits: WorkLimits) -> str | None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+        return None if ok else f"a number from {low} to {high}"
+
+    return check
+
+
+def _flag(v: Any, limits: WorkLimits) -> str | None:
+    return None if v is None or isinstance(v, bool) else "true, false or null"
+
+
+def _word(v: Any, limits: WorkLimits) -> str | None:
+    return None if v is None or (isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,32}", v)) else "a short name"
+
+
+#: The model kwargs a client may set, each with its bounds: the sizes a search needs (classes,
+#: channels, image and patch size, ViT width/depth/heads) and regularisation rates. Anything else
+#: (e.g. a ``block_fn``, a ``norm_layer`` or a file) is refused. Sizes that build a big model
+#: inside these bounds are caught by the parameter count.
+ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
+    "num_classes": _int_in(1, "max_num_classes"),
+    "in_chans": _int_in(1, 16),
+    "img_size": _int_in(8, "max_image_side"),
+    "patch_size": _int_in(1, "max_image_side"),
+    "embed_dim": _int_in(1, 8192),
+    "depth": _int_in(1, 128),
+    "num_heads": _int_in(1, 128),
+    "reg_tokens": _int_in(0, 64),
+    "mlp_ratio": _float_in(0.0, 16.0),
+    **{name: _float_in(0.0, 1.0) for name in ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate")},
+    **{name: _flag for name in ("qkv_bias", "class_token", "no_embed_class", "pre_norm", "fc_norm")},
+    "global_pool": _word,
+    "act_layer": _word,
+}
+
+
+def _check_kwargs(kwargs: dict[str, Any], field: str, limits: WorkLimits) -> None:
     bad = sorted(FORBIDDEN_KWARGS & set(kwargs))
     if bad:
         raise AdmissionError(
@@ -106,6 +282,14 @@ def _check_kwargs(kwargs: dict[str, Any], field: str) -> None:
     for key, value in kwargs.items():
         if not _plain(value):
             raise AdmissionError(f"{field}.{key}: only numbers, strings, booleans and lists of them are allowed")
+        check = ALLOWED_KWARGS.get(key)
+        if check is None:
+            raise AdmissionError(
+                f"{field}.{key}: not an allowed model kwarg on this service; allowed: {', '.join(sorted(ALLOWED_KWARGS))}"
+            )
+        wanted = check(value, limits)
+        if wanted is not None:
+            raise AdmissionError(f"{field}.{key}: must be {wanted} on this service, got {value!r}")
 
 
 def _plain(value: Any) -> bool:

@@ -3,8 +3,12 @@
 Submission order, so that a rejected spec leaves nothing behind:
 
 1. :func:`~structsearch.service.admission.admit_spec` (structure, paths inside data roots,
-   allowed kwargs) and :func:`~structsearch.search.context.plan_search` (unknown model, budget
-   below the smallest student). Both only read; any error is the client's and stores nothing.
+   allowed kwargs, work ceilings, model size on the meta device) and
+   :func:`~structsearch.search.context.plan_search` (unknown model, budget below the smallest
+   student), the latter in a memory- and time-limited child process
+   (:mod:`~structsearch.service.planning`). Both only read; any error is the client's and stores
+   nothing.
+   Then the key's quotas (:mod:`~structsearch.service.quotas`; 429 over them).
 2. Claim a unique study name: the spec's own, or with ``-<6 hex of the id>`` appended when a
    search or an Optuna study (e.g. from the CLI) already uses it. The response says so.
 3. Insert the ``ss_searches`` row (``queued``), create the Optuna study (attributes, warm start
@@ -15,7 +19,6 @@ Submission order, so that a rejected spec leaves nothing behind:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -26,10 +29,12 @@ from optuna.trial import TrialState
 from structsearch.errors import CancelRefused, NameTaken, SubmitFailed
 from structsearch.search.results import TrialRecord
 from structsearch.search.spec import StudySpec
-from structsearch.service.admission import admit_spec
+from structsearch.service.admission import WorkLimits, admit_spec
 from structsearch.service.database import Database
+from structsearch.service.planning import PlanningChild
 from structsearch.service.public_errors import STORAGE_ERROR, log_error, public_error
 from structsearch.service.queue import JobQueue
+from structsearch.service.quotas import check_quota
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
@@ -72,32 +77,44 @@ def submit_search(
     reader: StudyReader,
     queue: JobQueue,
     api_key_id: int | None = None,
+    quota_exempt: bool = False,
 ) -> Search:
-    """Validate, store and queue a search (see the module docstring); blocking, seconds."""
-    from structsearch.search.context import plan_search
-    from structsearch.search.study import open_study
+    """Validate, store and queue a search (see the module docstring); blocking, seconds.
 
-    spec = admit_spec(data, settings.data_roots, settings.max_trials, settings.max_synthesis_work)
-    plan = plan_search(spec)
-    search_id = uuid.uuid4()
-    row = _claim_name(db, reader, search_id, spec, api_key_id)
-    try:
-        named = spec.with_overrides(name=row.name)
-        with db.session() as s:  # warm start only from the submitting key's own searches
-            own = SearchRepository(s).names_owned_by(api_key_id)
-        open_study(dataclasses.replace(plan, spec=named), reader.storage, warm_from=own)
-        queue.defer_trials(str(search_id), spec.trials)
-    except Exception as e:
-        log_error(log, f"search {search_id} could not be queued", e, settings.database_url)
-        reason = f"could not queue the search: {public_error(e, STORAGE_ERROR)}"
-        with db.session() as s:
-            SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
-        raise SubmitFailed(reason) from e
+    ``quota_exempt``: the key's quotas (:mod:`~structsearch.service.quotas`) do not apply (admin keys).
+    """
+    spec = admit_spec(
+        data, settings.data_roots, settings.max_trials, settings.max_synthesis_work, WorkLimits.from_settings(settings)
+    )
+    quota_key = None if quota_exempt else api_key_id
+    with db.session() as s:  # early, so an over-quota request costs no planning; again at insert
+        check_quota(s, quota_key, spec, settings)
+    with PlanningChild(spec, settings.database_url, settings.planning_memory_mb, settings.planning_timeout_s) as child:
+        child.planned()
+        search_id = uuid.uuid4()
+        row = _claim_name(db, reader, search_id, spec, api_key_id, settings, quota_key)
+        try:
+            with db.session() as s:  # warm start only from the submitting key's own searches
+                own = SearchRepository(s).names_owned_by(api_key_id)
+            child.open_study(row.name, sorted(own))
+            queue.defer_trials(str(search_id), spec.trials)
+        except Exception as e:
+            log_error(log, f"search {search_id} could not be queued", e, settings.database_url)
+            reason = f"could not queue the search: {public_error(e, STORAGE_ERROR)}"
+            with db.session() as s:
+                SearchRepository(s).transition(search_id, SearchStatus.failed, ACTIVE_STATUSES, error=reason)
+            raise SubmitFailed(reason) from e
     return row
 
 
 def _claim_name(
-    db: Database, reader: StudyReader, search_id: uuid.UUID, spec: StudySpec, api_key_id: int | None
+    db: Database,
+    reader: StudyReader,
+    search_id: uuid.UUID,
+    spec: StudySpec,
+    api_key_id: int | None,
+    settings: ServiceSettings,
+    quota_key: int | None,
 ) -> Search:
     candidates = [spec.name, f"{spec.name[: NAME_MAX - 7]}-{search_id.hex[:6]}"]
     for name in candidates:
@@ -113,7 +130,8 @@ def _claim_name(
             api_key_id=api_key_id,
         )
         try:
-            with db.session() as s:
+            with db.session() as s:  # the quota check and the insert in one transaction, under the key's lock
+                check_quota(s, quota_key, spec, settings)
                 SearchRepository(s).add(row)
             return row
         except NameTaken:

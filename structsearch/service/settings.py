@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from structsearch.paths import artifacts_dir
@@ -59,6 +59,62 @@ class ServiceSettings(BaseSettings):
     worker_stalled_after_s: float = Field(default=60.0, gt=0)
     #: Studies whose finished trials the API keeps in memory (0 turns the cache off).
     study_cache_size: int = Field(default=64, ge=0)
+
+    # --- Bounded work (issue 13): what one request, and one key, may ask of the machines. ---
+    #: Largest teacher (and student base), in parameters, counted on the meta device before
+    #: anything is allocated. 200M: a ViT-L is 300M, a ResNet-50 25M.
+    max_model_params: int = Field(default=200_000_000, ge=1)
+    #: Largest ``num_classes`` a model kwarg may ask for (a 6,000,000-class head alone is 12 GB).
+    max_num_classes: int = Field(default=100_000, ge=2)
+    #: Largest image side anywhere in a spec (``data.input_size``, ``resolutions``, ``img_size``,
+    #: ``imagefolder:...?size=HxW``), pixels.
+    max_image_side: int = Field(default=1024, ge=8)
+    #: ``measure`` caps: batch, timed repeats and warm-up runs per candidate. Threads are capped at
+    #: the API machine's CPU count.
+    max_measure_batch: int = Field(default=64, ge=1)
+    max_measure_repeats: int = Field(default=200, ge=1)
+    max_measure_warmup: int = Field(default=50, ge=0)
+    #: ``proxy`` caps: steps and batch size of one trial's KD run.
+    max_proxy_steps: int = Field(default=20_000, ge=1)
+    max_proxy_batch: int = Field(default=1024, ge=1)
+    #: Largest ``teacher.train_epochs`` (a teacher trained once per machine before any trial).
+    max_train_epochs: int = Field(default=200, ge=0)
+    #: Planning a submitted spec (building its models, counting their cost, measuring the smallest
+    #: student) runs in a child process with this much memory on top of the interpreter, MB, ...
+    planning_memory_mb: int = Field(default=4096, ge=16)
+    #: ... and this long, seconds; past either the submission is refused with a 422.
+    planning_timeout_s: float = Field(default=60.0, gt=0)
+    #: Searches one key may have queued or running at once (admin keys: no limit).
+    max_active_searches_per_key: int = Field(default=4, ge=1)
+    #: Trials x proxy steps one key may have outstanding, summed over its active searches (admin
+    #: keys: no limit). 1,000,000 is e.g. 50 trials of 20,000 steps.
+    max_trial_steps_per_key: int = Field(default=1_000_000, ge=1)
+    #: Largest request body, bytes; a larger one is refused with a 413 before it is read.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # --- The dashboard (issue 13): optuna-dashboard can delete, rename and `tell`, so it connects
+    # through a role that can only read Optuna's tables. ---
+    #: Password of that role; ``structsearch db upgrade`` creates (or updates) the role only when
+    #: this is set, and ``structsearch dashboard`` then connects with it.
+    dashboard_password: SecretStr | None = None
+    #: Name of the read-only role.
+    dashboard_role: str = Field(default="structsearch_dashboard", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @field_validator("dashboard_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def dashboard_url(self) -> str | None:
+        """The database URL as the read-only dashboard role; None when no password is configured."""
+        if self.dashboard_password is None:
+            return None
+        from sqlalchemy import make_url
+
+        url = make_url(self.database_url).set(
+            username=self.dashboard_role, password=self.dashboard_password.get_secret_value()
+        )
+        return url.render_as_string(hide_password=False)
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 from pathlib import Path
 
 import pytest
 
-from structsearch.service.admission import AdmissionError, admit_spec, check_inside_roots
+from structsearch.service.admission import (
+    AdmissionError,
+    WorkLimits,
+    admit_spec,
+    check_inside_roots,
+    meta_param_count,
+)
 from structsearch.service.apikeys import hash_key, new_key
 from structsearch.service.database import libpq_url
 from structsearch.service.settings import ServiceSettings
@@ -75,3 +83,46 @@ def test_api_keys_are_random_and_hashed() -> None:
     a, b = new_key(), new_key()
     assert a != b and a.startswith("ss_") and len(a) > 40
     assert hash_key(a) == hash_key(a) != hash_key(b) and len(hash_key(a)) == 64
+
+
+def test_model_kwargs_are_allow_listed_and_bounded() -> None:
+    """Only size and regularisation kwargs, within bounds that name their setting (issue 13)."""
+    ok = tiny_spec(teacher={"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4, "depth": 6}})
+    assert admit_spec(ok, [], 10).teacher.kwargs["depth"] == 6
+    for kwargs, fragment in (
+        ({"num_classes": 6_000_000}, "from 1 to 100000 (setting STRUCTSEARCH_MAX_NUM_CLASSES)"),
+        ({"img_size": 60_000}, "STRUCTSEARCH_MAX_IMAGE_SIDE"),
+        ({"depth": 10_000}, "from 1 to 128"),
+        ({"drop_rate": 5}, "from 0.0 to 1.0"),
+        ({"block_fn": "Bottleneck"}, "not an allowed model kwarg"),
+        ({"num_classes": True}, "an integer"),
+    ):
+        with pytest.raises(AdmissionError, match=re.escape(fragment)):
+            admit_spec(tiny_spec(teacher={"model": "resnet50", "kwargs": kwargs}), [], 10)
+
+
+def test_model_size_is_counted_without_allocating() -> None:
+    """resnet50 with 100,000 classes (230M parameters, 0.9 GB) is counted on the meta device."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert meta_param_count("resnet50", {"num_classes": 100_000}) == 25_557_032 - 2_049_000 + 204_900_000
+    with pytest.raises(AdmissionError, match="STRUCTSEARCH_MAX_MODEL_PARAMS"):
+        admit_spec(tiny_spec(teacher={"model": "resnet50", "kwargs": {"num_classes": 100_000}}), [], 10)
+    with pytest.raises(AdmissionError, match=r"student: .* at most 1,000,000"):
+        admit_spec(tiny_spec(student={"model": "resnet18"}), [], 10, limits=WorkLimits(max_model_params=1_000_000))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024 < 200  # KiB -> MiB
+
+
+def test_work_settings_are_capped() -> None:
+    limits = WorkLimits(max_threads=2)
+    for changes, fragment in (
+        ({"measure": {"batch_size": 1024}}, "measure.batch_size: at most 64"),
+        ({"measure": {"repeats": 10_000, "warmup": 1000}}, "measure.repeats: at most 200"),
+        ({"measure": {"threads": 3}}, "measure.threads: at most 2"),
+        ({"proxy": {"steps": 1_000_000}}, "proxy.steps: at most 20000"),
+        ({"proxy": {"device": "cuda:banana"}}, "proxy.device: unknown device"),
+        ({"data": {"train": "imagefolder:/d?size=60000x60000"}}, "data.train size: at most 1024"),
+        ({"teacher": {"model": "cifar_resnet20", "train_epochs": 1000}}, "teacher.train_epochs: at most 200"),
+    ):
+        with pytest.raises(AdmissionError, match=re.escape(fragment)):
+            admit_spec(tiny_spec(**changes), [Path("/d")], 10, limits=limits)
+    assert admit_spec(tiny_spec(measure={"threads": 2}, proxy={"device": "cuda:1"}), [], 10, limits=limits)

@@ -7,12 +7,14 @@ import uuid
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, make_url
 from sqlalchemy.exc import IntegrityError
 
+from structsearch.service.database import libpq_url
 from structsearch.service.migrations import (
     VERSION_TABLE,
     current_revision,
@@ -21,7 +23,9 @@ from structsearch.service.migrations import (
     include_object,
     upgrade,
 )
+from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import Base
+from tests.cli_helpers import one_line_error
 from tests.service.conftest import Postgres
 
 
@@ -108,3 +112,46 @@ def test_0003_key_scope_expiry_last_use_up_and_down(postgres: Postgres, tmp_path
         engine.dispose()
         if backend == "postgresql":
             postgres.drop(name)
+
+
+def test_upgrade_creates_a_read_only_dashboard_role(postgres: Postgres) -> None:
+    """With a password, `db upgrade` makes a role that reads Optuna's tables and cannot change
+    them, nor read ours (API-key hashes, specs); without one, no role (issue 13)."""
+    name, role = f"ss_dash_{uuid.uuid4().hex[:8]}", f"dash_{uuid.uuid4().hex[:8]}"
+    url = postgres.create(name)
+    try:
+        upgrade(url, None, role)
+        with psycopg.connect(libpq_url(postgres.url), autocommit=True) as conn:
+            assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+        upgrade(url, "s3cret'quoted", role)
+        upgrade(url, "s3cret'quoted", role)  # idempotent
+        storage = optuna.storages.RDBStorage(url)
+        optuna.create_study(study_name="s", storage=storage).add_trial(optuna.trial.create_trial(value=1.0))
+        storage.engine.dispose()
+        as_role = make_url(url).set(username=role, password="s3cret'quoted")
+        with psycopg.connect(libpq_url(as_role.render_as_string(hide_password=False)), autocommit=True) as conn:
+            assert conn.execute("SELECT study_name FROM studies").fetchall() == [("s",)]
+            assert conn.execute("SELECT count(*) FROM trials").fetchone() == (1,)
+            for statement in (
+                "DELETE FROM studies",
+                "UPDATE studies SET study_name = 'x'",
+                "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (1, 0, 2, 'FINITE')",
+                "SELECT * FROM ss_api_keys",
+                "SELECT * FROM procrastinate_jobs",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        postgres.drop(name)
+        with psycopg.connect(libpq_url(postgres.url), autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_dashboard_without_the_role_stays_on_localhost(postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STRUCTSEARCH_DASHBOARD_PASSWORD the dashboard would connect as the service's
+    (writable) user: it refuses any interface but localhost, before opening anything."""
+    monkeypatch.delenv("STRUCTSEARCH_DASHBOARD_PASSWORD", raising=False)
+    one_line_error(["dashboard", "--host", "0.0.0.0", "--storage", postgres.url], "STRUCTSEARCH_DASHBOARD_PASSWORD")
+    settings = ServiceSettings(database_url="postgresql+psycopg://owner:pw@db:5432/ss", dashboard_password="ro")
+    assert settings.dashboard_url() == "postgresql+psycopg://structsearch_dashboard:ro@db:5432/ss"
+    assert ServiceSettings(database_url=postgres.url, dashboard_password="").dashboard_url() is None
