@@ -117,7 +117,7 @@ def test_failures_in_a_row_fail_the_search_with_a_message_free_of_exception_text
 
     # first failure: the trial fails, the job asks the queue for a retry, the search goes on
     with pytest.raises(TrialFailed):
-        runner.run(sid, attempts=0)
+        runner.run(sid)
     assert harness.row(sid).status == "running"
     failed = [t for t in harness.trials(name) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs[FAILURE_ATTR] == "FileExistsError"
