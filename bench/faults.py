@@ -18,7 +18,7 @@ What it does:
    SIGTERM'd worker keeps beating while it drains). Prints one row per fault: what happened
    (trials that failed in its window and how they ended) and trials lost.
 
-Run:  .venv/bin/python bench/faults.py [--trials 12] [--steps 150]
+Run:  .venv/bin/python bench/faults.py [--trials 12] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -95,10 +95,12 @@ class Cluster:
 
     def restart(self) -> None:
         bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
-        cmd = [str(bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "restart"]
+        data = self.dir / "data"
+        cmd = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "server.log"), "-m", "fast", "-w"]
         if os.geteuid() == 0:
-            cmd = ["runuser", "-u", self.dir.joinpath("data").owner(), "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True)
+            cmd = ["runuser", "-u", data.owner(), "--", *cmd]
+        # the new server must not inherit a pipe of ours (it would keep it open: no EOF, no return)
+        subprocess.run([*cmd, "restart"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
     def stop(self) -> None:
         subprocess.run([str(ROOT / "scripts/postgres.sh"), "stop", str(self.dir)], capture_output=True)
@@ -133,7 +135,7 @@ class Procs:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=1500)  # ~5-10 s a trial on a CPU core
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="structsearch-faults-"))
@@ -166,8 +168,10 @@ def main() -> None:
         assert r.status_code == 202, r.text
         sid, name = r.json()["id"], r.json()["name"]
 
+        storage = optuna.storages.RDBStorage(cluster.url)  # one engine for every look (pre-pinged)
+
         def trials() -> list[optuna.trial.FrozenTrial]:
-            return optuna.load_study(study_name=name, storage=cluster.url).get_trials(deepcopy=False)
+            return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
         def complete_at_least(n: int) -> Callable[[], bool]:
             return lambda: sum(t.state == TrialState.COMPLETE for t in trials()) >= n
@@ -180,8 +184,7 @@ def main() -> None:
             print(f"{datetime.datetime.now():%H:%M:%S} {fault}", flush=True)
 
         n = args.trials
-        wait_for("first trials", complete_at_least(1), 600)
-        mark("injected trial exception")
+        mark("injected trial exception")  # before the study's artifact folder exists
         blocker = work / "artifacts" / name
         blocker.parent.mkdir(parents=True, exist_ok=True)
         blocker.write_text("blocked")
