@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,13 +98,18 @@ def with_settings(**changes: Any) -> Any:
     return pytest.mark.parametrize("harness", [changes], indirect=True, ids=["settings"])
 
 
-def jobs_started(url: str) -> dict[int, int]:
-    """How many times each trial job was started (procrastinate's event log)."""
+def job_events(url: str, kinds: tuple[str, ...]) -> list[tuple[int, str, datetime.datetime]]:
+    """``(job id, event, time)`` of procrastinate's event log, in order."""
     with psycopg.connect(libpq_url(url)) as conn:
-        rows = conn.execute(
-            "SELECT job_id, count(*) FROM procrastinate_events WHERE type = 'started' GROUP BY job_id"
+        return conn.execute(
+            "SELECT job_id, type::text, at FROM procrastinate_events WHERE type::text = ANY(%s) ORDER BY id",
+            (list(kinds),),
         ).fetchall()
-    return {job_id: n for job_id, n in rows}
+
+
+def jobs_started(url: str) -> dict[int, int]:
+    """How many times each trial job was started."""
+    return dict(Counter(job_id for job_id, _, _ in job_events(url, ("started",))))
 
 
 # -- in this process: counting failures, the deadline, cancel ------------------------------------
@@ -231,7 +237,12 @@ def test_a_trial_that_raises_once_is_retried_and_the_search_completes(
         jobs = harness.queue.jobs_of(sid)
         assert sorted(j["status"] for j in jobs) == ["succeeded", "succeeded"], jobs
         assert sorted(j["attempts"] for j in jobs) == [1, 2], jobs  # runs: the failed trial's job ran twice
-        assert "Error, to retry" in worker.text()
+        # the queue's retry, after its backoff (3 s for a first retry)
+        retried = job_events(harness.settings.database_url, ("deferred_for_retry", "started"))
+        (job_id,) = {j for j, kind, _ in retried if kind == "deferred_for_retry"}
+        kinds = [(kind, at) for j, kind, at in retried if j == job_id]
+        assert [k for k, _ in kinds] == ["started", "deferred_for_retry", "started"], kinds
+        assert (kinds[2][1] - kinds[1][1]).total_seconds() >= 3 - 0.5
     finally:
         worker.stop()
 
