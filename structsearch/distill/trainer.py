@@ -264,12 +264,19 @@ class Distiller:
     # -- scoring -------------------------------------------------------------------------------
 
     def score(
-        self, student: nn.Module, callback: Callback | None = None, *, input_size: int | None = None
+        self,
+        student: nn.Module,
+        callback: Callback | None = None,
+        *,
+        input_size: int | None = None,
+        check: Callable[[], None] | None = None,
     ) -> ProxyResult:
         """Distil into ``student`` (trained in place, left in eval mode) and score it on validation.
 
         ``callback(step, val_top1)`` is called every ``config.report_every`` steps with the current
-        validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run. Seeding
+        validation accuracy; it may raise (e.g. ``optuna.TrialPruned``) to stop the run. ``check()``
+        is called before every step and may raise to stop the run (a trial's deadline or a cancelled
+        search: :class:`~structsearch.search.guard.TrialGuard`). Seeding
         happens inside a forked RNG state, so the caller's global random streams are left alone.
 
         ``input_size`` (px) runs the student at another resolution than the teacher: the teacher's
@@ -280,7 +287,7 @@ class Distiller:
         """
         size = self._student_size(input_size)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._score(student, callback, size)
+            return self._score(student, callback, size, check)
 
     def _student_size(self, input_size: int | None) -> tuple[int, int] | None:
         """``(H, W)`` to resize the student's inputs to, or None when it runs at the teacher's size."""
@@ -304,7 +311,13 @@ class Distiller:
         out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return out.contiguous(memory_format=torch.channels_last) if self.config.channels_last else out.contiguous()
 
-    def _score(self, student: nn.Module, callback: Callback | None, size: tuple[int, int] | None = None) -> ProxyResult:
+    def _score(
+        self,
+        student: nn.Module,
+        callback: Callback | None,
+        size: tuple[int, int] | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> ProxyResult:
         cfg = self.config
         start = time.perf_counter()
         self._place(student)
@@ -349,7 +362,12 @@ class Distiller:
         try:
             clock["t0"] = time.perf_counter()
             run_steps(
-                self._pair_batches(gen, cfg.steps), loss_fn, opt, WarmupCosine(opt, cfg.steps), after_step=after_step
+                self._pair_batches(gen, cfg.steps),
+                loss_fn,
+                opt,
+                WarmupCosine(opt, cfg.steps),
+                after_step=after_step,
+                before_step=check,
             )
             clock["train"] += time.perf_counter() - clock["t0"]
         finally:

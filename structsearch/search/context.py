@@ -11,6 +11,7 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,12 +268,20 @@ class SearchContext:
     #: Where trained students are saved, a folder per trial; ``None``: this context saves none (recheck).
     artifacts: Path | None = None
 
-    def score(self, student: nn.Module, report: Any = None, *, input_size: int | None = None) -> Any:
+    def score(
+        self,
+        student: nn.Module,
+        report: Any = None,
+        *,
+        input_size: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> Any:
         """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``.
 
-        ``input_size`` (px): the student's resolution when it differs from the teacher's.
+        ``input_size`` (px): the student's resolution when it differs from the teacher's;
+        ``check()``: called before every training step, raises to stop the trial (its guard).
         """
-        return self.distiller.score(student, report, input_size=input_size)
+        return self.distiller.score(student, report, input_size=input_size, check=check)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
         if self.artifacts is None:

@@ -15,6 +15,11 @@ measurement, latency / memory when measured, the proxy's result and ``artifact``
 weights, spec and surgery recipe) after training; a duplicate stores its original's record.
 Constraints: ``flops``, ``params``, ``latency``, ``memory`` (each only when its budget is set and
 its figure measured; <= 0 is feasible).
+
+A trial that raises is marked with :data:`FAILURE_ATTR` before Optuna fails it, so the service can
+count failed trials in a row (:mod:`structsearch.service.faults`). An optional
+:class:`~structsearch.search.guard.TrialGuard` stops a trial past its deadline or asked to stop, at
+the next training step or between phases.
 """
 
 from __future__ import annotations
@@ -30,12 +35,22 @@ from torch import nn
 
 from structsearch.cost import CostReport, measure_cost
 from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
+from structsearch.search.guard import TrialGuard, TrialInterrupted
 from structsearch.search.record import TrialAttrs
 from structsearch.space import ArchSpec
 from structsearch.surgery import Importance, build_student_with_recipe, get_importance, save_student
 
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.context import SearchContext, SearchPlan
+
+#: User attribute saying why a trial failed: the exception's type, or a guard's own message
+#: (never an exception's text, which may carry paths or URLs). Set on a trial that raised.
+FAILURE_ATTR = "failure"
+
+
+def failure_of(error: BaseException) -> str:
+    """What :data:`FAILURE_ATTR` stores for ``error`` (safe to show to users)."""
+    return str(error) if isinstance(error, TrialInterrupted) else type(error).__name__
 
 
 def spec_key(spec: ArchSpec, resolution: int | None = None) -> str:
@@ -79,15 +94,35 @@ def constraints(plan: SearchPlan, rec: TrialAttrs) -> dict[str, float]:
 class Objective:
     """Callable for ``study.optimize``; holds the per-process :class:`SearchContext`."""
 
-    def __init__(self, ctx: SearchContext) -> None:
+    def __init__(self, ctx: SearchContext, guard: TrialGuard | None = None) -> None:
         self.ctx = ctx
+        self.guard = guard
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        if self.guard is not None:
+            self.guard.start(trial.number)
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            try:
+                trial.set_user_attr(FAILURE_ATTR, failure_of(e))
+            except Exception:  # noqa: BLE001 - storage down: the trial goes stale and is retried
+                pass
+            raise
+
+    def _check(self) -> None:
+        if self.guard is not None:
+            self.guard.check()
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         ctx, plan = self.ctx, self.ctx.plan
         objectives = plan.spec.objectives
         resolution = trial.suggest_categorical("resolution", list(plan.resolutions)) if plan.resolutions else None
         rec, spec, student, recipe = self._propose(trial, TrialAttrs.read(trial), resolution)
         rec.write(trial)
+        self._check()
         feasible = all(v <= 0 for v in constraints(plan, rec).values())
         # Measured before any training. A candidate over the MACs/params budgets is measured too when
         # the study has a latency/memory budget or objective, so every trial carries the same
@@ -103,13 +138,16 @@ class Objective:
         for key, value in constraints(plan, rec).items():  # Optuna keeps the first value set: set once
             trial.set_constraint(key, value)
             feasible &= value <= 0
+        check = self.guard.check if self.guard is not None else None
         if not feasible:
             rec = rec.update(trained=False)
-        elif (previous := _scored_before(trial.study, spec_key(spec, resolution), trial.number)) is not None:
+        elif (previous := _scored_before(trial.study, spec_key(spec, resolution), trial.number, check)) is not None:
             rec = rec.duplicate(*previous)
         else:
+            self._check()
             report = _pruning_reporter(trial) if plan.spec.single_objective else None
-            result = ctx.score(student, report, input_size=resolution)
+            result = ctx.score(student, report, input_size=resolution, check=check)
+            self._check()
             artifact = ctx.artifact_dir(trial.study.study_name, trial.number)
             save_student(artifact, student, spec, recipe)
             rec = rec.update(
@@ -179,26 +217,49 @@ class Students:
         return cost.macs, cost.params
 
 
-def _scored_before(study: optuna.Study, key: str, number: int, poll_s: float = 1.0) -> tuple[TrialAttrs, int] | None:
+def _scored_before(
+    study: optuna.Study,
+    key: str,
+    number: int,
+    check: Callable[[], None] | None = None,
+    poll_s: float = 1.0,
+    max_wait_s: float = 3600.0,
+) -> tuple[TrialAttrs, int] | None:
     """``(record, number)`` of a finished, trained trial of the same structure, if any (never trains
     a structure twice).
 
     Several workers may propose the same structure at once. The trial with the lower number
     trains it; a later one waits for it and reuses its result. If the earlier one fails (its worker
-    died), the later one trains the structure itself.
+    died: stale trials are failed while waiting), the later one trains the structure itself.
+
+    The study is read once; while waiting, only the earlier trials waited for are re-read. The wait
+    is bounded: ``check()`` (the trial's guard: deadline, stop request) runs at every look, and after
+    ``max_wait_s`` the later trial trains the structure itself rather than wait on.
     """
-    while True:
-        same = [
-            (t, rec)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if t.number != number and (rec := TrialAttrs.read(t)).spec_key == key
-        ]
-        done = [(rec, t.number) for t, rec in same if t.state == TrialState.COMPLETE and rec.trained]
-        if done:
-            return done[0]
-        if not any(t.state == TrialState.RUNNING and t.number < number for t, _ in same):
-            return None
+    same = [
+        (t, rec)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if t.number != number and (rec := TrialAttrs.read(t)).spec_key == key
+    ]
+    done = [(rec, t.number) for t, rec in same if t.state == TrialState.COMPLETE and rec.trained]
+    if done:
+        return done[0]
+    waiting_on = [t._trial_id for t, _ in same if t.state == TrialState.RUNNING and t.number < number]
+    give_up = time.monotonic() + max_wait_s
+    while waiting_on and time.monotonic() < give_up:
         time.sleep(poll_s)
+        if check is not None:
+            check()
+        optuna.storages.fail_stale_trials(study)
+        running = []
+        for trial_id in waiting_on:
+            t = study._storage.get_trial(trial_id)
+            if t.state == TrialState.COMPLETE and (rec := TrialAttrs.read(t)).trained:
+                return rec, t.number
+            if t.state == TrialState.RUNNING:
+                running.append(trial_id)
+        waiting_on = running
+    return None
 
 
 def _pruning_reporter(trial: optuna.Trial) -> Callable[[int, float], None]:

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from structsearch.paths import artifacts_dir
 from structsearch.search.context import build_context, plan_search
+from structsearch.search.guard import TrialGuard
 from structsearch.search.objective import Objective
 from structsearch.search.prescreen import run_prescreen
 from structsearch.search.results import record_of, scored
@@ -55,6 +56,7 @@ def run_search(
     max_trials: int | None = None,
     sampler_seed: int | None = None,
     artifacts: Path | None = None,
+    guard: TrialGuard | None = None,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
@@ -63,7 +65,9 @@ def run_search(
     retried by the next worker instead of staying RUNNING forever; ``sampler_seed`` (default: the
     spec's seed) lets each such call propose differently. Trained students are saved under
     ``artifacts`` (default: ``$STRUCTSEARCH_ARTIFACTS``, as the CLI has it; a service worker passes
-    its settings' directory, the one the API serves downloads from).
+    its settings' directory, the one the API serves downloads from). ``guard`` stops a trial past its
+    deadline or asked to stop (a service worker's per-trial deadline and cancel; see
+    :mod:`structsearch.search.guard`).
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
@@ -85,5 +89,5 @@ def run_search(
         study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
     run_prescreen(study, ctx)  # once per study, when spec.prescreen is on
     stopper = _StopAtTarget(spec.trials, on_trial)
-    study.optimize(Objective(ctx), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
+    study.optimize(Objective(ctx, guard), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
     return study

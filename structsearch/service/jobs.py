@@ -16,8 +16,14 @@ so however jobs and workers interleave, the search ends with exactly ``spec.tria
    queue (:class:`HandedBack`); one that is mid-trial finishes it first.
 
 A :class:`StructsearchError` (bad data on the worker's machine, a spec that no longer fits) marks
-the search failed with its one-line message; anything else too, with a fixed message (the raw
-text may hold secrets; the log has it, password hidden), and the job fails loudly.
+the search failed with its one-line message. Anything else (CUDA out of memory, a full disk, the
+database restarting, a trial past its deadline) fails that trial only and the job is retried with
+backoff; the search fails after ``max_consecutive_failures`` failed trials in a row
+(:mod:`structsearch.service.faults`). Each trial runs under a
+:class:`~structsearch.search.guard.TrialGuard`: past its deadline, or once its search is cancelled,
+it stops at the next training step.
+Stored errors are the project's own one-line messages (raw text may hold secrets; the log has
+it, password hidden).
 """
 
 from __future__ import annotations
@@ -25,19 +31,30 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import StructsearchError, Unavailable
+from structsearch.search.guard import StopRequested, TrialGuard
 from structsearch.service.database import Database
+from structsearch.service.faults import (
+    HandedBack,
+    TrialFailed,
+    failure_message,
+    failures_in_a_row,
+    trial_deadline,
+)
 from structsearch.service.public_errors import log_error, public_error
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
 
 if TYPE_CHECKING:  # pragma: no cover - the search package (torch) is imported when a job runs
+    import optuna
+    from optuna.trial import FrozenTrial
     from procrastinate import JobContext
 
     from structsearch.search.spec import StudySpec
@@ -45,10 +62,6 @@ if TYPE_CHECKING:  # pragma: no cover - the search package (torch) is imported w
 TASK_NAME = "structsearch.run_trial"
 
 log = logging.getLogger("structsearch.worker")
-
-
-class HandedBack(Exception):
-    """The worker is stopping before this job started a trial; the job goes back to the queue."""
 
 
 @dataclass
@@ -61,37 +74,98 @@ class TrialRunner:
     #: How often a job waiting on other workers' running trials looks again, seconds.
     poll_s: float = 1.0
 
-    def run(self, search_id: str, should_abort: Callable[[], bool] = lambda: False) -> str:
-        """Run one trial of the search (or nothing, if it needs none); returns what happened."""
+    def run(self, search_id: str, should_abort: Callable[[], bool] = lambda: False, attempts: int = 0) -> str:
+        """Run one trial of the search (or nothing, if it needs none); returns what happened.
+
+        ``attempts``: how many times this job ran before (procrastinate's count). Raises
+        :class:`HandedBack` or :class:`TrialFailed` for the queue to run the job again.
+        """
         from structsearch.search.spec import parse_study_spec
 
         try:
             sid = uuid.UUID(search_id)
         except ValueError:
             return f"skipped: '{search_id}' is not a search id"
-        with self.db.session() as s:
-            row = SearchRepository(s).get(sid)
-            if row is None:
-                return "skipped: no such search"
-            if row.search_status.final:
-                return f"skipped: search is {row.status}"
-            stored_spec = row.spec
-            SearchRepository(s).transition(sid, SearchStatus.running, {SearchStatus.queued})
+        guard = TrialGuard(stop_reason=lambda: self._stop_reason(sid, should_abort))
+        spec: StudySpec | None = None
         try:
+            with self.db.session() as s:
+                row = SearchRepository(s).get(sid)
+                if row is None:
+                    return "skipped: no such search"
+                if row.search_status.final:
+                    return f"skipped: search is {row.status}"
+                stored_spec = row.spec
+                SearchRepository(s).transition(sid, SearchStatus.running, {SearchStatus.queued})
             spec = parse_study_spec(stored_spec, "stored spec")
-            return self._one_trial(sid, spec, should_abort)
+            return self._one_trial(sid, spec, should_abort, guard)
         except HandedBack:
             raise
+        except Unavailable as e:  # the storage is down: a fault, not the user's input
+            return self._after_failure(sid, spec, e, guard, attempts)
         except StructsearchError as e:
             log.warning("search %s failed: %s", search_id, e)
             self._set(sid, SearchStatus.failed, public_error(e))
             return f"failed: {e}"
-        except Exception as e:
-            log_error(log, f"search {search_id} failed", e, self.settings.database_url)
-            self._set(sid, SearchStatus.failed, public_error(e))
-            raise
+        except Exception as e:  # noqa: BLE001 - any other error is a fault: counted, logged, retried
+            return self._after_failure(sid, spec, e, guard, attempts)
 
-    def _one_trial(self, sid: uuid.UUID, spec: StudySpec, should_abort: Callable[[], bool]) -> str:
+    def _after_failure(
+        self, sid: uuid.UUID, spec: StudySpec | None, error: Exception, guard: TrialGuard, attempts: int
+    ) -> str:
+        """Fail the search after too many failures in a row; else raise :class:`TrialFailed` (retry)."""
+        where = f"trial {guard.trial_number}" if guard.trial_number is not None else "job"
+        log_error(log, f"search {sid}: {where} failed", error, self.settings.database_url)
+        failure = type(error).__name__
+        try:
+            status = self._status(sid)
+            if status is None or status.final:  # e.g. cancelled: the guard stopped its running trial
+                return f"stopped: search is {status.value if status else 'gone'}"
+            if isinstance(error, StopRequested):  # its job was aborted: not a failure, nothing to retry
+                return f"stopped: {error}"
+            count = attempts + 1  # no trial ran: the job's own runs are the failures in a row
+            if guard.trial_number is not None and spec is not None:
+                in_study, last = failures_in_a_row(self._trials_of(spec))
+                count, failure = max(1, in_study), last or failure
+            if count >= self.settings.max_consecutive_failures:
+                message = failure_message(count, failure)
+            elif attempts + 1 >= self.settings.job_max_attempts:
+                message = f"a trial job of this search failed {attempts + 1} times: {failure}"
+            else:
+                message = None
+            if message is not None:
+                self._set(sid, SearchStatus.failed, message)
+                return f"failed: {message}"
+        except Exception:  # the database is away too: the retry will look again
+            log.warning("search %s: could not count its failures; the job will be retried", sid, exc_info=True)
+            count = attempts + 1
+        raise TrialFailed(f"{failure} (failure {count} in a row)") from error
+
+    def _stop_reason(self, sid: uuid.UUID, should_abort: Callable[[], bool]) -> str | None:
+        """Why the running trial should stop now (asked by its guard every few seconds)."""
+        if should_abort():
+            return "its job was aborted"
+        try:
+            status = self._status(sid)
+        except Exception:  # noqa: BLE001 - a database blip must not fail a trial that can still finish
+            return None
+        if status is None or status.final:
+            return f"its search is {status.value if status else 'gone'}"
+        return None
+
+    def _trials_of(self, spec: StudySpec) -> list[FrozenTrial]:
+        import optuna
+
+        from structsearch.search.storage import open_storage
+
+        storage = open_storage(self.settings.database_url)
+        try:
+            return optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False)
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()
+
+    def _one_trial(self, sid: uuid.UUID, spec: StudySpec, should_abort: Callable[[], bool], guard: TrialGuard) -> str:
         import optuna
         from optuna.trial import TrialState
 
@@ -114,6 +188,7 @@ class TrialRunner:
                     study = optuna.load_study(study_name=spec.name, storage=storage)
                 except KeyError:
                     study = None  # created by the API on submit; absent only if someone deleted it
+                mine: list[FrozenTrial] = []
                 if study is not None:
                     optuna.storages.fail_stale_trials(study)
                     mine = own_trials(study)
@@ -121,10 +196,12 @@ class TrialRunner:
                     if len(finished) >= spec.trials:
                         self._set(sid, SearchStatus.done)
                         return "search complete"
-                    if len(mine) >= spec.trials:
-                        # Every remaining slot is running elsewhere; one may be a dead worker's.
-                        self.stopping.wait(self.poll_s)
-                        continue
+                guard.deadline_s = trial_deadline(self.settings.trial_deadline_s, spec.proxy.steps, mine)
+                if study is not None and len(mine) >= spec.trials:
+                    # Every remaining slot is running elsewhere; one may be a dead worker's.
+                    running = [t for t in mine if t.state == TrialState.RUNNING]
+                    self._wait_for_any(sid, study, running, should_abort, guard.deadline_s + 3 * heartbeat + 60)
+                    continue
                 study = run_search(
                     spec,
                     url,
@@ -132,6 +209,7 @@ class TrialRunner:
                     max_trials=1,
                     sampler_seed=secrets.randbits(31),
                     artifacts=self.settings.artifacts,
+                    guard=guard,
                 )
                 if len([t for t in own_trials(study) if t.state != TrialState.RUNNING]) >= spec.trials:
                     self._set(sid, SearchStatus.done)
@@ -139,6 +217,37 @@ class TrialRunner:
         finally:
             storage.remove_session()
             storage.engine.dispose()
+
+    def _wait_for_any(
+        self,
+        sid: uuid.UUID,
+        study: optuna.Study,
+        running: list[FrozenTrial],
+        should_abort: Callable[[], bool],
+        max_wait_s: float,
+    ) -> None:
+        """Wait until one of ``running`` finishes (or goes stale and is failed) or the search ends.
+
+        Each look reads only those trials (and fails stale ones), not the whole study. Bounded: a
+        running trial ends within its deadline, and a dead worker's goes stale within Optuna's
+        grace period, so after ``max_wait_s`` something is wrong elsewhere and the job is handed
+        back to the queue instead of holding this worker.
+        """
+        import optuna
+
+        give_up = time.monotonic() + max_wait_s
+        while time.monotonic() < give_up:
+            if self.stopping.wait(self.poll_s):
+                return  # the loop hands the job back
+            if should_abort():
+                return
+            optuna.storages.fail_stale_trials(study)
+            if any(study._storage.get_trial(t._trial_id).state.is_finished() for t in running):
+                return
+            status = self._status(sid)
+            if status is None or status.final:
+                return
+        raise HandedBack(f"waited {max_wait_s:.0f} s for other workers' trials")
 
     def _status(self, sid: uuid.UUID) -> SearchStatus | None:
         with self.db.session() as s:
@@ -152,4 +261,4 @@ class TrialRunner:
 def run_trial_job(context: JobContext, search_id: str) -> str:
     """The procrastinate task (registered by :func:`structsearch.service.queue.make_queue_app`)."""
     runner: TrialRunner = context.additional_context["runner"]
-    return runner.run(search_id, context.should_abort)
+    return runner.run(search_id, context.should_abort, attempts=context.job.attempts)

@@ -16,26 +16,24 @@ import threading
 from typing import Any
 
 import procrastinate
-from procrastinate import RetryStrategy
 from procrastinate.types import JSONDict
 
 from structsearch.service.database import libpq_url
-from structsearch.service.jobs import TASK_NAME, HandedBack, run_trial_job
+from structsearch.service.faults import TrialRetry
+from structsearch.service.jobs import TASK_NAME, run_trial_job
 
 QUEUE = "searches"
 
 
-def make_queue_app(connector: procrastinate.BaseConnector) -> procrastinate.App:
-    """The procrastinate app with the trial task registered (no connection is made here)."""
+def make_queue_app(connector: procrastinate.BaseConnector, retry: TrialRetry | None = None) -> procrastinate.App:
+    """The procrastinate app with the trial task registered (no connection is made here).
+
+    ``retry`` (workers pass theirs, from the settings): a job handed back by a stopping worker goes
+    straight back to the queue, a failed trial's job after a backoff; any other failure is final
+    for the job (the job has marked its search failed). Deferring jobs does not use it.
+    """
     app = procrastinate.App(connector=connector)
-    app.task(
-        name=TASK_NAME,
-        queue=QUEUE,
-        pass_context=True,
-        # A job handed back by a stopping worker goes straight back to the queue; any other
-        # failure is final for the job (the search is marked failed with the message).
-        retry=RetryStrategy(retry_exceptions={HandedBack}),
-    )(run_trial_job)
+    app.task(name=TASK_NAME, queue=QUEUE, pass_context=True, retry=retry or TrialRetry())(run_trial_job)
     return app
 
 

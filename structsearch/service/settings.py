@@ -116,6 +116,22 @@ class ServiceSettings(BaseSettings):
         )
         return url.render_as_string(hide_password=False)
 
+    # -- faults: retries and deadlines of trials (see structsearch.service.faults) --------------
+    #: A search fails after this many of its trials failed in a row for a reason that is not the
+    #: user's (CUDA out of memory, a full disk, the database restarting); until then each failed
+    #: trial's job is retried, with backoff, and runs a new trial.
+    max_consecutive_failures: int = Field(default=3, ge=1)
+    #: Backoff of a retried job: ``retry_wait_s * 2**attempts`` seconds, at most ``retry_max_wait_s``.
+    retry_wait_s: float = Field(default=5.0, ge=0)
+    retry_max_wait_s: float = Field(default=300.0, ge=0)
+    #: A job that has run this many times fails its search whatever the reason (a safety valve: the
+    #: failures-in-a-row limit normally ends a hopeless search first).
+    job_max_attempts: int = Field(default=20, ge=1)
+    #: Seconds a trial may run before it is failed (checked at every training step). Unset: per
+    #: search, ``max(600, 10 x proxy steps x seconds per step)``, the step time measured on the
+    #: search's trained trials (1 s assumed before the first).
+    trial_deadline_s: float | None = Field(default=None, gt=0)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: object) -> object:

@@ -5,6 +5,10 @@ jobs (see :mod:`structsearch.service.jobs`) ``concurrency`` at a time.
 
 Stopping: SIGTERM or SIGINT stops taking jobs; a job mid-trial finishes its trial (procrastinate's
 graceful shutdown waits for it), a job still waiting for a slot is handed back to the queue.
+Procrastinate's graceful shutdown cancels the worker's heartbeat *before* it waits for running
+jobs, so a drain longer than ``worker_stalled_after_s`` would look like a dead worker and another
+worker would run the job a second time; :func:`_heartbeat_while_draining` keeps beating until
+procrastinate unregisters the worker.
 
 Dead workers (``kill -9``, a lost machine): every worker beats in procrastinate's
 ``procrastinate_workers`` table. Each live worker looks, every few seconds, for jobs still marked
@@ -25,8 +29,10 @@ import socket
 import warnings
 
 import procrastinate
+from procrastinate.worker import Worker
 
 from structsearch.service.database import Database, libpq_url
+from structsearch.service.faults import TrialRetry
 from structsearch.service.jobs import TASK_NAME, TrialRunner
 from structsearch.service.queue import QUEUE, make_queue_app
 from structsearch.service.settings import ServiceSettings
@@ -42,42 +48,61 @@ def run_worker(settings: ServiceSettings, concurrency: int = 1, name: str | None
 
 async def _serve(settings: ServiceSettings, concurrency: int, name: str) -> None:
     runner = TrialRunner(settings, Database(settings.database_url))
-    app = make_queue_app(procrastinate.PsycopgConnector(conninfo=libpq_url(settings.database_url)))
+    retry = TrialRetry(settings.retry_wait_s, settings.retry_max_wait_s, settings.job_max_attempts)
+    app = make_queue_app(procrastinate.PsycopgConnector(conninfo=libpq_url(settings.database_url)), retry)
     loop = asyncio.get_running_loop()
     async with app.open_async():
-        worker = asyncio.create_task(
-            app.run_worker_async(
-                queues=[QUEUE],
-                name=name,
-                concurrency=concurrency,
-                install_signal_handlers=False,  # ours below: they also tell waiting jobs to hand back
-                additional_context={"runner": runner},
-                update_heartbeat_interval=settings.worker_heartbeat_s,
-                stalled_worker_timeout=settings.worker_stalled_after_s,
-                fetch_job_polling_interval=2.0,
-            ),
-            name="procrastinate worker",
+        worker = Worker(
+            app,
+            queues=[QUEUE],
+            name=name,
+            concurrency=concurrency,
+            install_signal_handlers=False,  # ours below: they also tell waiting jobs to hand back
+            additional_context={"runner": runner},
+            update_heartbeat_interval=settings.worker_heartbeat_s,
+            stalled_worker_timeout=settings.worker_stalled_after_s,
+            fetch_job_polling_interval=2.0,
         )
+        running = asyncio.create_task(worker.run(), name="procrastinate worker")
+        draining: list[asyncio.Task[None]] = []
 
         def stop() -> None:
+            if draining:
+                return
             log.info("worker %s stopping: finishing running trials", name)
             runner.stopping.set()
-            worker.cancel()  # procrastinate then stops fetching and waits for running jobs
+            draining.append(loop.create_task(_heartbeat_while_draining(app, worker, settings), name="drain heartbeat"))
+            worker.stop()  # procrastinate stops fetching, cancels its heartbeat, waits for running jobs
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         recovery = asyncio.create_task(_requeue_stalled_jobs(app, settings), name="stalled-job recovery")
         log.info("worker %s ready (concurrency %d)", name, concurrency)
         try:
-            await worker
+            await running
         except asyncio.CancelledError:
             pass
         finally:
             recovery.cancel()
+            for task in draining:
+                task.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             runner.db.dispose()
     log.info("worker %s stopped", name)
+
+
+async def _heartbeat_while_draining(app: procrastinate.App, worker: Worker, settings: ServiceSettings) -> None:
+    """Beat for ``worker`` while it drains, until procrastinate unregisters it (``worker_id`` None)."""
+    while True:
+        await asyncio.sleep(settings.worker_heartbeat_s)
+        worker_id = worker.worker_id
+        if worker_id is None:
+            return
+        try:
+            await app.job_manager.update_heartbeat(worker_id)
+        except Exception:  # the database may be restarting; beat again next time
+            log.warning("drain heartbeat of worker %s failed; retrying", worker_id, exc_info=True)
 
 
 async def _requeue_stalled_jobs(app: procrastinate.App, settings: ServiceSettings) -> None:

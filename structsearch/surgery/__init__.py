@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +61,40 @@ def build_student(teacher: nn.Module, spec: ArchSpec, importance: Importance | N
 def save_student(
     directory: str | Path, student: nn.Module, spec: ArchSpec, recipe: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``student.pt`` (state dict), ``spec.json`` and, when given, ``recipe.json`` to ``directory``."""
+    """Write ``student.pt`` (state dict), ``spec.json`` and, when given, ``recipe.json`` to ``directory``.
+
+    Atomically: the files go to a hidden sibling folder (``.NAME.<random>.partial``) that is renamed
+    to ``directory`` once complete, so a save that fails or is killed (an exception, a full disk,
+    ``kill -9``) never leaves a half-written student where readers look; a failed save removes its
+    partial folder, a killed one leaves it hidden beside the target. An existing ``directory`` is
+    replaced whole. (Renames are atomic against other processes, not against power loss: nothing
+    is fsynced.)
+    """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    torch.save(student.state_dict(), d / WEIGHTS_FILE)
-    spec.save(d / SPEC_FILE)
-    if recipe is not None:
-        (d / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    partial = d.parent / f".{d.name}.{uuid.uuid4().hex[:12]}.partial"
+    partial.mkdir()
+    try:
+        torch.save(student.state_dict(), partial / WEIGHTS_FILE)
+        spec.save(partial / SPEC_FILE)
+        if recipe is not None:
+            (partial / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+        _rename_into_place(partial, d)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return d
+
+
+def _rename_into_place(source: Path, target: Path) -> None:
+    """Rename folder ``source`` to ``target``, replacing a ``target`` that exists."""
+    if not target.exists():
+        source.rename(target)
+        return
+    old = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.old"
+    target.rename(old)
+    source.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_student(directory: str | Path) -> nn.Module:

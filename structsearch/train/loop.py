@@ -29,14 +29,19 @@ def run_steps(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     *,
     after_step: AfterStep[B] | None = None,
+    before_step: Callable[[], None] | None = None,
     start_step: int = 0,
 ) -> int:
     """One optimizer step per batch of ``batches``; returns the number of the last step taken.
 
     Steps are numbered on from ``start_step`` (a resumed run passes the checkpoint's step).
+    ``before_step()`` runs before each step and may raise to stop the run there (a trial's
+    deadline, a cancelled search).
     """
     step = start_step
     for batch in batches:
+        if before_step is not None:
+            before_step()
         loss, aux = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
