@@ -151,7 +151,7 @@ def run_in_thread(runner: TrialRunner, sid: str) -> tuple[threading.Thread, dict
     return thread, out
 
 
-@with_settings(trial_deadline_s=3.0, max_consecutive_failures=1)
+@with_settings(trial_deadline_s=3.0, max_consecutive_failures=1, max_proxy_steps=1_000_000)
 def test_a_hung_trial_is_failed_by_its_deadline(harness: Harness) -> None:
     # a million proxy steps: hours on a CPU, i.e. a trial that never ends while its heartbeat beats
     sid, name = harness.submit(tiny_spec(name="hung", trials=1, steps=1_000_000, baselines=["uniform"]))
@@ -166,6 +166,7 @@ def test_a_hung_trial_is_failed_by_its_deadline(harness: Harness) -> None:
     assert harness.row(sid).error == "trial failed 1 time in a row: passed its deadline of 3 s"
 
 
+@with_settings(max_proxy_steps=1_000_000)
 def test_cancel_stops_the_running_trial_at_the_next_step(harness: Harness) -> None:
     sid, name = harness.submit(tiny_spec(name="cancel-me", trials=1, steps=1_000_000, baselines=["uniform"]))
     thread, out = run_in_thread(harness.runner(), sid)
