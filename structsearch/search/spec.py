@@ -180,7 +180,8 @@ class StudySpec(_Strict):
     #: over each is reported: ``uniform`` width scaling to the budget, ``global_magnitude`` ranking
     #: of all block widths (structured pruning's yardstick), ``depth`` (stage-uniform block dropping).
     baselines: tuple[Literal["uniform", "global_magnitude", "depth"], ...] = ("uniform", "global_magnitude", "depth")
-    seed: int = 0
+    #: Seeds every random choice of the study; NumPy and Optuna's samplers take 32-bit seeds.
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     #: Start a new study from earlier trials of the same teacher, data and proxy in the storage.
     warm_start: bool = True
 
