@@ -148,7 +148,7 @@ def _optuna_study_exists(reader: StudyReader, name: str) -> bool:
 
 
 def cancel_search(db: Database, queue: JobQueue, search_id: uuid.UUID) -> Search | None:
-    """Stop starting trials; running ones finish. None when the search does not exist."""
+    """Cancel a search: no new trials start, running ones stop at their next step. None when it does not exist."""
     with db.session() as s:
         repo = SearchRepository(s)
         row = repo.get(search_id)

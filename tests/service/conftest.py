@@ -148,6 +148,19 @@ def settings(db_url: str, tmp_path: Path, data_root: Path) -> ServiceSettings:
     return make_settings(db_url, tmp_path / "artifacts", data_root)
 
 
+@pytest.fixture
+def key(settings: ServiceSettings) -> str:
+    """A user API key on the test database."""
+    from structsearch.service.apikeys import create_key
+    from structsearch.service.database import Database
+
+    db = Database(settings.database_url)
+    try:
+        return create_key(db, "tests")
+    finally:
+        db.dispose()
+
+
 @pytest.fixture(scope="session")
 def service_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A STRUCTSEARCH_HOME shared by the tests that run trials, with the tiny teacher trained once.

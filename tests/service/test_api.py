@@ -23,7 +23,6 @@ from structsearch.errors import BudgetError, CancelRefused, NotFound, Structsear
 from structsearch.search import best_under_budget, pareto_front, study_records
 from structsearch.search.recheck import RECHECK_ATTR, RecheckEntry, RecheckResult
 from structsearch.search.storage import open_storage
-from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
 from structsearch.service.jobs import TrialRunner
 from structsearch.service.settings import ServiceSettings
@@ -31,15 +30,6 @@ from tests.service.conftest import Postgres, make_settings, tiny_spec
 from tests.service.synthetic import add_trials
 
 API = "/api/v1"
-
-
-@pytest.fixture
-def key(settings: ServiceSettings) -> str:
-    db = Database(settings.database_url)
-    try:
-        return create_key(db, "tests")
-    finally:
-        db.dispose()
 
 
 @pytest.fixture

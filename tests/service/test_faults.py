@@ -176,7 +176,8 @@ def test_cancel_stops_the_running_trial_at_the_next_step(harness: Harness) -> No
 
     wait_for("the trial to train", training, 120)
     cancelled_at = time.monotonic()
-    assert cancel_search(harness.db, harness.queue, uuid.UUID(sid)) is not None
+    cancelled = cancel_search(harness.db, harness.queue, uuid.UUID(sid))
+    assert cancelled is not None and cancelled.status == "cancelled"
     thread.join(60)
     assert not thread.is_alive(), "cancel did not stop the running trial"
     assert time.monotonic() - cancelled_at < 30

@@ -163,7 +163,8 @@ def test_last_use_is_recorded_at_most_once_a_minute(db: Database, keys: dict[str
 
     assert last_used() is None
     t0 = utcnow()
-    assert authenticate(db, keys["a"], now=t0) is not None
+    used = authenticate(db, keys["a"], now=t0)
+    assert used is not None and used.name == "alice"
     assert last_used() == t0
     authenticate(db, keys["a"], now=t0 + TOUCH_EVERY - timedelta(seconds=1))
     assert last_used() == t0  # within the minute: no write

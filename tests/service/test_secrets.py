@@ -20,7 +20,6 @@ from sqlalchemy import make_url
 from api import create_app
 from api.routes.health import NOT_READY
 from structsearch.search.storage import hide_secrets, safe_url
-from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
 from structsearch.service.jobs import TrialRunner
 from structsearch.service.public_errors import STORAGE_ERROR, WORKER_ERROR, log_error, public_error
@@ -48,15 +47,6 @@ def leaks(text: str, url: str) -> list[str]:
     u = make_url(url)
     parts = {PASSWORD, url, safe_url(url), u.database or "", f"{u.host}:{u.port}", f"port {u.port}"}
     return sorted(p for p in parts if p and p in text)
-
-
-@pytest.fixture
-def key(settings: ServiceSettings) -> str:
-    db = Database(settings.database_url)
-    try:
-        return create_key(db, "tests")
-    finally:
-        db.dispose()
 
 
 @pytest.fixture
