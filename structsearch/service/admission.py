@@ -114,10 +114,22 @@ def admit_spec(
     _check_kwargs(spec.teacher.kwargs, "teacher.kwargs", limits)
     _check_kwargs(spec.student.kwargs, "student.kwargs", limits)
     check_work(spec, limits)
-    for field, path in spec_paths(spec):
-        check_inside_roots(path, field, data_roots)
+    check_paths(spec, data_roots)
     check_model_sizes(spec, limits)
     return spec
+
+
+def recheck_stored(spec: StudySpec, settings: ServiceSettings) -> None:
+    """Run the submit-time checks again on a stored spec, when a worker starts its job.
+
+    Admission ran at submit, but a data root may have been removed since, or a symlink under one
+    swapped to lead elsewhere: the paths are resolved again now, so a job never reads outside
+    the roots. Raises a one-line :class:`AdmissionError` that fails the search.
+    """
+    try:
+        check_paths(spec, settings.data_roots)
+    except AdmissionError as e:
+        raise AdmissionError(f"the stored spec no longer passes this service's checks: {e}") from None
 
 
 def _cap(field: str, value: int | None, limit: int, setting: str) -> None:
@@ -205,6 +217,12 @@ def spec_paths(spec: StudySpec) -> list[tuple[str, str]]:
         if ds.path:
             out.append((field, ds.path))
     return out
+
+
+def check_paths(spec: StudySpec, data_roots: Sequence[Path]) -> None:
+    """Every file or folder ``spec`` reads resolves (symlinks followed now) inside ``data_roots``."""
+    for field, path in spec_paths(spec):
+        check_inside_roots(path, field, data_roots)
 
 
 def check_inside_roots(path: str, field: str, roots: Sequence[Path]) -> Path:

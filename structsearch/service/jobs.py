@@ -5,7 +5,10 @@ Each job runs (at most) one trial of its search, through the same :func:`run_sea
 so however jobs and workers interleave, the search ends with exactly ``spec.trials`` own trials:
 
 1. before starting a trial the job re-reads the search's status: cancelled, failed or done
-   searches run nothing more (cancel = "finish the running trials, start no new ones");
+   searches run nothing more (cancel = "finish the running trials, start no new ones"); and it
+   runs the submit-time checks again on the stored spec
+   (:func:`~structsearch.service.admission.recheck_stored`: a data root removed or a symlink
+   swapped since submit fails the search, nothing outside the roots is read);
 2. it fails stale trials first (Optuna heartbeats: a trial whose worker was killed stops beating,
    is marked failed after the grace period, and ``RetryHeartbeatStaleTrialCallback`` queues a retry of
    the same parameters that this or the next job runs);
@@ -81,6 +84,7 @@ class TrialRunner:
         :class:`HandedBack` or :class:`TrialFailed` for the queue to run the job again.
         """
         from structsearch.search.spec import parse_study_spec
+        from structsearch.service.admission import recheck_stored
 
         try:
             sid = uuid.UUID(search_id)
@@ -98,6 +102,7 @@ class TrialRunner:
                 stored_spec = row.spec
                 SearchRepository(s).transition(sid, SearchStatus.running, {SearchStatus.queued})
             spec = parse_study_spec(stored_spec, "stored spec")
+            recheck_stored(spec, self.settings)
             return self._one_trial(sid, spec, should_abort, guard)
         except HandedBack:
             raise
