@@ -149,11 +149,12 @@ def _names_from_array(names: np.ndarray | None, shown: str) -> tuple[str, ...] |
 
 @register_source("imagefolder")
 def _prepare_imagefolder(spec: DataSpec) -> Prepared:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
+    given = Path(spec.path).expanduser()
+    if not given.exists():
         raise DataError(f"data folder not found: {spec.path}")
-    if not root.is_dir():
+    if not given.is_dir():
         raise DataError(f"imagefolder path is not a folder: {spec.path}")
+    root = given.resolve()
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if len(classes) < 2:
         raise DataError(
@@ -161,23 +162,48 @@ def _prepare_imagefolder(spec: DataSpec) -> Prepared:
         )
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = _images_under(root / name)
+        found = _images_under(root, name, spec.path)
         if not found:
-            raise DataError(f"class folder {root / name} has no images ({' '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"class folder {given / name} has no images ({' '.join(IMAGE_EXTENSIONS)})")
         files.extend((path, label) for path in found)
-    identity = ("imagefolder", str(root.resolve()), _stat_digest(files, root))
+    identity = ("imagefolder", str(root), _stat_digest(files, root))
     return Prepared(spec, identity, lambda: _read_imagefolder(files, tuple(classes), spec.size))
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` in sorted order (recursively, like ImageFolder; hidden entries skipped)."""
+def _images_under(root: Path, name: str, shown: str) -> list[Path]:
+    """Image files below ``root / name`` in sorted order (recursively, like ImageFolder; hidden
+    entries skipped), as resolved paths.
+
+    Symlinks are followed only while they stay inside ``root`` (the resolved image folder): one
+    that leads out is a one-line error, so a folder under a service's data root can never read
+    files from elsewhere. A folder reached twice (a link back up the tree) is walked once.
+    """
     found: list[Path] = []
-    for current, dirs, names in os.walk(folder, followlinks=True):
+    seen: set[Path] = set()
+    for current, dirs, names in os.walk(root / name, followlinks=True):
+        real = _inside(Path(current), root, shown)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
-            Path(current) / n for n in sorted(names) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+            _inside(Path(current) / n, root, shown)
+            for n in sorted(names)
+            if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
         )
     return found
+
+
+def _inside(path: Path, root: Path, shown: str) -> Path:
+    """``path`` resolved, when that is inside ``root``; else a :class:`DataError`."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise DataError(
+            f"imagefolder {shown}: '{path.relative_to(root)}' is a symlink that leads outside the folder; "
+            "copy the files in, or point the spec at the folder it leads to"
+        )
+    return real
 
 
 def _stat_digest(files: list[tuple[Path, int]], root: Path) -> str:
