@@ -16,6 +16,8 @@ import optuna
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 from api import create_app
 from api.routes.health import NOT_READY
@@ -390,6 +392,28 @@ def test_artifact_download(client: TestClient, search_with_results, settings, tm
         )
     )
     assert_error(client.get(f"{body['url']}/trials/40/artifact"), 404, "artifact volume")
+
+
+def test_artifact_downloads_share_one_storage(client: TestClient, app: FastAPI, search_with_results) -> None:
+    """Downloads read through the app's one Optuna storage: 20 of them open no new connection pool
+    (a storage per request built an engine, checked the schema and left the pool to the GC)."""
+    body, study = search_with_results
+    trained = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs["trained"])
+    url = f"{body['url']}/trials/{trained.number}/artifact"
+    assert client.get(url).status_code == 200
+    storage = app.state.services.reader.storage
+    new_pools: list[object] = []
+
+    def first_connect(dbapi_connection: object, record: object) -> None:
+        new_pools.append(record)
+
+    event.listen(Pool, "first_connect", first_connect)
+    try:
+        for _ in range(20):
+            assert client.get(url).status_code == 200
+    finally:
+        event.remove(Pool, "first_connect", first_connect)
+    assert new_pools == [] and app.state.services.reader.storage is storage
 
 
 def test_cancel(client: TestClient, key: str, settings) -> None:
