@@ -97,8 +97,19 @@ def admit_spec(
     ``max_synthesis_work`` caps a data-free set's images x iterations (``None``: no cap);
     ``limits`` the rest of the work (default: :class:`WorkLimits`' defaults).
     """
-    limits = limits or WorkLimits()
     spec = parse_study_spec(data, "study spec")
+    check_spec(spec, data_roots, max_trials, max_synthesis_work, limits or WorkLimits())
+    return spec
+
+
+def check_spec(
+    spec: StudySpec,
+    data_roots: Sequence[Path],
+    max_trials: int,
+    max_synthesis_work: int | None,
+    limits: WorkLimits,
+) -> None:
+    """Every check of :func:`admit_spec` on a parsed spec."""
     if spec.trials > max_trials:
         raise AdmissionError(f"trials: at most {max_trials} per search on this service, got {spec.trials}")
     synthesis = DataSpec.parse(spec.data.train).synthesis
@@ -116,18 +127,25 @@ def admit_spec(
     check_work(spec, limits)
     check_paths(spec, data_roots)
     check_model_sizes(spec, limits)
-    return spec
 
 
 def recheck_stored(spec: StudySpec, settings: ServiceSettings) -> None:
     """Run the submit-time checks again on a stored spec, when a worker starts its job.
 
-    Admission ran at submit, but a data root may have been removed since, or a symlink under one
-    swapped to lead elsewhere: the paths are resolved again now, so a job never reads outside
-    the roots. Raises a one-line :class:`AdmissionError` that fails the search.
+    Admission ran at submit, but much may have changed since: a data root removed, a symlink
+    under one swapped to lead elsewhere (the paths are resolved again now, so a job never reads
+    outside the roots), a cap lowered, or a row inserted without the API. Every check of
+    :func:`admit_spec` runs again with the worker's settings; a breach is a one-line
+    :class:`AdmissionError` that fails the search.
     """
     try:
-        check_paths(spec, settings.data_roots)
+        check_spec(
+            spec,
+            settings.data_roots,
+            settings.max_trials,
+            settings.max_synthesis_work,
+            WorkLimits.from_settings(settings),
+        )
     except AdmissionError as e:
         raise AdmissionError(f"the stored spec no longer passes this service's checks: {e}") from None
 

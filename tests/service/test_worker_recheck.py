@@ -8,11 +8,14 @@ out of it. The job must fail the search with a one-line error, never read the fi
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from optuna.trial import TrialState
 
+from structsearch.service.tables import Search
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.test_faults import Harness, harness_for
 
@@ -59,3 +62,24 @@ def test_a_job_fails_its_search_when_a_data_path_left_the_roots(
     assert harness.runner().run(sid).startswith("failed: ")
     error = harness.row(sid).error
     assert "is outside the allowed data roots" in error and "\n" not in error
+
+
+def test_a_job_fails_its_search_when_the_spec_breaks_a_cap(harness: Harness) -> None:
+    # a cap lowered after submit
+    sid, _ = harness.submit(tiny_spec(name="lowered", steps=5))
+    harness.settings = harness.settings.model_copy(update={"max_proxy_steps": 2})
+    assert harness.runner().run(sid).startswith("failed: ")
+    assert harness.row(sid).error == (
+        "AdmissionError: the stored spec no longer passes this service's checks: "
+        "proxy.steps: at most 2 on this service (setting STRUCTSEARCH_MAX_PROXY_STEPS), got 5"
+    )
+
+    # a row changed without the API: a measure batch and a device admission would refuse
+    harness.settings = harness.settings.model_copy(update={"max_proxy_steps": 20_000})
+    sid, _ = harness.submit(tiny_spec(name="edited"))
+    with harness.db.session() as s:
+        row = s.get(Search, uuid.UUID(sid))
+        row.spec = {**row.spec, "measure": {**row.spec["measure"], "batch_size": 512}}
+    assert harness.runner().run(sid).startswith("failed: ")
+    assert "measure.batch_size: at most 64 on this service" in harness.row(sid).error
+    assert {t.state for t in harness.trials("edited")} <= {TrialState.WAITING}  # no trial started
