@@ -12,7 +12,7 @@ the machine to read files or fetch weights, so on top of that:
 * every setting that sizes work is capped service-wide (:class:`WorkLimits`): model kwargs are
   allow-listed and bounded, the teacher's (and student base's) parameters are counted on the
   ``meta`` device -- no memory is allocated -- before anything real is built, and ``measure``,
-  ``proxy``, ``train_epochs``, image sizes and devices have ceilings. A breach names the setting
+  ``proxy``, ``train_epochs``, image sizes, batch x image pixels and devices have ceilings. A breach names the setting
   and the limit, so one request cannot ask the API or a worker for a 49 GB model or hours of
   timing.
 
@@ -69,6 +69,7 @@ class WorkLimits:
     max_proxy_steps: int = 20_000
     max_proxy_batch: int = 1024
     max_train_epochs: int = 200
+    max_batch_pixels: int = 1 << 26
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> WorkLimits:
@@ -82,6 +83,7 @@ class WorkLimits:
             max_proxy_steps=settings.max_proxy_steps,
             max_proxy_batch=settings.max_proxy_batch,
             max_train_epochs=settings.max_train_epochs,
+            max_batch_pixels=settings.max_batch_pixels,
         )
 
 
@@ -181,6 +183,34 @@ def check_work(spec: StudySpec, limits: WorkLimits) -> None:
         size = DataSpec.parse(text).size if text else None
         for v in size or ():
             _cap(f"{field} size", v, side, "max_image_side")
+    check_batch_pixels(spec, limits)
+
+
+def image_sizes(spec: StudySpec) -> list[tuple[int, int]]:
+    """``(height, width)`` of every image size the spec names (input size, resolutions, data sizes)."""
+    sides = [spec.data.input_size, *(spec.data.resolutions or ())]
+    sizes = [(s, s) for s in sides if s is not None]
+    for text in (spec.data.train, spec.data.val):
+        size = DataSpec.parse(text).size if text else None
+        if size:
+            sizes.append((size[0], size[1]))
+    return sizes
+
+
+def check_batch_pixels(spec: StudySpec, limits: WorkLimits) -> None:
+    """Batch x height x width of the largest named image: the batch and side caps alone still
+    allow 1024 images of 1024 x 1024 px (a 12 GB float input before any activation)."""
+    sizes = image_sizes(spec)
+    if not sizes:
+        return  # no size named: the data's own (digits, CIFAR); an image folder's needs ?size= to be capped
+    h, w = max(sizes, key=lambda hw: hw[0] * hw[1])
+    for field, batch in (("proxy.batch_size", spec.proxy.batch_size), ("measure.batch_size", spec.measure.batch_size)):
+        pixels = batch * h * w
+        if pixels > limits.max_batch_pixels:
+            raise AdmissionError(
+                f"{field}: {batch} images of {h}x{w} px is {pixels:,} pixels a batch; this service allows at most "
+                f"{limits.max_batch_pixels:,} (setting STRUCTSEARCH_MAX_BATCH_PIXELS); use a smaller batch or image size"
+            )
 
 
 def check_model_sizes(spec: StudySpec, limits: WorkLimits) -> None:

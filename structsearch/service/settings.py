@@ -132,6 +132,12 @@ class ServiceSettings(BaseSettings):
     #: search's trained trials (1 s assumed before the first).
     trial_deadline_s: float | None = Field(default=None, gt=0)
 
+    # --- batch x image size (issue 13): the batch and image-side caps alone allow 1024 images of
+    # 1024 x 1024 px. ---
+    #: Largest batch x height x width, pixels, of a ``proxy`` or ``measure`` batch at the largest
+    #: image size a spec names. 2**26: e.g. 1024 images of 256 x 256 px, or 256 of 512 x 512.
+    max_batch_pixels: int = Field(default=1 << 26, ge=1)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: object) -> object:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from structsearch.errors import one_line
 from structsearch.service.admission import (
     AdmissionError,
     WorkLimits,
@@ -126,3 +127,28 @@ def test_work_settings_are_capped() -> None:
         with pytest.raises(AdmissionError, match=re.escape(fragment)):
             admit_spec(tiny_spec(**changes), [Path("/d")], 10, limits=limits)
     assert admit_spec(tiny_spec(measure={"threads": 2}, proxy={"device": "cuda:1"}), [], 10, limits=limits)
+
+
+def test_batch_times_image_pixels_is_capped() -> None:
+    """Each cap alone allows a batch of 1024 at 1024 px; their product is capped too."""
+    at_max_side = {"train": "digits", "input_size": 1024}
+    wide = WorkLimits(max_proxy_batch=4096)  # an operator who raised the batch cap
+    with pytest.raises(AdmissionError) as e:
+        admit_spec(tiny_spec(data=at_max_side, proxy={"batch_size": 4096}), [], 10, limits=wide)
+    assert one_line(e.value) == (
+        "AdmissionError: proxy.batch_size: 4096 images of 1024x1024 px is 4,294,967,296 pixels a batch; this "
+        "service allows at most 67,108,864 (setting STRUCTSEARCH_MAX_BATCH_PIXELS); use a smaller batch or image size"
+    )
+    for changes, fragment in (
+        ({"data": at_max_side, "proxy": {"batch_size": 1024}}, "proxy.batch_size: 1024 images of 1024x1024 px"),
+        ({"data": {"train": "digits", "resolutions": [32, 720]}, "proxy": {"batch_size": 256}}, "of 720x720 px"),
+        ({"data": {"train": "imagefolder:/d?size=1000x600"}, "proxy": {"batch_size": 128}}, "128 images of 1000x600"),
+    ):
+        with pytest.raises(AdmissionError, match=re.escape(fragment)):
+            admit_spec(tiny_spec(**changes), [Path("/d")], 10)
+    measured = tiny_spec(
+        data={"train": "digits", "input_size": 256}, proxy={"batch_size": 8}, measure={"batch_size": 32}
+    )
+    with pytest.raises(AdmissionError, match=re.escape("measure.batch_size: 32 images of 256x256 px")):
+        admit_spec(measured, [], 10, limits=WorkLimits(max_batch_pixels=1 << 20))
+    assert admit_spec(tiny_spec(data={"train": "digits", "input_size": 224}, proxy={"batch_size": 1024}), [], 10)

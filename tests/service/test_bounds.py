@@ -69,6 +69,8 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
     (tiny_spec(proxy={"steps": 1_000_000, "batch_size": 32, "device": "cpu"}), "STRUCTSEARCH_MAX_PROXY_STEPS"),
     (tiny_spec(proxy={"steps": 5, "batch_size": 4096, "device": "cpu"}), "STRUCTSEARCH_MAX_PROXY_BATCH"),
     (tiny_spec(proxy={"steps": 5, "batch_size": 32, "device": "tpu:0"}), "proxy.device"),
+    # each inside its own cap (batch 1024, side 1024), a 12 GB input batch together
+    (tiny_spec(data={"train": "digits", "input_size": 1024}, proxy={"batch_size": 1024}), "MAX_BATCH_PIXELS"),
     (tiny_spec(teacher={"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 1000}), "EPOCHS"),
 ]
 
