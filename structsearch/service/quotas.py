@@ -4,9 +4,10 @@ Two limits, both over the key's active (queued or running) searches, both 429 wh
 would pass them:
 
 * ``max_active_searches_per_key`` searches at once;
-* ``max_trial_steps_per_key`` trial-steps: trials x ``proxy.steps`` summed over those searches
-  (requested trials, finished or not, until the search ends: a simple, predictable ceiling on
-  queued training).
+* ``max_trial_steps_per_key`` trial-steps: remaining trials x ``proxy.steps`` summed over those
+  searches, where a search's remaining trials are those requested minus its own finished ones
+  (complete or pruned; warm-start copies do not count, failed ones are run again). A search that
+  is nearly done holds little of the quota, so its key can queue the next one.
 
 Admin keys are exempt: the operator's own key must be able to run anything the service's
 per-search caps allow. Anonymous submissions do not exist (submitting needs a key).
@@ -18,7 +19,7 @@ concurrent submissions of one key cannot both slip under the limit.
 
 from __future__ import annotations
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
 from structsearch.errors import TooMany
@@ -28,6 +29,15 @@ from structsearch.service.tables import ACTIVE_STATUSES, Search
 
 #: Namespace of the advisory locks taken here (first half of the two-int lock key).
 _LOCK_SPACE = 0x5351  # "SQ"
+
+#: Own finished trials per study, read from Optuna's tables (same database): complete or pruned,
+#: not copied from an earlier study by warm start.
+_FINISHED_SQL = text(
+    "SELECT s.study_name, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+    "WHERE s.study_name IN :names AND t.state IN ('COMPLETE', 'PRUNED') AND NOT EXISTS ("
+    "SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'copied_from') "
+    "GROUP BY s.study_name"
+).bindparams(bindparam("names", expanding=True))
 
 
 def trial_steps(spec: StudySpec) -> int:
@@ -45,7 +55,9 @@ def check_quota(session: Session, api_key_id: int | None, spec: StudySpec, setti
         session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": _LOCK_SPACE, "key": api_key_id})
     active = [s.value for s in ACTIVE_STATUSES]
     rows = session.execute(
-        select(Search.trials_requested, Search.spec).where(Search.api_key_id == api_key_id, Search.status.in_(active))
+        select(Search.name, Search.trials_requested, Search.spec).where(
+            Search.api_key_id == api_key_id, Search.status.in_(active)
+        )
     ).all()
     limit = settings.max_active_searches_per_key
     if len(rows) + 1 > limit:
@@ -53,10 +65,21 @@ def check_quota(session: Session, api_key_id: int | None, spec: StudySpec, setti
             f"this key already has {len(rows)} active searches, the most it may have "
             f"(STRUCTSEARCH_MAX_ACTIVE_SEARCHES_PER_KEY={limit}); wait for one to end or cancel one"
         )
-    queued = sum(trials * int((spec_json or {}).get("proxy", {}).get("steps", 0)) for trials, spec_json in rows)
+    finished = _finished(session, [name for name, _, _ in rows])
+    queued = sum(
+        max(0, trials - finished.get(name, 0)) * int((spec_json or {}).get("proxy", {}).get("steps", 0))
+        for name, trials, spec_json in rows
+    )
     wanted, cap = trial_steps(spec), settings.max_trial_steps_per_key
     if queued + wanted > cap:
         raise TooMany(
-            f"this search asks for {wanted:,} trial-steps (trials x proxy.steps) and this key's active searches "
-            f"already hold {queued:,}; the limit per key is {cap:,} (STRUCTSEARCH_MAX_TRIAL_STEPS_PER_KEY)"
+            f"this search asks for {wanted:,} trial-steps (trials x proxy.steps) and the remaining trials of this "
+            f"key's active searches hold {queued:,}; the limit per key is {cap:,} (STRUCTSEARCH_MAX_TRIAL_STEPS_PER_KEY)"
         )
+
+
+def _finished(session: Session, names: list[str]) -> dict[str, int]:
+    """Own finished trials of each named study (absent: none yet)."""
+    if not names:
+        return {}
+    return {name: int(n) for name, n in session.execute(_FINISHED_SQL, {"names": names}).all()}

@@ -86,7 +86,7 @@ class ServiceSettings(BaseSettings):
     planning_timeout_s: float = Field(default=60.0, gt=0)
     #: Searches one key may have queued or running at once (admin keys: no limit).
     max_active_searches_per_key: int = Field(default=4, ge=1)
-    #: Trials x proxy steps one key may have outstanding, summed over its active searches (admin
+    #: Remaining trials x proxy steps one key may have outstanding, summed over its active searches (admin
     #: keys: no limit). 1,000,000 is e.g. 50 trials of 20,000 steps.
     max_trial_steps_per_key: int = Field(default=1_000_000, ge=1)
     #: Largest request body, bytes; a larger one is refused with a 413 before it is read.

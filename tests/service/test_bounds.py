@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,6 +20,7 @@ from structsearch.service.database import Database
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import KeyScope
 from tests.service.conftest import Postgres, make_settings, tiny_spec
+from tests.service.synthetic import add_trials
 
 API = "/api/v1"
 
@@ -141,6 +143,27 @@ def test_quotas_per_key(settings: ServiceSettings, tmp_path: Path, data_root: Pa
         )
         assert cancelled.status_code == 200, cancelled.text
         assert _post(client, keys["user"], tiny_spec("q3", trials=1, steps=1)).status_code == 202  # room again
+
+
+def test_the_trial_steps_quota_counts_only_remaining_trials(
+    settings: ServiceSettings, tmp_path: Path, data_root: Path
+) -> None:
+    """A search that is nearly done holds only its remaining trials' steps; warm-start copies
+    (finished trials of an earlier study) are not its progress."""
+    limited = make_settings(settings.database_url, tmp_path / "a", data_root, max_trial_steps_per_key=50)
+    client, keys = _client(limited)
+    with client:
+        first = _post(client, keys["user"], tiny_spec("r1", trials=4, steps=5))  # 20 trial-steps
+        assert first.status_code == 202, first.text
+        study = optuna.load_study(study_name=first.json()["name"], storage=settings.database_url)
+        copy = optuna.trial.create_trial(values=[50.0, 1000.0], user_attrs={"copied_from": "older#0"})
+        study.add_trials([copy] * 3)
+        r = _post(client, keys["user"], tiny_spec("r2", trials=8, steps=5))  # 20 + 40 > 50
+        assert r.status_code == 429 and "hold 20;" in r.json()["detail"], r.text
+        add_trials(study, 3)  # three of its own four trials finished: 5 + 40 <= 50
+        assert _post(client, keys["user"], tiny_spec("r2", trials=8, steps=5)).status_code == 202
+        r = _post(client, keys["user"], tiny_spec("r3", trials=1, steps=10))  # 5 + 40 + 10 > 50
+        assert r.status_code == 429 and "hold 45;" in r.json()["detail"], r.text
 
 
 def test_body_limit_and_401_before_the_body(api: tuple[TestClient, dict[str, str]]) -> None:
