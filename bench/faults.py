@@ -18,13 +18,15 @@ What it does:
    SIGTERM'd worker keeps beating while it drains). Prints one row per fault: what happened
    (trials that failed in its window and how they ended) and trials lost.
 
-Run:  .venv/bin/python bench/faults.py [--trials 12] [--steps 1500]
+Run:  .venv/bin/python bench/faults.py [--trials 12] [--steps 1500] [--json FILE]
+(``--json``: the same figures as JSON, for ``bench/results.py``'s reliability stage.)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import signal
@@ -136,6 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--steps", type=int, default=1500)  # ~5-10 s a trial on a CPU core
+    ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="structsearch-faults-"))
@@ -221,7 +224,10 @@ def main() -> None:
 
         status = wait_for("the search to end", ended, 1800, every=1.0)
         final = http.get(f"/api/v1/searches/{sid}").json()
-        report(rows, trials(), n, status, final.get("error"), _requeued_from_silent_workers(work))
+        figures = report(rows, trials(), n, status, final.get("error"), _requeued_from_silent_workers(work))
+        figures |= {"trials": n, "steps": args.steps, "workers": 2}
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         http.close()
         procs.stop_all()
@@ -236,7 +242,8 @@ def report(
     status: object,
     error: object,
     requeued: int,
-) -> None:
+) -> dict[str, object]:
+    """Print the fault table and the summary line; return the same figures."""
     own = [t for t in trials if "copied_from" not in t.user_attrs]
     complete = [t for t in own if t.state == TrialState.COMPLETE]
     lost = requested - len(complete)
@@ -245,7 +252,7 @@ def report(
         for t in complete
         if t.user_attrs.get("trained") and "duplicate_of" not in t.user_attrs
     ]
-    print("\n| fault | what happened | trials lost |\n|---|---|---|")
+    faults = []
     for i, (fault, at, _) in enumerate(rows):
         until = rows[i + 1][1] if i + 1 < len(rows) else datetime.datetime.max
         failed = [
@@ -255,13 +262,29 @@ def report(
             f"trial {t.number} failed ({t.user_attrs.get(FAILURE_ATTR, 'stale heartbeat: worker gone')})"
             for t in failed
         )
-        print(f"| {fault} | {how or 'no trial failed'}; search went on | {0 if lost == 0 else '?'} |")
+        # trials lost are counted for the whole run: 0 for every fault when none was lost, else unknown
+        faults.append(
+            {"fault": fault, "what": f"{how or 'no trial failed'}; search went on", "lost": 0 if lost == 0 else None}
+        )
+    figures = {
+        "faults": faults,
+        "status": status,
+        "error": error,
+        "complete": len(complete),
+        "failed_retried": sum(t.state == TrialState.FAIL for t in own),
+        "trained_twice": len(keys) - len(set(keys)),
+        "requeued": requeued,
+        "lost": lost,
+    }
+    print("\n| fault | what happened | trials lost |\n|---|---|---|")
+    for f in faults:
+        print(f"| {f['fault']} | {f['what']} | {'?' if f['lost'] is None else f['lost']} |")
     print(
         f"\nsearch {status}{f' ({error})' if error else ''}: {len(complete)}/{requested} complete trials, "
-        f"{sum(t.state == TrialState.FAIL for t in own)} failed trials retried, "
-        f"{len(keys) - len(set(keys))} structures trained twice, "
+        f"{figures['failed_retried']} failed trials retried, {figures['trained_twice']} structures trained twice, "
         f"{requeued} jobs taken back from a silent worker (1 expected: the kill -9), trials lost: {lost}"
     )
+    return figures
 
 
 def _requeued_from_silent_workers(logdir: Path) -> int:

@@ -17,6 +17,7 @@ Studies, teacher caches and artifacts go to ``$STRUCTSEARCH_HOME`` (default here
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -46,9 +47,14 @@ VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
 VIT_STUDY = "cifar10-resnet56-vit"
 
 
-def run(argv: list[str], log: list[dict[str, Any]], json_file: Path | None = None) -> Any:
+def run(
+    argv: list[str],
+    log: list[dict[str, Any]],
+    json_file: Path | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
     """Run one command from the project root, record it, and return its JSON output (stdout, or
-    ``json_file`` for scripts that write their figures to a file)."""
+    ``json_file`` for scripts that write their figures to a file; ``parse`` reads stdout instead)."""
     shown = " ".join(["structsearch", *argv[3:]] if argv[:3] == CLI else [".venv/bin/python", *argv[1:]])
     print(f"$ {shown}", flush=True)
     start = time.perf_counter()
@@ -56,7 +62,7 @@ def run(argv: list[str], log: list[dict[str, Any]], json_file: Path | None = Non
     seconds = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}) after {seconds} s: {shown}\n{proc.stderr[-3000:]}")
-    out = json.loads(json_file.read_text() if json_file else proc.stdout)
+    out = parse(proc.stdout) if parse else json.loads(json_file.read_text() if json_file else proc.stdout)
     log.append({"command": shown, "seconds": seconds})
     print(f"  ({seconds} s)", flush=True)
     return out
@@ -211,6 +217,36 @@ def stage_trial_cost() -> dict[str, Any]:
     return {"commands": log, "trial_cost": result}
 
 
+def stage_reliability() -> dict[str, Any]:
+    """The service under faults and bad input: ``bench/faults.py`` (five faults in one 12-trial
+    search, on its own PostgreSQL cluster) and the two bad-input sweeps, run by pytest (which starts
+    its own PostgreSQL too): the hand-written hostile list and schemathesis over the OpenAPI
+    document. Each sweep test prints its counts; they are read from pytest's output."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "faults_raw.json"
+    faults = run([sys.executable, "bench/faults.py", "--json", str(raw.relative_to(ROOT))], log, raw)
+    tests = ["tests/service/test_hostile_sweep.py", "tests/service/test_openapi_fuzz.py"]
+    sweep = run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:warnings", *tests], log, parse=_sweep_counts)
+    return {"commands": log, "faults": faults, "sweep": sweep}
+
+
+def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:
+    """``{"hostile list": counts, "schemathesis": counts}`` from the sweep tests' printed lines."""
+    out: dict[str, dict[str, int]] = {}
+    for line in stdout.splitlines():
+        for prefix, name in (("hostile sweep:", "hostile list"), ("openapi fuzz ", "schemathesis")):
+            at = line.find(prefix)  # pytest's progress dots may come first on the line
+            if at >= 0:
+                counts = ast.literal_eval(line[line.rindex("{") :])  # the counts: the last {...}
+                total = out.setdefault(name, dict.fromkeys(counts, 0) | {"operations": 0})
+                total["operations"] += 1
+                for k, v in counts.items():
+                    total[k] += v
+    if set(out) != {"hostile list", "schemathesis"}:
+        sys.exit(f"the sweep tests printed no counts:\n{stdout[-3000:]}")
+    return out
+
+
 STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "teacher": stage_teacher,
     "search": stage_search,
@@ -222,6 +258,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "vs_pruning": stage_vs_pruning,
     "prescreen": stage_prescreen,
     "trial_cost": stage_trial_cost,
+    "reliability": stage_reliability,
 }
 
 

@@ -400,6 +400,41 @@ def section_trial_cost(s: Stages) -> str:
     )
 
 
+def section_reliability(s: Stages) -> str:
+    st = s.get("reliability")
+    if not st:
+        return "## Reliability\n\nnot run yet\n"
+    f = st["faults"]
+    sweep = st["sweep"]
+    return (
+        "## Reliability\n\n"
+        f"One {f['trials']}-trial digits search ({f['steps']} proxy steps a trial) on a real PostgreSQL with "
+        f"{f['workers']} workers, through the REST API, while five faults hit it in turn "
+        "(`bench/faults.py`).\n\n"
+        + table(
+            ["fault", "what happened", "trials lost"],
+            [[r["fault"], r["what"], "?" if r["lost"] is None else r["lost"]] for r in f["faults"]],
+        )
+        + f"\nThe search ended **{f['status']}** with {f['complete']}/{f['trials']} complete trials: "
+        f"{f['failed_retried']} failed trials retried, {f['trained_twice']} structures trained twice, "
+        f"{f['requeued']} job(s) taken back from a silent worker (1 expected: the kill -9), {f['lost']} trials lost.\n\n"
+        "Bad input, through the real app and PostgreSQL: the hand-written list of hostile specs and paths "
+        "(`tests/service/test_hostile_sweep.py`) must each get a 4xx with a one-line JSON `detail`; schemathesis "
+        "sends 30 generated requests per operation of the OpenAPI document (`tests/service/test_openapi_fuzz.py`; "
+        "valid ones get a 2xx). No response may hold a secret (database URL, host, password, stack trace), and "
+        "`/healthz` must still answer after each.\n\n"
+        + table(
+            ["sweep", "requests", "4xx", "5xx", "secrets leaked", "API crashes"],
+            [
+                [name, c["requests"], c["4xx"], c["5xx"], c["secrets"], c["down"]]
+                for name, c in sorted(sweep.items(), reverse=True)
+            ],
+        )
+        + "\n"
+        + commands(st)
+    )
+
+
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -419,6 +454,7 @@ def render(stages: Stages) -> Path:
         section_vs_pruning(stages),
         section_prescreen(stages),
         section_trial_cost(stages),
+        section_reliability(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

@@ -97,7 +97,8 @@ def api(settings: ServiceSettings) -> Iterator[tuple[TestClient, str]]:
         yield client, key
 
 
-def _secrets(settings: ServiceSettings) -> list[str]:
+def secrets_of(settings: ServiceSettings) -> list[str]:
+    """What no response may contain: a stack trace, the database URL, host:port or password."""
     url = make_url(settings.database_url)
     found = ["Traceback", 'File "/', settings.database_url, f"{url.host}:{url.port}"]
     return found + ([url.password] if url.password else [])
@@ -108,7 +109,7 @@ def test_hostile_requests_get_a_4xx_leak_nothing_and_leave_the_api_up(
 ) -> None:
     client, key = api
     auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    secrets = _secrets(settings)
+    secrets = secrets_of(settings)
     counts = {"requests": 0, "4xx": 0, "5xx": 0, "secrets": 0, "down": 0}
     problems = []
     requests = [("POST", f"{API}/searches", label, body) for label, body in HOSTILE_BODIES]
@@ -125,7 +126,7 @@ def test_hostile_requests_get_a_4xx_leak_nothing_and_leave_the_api_up(
         if not 400 <= r.status_code < 500 or leaked or not isinstance(detail, str) or "\n" in detail:
             problems.append(f"{label}: {r.status_code} {r.text[:200]}")
         counts["down"] += client.get("/healthz").status_code != 200
-    print("hostile sweep:", counts)
+    print("hostile sweep:", counts)  # read by bench/results.py's reliability stage
     assert counts["requests"] == len(HOSTILE_BODIES) + len(HOSTILE_PATHS) >= 40
     assert not problems, problems
     assert counts["5xx"] == counts["secrets"] == counts["down"] == 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
@@ -23,8 +25,9 @@ from structsearch.service.apikeys import create_key
 from structsearch.service.database import Database
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.synthetic import add_trials
+from tests.service.test_hostile_sweep import secrets_of
 
-FUZZ = {"key": "", "search": "", "counter": itertools.count()}
+FUZZ: dict[str, Any] = {"key": "", "search": "", "counter": itertools.count(), "secrets": [], "app": None}
 
 
 @pytest.fixture
@@ -33,9 +36,8 @@ def api_schema(db_url: str, tmp_path, data_root) -> Iterator[schemathesis.BaseSc
     app = create_app(settings_)
     db = Database(db_url)
     FUZZ["key"] = create_key(db, "fuzz")
+    FUZZ["secrets"], FUZZ["app"] = secrets_of(settings_), app
     db.dispose()
-    from fastapi.testclient import TestClient
-
     with TestClient(app) as client:  # one real search with trials, so some ids resolve
         r = client.post(
             "/api/v1/searches", json=tiny_spec(name="fuzzed"), headers={"Authorization": f"Bearer {FUZZ['key']}"}
@@ -68,6 +70,7 @@ def json_error_body(response) -> None:
 def test_no_server_errors_and_json_error_bodies(api_schema: schemathesis.BaseSchema, method: str, path: str) -> None:
     operation = api_schema[path][method]
     headers = {"Authorization": f"Bearer {FUZZ['key']}"}
+    counts = {"requests": 0, "4xx": 0, "5xx": 0, "secrets": 0, "down": 0}
 
     @given(case=operation.as_strategy())
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
@@ -75,9 +78,16 @@ def test_no_server_errors_and_json_error_bodies(api_schema: schemathesis.BaseSch
         if "search_id" in case.path_parameters and next(FUZZ["counter"]) % 2 == 0:
             case.path_parameters["search_id"] = FUZZ["search"]
         response = case.call(headers=headers)
+        counts["requests"] += 1
+        counts["4xx"] += 400 <= response.status_code < 500
+        counts["5xx"] += response.status_code >= 500
+        counts["secrets"] += any(secret in response.text for secret in FUZZ["secrets"])
         case.validate_response(response, checks=[not_a_server_error], headers=headers)
         json_error_body(response)
         if case.path_parameters.get("search_id") not in (None, FUZZ["search"]):
             assert response.status_code in (404, 422), f"unknown search id answered {response.status_code}"
 
     check()
+    counts["down"] = int(TestClient(FUZZ["app"]).get("/healthz").status_code != 200)
+    print(f"openapi fuzz {method} {path}:", counts)  # summed by bench/results.py's reliability stage
+    assert counts["secrets"] == counts["down"] == 0
