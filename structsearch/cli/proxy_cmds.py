@@ -113,10 +113,8 @@ def proxy(
     default the teacher with every block's internal width at --width (0.5: about half its MACs).
     """
 
-    import torch
-
     from structsearch.cost import measure_cost
-    from structsearch.data import DataSpec, Preprocess, load_data, split_train_val
+    from structsearch.data import DataSpec, Preprocess, load_data, train_val_rows
     from structsearch.distill import Distiller, TeacherCache, TeacherId
     from structsearch.distill.synthesis import synthesize_spec
     from structsearch.distill.taps import check_feature_pair
@@ -158,15 +156,9 @@ def proxy(
             net, preprocess, source.synthesis, device=config.device, teacher_id=teacher_id, cache=cache
         ).data
     )
-    if val_data is not None:
-        val = load_data(val_data)
-        train_idx = torch.arange(len(train))
-        if train_size is not None and train_size < len(train):
-            train_idx, _ = split_train_val(train.y, 1, split_seed, train_size)
-        val_idx = torch.arange(len(val))
-    else:
-        val = train
-        train_idx, val_idx = split_train_val(train.y, val_size, split_seed, train_size)
+    val = train if val_data is None else load_data(val_data)
+    val_rows = None if val_data is None else len(val)
+    train_idx, val_idx = train_val_rows(train.y, val_rows, val_size, split_seed, train_size)
 
     size = (3, *preprocess.input_size)
     teacher_cost, student_cost = measure_cost(net, size), measure_cost(student, size)

@@ -310,7 +310,7 @@ class StudyData:
 
 def load_study_data(plan: SearchPlan) -> StudyData:
     """Load the data and load (or train once, cached) the teacher of a planned search."""
-    from structsearch.data import Augment, Preprocess, fingerprint, load_data, split_train_val
+    from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
     from structsearch.distill import TeacherId
     from structsearch.paths import home
     from structsearch.teachers import trained_teacher
@@ -321,15 +321,9 @@ def load_study_data(plan: SearchPlan) -> StudyData:
     preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
     # files, or synthetic:N made from the teacher (validation then carved from it: see search.datafree)
     train_data = load_train_data(spec, teacher, preprocess)
-    if spec.data.val:
-        val_data = load_data(spec.data.val)
-        train_idx = torch.arange(len(train_data))
-        if spec.data.train_size:
-            train_idx, _ = split_train_val(train_data.y, 1, spec.seed, spec.data.train_size)
-        val_idx = torch.arange(len(val_data))
-    else:
-        val_data = train_data
-        train_idx, val_idx = split_train_val(train_data.y, spec.data.val_size, spec.seed, spec.data.train_size)
+    val_data = load_data(spec.data.val) if spec.data.val else train_data
+    val_rows = len(val_data) if spec.data.val else None
+    train_idx, val_idx = train_val_rows(train_data.y, val_rows, spec.data.val_size, spec.seed, spec.data.train_size)
 
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
