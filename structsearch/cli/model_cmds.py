@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -51,17 +52,7 @@ def space(
                 "family": sp.family,
                 "input_size": list(size),
                 "stages": [
-                    [
-                        {
-                            "name": c.name,
-                            "removable": c.removable,
-                            "width_base": c.width_base,
-                            "widths": list(c.widths),
-                            "heads": list(c.heads) if c.heads else None,
-                        }
-                        for c in stage
-                    ]
-                    for stage in sp.stages
+                    [{k: v for k, v in asdict(c).items() if k != "heads_base"} for c in stage] for stage in sp.stages
                 ],
                 "smallest": smallest.to_dict(),
                 "largest": largest.to_dict(),

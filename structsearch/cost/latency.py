@@ -32,7 +32,6 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,11 +85,6 @@ class LatencyReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``input_size`` as a list)."""
         return {**asdict(self), "input_size": list(self.input_size)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LatencyReport:
-        """Inverse of :meth:`to_dict`, for stored reports."""
-        return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
 @functools.cache
