@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -168,7 +169,7 @@ def proxy(
     result = {
         "teacher": teacher,
         "student": described,
-        **{k: v for k, v in distiller.score(student).to_dict().items() if k != "history"},
+        **{k: v for k, v in asdict(distiller.score(student)).items() if k != "history"},
         "macs": student_cost.macs,
         "params": student_cost.params,
         "teacher_macs": teacher_cost.macs,
