@@ -8,6 +8,8 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -54,6 +56,18 @@ def _hide(text: str, url: str) -> str:
     return hide_secrets(text, url)
 
 
+@contextmanager
+def _database(url: str) -> Iterator[Any]:
+    """The service database at ``url``, its connections closed after the block."""
+    from structsearch.service.database import Database
+
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
@@ -91,23 +105,25 @@ def apikey_create(
     """Create a key and print it. It is shown only this once; only its hash is stored."""
 
     from structsearch.service.apikeys import create_key, parse_lifetime
-    from structsearch.service.database import Database
     from structsearch.service.tables import KeyScope
 
     lifetime = parse_lifetime(expires) if expires is not None else None
     url = _settings(storage).database_url
-    db = Database(url)
-    try:
-        key = create_key(db, name, KeyScope.admin if admin else KeyScope.user, lifetime)
-    except StructsearchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
-        raise StructsearchError(
-            f"cannot store the key: {_hide(one_line(e), url)} (did you run `structsearch db upgrade`?)"
-        ) from None
-    finally:
-        db.dispose()
+    with _database(url) as db:
+        try:
+            key = create_key(db, name, KeyScope.admin if admin else KeyScope.user, lifetime)
+        except StructsearchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unreachable or unmigrated database
+            raise StructsearchError(
+                f"cannot store the key: {_hide(one_line(e), url)} (did you run `structsearch db upgrade`?)"
+            ) from None
     print(key)
+
+
+#: What ``apikey list`` shows of a key (never the key or its hash).
+_KEY_TIMES = ("created_at", "expires_at", "last_used_at", "revoked_at")
+_KEY_FIELDS = ("name", "prefix", "scope", *_KEY_TIMES)
 
 
 @apikey_app.command("list")
@@ -116,37 +132,16 @@ def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -
 
     from rich.table import Table
 
-    from structsearch.service.database import Database
     from structsearch.service.repository import ApiKeyRepository
 
-    db = Database(_settings(storage).database_url)
-    try:
-        with db.session() as s:
-            rows: list[dict[str, Any]] = [
-                {
-                    "name": k.name,
-                    "prefix": k.prefix,
-                    "scope": k.scope,
-                    "created_at": k.created_at,
-                    "expires_at": k.expires_at,
-                    "last_used_at": k.last_used_at,
-                    "revoked_at": k.revoked_at,
-                }
-                for k in ApiKeyRepository(s).all()
-            ]
-    finally:
-        db.dispose()
+    with _database(_settings(storage).database_url) as db, db.session() as s:
+        rows: list[dict[str, Any]] = [{f: getattr(k, f) for f in _KEY_FIELDS} for k in ApiKeyRepository(s).all()]
     if format is Format.json:
         print_json(rows)
         return
     table = Table("name", "prefix", "scope", "created", "expires", "last used", "revoked")
     for r in rows:
-        table.add_row(
-            r["name"],
-            r["prefix"] + "...",
-            r["scope"],
-            *(str(r[k] or "-") for k in ("created_at", "expires_at", "last_used_at", "revoked_at")),
-        )
+        table.add_row(r["name"], r["prefix"] + "...", r["scope"], *(str(r[k] or "-") for k in _KEY_TIMES))
     console.print(table)
 
 
@@ -154,16 +149,11 @@ def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -
 def apikey_revoke(name: Annotated[str, typer.Option("--name")], storage: DatabaseOpt = None) -> None:
     """Revoke a key by name: it stops working at once."""
 
-    from structsearch.service.database import Database
     from structsearch.service.repository import ApiKeyRepository
 
-    db = Database(_settings(storage).database_url)
-    try:
-        with db.session() as s:
-            if not ApiKeyRepository(s).revoke(name):
-                raise StructsearchError(f"no active API key named '{name}'")
-    finally:
-        db.dispose()
+    with _database(_settings(storage).database_url) as db, db.session() as s:
+        if not ApiKeyRepository(s).revoke(name):
+            raise StructsearchError(f"no active API key named '{name}'")
     console.print(f"revoked API key '{name}'")
 
 
