@@ -108,9 +108,6 @@ def finetune(
         tasks: dict[str, TaskID] = {}
         prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
 
-        def on_status(message: str) -> None:
-            progress.update(prep, status=message)
-
         def on_progress(e: ProgressEvent) -> None:
             if e.phase not in tasks:
                 progress.update(prep, visible=False)
@@ -135,7 +132,7 @@ def finetune(
                 downstream_test=downstream_test,
                 storage_url=storage,
                 on_progress=on_progress,
-                on_status=on_status,
+                on_status=lambda message: progress.update(prep, status=message),
             )
         except KeyboardInterrupt:
             progress.stop()

@@ -11,10 +11,9 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +41,9 @@ from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.distill import Distiller
 
 
 @dataclass
@@ -75,12 +77,10 @@ class SearchPlan:
         if resolution not in self._proposals:
             assert self.base is not None, "plan_search sets the base model"
             model = CostModel.calibrate(self.base, self.space, self.student_input_size(resolution))
-            primary = self.max_macs if self.max_macs is not None else self.max_params
-            smallest = (
-                model.macs(self.space.smallest_spec())
-                if self.max_macs is not None
-                else model.params(self.space.smallest_spec())
+            primary, count = (
+                (self.max_macs, model.macs) if self.max_macs is not None else (self.max_params, model.params)
             )
+            smallest = count(self.space.smallest_spec())
             self._proposals[resolution] = ProposalSpace(
                 self.space,
                 model,
@@ -262,26 +262,12 @@ class SearchContext:
 
     plan: SearchPlan
     base: nn.Module
-    distiller: Any  # structsearch.distill.Distiller
+    #: Scores a candidate: :meth:`Distiller.score` trains it in place with the short KD proxy.
+    distiller: Distiller
     #: The teacher's own top-1 on the validation split: the reference every score is read against.
     teacher_score: float
     #: Where trained students are saved, a folder per trial; ``None``: this context saves none (recheck).
     artifacts: Path | None = None
-
-    def score(
-        self,
-        student: nn.Module,
-        report: Any = None,
-        *,
-        input_size: int | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> Any:
-        """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``.
-
-        ``input_size`` (px): the student's resolution when it differs from the teacher's;
-        ``check()``: called before every training step, raises to stop the trial (its guard).
-        """
-        return self.distiller.score(student, report, input_size=input_size, check=check)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
         if self.artifacts is None:
