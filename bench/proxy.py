@@ -26,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def main() -> None:
             r = dist.score(model)
             test_pred = predict(model, test.x, preprocess, 256, device)
             figures[name] = {
-                **r.to_dict(),
+                **asdict(r),
                 "test_top1": _pct(test_pred, test.y),
                 "test_agreement": float((test_pred == test_teacher_pred).double().mean()),
             }
@@ -151,7 +152,7 @@ def main() -> None:
             return r
 
         # cache speed-up: alternate short cached / online segments of the same trial
-        short = ProxyConfig(**{**config.to_dict(), "steps": args.speed_steps})
+        short = replace(config, steps=args.speed_steps)
         cached_kd, online_kd = distiller(short), distiller(short, online_teacher=True)
         rates: dict[str, list[float]] = {"cached": [], "online": []}
         for _ in range(args.speed_rounds):
@@ -167,7 +168,7 @@ def main() -> None:
         )
 
         # determinism: the same short trial twice
-        repeat_kd = distiller(ProxyConfig(**{**config.to_dict(), "steps": args.repeat_steps}))
+        repeat_kd = distiller(replace(config, steps=args.repeat_steps))
         a, b = (repeat_kd.score(build_student(teacher, spec)) for _ in range(2))
         figures["deterministic"] = (a.val_top1, a.teacher_agreement, a.final_loss) == (
             b.val_top1,
@@ -182,7 +183,7 @@ def main() -> None:
 
         inherited = trial("inherited", build_student(teacher, spec), kd)
         torch.manual_seed(0)
-        scratch_cfg = ProxyConfig(**{**config.to_dict(), "lr": args.scratch_lr})
+        scratch_cfg = replace(config, lr=args.scratch_lr)
         scratch = trial("scratch", build_student(create_model(TEACHER), spec), distiller(scratch_cfg))
 
     print(

@@ -64,7 +64,7 @@ def uniform_baseline(spec, storage: str, study_name: str) -> None:
         macs = measure_cost(student, plan.input_size).macs
         if plan.max_macs and macs > plan.max_macs:
             continue
-        score = ctx.score(student).val_top1
+        score = ctx.distiller.score(student).val_top1
         ratio = spec_u.stages[0][0].width
         rivals = [r for r in front if r.macs <= macs]
         if rivals:

@@ -77,12 +77,16 @@ def trained_teacher(
             "augment": repr(augment),
             "epochs": epochs,
             "seed": seed,
-            "v": 1,
+            "v": 2,  # 2: the initial weights are seeded too (v1 teachers depended on the process)
         },
         sort_keys=True,
     )
     path = cache_dir / f"{model}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
-    net = create_model(model, **kwargs)
+    # torch seeds its global generator differently in every process: the initial weights come from
+    # the seed as well, or two searches with the same settings would train different teachers
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = create_model(model, **kwargs)
     if path.is_file():
         try:
             load_checkpoint(net, path)

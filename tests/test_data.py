@@ -28,6 +28,7 @@ from structsearch.data import (
     load_data,
     proportional_counts,
     split_train_val,
+    train_val_rows,
 )
 from structsearch.errors import DataError, StructsearchError
 
@@ -454,6 +455,17 @@ def test_split_train_val_properties(case) -> None:
     assert ((train_counts * (n - n_val) - left * n_train).abs() < n - n_val).all()
     # Capping the training part never moves validation rows.
     assert torch.equal(split_train_val(y, val_size, seed)[1], val)
+
+
+def test_train_val_rows_carves_or_takes_a_separate_source() -> None:
+    y = torch.arange(100) % 4
+    carved = train_val_rows(y, None, 20, 3, 50)
+    assert all(torch.equal(a, b) for a, b in zip(carved, split_train_val(y, 20, 3, 50)))
+    # a separate validation source: all of its rows are scored, the cap takes a stratified subset
+    train, val = train_val_rows(y, 30, 20, 3, 40)
+    assert torch.equal(val, torch.arange(30)) and len(train) == 40 and torch.bincount(y[train]).tolist() == [10] * 4
+    for cap in (None, 100, 500):  # no cap, or one at or above the training rows: every row trains
+        assert torch.equal(train_val_rows(y, 30, 20, 3, cap)[0], torch.arange(100))
 
 
 def test_split_depends_on_seed_and_rejects_bad_sizes() -> None:

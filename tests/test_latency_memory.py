@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -20,8 +21,6 @@ from torch import nn
 
 from structsearch.cost import (
     Budget,
-    LatencyReport,
-    MemoryReport,
     format_bytes,
     format_ms,
     measure_latency,
@@ -178,9 +177,9 @@ def test_memory_leaves_the_model_as_it_was() -> None:
     assert torch.equal(net[1].running_mean, before)
 
 
-def test_memory_report_round_trips() -> None:
+def test_memory_report_dict_is_json_ready() -> None:
     r = measure_memory(nn.Conv2d(3, 2, 1), 4)
-    assert MemoryReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert json.loads(json.dumps(r.to_dict())) == {**asdict(r), "input_size": [3, 4, 4]}
 
 
 # --------------------------------------------------------------------------- latency
@@ -195,7 +194,7 @@ def test_latency_report_fields() -> None:
     assert r.runtime == "torch" and r.runtime_version.startswith("torch ")
     assert r.device == f"{cpu_model_name()} (cpu, 1 thread)" and r.device_type == "cpu" and r.threads == 1
     assert (r.batch_size, r.input_size, r.warmup, r.repeats) == (2, (3, 16, 16), 1, 5)
-    assert LatencyReport.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert json.loads(json.dumps(r.to_dict())) == {**asdict(r), "input_size": [3, 16, 16]}
 
 
 def test_onnxruntime_latency() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from structsearch.cli import finetune_cmds, model_cmds, proxy_cmds, recheck_cmds, search_cmds, service_cmds, synth_cmds
+from structsearch.cli._common import GuardedGroup
 
 app = typer.Typer(
     help="Find the best student of a teacher under a MACs (--budget-flops), params, latency or memory budget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=GuardedGroup,
 )
 app.command("models")(model_cmds.models)
 app.command("space")(model_cmds.space)

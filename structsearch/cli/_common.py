@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from structsearch.errors import StructsearchError
 
 console = Console()
 err_console = Console(stderr=True)
-
-T = TypeVar("T")
 
 
 class Format(StrEnum):
@@ -53,19 +51,21 @@ def progress_bar(transient: bool, *extra: ProgressColumn) -> Progress:
     )
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line to stderr and exit non-zero: how every user error ends."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Run a command body, turning :class:`StructsearchError` into a one-line error and exit 2."""
-    try:
-        return fn()
-    except StructsearchError as e:
-        fail(str(e))
-        raise  # unreachable; keeps type checkers happy
+class GuardedGroup(TyperGroup):
+    """The app's command group: a :class:`StructsearchError` from any command, sub-groups' included,
+    ends as one line on stderr and exit status 2 (:func:`fail`)."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click.Context
+        try:
+            return super().invoke(ctx)
+        except StructsearchError as e:
+            fail(str(e))
 
 
 def print_json(data: Any) -> None:

@@ -16,7 +16,6 @@ from structsearch.cli._common import (
     fail,
     print_json,
     progress_bar,
-    run_guarded,
 )
 
 
@@ -90,87 +89,80 @@ def finetune(
 ) -> None:
     """Train a trial's student to completion with KD from the teacher: checkpoints, resume, test top-1."""
 
-    def body() -> None:
-        from structsearch.finetune import FinetuneConfig, ProgressEvent, finetune_trial
+    from structsearch.finetune import FinetuneConfig, ProgressEvent, finetune_trial
 
-        config = FinetuneConfig(
-            epochs=epochs,
-            optimizer=optimizer,  # type: ignore[arg-type]  # checked by FinetuneConfig
-            lr=lr,
-            batch_size=batch_size,
-            device=device,
-            checkpoint_every=checkpoint_every,
-            downstream_epochs=downstream_epochs,
-            downstream_lr=downstream_lr,
-            downstream_hflip=downstream_flip,
-        )
-        with progress_bar(
-            True, TimeRemainingColumn()
-        ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
-            tasks: dict[str, TaskID] = {}
-            prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
+    config = FinetuneConfig(
+        epochs=epochs,
+        optimizer=optimizer,  # type: ignore[arg-type]  # checked by FinetuneConfig
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        downstream_epochs=downstream_epochs,
+        downstream_lr=downstream_lr,
+        downstream_hflip=downstream_flip,
+    )
+    with progress_bar(
+        True, TimeRemainingColumn()
+    ) as progress:  # transient: an error stays one line, and the summary below says what the bar said
+        tasks: dict[str, TaskID] = {}
+        prep = progress.add_task(f"finetune {study}#{trial}", total=None, status="preparing")
 
-            def on_status(message: str) -> None:
-                progress.update(prep, status=message)
-
-            def on_progress(e: ProgressEvent) -> None:
-                if e.phase not in tasks:
-                    progress.update(prep, visible=False)
-                    label = "KD" if e.phase == "kd" else "downstream"
-                    tasks[e.phase] = progress.add_task(label, total=e.steps, status="")
-                progress.update(
-                    tasks[e.phase],
-                    completed=e.step,
-                    status=f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.3f}  train top-1 {e.running_top1:.1f}%",
-                )
-
-            try:
-                result = finetune_trial(
-                    study,
-                    trial,
-                    config,
-                    data=data,
-                    test=test,
-                    out=out,
-                    resume=resume,
-                    downstream=downstream,
-                    downstream_test=downstream_test,
-                    storage_url=storage,
-                    on_progress=on_progress,
-                    on_status=on_status,
-                )
-            except KeyboardInterrupt:
-                progress.stop()
-                fail("interrupted; run the same command again to resume from the last checkpoint", code=130)
-                return
-        if format is Format.json:
-            print_json(result.to_dict())
-            return
-        kd = result.kd
-        spe = kd.seconds_per_epoch
-        console.print(
-            f"[bold]{study}[/] trial {trial}: {result.epochs} KD epoch{'s' if result.epochs != 1 else ''} on {result.train_images} images of "
-            f"{result.train_data} ({result.start} start, {result.device}"
-            + (f", {spe:.1f} s/epoch" if spe else "")
-            + (f", resumed at step {kd.resumed_from_step}" if kd.resumed_from_step else "")
-            + ")",
-            highlight=False,
-            soft_wrap=True,
-        )
-        console.print(
-            f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
-            f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px) on {result.test_images} images of {result.test_data}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        if result.downstream:
-            ds = result.downstream
-            console.print(
-                f"downstream: top-1 [bold]{ds['test_top1']:.2f}%[/] on {ds['test_images']} images of {ds['test_data']} "
-                f"({ds['num_classes']} classes, {ds['epochs']} epoch{'s' if ds['epochs'] != 1 else ''})",
-                highlight=False,
-                soft_wrap=True,
+        def on_progress(e: ProgressEvent) -> None:
+            if e.phase not in tasks:
+                progress.update(prep, visible=False)
+                label = "KD" if e.phase == "kd" else "downstream"
+                tasks[e.phase] = progress.add_task(label, total=e.steps, status="")
+            progress.update(
+                tasks[e.phase],
+                completed=e.step,
+                status=f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.3f}  train top-1 {e.running_top1:.1f}%",
             )
-        console.print(f"student and result.json in {result.out}", highlight=False, soft_wrap=True)
 
-    run_guarded(body)
+        try:
+            result = finetune_trial(
+                study,
+                trial,
+                config,
+                data=data,
+                test=test,
+                out=out,
+                resume=resume,
+                downstream=downstream,
+                downstream_test=downstream_test,
+                storage_url=storage,
+                on_progress=on_progress,
+                on_status=lambda message: progress.update(prep, status=message),
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            fail("interrupted; run the same command again to resume from the last checkpoint", code=130)
+    if format is Format.json:
+        print_json(result.to_dict())
+        return
+    kd = result.kd
+    spe = kd.seconds_per_epoch
+    console.print(
+        f"[bold]{study}[/] trial {trial}: {result.epochs} KD epoch{'s' if result.epochs != 1 else ''} on {result.train_images} images of "
+        f"{result.train_data} ({result.start} start, {result.device}"
+        + (f", {spe:.1f} s/epoch" if spe else "")
+        + (f", resumed at step {kd.resumed_from_step}" if kd.resumed_from_step else "")
+        + ")",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
+        f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px) on {result.test_images} images of {result.test_data}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.downstream:
+        ds = result.downstream
+        console.print(
+            f"downstream: top-1 [bold]{ds['test_top1']:.2f}%[/] on {ds['test_images']} images of {ds['test_data']} "
+            f"({ds['num_classes']} classes, {ds['epochs']} epoch{'s' if ds['epochs'] != 1 else ''})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"student and result.json in {result.out}", highlight=False, soft_wrap=True)

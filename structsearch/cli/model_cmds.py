@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, cast
 
 import typer
 from rich.table import Table
 
-from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
 
 
 def models(format: FormatOpt = Format.table) -> None:
@@ -33,62 +34,49 @@ def space(
 ) -> None:
     """Print a model's block-wise search space and the smallest and largest MACs it reaches."""
 
-    def body() -> None:
-        from structsearch.cost import default_input_size, format_count, measure_cost
-        from structsearch.models import create_model
-        from structsearch.space import space_of
-        from structsearch.surgery import build_student
+    from structsearch.cost import default_input_size, format_count, measure_cost
+    from structsearch.models import create_model
+    from structsearch.space import space_of
+    from structsearch.surgery import build_student
 
-        kwargs = parse_kwargs(kw)
-        teacher = create_model(model, **kwargs).eval()
-        sp = space_of(teacher, model, kwargs)
-        size = (3, input_size, input_size) if input_size else default_input_size(teacher)
-        largest = measure_cost(teacher, size)
-        smallest = measure_cost(build_student(teacher, sp.smallest_spec()), size)
-        if format is Format.json:
-            print_json(
-                {
-                    "model": model,
-                    "family": sp.family,
-                    "input_size": list(size),
-                    "stages": [
-                        [
-                            {
-                                "name": c.name,
-                                "removable": c.removable,
-                                "width_base": c.width_base,
-                                "widths": list(c.widths),
-                                "heads": list(c.heads) if c.heads else None,
-                            }
-                            for c in stage
-                        ]
-                        for stage in sp.stages
-                    ],
-                    "smallest": smallest.to_dict(),
-                    "largest": largest.to_dict(),
-                }
-            )
-            return
-        console.print(f"[bold]{model}[/] (family {sp.family}), input {size[1]}x{size[2]}, {sp.num_blocks} blocks")
-        table = Table("stage", "blocks", "droppable", "width (base x ratios)", "heads")
-        for i, stage in enumerate(sp.stages):
-            widths = sorted({c.width_base for c in stage})
-            heads = sorted({h for c in stage for h in (c.heads or ())})
-            table.add_row(
-                str(i),
-                str(len(stage)),
-                str(sum(c.removable for c in stage)),
-                f"{'/'.join(map(str, widths))} x {min(stage[0].widths):g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
-                f"{min(heads)}..{max(heads)}" if heads else "-",
-            )
-        console.print(table)
-        console.print(
-            f"MACs: smallest {format_count(smallest.macs)} ({format_count(smallest.params)} params), "
-            f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  ({largest.convention})",
-            highlight=False,
+    kwargs = parse_kwargs(kw)
+    teacher = create_model(model, **kwargs).eval()
+    sp = space_of(teacher, model, kwargs)
+    size = (3, input_size, input_size) if input_size else default_input_size(teacher)
+    largest = measure_cost(teacher, size)
+    smallest = measure_cost(build_student(teacher, sp.smallest_spec()), size)
+    if format is Format.json:
+        print_json(
+            {
+                "model": model,
+                "family": sp.family,
+                "input_size": list(size),
+                "stages": [
+                    [{k: v for k, v in asdict(c).items() if k != "heads_base"} for c in stage] for stage in sp.stages
+                ],
+                "smallest": smallest.to_dict(),
+                "largest": largest.to_dict(),
+            }
         )
-
-    run_guarded(body)
+        return
+    console.print(f"[bold]{model}[/] (family {sp.family}), input {size[1]}x{size[2]}, {sp.num_blocks} blocks")
+    table = Table("stage", "blocks", "droppable", "width (base x ratios)", "heads")
+    for i, stage in enumerate(sp.stages):
+        widths = sorted({c.width_base for c in stage})
+        heads = sorted({h for c in stage for h in (c.heads or ())})
+        table.add_row(
+            str(i),
+            str(len(stage)),
+            str(sum(c.removable for c in stage)),
+            f"{'/'.join(map(str, widths))} x {min(stage[0].widths):g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
+            f"{min(heads)}..{max(heads)}" if heads else "-",
+        )
+    console.print(table)
+    console.print(
+        f"MACs: smallest {format_count(smallest.macs)} ({format_count(smallest.params)} params), "
+        f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  ({largest.convention})",
+        highlight=False,
+    )
 
 
 def cost(
@@ -111,70 +99,67 @@ def cost(
 ) -> None:
     """Count MACs (fvcore: 1 multiply-add = 1 flop) and parameters; optionally measure latency and memory."""
 
-    def body() -> None:
-        from structsearch.cost import default_input_size, format_bytes, format_count, format_ms, measure_cost
-        from structsearch.errors import StructsearchError
-        from structsearch.models import create_model
-        from structsearch.space import ArchSpec
-        from structsearch.surgery import build_student
+    from structsearch.cost import default_input_size, format_bytes, format_count, format_ms, measure_cost
+    from structsearch.errors import StructsearchError
+    from structsearch.models import create_model
+    from structsearch.space import ArchSpec
+    from structsearch.surgery import build_student
 
-        arch = ArchSpec.load(spec) if spec else None
-        name = arch.model if arch else model
-        if not name:
-            raise StructsearchError("give a MODEL name or --spec SPEC.json")
-        if arch and model and model != arch.model:
-            raise StructsearchError(f"--spec is for '{arch.model}', not '{model}'; drop MODEL or use a matching spec")
-        kwargs = {**(arch.kwargs if arch else {}), **parse_kwargs(kw)}
-        net = create_model(name, **kwargs).eval()
-        if arch:
-            net = build_student(net, arch)
-        size = (3, input_size, input_size) if input_size else default_input_size(net)
-        report = measure_cost(net, size)
-        lat = mem = None
-        if latency:
-            from structsearch.cost.latency import Runtime, measure_latency
+    arch = ArchSpec.load(spec) if spec else None
+    name = arch.model if arch else model
+    if not name:
+        raise StructsearchError("give a MODEL name or --spec SPEC.json")
+    if arch and model and model != arch.model:
+        raise StructsearchError(f"--spec is for '{arch.model}', not '{model}'; drop MODEL or use a matching spec")
+    kwargs = {**(arch.kwargs if arch else {}), **parse_kwargs(kw)}
+    net = create_model(name, **kwargs).eval()
+    if arch:
+        net = build_student(net, arch)
+    size = (3, input_size, input_size) if input_size else default_input_size(net)
+    report = measure_cost(net, size)
+    lat = mem = None
+    if latency:
+        from structsearch.cost.latency import Runtime, measure_latency
 
-            lat = measure_latency(
-                net,
-                size,
-                runtime=cast(Runtime, runtime),  # any other string is refused there with a CostError
-                device=device,
-                batch_size=batch_size,
-                threads=threads,
-                repeats=repeats,
-            )
-        if memory:
-            from structsearch.cost import measure_memory
-
-            mem = measure_memory(net, size, device=device, batch_size=batch_size)
-        if format is Format.json:
-            out = {"model": name, **report.to_dict()}
-            if lat is not None:
-                out["latency"] = lat.to_dict()
-            if mem is not None:
-                out["memory"] = mem.to_dict()
-            print_json(out)
-            return
-        table = Table("model", "input", "MACs", "params", "convention")
-        table.add_row(
-            name + (" (student)" if arch else ""),
-            "x".join(map(str, size)),
-            format_count(report.macs),
-            format_count(report.params),
-            report.convention,
+        lat = measure_latency(
+            net,
+            size,
+            runtime=cast(Runtime, runtime),  # any other string is refused there with a CostError
+            device=device,
+            batch_size=batch_size,
+            threads=threads,
+            repeats=repeats,
         )
-        console.print(table)
-        if lat is not None:
-            console.print(
-                f"latency: {format_ms(lat.median_ms)} median, {format_ms(lat.p90_ms)} p90 over {lat.repeats} runs, "
-                f"batch {lat.batch_size}, {lat.runtime_version} on {lat.device}",
-                highlight=False,
-            )
-        if mem is not None:
-            console.print(
-                f"peak activation memory: {format_bytes(mem.peak_bytes)} ({mem.peak_bytes} bytes), batch {mem.batch_size}, "
-                f"{mem.method} on {mem.device}",
-                highlight=False,
-            )
+    if memory:
+        from structsearch.cost import measure_memory
 
-    run_guarded(body)
+        mem = measure_memory(net, size, device=device, batch_size=batch_size)
+    if format is Format.json:
+        out = {"model": name, **report.to_dict()}
+        if lat is not None:
+            out["latency"] = lat.to_dict()
+        if mem is not None:
+            out["memory"] = mem.to_dict()
+        print_json(out)
+        return
+    table = Table("model", "input", "MACs", "params", "convention")
+    table.add_row(
+        name + (" (student)" if arch else ""),
+        "x".join(map(str, size)),
+        format_count(report.macs),
+        format_count(report.params),
+        report.convention,
+    )
+    console.print(table)
+    if lat is not None:
+        console.print(
+            f"latency: {format_ms(lat.median_ms)} median, {format_ms(lat.p90_ms)} p90 over {lat.repeats} runs, "
+            f"batch {lat.batch_size}, {lat.runtime_version} on {lat.device}",
+            highlight=False,
+        )
+    if mem is not None:
+        console.print(
+            f"peak activation memory: {format_bytes(mem.peak_bytes)} ({mem.peak_bytes} bytes), batch {mem.batch_size}, "
+            f"{mem.method} on {mem.device}",
+            highlight=False,
+        )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
 
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local checkpoint (state dict) to load")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")]
@@ -25,36 +26,33 @@ def evaluate(
 ) -> None:
     """Top-1 accuracy of a model on a labelled data source, with the model's own preprocessing."""
 
-    def body() -> None:
-        from structsearch.data import Preprocess, check_labels, load_data
-        from structsearch.distill import resolve_device, top1
-        from structsearch.models import create_model
-        from structsearch.train import num_classes_of
+    from structsearch.data import Preprocess, check_labels, load_data
+    from structsearch.distill import resolve_device, top1
+    from structsearch.models import create_model
+    from structsearch.train import num_classes_of
 
-        dev = resolve_device(device)
-        net = create_model(model, checkpoint=checkpoint, **parse_kwargs(kw)).eval()
-        loaded = load_data(data)
-        classes = num_classes_of(net)
-        if classes is not None:
-            check_labels(loaded, classes)
-        acc = top1(net, loaded.x, loaded.y, Preprocess.from_model(net, input_size), batch_size, dev)
-        result = {
-            "model": model,
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "data": loaded.source,
-            "images": len(loaded),
-            "top1": round(acc, 2),
-        }
-        if format is Format.json:
-            print_json(result)
-        else:
-            console.print(
-                f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}",
-                highlight=False,
-                soft_wrap=True,
-            )
-
-    run_guarded(body)
+    dev = resolve_device(device)
+    net = create_model(model, checkpoint=checkpoint, **parse_kwargs(kw)).eval()
+    loaded = load_data(data)
+    classes = num_classes_of(net)
+    if classes is not None:
+        check_labels(loaded, classes)
+    acc = top1(net, loaded.x, loaded.y, Preprocess.from_model(net, input_size), batch_size, dev)
+    result = {
+        "model": model,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "data": loaded.source,
+        "images": len(loaded),
+        "top1": round(acc, 2),
+    }
+    if format is Format.json:
+        print_json(result)
+    else:
+        console.print(
+            f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def proxy(
@@ -116,91 +114,80 @@ def proxy(
     default the teacher with every block's internal width at --width (0.5: about half its MACs).
     """
 
-    def body() -> None:
-        import torch
+    from structsearch.cost import measure_cost
+    from structsearch.data import DataSpec, Preprocess, load_data, train_val_rows
+    from structsearch.distill import Distiller, TeacherCache, TeacherId
+    from structsearch.distill.synthesis import synthesize_spec
+    from structsearch.distill.taps import check_feature_pair
+    from structsearch.errors import DataError, StructsearchError
+    from structsearch.models import create_model
 
-        from structsearch.cost import measure_cost
-        from structsearch.data import DataSpec, Preprocess, load_data, split_train_val
-        from structsearch.distill import Distiller, TeacherCache, TeacherId
-        from structsearch.distill.synthesis import synthesize_spec
-        from structsearch.distill.taps import check_feature_pair
-        from structsearch.errors import DataError, StructsearchError
-        from structsearch.models import create_model
+    if student_spec is not None and student_model is not None:
+        raise StructsearchError("give --student-spec or --student-model, not both")
+    config = _proxy_config(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        temperature=temperature,
+        alpha=alpha,
+        feature_kd=feature_kd,
+        views=views,
+        seed=seed,
+        device=device,
+    )
+    # every input (models, checkpoint, data, labels, student) is checked before training starts
+    teacher_kwargs = parse_kwargs(kw)
+    net = create_model(teacher, checkpoint=checkpoint, **teacher_kwargs).eval()
+    student, described = _student(net, teacher, teacher_kwargs, student_spec, student_model, student_kw, width)
+    if config.feature_kd:
+        check_feature_pair(net, student)
+    preprocess = Preprocess.from_model(net, input_size)
+    teacher_id = TeacherId.of(teacher, teacher_kwargs, checkpoint)
+    cache = None if no_cache else TeacherCache(cache_dir)
+    source = DataSpec.parse(data)
+    if source.synthesis is not None and checkpoint is None:
+        raise DataError(f"--data {data} is synthesised from the teacher's trained weights; give its --checkpoint")
+    # synthetic data without --val-data: validation is carved from the synthetic set, whose
+    # labels are the teacher's predictions, so the score is agreement with the teacher
+    train = (
+        load_data(source)
+        if source.synthesis is None
+        else synthesize_spec(
+            net, preprocess, source.synthesis, device=config.device, teacher_id=teacher_id, cache=cache
+        ).data
+    )
+    val = train if val_data is None else load_data(val_data)
+    val_rows = None if val_data is None else len(val)
+    train_idx, val_idx = train_val_rows(train.y, val_rows, val_size, split_seed, train_size)
 
-        if student_spec is not None and student_model is not None:
-            raise StructsearchError("give --student-spec or --student-model, not both")
-        config = _proxy_config(
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            temperature=temperature,
-            alpha=alpha,
-            feature_kd=feature_kd,
-            views=views,
-            seed=seed,
-            device=device,
-        )
-        # every input (models, checkpoint, data, labels, student) is checked before training starts
-        teacher_kwargs = parse_kwargs(kw)
-        net = create_model(teacher, checkpoint=checkpoint, **teacher_kwargs).eval()
-        student, described = _student(net, teacher, teacher_kwargs, student_spec, student_model, student_kw, width)
-        if config.feature_kd:
-            check_feature_pair(net, student)
-        preprocess = Preprocess.from_model(net, input_size)
-        teacher_id = TeacherId.of(teacher, teacher_kwargs, checkpoint)
-        cache = None if no_cache else TeacherCache(cache_dir)
-        source = DataSpec.parse(data)
-        if source.synthesis is not None and checkpoint is None:
-            raise DataError(f"--data {data} is synthesised from the teacher's trained weights; give its --checkpoint")
-        # synthetic data without --val-data: validation is carved from the synthetic set, whose
-        # labels are the teacher's predictions, so the score is agreement with the teacher
-        train = (
-            load_data(source)
-            if source.synthesis is None
-            else synthesize_spec(
-                net, preprocess, source.synthesis, device=config.device, teacher_id=teacher_id, cache=cache
-            ).data
-        )
-        if val_data is not None:
-            val = load_data(val_data)
-            train_idx = torch.arange(len(train))
-            if train_size is not None and train_size < len(train):
-                train_idx, _ = split_train_val(train.y, 1, split_seed, train_size)
-            val_idx = torch.arange(len(val))
-        else:
-            val = train
-            train_idx, val_idx = split_train_val(train.y, val_size, split_seed, train_size)
-
-        size = (3, *preprocess.input_size)
-        teacher_cost, student_cost = measure_cost(net, size), measure_cost(student, size)
-        distiller = Distiller(
-            net, train, train_idx, val_idx, preprocess, config, val_data=val, teacher_id=teacher_id, cache=cache
-        )
-        result = {
-            "teacher": teacher,
-            "student": described,
-            **{k: v for k, v in distiller.score(student).to_dict().items() if k != "history"},
-            "macs": student_cost.macs,
-            "params": student_cost.params,
-            "teacher_macs": teacher_cost.macs,
-            "macs_ratio": student_cost.macs / teacher_cost.macs,
-            "train_images": len(train_idx),
-            "val_images": len(val_idx),
-        }
-        if format is Format.json:
-            print_json(result)
-            return
-        console.print(
-            f"student {result['student']}: val top-1 [bold]{result['val_top1']:.2f}%[/], "
-            f"teacher agreement {100 * result['teacher_agreement']:.1f}%, {result['steps']} steps in "
-            f"{result['seconds']:.1f} s ({result['train_images_per_s']:.0f} train images/s); "
-            f"{result['macs']:,} MACs ({100 * result['macs_ratio']:.1f}% of the teacher), {result['params']:,} params",
-            highlight=False,
-            soft_wrap=True,
-        )
-
-    run_guarded(body)
+    size = (3, *preprocess.input_size)
+    teacher_cost, student_cost = measure_cost(net, size), measure_cost(student, size)
+    distiller = Distiller(
+        net, train, train_idx, val_idx, preprocess, config, val_data=val, teacher_id=teacher_id, cache=cache
+    )
+    result = {
+        "teacher": teacher,
+        "student": described,
+        **{k: v for k, v in asdict(distiller.score(student)).items() if k != "history"},
+        "macs": student_cost.macs,
+        "params": student_cost.params,
+        "teacher_macs": teacher_cost.macs,
+        "macs_ratio": student_cost.macs / teacher_cost.macs,
+        "train_images": len(train_idx),
+        "val_images": len(val_idx),
+    }
+    if format is Format.json:
+        print_json(result)
+        return
+    console.print(
+        f"student {result['student']}: val top-1 [bold]{result['val_top1']:.2f}%[/], "
+        f"teacher agreement {100 * result['teacher_agreement']:.1f}%, {result['steps']} steps in "
+        f"{result['seconds']:.1f} s ({result['train_images_per_s']:.0f} train images/s); "
+        f"{result['macs']:,} MACs ({100 * result['macs_ratio']:.1f}% of the teacher), {result['params']:,} params",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _proxy_config(**fields: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
+from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar
 
 
 def recheck_table(result) -> Table:
@@ -62,22 +62,17 @@ def recheck(
 ) -> None:
     """Retrain top candidates longer and store Kendall's tau between proxy and longer scores on the study."""
 
-    def body() -> None:
-        from structsearch.search.recheck import recheck as run_recheck
+    from structsearch.search.recheck import recheck as run_recheck
 
-        with progress_bar(transient=format is Format.json) as progress:
-            task = progress.add_task(f"recheck {study}", total=None, status="preparing (teacher, data, cache)")
+    with progress_bar(transient=format is Format.json) as progress:
+        task = progress.add_task(f"recheck {study}", total=None, status="preparing (teacher, data, cache)")
 
-            def on_entry(done: int, total: int, entry) -> None:
-                last = (
-                    "" if entry is None else f"trial {entry.trial}: {entry.proxy_score:.2f} -> {entry.long_score:.2f}"
-                )
-                progress.update(task, completed=done, total=total, status=last)
+        def on_entry(done: int, total: int, entry) -> None:
+            last = "" if entry is None else f"trial {entry.trial}: {entry.proxy_score:.2f} -> {entry.long_score:.2f}"
+            progress.update(task, completed=done, total=total, status=last)
 
-            result = run_recheck(study, top, steps, storage, seed=seed, device=device, on_entry=on_entry)
-        if format is Format.json:
-            print_json(result.to_dict())
-            return
-        console.print(recheck_table(result))
-
-    run_guarded(body)
+        result = run_recheck(study, top, steps, storage, seed=seed, device=device, on_entry=on_entry)
+    if format is Format.json:
+        print_json(result.to_dict())
+        return
+    console.print(recheck_table(result))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar, run_guarded
+from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar
 
 FlopsOpt = Annotated[str | None, typer.Option(help="MACs budget (fvcore's FLOPs): 300M, 1.2G or 60% of the teacher")]
 ParamsOpt = Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60% of the teacher")]
@@ -100,96 +100,88 @@ def search(
 ) -> None:
     """Search students under a budget (resumes the study when it exists)."""
 
-    def body() -> None:
-        from structsearch.search import default_spec, load_study_spec, run_search
-        from structsearch.search.results import baseline_gains, pareto_front, study_records
+    from structsearch.search import default_spec, load_study_spec, run_search
+    from structsearch.search.results import baseline_gains, pareto_front, study_records
 
-        spec = load_study_spec(spec_file) if spec_file else default_spec()
-        spec = spec.with_overrides(
-            **{
-                "name": name,
-                "teacher.model": teacher,
-                "teacher.checkpoint": checkpoint,
-                "student.model": student,
-                "data.train": data,
-                "data.val": val_data,
-                "budget.flops": budget_flops,
-                "budget.params": budget_params,
-                "budget.latency": budget_latency,
-                "budget.memory": budget_memory,
-                "data.resolutions": _resolutions(resolutions),
-                "objectives": objective.split(",") if objective else None,
-                "sampler": sampler,
-                "trials": trials,
-                "proxy.steps": steps,
-                "proxy.device": device,
-                "seed": seed,
-            }
-        )
-        with progress_bar(transient=format is Format.json) as progress:
-            task = progress.add_task(
-                f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)"
-            )
-
-            def on_trial(done: int, feasible: int, best: float | None) -> None:
-                best_txt = f"best {best:.2f}%" if best is not None else "best -"
-                progress.update(task, completed=done, status=f"feasible {feasible}, {best_txt}")
-
-            study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat)
-        records = study_records(study)
-        front = pareto_front(records)
-        summary: dict[str, Any] = {
-            "study": study.study_name,
-            "trials": len(records),
-            "trained": sum(r.trained and not r.state == "pruned" for r in records),
-            "over_budget": sum(not r.feasible for r in records),
-            "teacher_score": study.user_attrs.get("teacher_score"),
-            "teacher_macs": study.user_attrs.get("teacher_macs"),
-            "pareto": [r.to_dict() for r in front],
-            "baselines": [g.to_dict() for g in baseline_gains(records)],
+    spec = load_study_spec(spec_file) if spec_file else default_spec()
+    spec = spec.with_overrides(
+        **{
+            "name": name,
+            "teacher.model": teacher,
+            "teacher.checkpoint": checkpoint,
+            "student.model": student,
+            "data.train": data,
+            "data.val": val_data,
+            "budget.flops": budget_flops,
+            "budget.params": budget_params,
+            "budget.latency": budget_latency,
+            "budget.memory": budget_memory,
+            "data.resolutions": _resolutions(resolutions),
+            "objectives": objective.split(",") if objective else None,
+            "sampler": sampler,
+            "trials": trials,
+            "proxy.steps": steps,
+            "proxy.device": device,
+            "seed": seed,
         }
-        if format is Format.json:
-            print_json(summary)
-            return
-        console.print(
-            f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
-            f"(never trained); teacher: {summary['teacher_score']}% val top-1 at {_fmt(summary['teacher_macs'])} MACs"
-        )
-        console.print(_records_table(front, title="Pareto front (score vs MACs)"))
-        _print_gains(baseline_gains(records))
+    )
+    with progress_bar(transient=format is Format.json) as progress:
+        task = progress.add_task(f"search {spec.name}", total=spec.trials, status="preparing (teacher, data, cache)")
 
-    run_guarded(body)
+        def on_trial(done: int, feasible: int, best: float | None) -> None:
+            best_txt = f"best {best:.2f}%" if best is not None else "best -"
+            progress.update(task, completed=done, status=f"feasible {feasible}, {best_txt}")
+
+        study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat)
+    records = study_records(study)
+    front = pareto_front(records)
+    summary: dict[str, Any] = {
+        "study": study.study_name,
+        "trials": len(records),
+        "trained": sum(r.trained and not r.state == "pruned" for r in records),
+        "over_budget": sum(not r.feasible for r in records),
+        "teacher_score": study.user_attrs.get("teacher_score"),
+        "teacher_macs": study.user_attrs.get("teacher_macs"),
+        "pareto": [r.to_dict() for r in front],
+        "baselines": [g.to_dict() for g in baseline_gains(records)],
+    }
+    if format is Format.json:
+        print_json(summary)
+        return
+    console.print(
+        f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
+        f"(never trained); teacher: {summary['teacher_score']}% val top-1 at {_fmt(summary['teacher_macs'])} MACs"
+    )
+    console.print(_records_table(front, title="Pareto front (score vs MACs)"))
+    _print_gains(baseline_gains(records))
 
 
 def studies(storage: StorageOpt = None, format: FormatOpt = Format.table) -> None:
     """List studies with teacher, data, budget and trial counts."""
 
-    def body() -> None:
-        from structsearch.search import list_studies
+    from structsearch.search import list_studies
 
-        rows = list_studies(storage)
-        if format is Format.json:
-            print_json(rows)
-            return
-        table = Table("study", "teacher", "data", "budget", "trials", "trained", "best")
-        for r in rows:
-            budget = " ".join(
-                f"{what}<={r[f'budget_{what}']}"
-                for what in ("flops", "params", "latency", "memory")
-                if r.get(f"budget_{what}")
-            )
-            table.add_row(
-                r["study"],
-                r["teacher"],
-                r["data"],
-                budget or "-",
-                f"{r['trials']}/{r['trials_requested']}",
-                str(r["trained"]),
-                "-" if r["best_score"] is None else f"{r['best_score']:.2f}",
-            )
-        console.print(table)
-
-    run_guarded(body)
+    rows = list_studies(storage)
+    if format is Format.json:
+        print_json(rows)
+        return
+    table = Table("study", "teacher", "data", "budget", "trials", "trained", "best")
+    for r in rows:
+        budget = " ".join(
+            f"{what}<={r[f'budget_{what}']}"
+            for what in ("flops", "params", "latency", "memory")
+            if r.get(f"budget_{what}")
+        )
+        table.add_row(
+            r["study"],
+            r["teacher"],
+            r["data"],
+            budget or "-",
+            f"{r['trials']}/{r['trials_requested']}",
+            str(r["trained"]),
+            "-" if r["best_score"] is None else f"{r['best_score']:.2f}",
+        )
+    console.print(table)
 
 
 def best(
@@ -203,23 +195,20 @@ def best(
 ) -> None:
     """Print the highest-scoring stored student within the budget."""
 
-    def body() -> None:
-        from structsearch.search import best_under_budget
-        from structsearch.search.results import baseline_gains, load_study, study_records
-        from structsearch.search.storage import open_storage
+    from structsearch.search import best_under_budget
+    from structsearch.search.results import baseline_gains, load_study, study_records
+    from structsearch.search.storage import open_storage
 
-        r = best_under_budget(
-            budget_flops, budget_params, study, storage, budget_latency=budget_latency, budget_memory=budget_memory
-        )
-        if format is Format.json:  # the same record GET /searches/{id}/best returns
-            print_json(r.to_dict())
-            return
-        gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
-        console.print(_records_table([r], title="best within budget"))
-        console.print_json(data=r.spec)
-        _print_gains(gains)
-
-    run_guarded(body)
+    r = best_under_budget(
+        budget_flops, budget_params, study, storage, budget_latency=budget_latency, budget_memory=budget_memory
+    )
+    if format is Format.json:  # the same record GET /searches/{id}/best returns
+        print_json(r.to_dict())
+        return
+    gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
+    console.print(_records_table([r], title="best within budget"))
+    console.print_json(data=r.spec)
+    _print_gains(gains)
 
 
 def pareto(
@@ -233,44 +222,41 @@ def pareto(
 ) -> None:
     """Print (and draw) a study's Pareto front of score vs cost."""
 
-    def body() -> None:
-        from structsearch.cli.recheck_cmds import recheck_summary
-        from structsearch.errors import StructsearchError
-        from structsearch.search import pareto_front, plot_front, study_records
-        from structsearch.search.recheck import rechecks_from_attrs
-        from structsearch.search.results import baseline_gains, load_study
-        from structsearch.search.storage import open_storage
+    from structsearch.cli.recheck_cmds import recheck_summary
+    from structsearch.errors import StructsearchError
+    from structsearch.search import pareto_front, plot_front, study_records
+    from structsearch.search.recheck import rechecks_from_attrs
+    from structsearch.search.results import baseline_gains, load_study
+    from structsearch.search.storage import open_storage
 
-        if cost not in ("macs", "params", "latency", "memory"):
-            raise StructsearchError(f"--cost must be macs, params, latency or memory, not '{cost}'")
-        s = load_study(study, open_storage(storage, create=False))
-        records = study_records(s)
-        front = pareto_front(records, cost)
-        if plot:
-            plot_front(records, front, cost, plot, title=s.study_name)
-        rechecks = rechecks_from_attrs(s.user_attrs)
-        gains = baseline_gains(records)
-        if format is Format.json:
-            print_json(
-                {
-                    "study": s.study_name,
-                    "cost": cost,
-                    "front": [r.to_dict() for r in front],
-                    "recheck": [r.to_dict() for r in rechecks],
-                    "baselines": [g.to_dict() for g in gains],
-                }
-            )
-            return
-        console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
-        _print_gains(gains)
-        for r in rechecks:
-            console.print(f"proxy fidelity at {r.steps} steps (`structsearch recheck`): {recheck_summary(r)}")
-        if not rechecks:
-            console.print("proxy fidelity not measured yet: run `structsearch recheck --study " + s.study_name + "`")
-        if plot:
-            console.print(f"plot written to {plot}")
-
-    run_guarded(body)
+    if cost not in ("macs", "params", "latency", "memory"):
+        raise StructsearchError(f"--cost must be macs, params, latency or memory, not '{cost}'")
+    s = load_study(study, open_storage(storage, create=False))
+    records = study_records(s)
+    front = pareto_front(records, cost)
+    if plot:
+        plot_front(records, front, cost, plot, title=s.study_name)
+    rechecks = rechecks_from_attrs(s.user_attrs)
+    gains = baseline_gains(records)
+    if format is Format.json:
+        print_json(
+            {
+                "study": s.study_name,
+                "cost": cost,
+                "front": [r.to_dict() for r in front],
+                "recheck": [r.to_dict() for r in rechecks],
+                "baselines": [g.to_dict() for g in gains],
+            }
+        )
+        return
+    console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
+    _print_gains(gains)
+    for r in rechecks:
+        console.print(f"proxy fidelity at {r.steps} steps (`structsearch recheck`): {recheck_summary(r)}")
+    if not rechecks:
+        console.print("proxy fidelity not measured yet: run `structsearch recheck --study " + s.study_name + "`")
+    if plot:
+        console.print(f"plot written to {plot}")
 
 
 def _print_gains(gains: list[Any]) -> None:
@@ -292,11 +278,8 @@ def export(
 ) -> None:
     """Write a trial's student (weights, spec JSON, optionally ONNX); `structsearch.load(DIR)` rebuilds it."""
 
-    def body() -> None:
-        from structsearch.search import export_trial
+    from structsearch.search import export_trial
 
-        written = export_trial(study, trial, out, storage, onnx=onnx)
-        for path in written:
-            console.print(f"wrote {path}")
-
-    run_guarded(body)
+    written = export_trial(study, trial, out, storage, onnx=onnx)
+    for path in written:
+        console.print(f"wrote {path}")

@@ -8,11 +8,13 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, FormatOpt, console, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, console, print_json
 from structsearch.errors import StructsearchError, one_line
 
 DatabaseOpt = Annotated[
@@ -54,6 +56,18 @@ def _hide(text: str, url: str) -> str:
     return hide_secrets(text, url)
 
 
+@contextmanager
+def _database(url: str) -> Iterator[Any]:
+    """The service database at ``url``, its connections closed after the block."""
+    from structsearch.service.database import Database
+
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
@@ -63,21 +77,18 @@ def _logging() -> None:
 def db_upgrade(storage: DatabaseOpt = None) -> None:
     """Create or migrate the service's tables, procrastinate's job queue and Optuna's tables."""
 
-    def body() -> None:
-        from structsearch.service.migrations import upgrade
+    from structsearch.service.migrations import upgrade
 
-        _logging()
-        settings = _settings(storage)
-        password = settings.dashboard_password
-        revisions = upgrade(
-            settings.database_url, password.get_secret_value() if password else None, settings.dashboard_role
-        )
-        console.print(
-            f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}",
-            highlight=False,
-        )
-
-    run_guarded(body)
+    _logging()
+    settings = _settings(storage)
+    password = settings.dashboard_password
+    revisions = upgrade(
+        settings.database_url, password.get_secret_value() if password else None, settings.dashboard_role
+    )
+    console.print(
+        f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}",
+        highlight=False,
+    )
 
 
 @apikey_app.command("create")
@@ -93,14 +104,12 @@ def apikey_create(
 ) -> None:
     """Create a key and print it. It is shown only this once; only its hash is stored."""
 
-    def body() -> None:
-        from structsearch.service.apikeys import create_key, parse_lifetime
-        from structsearch.service.database import Database
-        from structsearch.service.tables import KeyScope
+    from structsearch.service.apikeys import create_key, parse_lifetime
+    from structsearch.service.tables import KeyScope
 
-        lifetime = parse_lifetime(expires) if expires is not None else None
-        url = _settings(storage).database_url
-        db = Database(url)
+    lifetime = parse_lifetime(expires) if expires is not None else None
+    url = _settings(storage).database_url
+    with _database(url) as db:
         try:
             key = create_key(db, name, KeyScope.admin if admin else KeyScope.user, lifetime)
         except StructsearchError:
@@ -109,74 +118,43 @@ def apikey_create(
             raise StructsearchError(
                 f"cannot store the key: {_hide(one_line(e), url)} (did you run `structsearch db upgrade`?)"
             ) from None
-        finally:
-            db.dispose()
-        print(key)
+    print(key)
 
-    run_guarded(body)
+
+#: What ``apikey list`` shows of a key (never the key or its hash).
+_KEY_TIMES = ("created_at", "expires_at", "last_used_at", "revoked_at")
+_KEY_FIELDS = ("name", "prefix", "scope", *_KEY_TIMES)
 
 
 @apikey_app.command("list")
 def apikey_list(storage: DatabaseOpt = None, format: FormatOpt = Format.table) -> None:
     """List keys (name, prefix, scope, created, expires, last used, revoked); never the keys themselves."""
 
-    def body() -> None:
-        from rich.table import Table
+    from rich.table import Table
 
-        from structsearch.service.database import Database
-        from structsearch.service.repository import ApiKeyRepository
+    from structsearch.service.repository import ApiKeyRepository
 
-        db = Database(_settings(storage).database_url)
-        try:
-            with db.session() as s:
-                rows: list[dict[str, Any]] = [
-                    {
-                        "name": k.name,
-                        "prefix": k.prefix,
-                        "scope": k.scope,
-                        "created_at": k.created_at,
-                        "expires_at": k.expires_at,
-                        "last_used_at": k.last_used_at,
-                        "revoked_at": k.revoked_at,
-                    }
-                    for k in ApiKeyRepository(s).all()
-                ]
-        finally:
-            db.dispose()
-        if format is Format.json:
-            print_json(rows)
-            return
-        table = Table("name", "prefix", "scope", "created", "expires", "last used", "revoked")
-        for r in rows:
-            table.add_row(
-                r["name"],
-                r["prefix"] + "...",
-                r["scope"],
-                *(str(r[k] or "-") for k in ("created_at", "expires_at", "last_used_at", "revoked_at")),
-            )
-        console.print(table)
-
-    run_guarded(body)
+    with _database(_settings(storage).database_url) as db, db.session() as s:
+        rows: list[dict[str, Any]] = [{f: getattr(k, f) for f in _KEY_FIELDS} for k in ApiKeyRepository(s).all()]
+    if format is Format.json:
+        print_json(rows)
+        return
+    table = Table("name", "prefix", "scope", "created", "expires", "last used", "revoked")
+    for r in rows:
+        table.add_row(r["name"], r["prefix"] + "...", r["scope"], *(str(r[k] or "-") for k in _KEY_TIMES))
+    console.print(table)
 
 
 @apikey_app.command("revoke")
 def apikey_revoke(name: Annotated[str, typer.Option("--name")], storage: DatabaseOpt = None) -> None:
     """Revoke a key by name: it stops working at once."""
 
-    def body() -> None:
-        from structsearch.service.database import Database
-        from structsearch.service.repository import ApiKeyRepository
+    from structsearch.service.repository import ApiKeyRepository
 
-        db = Database(_settings(storage).database_url)
-        try:
-            with db.session() as s:
-                if not ApiKeyRepository(s).revoke(name):
-                    raise StructsearchError(f"no active API key named '{name}'")
-        finally:
-            db.dispose()
-        console.print(f"revoked API key '{name}'")
-
-    run_guarded(body)
+    with _database(_settings(storage).database_url) as db, db.session() as s:
+        if not ApiKeyRepository(s).revoke(name):
+            raise StructsearchError(f"no active API key named '{name}'")
+    console.print(f"revoked API key '{name}'")
 
 
 def serve(
@@ -186,16 +164,13 @@ def serve(
 ) -> None:
     """Serve the REST API (uvicorn; OpenAPI docs at /docs)."""
 
-    def body() -> None:
-        settings = _settings(storage)
-        import uvicorn
+    settings = _settings(storage)
+    import uvicorn
 
-        from api import create_app
+    from api import create_app
 
-        _logging()
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
-
-    run_guarded(body)
+    _logging()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
 
 
 def worker(
@@ -205,18 +180,15 @@ def worker(
 ) -> None:
     """Run queued trials of submitted searches until SIGTERM (which lets running trials finish)."""
 
-    def body() -> None:
-        settings = _settings(storage)
-        if not settings.is_postgres:
-            raise StructsearchError(
-                f"workers need the PostgreSQL service database, not {_safe_url(settings.database_url)}; pass --storage postgresql+psycopg://..."
-            )
-        from structsearch.service.worker import run_worker
+    settings = _settings(storage)
+    if not settings.is_postgres:
+        raise StructsearchError(
+            f"workers need the PostgreSQL service database, not {_safe_url(settings.database_url)}; pass --storage postgresql+psycopg://..."
+        )
+    from structsearch.service.worker import run_worker
 
-        _logging()
-        run_worker(settings, concurrency=concurrency, name=name)
-
-    run_guarded(body)
+    _logging()
+    run_worker(settings, concurrency=concurrency, name=name)
 
 
 def dashboard(
@@ -232,33 +204,30 @@ def dashboard(
     and may only listen on localhost.
     """
 
-    def body() -> None:
-        from sqlalchemy import create_engine, inspect
+    from sqlalchemy import create_engine, inspect
 
-        from structsearch.service.database import libpq_url
+    from structsearch.service.database import libpq_url
 
-        settings = _settings(storage)
-        readonly = settings.dashboard_url() if settings.is_postgres else None
-        if readonly is None and host not in ("127.0.0.1", "localhost", "::1"):
-            raise StructsearchError(
-                "without the read-only role the dashboard can change studies: set STRUCTSEARCH_DASHBOARD_PASSWORD "
-                "(and run `structsearch db upgrade`) to serve it beyond localhost"
-            )
-        if readonly is None:
-            console.print("[yellow]dashboard connected as the service user (writable); localhost only[/yellow]")
-        url = libpq_url(readonly or settings.database_url)  # psycopg2 driver, as optuna-dashboard expects
-        engine = create_engine(url)
-        try:
-            missing = "studies" not in inspect(engine).get_table_names()
-        except Exception as e:  # noqa: BLE001 - unreachable database
-            raise StructsearchError(f"cannot open {_safe_url(url)}: {_hide(one_line(e), url)}") from None
-        finally:
-            engine.dispose()
-        if missing:
-            raise StructsearchError("the database has no Optuna tables; run `structsearch db upgrade` first")
-        from optuna_dashboard import run_server
+    settings = _settings(storage)
+    readonly = settings.dashboard_url() if settings.is_postgres else None
+    if readonly is None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise StructsearchError(
+            "without the read-only role the dashboard can change studies: set STRUCTSEARCH_DASHBOARD_PASSWORD "
+            "(and run `structsearch db upgrade`) to serve it beyond localhost"
+        )
+    if readonly is None:
+        console.print("[yellow]dashboard connected as the service user (writable); localhost only[/yellow]")
+    url = libpq_url(readonly or settings.database_url)  # psycopg2 driver, as optuna-dashboard expects
+    engine = create_engine(url)
+    try:
+        missing = "studies" not in inspect(engine).get_table_names()
+    except Exception as e:  # noqa: BLE001 - unreachable database
+        raise StructsearchError(f"cannot open {_safe_url(url)}: {_hide(one_line(e), url)}") from None
+    finally:
+        engine.dispose()
+    if missing:
+        raise StructsearchError("the database has no Optuna tables; run `structsearch db upgrade` first")
+    from optuna_dashboard import run_server
 
-        console.print(f"optuna-dashboard on http://{host}:{port}", highlight=False)
-        run_server(url, host=host, port=port)
-
-    run_guarded(body)
+    console.print(f"optuna-dashboard on http://{host}:{port}", highlight=False)
+    run_server(url, host=host, port=port)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json, run_guarded
+from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
 
 
 def synthesize(
@@ -54,58 +54,55 @@ def synthesize(
     teacher and settings reads the set from the cache instead of optimising again.
     """
 
-    def body() -> None:
-        from structsearch.data import Preprocess
-        from structsearch.data.spec import SynthesisSpec
-        from structsearch.distill import TeacherCache, TeacherId
-        from structsearch.distill.synthesis import synthesize_spec
-        from structsearch.errors import StructsearchError
-        from structsearch.models import create_model
+    from structsearch.data import Preprocess
+    from structsearch.data.spec import SynthesisSpec
+    from structsearch.distill import TeacherCache, TeacherId
+    from structsearch.distill.synthesis import synthesize_spec
+    from structsearch.errors import StructsearchError
+    from structsearch.models import create_model
 
-        if checkpoint is None:
-            raise StructsearchError("synthesize needs the teacher's --checkpoint: synthesis inverts trained weights")
-        spec = SynthesisSpec(n, method.lower(), iters, seed, batch_size)
-        kwargs = parse_kwargs(kw)
-        net = create_model(teacher, checkpoint=checkpoint, **kwargs).eval()
-        preprocess = Preprocess.from_model(net, input_size)
+    if checkpoint is None:
+        raise StructsearchError("synthesize needs the teacher's --checkpoint: synthesis inverts trained weights")
+    spec = SynthesisSpec(n, method.lower(), iters, seed, batch_size)
+    kwargs = parse_kwargs(kw)
+    net = create_model(teacher, checkpoint=checkpoint, **kwargs).eval()
+    preprocess = Preprocess.from_model(net, input_size)
 
-        def progress(batch: int, batches: int, losses: dict[str, float]) -> None:
-            if format is Format.table:
-                terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
-                console.print(f"batch {batch}/{batches}: {terms}", highlight=False, soft_wrap=True)
+    def progress(batch: int, batches: int, losses: dict[str, float]) -> None:
+        if format is Format.table:
+            terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
+            console.print(f"batch {batch}/{batches}: {terms}", highlight=False, soft_wrap=True)
 
-        result = synthesize_spec(
-            net,
-            preprocess,
-            spec,
-            device=device,
-            teacher_id=TeacherId.of(teacher, kwargs, checkpoint),
-            cache=None if no_cache else TeacherCache(cache_dir),
-            progress=progress,
-        )
-        _write_npz(out, result.data)
-        if grid is not None:
-            _write_grid(grid, result.data.x[:100])
-        info = {
-            **result.info(),
-            "teacher": teacher,
-            "checkpoint": str(checkpoint),
-            "out": str(out),
-            "grid": str(grid) if grid else None,
-        }
-        if format is Format.json:
-            print_json(info)
-            return
-        h, w = result.data.image_size
-        console.print(
-            f"wrote {len(result.data)} {h}x{w} images ({result.method}) to {out}; the teacher predicts the target class "
-            f"for {100 * result.target_agreement:.1f}%; {result.seconds:.1f} s, {result.seconds_per_iteration:.3f} s per "
-            f"iteration of a batch{' (read from the cache)' if result.cache_hit else ''}. Use it as --data npz:{out}",
-            highlight=False,
-            soft_wrap=True,
-        )
-
-    run_guarded(body)
+    result = synthesize_spec(
+        net,
+        preprocess,
+        spec,
+        device=device,
+        teacher_id=TeacherId.of(teacher, kwargs, checkpoint),
+        cache=None if no_cache else TeacherCache(cache_dir),
+        progress=progress,
+    )
+    _write_npz(out, result.data)
+    if grid is not None:
+        _write_grid(grid, result.data.x[:100])
+    info = {
+        **result.info(),
+        "teacher": teacher,
+        "checkpoint": str(checkpoint),
+        "out": str(out),
+        "grid": str(grid) if grid else None,
+    }
+    if format is Format.json:
+        print_json(info)
+        return
+    h, w = result.data.image_size
+    console.print(
+        f"wrote {len(result.data)} {h}x{w} images ({result.method}) to {out}; the teacher predicts the target class "
+        f"for {100 * result.target_agreement:.1f}%; {result.seconds:.1f} s, {result.seconds_per_iteration:.3f} s per "
+        f"iteration of a batch{' (read from the cache)' if result.cache_hit else ''}. Use it as --data npz:{out}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _write_npz(path: Path, data: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from structsearch.errors import BudgetError
 
@@ -181,7 +181,7 @@ def parse_budget(text: str | int | float, what: str = "flops") -> Budget:
     match = (_MEASURED_RE if UNITS[what] else _BUDGET_RE).match(stripped)
     if match is None:
         raise _invalid(text, what, "not a number with a unit" if UNITS[what] else _why_unparsed(stripped))
-    number = _decimal(match["number"])
+    number = Decimal(match["number"])  # the regex lets only valid literals through
     unit = (match["unit"] or "").lower()
     if unit == "%":
         if not 0 < number <= 100:
@@ -230,14 +230,6 @@ def _absolute(count: Decimal | None, text: object, what: str) -> Budget:
     if not math.isfinite(value):
         raise _invalid(text, what, "too large")
     return Budget(value=value, relative=False)
-
-
-def _decimal(number: str) -> Decimal:
-    """Exact decimal value, so "1.2G" is exactly 1_200_000_000 and not 1.2 * 1e9 in binary."""
-    try:
-        return Decimal(number)
-    except InvalidOperation as exc:  # the regex only lets valid literals through
-        raise ValueError(f"unparseable number {number!r}") from exc
 
 
 def _invalid(text: object, what: str, reason: str) -> BudgetError:

@@ -20,7 +20,7 @@ import importlib.metadata
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -111,18 +111,6 @@ class CostReport:
             "gmacs": round(self.macs / 1e9, 4),
             "mparams": round(self.params / 1e6, 4),
         }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CostReport:
-        """Inverse of :meth:`to_dict` (the human-only keys are ignored), for stored reports."""
-        c, h, w = data["input_size"]
-        return cls(
-            macs=int(data["macs"]),
-            params=int(data["params"]),
-            input_size=(int(c), int(h), int(w)),
-            convention=str(data["convention"]),
-            counter=str(data["counter"]),
-        )
 
 
 def measure_cost(model: nn.Module, input_size: int | tuple[int, int, int]) -> CostReport:

@@ -32,7 +32,8 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -86,11 +87,6 @@ class LatencyReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``input_size`` as a list)."""
         return {**asdict(self), "input_size": list(self.input_size)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LatencyReport:
-        """Inverse of :meth:`to_dict`, for stored reports."""
-        return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
 @functools.cache
@@ -202,20 +198,17 @@ def _example_input(model: nn.Module, size: tuple[int, int, int], batch_size: int
     return torch.randn((batch_size, *size), generator=gen).to(device=dev, dtype=dtype)
 
 
-class _Threads:
+@contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
     """Set torch's intra-op thread count for a block, restoring the previous one after."""
-
-    def __init__(self, threads: int | None) -> None:
-        self.threads = threads
-        self.previous = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.threads is not None and self.threads != self.previous:
-            torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        if torch.get_num_threads() != self.previous:
-            torch.set_num_threads(self.previous)
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def _time_torch(
@@ -231,23 +224,31 @@ def _time_torch(
     net = _model_on(model, dev)
     x = _example_input(net, size, batch_size, dev)
     times: list[float] = []
-    with _eval_mode(net), torch.inference_mode(), _Threads(threads):
+    with _eval_mode(net), torch.inference_mode(), _threads(threads):
+        if dev.type != "cuda":
+            return _host_times(lambda: net(x), warmup, repeats)
         for _ in range(warmup):
             net(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                net(x)
-                end.record()
-                end.synchronize()
-                times.append(float(start.elapsed_time(end)))
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                net(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
+        torch.cuda.synchronize(dev)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            net(x)
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+    return times
+
+
+def _host_times(run: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Per-call milliseconds of ``run`` by the host's clock, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1000.0)
     return times
 
 
@@ -293,11 +294,6 @@ def _time_onnxruntime(
         provider_options = [{"device_id": dev.index or 0}] if dev.type == "cuda" else [{}]
         session = ort.InferenceSession(str(path), options, providers=[provider], provider_options=provider_options)
     feed = {session.get_inputs()[0].name: x.numpy()}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return times, f"onnxruntime {importlib.metadata.version('onnxruntime')}"
+    return _host_times(
+        lambda: session.run(None, feed), warmup, repeats
+    ), f"onnxruntime {importlib.metadata.version('onnxruntime')}"

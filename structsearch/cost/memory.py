@@ -26,7 +26,6 @@ deployment.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,11 +68,6 @@ class MemoryReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``input_size`` as a list)."""
         return {**asdict(self), "input_size": list(self.input_size)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MemoryReport:
-        """Inverse of :meth:`to_dict`, for stored reports."""
-        return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
 class LiveStorageTracker(TorchDispatchMode):

@@ -29,7 +29,7 @@ before any training starts.
 
 from structsearch.data.loading import LoadedData, check_labels, clear_cache, fingerprint, load_data
 from structsearch.data.spec import DataSpec
-from structsearch.data.splits import batches, proportional_counts, split_train_val
+from structsearch.data.splits import batches, proportional_counts, split_train_val, train_val_rows
 from structsearch.data.transforms import Augment, Preprocess
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "load_data",
     "proportional_counts",
     "split_train_val",
+    "train_val_rows",
 ]

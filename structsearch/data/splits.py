@@ -52,6 +52,29 @@ def split_train_val(
     return _sorted_cat(train), _sorted_cat(val)
 
 
+def train_val_rows(
+    train_y: torch.Tensor,
+    val_rows: int | None,
+    val_size: int | float,
+    seed: int,
+    train_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows a proxy trains on and the validation rows it is scored on.
+
+    ``val_rows`` is the length of a separate validation source, every row of which is scored;
+    ``None`` carves ``val_size`` validation rows from the training data (:func:`split_train_val`).
+    With a separate source, a ``train_size`` below the number of training rows caps them the same
+    stratified way; otherwise every training row is used. The search, ``recheck``, ``finetune``
+    and the ``proxy`` command all split here, so they agree on the rows.
+    """
+    if val_rows is None:
+        return split_train_val(train_y, val_size, seed, train_size)
+    train_idx = torch.arange(len(train_y))
+    if train_size is not None and train_size < len(train_y):
+        train_idx, _ = split_train_val(train_y, 1, seed, train_size)
+    return train_idx, torch.arange(val_rows)
+
+
 def proportional_counts(counts: list[int], total: int) -> list[int]:
     """Share ``total`` over groups proportionally to ``counts`` (Hamilton / largest remainder).
 

@@ -77,6 +77,7 @@ from structsearch.data.spec import SynthesisSpec
 from structsearch.devices import resolve_device
 from structsearch.distill.cache import META, TeacherCache, cache_key
 from structsearch.distill.evaluate import predict
+from structsearch.distill.taps import Hooks
 from structsearch.distill.teacher import TeacherId, state_digest
 from structsearch.errors import DataError
 from structsearch.train import WarmupCosine, batchnorms, make_optimizer, num_classes_of, probe_classes, run_steps
@@ -250,7 +251,7 @@ def total_variation(x: Tensor) -> Tensor:
     return d1.norm() + d2.norm() + d3.norm() + d4.norm()
 
 
-class _BNStatistics:
+class _BNStatistics(Hooks):
     """Forward hooks collecting DeepInversion's feature-statistics loss of every BatchNorm layer."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -271,12 +272,8 @@ class _BNStatistics:
         self.terms = []
         return out
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
-
-class _PatchSimilarity:
+class _PatchSimilarity(Hooks):
     """Pre-forward hooks on each attention block's output projection: the per-head ``attn @ v``.
 
     The projection's input is ``attn @ v`` with the heads concatenated (B×N×C); PSAQ-ViT averages it
@@ -307,10 +304,6 @@ class _PatchSimilarity:
         feats, self.features = self.features, []
         ent = [_similarity_entropy(f, self.prefix, self.cfg, gen) for f in feats]
         return torch.stack(ent).sum() if ent else torch.zeros(())
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def _similarity_entropy(feats: Tensor, prefix: int, cfg: SynthesisConfig, gen: torch.Generator) -> Tensor:

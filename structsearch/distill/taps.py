@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from structsearch.errors import FeatureKDError
 
@@ -61,7 +62,18 @@ def check_feature_pair(teacher: nn.Module, student: nn.Module) -> tuple[str, ...
     return names
 
 
-class FeatureTap:
+class Hooks:
+    """Hooks a class put on a model (``handles``), removed together by :meth:`remove`."""
+
+    handles: list[RemovableHandle]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class FeatureTap(Hooks):
     """Collect the outputs of the named modules during a forward pass (see :func:`tapped`)."""
 
     def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
@@ -71,7 +83,7 @@ class FeatureTap:
             raise FeatureKDError(f"{type(model).__name__} has no module(s) {missing} to tap")
         self.names = names
         self.outputs: list[Tensor] = []
-        self._handles = [modules[n].register_forward_hook(self._hook) for n in names]
+        self.handles = [modules[n].register_forward_hook(self._hook) for n in names]
 
     def _hook(self, module: nn.Module, inputs: object, output: Tensor) -> None:
         self.outputs.append(output)
@@ -86,11 +98,6 @@ class FeatureTap:
     def clear(self) -> None:
         """Forget recorded outputs (after a pass whose features are not needed, e.g. evaluation)."""
         self.outputs = []
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 @contextmanager

@@ -107,9 +107,6 @@ class ProxyConfig:
     #: NHWC activations: 15-30 % faster CNN training and inference on this project's 2-core CPU.
     channels_last: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class ProxyResult:
@@ -128,11 +125,6 @@ class ProxyResult:
     final_loss: float
     history: tuple[tuple[int, float], ...] = field(default=())
     teacher_cache_hit: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["history"] = [list(h) for h in self.history]
-        return d
 
 
 class Distiller:

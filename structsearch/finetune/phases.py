@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, split_train_val
+from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, train_val_rows
 from structsearch.distill import distill_loss, top1
 from structsearch.distill.teacher import state_digest, tensor_digest
 from structsearch.finetune.checkpoint import (
@@ -215,12 +215,9 @@ def downstream_phase(
     config, seed, device, out_dir = ctx.config, ctx.seed, ctx.device, ctx.out_dir
 
     data = load_data(data_text)
-    if test_text:
-        test_data = load_data(test_text)
-        train_idx, test_idx = torch.arange(len(data)), torch.arange(len(test_data))
-    else:
-        test_data = data
-        train_idx, test_idx = split_train_val(data.y, config.downstream_val_size, seed)
+    test_data = load_data(test_text) if test_text else data
+    test_rows = len(test_data) if test_text else None
+    train_idx, test_idx = train_val_rows(data.y, test_rows, config.downstream_val_size, seed)
     num_classes = max(data.num_classes, test_data.num_classes)
     check_labels(data, num_classes)
     check_labels(test_data, num_classes)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from structsearch.atomic import atomic_write
-from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, split_train_val
+from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data
 from structsearch.devices import resolve_device
 from structsearch.distill import top1
 from structsearch.distill.teacher import state_digest, tensor_digest
@@ -54,6 +54,7 @@ from structsearch.finetune.config import (
     default_out_dir,
 )
 from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
+from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
 
@@ -213,15 +214,12 @@ def finetune_trial(
 
 def _load_data(spec: Any, config: FinetuneConfig, data: str | None, test: str | None) -> _Data:
     """The teacher, the training rows and the test rows kept out of them."""
-    from structsearch.search.context import load_study_data, plan_search
-
     # loaded exactly as the search did, without the proxy's Distiller (its cache of teacher outputs
     # on fixed views cannot serve a fine-tune's fresh augmentations)
     plan = plan_search(spec)
     study_data = load_study_data(plan)
-    teacher, study_train = study_data.teacher, study_data.train
-    test_data, test_idx, exclude = _test_split(spec, test, study_train)
-    train_data = load_data(data) if data else study_train
+    test_data, test_idx, exclude = _test_split(spec, test, study_data)
+    train_data = load_data(data) if data else study_data.train
     train_idx = torch.arange(len(train_data))
     if exclude is not None and train_data.source == test_data.source:
         keep = torch.ones(len(train_data), dtype=torch.bool)
@@ -231,7 +229,7 @@ def _load_data(spec: Any, config: FinetuneConfig, data: str | None, test: str | 
         raise FinetuneError(
             f"batch size {config.batch_size} is larger than the {len(train_idx)} training images of {train_data.source}"
         )
-    return _Data(plan, teacher, train_data, train_idx, test_data, test_idx)
+    return _Data(plan, study_data.teacher, train_data, train_idx, test_data, test_idx)
 
 
 def _prepare_student(
@@ -284,22 +282,18 @@ def _kd_settings(
     }
 
 
-def _test_split(spec: Any, test: str | None, study_train: LoadedData) -> tuple[LoadedData, Tensor, Tensor | None]:
+def _test_split(spec: Any, test: str | None, study: StudyData) -> tuple[LoadedData, Tensor, Tensor | None]:
     """``(test data, test rows, rows of the study's training data to exclude from training)``.
 
-    The default test set is the study's validation data: its separate ``data.val`` source, or the
-    rows the study carved from its training data (same ``val_size`` and seed, so the same rows).
-    Those carved rows are then excluded from training; ``data.train_size`` is ignored, since it
-    only caps the *proxy's* training set for speed.
+    The default test set is the study's validation data, as its search loaded it: its separate
+    ``data.val`` source, or the rows the study carved from its training data. Those carved rows
+    are then excluded from training; ``data.train_size`` is ignored, since it only caps the
+    *proxy's* training set for speed.
     """
     if test:
         t = load_data(test)
         return t, torch.arange(len(t)), None
-    if spec.data.val:
-        t = load_data(spec.data.val)
-        return t, torch.arange(len(t)), None
-    _, val_idx = split_train_val(study_train.y, spec.data.val_size, spec.seed)
-    return study_train, val_idx, val_idx
+    return study.val, study.val_idx, None if spec.data.val else study.val_idx
 
 
 def _start_student(stored: StoredTrial, plan: Any, teacher: nn.Module) -> tuple[Any, nn.Module, str]:

@@ -10,7 +10,7 @@ whether importance matters for a given teacher. Strategies register by name with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -69,14 +69,19 @@ class L1Magnitude(Importance):
     name = "l1"
 
     def scores(self, tensors: Sequence[TensorDim]) -> Tensor:
-        total: Tensor | None = None
-        for t, dim in tensors:
-            t = t.detach().float().abs().movedim(dim, 0)
-            s = t.reshape(t.shape[0], -1).sum(dim=1)
-            total = s if total is None else total + s
-        if total is None:
-            raise ValueError("importance needs at least one tensor")
-        return total
+        return unit_sums(tensors, torch.abs)
+
+
+def unit_sums(tensors: Sequence[TensorDim], elementwise: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per unit, the sum of ``elementwise(weight)`` over every weight of the unit in ``tensors``."""
+    total: Tensor | None = None
+    for t, dim in tensors:
+        t = elementwise(t.detach().float()).movedim(dim, 0)
+        s = t.reshape(t.shape[0], -1).sum(dim=1)
+        total = s if total is None else total + s
+    if total is None:
+        raise ValueError("importance needs at least one tensor")
+    return total
 
 
 @register_importance

@@ -22,44 +22,41 @@ def slice_conv(conv: nn.Conv2d, out_idx: Tensor | None = None, in_idx: Tensor | 
     Depthwise convolutions (``groups == in_channels == out_channels``) are sliced on both sides by
     the same indices; pass ``out_idx`` only.
     """
-    w = conv.weight
     depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
     if depthwise:
         idx = out_idx if out_idx is not None else in_idx
         if idx is None:
             return
-        conv.weight = _param(w.data[idx], w)
+        conv.weight = _param(conv.weight.data[idx], conv.weight)
         if conv.bias is not None:
             conv.bias = _param(conv.bias.data[idx], conv.bias)
         conv.in_channels = conv.out_channels = conv.groups = len(idx)
         return
     if conv.groups != 1:
         raise ValueError(f"cannot slice a grouped convolution with groups={conv.groups}")
-    data = w.data
-    if out_idx is not None:
-        data = data[out_idx]
-        if conv.bias is not None:
-            conv.bias = _param(conv.bias.data[out_idx], conv.bias)
-        conv.out_channels = len(out_idx)
-    if in_idx is not None:
-        data = data[:, in_idx]
-        conv.in_channels = len(in_idx)
-    conv.weight = _param(data, w)
+    _slice_dense(conv, out_idx, in_idx, "out_channels", "in_channels")
 
 
 def slice_linear(lin: nn.Linear, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> None:
     """Keep output features ``out_idx`` and input features ``in_idx`` of ``lin``."""
-    w = lin.weight
+    _slice_dense(lin, out_idx, in_idx, "out_features", "in_features")
+
+
+def _slice_dense(
+    layer: nn.Conv2d | nn.Linear, out_idx: Tensor | None, in_idx: Tensor | None, out_size: str, in_size: str
+) -> None:
+    """Slice a weight laid out ``(out, in, ...)`` and its bias; ``out_size``/``in_size`` name the size attributes."""
+    w = layer.weight
     data = w.data
     if out_idx is not None:
         data = data[out_idx]
-        if lin.bias is not None:
-            lin.bias = _param(lin.bias.data[out_idx], lin.bias)
-        lin.out_features = len(out_idx)
+        if layer.bias is not None:
+            layer.bias = _param(layer.bias.data[out_idx], layer.bias)
+        setattr(layer, out_size, len(out_idx))
     if in_idx is not None:
         data = data[:, in_idx]
-        lin.in_features = len(in_idx)
-    lin.weight = _param(data, w)
+        setattr(layer, in_size, len(in_idx))
+    layer.weight = _param(data, w)
 
 
 def slice_norm(norm: nn.Module, idx: Tensor) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.importance import Importance, TensorDim, unit_sums
 from structsearch.search.costmodel import CostModel
 from structsearch.search.proposal import Caps, ProposalSpace, Shape, evenly, fill_greedily
 from structsearch.space import ArchSpec, BlockSpec, Space
@@ -43,14 +43,7 @@ class L2GroupMagnitude(Importance):
     name = "l2"
 
     def scores(self, tensors: Sequence[TensorDim]) -> Tensor:
-        total: Tensor | None = None
-        for t, dim in tensors:
-            t = t.detach().float().movedim(dim, 0)
-            s = t.reshape(t.shape[0], -1).pow(2).sum(dim=1)
-            total = s if total is None else total + s
-        if total is None:
-            raise ValueError("importance needs at least one tensor")
-        return total.sqrt()
+        return unit_sums(tensors, lambda t: t.pow(2)).sqrt()
 
 
 class _Recorder(Importance):

@@ -11,10 +11,9 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +41,9 @@ from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.distill import Distiller
 
 
 @dataclass
@@ -75,12 +77,10 @@ class SearchPlan:
         if resolution not in self._proposals:
             assert self.base is not None, "plan_search sets the base model"
             model = CostModel.calibrate(self.base, self.space, self.student_input_size(resolution))
-            primary = self.max_macs if self.max_macs is not None else self.max_params
-            smallest = (
-                model.macs(self.space.smallest_spec())
-                if self.max_macs is not None
-                else model.params(self.space.smallest_spec())
+            primary, count = (
+                (self.max_macs, model.macs) if self.max_macs is not None else (self.max_params, model.params)
             )
+            smallest = count(self.space.smallest_spec())
             self._proposals[resolution] = ProposalSpace(
                 self.space,
                 model,
@@ -262,26 +262,12 @@ class SearchContext:
 
     plan: SearchPlan
     base: nn.Module
-    distiller: Any  # structsearch.distill.Distiller
+    #: Scores a candidate: :meth:`Distiller.score` trains it in place with the short KD proxy.
+    distiller: Distiller
     #: The teacher's own top-1 on the validation split: the reference every score is read against.
     teacher_score: float
     #: Where trained students are saved, a folder per trial; ``None``: this context saves none (recheck).
     artifacts: Path | None = None
-
-    def score(
-        self,
-        student: nn.Module,
-        report: Any = None,
-        *,
-        input_size: int | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> Any:
-        """Train ``student`` in place with the short KD proxy; returns a ``ProxyResult``.
-
-        ``input_size`` (px): the student's resolution when it differs from the teacher's;
-        ``check()``: called before every training step, raises to stop the trial (its guard).
-        """
-        return self.distiller.score(student, report, input_size=input_size, check=check)
 
     def artifact_dir(self, study: str, trial: int) -> Path:
         if self.artifacts is None:
@@ -310,7 +296,7 @@ class StudyData:
 
 def load_study_data(plan: SearchPlan) -> StudyData:
     """Load the data and load (or train once, cached) the teacher of a planned search."""
-    from structsearch.data import Augment, Preprocess, fingerprint, load_data, split_train_val
+    from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
     from structsearch.distill import TeacherId
     from structsearch.paths import home
     from structsearch.teachers import trained_teacher
@@ -321,15 +307,9 @@ def load_study_data(plan: SearchPlan) -> StudyData:
     preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
     # files, or synthetic:N made from the teacher (validation then carved from it: see search.datafree)
     train_data = load_train_data(spec, teacher, preprocess)
-    if spec.data.val:
-        val_data = load_data(spec.data.val)
-        train_idx = torch.arange(len(train_data))
-        if spec.data.train_size:
-            train_idx, _ = split_train_val(train_data.y, 1, spec.seed, spec.data.train_size)
-        val_idx = torch.arange(len(val_data))
-    else:
-        val_data = train_data
-        train_idx, val_idx = split_train_val(train_data.y, spec.data.val_size, spec.seed, spec.data.train_size)
+    val_data = load_data(spec.data.val) if spec.data.val else train_data
+    val_rows = len(val_data) if spec.data.val else None
+    train_idx, val_idx = train_val_rows(train_data.y, val_rows, spec.data.val_size, spec.seed, spec.data.train_size)
 
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)

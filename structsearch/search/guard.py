@@ -34,10 +34,6 @@ class StopRequested(TrialInterrupted):
     """Someone asked the trial to stop (its search was cancelled, its job aborted)."""
 
 
-def _never() -> str | None:
-    return None
-
-
 @dataclass
 class TrialGuard:
     """Deadline and stop request of one trial (or of one trial at a time, restarted per trial)."""
@@ -45,7 +41,7 @@ class TrialGuard:
     #: Seconds a trial may run from :meth:`start`; ``None``: no deadline.
     deadline_s: float | None = None
     #: Why the trial should stop now (``None``: it should not); may query a database.
-    stop_reason: Callable[[], str | None] = _never
+    stop_reason: Callable[[], str | None] = lambda: None
     #: :attr:`stop_reason` is asked at most this often (the check runs at every training step).
     ask_every_s: float = 2.0
     clock: Callable[[], float] = time.monotonic

@@ -146,7 +146,7 @@ class Objective:
         else:
             self._check()
             report = _pruning_reporter(trial) if plan.spec.single_objective else None
-            result = ctx.score(student, report, input_size=resolution, check=check)
+            result = ctx.distiller.score(student, report, input_size=resolution, check=check)
             self._check()
             artifact = ctx.artifact_dir(trial.study.study_name, trial.number)
             save_student(artifact, student, spec, recipe)

@@ -303,7 +303,7 @@ def evenly(items: list[int], k: int) -> list[int]:
 
 
 def _snap(widths: tuple[float, ...], value: float) -> float:
-    """The largest allowed width ratio not above ``value`` (the narrowest when all are above)."""
+    """The largest allowed width ratio (or head count) not above ``value`` (the smallest when all are above)."""
     ordered = sorted(widths)
     k = bisect.bisect_right(ordered, value + 1e-9)
     return ordered[max(0, k - 1)]
@@ -312,9 +312,7 @@ def _snap(widths: tuple[float, ...], value: float) -> float:
 def _snap_heads(c: BlockChoices, fraction: float) -> int | None:
     if not c.heads or not c.heads_base:
         return c.heads_base if c.heads else None
-    ordered = sorted(c.heads)
-    k = bisect.bisect_right(ordered, fraction * c.heads_base + 1e-9)
-    return ordered[max(0, k - 1)]
+    return int(_snap(c.heads, fraction * c.heads_base))
 
 
 def fill_greedily(spec: ArchSpec, shape: Shape, scale: float, fits: Callable[[ArchSpec], bool]) -> ArchSpec:

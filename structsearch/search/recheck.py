@@ -175,7 +175,7 @@ def recheck(
         for r, group in todo:
             start = time.perf_counter()
             student = StoredTrial.open(study_name, r.trial, storage).rebuild(ctx.base, importance)
-            result = ctx.score(student, input_size=r.resolution)
+            result = ctx.distiller.score(student, input_size=r.resolution)
             entry = RecheckEntry(
                 r.trial,
                 group,

@@ -201,11 +201,10 @@ def gain_summary(g: BaselineGain) -> str:
 
 def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.Study]:
     """The studies in ``storage`` that structsearch created."""
-    out = []
-    for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
-        if STUDY_MARKER in summary.user_attrs:
-            out.append(optuna.load_study(study_name=summary.study_name, storage=storage))
-    return out
+    summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+    return [
+        optuna.load_study(study_name=s.study_name, storage=storage) for s in summaries if STUDY_MARKER in s.user_attrs
+    ]
 
 
 def _no_study(name: str, storage: optuna.storages.BaseStorage) -> StructsearchError:

@@ -80,8 +80,7 @@ def run_search(
     if max_trials is not None:
         todo = min(todo, max_trials)
     if on_trial:
-        done = len(own_trials(study))
-        on_trial(done, 0, None)
+        on_trial(len(own_trials(study)), 0, None)
     if todo == 0:
         return study
     ctx = build_context(plan, artifacts if artifacts is not None else artifacts_dir())

@@ -1,0 +1,37 @@
+"""The teacher a study trains for itself is a function of its settings, not of the process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from structsearch.data import Augment, Preprocess, fingerprint, load_data
+from structsearch.models import create_model
+from structsearch.teachers import trained_teacher
+
+
+def test_a_trained_teacher_does_not_depend_on_the_global_random_state(tmp_path: Path) -> None:
+    # torch seeds its global generator differently in every process, and other work (trials,
+    # threads) draws from it: the teacher's initial weights must not come from it
+    digits = load_data("digits")
+    rows = torch.arange(128)
+    pre = Preprocess.from_model(create_model("cifar_resnet20", num_classes=10), (8, 8))
+    teachers = []
+    for run, draws in enumerate((1, 7)):
+        torch.rand(draws)  # the global state differs between the two runs
+        net, _ = trained_teacher(
+            "cifar_resnet20",
+            {"num_classes": 10},
+            digits,
+            fingerprint(digits),
+            rows,
+            pre,
+            1,
+            0,
+            tmp_path / f"cache-{run}",  # no shared cache: each run trains its own
+            Augment.for_size(8, hflip=False),
+        )
+        teachers.append(net.state_dict())
+    assert teachers[0].keys() == teachers[1].keys()
+    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
