@@ -82,11 +82,8 @@ def trained_teacher(
         sort_keys=True,
     )
     path = cache_dir / f"{model}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
-    # torch seeds its global generator differently in every process: the initial weights come from
-    # the seed as well, or two searches with the same settings would train different teachers
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = create_model(model, **kwargs)
+    # the initial weights come from the seed too, or two searches would train different teachers
+    net = create_model(model, seed=seed, **kwargs)
     if path.is_file():
         try:
             load_checkpoint(net, path)

@@ -35,3 +35,18 @@ def test_a_trained_teacher_does_not_depend_on_the_global_random_state(tmp_path: 
         teachers.append(net.state_dict())
     assert teachers[0].keys() == teachers[1].keys()
     assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])
+
+
+def test_a_seeded_model_is_reproducible_and_leaves_the_callers_stream_alone() -> None:
+    # the cross-family student base and an untrained teacher are built with the study's seed
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = create_model("cifar_resnet20", num_classes=10, seed=5).state_dict()
+    after = torch.rand(3)  # the caller's stream continues as if no model had been built
+    torch.rand(11)
+    b = create_model("cifar_resnet20", num_classes=10, seed=5).state_dict()
+    c = create_model("cifar_resnet20", num_classes=10, seed=6).state_dict()
+    assert torch.equal(after, expected_next)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])

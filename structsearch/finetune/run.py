@@ -306,6 +306,6 @@ def _start_student(stored: StoredTrial, plan: Any, teacher: nn.Module) -> tuple[
     if stored.saved() is not None:
         return stored.arch, stored.load(), "artifact"
     spec = stored.study_spec
-    torch.manual_seed(spec.seed)  # a from-scratch base is initialised reproducibly
-    base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
+    # a from-scratch base is initialised from the study's seed, as the search's was
+    base = teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
     return stored.arch, stored.rebuild(base, get_importance(spec.importance, spec.seed)), "rebuilt"

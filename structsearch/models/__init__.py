@@ -33,16 +33,22 @@ def create_model(
     name: str,
     checkpoint: str | Path | None = None,
     pretrained: bool = False,
+    seed: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a timm model by name; ``checkpoint`` loads a local state dict (safely, ``weights_only``).
 
     ``pretrained=True`` downloads timm's weights from the hub (needs internet); structsearch itself
-    never sets it.
+    never sets it. ``seed`` draws the fresh initialisation from that seed, leaving the caller's random
+    streams alone: torch's global generator is seeded differently in every process, so a model that
+    is trained (or distilled into) from scratch must be seeded for two runs to agree.
     """
     check_model_name(name)
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:  # a kwarg the model does not accept
         raise UnknownModelError(f"cannot build '{name}' with {kwargs}: {e}") from None
     if checkpoint is not None:

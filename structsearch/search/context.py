@@ -303,7 +303,8 @@ def load_study_data(plan: SearchPlan) -> StudyData:
 
     spec = plan.spec
     t = spec.teacher
-    teacher = create_model(t.model, checkpoint=t.checkpoint, **t.kwargs).eval()
+    # seeded: an untrained teacher (no checkpoint) or one trained below starts the same in every run
+    teacher = create_model(t.model, checkpoint=t.checkpoint, seed=spec.seed, **t.kwargs).eval()
     preprocess = Preprocess.from_model(teacher, plan.input_size[1:])
     # files, or synthetic:N made from the teacher (validation then carved from it: see search.datafree)
     train_data = load_train_data(spec, teacher, preprocess)
@@ -345,7 +346,7 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     spec = plan.spec
     d = load_study_data(plan)
     teacher, preprocess, augment = d.teacher, d.preprocess, d.augment
-    base = teacher if plan.inherit else create_model(plan.base_model, **plan.base_kwargs).eval()
+    base = teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
     p = spec.proxy
     lr = p.lr if p.lr is not None else default_lr(plan.inherit)
     config = ProxyConfig(
