@@ -229,13 +229,13 @@ class TrialSync:
             ids = [i for (i,) in conn.execute(_TRIAL_IDS_SQL, {"study": self.study_id, "numbers": list(numbers)})]
         return self._write(ids)
 
-    def safely(self, write: Callable[[], int]) -> float:
+    def safely(self, write: Callable[..., int], *args: Any) -> float:
         """Run a write for a worker; never raises, because a read-model failure must not fail a
         trial (``db check`` reports it, the next job's :meth:`catch_up` repairs it). Returns the
         seconds it took."""
         t = time.perf_counter()
         try:
-            write()
+            write(*args)
         except Exception:  # see the docstring
             log.warning("search %s: could not update the read model", self.search_id, exc_info=True)
         return time.perf_counter() - t
@@ -272,3 +272,40 @@ def study_attrs(db: Database, study_name: str, keys: Sequence[str]) -> dict[str,
     query on Optuna's ``study_user_attributes``, not a study load."""
     with db.engine.connect() as conn:
         return {k: json.loads(v) for k, v in conn.execute(_ATTRS_SQL, {"name": study_name, "keys": list(keys)})}
+
+
+def _expected_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """:func:`recount` of rows held in memory (Optuna's trials, for :func:`drift`)."""
+    rows = list(rows)
+    counts: dict[str, Any] = {name: sum(1 for r in rows if pred(r)) for name, pred in COUNTERS.items()}
+    good = [r for r in rows if r["scored"] and r["feasible"]]
+    best = min(good, key=lambda r: (-r["score"], r["macs"], r["number"]), default=None)
+    return counts | {"best_number": best and best["number"], "best_score": best and best["score"]}
+
+
+def drift(db: Database, storage: Any, search: Search) -> list[str]:
+    """How the read model of ``search`` differs from Optuna's trials: one line per difference
+    (missing, extra or differing rows, naming the columns; counts), empty when it agrees."""
+    study_id = study_id_of(db, search.name)
+    trials = storage.get_all_trials(study_id, deepcopy=False) if study_id is not None else []
+    want = {t.number: row_of(search.id, t) for t in trials}
+    cols = [TrialRow.__table__.c[c] for c in _COMPARED]
+    with db.session() as s:
+        have = {
+            r["number"]: dict(r) for r in s.execute(select(*cols).where(TrialRow.search_id == search.id)).mappings()
+        }
+        row = s.get(Search, search.id)
+        stored = {name: getattr(row, name) for name in _expected_counts([])} if row is not None else {}
+    where = f"search {search.id} ({search.name})"
+    lines = []
+    for n in sorted(want.keys() | have.keys()):
+        if n not in have:
+            lines.append(f"{where}: trial {n} ({want[n]['state']}) is missing from ss_trials")
+        elif n not in want:
+            lines.append(f"{where}: trial {n} is in ss_trials but not in the study")
+        elif differing := [c for c in _COMPARED if have[n][c] != want[n][c]]:
+            lines.append(f"{where}: trial {n} differs in {', '.join(differing)}")
+    for name, value in _expected_counts(want.values()).items():
+        if stored.get(name) != value:
+            lines.append(f"{where}: {name} is {stored.get(name)}, the study says {value}")
+    return lines
