@@ -8,12 +8,15 @@ packages are an extra (``pip install 'structsearch[service]'``), imported only w
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from structsearch.cli._common import Format, FormatOpt, console, print_json, run_guarded
 from structsearch.errors import StructsearchError, one_line
+
+T = TypeVar("T")
 
 DatabaseOpt = Annotated[
     str | None,
@@ -23,7 +26,7 @@ DatabaseOpt = Annotated[
     ),
 ]
 
-db_app = typer.Typer(help="The service database: migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="The service database: migrations, the trials read model.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys that may submit and cancel searches.", no_args_is_help=True)
 
 
@@ -78,6 +81,63 @@ def db_upgrade(storage: DatabaseOpt = None) -> None:
         )
 
     run_guarded(body)
+
+
+SearchOpt = Annotated[str | None, typer.Option("--search", help="Only this search (its id); default: every search")]
+#: ``db check`` prints at most this many differences.
+CHECK_LINES = 50
+
+
+def _with_read_model(storage: str | None, fn: Callable[[Any, Any], T]) -> T:
+    """Run ``fn(db, optuna_storage)`` on the service database, both closed after."""
+    from structsearch.search.storage import open_storage
+    from structsearch.service.database import Database
+
+    url = _settings(storage).database_url
+    db, optuna_storage = Database(url), open_storage(url, create=False)
+    try:
+        return fn(db, optuna_storage)
+    finally:
+        optuna_storage.engine.dispose()
+        db.dispose()
+
+
+@db_app.command("backfill")
+def db_backfill(search: SearchOpt = None, storage: DatabaseOpt = None) -> None:
+    """Fill the trials read model (ss_trials, the counts on ss_searches) from Optuna's storage.
+
+    Idempotent: rows already right are left alone, counts are set from the rows. Run it once after
+    `structsearch db upgrade` to 0004 on a database with searches, or to repair what `db check` reports.
+    """
+
+    def body(db: Any, optuna_storage: Any) -> None:
+        from structsearch.service.readmodel import backfill, chosen_searches
+
+        for row, written in backfill(db, optuna_storage, chosen_searches(db, search)):
+            what = "no study (its submission failed)" if written is None else f"{written} trial rows written"
+            console.print(f"search {row.id} ({row.name}): {what}", highlight=False)
+
+    run_guarded(lambda: _with_read_model(storage, body))
+
+
+@db_app.command("check")
+def db_check(search: SearchOpt = None, storage: DatabaseOpt = None) -> None:
+    """Compare the trials read model with Optuna's trials: one line per difference, exit 1 on any."""
+
+    def body(db: Any, optuna_storage: Any) -> int:
+        from structsearch.service.readmodel import chosen_searches, drift
+
+        searches = chosen_searches(db, search)
+        lines = [line for row in searches for line in drift(db, optuna_storage, row)]
+        for line in lines[:CHECK_LINES]:
+            print(line)
+        if len(lines) > CHECK_LINES:
+            print(f"... and {len(lines) - CHECK_LINES} more differences")
+        print(f"{len(searches)} searches checked, {len(lines)} differences")
+        return len(lines)
+
+    if run_guarded(lambda: _with_read_model(storage, body)):
+        raise typer.Exit(1)
 
 
 @apikey_app.command("create")

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy import Row, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from structsearch.errors import NotFound
 from structsearch.search.record import TrialAttrs
 from structsearch.search.results import TrialRecord, record_of
 from structsearch.service.database import Database
@@ -309,3 +310,25 @@ def drift(db: Database, storage: Any, search: Search) -> list[str]:
         if stored.get(name) != value:
             lines.append(f"{where}: {name} is {stored.get(name)}, the study says {value}")
     return lines
+
+
+def chosen_searches(db: Database, search: str | None = None) -> list[Search]:
+    """Every search, oldest first, or the one with id ``search`` (:class:`NotFound` otherwise)."""
+    with db.session() as s:
+        if search is None:
+            return list(s.scalars(select(Search).order_by(Search.created_at, Search.id)))
+        try:
+            row = s.get(Search, uuid.UUID(search))
+        except ValueError:
+            row = None
+    if row is None:
+        raise NotFound(f"no search with id '{search}'")
+    return [row]
+
+
+def backfill(db: Database, storage: Any, searches: Iterable[Search]) -> Iterator[tuple[Search, int | None]]:
+    """Fill the read model of each search from Optuna's storage; yields (search, rows written),
+    None for a search without a study (its submission failed before creating it)."""
+    for row in searches:
+        study_id = study_id_of(db, row.name)
+        yield row, None if study_id is None else TrialSync(db, storage, row.id, study_id).backfill()

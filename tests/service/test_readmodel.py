@@ -6,6 +6,7 @@ way ``test_faults`` runs them: each ``run`` is one queued job of a worker.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from structsearch.search.storage import open_storage
 from structsearch.service.readmodel import TrialSync, drift, study_id_of
 from structsearch.service.tables import Search, TrialRow
 from tests.service.conftest import make_settings, tiny_spec
+from tests.service.test_e2e import CLI
 from tests.service.test_faults import Harness, harness_for
 
 
@@ -96,10 +98,17 @@ def test_backfill_fills_an_empty_read_model_and_check_finds_a_deleted_row(harnes
     with harness.db.session() as s:  # as a database migrated to 0004 holds it: rows empty, counts zero
         s.execute(delete(TrialRow).where(TrialRow.search_id == uuid.UUID(sid)))
         s.execute(update(Search).where(Search.id == uuid.UUID(sid)).values(n_trials=0, best_number=None))
-    lines = drift_of(harness, sid)
-    assert "trial 0 (complete) is missing from ss_trials" in lines[0] and "n_trials is 0, the study says 4" in lines[-2]
-    with _storage(harness) as storage:
-        study_id = study_id_of(harness.db, name)
-        assert study_id is not None
-        assert TrialSync(harness.db, storage, uuid.UUID(sid), study_id).backfill() == 4
+    check = cli("db", "check", "--storage", harness.settings.database_url)
+    lines = check.stdout.splitlines()
+    assert check.returncode == 1, check.stderr
+    assert "trial 0 (complete) is missing from ss_trials" in lines[0] and "n_trials is 0, the study says 4" in lines[-3]
+    assert lines[-1] == "1 searches checked, 6 differences"  # 4 rows, n_trials, best_number
+    backfill = cli("db", "backfill", "--search", sid, "--storage", harness.settings.database_url)
+    assert backfill.returncode == 0 and f"({name}): 4 trial rows written" in backfill.stdout, backfill.stderr
     assert drift_of(harness, sid) == []
+    again = cli("db", "check", "--storage", harness.settings.database_url)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "1 searches checked, 0 differences"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
