@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from structsearch.search.storage import open_storage
-from structsearch.service.readmodel import TrialSync, drift, study_id_of
+from structsearch.service.readmodel import TrialSync, drift
 from structsearch.service.tables import Search, TrialRow
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.test_e2e import CLI
