@@ -132,6 +132,12 @@ class ServiceSettings(BaseSettings):
     #: search's trained trials (1 s assumed before the first).
     trial_deadline_s: float | None = Field(default=None, gt=0)
 
+    # -- progress stream (GET /searches/{id}/events; issue 14) ----------------------------------
+    #: How often an open stream looks for changed trials and a changed status, seconds.
+    events_poll_s: float = Field(default=1.0, gt=0, le=60)
+    #: A stream ends after this long (the client reconnects with Last-Event-ID), seconds.
+    events_max_s: float = Field(default=600.0, gt=0, le=86_400)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: object) -> object:
