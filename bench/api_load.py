@@ -305,6 +305,7 @@ def old_tree(ref: str | None) -> tuple[Path, str]:
         if not added:
             raise SystemExit("--old: cannot find the commit that added the read model; pass --old-ref")
         ref = f"{added[-1]}^"
+    ref = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     data = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True).stdout
     dest = Path(tempfile.mkdtemp(prefix="structsearch-old-"))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
