@@ -93,8 +93,12 @@ async def _stream(services: Services, search: Search, after: int) -> AsyncIterat
 def events(
     search: OwnedSearchDep,
     services: ServicesDep,
-    after: Annotated[int | None, Query(ge=0, description="resume after this event id (as Last-Event-ID)")] = None,
-    last_event_id: Annotated[int | None, Header(ge=0, description="the id of the last event received")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="resume after this event id (as Last-Event-ID)")
+    ] = None,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, le=2**63 - 1, description="the id of the last event received")
+    ] = None,
 ) -> StreamingResponse:
     """Each trial change and status change of the search, as they happen (server-sent events)."""
     start = last_event_id if last_event_id is not None else (after or 0)

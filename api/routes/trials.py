@@ -51,6 +51,7 @@ def list_trials(
         int | None,
         Query(
             ge=-1,
+            le=2**31 - 1,
             description="the trials after this number (the previous page's `next`); stable while trials are added",
         ),
     ] = None,
