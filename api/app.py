@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.middleware import BodyLimit, WriteAuth
-from api.routes import fronts, health, models, searches, trials
+from api.routes import events, fronts, health, models, searches, trials
 from structsearch.service.settings import ServiceSettings
 
 API_PREFIX = "/api/v1"
@@ -53,7 +53,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(WriteAuth)
     app.include_router(health.router)
-    for router in (searches.router, trials.router, fronts.router, models.router):
+    for router in (searches.router, trials.router, fronts.router, events.router, models.router):
         app.include_router(router, prefix=API_PREFIX)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented schema override
     return app

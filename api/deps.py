@@ -129,7 +129,7 @@ def _search(search_id: str, services: Services, key: ApiKey | None) -> Search:
     Unknown ids, malformed ids and other owners' searches get the same 404, so a key cannot tell
     whether someone else's search exists.
     """
-    missing = NotFound(f"no search with id '{search_id}'")
+    missing = NotFound(f"no search with id {search_id[:64]!r}")  # repr: one line, whatever was sent
     try:
         sid = uuid.UUID(search_id)
     except ValueError:

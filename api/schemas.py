@@ -33,6 +33,9 @@ class Page(BaseModel, Generic[T]):
     total: int
     offset: int
     limit: int
+    next: int | None = Field(
+        default=None, description="trial lists: pass as `after` for the next page (null on the last page)"
+    )
 
 
 class CandidatePublic(TrialRecord):
@@ -157,6 +160,25 @@ class ParetoPublic(BaseModel):
     baselines: list[BaselineGainPublic] = Field(
         default_factory=list, description="the study's baselines and the search's gain over each"
     )
+
+
+class FinetunePublic(BaseModel):
+    """A student fine-tuned to completion by `structsearch finetune` (kept on the study).
+
+    Only figures: where its files and data lie on the machine that ran it are left out.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    trial: int
+    epochs: int | None = None
+    test_top1: float | None = Field(default=None, description="test top-1 (%) after fine-tuning")
+    teacher_top1: float | None = Field(default=None, description="the teacher's test top-1 (%) on the same rows")
+    downstream_top1: float | None = None
+    seconds: float | None = None
+    seconds_per_epoch: float | None = None
+    device: str | None = None
+    input_size: int | None = None
 
 
 class FamilyPublic(BaseModel):

@@ -1,23 +1,32 @@
-"""``/pareto`` and ``/best`` of a search: the answers ``structsearch pareto`` and ``best`` give.
+"""``/pareto``, ``/best`` and ``/finetune`` of a search: the answers ``structsearch pareto`` and ``best`` give.
 
-Both go through the search package's own functions (:func:`pareto_front`,
-:func:`best_under_budget`), fed from the API's per-study cache of finished trials, so the CLI and
-the API cannot disagree. The front is computed once per cache entry. They are the owner's (or an
-admin's), or anyone's when the service runs with ``STRUCTSEARCH_OPEN_READS``: a front names
-structures and scores, not the spec's paths.
+They are read from the service's read model (``ss_trials``; :mod:`structsearch.service.readqueries`),
+indexed queries that give the search package's own answers (:func:`pareto_front`,
+:func:`best_under_budget`), so the CLI and the API cannot disagree, and no request reads Optuna's
+trials. ``/pareto`` and ``/best`` carry a weak ETag (the search's trial count and last trial
+change, and the study attributes shown): a poller sending ``If-None-Match`` gets a 304 until a
+trial changes. They are the owner's (or an admin's), or anyone's when the service runs with
+``STRUCTSEARCH_OPEN_READS``: a front names structures and scores, not the spec's paths.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from api.deps import ResultSearchDep, ServicesDep, study_id_of
-from api.schemas import BaselineGainPublic, CandidatePublic, ErrorPublic, ParetoPublic, RecheckPublic
+from api.schemas import (
+    BaselineGainPublic,
+    CandidatePublic,
+    ErrorPublic,
+    FinetunePublic,
+    ParetoPublic,
+    RecheckPublic,
+)
 from structsearch.cost import parse_budget
-from structsearch.search import best_under_budget
 from structsearch.search.recheck import rechecks_from_attrs
+from structsearch.service import readqueries
 
 router = APIRouter(prefix="/searches/{search_id}", tags=["results"])
 
@@ -29,39 +38,59 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     422: {"model": ErrorPublic},
 }
+_CACHED: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    304: {"description": "not modified since the response with the ETag sent in If-None-Match"},
+}
+IfNoneMatch = Annotated[str | None, Header(description="an ETag of an earlier response: 304 while it still holds")]
 
 
-@router.get("/pareto", response_model=ParetoPublic, responses=_ERRORS)
+def _not_modified(tag: str, if_none_match: str | None, response: Response) -> bool:
+    """Set the ETag; True when the client's copy is current (the route answers 304)."""
+    response.headers["ETag"] = tag
+    response.headers["Cache-Control"] = "no-cache"  # revalidate each time: trials finish any moment
+    return if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}
+
+
+def _304(tag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
+
+
+@router.get("/pareto", response_model=ParetoPublic, responses=_CACHED)
 def pareto(
     search: ResultSearchDep,
     services: ServicesDep,
+    response: Response,
     cost: Annotated[
         Literal["macs", "params", "latency", "memory"],
         Query(
             description="the cost axis of the front: MACs, params, measured latency (ms) or peak activation memory (bytes)"
         ),
     ] = "macs",
-) -> ParetoPublic:
+    if_none_match: IfNoneMatch = None,
+) -> Any:
     """Feasible trained candidates not beaten on both score and cost, cheapest first."""
-    study_id = study_id_of(search, services)
-    front = services.reader.finished(search.name).front(cost)  # pareto_front(records), memoised
-    attrs = services.reader.storage.get_study_user_attrs(study_id)
-    rechecks = [RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)]
-    gains = [BaselineGainPublic(**g.to_dict()) for g in services.reader.finished(search.name).gains()]
+    study_id_of(search, services)
+    attrs = readqueries.result_attrs(services.db, search)
+    tag = readqueries.etag(search, attrs)
+    if _not_modified(tag, if_none_match, response):
+        return _304(tag)
+    front = readqueries.pareto(services.db, search, cost)
     return ParetoPublic(
         search_id=search.id,
         study=search.name,
         cost=cost,
         front=[CandidatePublic(**r.to_dict()) for r in front],
-        recheck=rechecks,
-        baselines=gains,
+        recheck=[RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)],
+        baselines=[BaselineGainPublic(**g.to_dict()) for g in readqueries.gains(services.db, search)],
     )
 
 
-@router.get("/best", response_model=CandidatePublic, responses=_ERRORS)
+@router.get("/best", response_model=CandidatePublic, responses=_CACHED)
 def best(
     search: ResultSearchDep,
     services: ServicesDep,
+    response: Response,
     budget_flops: Annotated[
         str | None, Query(max_length=32, description="MACs budget: 300M, 1.2G or 60% (of the teacher)")
     ] = None,
@@ -73,7 +102,8 @@ def best(
     budget_memory: Annotated[
         str | None, Query(max_length=32, description="peak activation memory budget: 50MB, 64MiB or 60%")
     ] = None,
-) -> CandidatePublic:
+    if_none_match: IfNoneMatch = None,
+) -> Any:
     """The highest-scoring trained candidate within the budget(s) (same as `structsearch best --study`).
 
     A malformed budget is a 422; a well-formed budget that no candidate meets is a 404 whose
@@ -88,13 +118,17 @@ def best(
         if text is not None:
             parse_budget(text, what)  # BudgetError -> 422 (api.errors)
     study_id_of(search, services)
-    record = best_under_budget(
-        budget_flops,
-        budget_params,
-        study=search.name,
-        budget_latency=budget_latency,
-        budget_memory=budget_memory,
-        storage=services.reader.storage,
-        records_of=services.reader.records,
-    )
-    return CandidatePublic(**record.to_dict())
+    tag = readqueries.etag(search)  # the teacher figures of percentage budgets never change
+    if _not_modified(tag, if_none_match, response):
+        return _304(tag)
+    return CandidatePublic(**readqueries.best_within(services.db, search, texts).to_dict())
+
+
+@router.get("/finetune", response_model=list[FinetunePublic], responses=_ERRORS)
+def finetune(search: ResultSearchDep, services: ServicesDep) -> list[FinetunePublic]:
+    """Students of this search fine-tuned to completion (`structsearch finetune`), by trial."""
+    study_id_of(search, services)
+    stored = readqueries.result_attrs(services.db, search).get(readqueries.FINETUNE_ATTR) or {}
+    return [
+        FinetunePublic(trial=int(trial), **entry) for trial, entry in sorted(stored.items(), key=lambda kv: int(kv[0]))
+    ]

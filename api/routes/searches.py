@@ -6,11 +6,12 @@ Routes are plain ``def``: FastAPI runs them in its threadpool, which is where th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from api.deps import KeyDep, OwnedSearchDep, PageDep, ServicesDep
+from api.deps import KeyDep, OwnedSearchDep, PageDep, Services, ServicesDep
 from api.schemas import (
     CandidatePublic,
     ErrorPublic,
@@ -23,7 +24,6 @@ from api.schemas import (
 from structsearch.errors import NotFound
 from structsearch.service.repository import SearchRepository
 from structsearch.service.searches import cancel_search, progress, submit_search
-from structsearch.service.studies import StudyReader
 from structsearch.service.tables import Search, SearchStatus
 
 router = APIRouter(prefix="/searches", tags=["searches"])
@@ -44,20 +44,27 @@ EXAMPLE_SPEC = {
 }
 
 
-def search_public(row: Search, reader: StudyReader) -> SearchPublic:
-    p = progress(reader, row)
-    return SearchPublic(
-        id=row.id,
-        name=row.name,
-        requested_name=row.requested_name,
-        status=SearchStatusName(row.status),
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        spec=row.spec,
-        trials=TrialCountsPublic(**vars(p.counts)),
-        best=CandidatePublic(**p.best.to_dict()) if p.best else None,
-    )
+def search_public(row: Search, services: Services) -> SearchPublic:
+    return searches_public([row], services)[0]
+
+
+def searches_public(rows: Sequence[Search], services: Services) -> list[SearchPublic]:
+    """Counts from the search rows, bests in one query (the read model; no study is read)."""
+    return [
+        SearchPublic(
+            id=row.id,
+            name=row.name,
+            requested_name=row.requested_name,
+            status=SearchStatusName(row.status),
+            error=row.error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            spec=row.spec,
+            trials=TrialCountsPublic(**vars(p.counts)),
+            best=CandidatePublic(**p.best.to_dict()) if p.best else None,
+        )
+        for row, p in zip(rows, progress(services.db, rows), strict=True)
+    ]
 
 
 @router.post(
@@ -126,14 +133,14 @@ def list_searches(
         rows, total = SearchRepository(s).page(
             page.offset, page.limit, SearchStatus(status_.value) if status_ else None, owner=key
         )
-    items = [search_public(r, services.reader) for r in rows]
+    items = searches_public(rows, services)
     return Page(items=items, total=total, offset=page.offset, limit=page.limit)
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
 def get_search(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
     """Status, spec, trial counts and the best candidate so far (the owner's or an admin key)."""
-    return search_public(search, services.reader)
+    return search_public(search, services)
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
@@ -144,4 +151,4 @@ def cancel(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
     row = cancel_search(services.db, services.queue, search.id)
     if row is None:
         raise NotFound(f"no search with id '{search.id}'")
-    return search_public(row, services.reader)
+    return search_public(row, services)

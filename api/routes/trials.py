@@ -6,7 +6,6 @@ students are the owner's work. A 404 names the trial, never a server path or the
 
 from __future__ import annotations
 
-import heapq
 import shutil
 import tempfile
 import zipfile
@@ -15,13 +14,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
-from optuna.trial import FrozenTrial
 from starlette.background import BackgroundTask
 
-from api.deps import OwnedSearchDep, PageDep, ServicesDep, study_id_of
+from api.deps import MAX_PAGE, OwnedSearchDep, ServicesDep, study_id_of
 from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
 from structsearch.errors import NotFound
-from structsearch.search.results import record_of
+from structsearch.service.readmodel import record_from_row
+from structsearch.service.readqueries import trial_page
+from structsearch.service.tables import TrialRow
 
 router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"])
 
@@ -32,14 +32,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
-    r = record_of(study, t)
+def trial_public(study: str, row: TrialRow) -> TrialPublic:
     return TrialPublic(
-        **r.to_dict(),
-        duplicate_of=r.duplicate_of,
-        copied_from=r.copied_from,
-        started_at=t.datetime_start,
-        completed_at=t.datetime_complete,
+        **record_from_row(study, row).to_dict(),
+        duplicate_of=row.duplicate_of,
+        copied_from=row.copied_from,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
     )
 
 
@@ -47,24 +46,30 @@ def trial_public(study: str, t: FrozenTrial) -> TrialPublic:
 def list_trials(
     search: OwnedSearchDep,
     services: ServicesDep,
-    page: PageDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}")] = 20,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=-1,
+            le=2**31 - 1,
+            description="the trials after this number (the previous page's `next`); stable while trials are added",
+        ),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="trials to skip (when `after` is not given)")] = 0,
     state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
 ) -> Page[TrialPublic]:
-    """Trials by number (warm-start copies included, marked by ``copied_from``)."""
-    reader = services.reader
-    if state in (TrialStateName.running, TrialStateName.waiting):
-        trials = [t for t in reader.live(search.name) if t.state.name.lower() == state.value]
-    else:
-        trials = reader.finished(search.name).trials  # shared, sorted by number: never mutate
-        if state is None:
-            live = reader.live(search.name)
-            if live:
-                trials = list(heapq.merge(trials, sorted(live, key=lambda t: t.number), key=lambda t: t.number))
-        else:
-            trials = [t for t in trials if t.state.name.lower() == state.value]
-    window = trials[page.offset : page.offset + page.limit]
+    """Trials by number (warm-start copies included, marked by ``copied_from``), from the read model.
+
+    Page with ``after`` (keyset: each trial exactly once, however many finish meanwhile);
+    ``offset`` still works for a first look.
+    """
+    page = trial_page(services.db, search, limit, after, offset, state.value if state else None)
     return Page(
-        items=[trial_public(search.name, t) for t in window], total=len(trials), offset=page.offset, limit=page.limit
+        items=[trial_public(search.name, r) for r in page.rows],
+        total=page.total,
+        offset=offset if after is None else 0,
+        limit=limit,
+        next=page.next,
     )
 
 

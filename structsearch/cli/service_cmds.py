@@ -25,7 +25,7 @@ DatabaseOpt = Annotated[
     ),
 ]
 
-db_app = typer.Typer(help="The service database: migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="The service database: migrations, the trials read model.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys that may submit and cancel searches.", no_args_is_help=True)
 
 
@@ -89,6 +89,59 @@ def db_upgrade(storage: DatabaseOpt = None) -> None:
         f"database migrated: structsearch {revisions['structsearch']}, optuna {revisions['optuna']}",
         highlight=False,
     )
+
+
+SearchOpt = Annotated[str | None, typer.Option("--search", help="Only this search (its id); default: every search")]
+#: ``db check`` prints at most this many differences.
+CHECK_LINES = 50
+
+
+@contextmanager
+def _with_read_model(storage: str | None) -> Iterator[tuple[Any, Any]]:
+    """The service database and Optuna's storage on it, both closed after the block."""
+    from structsearch.search.storage import open_storage
+
+    url = _settings(storage).database_url
+    with _database(url) as db:
+        optuna_storage = open_storage(url, create=False)
+        try:
+            yield db, optuna_storage
+        finally:
+            optuna_storage.engine.dispose()
+
+
+@db_app.command("backfill")
+def db_backfill(search: SearchOpt = None, storage: DatabaseOpt = None) -> None:
+    """Fill the trials read model (ss_trials, the counts on ss_searches) from Optuna's storage.
+
+    Idempotent: rows already right are left alone, counts are set from the rows. Run it once after
+    `structsearch db upgrade` to 0004 on a database with searches, or to repair what `db check` reports.
+    """
+
+    from structsearch.service.readmodel import backfill, chosen_searches
+
+    with _with_read_model(storage) as (db, optuna_storage):
+        for row, written in backfill(db, optuna_storage, chosen_searches(db, search)):
+            what = "no study (its submission failed)" if written is None else f"{written} trial rows written"
+            console.print(f"search {row.id} ({row.name}): {what}", highlight=False)
+
+
+@db_app.command("check")
+def db_check(search: SearchOpt = None, storage: DatabaseOpt = None) -> None:
+    """Compare the trials read model with Optuna's trials: one line per difference, exit 1 on any."""
+
+    from structsearch.service.readmodel import chosen_searches, drift
+
+    with _with_read_model(storage) as (db, optuna_storage):
+        searches = chosen_searches(db, search)
+        lines = [line for row in searches for line in drift(db, optuna_storage, row)]
+    for line in lines[:CHECK_LINES]:
+        print(line)
+    if len(lines) > CHECK_LINES:
+        print(f"... and {len(lines) - CHECK_LINES} more differences")
+    print(f"{len(searches)} searches checked, {len(lines)} differences")
+    if lines:
+        raise typer.Exit(1)
 
 
 @apikey_app.command("create")

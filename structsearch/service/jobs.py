@@ -51,6 +51,7 @@ from structsearch.service.faults import (
     trial_deadline,
 )
 from structsearch.service.public_errors import log_error, public_error
+from structsearch.service.readmodel import TrialSync
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
@@ -194,8 +195,11 @@ class TrialRunner:
                 except KeyError:
                     study = None  # created by the API on submit; absent only if someone deleted it
                 mine: list[FrozenTrial] = []
+                sync: TrialSync | None = None
                 if study is not None:
                     optuna.storages.fail_stale_trials(study)
+                    sync = TrialSync(self.db, storage, sid, study._study_id)
+                    sync.safely(sync.catch_up)  # stale trials failed, retries queued, others' trials
                     mine = own_trials(study)
                     finished = [t for t in mine if t.state != TrialState.RUNNING]
                     if len(finished) >= spec.trials:
@@ -207,15 +211,19 @@ class TrialRunner:
                     running = [t for t in mine if t.state == TrialState.RUNNING]
                     self._wait_for_any(sid, study, running, should_abort, guard.deadline_s + 3 * heartbeat + 60)
                     continue
-                study = run_search(
-                    spec,
-                    url,
-                    heartbeat_interval=heartbeat,
-                    max_trials=1,
-                    sampler_seed=secrets.randbits(31),
-                    artifacts=self.settings.artifacts,
-                    guard=guard,
-                )
+                try:
+                    study = run_search(
+                        spec,
+                        url,
+                        heartbeat_interval=heartbeat,
+                        max_trials=1,
+                        sampler_seed=secrets.randbits(31),
+                        artifacts=self.settings.artifacts,
+                        guard=guard,
+                    )
+                finally:  # the trial it ran (complete, pruned or failed), before the search is done
+                    if sync is not None and (number := guard.trial_number) is not None:
+                        sync.safely(sync.record, [number])
                 if len([t for t in own_trials(study) if t.state != TrialState.RUNNING]) >= spec.trials:
                     self._set(sid, SearchStatus.done)
                 return "ran a trial"

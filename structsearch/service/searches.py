@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.trial import TrialState
+from sqlalchemy import select, tuple_
 
 from structsearch.errors import CancelRefused, NameTaken, SubmitFailed
 from structsearch.search.results import TrialRecord
@@ -35,10 +36,11 @@ from structsearch.service.planning import PlanningChild
 from structsearch.service.public_errors import STORAGE_ERROR, log_error, public_error
 from structsearch.service.queue import JobQueue
 from structsearch.service.quotas import check_quota
+from structsearch.service.readmodel import TrialSync, record_from_row
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
-from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus
+from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus, TrialRow
 
 NAME_MAX = 100
 
@@ -97,6 +99,7 @@ def submit_search(
             with db.session() as s:  # warm start only from the submitting key's own searches
                 own = SearchRepository(s).names_owned_by(api_key_id)
             child.open_study(row.name, sorted(own))
+            record_study(db, reader, row)
             queue.defer_trials(str(search_id), spec.trials)
         except Exception as e:
             log_error(log, f"search {search_id} could not be queued", e, settings.database_url)
@@ -164,21 +167,36 @@ def cancel_search(db: Database, queue: JobQueue, search_id: uuid.UUID) -> Search
         return SearchRepository(s).get(search_id)
 
 
-def progress(reader: StudyReader, row: Search) -> Progress:
-    """Trial counts and the best feasible trained trial so far."""
-    counts = reader.state_counts(row.name)
-    done = reader.finished(row.name, counts).summary()
-    return Progress(
-        TrialCounts(
-            requested=row.trials_requested,
-            complete=done.complete,
-            pruned=counts.get(TrialState.PRUNED, 0),
-            running=counts.get(TrialState.RUNNING, 0),
-            waiting=counts.get(TrialState.WAITING, 0),
-            failed=counts.get(TrialState.FAIL, 0),
-            trained=done.trained,
-            over_budget=done.over_budget,
-            copied=done.copied,
-        ),
-        done.best,
+def record_study(db: Database, reader: StudyReader, row: Search) -> None:
+    """Put a new study's trials (enqueued baselines, warm-start copies) in the read model."""
+    study_id = reader.study_id(row.name)
+    if study_id is not None:
+        sync = TrialSync(db, reader.storage, row.id, study_id)
+        sync.safely(sync.catch_up)
+
+
+def counts_of(row: Search) -> TrialCounts:
+    """The search's trial counts, as the read model keeps them on its row."""
+    return TrialCounts(
+        requested=row.trials_requested,
+        complete=row.n_own_complete,
+        pruned=row.n_pruned,
+        running=row.n_running,
+        waiting=row.n_waiting,
+        failed=row.n_failed,
+        trained=row.n_trained,
+        over_budget=row.n_over_budget,
+        copied=row.n_copied,
     )
+
+
+def progress(db: Database, rows: Sequence[Search]) -> list[Progress]:
+    """Trial counts and the best feasible trained trial so far of each search: read from the
+    search rows and, for the bests, one query of ``ss_trials`` by primary key."""
+    keys = [(r.id, r.best_number) for r in rows if r.best_number is not None]
+    best: dict[uuid.UUID, TrialRow] = {}
+    if keys:
+        with db.session() as s:
+            found = s.scalars(select(TrialRow).where(tuple_(TrialRow.search_id, TrialRow.number).in_(keys)))
+            best = {t.search_id: t for t in found}
+    return [Progress(counts_of(r), record_from_row(r.name, best[r.id]) if r.id in best else None) for r in rows]

@@ -138,6 +138,12 @@ class ServiceSettings(BaseSettings):
     #: image size a spec names. 2**26: e.g. 1024 images of 256 x 256 px, or 256 of 512 x 512.
     max_batch_pixels: int = Field(default=1 << 26, ge=1)
 
+    # -- progress stream (GET /searches/{id}/events; issue 14) ----------------------------------
+    #: How often an open stream looks for changed trials and a changed status, seconds.
+    events_poll_s: float = Field(default=1.0, gt=0, le=60)
+    #: A stream ends after this long (the client reconnects with Last-Event-ID), seconds.
+    events_max_s: float = Field(default=600.0, gt=0, le=86_400)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: object) -> object:

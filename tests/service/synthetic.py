@@ -1,4 +1,8 @@
-"""Finished trials written straight into a study, for API tests that need results but no training."""
+"""Finished trials written straight into a study, for API tests that need results but no training.
+
+Like a worker, :func:`add_trials` also writes them to the service's read model (``ss_trials``)
+when the study belongs to a search; :func:`record` does that for trials added otherwise.
+"""
 
 from __future__ import annotations
 
@@ -54,3 +58,26 @@ def add_trials(
         values = [score if feasible else 0.0, float(macs)][: len(study.directions)]
         trials.append(optuna.trial.create_trial(values=values, user_attrs=attrs, system_attrs=system))
     study.add_trials(trials)
+    record(study)
+
+
+def record(study: optuna.Study) -> None:
+    """Write the study's trials to the read model of its search (as the worker's catch-up does)."""
+    from sqlalchemy import select
+
+    from structsearch.service.database import Database
+    from structsearch.service.readmodel import TrialSync
+    from structsearch.service.tables import Search
+
+    storage = study._storage
+    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", None)
+    if url is None or not str(url).startswith("postgresql"):
+        return
+    db = Database(str(url))
+    try:
+        with db.session() as s:
+            search_id = s.scalar(select(Search.id).where(Search.name == study.study_name))
+        if search_id is not None:
+            TrialSync(db, storage, search_id, study._study_id).catch_up()
+    finally:
+        db.dispose()

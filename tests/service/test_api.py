@@ -29,7 +29,7 @@ from structsearch.service.database import Database
 from structsearch.service.jobs import TrialRunner
 from structsearch.service.settings import ServiceSettings
 from tests.service.conftest import Postgres, make_settings, tiny_spec
-from tests.service.synthetic import add_trials
+from tests.service.synthetic import add_trials, record
 
 API = "/api/v1"
 
@@ -81,7 +81,7 @@ def submit(client: TestClient, key: str, spec: dict) -> dict:
 def test_health_and_readiness(anon: TestClient) -> None:
     assert anon.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
     r = anon.get("/readyz")
-    assert r.status_code == 200 and r.json()["schema_revision"] == "0003"
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0004"
 
 
 def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
@@ -344,6 +344,7 @@ def test_results_follow_new_trials(client: TestClient, search_with_results) -> N
             system_attrs={"constraints:flops": -1.0},
         )
     )
+    record(study)  # what the worker that finished it does
     after = client.get(f"{body['url']}/pareto").json()["front"]
     assert after[0]["score"] == 100.0 and len(after) == 1  # dominates everything
     assert client.get(body["url"]).json()["trials"]["complete"] == 41
@@ -356,7 +357,8 @@ def test_trials_pagination_and_state_filter(client: TestClient, search_with_resu
     assert page["total"] == 40 and [t["trial"] for t in page["items"]] == list(range(30, 40))
     assert client.get(url, params={"state": "complete"}).json()["total"] == 40
     assert client.get(url, params={"state": "running"}).json()["total"] == 0
-    running = study.ask()  # a live trial appears with state running
+    running = study.ask()  # a live trial appears with state running (once a worker records it)
+    record(study)
     assert [t["trial"] for t in client.get(url, params={"state": "running"}).json()["items"]] == [running.number]
     assert client.get(url).json()["total"] == 41
     assert_error(client.get(url, params={"state": "exploded"}), 422)

@@ -3,6 +3,7 @@
 * two workers share one search and together run exactly the requested trials, never scoring a
   structure twice; ``/pareto`` and ``/best`` over HTTP agree with ``structsearch best``;
 * ``kill -9`` of a worker mid-trial: its trial is failed and re-run by another worker;
+* after both, the workers' read model (``ss_trials``) equals Optuna's trials (``structsearch db check``);
 * SIGTERM lets the running trial finish, then the worker exits; cancel stops the rest;
 * a StructsearchError raised in a worker marks the search failed with its message.
 """
@@ -165,6 +166,12 @@ def service(db_url: str, service_home: Path, tmp_path: Path, data_root: Path) ->
         svc.close()
 
 
+def assert_read_model_matches(service: Service) -> None:
+    """`structsearch db check`: the workers' read model (ss_trials, counts) equals Optuna's trials."""
+    out = subprocess.run([*CLI, "db", "check", "--storage", service.url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.endswith(" 0 differences\n"), out.stdout + out.stderr
+
+
 def own(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if "copied_from" not in t.user_attrs]
 
@@ -189,6 +196,7 @@ def test_two_workers_share_a_search_and_agree_with_the_cli(service: Service, tmp
         queue.close()
     assert len(jobs) == 6 and {j["status"] for j in jobs} == {"succeeded"}
     assert len({j["worker_id"] for j in jobs}) == 2, f"both workers should have run trials: {jobs}"
+    assert_read_model_matches(service)
 
     # /pareto over HTTP == the library's front; /best over HTTP == `structsearch best`
     pareto = service.http.get(f"{body['url']}/pareto").json()
@@ -267,6 +275,8 @@ def test_killed_worker_trial_is_retried_and_sigterm_finishes_the_trial(service: 
     assert next(t for t in mine if t.state == TrialState.FAIL).number == killed.number
     retried = [t for t in mine if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE and retried[0].params == killed.params
+    assert_read_model_matches(service)  # the killed trial's row says FAIL, its retry's COMPLETE
+    assert service.search(body["id"])["trials"]["failed"] == 1
 
     # 2. SIGTERM mid-trial: the trial completes, the worker exits 0, the rest stays queued; cancel ends it.
     body = service.submit(tiny_spec(name="graceful", trials=3, steps=250, seed=2))

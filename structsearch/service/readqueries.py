@@ -1,0 +1,190 @@
+"""The API's answers from the read model (``ss_trials``): best within budgets, fronts, trial pages.
+
+Each is a query or two on indexes of ``ss_trials`` (see :class:`~structsearch.service.tables.TrialRow`),
+never a read of Optuna's trials. They give what :mod:`structsearch.search.results` gives from the
+trials themselves -- same candidate, same ordering, same ties (highest score, then fewest MACs,
+then lowest trial number) -- which the tests check against the library; where the library's own
+code can be reused on a handful of rows (baseline gains, the nearest candidate of a failed
+``best``), it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from structsearch.search.recheck import RECHECK_ATTR
+from structsearch.search.results import (
+    _BUDGETS,
+    COST_FIELDS,
+    BaselineGain,
+    TrialRecord,
+    _limit,
+    baseline_gains,
+    best_under_budget,
+)
+from structsearch.service.database import Database
+from structsearch.service.readmodel import FINISHED_STATES, record_from_row, study_attrs
+from structsearch.service.tables import Search, TrialRow
+
+#: Study attributes the API shows or needs: teacher figures (percentage budgets), re-checks, fine-tunings.
+FINETUNE_ATTR = "finetune"
+TEACHER_ATTRS = tuple(attr for attr, _, _ in _BUDGETS.values())
+#: Trial states -> the search-row counter holding how many trials are in it.
+STATE_COUNTS = {
+    "waiting": "n_waiting",
+    "running": "n_running",
+    "complete": "n_complete",
+    "pruned": "n_pruned",
+    "fail": "n_failed",
+}
+
+
+def etag(search: Search, *extra: Any) -> str:
+    """A weak ETag of what a search's results are made of: its trial count and last trial change
+    (moved by every read-model write), plus anything else the answer shows (study attributes)."""
+    changed = search.trials_changed_at.isoformat() if search.trials_changed_at else "-"
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f'W/"{search.n_trials}-{changed}-{digest}"'
+
+
+def _records(session: Session, study: str, q: Select[TrialRow]) -> list[TrialRecord]:
+    return [record_from_row(study, r) for r in session.scalars(q)]
+
+
+def _scored(search: Search) -> Select[TrialRow]:
+    return select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.scored)
+
+
+def best_within(db: Database, search: Search, budgets: dict[str, str | None]) -> TrialRecord:
+    """``best_under_budget(..., study=search)`` from the read model: one query on ``ix_ss_trials_best``.
+
+    ``budgets``: budget kind (flops, params, latency, memory) -> budget text, as validated by the
+    caller. When nothing fits, the library itself answers from the search's scored rows (the
+    404 naming the nearest candidate, or "no trained candidates yet").
+    """
+    storage = _StudyAttrsOnly(search.name, study_attrs(db, search.name, TEACHER_ATTRS))
+    study = optuna.load_study(study_name=search.name, storage=storage)
+    limits = {what: lim for what, text in budgets.items() if (lim := _limit(text, what, study)) is not None}
+    fits = [getattr(TrialRow, _BUDGETS[what][1]) <= lim for what, lim in limits.items()]
+    with db.session() as s:
+        found = _records(
+            s,
+            search.name,
+            _scored(search).where(and_(*fits)).order_by(TrialRow.score.desc(), TrialRow.macs, TrialRow.number).limit(1),
+        )
+        if found:
+            return found[0]
+        everything = _records(s, search.name, _scored(search).order_by(TrialRow.number))
+    return best_under_budget(
+        budget_flops=budgets.get("flops"),
+        budget_params=budgets.get("params"),
+        budget_latency=budgets.get("latency"),
+        budget_memory=budgets.get("memory"),
+        study=search.name,
+        storage=storage,
+        records_of=lambda _: everything,
+    )
+
+
+class _StudyAttrsOnly(optuna.storages.InMemoryStorage):
+    """A storage holding one study with the given attributes and no trials (in memory, built per
+    call), so the library resolves percentages and words its errors exactly as for the CLI."""
+
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        super().__init__()
+        sid = self.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+        for k, v in attrs.items():
+            self.set_study_user_attr(sid, k, v)
+
+
+def pareto(db: Database, search: Search, cost: str) -> list[TrialRecord]:
+    """``pareto_front(records, cost)`` in SQL: the feasible scored rows by (cost, score down,
+    number), kept where the score beats every cheaper row's (a window maximum)."""
+    axis = getattr(TrialRow, COST_FIELDS[cost])
+    order = (axis, TrialRow.score.desc(), TrialRow.number)
+    pts = (
+        select(
+            TrialRow.number,
+            func.max(TrialRow.score)
+            .over(order_by=order, rows=(None, -1))  # the best score strictly before this row
+            .label("before"),
+        )
+        .where(TrialRow.search_id == search.id, TrialRow.scored, TrialRow.feasible, axis.is_not(None))
+        .subquery()
+    )
+    q = (
+        select(TrialRow)
+        .join(pts, and_(TrialRow.search_id == search.id, TrialRow.number == pts.c.number))
+        .where((pts.c.before.is_(None)) | (TrialRow.score > pts.c.before))
+        .order_by(*order)
+    )
+    with db.session() as s:
+        return _records(s, search.name, q)
+
+
+def gains(db: Database, search: Search) -> list[BaselineGain]:
+    """``baseline_gains`` of the search from its baselines and, for each, its best cheaper searched
+    rival (one indexed query each): the library's answer on those rows is its answer on all rows."""
+    with db.session() as s:
+        baselines = _records(
+            s,
+            search.name,
+            select(TrialRow).where(
+                TrialRow.search_id == search.id,
+                TrialRow.baseline.is_not(None),
+                TrialRow.state.in_(FINISHED_STATES),  # as the library sees them: finished trials
+            ),
+        )
+        rivals: dict[int, TrialRecord] = {}
+        for b in baselines:
+            if b.macs is None:
+                continue
+            q = (
+                _scored(search)
+                .where(TrialRow.feasible, TrialRow.baseline.is_(None), TrialRow.macs <= b.macs)
+                .order_by(TrialRow.score.desc(), TrialRow.macs, TrialRow.number)
+                .limit(1)
+            )
+            rivals |= {r.trial: r for r in _records(s, search.name, q)}
+    return baseline_gains(sorted([*baselines, *rivals.values()], key=lambda r: r.trial))
+
+
+def result_attrs(db: Database, search: Search) -> dict[str, Any]:
+    """The study's re-checks and fine-tunings (one indexed query of its attributes)."""
+    return study_attrs(db, search.name, (RECHECK_ATTR, FINETUNE_ATTR))
+
+
+@dataclass(frozen=True)
+class TrialPage:
+    rows: list[TrialRow]
+    total: int
+    next: int | None
+
+
+def trial_page(
+    db: Database, search: Search, limit: int, after: int | None = None, offset: int = 0, state: str | None = None
+) -> TrialPage:
+    """Trials by number: those after trial ``after`` (keyset: stable while trials are added), else
+    from ``offset``. ``next``: the ``after`` of the next page, None on the last. ``total`` comes
+    from the search row's counts."""
+    q = select(TrialRow).where(TrialRow.search_id == search.id)
+    if state is not None:
+        q = q.where(TrialRow.state == state)
+    if after is not None:
+        q = q.where(TrialRow.number > after)
+    else:
+        q = q.offset(offset)
+    with db.session() as s:
+        rows: Sequence[TrialRow] = s.scalars(q.order_by(TrialRow.number).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    total = getattr(search, STATE_COUNTS[state]) if state is not None else search.n_trials
+    return TrialPage(list(rows), total, rows[-1].number if more and rows else None)

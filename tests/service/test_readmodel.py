@@ -1,0 +1,234 @@
+"""The trials read model (issue 14) against a real PostgreSQL and real (tiny) trials.
+
+Searches here are run by the worker's own job code (:class:`TrialRunner`) in this process, the
+way ``test_faults`` runs them: each ``run`` is one queued job of a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete, select, update
+
+from api import create_app
+from structsearch.search.storage import open_storage
+from structsearch.service.readmodel import TrialSync, drift
+from structsearch.service.tables import Search, TrialRow
+from tests.service.conftest import make_settings, tiny_spec
+from tests.service.synthetic import add_trials
+from tests.service.test_e2e import CLI
+from tests.service.test_faults import Harness, harness_for
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def harness(db_url: str, tmp_path: Path, data_root: Path, service_home: Path) -> Iterator[Harness]:
+    yield from harness_for(make_settings(db_url, tmp_path / "artifacts", data_root))
+
+
+def search_row(h: Harness, sid: str) -> Search:
+    row = h.row(sid)
+    assert row is not None
+    return row
+
+
+def drift_of(h: Harness, sid: str) -> list[str]:
+    storage = open_storage(h.settings.database_url)
+    try:
+        return drift(h.db, storage, search_row(h, sid))
+    finally:
+        storage.engine.dispose()
+
+
+def seqs(h: Harness, sid: str) -> dict[int, int]:
+    with h.db.session() as s:
+        return dict(s.execute(select(TrialRow.number, TrialRow.seq).where(TrialRow.search_id == uuid.UUID(sid))).all())
+
+
+def run_jobs(h: Harness, sid: str, jobs: int) -> None:
+    runner = h.runner()
+    for _ in range(jobs):
+        runner.run(sid)
+
+
+def test_the_read_model_equals_optunas_trials_after_a_search_by_two_workers(harness: Harness) -> None:
+    sid, name = harness.submit(tiny_spec(name="rm-two", trials=6))
+    assert drift_of(harness, sid) == []  # the enqueued baselines are there from submission on
+    assert search_row(harness, sid).n_waiting == 3
+    workers = [threading.Thread(target=run_jobs, args=(harness, sid, 4)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    row = search_row(harness, sid)
+    assert row.status == "done"
+    trials = harness.trials(name)
+    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+    assert drift_of(harness, sid) == []
+    assert row.n_trials == 6 and row.n_own_complete == 6 and row.n_waiting == 0 and row.best_number is not None
+    # a re-run job (procrastinate retries, a second worker) changes nothing: no row is rewritten
+    before = seqs(harness, sid)
+    study = optuna.load_study(study_name=name, storage=harness.settings.database_url)
+    with _storage(harness) as storage:
+        sync = TrialSync(harness.db, storage, uuid.UUID(sid), study._study_id)
+        assert sync.record([t.number for t in trials]) == 0 and sync.backfill() == 0
+    assert seqs(harness, sid) == before and drift_of(harness, sid) == []
+
+
+class _storage:
+    """Optuna's storage of the test database, disposed after use."""
+
+    def __init__(self, h: Harness) -> None:
+        self.storage = open_storage(h.settings.database_url)
+
+    def __enter__(self) -> optuna.storages.RDBStorage:
+        return self.storage
+
+    def __exit__(self, *exc: object) -> None:
+        self.storage.engine.dispose()
+
+
+def test_backfill_fills_an_empty_read_model_and_check_finds_a_deleted_row(harness: Harness) -> None:
+    sid, name = harness.submit(tiny_spec(name="rm-backfill", trials=4))
+    run_jobs(harness, sid, 4)
+    assert drift_of(harness, sid) == []
+    with harness.db.session() as s:  # as a database migrated to 0004 holds it: rows empty, counts zero
+        s.execute(delete(TrialRow).where(TrialRow.search_id == uuid.UUID(sid)))
+        s.execute(update(Search).where(Search.id == uuid.UUID(sid)).values(n_trials=0, best_number=None))
+    check = cli("db", "check", "--storage", harness.settings.database_url)
+    lines = check.stdout.splitlines()
+    assert check.returncode == 1, check.stderr
+    assert "trial 0 (complete) is missing from ss_trials" in lines[0] and "n_trials is 0, the study says 4" in lines[-3]
+    assert lines[-1] == "1 searches checked, 6 differences"  # 4 rows, n_trials, best_number
+    backfill = cli("db", "backfill", "--search", sid, "--storage", harness.settings.database_url)
+    assert backfill.returncode == 0 and f"({name}): 4 trial rows written" in backfill.stdout, backfill.stderr
+    assert drift_of(harness, sid) == []
+    again = cli("db", "check", "--storage", harness.settings.database_url)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "1 searches checked, 0 differences"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+# -- the API's read paths ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(harness: Harness, key: str) -> Iterator[TestClient]:
+    with TestClient(create_app(harness.settings), headers={"Authorization": f"Bearer {key}"}) as c:
+        yield c
+
+
+def submit_with_results(client: TestClient, h: Harness, n: int = 40) -> tuple[dict, optuna.Study]:
+    r = client.post(f"{API}/searches", json=tiny_spec(name="rm-results", baselines=[]))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    study = optuna.load_study(study_name=body["name"], storage=h.settings.database_url)
+    add_trials(study, n, max_macs=study.user_attrs["max_macs"])
+    return body, study
+
+
+def test_pareto_and_best_answer_304_while_no_trial_changes(client: TestClient, harness: Harness) -> None:
+    body, study = submit_with_results(client, harness)
+    budget = {"budget_flops": str(study.user_attrs["max_macs"]), "budget_params": "250k"}
+    for path, params in ((f"{body['url']}/pareto", {}), (f"{body['url']}/best", budget)):
+        first = client.get(path, params=params)
+        tag = first.headers["ETag"]
+        assert first.status_code == 200 and tag.startswith('W/"')
+        again = client.get(path, params=params, headers={"If-None-Match": tag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == tag
+        assert client.get(path, params=params, headers={"If-None-Match": 'W/"other"'}).status_code == 200
+    tags = {p: client.get(f"{body['url']}/{p}", params=budget).headers["ETag"] for p in ("pareto", "best")}
+    add_trials(study, 1, max_macs=study.user_attrs["max_macs"], seed=7)  # a trial finishes: both change
+    for p, tag in tags.items():
+        assert client.get(f"{body['url']}/{p}", params=budget, headers={"If-None-Match": tag}).status_code == 200
+
+
+def test_keyset_pages_return_every_trial_once_while_trials_are_added(client: TestClient, harness: Harness) -> None:
+    body, study = submit_with_results(client, harness, n=25)
+    seen: list[int] = []
+    after, pages = -1, 0
+    while after is not None:
+        page = client.get(f"{body['url']}/trials", params={"after": after, "limit": 10}).json()
+        seen += [t["trial"] for t in page["items"]]
+        after, pages = page["next"], pages + 1
+        if pages <= 3:  # trials finish between page reads
+            add_trials(study, 4, max_macs=study.user_attrs["max_macs"], seed=100 + pages)
+    assert seen == list(range(25 + 12)) and page["total"] == 37
+    # offset pages (the older shape) still work, and a state filter counts from the search row
+    assert [t["trial"] for t in client.get(f"{body['url']}/trials", params={"offset": 30}).json()["items"]] == list(
+        range(30, 37)
+    )
+    assert client.get(f"{body['url']}/trials", params={"state": "complete", "limit": 1}).json()["total"] == 37
+
+
+def test_best_over_http_equals_the_cli_on_postgres(client: TestClient, harness: Harness) -> None:
+    body, study = submit_with_results(client, harness)
+    for flags in (
+        ["--budget-flops", str(study.user_attrs["max_macs"])],
+        ["--budget-flops", "50%", "--budget-params", "150k"],
+    ):
+        params = {f.strip("-").replace("-", "_"): v for f, v in zip(flags[::2], flags[1::2], strict=True)}
+        api = client.get(f"{body['url']}/best", params=params)
+        out = cli(
+            "best", "--study", body["name"], *flags, "--storage", harness.settings.database_url, "--format", "json"
+        )
+        assert api.status_code == 200 and out.returncode == 0, (api.text, out.stderr)
+        assert api.json() == json.loads(out.stdout)
+
+
+def test_finetune_results_are_shown_without_server_paths(client: TestClient, harness: Harness) -> None:
+    body, study = submit_with_results(client, harness, n=3)
+    assert client.get(f"{body['url']}/finetune").json() == []
+    entry = {"epochs": 2, "test_top1": 91.5, "teacher_top1": 93.0, "out": "/srv/secret/finetune", "train_data": "/x"}
+    study.set_user_attr("finetune", {"2": entry})
+    got = client.get(f"{body['url']}/finetune").json()
+    assert got[0]["trial"] == 2 and got[0]["test_top1"] == 91.5 and "/srv" not in json.dumps(got)
+
+
+def read_events(client: TestClient, path: str, **headers: str) -> list[tuple[int | None, str, dict]]:
+    """(id, event, data) of each event of a stream, read to its end."""
+    events: list[tuple[int | None, str, dict]] = []
+    with client.stream("GET", path, headers=headers) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        event_id, kind = None, ""
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((event_id, kind, json.loads(line[6:])))
+    return events
+
+
+def test_events_deliver_every_completion_of_a_six_trial_search(
+    db_url: str, tmp_path: Path, data_root: Path, service_home: Path, key: str
+) -> None:
+    settings = make_settings(db_url, tmp_path / "artifacts", data_root, events_poll_s=0.2)
+    for h in harness_for(settings):
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+            body = c.post(f"{API}/searches", json=tiny_spec(name="rm-events", trials=6)).json()
+            worker = threading.Thread(target=run_jobs, args=(h, body["id"], 6))
+            worker.start()
+            events = read_events(c, f"{body['url']}/events")
+            worker.join()
+            done = [e["trial"] for _, k, e in events if k == "trial" and e["state"] == "complete"]
+            assert sorted(done) == list(range(6)), events
+            assert [e["status"] for _, k, e in events if k == "status"][-1] == "done"
+            assert events[-1][1] == "end"
+            # a client resuming from the middle gets the changes after it, and nothing twice
+            middle = [i for i, k, _ in events if k == "trial"][3]
+            resumed = read_events(c, f"{body['url']}/events", **{"Last-Event-ID": str(middle)})
+            ids = [i for i, k, _ in resumed if k == "trial"]
+            assert ids == [i for i, k, _ in events if k == "trial" and i is not None and i > middle]
