@@ -18,6 +18,7 @@ from torch import nn
 
 from structsearch.errors import CheckpointError, UnknownModelError, one_line
 from structsearch.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+from structsearch.models import detector as _detector  # noqa: F401  (registers fcos_detector)
 
 
 def check_model_name(name: str) -> None:
