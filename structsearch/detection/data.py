@@ -139,7 +139,14 @@ class DetectionSource:
             _only(options, ("n", "size", "seed", "objects"), "mosaic")
             numbers = {k: _parse_int(k, v) for k, v in options.items() if k != "size"}
             side = _parse_int("size", options.get("size", "96"))
-            src = cls("mosaic", objects_from=rest, size=(side, side), **numbers)
+            src = cls(
+                "mosaic",
+                objects_from=rest,
+                size=(side, side),
+                n=numbers.get("n", cls.n),
+                seed=numbers.get("seed", cls.seed),
+                objects=numbers.get("objects", cls.objects),
+            )
             if src.n < 1 or src.objects < 1 or side < 16:
                 raise DataError("mosaic data needs n >= 1, objects >= 1 and size >= 16")
             return src

@@ -96,7 +96,7 @@ class CifarResNet(nn.Module):
         self.feature_info = [
             dict(num_chs=w, reduction=2**i, module=f"layer{i + 1}") for i, w in enumerate((16, 32, 64))
         ]
-        self.linear = nn.Linear(64, num_classes)
+        self.linear: nn.Module = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
