@@ -16,7 +16,7 @@ it exactly as it shrinks the classifier (:mod:`structsearch.space.detector`). St
 with forward hooks registered per call, because surgery replaces stage containers.
 
 :meth:`Detector.forward` is the *network* only: it returns the raw head outputs (class logits, box
-regression, centerness for every location), which is what MACs/params, latency and memory are
+regression, centerness for every location, concatenated), which is what MACs/params, latency and memory are
 measured on and what distillation matches. Box decoding, score thresholding, top-k and NMS
 (:meth:`Detector.detect`) are post-processing and are excluded from every cost figure.
 """
@@ -125,6 +125,8 @@ class Detector(nn.Module):
         super().__init__()
         from structsearch.models import create_model
 
+        if fpn_channels % 32:
+            raise ValueError(f"fpn_channels must be a multiple of 32 (the head's GroupNorm groups), got {fpn_channels}")
         body = create_model(backbone, checkpoint=backbone_checkpoint, **(backbone_kwargs or {}))
         body.reset_classifier(0)  # type: ignore[operator]  # timm's API (CifarResNet has it too)
         features = StageFPN(body, stages, fpn_channels, extra_levels, image_size)
@@ -155,9 +157,16 @@ class Detector(nn.Module):
         """FPN levels, finest first."""
         return list(self.fcos.backbone(x).values())
 
-    def forward(self, x: Tensor) -> HeadOutputs:
-        """Raw head outputs for a preprocessed batch (no decoding, no NMS)."""
-        return self.head_outputs(self.features(x))
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw head outputs for a preprocessed batch (no decoding, no NMS), concatenated as one
+        ``(N, L, num_classes + 5)`` tensor so every tool that takes a model's output tensor (cost,
+        latency, memory, the identity checks) takes a detector too; :meth:`split` undoes it."""
+        return torch.cat(self.head_outputs(self.features(x)), dim=-1)
+
+    def split(self, out: Tensor) -> HeadOutputs:
+        """:meth:`forward`'s tensor as ``(class logits, box regression, centerness)``."""
+        cls, box, ctr = out.split([self.num_classes, 4, 1], dim=-1)
+        return cls, box, ctr
 
     def head_outputs(self, features: list[Tensor]) -> HeadOutputs:
         out = self.fcos.head(features)
