@@ -1,4 +1,5 @@
-"""FCOS detectors whose backbone is a searchable classifier, registered as the timm model ``fcos_detector``.
+"""FCOS detectors whose backbone is a searchable classifier (the timm model ``fcos_detector``,
+registered in :mod:`structsearch.models`, builds one from a backbone name).
 
 Why torchvision's FCOS: it is anchor-free (one location per feature-map cell, no anchor shapes to
 tune for tiny canvases), its head is a few convolutions shared across pyramid levels, and its
@@ -27,7 +28,6 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -109,11 +109,9 @@ class Detector(nn.Module):
 
     def __init__(
         self,
-        backbone: str,
+        body: nn.Module,
         num_classes: int,
         image_size: int,
-        backbone_kwargs: dict[str, Any] | None = None,
-        backbone_checkpoint: str | None = None,
         stages: int = 2,
         extra_levels: int = 2,
         fpn_channels: int = 64,
@@ -123,11 +121,8 @@ class Detector(nn.Module):
         detections_per_img: int = 100,
     ) -> None:
         super().__init__()
-        from structsearch.models import create_model
-
         if fpn_channels % 32:
             raise ValueError(f"fpn_channels must be a multiple of 32 (the head's GroupNorm groups), got {fpn_channels}")
-        body = create_model(backbone, checkpoint=backbone_checkpoint, **(backbone_kwargs or {}))
         body.reset_classifier(0)  # type: ignore[operator]  # timm's API (CifarResNet has it too)
         features = StageFPN(body, stages, fpn_channels, extra_levels, image_size)
         anchors = AnchorGenerator(tuple((s,) for s in features.strides), ((1.0,),) * len(features.strides))
@@ -197,13 +192,3 @@ class Detector(nn.Module):
 
 def _per_level(features: list[Tensor]) -> list[int]:
     return [int(f.shape[-2] * f.shape[-1]) for f in features]
-
-
-@register_model
-def fcos_detector(pretrained: bool = False, **kwargs: Any) -> Detector:
-    """FCOS over a structsearch backbone; no pretrained weights exist (``pretrained`` must be False)."""
-    if pretrained:
-        raise ValueError("fcos_detector has no pretrained weights")
-    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(timm_only, None)
-    return Detector(**kwargs)
