@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def fit_teacher(
 def trained_teacher(
     model: str,
     kwargs: dict[str, Any],
-    data: LoadedData,
+    data: Any,
     data_key: str,
     train_idx: torch.Tensor,
     preprocess: Preprocess,
@@ -65,8 +66,10 @@ def trained_teacher(
     seed: int,
     cache_dir: Path,
     augment: Augment | None = None,
+    fit: Callable[..., nn.Module] | None = None,
 ) -> tuple[nn.Module, Path]:
-    """The teacher trained by :func:`fit_teacher`, from the cache when the same one exists."""
+    """The teacher trained by ``fit`` (default :func:`fit_teacher`; ``data`` is what it takes, e.g.
+    :class:`LoadedData`), from the cache when the same one exists."""
     key_src = json.dumps(
         {
             "model": model,
@@ -78,6 +81,7 @@ def trained_teacher(
             "epochs": epochs,
             "seed": seed,
             "v": 2,  # 2: the initial weights are seeded too (v1 teachers depended on the process)
+            **({"fit": f"{fit.__module__}.{fit.__qualname__}"} if fit is not None else {}),
         },
         sort_keys=True,
     )
@@ -90,6 +94,6 @@ def trained_teacher(
             return net.eval(), path
         except Exception:  # noqa: BLE001 - a corrupt cache entry is retrained, never fatal
             path.unlink(missing_ok=True)
-    fit_teacher(net, data, train_idx, preprocess, epochs, seed, augment=augment)
+    (fit or fit_teacher)(net, data, train_idx, preprocess, epochs, seed, augment=augment)
     atomic_write(path, partial(torch.save, net.state_dict()))  # concurrent workers never read half a file
     return net, path

@@ -14,6 +14,13 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
         ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),
     ],
+    "detector": [
+        (
+            "fcos_detector",
+            {"backbone": "cifar_resnet20", "num_classes": 3, "image_size": 32, "stages": 1, "fpn_channels": 32},
+            32,
+        )
+    ],
 }
 
 CASES = [(fam, *case) for fam, cases in FAMILY_CASES.items() for case in cases]

@@ -31,7 +31,7 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str
 
 def test_models_lists_every_family() -> None:
     res = run("models", "--format", "json")
-    assert {f["family"] for f in json.loads(res.stdout)} == {"cifar_resnet", "resnet", "mobilenet", "vit"}
+    assert {f["family"] for f in json.loads(res.stdout)} == {"cifar_resnet", "detector", "resnet", "mobilenet", "vit"}
 
 
 def test_space_prints_blocks_and_mac_range() -> None:

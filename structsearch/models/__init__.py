@@ -14,10 +14,12 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import register_model
 from torch import nn
 
 from structsearch.errors import CheckpointError, UnknownModelError, one_line
 from structsearch.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+from structsearch.models.detector import Detector
 
 
 def check_model_name(name: str) -> None:
@@ -106,3 +108,23 @@ def file_hash(path: str | Path, length: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
+
+
+@register_model
+def fcos_detector(
+    pretrained: bool = False,
+    backbone: str = "",
+    backbone_kwargs: dict[str, Any] | None = None,
+    backbone_checkpoint: str | None = None,
+    **kwargs: Any,
+) -> Detector:
+    """An FCOS detector (:class:`~structsearch.models.detector.Detector`) over the classifier
+    ``backbone`` built by name, optionally started from a classification checkpoint; ``kwargs`` are
+    the detector's (``num_classes``, ``image_size``, ``stages``, ``fpn_channels`` ...)."""
+    if pretrained:
+        raise ValueError("fcos_detector has no pretrained weights")
+    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(timm_only, None)
+    if not backbone:
+        raise TypeError("fcos_detector needs a backbone, e.g. backbone='cifar_resnet20'")
+    return Detector(create_model(backbone, checkpoint=backbone_checkpoint, **(backbone_kwargs or {})), **kwargs)

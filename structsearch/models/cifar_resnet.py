@@ -92,7 +92,11 @@ class CifarResNet(nn.Module):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.num_features = 64
-        self.linear = nn.Linear(64, num_classes)
+        # timm's stage description: what detection backbones tap (structsearch.models.detector)
+        self.feature_info = [
+            dict(num_chs=w, reduction=2**i, module=f"layer{i + 1}") for i, w in enumerate((16, 32, 64))
+        ]
+        self.linear: nn.Module = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -113,7 +117,8 @@ class CifarResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, *args: object) -> None:
         self.num_classes = num_classes
-        self.linear = nn.Linear(self.num_features, num_classes)
+        # timm's convention: 0 classes is no classifier (a feature extractor, e.g. a detection backbone)
+        self.linear = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:

@@ -37,6 +37,7 @@ from structsearch.models import create_model, file_hash
 from structsearch.search.baselines import enqueued_params
 from structsearch.search.costmodel import CostModel
 from structsearch.search.datafree import check_synthetic, load_train_data
+from structsearch.search.detection import build_detection_scorer, check_detection_spec
 from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
@@ -162,13 +163,18 @@ def _resolve(text: str | None, what: str, reference: int) -> int | None:
 
 def plan_search(spec: StudySpec) -> SearchPlan:
     """Check a spec against its models and budgets without training anything."""
-    DataSpec.parse(spec.data.train)
-    if spec.data.val:
-        DataSpec.parse(spec.data.val)
+    detection = spec.task == "detection"
+    if not detection:
+        DataSpec.parse(spec.data.train)
+        if spec.data.val:
+            DataSpec.parse(spec.data.val)
     if spec.teacher.checkpoint and not Path(spec.teacher.checkpoint).is_file():
         raise StructsearchError(f"teacher checkpoint not found: {spec.teacher.checkpoint}")
     teacher = create_model(spec.teacher.model, **spec.teacher.kwargs).eval()
-    check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
+    if detection:
+        check_detection_spec(spec, teacher)  # coco:/mosaic: sources, a detector teacher
+    else:
+        check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
     size = (3, spec.data.input_size, spec.data.input_size) if spec.data.input_size else default_input_size(teacher)
     base_model = spec.student.model or spec.teacher.model
     base_kwargs = dict(spec.student.kwargs) if spec.student.model else dict(spec.teacher.kwargs)
@@ -343,6 +349,9 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     from structsearch.distill import Distiller, ProxyConfig, TeacherCache
     from structsearch.distill.trainer import default_lr
 
+    if plan.spec.task == "detection":
+        teacher, scorer, score = build_detection_scorer(plan)
+        return SearchContext(plan, teacher, scorer, score, artifacts)
     spec = plan.spec
     d = load_study_data(plan)
     teacher, preprocess, augment = d.teacher, d.preprocess, d.augment

@@ -154,6 +154,7 @@ class Objective:
                 trained=True,
                 score=result.val_top1,
                 teacher_agreement=result.teacher_agreement,
+                map50=getattr(result, "map50", None),  # detection proxies only
                 proxy_seconds=round(result.seconds, 3),
                 proxy_steps=result.steps,
                 artifact=str(artifact),

@@ -54,6 +54,8 @@ class TrialAttrs(BaseModel):
     #: Validation top-1 (%) after the proxy.
     score: float | None = None
     teacher_agreement: float | None = None
+    #: Detection studies: mAP@.5 (%) beside the score, which is then mAP@[.5:.95] (%).
+    map50: float | None = None
     proxy_seconds: float | None = None
     proxy_steps: int | None = None
     #: Directory of the saved student (weights, spec, surgery recipe).

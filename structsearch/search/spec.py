@@ -184,6 +184,9 @@ class StudySpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     #: Start a new study from earlier trials of the same teacher, data and proxy in the storage.
     warm_start: bool = True
+    #: ``detection``: the teacher is a detector (``fcos_detector``), the data ``coco:``/``mosaic:``
+    #: sources (:mod:`structsearch.detection.data`) and the score mAP@[.5:.95] (see ``search.detection``).
+    task: Literal["classification", "detection"] = "classification"
 
     @field_validator("objectives")
     @classmethod
@@ -202,6 +205,10 @@ class StudySpec(_Strict):
             wanted = getattr(self.budget, what) is not None or what in self.objectives
             if wanted and not getattr(self.measure, what):
                 raise ValueError(f"measure.{what} is off but the {what} budget or objective needs it")
+        if self.task == "detection" and self.data.resolutions:
+            raise ValueError(
+                "detection studies run every student at the teacher's input size: leave data.resolutions out"
+            )
         if self.data.resolutions and self.proxy.feature_kd:
             raise ValueError("proxy.feature_kd cannot be combined with data.resolutions (stage maps differ in size)")
         return self
@@ -215,6 +222,8 @@ class StudySpec(_Strict):
         key = self.model_dump(include={"teacher", "student", "data", "proxy", "importance", "seed"})
         if key["data"].get("resolutions") is None:  # absent: the same hash as before the field existed
             key["data"].pop("resolutions", None)
+        if self.task != "classification":  # classification studies keep the hash they had before tasks
+            key["task"] = self.task
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, **changes: Any) -> StudySpec:
