@@ -125,6 +125,10 @@ class FinetuneError(StructsearchError):
     """A fine-tuning setting or request that cannot work (bad value, untrained trial, ...)."""
 
 
+class TeachError(StructsearchError):
+    """A teacher-training recipe that cannot work (bad field, unreadable file, ...)."""
+
+
 class ProxyConfigError(StructsearchError):
     """A proxy request that cannot work (a student resolution that feature KD cannot take, ...)."""
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from structsearch.cli import finetune_cmds, model_cmds, proxy_cmds, recheck_cmds, search_cmds, service_cmds, synth_cmds
+from structsearch.cli import (
+    finetune_cmds,
+    model_cmds,
+    proxy_cmds,
+    recheck_cmds,
+    search_cmds,
+    service_cmds,
+    synth_cmds,
+    teach_cmds,
+)
 from structsearch.cli._common import GuardedGroup
 
 app = typer.Typer(
@@ -32,6 +41,7 @@ app.command("dashboard")(service_cmds.dashboard)
 app.command("eval")(proxy_cmds.evaluate)
 app.command("proxy")(proxy_cmds.proxy)
 app.command("synthesize")(synth_cmds.synthesize)
+app.command("teach")(teach_cmds.teach)
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ Which modules are stages is a property of the family (the names survive surgery:
 blocks inside a stage but keep the stage module and its output width):
 
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``mobilenet``: ``blocks.0..N-1``.
-* ``vit``: not supported. Students drop whole blocks, so block ``i`` of the student is not block
-  ``i`` of the teacher, and token maps would need linear adapters; ViT students distil from logits.
+* ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
+  not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def stage_names(model: nn.Module) -> tuple[str, ...]:
     family = _family_name(model)
     if family in _FIXED_STAGES:
         return _FIXED_STAGES[family]
-    if family == "mobilenet":
+    if family in ("mobilenet", "vit"):
         return tuple(f"blocks.{i}" for i in range(len(model.blocks)))  # type: ignore[arg-type]
     raise FeatureKDError(
         f"feature KD is not supported for {family} models (their blocks do not align between "
@@ -57,7 +57,7 @@ def check_feature_pair(teacher: nn.Module, student: nn.Module) -> tuple[str, ...
             "a student of another family distils from logits only (turn feature KD off)"
         )
     names, s_names = stage_names(teacher), stage_names(student)
-    if names != s_names:
+    if names != s_names and t_family != "vit":  # ViT blocks are paired by origin (distill.vit_kd)
         raise FeatureKDError(f"teacher stages {names} and student stages {s_names} differ")
     return names
 

@@ -70,19 +70,24 @@ def state_digest(model: nn.Module) -> str:
 def augmented_views(x: Tensor, augment: Augment | None, seed: int, views: int) -> Tensor:
     """``views`` augmented copies of the uint8 images ``x`` as one V×N×3×H×W uint8 tensor.
 
-    View ``v`` is drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + v)`` in chunks of
-    :data:`AUG_CHUNK` images, so the result depends only on ``(x, augment, seed, views)``. Without
-    augmentation every view is ``x`` itself.
+    View ``v`` is :func:`augmented_view` ``(x, augment, seed, v)``, so the result depends only on
+    ``(x, augment, seed, views)``. Without augmentation every view is ``x`` itself.
     """
-    n = x.shape[0]
     out = torch.empty((views, *x.shape), dtype=torch.uint8)
     for v in range(views):
-        if augment is None:
-            out[v] = x
-            continue
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + v)
-        for start in range(0, n, AUG_CHUNK):
-            out[v, start : start + AUG_CHUNK] = augment(x[start : start + AUG_CHUNK], g)
+        out[v] = augmented_view(x, augment, seed, v)
+    return out
+
+
+def augmented_view(x: Tensor, augment: Augment | None, seed: int, view: int) -> Tensor:
+    """Augmented copy number ``view`` of ``x``: drawn from ``torch.Generator().manual_seed(seed *
+    1_000_003 + view)`` in chunks of :data:`AUG_CHUNK` images (``x`` itself without augmentation)."""
+    if augment is None:
+        return x
+    out = torch.empty_like(x)
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + view)
+    for start in range(0, x.shape[0], AUG_CHUNK):
+        out[start : start + AUG_CHUNK] = augment(x[start : start + AUG_CHUNK], g)
     return out
 
 

@@ -42,6 +42,7 @@ from structsearch.distill.teacher import (
     state_digest,
     tensor_digest,
 )
+from structsearch.distill.vit_kd import ViTHints, ViTTeacherTaps
 from structsearch.errors import DataError, ProxyConfigError, StructsearchError, one_line
 from structsearch.train import (
     OptimizerName,
@@ -92,6 +93,8 @@ class ProxyConfig:
     #: Add FitNets hints on the stage outputs (same-family students only).
     feature_kd: bool = False
     feature_weight: float = 1.0
+    #: ViT feature KD: weight of the attention-map KL next to the hidden-state MSE (0: hidden states only).
+    attention_weight: float = 1.0
     #: Seeds model-side randomness (adapters, dropout) and the order of training batches.
     seed: int = 0
     #: Seeds the augmented views; part of the teacher-cache key, so keep it fixed across a search.
@@ -174,6 +177,8 @@ class Distiller:
         if val_data is not data:
             check_labels(val_data, self.num_classes)
         self.taps: tuple[str, ...] = check_feature_pair(teacher, teacher) if config.feature_kd else ()
+        #: ViT feature KD pairs blocks by origin and needs attention maps: the teacher runs on every batch
+        self.vit_hints = bool(self.taps) and _is_vit(teacher)
 
         self.teacher_id = teacher_id.to_dict() if teacher_id else {"state": state_digest(teacher)}
         self.cache = cache
@@ -217,9 +222,13 @@ class Distiller:
         val_logits = self._teacher_outputs(val_key, x_val, ())["logits"]
         self.val_teacher_pred = torch.from_numpy(np.asarray(val_logits).argmax(1)).to(self.device)
 
-        if online_teacher:
+        self.source: OnlineTeacher | CachedTeacher | ViTTeacherTaps
+        if self.vit_hints:
             self.teacher.to(self.device)
-            self.source: OnlineTeacher | CachedTeacher = OnlineTeacher(self.teacher, self.taps)
+            self.source = ViTTeacherTaps(self.teacher, config.attention_weight > 0)
+        elif online_teacher:
+            self.teacher.to(self.device)
+            self.source = OnlineTeacher(self.teacher, self.taps)
         else:
             outputs = self._teacher_outputs(train_key, self.train_views, self.taps)
             feats = [outputs[f"feat{k}"] for k in range(len(self.taps))]
@@ -316,9 +325,9 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         self._probe_student(student, size)
         self._recalibrate(student, size, cfg.bn_recalibration_batches)
-        adapters, tap = self._feature_kd_setup(student) if cfg.feature_kd else (nn.ModuleList(), None)
+        hints = self._feature_kd_setup(student) if cfg.feature_kd else None
 
-        params = [p for p in student.parameters() if p.requires_grad] + list(adapters.parameters())
+        params = [p for p in student.parameters() if p.requires_grad] + list(hints.parameters() if hints else [])
         opt = make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         gen = torch.Generator().manual_seed(cfg.seed)
         history: list[tuple[int, float]] = []
@@ -332,8 +341,8 @@ class Distiller:
             out = student(self._resize(x, size))
             y = self.train_y[pairs.to(self.device) % self.n_train]
             loss = distill_loss(out, t_logits, y, cfg.temperature, cfg.alpha)
-            if tap is not None:
-                loss = loss + cfg.feature_weight * feature_kd_loss(tap.take(), t_feats, adapters)
+            if hints is not None:
+                loss = loss + cfg.feature_weight * hints.loss(t_feats)
             return loss, None
 
         def after_step(step: int, _pairs: Tensor, loss: Tensor, _aux: None) -> None:
@@ -344,8 +353,8 @@ class Distiller:
                 clock["train"] += time.perf_counter() - clock["t0"]
                 top1, _ = self._evaluate(student, size)
                 history.append((step, top1))
-                if tap is not None:
-                    tap.clear()  # drop the stage outputs the evaluation pass recorded
+                if hints is not None:
+                    hints.clear()  # drop the stage outputs the evaluation pass recorded
                 callback(step, top1)
                 student.train()
                 clock["t0"] = time.perf_counter()
@@ -363,8 +372,8 @@ class Distiller:
             )
             clock["train"] += time.perf_counter() - clock["t0"]
         finally:
-            if tap is not None:
-                tap.remove()
+            if hints is not None:
+                hints.remove()
         train_seconds = clock["train"]
         top1, agreement = self._evaluate(student, size)
         seconds = time.perf_counter() - start
@@ -466,9 +475,11 @@ class Distiller:
                 "classes; build the student with the teacher's num_classes"
             )
 
-    def _feature_kd_setup(self, student: nn.Module) -> tuple[nn.ModuleList, FeatureTap]:
-        """1×1 conv adapters from the student's stage widths to the teacher's, and the student's taps."""
+    def _feature_kd_setup(self, student: nn.Module) -> StageHints | ViTHints:
+        """The student side of feature KD: its taps and the adapters to the teacher's widths."""
         check_feature_pair(self.teacher, student)
+        if self.vit_hints:
+            return ViTHints(self.teacher, student, self.config.attention_weight).to(self.device)
         pairs = torch.arange(min(2, self.n_train))
         x = self._pre(self.train_views[pairs])
         _, t_feats = self.source(pairs, x)
@@ -483,7 +494,30 @@ class Distiller:
                 raise FeatureKDError(f"stage {name}: student map {tuple(s.shape[1:])} vs teacher {tuple(t.shape[1:])}")
             same = s.shape[1] == t.shape[1]
             adapters.append(nn.Identity() if same else nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False))
-        return adapters.to(self.device), tap
+        return StageHints(adapters, tap).to(self.device)
+
+
+class StageHints(nn.Module):
+    """FitNets hints on stage outputs: the student's taps and 1x1 conv adapters (CNN families)."""
+
+    def __init__(self, adapters: nn.ModuleList, tap: FeatureTap) -> None:
+        super().__init__()
+        self.adapters, self.tap = adapters, tap
+
+    def loss(self, teacher_feats: list[Tensor]) -> Tensor:
+        return feature_kd_loss(self.tap.take(), teacher_feats, self.adapters)
+
+    def clear(self) -> None:
+        self.tap.clear()
+
+    def remove(self) -> None:
+        self.tap.remove()
+
+
+def _is_vit(model: nn.Module) -> bool:
+    from structsearch.space import family_for
+
+    return family_for(model).name == "vit"
 
 
 def _as_index(idx: Tensor, n: int, what: str) -> Tensor:

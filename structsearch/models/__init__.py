@@ -19,6 +19,7 @@ from torch import nn
 
 from structsearch.errors import CheckpointError, UnknownModelError, one_line
 from structsearch.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+from structsearch.models import cifar_vit as _cifar_vit  # noqa: F401  (registers cifar_vit)
 from structsearch.models.detector import Detector
 
 
@@ -59,10 +60,16 @@ def create_model(
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's state dict: unwraps ``state_dict``/``model`` keys, strips ``module.``."""
+    """Read a checkpoint's state dict: unwraps ``state_dict``/``model`` keys, strips ``module.``.
+
+    A ``.safetensors`` file (how shipped teachers are stored: no pickle, fp16) is read as it is;
+    half-precision tensors are loaded into the model's float parameters by ``load_state_dict``.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        return _read_safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
@@ -75,6 +82,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {p} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(p, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {one_line(e)}") from None
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

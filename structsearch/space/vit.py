@@ -13,6 +13,10 @@ position embedding and the head) never changes:
   the softmax scale stay the same, a kept head computes exactly what it did in the teacher.
   ``qk_norm`` normalises over ``head_dim`` and needs no change.
 
+Each block of a student records where it came from (``block.teacher_index``, ``attn.teacher_heads``,
+plain attributes outside the state dict), so ViT feature KD (:mod:`structsearch.distill.vit_kd`)
+pairs student blocks and heads with the teacher's they were cut from.
+
 A LayerNorm over a sliced width (``scale_mlp_norm`` / ``scale_attn_norm`` models) is sliced with
 it; it then normalises over the kept channels only, so the identity spec stays exact but a
 narrowed block only approximates the teacher's (the distillation proxy recovers the rest).
@@ -177,14 +181,19 @@ class ViTFamily(Family):
         (stage_spec,) = spec.stages
         blocks: nn.Sequential = getattr(model, STAGE)
         recipe: dict[str, Any] = {}
-        for block, b, c in zip(blocks, stage_spec, choices):
+        for j, (block, b, c) in enumerate(zip(blocks, stage_spec, choices)):
             attn, mlp = block.get_submodule("attn"), block.get_submodule("mlp")
             assert isinstance(attn, Attention) and isinstance(mlp, Mlp), "a block _plain_block accepted"
+            # where the kept parts came from: ViT feature KD pairs student and teacher blocks/heads by it
+            # plain attributes (what nn.Module.__setattr__ does with them), outside the state dict
+            block.__dict__["teacher_index"] = j
+            attn.__dict__["teacher_heads"] = list(range(attn.num_heads))
             entry: dict[str, Any] = {"keep": b.keep}
             if b.keep and b.width < 1.0:
                 entry["channels"] = shrink_mlp(mlp, c.channels(b.width), importance)
             if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
                 entry["heads"] = shrink_heads(attn, b.heads, importance)
+                attn.__dict__["teacher_heads"] = entry["heads"]
             recipe[c.name] = entry
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
         _refresh_feature_info(model)

@@ -27,17 +27,25 @@ _TIMM_NAME = {"sgd": "momentum", "nesterov": "sgd", "adamw": "adamw", "adam": "a
 
 
 def make_optimizer(
-    params: Iterable[Tensor], name: str, lr: float, *, weight_decay: float = 0.0, momentum: float = 0.9, **kwargs: Any
+    params: Iterable[Tensor] | Iterable[dict[str, Any]],
+    name: str,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    **kwargs: Any,
 ) -> torch.optim.Optimizer:
     """``name`` (``sgd``, ``nesterov``, ``adamw`` or ``adam``) over ``params`` through timm's factory.
 
+    ``params`` may be parameter groups (dicts with their own ``weight_decay``, as the teacher trainer uses);
     ``momentum`` applies to the SGD variants only; other ``kwargs`` (``betas``, ``eps``) go to the optimizer.
     """
     if name not in _TIMM_NAME:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(_TIMM_NAME)}")
     if name in ("sgd", "nesterov"):
         kwargs["momentum"] = momentum
-    return create_optimizer_v2(list(params), opt=_TIMM_NAME[name], lr=lr, weight_decay=weight_decay, **kwargs)
+    listed: list[Any] = list(params)  # tensors or parameter groups
+    return create_optimizer_v2(listed, opt=_TIMM_NAME[name], lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):

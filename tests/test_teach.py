@@ -1,0 +1,94 @@
+"""``structsearch teach``: a resumed run equals an uninterrupted one, and the shipped file is what was measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from structsearch.data import Preprocess, load_data
+from structsearch.distill import TeacherCache
+from structsearch.distill.evaluate import top1
+from structsearch.errors import TeachError
+from structsearch.models import create_model, load_checkpoint
+from structsearch.teach import TeachRecipe, load_recipe, teach
+
+TINY = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+
+
+def _recipe(tmp_path: Path, **over: object) -> TeachRecipe:
+    source = tmp_path / "resnet20.pt"
+    if not source.exists():  # the model distilled from: any trained-or-not checkpoint does for the mechanics
+        torch.save(create_model("cifar_resnet20", seed=1).state_dict(), source)
+    fields = dict(
+        name="tiny",
+        model="cifar_vit",
+        kwargs=TINY,
+        distill_from={"model": "cifar_resnet20", "checkpoint": str(source)},
+        data={"train": "digits[:512]", "val": "digits:test[:150]", "test": "digits:test[150:]"},
+        epochs=2,
+        batch_size=64,
+        lr=0.003,
+        crop_padding=1,
+        hflip=False,
+        checkpoint_every=3,
+    )
+    return TeachRecipe.model_validate({**fields, **over})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_a_resumed_run_exports_the_same_weights_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, kwargs={**TINY, "drop_path_rate": 0.1})  # drop-path draws from the RNG
+    straight = teach(recipe, tmp_path / "a", tmp_path / "a.safetensors")
+    assert straight.finished and straight.step == 16 and len(straight.history) == 2
+    stopped = teach(recipe, tmp_path / "b", tmp_path / "b.safetensors", hours=0)  # out of time after step 1
+    assert not stopped.finished and stopped.step == 1 and not (tmp_path / "b.safetensors").exists()
+    resumed = teach(recipe, tmp_path / "b", tmp_path / "b.safetensors")
+    assert resumed.finished
+    a, b = _weights(tmp_path / "a.safetensors"), _weights(tmp_path / "b.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def curve(h: tuple) -> list:
+        return [(e["step"], e["val_top1"]) for e in h]
+
+    assert curve(resumed.history) == curve(straight.history)
+
+
+def test_the_exported_teacher_reproduces_its_sidecar_accuracy(tmp_path: Path) -> None:
+    out = tmp_path / "teachers" / "tiny.safetensors"
+    recipe = _recipe(tmp_path, epochs=3)
+    result = teach(recipe, tmp_path / "work", out, command="structsearch teach x.yaml")
+    assert all(v.dtype == torch.float16 for v in _weights(out).values())
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["command"] == "structsearch teach x.yaml" and side["seed"] == 0 and side["model"] == "cifar_vit"
+    net = create_model("cifar_vit", **TINY)
+    load_checkpoint(net, out)  # safetensors through the one checkpoint loader
+    test = load_data("digits:test[150:]")
+    acc = top1(net, test.x, test.y, Preprocess.from_model(net), 256, torch.device("cpu"))
+    assert acc == result.test_top1 and round(acc, 2) == side["test"]["top1"]
+    assert side["val"]["top1"] == round(result.val_top1, 2) and len(side["history"]) == 3
+
+
+def test_cached_teacher_views_train_and_are_reused(tmp_path: Path) -> None:
+    cache = TeacherCache(tmp_path / "cache")
+    recipe = _recipe(tmp_path, teacher_views=2, epochs=1)
+    teach(recipe, tmp_path / "w1", None, cache=cache)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1
+    teach(recipe, tmp_path / "w2", None, cache=cache)
+    assert list((tmp_path / "cache").iterdir()) == entries
+
+
+def test_a_bad_recipe_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: x\nmodel: cifar_vit\ndata: {train: digits, val: digits:test, test: digits:test}\nepochs: 1\n")
+    with pytest.raises(TeachError, match="distill_from"):
+        load_recipe(bad)
+    assert load_recipe(Path("studies/teach_vit_cifar10.yaml")).model == "cifar_vit"
