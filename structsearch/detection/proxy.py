@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from structsearch.data import Preprocess, batches
+from structsearch.data import Preprocess, batch_stream
 from structsearch.detection.data import DetectionData
 from structsearch.detection.losses import detection_kd_loss, fpn_imitation_loss
 from structsearch.devices import resolve_device
@@ -232,10 +232,5 @@ class DetectionDistiller:
 
     def _batches(self, gen: torch.Generator, count: int) -> Iterator[Tensor]:
         """``count`` batches of training rows (positions in ``train_idx``), epoch after epoch."""
-        size, made = min(self.config.batch_size, len(self.train_idx)), 0
-        while made < count:
-            for rows in batches(len(self.train_idx), size, gen, drop_last=True):
-                yield rows
-                made += 1
-                if made == count:
-                    return
+        n = len(self.train_idx)
+        return batch_stream(n, min(self.config.batch_size, n), gen, count)
