@@ -174,6 +174,10 @@ class FinetunePublic(BaseModel):
     epochs: int | None = None
     test_top1: float | None = Field(default=None, description="test top-1 (%) after fine-tuning")
     teacher_top1: float | None = Field(default=None, description="the teacher's test top-1 (%) on the same rows")
+    test_map: float | None = Field(default=None, description="detection studies: test mAP@[.5:.95] (%)")
+    test_map50: float | None = Field(default=None, description="detection studies: test mAP@.5 (%)")
+    teacher_map: float | None = Field(default=None, description="detection studies: the teacher's test mAP (%)")
+    teacher_map50: float | None = Field(default=None, description="detection studies: the teacher's mAP@.5 (%)")
     downstream_top1: float | None = None
     seconds: float | None = None
     seconds_per_epoch: float | None = None

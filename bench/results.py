@@ -230,6 +230,17 @@ def stage_reliability() -> dict[str, Any]:
     return {"commands": log, "faults": faults, "sweep": sweep}
 
 
+def stage_detection() -> dict[str, Any]:
+    """A detection study on the CIFAR-10 mosaic (``bench/detection.py``, about an hour on 2 idle cores):
+    teacher mAP, the front, the best student within 50% vs uniform width scaling (short KD and
+    fine-tuned), and Kendall's tau of the proxy against 4x longer training."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "detection_raw.json"
+    home = os.environ["STRUCTSEARCH_HOME"]
+    result = run([sys.executable, "bench/detection.py", "--home", home, "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, "detection": result}
+
+
 def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:
     """``{"hostile list": counts, "schemathesis": counts}`` from the sweep tests' printed lines."""
     out: dict[str, dict[str, int]] = {}
@@ -259,6 +270,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "prescreen": stage_prescreen,
     "trial_cost": stage_trial_cost,
     "reliability": stage_reliability,
+    "detection": stage_detection,
 }
 
 

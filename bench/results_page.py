@@ -435,6 +435,43 @@ def section_reliability(s: Stages) -> str:
     )
 
 
+def section_detection(s: Stages) -> str:
+    st = s.get("detection")
+    head = "## Detection: FCOS on a CIFAR-10 mosaic\n\n"
+    if not st:
+        return head + "not run yet\n"
+    d = st["detection"]
+    t, z = d["teacher"], d["sizes"]
+    front = [
+        [f["trial"], f["baseline"] or "searched", mega(f["macs"]), pct(f["map"]), pct(f["map50"])] for f in d["front"]
+    ]
+    compared = [
+        [
+            f"{name} (trial {c['trial']})",
+            mega(c["macs"]),
+            f"{100 * c['budget_used']:.0f}%",
+            pct(c["short_kd_map"]),
+            pct(c["finetuned_map"]),
+            pct(c["finetuned_map50"]),
+        ]
+        for name, c in d["compared"].items()
+    ]
+    r = d["recheck"]
+    phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in d["seconds"].items())
+    return (
+        head + f"{z['canvas']} px canvases of CIFAR-10 objects (1-4 each; {z['train']} training, {z['val']} validation "
+        f"canvases), an FCOS detector over the shared CIFAR ResNet-20 trained {z['teacher_epochs']} epochs: "
+        f"**teacher mAP {pct(t['map'])}** (mAP@.5 {pct(t['map50'])}) at {mega(t['macs'])} MACs. "
+        f"{d['trials']} trials of {z['steps']} proxy steps under 50% of its MACs ({mega(d['max_macs'])}).\n\n"
+        + table(["trial", "kind", "MACs", "mAP", "mAP@.5"], front)
+        + f"\nThe best searched student within the budget next to uniform width scaling at the same budget, after the "
+        f"search's short KD and after a {z['epochs']}-epoch fine-tune (detection KD + ground-truth loss):\n\n"
+        + table(["student", "MACs", "of budget", "short KD mAP", "fine-tuned mAP", "fine-tuned mAP@.5"], compared)
+        + f"\nProxy fidelity: {len(r['entries'])} students retrained {r['steps']} steps, **Kendall tau = {r['tau']}** "
+        f"(p = {r['tau_p_value']}). Phases: {phases}.\n\n" + commands(st)
+    )
+
+
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -455,6 +492,7 @@ def render(stages: Stages) -> Path:
         section_prescreen(stages),
         section_trial_cost(stages),
         section_reliability(stages),
+        section_detection(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

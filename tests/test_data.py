@@ -21,6 +21,7 @@ from structsearch.data import (
     DataSpec,
     LoadedData,
     Preprocess,
+    batch_stream,
     batches,
     check_labels,
     clear_cache,
@@ -589,3 +590,19 @@ def test_every_source_kind_has_a_registered_reader() -> None:
     assert sorted(_READERS) == sorted(KINDS)
     with pytest.raises(ValueError, match="already registered"):
         register_source("npz")(lambda spec: None)  # type: ignore[arg-type,return-value]
+
+
+def test_batch_stream_runs_whole_epochs_for_a_fixed_number_of_steps() -> None:
+    """7 steps of 3 over 10 rows: three batches an epoch (the short one dropped), each epoch a
+    permutation, the same stream for the same seed, no permutation drawn past the last step."""
+    g = torch.Generator().manual_seed(0)
+    out = list(batch_stream(10, 3, g, 7))
+    assert len(out) == 7 and all(len(b) == 3 for b in out)
+    for epoch in (out[0:3], out[3:6]):
+        rows = torch.cat(epoch).tolist()
+        assert len(set(rows)) == 9 and set(rows) <= set(range(10))
+    assert [b.tolist() for b in batch_stream(10, 3, torch.Generator().manual_seed(0), 7)] == [b.tolist() for b in out]
+    state = g.get_state()
+    assert list(batch_stream(10, 3, g, 0)) == [] and torch.equal(g.get_state(), state)
+    with pytest.raises(DataError, match="batch size 11 is larger than the 10 rows"):
+        batch_stream(10, 11, g, 1)

@@ -87,7 +87,8 @@ def finetune(
     storage: StorageOpt = None,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Train a trial's student to completion with KD from the teacher: checkpoints, resume, test top-1."""
+    """Train a trial's student to completion with KD from the teacher: checkpoints, resume, test top-1
+    (a detection study's: detection KD + ground-truth loss, test mAP)."""
 
     from structsearch.finetune import FinetuneConfig, ProgressEvent, finetune_trial
 
@@ -116,7 +117,8 @@ def finetune(
             progress.update(
                 tasks[e.phase],
                 completed=e.step,
-                status=f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.3f}  train top-1 {e.running_top1:.1f}%",
+                status=f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.3f}"
+                + ("" if e.running_top1 is None else f"  train top-1 {e.running_top1:.1f}%"),
             )
 
         try:
@@ -151,9 +153,18 @@ def finetune(
         highlight=False,
         soft_wrap=True,
     )
+    if result.test_map is not None:  # a detection study's student
+        score = (
+            f"test mAP [bold]{result.test_map:.2f}%[/] (mAP@.5 {result.test_map50:.2f}%) at {result.input_size} px "
+            f"(teacher {result.teacher_map:.2f}%, mAP@.5 {result.teacher_map50:.2f}%)"
+        )
+    else:
+        score = (
+            f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
+            f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px)"
+        )
     console.print(
-        f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
-        f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px) on {result.test_images} images of {result.test_data}",
+        f"{score} on {result.test_images} images of {result.test_data}",
         highlight=False,
         soft_wrap=True,
     )

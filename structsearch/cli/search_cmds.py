@@ -22,7 +22,21 @@ def _fmt(n: int | None) -> str:
     return "-" if n is None else format_count(n)
 
 
-def _records_table(records: list, title: str | None = None) -> Table:
+class ScoreColumns:
+    """What a study's score is called in tables: val top-1, or for a detection study mAP@[.5:.95]
+    with each trial's mAP@.5 beside it (both in %). The study knows its task (its stored spec)."""
+
+    def __init__(self, study: Any) -> None:
+        from structsearch.search.results import study_task
+
+        self.detection = study_task(study.user_attrs) == "detection"
+        self.name = "mAP" if self.detection else "val top-1"
+        self.map50: dict[int, float | None] = {}
+        if self.detection:
+            self.map50 = {t.number: t.user_attrs.get("map50") for t in study.get_trials(deepcopy=False)}
+
+
+def _records_table(records: list, scores: ScoreColumns, title: str | None = None) -> Table:
     """Score and cost per record; resolution, latency and memory columns appear when measured."""
     from structsearch.cost import format_bytes, format_ms
 
@@ -32,13 +46,17 @@ def _records_table(records: list, title: str | None = None) -> Table:
         ("peak act. memory", "memory_bytes", format_bytes),
     )
     shown = [(head, key, fmt) for head, key, fmt in optional if any(getattr(r, key) is not None for r in records)]
-    columns = ["study", "trial", "score (val top-1 %)", "MACs", "params", *(head for head, _, _ in shown)]
+    score_heads = [f"score ({scores.name} %)", *(["mAP@.5 %"] if scores.detection else [])]
+    columns = ["study", "trial", *score_heads, "MACs", "params", *(head for head, _, _ in shown)]
     # the device of every measured figure, once under the table instead of in every row
     where = sorted({f"{r.latency_runtime} on {r.latency_device}" for r in records if r.latency_ms is not None})
     table = Table(*columns, title=title, caption=f"latency: {'; '.join(where)}" if where else None)
     for r in records:
         trial = f"{r.trial} ({r.baseline})" if r.baseline else str(r.trial)  # flagged: a baseline, not searched
-        row = [r.study, trial, f"{r.score:.2f}", _fmt(r.macs), _fmt(r.params)]
+        row = [r.study, trial, f"{r.score:.2f}"]
+        if scores.detection:
+            row.append("-" if (m := scores.map50.get(r.trial)) is None else f"{m:.2f}")
+        row += [_fmt(r.macs), _fmt(r.params)]
         row += ["-" if (value := getattr(r, key)) is None else fmt(value) for _, key, fmt in shown]
         table.add_row(*row)
     return table
@@ -148,11 +166,12 @@ def search(
     if format is Format.json:
         print_json(summary)
         return
+    scores = ScoreColumns(study)
     console.print(
         f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
-        f"(never trained); teacher: {summary['teacher_score']}% val top-1 at {_fmt(summary['teacher_macs'])} MACs"
+        f"(never trained); teacher: {summary['teacher_score']}% {scores.name} at {_fmt(summary['teacher_macs'])} MACs"
     )
-    console.print(_records_table(front, title="Pareto front (score vs MACs)"))
+    console.print(_records_table(front, scores, title="Pareto front (score vs MACs)"))
     _print_gains(baseline_gains(records))
 
 
@@ -205,8 +224,9 @@ def best(
     if format is Format.json:  # the same record GET /searches/{id}/best returns
         print_json(r.to_dict())
         return
-    gains = baseline_gains(study_records(load_study(r.study, open_storage(storage, create=False))))
-    console.print(_records_table([r], title="best within budget"))
+    s = load_study(r.study, open_storage(storage, create=False))
+    gains = baseline_gains(study_records(s))
+    console.print(_records_table([r], ScoreColumns(s), title="best within budget"))
     console.print_json(data=r.spec)
     _print_gains(gains)
 
@@ -249,7 +269,7 @@ def pareto(
             }
         )
         return
-    console.print(_records_table(front, title=f"Pareto front of {s.study_name} (score vs {cost})"))
+    console.print(_records_table(front, ScoreColumns(s), title=f"Pareto front of {s.study_name} (score vs {cost})"))
     _print_gains(gains)
     for r in rechecks:
         console.print(f"proxy fidelity at {r.steps} steps (`structsearch recheck`): {recheck_summary(r)}")

@@ -29,7 +29,7 @@ before any training starts.
 
 from structsearch.data.loading import LoadedData, check_labels, clear_cache, fingerprint, load_data
 from structsearch.data.spec import DataSpec
-from structsearch.data.splits import batches, proportional_counts, split_train_val, train_val_rows
+from structsearch.data.splits import batch_stream, batches, proportional_counts, split_train_val, train_val_rows
 from structsearch.data.transforms import Augment, Preprocess
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "DataSpec",
     "LoadedData",
     "Preprocess",
+    "batch_stream",
     "batches",
     "check_labels",
     "clear_cache",

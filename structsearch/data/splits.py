@@ -9,6 +9,7 @@ per-item collation.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -116,6 +117,23 @@ def batches(
     stop = n - n % batch_size if drop_last else n
     for begin in range(0, stop, batch_size):
         yield order[begin : begin + batch_size]
+
+
+def batch_stream(n: int, batch_size: int, generator: torch.Generator, count: int) -> Iterator[torch.Tensor]:
+    """``count`` training batches of ``range(n)``, epoch after epoch: each epoch a fresh permutation
+    drawn from ``generator`` (only when a batch of it is taken), its final short batch dropped.
+
+    The fixed-length step stream of the KD proxies (classification and detection), whose runs
+    are measured in steps rather than epochs.
+    """
+    if batch_size > n:
+        raise DataError(f"batch size {batch_size} is larger than the {n} rows to draw from")
+
+    def epochs() -> Iterator[torch.Tensor]:
+        while True:
+            yield from batches(n, batch_size, generator, drop_last=True)
+
+    return itertools.islice(epochs(), count)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

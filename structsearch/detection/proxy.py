@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from structsearch.data import Preprocess, batches
+from structsearch.data import Preprocess, batch_stream
 from structsearch.detection.data import DetectionData
 from structsearch.detection.losses import detection_kd_loss, fpn_imitation_loss
 from structsearch.devices import resolve_device
@@ -144,16 +144,25 @@ class DetectionDistiller:
         *,
         input_size: int | None = None,
         check: Callable[[], None] | None = None,
+        on_loss: Callable[[int, float], None] | None = None,
     ) -> DetectionResult:
-        """Distil into ``student`` (in place, left in eval mode) and score it by validation mAP."""
+        """Distil into ``student`` (in place, left in eval mode) and score it by validation mAP.
+
+        ``callback(step, mAP)`` evaluates every ``report_every`` steps (a search's pruning);
+        ``on_loss(step, loss)`` is told every step's training loss (a fine-tune's progress bar).
+        """
         if input_size is not None and (input_size, input_size) != tuple(self.preprocess.input_size):
             raise ProxyConfigError("detection students run at the teacher's input size (no data.resolutions)")
         assert isinstance(student, Detector)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._score(student, callback, check)
+            return self._score(student, callback, check, on_loss)
 
     def _score(
-        self, student: Detector, callback: Callable[[int, float], None] | None, check: Callable[[], None] | None
+        self,
+        student: Detector,
+        callback: Callable[[int, float], None] | None,
+        check: Callable[[], None] | None,
+        on_loss: Callable[[int, float], None] | None,
     ) -> DetectionResult:
         cfg = self.config
         start = time.perf_counter()
@@ -187,6 +196,8 @@ class DetectionDistiller:
 
         def after_step(step: int, _rows: Tensor, loss: Tensor, _aux: None) -> None:
             losses.append(float(loss.detach()))
+            if on_loss is not None:
+                on_loss(step, losses[-1])
             if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
                 score = self.evaluate(student)[0]
                 history.append((step, score))
@@ -221,10 +232,5 @@ class DetectionDistiller:
 
     def _batches(self, gen: torch.Generator, count: int) -> Iterator[Tensor]:
         """``count`` batches of training rows (positions in ``train_idx``), epoch after epoch."""
-        size, made = min(self.config.batch_size, len(self.train_idx)), 0
-        while made < count:
-            for rows in batches(len(self.train_idx), size, gen, drop_last=True):
-                yield rows
-                made += 1
-                if made == count:
-                    return
+        n = len(self.train_idx)
+        return batch_stream(n, min(self.config.batch_size, n), gen, count)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structsearch.data import Augment, LoadedData, Preprocess, batches, check_labels, fingerprint
+from structsearch.data import Augment, LoadedData, Preprocess, batch_stream, check_labels, fingerprint
 from structsearch.devices import resolve_device
 from structsearch.distill.cache import TeacherCache, cache_key
 from structsearch.distill.losses import distill_loss, feature_kd_loss
@@ -448,13 +448,7 @@ class Distiller:
 
     def _pair_batches(self, gen: torch.Generator, count: int) -> Iterator[Tensor]:
         """``count`` batches of flat ``(view, image)`` pair indices, epoch after epoch."""
-        total, size, made = self.n_train * self.config.views, self._batch_size(), 0
-        while made < count:
-            for pairs in batches(total, size, gen, drop_last=True):
-                yield pairs
-                made += 1
-                if made == count:
-                    return
+        return batch_stream(self.n_train * self.config.views, self._batch_size(), gen, count)
 
     def _probe_student(self, student: nn.Module, size: tuple[int, int] | None = None) -> None:
         """Fail before training if the student cannot take the inputs or predicts other classes."""

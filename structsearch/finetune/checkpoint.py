@@ -8,13 +8,17 @@ their hash. A checkpoint written with other settings is refused, never silently 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from torch import Tensor, nn
+
+from structsearch.atomic import atomic_write
 
 #: Bump when the meaning of a checkpoint's contents changes; part of the settings hash.
 CHECKPOINT_FORMAT = 1
@@ -70,3 +74,15 @@ def save_student_atomically(directory: Path, student: nn.Module, arch: Any) -> n
         if tmp.exists():
             tmp.rmdir()
     return student
+
+
+def record_result(result: Any, out_dir: Path, storage: optuna.storages.BaseStorage) -> None:
+    """Write a finished run's ``result.json`` (a ``FinetuneResult``) and keep its summary on the study."""
+    text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+    atomic_write(out_dir / RESULT_FILE, lambda f: f.write(text.encode()))
+    # read-modify-write of the study's record: two fine-tunings of one study finishing at the same
+    # instant could drop one entry; each run's full record stays in its own result.json
+    on_study = optuna.load_study(study_name=result.study, storage=storage)
+    on_study.set_user_attr(
+        STUDY_ATTR, {**(on_study.user_attrs.get(STUDY_ATTR) or {}), str(result.trial): result.study_summary()}
+    )

@@ -97,8 +97,30 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class KDHyper:
+    """The KD phase's settings once the study's defaults are filled in (reported in the result's ``extra``)."""
+
+    optimizer: OptimizerName
+    lr: float
+    batch_size: int
+    temperature: float
+    alpha: float
+    seed: int
+
+    @classmethod
+    def of(cls, config: FinetuneConfig, spec: Any) -> KDHyper:
+        """The run's optimizer, rate, KD temperature/alpha and seed: the settings', else the study's."""
+        optimizer, lr = config.optimizer_and_lr(spec.proxy.optimizer, spec.proxy.lr)
+        temperature = config.temperature if config.temperature is not None else spec.proxy.temperature
+        alpha = config.alpha if config.alpha is not None else spec.proxy.alpha
+        seed = config.seed if config.seed is not None else spec.seed
+        return cls(optimizer, lr, config.batch_size, temperature, alpha, seed)
+
+
+@dataclass(frozen=True)
 class ProgressEvent:
-    """What a progress bar shows: ``phase`` is ``"kd"`` or ``"downstream"``; accuracy in percent."""
+    """What a progress bar shows: ``phase`` is ``"kd"`` or ``"downstream"``; accuracy in percent
+    (``None`` for a detection student, which has no top-1)."""
 
     phase: str
     epoch: int
@@ -106,7 +128,7 @@ class ProgressEvent:
     step: int
     steps: int
     loss: float
-    running_top1: float
+    running_top1: float | None
 
 
 ProgressFn = Callable[[ProgressEvent], None]
@@ -128,7 +150,8 @@ class PhaseResult:
     seconds: float
     train_seconds: float
     final_loss: float
-    train_top1_last_epoch: float
+    #: ``None`` for a detection student (no top-1).
+    train_top1_last_epoch: float | None
 
     @property
     def completed(self) -> bool:
@@ -148,7 +171,12 @@ class PhaseResult:
 
 @dataclass
 class FinetuneResult:
-    """The outcome of :func:`finetune_trial`; top-1 figures in percent, ``None`` until completed."""
+    """The outcome of :func:`finetune_trial`; figures in percent, ``None`` until completed.
+
+    A classification study's student has ``test_top1``/``teacher_top1``; a detection study's has
+    ``test_map``/``test_map50`` and ``teacher_map``/``teacher_map50`` (mAP@[.5:.95] and mAP@.5)
+    instead, and no downstream run.
+    """
 
     study: str
     trial: int
@@ -166,6 +194,10 @@ class FinetuneResult:
     kd: PhaseResult
     test_top1: float | None = None
     teacher_top1: float | None = None
+    test_map: float | None = None
+    test_map50: float | None = None
+    teacher_map: float | None = None
+    teacher_map50: float | None = None
     settings_hash: str = ""
     downstream: dict[str, Any] | None = None
     seconds: float = 0.0
@@ -183,6 +215,10 @@ class FinetuneResult:
             "epochs": self.epochs,
             "test_top1": self.test_top1,
             "teacher_top1": self.teacher_top1,
+            "test_map": self.test_map,
+            "test_map50": self.test_map50,
+            "teacher_map": self.teacher_map,
+            "teacher_map50": self.teacher_map50,
             "test_data": self.test_data,
             "train_data": self.train_data,
             "downstream_data": ds.get("data"),

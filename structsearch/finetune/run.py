@@ -23,18 +23,15 @@ Optuna trials cannot take new user attributes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 from torch import Tensor, nn
 
-from structsearch.atomic import atomic_write
 from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data
 from structsearch.devices import resolve_device
 from structsearch.distill import top1
@@ -42,42 +39,22 @@ from structsearch.distill.teacher import state_digest, tensor_digest
 from structsearch.finetune.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
-    RESULT_FILE,
-    STUDY_ATTR,
+    record_result,
     save_student_atomically,
 )
 from structsearch.finetune.config import (
     FinetuneConfig,
     FinetuneError,
     FinetuneResult,
+    KDHyper,
     ProgressFn,
     default_out_dir,
 )
+from structsearch.finetune.detection import finetune_detection
 from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
 from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
-
-
-@dataclass(frozen=True)
-class _Hyper:
-    """The KD phase's settings once the study's defaults are filled in (reported in the result's ``extra``)."""
-
-    optimizer: str
-    lr: float
-    batch_size: int
-    temperature: float
-    alpha: float
-    seed: int
-
-    @classmethod
-    def of(cls, config: FinetuneConfig, spec: Any) -> _Hyper:
-        """The run's optimizer, rate, KD temperature/alpha and seed: the settings', else the study's."""
-        optimizer, lr = config.optimizer_and_lr(spec.proxy.optimizer, spec.proxy.lr)
-        temperature = config.temperature if config.temperature is not None else spec.proxy.temperature
-        alpha = config.alpha if config.alpha is not None else spec.proxy.alpha
-        seed = config.seed if config.seed is not None else spec.seed
-        return cls(optimizer, lr, config.batch_size, temperature, alpha, seed)
 
 
 @dataclass(frozen=True)
@@ -133,7 +110,18 @@ def finetune_trial(
         raise FinetuneError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
     device = resolve_device(config.device)
     stored = StoredTrial.open(study, trial, storage_url)
-    hyper = _Hyper.of(config, stored.study_spec)
+    hyper = KDHyper.of(config, stored.study_spec)
+    if stored.study_spec.task == "detection":
+        unsupported = {"--data": data, "--test": test, "--downstream": downstream, "stop_after_steps": stop_after_steps}
+        return finetune_detection(
+            stored,
+            config,
+            hyper,
+            Path(out).expanduser() if out else default_out_dir(study, trial),
+            unsupported=[k for k, v in unsupported.items() if v is not None],
+            on_progress=on_progress,
+            on_status=status,
+        )
 
     status("loading the teacher and data")
     d = _load_data(stored.study_spec, config, data, test)
@@ -198,14 +186,7 @@ def finetune_trial(
             ctx, student_cpu, student.arch, downstream, downstream_test, student.pre, settings
         )
     result.seconds = time.perf_counter() - t_start
-    text = json.dumps(result.to_dict(), indent=2, default=str) + "\n"
-    atomic_write(out_dir / RESULT_FILE, lambda f: f.write(text.encode()))
-    # read-modify-write of the study's record: two fine-tunings of one study finishing at the same
-    # instant could drop one entry; each run's full record stays in its own result.json
-    on_study = optuna.load_study(study_name=study, storage=stored.storage)
-    on_study.set_user_attr(
-        STUDY_ATTR, {**(on_study.user_attrs.get(STUDY_ATTR) or {}), str(trial): result.study_summary()}
-    )
+    record_result(result, out_dir, stored.storage)
     return result
 
 
@@ -257,7 +238,7 @@ def _kd_settings(
     study: str,
     trial: int,
     config: FinetuneConfig,
-    hyper: _Hyper,
+    hyper: KDHyper,
     d: _Data,
     student: _Student,
     augment: Augment,

@@ -9,6 +9,7 @@ result with the same fields (its ``val_top1`` is mAP@[.5:.95] in percent, ``map5
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,14 +42,47 @@ def _rows(data: DetectionData, size: int | None) -> torch.Tensor:
     return torch.arange(len(data) if size is None else min(size, len(data)))
 
 
-def build_detection_scorer(plan: Any) -> tuple[nn.Module, Any, float]:
-    """``(teacher, proxy, teacher mAP)`` of a planned detection search (a ``SearchPlan``): the data
-    loaded, the teacher loaded or trained (once, cached), the cached KD proxy prepared."""
-    from structsearch.detection.proxy import DetectionDistiller
+@dataclass(frozen=True)
+class DetectionStudy:
+    """A detection study's teacher and data, loaded exactly as its search loads them.
+
+    Shared by the search (:func:`build_detection_scorer`), ``recheck`` (through the search's
+    context) and ``finetune`` (:mod:`structsearch.finetune.detection`), so all of them train on the
+    same rows, hold out the same validation images and distil the same (cached) teacher outputs.
+    """
+
+    teacher: Detector
+    #: The teacher's identity in the teacher-output cache key.
+    teacher_id: dict[str, Any]
+    preprocess: Preprocess
+    train: DetectionData
+    train_idx: torch.Tensor
+    val: DetectionData
+    val_idx: torch.Tensor
+
+    def distiller(self, config: Any) -> Any:
+        """The cached-teacher KD proxy (a ``DetectionDistiller``) on this data, with ``config``'s settings."""
+        from structsearch.detection.proxy import DetectionDistiller
+        from structsearch.distill import TeacherCache
+
+        return DetectionDistiller(
+            self.teacher,
+            self.train,
+            self.train_idx,
+            self.val,
+            self.val_idx,
+            self.preprocess,
+            config,
+            teacher_id=self.teacher_id,
+            cache=TeacherCache(),
+        )
+
+
+def load_detection_study(plan: Any) -> DetectionStudy:
+    """Load the data and load (or train once, cached) the teacher of a planned detection search."""
     from structsearch.detection.teacher import fit_detector
-    from structsearch.distill import ProxyConfig, TeacherCache, TeacherId
+    from structsearch.distill import TeacherId
     from structsearch.distill.teacher import state_digest
-    from structsearch.distill.trainer import default_lr
     from structsearch.paths import home
     from structsearch.teachers import trained_teacher
 
@@ -90,15 +124,23 @@ def build_detection_scorer(plan: Any) -> tuple[nn.Module, Any, float]:
         teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path)).to_dict()
     else:
         teacher_id = {"state": state_digest(teacher)}
-    p = spec.proxy
+    assert isinstance(teacher, Detector)  # check_detection_spec made sure
+    return DetectionStudy(teacher.eval(), teacher_id, preprocess, train, train_idx, val, val_idx)
+
+
+def build_detection_scorer(plan: Any) -> tuple[nn.Module, Any, float]:
+    """``(teacher, proxy, teacher mAP)`` of a planned detection search (a ``SearchPlan``): the data
+    loaded, the teacher loaded or trained (once, cached), the cached KD proxy prepared."""
+    from structsearch.distill import ProxyConfig
+    from structsearch.distill.trainer import default_lr
+
+    study = load_detection_study(plan)
+    p, seed = plan.spec.proxy, plan.spec.seed
     config = ProxyConfig(
         **p.model_dump(exclude={"lr"}),
         lr=p.lr if p.lr is not None else default_lr(True),
-        seed=spec.seed,
+        seed=seed,
         report_every=max(1, p.steps // 5),
     )
-    assert isinstance(teacher, Detector)  # check_detection_spec made sure
-    distiller = DetectionDistiller(
-        teacher.eval(), train, train_idx, val, val_idx, preprocess, config, teacher_id=teacher_id, cache=TeacherCache()
-    )
-    return teacher, distiller, distiller.evaluate(teacher)[0]
+    distiller = study.distiller(config)
+    return study.teacher, distiller, distiller.evaluate(study.teacher)[0]

@@ -3,6 +3,13 @@
 The weights are the ones the proxy trained, kept as the trial's artifact; an artifact that is not
 on this machine (another machine, cleaned disk) is a one-line error: export where the search ran.
 ``structsearch.load(DIR)`` rebuilds the model anywhere.
+
+ONNX (``--onnx``) is the exported network's forward, checked against onnxruntime. For a detection
+study's student that is the detector *network*: one ``(N, L, C + 5)`` tensor of raw head outputs
+(per location: class logits, the four box distances, centerness; output ``head_outputs``), the
+same figures its MACs count. Post-processing -- box decoding, score threshold, top-k, NMS
+(``Detector.detect``) -- is not in the graph: run it on the outputs, as ``Detector.detect`` does.
+A model torch.onnx cannot export is a one-line error.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import optuna
 import torch
 from torch import nn
 
-from structsearch.errors import StructsearchError
+from structsearch.errors import StructsearchError, one_line
+from structsearch.models.detector import Detector
 from structsearch.search.stored import StoredTrial
 from structsearch.surgery import RECIPE_FILE, SPEC_FILE, WEIGHTS_FILE, load_student
 
@@ -70,17 +78,24 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, atol:
         raise StructsearchError("ONNX export needs onnx and onnxruntime: pip install 'structsearch[onnx]'") from None
     model = model.eval()
     x = torch.randn(2, *input_size)
+    output = "head_outputs" if isinstance(model, Detector) else "logits"
     with warnings.catch_warnings():  # the TorchScript exporter handles every family here; silence its notices
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                input_names=["input"],
+                output_names=[output],
+                dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
+                dynamo=False,
+            )
+        except Exception as e:  # noqa: BLE001 -- the exporter raises many types; any means "no ONNX for this model"
+            raise StructsearchError(
+                f"torch.onnx cannot export {type(model).__name__} to ONNX ({one_line(e)}); "
+                "export without --onnx and use the PyTorch student"
+            ) from None
     with torch.no_grad():
         expected = model(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ never trained, and their score is not a measurement.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -205,6 +206,16 @@ def structsearch_studies(storage: optuna.storages.BaseStorage) -> list[optuna.St
     return [
         optuna.load_study(study_name=s.study_name, storage=storage) for s in summaries if STUDY_MARKER in s.user_attrs
     ]
+
+
+def study_task(user_attrs: dict[str, Any]) -> str:
+    """A structsearch study's ``task`` (``classification`` or ``detection``), read from its stored spec.
+
+    What its score means: validation top-1 (%), or for detection mAP@[.5:.95] (%) with each
+    trial's mAP@.5 in its ``map50`` attribute. Studies stored before tasks existed are classification.
+    """
+    raw = user_attrs.get(STUDY_MARKER)
+    return str(json.loads(raw).get("task", "classification")) if raw else "classification"
 
 
 def _no_study(name: str, storage: optuna.storages.BaseStorage) -> StructsearchError:

@@ -3,8 +3,11 @@
 :func:`parse_study_spec` already validates the structure. A spec from the network can also ask
 the machine to read files or fetch weights, so on top of that:
 
-* every file path (teacher checkpoint, ``npz:``/``imagefolder:``/``torchvision:`` data) must be
-  absolute and resolve (symlinks and ``..`` followed) inside one of the configured data roots;
+* every file path (teacher checkpoint, a detector's ``backbone_checkpoint``,
+  ``npz:``/``imagefolder:``/``torchvision:`` data, a detection study's ``coco:`` images and
+  annotations and the object source of ``mosaic:`` data) must be absolute and resolve (symlinks and
+  ``..`` followed) inside one of the configured data roots; ``digits`` and ``mosaic:digits`` read
+  no file and need no root;
 * torchvision ``?download=1`` is refused (a worker would fetch from the internet);
 * model kwargs may not name files or downloads (``pretrained``, ``checkpoint_path``, ...) and
   may only hold plain values, not nested configs that could smuggle either;
@@ -12,7 +15,8 @@ the machine to read files or fetch weights, so on top of that:
 * every setting that sizes work is capped service-wide (:class:`WorkLimits`): model kwargs are
   allow-listed and bounded, the teacher's (and student base's) parameters are counted on the
   ``meta`` device -- no memory is allocated -- before anything real is built, and ``measure``,
-  ``proxy``, ``train_epochs``, image sizes, batch x image pixels and devices have ceilings. A breach names the setting
+  ``proxy``, ``train_epochs``, image sizes, batch x image pixels, the pixels a ``mosaic:`` source
+  generates in memory and devices have ceilings. A breach names the setting
   and the limit, so one request cannot ask the API or a worker for a 49 GB model or hours of
   timing.
 
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from structsearch.data import DataSpec
+from structsearch.detection import DetectionSource
 from structsearch.errors import AdmissionError, StructsearchError
 from structsearch.search.spec import StudySpec, parse_study_spec
 
@@ -70,6 +75,7 @@ class WorkLimits:
     max_proxy_batch: int = 1024
     max_train_epochs: int = 200
     max_batch_pixels: int = 1 << 26
+    max_mosaic_pixels: int = 1 << 29
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> WorkLimits:
@@ -84,7 +90,44 @@ class WorkLimits:
             max_proxy_batch=settings.max_proxy_batch,
             max_train_epochs=settings.max_train_epochs,
             max_batch_pixels=settings.max_batch_pixels,
+            max_mosaic_pixels=settings.max_mosaic_pixels,
         )
+
+
+#: Objects pasted on one ``mosaic:`` canvas at most (placement work per canvas).
+MAX_MOSAIC_OBJECTS = 32
+
+
+@dataclass(frozen=True)
+class Source:
+    """What admission needs of one ``data.train``/``data.val`` source, classification or detection."""
+
+    #: Files and folders it reads.
+    paths: tuple[str, ...]
+    #: ``(H, W)`` its images are made or resized to, when the source names it.
+    size: tuple[int, int] | None
+    download: bool
+    synthesis: Any  # structsearch.data.SynthesisSpec | None
+    #: A ``mosaic:`` source: the canvases it generates in memory, and objects per canvas.
+    mosaic: DetectionSource | None = None
+
+    @classmethod
+    def of(cls, text: str, task: str) -> Source:
+        if task != "detection":
+            ds = DataSpec.parse(text)
+            return cls((ds.path,) if ds.path else (), ds.size, ds.download, ds.synthesis)
+        src = DetectionSource.parse(text)
+        if src.kind == "coco":
+            return cls((src.path, src.annotations), src.size, False, None)
+        objects = DataSpec.parse(src.objects_from)
+        paths = (objects.path,) if objects.path else ()
+        return cls(paths, src.size, objects.download, objects.synthesis, src)
+
+
+def sources(spec: StudySpec) -> list[tuple[str, Source]]:
+    """``(field, source)`` of the spec's training and (when given) validation data."""
+    texts = (("data.train", spec.data.train), ("data.val", spec.data.val))
+    return [(field, Source.of(text, spec.task)) for field, text in texts if text]
 
 
 def admit_spec(
@@ -114,7 +157,7 @@ def check_spec(
     """Every check of :func:`admit_spec` on a parsed spec."""
     if spec.trials > max_trials:
         raise AdmissionError(f"trials: at most {max_trials} per search on this service, got {spec.trials}")
-    synthesis = DataSpec.parse(spec.data.train).synthesis
+    synthesis = Source.of(spec.data.train, spec.task).synthesis
     if (
         synthesis is not None
         and max_synthesis_work is not None
@@ -179,10 +222,20 @@ def check_work(spec: StudySpec, limits: WorkLimits) -> None:
     _cap("data.input_size", spec.data.input_size, side, "max_image_side")
     for r in spec.data.resolutions or ():
         _cap("data.resolutions", r, side, "max_image_side")
-    for field, text in (("data.train", spec.data.train), ("data.val", spec.data.val)):
-        size = DataSpec.parse(text).size if text else None
-        for v in size or ():
+    for field, src in sources(spec):
+        for v in src.size or ():
             _cap(f"{field} size", v, side, "max_image_side")
+        if src.mosaic is not None and src.size is not None:
+            if src.mosaic.objects > MAX_MOSAIC_OBJECTS:
+                raise AdmissionError(
+                    f"{field}: at most {MAX_MOSAIC_OBJECTS} objects per mosaic canvas, got {src.mosaic.objects}"
+                )
+            pixels = src.mosaic.n * src.size[0] * src.size[1]
+            if pixels > limits.max_mosaic_pixels:
+                raise AdmissionError(
+                    f"{field}: {src.mosaic.n} canvases of {src.size[0]}x{src.size[1]} px is {pixels:,} pixels; this "
+                    f"service generates at most {limits.max_mosaic_pixels:,} (setting STRUCTSEARCH_MAX_MOSAIC_PIXELS)"
+                )
     check_batch_pixels(spec, limits)
 
 
@@ -190,11 +243,7 @@ def image_sizes(spec: StudySpec) -> list[tuple[int, int]]:
     """``(height, width)`` of every image size the spec names (input size, resolutions, data sizes)."""
     sides = [spec.data.input_size, *(spec.data.resolutions or ())]
     sizes = [(s, s) for s in sides if s is not None]
-    for text in (spec.data.train, spec.data.val):
-        size = DataSpec.parse(text).size if text else None
-        if size:
-            sizes.append((size[0], size[1]))
-    return sizes
+    return sizes + [src.size for _, src in sources(spec) if src.size]
 
 
 def check_batch_pixels(spec: StudySpec, limits: WorkLimits) -> None:
@@ -254,16 +303,15 @@ def spec_paths(spec: StudySpec) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if spec.teacher.checkpoint:
         out.append(("teacher.checkpoint", spec.teacher.checkpoint))
-    for field, text in (("data.train", spec.data.train), ("data.val", spec.data.val)):
-        if not text:
-            continue
-        ds = DataSpec.parse(text)
-        if ds.download:
+    for section, kwargs in (("teacher", spec.teacher.kwargs), ("student", spec.student.kwargs)):
+        if isinstance(path := kwargs.get("backbone_checkpoint"), str):
+            out.append((f"{section}.kwargs.backbone_checkpoint", path))
+    for field, src in sources(spec):
+        if src.download:
             raise AdmissionError(
                 f"{field}: downloads are not allowed through the service; put the data under a data root"
             )
-        if ds.path:
-            out.append((field, ds.path))
+        out += [(field, path) for path in src.paths]
     return out
 
 
@@ -314,6 +362,10 @@ def _flag(v: Any, limits: WorkLimits) -> str | None:
     return None if v is None or isinstance(v, bool) else "true, false or null"
 
 
+def _text(v: Any, limits: WorkLimits) -> str | None:
+    return None if isinstance(v, str) and 0 < len(v) <= 4096 else "a path"
+
+
 def _word(v: Any, limits: WorkLimits) -> str | None:
     return None if v is None or (isinstance(v, str) and re.fullmatch(r"[a-z0-9_]{1,32}", v)) else "a short name"
 
@@ -336,6 +388,15 @@ ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
     **{name: _flag for name in ("qkv_bias", "class_token", "no_embed_class", "pre_norm", "fc_norm")},
     "global_pool": _word,
     "act_layer": _word,
+    # fcos_detector (detection studies): its backbone by name, started from a checkpoint that
+    # ``check_paths`` keeps inside the data roots, and the sizes of its FPN and head
+    "backbone": _word,
+    "backbone_checkpoint": _text,
+    "image_size": _int_in(8, "max_image_side"),
+    "stages": _int_in(1, 8),
+    "extra_levels": _int_in(0, 4),
+    "fpn_channels": _int_in(32, 1024),
+    "head_convs": _int_in(0, 8),
 }
 
 

@@ -144,6 +144,11 @@ class ServiceSettings(BaseSettings):
     #: A stream ends after this long (the client reconnects with Last-Event-ID), seconds.
     events_max_s: float = Field(default=600.0, gt=0, le=86_400)
 
+    # -- detection studies (issue 16) ----------------------------------------------------------------
+    #: Pixels (canvases x height x width) one ``mosaic:`` data source may generate in memory
+    #: (3 bytes each): the default, 2^29, is 1.6 GB; the CIFAR mosaic study's training set is 37M.
+    max_mosaic_pixels: int = Field(default=1 << 29, ge=1)
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: object) -> object:
