@@ -7,6 +7,7 @@ way ``test_faults`` runs them: each ``run`` is one queued job of a worker.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import threading
 import uuid
@@ -14,13 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select, update
+from optuna.trial import TrialState
+from sqlalchemy import delete, select, text, update
 
 from api import create_app
 from structsearch.search.storage import open_storage
-from structsearch.service.readmodel import TrialSync, drift
+from structsearch.service import database
+from structsearch.service.database import Database, libpq_url
+from structsearch.service.migrations import upgrade
+from structsearch.service.readmodel import TrialSync, drift, recount, write_trials
 from structsearch.service.tables import Search, TrialRow
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.synthetic import add_trials
@@ -95,6 +101,103 @@ class _storage:
 
     def __exit__(self, *exc: object) -> None:
         self.storage.engine.dispose()
+
+
+def test_two_writers_racing_on_new_rows_of_one_search_keep_its_counts(client: TestClient, harness: Harness) -> None:
+    """Two writers on the same new trials at once, one with them running (a job's catch-up that
+    read them a moment ago) and one with them complete (their worker): the complete rows stay,
+    whichever commits last, and the search's counts agree with the rows."""
+    body, study = submit_with_results(client, harness, n=0)
+    sid = uuid.UUID(body["id"])
+    for round_ in range(5):
+        rng = random.Random(round_)
+        study.add_trials([trial_like(rng, study.user_attrs["max_macs"]) for _ in range(8)])  # no row yet
+        done = [t for t in study.get_trials(deepcopy=False) if t.number >= 8 * round_]
+        with _storage(harness) as storage:
+            race(TrialSync(harness.db, storage, sid, study._study_id), [running_copy(t) for t in done], done)
+        row = search_row(harness, body["id"])
+        with harness.db.session() as s:
+            counts = recount(s, sid)
+        assert {k: getattr(row, k) for k in counts} == counts
+        assert counts["n_trials"] == counts["n_complete"] == 8 * (round_ + 1)
+        assert drift_of(harness, body["id"]) == []
+
+
+def test_on_sqlite_the_same_writes_keep_the_counts(tmp_path: Path) -> None:
+    """The embedded default (the API on SQLite) writes the read model step by step in Python:
+    the same rules: a complete row stays complete, the counts equal the rows."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        sid = uuid.uuid4()
+        with db.session() as s:
+            s.add(Search(id=sid, name="lite", requested_name="lite", spec={}, trials_requested=8))
+        rng = random.Random(0)
+        done = [trial_like(rng, 1_000_000) for _ in range(8)]
+        for n, t in enumerate(done):
+            t.number, t._trial_id = n, n + 1
+        with db.session() as s:
+            assert write_trials(s, sid, done) == 8
+        with db.session() as s:
+            assert write_trials(s, sid, [running_copy(t) for t in done]) == 0
+            counts = recount(s, sid)
+            row = s.get(Search, sid)
+            assert row is not None and {k: getattr(row, k) for k in counts} == counts
+        assert counts["n_complete"] == 8 and counts["best_number"] is not None
+    finally:
+        db.dispose()
+
+
+def race(sync: TrialSync, *writes: list[optuna.trial.FrozenTrial]) -> None:
+    """Each write in its own thread, all released at once."""
+    barrier = threading.Barrier(len(writes))
+
+    def write(trials: list[optuna.trial.FrozenTrial]) -> None:
+        barrier.wait()
+        sync.write(trials)
+
+    writers = [threading.Thread(target=write, args=(ts,)) for ts in writes]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+
+
+def running_copy(t: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """The trial as it was while it ran (no values, no attributes yet)."""
+    return optuna.trial.FrozenTrial(
+        t.number, TrialState.RUNNING, None, t.datetime_start, None, {}, {}, {}, {}, {}, t._trial_id
+    )
+
+
+def trial_like(rng: random.Random, max_macs: int) -> optuna.trial.FrozenTrial:
+    macs = rng.randint(100_000, 2 * max_macs)
+    feasible = macs <= max_macs
+    score = round(rng.uniform(10, 99), 3)
+    attrs = {"spec_key": f"{rng.getrandbits(48):012x}", "macs": macs, "params": 1000, "trained": feasible}
+    return optuna.trial.create_trial(
+        values=[score if feasible else 0.0, float(macs)],
+        user_attrs=attrs | ({"score": score} if feasible else {}),
+        system_attrs={"constraints:flops": float(macs - max_macs)},
+    )
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool pings a connection that sat idle (no ping before each write: they come back to
+    back) and replaces it when the database dropped it (a restart, an idle timeout)."""
+    db = Database(db_url)
+    try:
+        with db.engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with psycopg.connect(libpq_url(db_url), autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        monkeypatch.setattr(database, "PING_IDLE_S", 0.0)
+        db.ping()  # would raise "server closed the connection" on the killed connection
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        db.dispose()
 
 
 def test_backfill_fills_an_empty_read_model_and_check_finds_a_deleted_row(harness: Harness) -> None:
