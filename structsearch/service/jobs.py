@@ -51,7 +51,7 @@ from structsearch.service.faults import (
     trial_deadline,
 )
 from structsearch.service.public_errors import log_error, public_error
-from structsearch.service.readmodel import TrialSync
+from structsearch.service.readmodel import TrialSync, running_trial
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
@@ -235,14 +235,19 @@ class TrialRunner:
 
     @staticmethod
     def _read_model_hooks(sync: TrialSync, ended: list[int]) -> dict[str, Callable[..., None]]:
-        """``run_search``'s hook that writes the job's trial to the read model: its final row from
-        the trial Optuna handed its callbacks (no read back); ``ended`` collects their numbers."""
+        """``run_search``'s hooks that write the job's trial to the read model: a running row as
+        it starts (``/trials?state=running`` and ``/events`` show it at once), its final row from
+        the trial Optuna handed its callbacks (no read back); ``ended`` collects the latter's
+        numbers."""
+
+        def started(trial: optuna.Trial) -> None:
+            sync.safely(sync.write, [running_trial(trial)])
 
         def finished(trial: FrozenTrial) -> None:
             sync.safely(sync.write, [trial])
             ended.append(trial.number)
 
-        return {"on_trial_end": finished}
+        return {"on_trial_start": started, "on_trial_end": finished}
 
     def _wait_for_any(
         self,

@@ -6,6 +6,7 @@ way ``test_faults`` runs them: each ``run`` is one queued job of a worker.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -27,11 +28,12 @@ from structsearch.service import database
 from structsearch.service.database import Database, libpq_url
 from structsearch.service.migrations import upgrade
 from structsearch.service.readmodel import TrialSync, drift, recount, write_trials
+from structsearch.service.searches import cancel_search
 from structsearch.service.tables import Search, TrialRow
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.synthetic import add_trials
-from tests.service.test_e2e import CLI
-from tests.service.test_faults import Harness, harness_for
+from tests.service.test_e2e import CLI, wait_for
+from tests.service.test_faults import Harness, harness_for, run_in_thread
 
 API = "/api/v1"
 
@@ -330,8 +332,41 @@ def test_events_deliver_every_completion_of_a_six_trial_search(
             assert sorted(done) == list(range(6)), events
             assert [e["status"] for _, k, e in events if k == "status"][-1] == "done"
             assert events[-1][1] == "end"
-            # a client resuming from the middle gets the changes after it, and nothing twice
+            # a client resuming from the middle gets each trial changed after it once, as it is
+            # now (a trial's running row was replaced by its finished one: one change left)
             middle = [i for i, k, _ in events if k == "trial"][3]
             resumed = read_events(c, f"{body['url']}/events", **{"Last-Event-ID": str(middle)})
-            ids = [i for i, k, _ in resumed if k == "trial"]
-            assert ids == [i for i, k, _ in events if k == "trial" and i is not None and i > middle]
+            last = {e["trial"]: i for i, k, e in events if k == "trial"}
+            assert [i for i, k, _ in resumed if k == "trial"] == sorted(i for i in last.values() if i > middle)
+            assert all(e["state"] != "running" for _, k, e in resumed if k == "trial")
+
+
+def running_trials(c: TestClient, url: str) -> list[dict]:
+    return c.get(f"{url}/trials", params={"state": "running"}).json()["items"]
+
+
+def test_a_running_trial_is_listed_and_streamed_while_it_runs(
+    db_url: str, tmp_path: Path, data_root: Path, service_home: Path, key: str
+) -> None:
+    """The worker writes its trial's row as the trial starts, not at the next job's catch-up."""
+    settings = make_settings(
+        db_url, tmp_path / "artifacts", data_root, max_proxy_steps=1_000_000, events_poll_s=0.2, events_max_s=1.0
+    )
+    for h in harness_for(settings):
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+            # a million proxy steps: the trial runs until the search is cancelled
+            spec = tiny_spec(name="rm-running", trials=1, steps=1_000_000, baselines=["uniform"])
+            body = c.post(f"{API}/searches", json=spec).json()
+            thread, out = run_in_thread(h.runner(), body["id"])
+            running = functools.partial(running_trials, c, body["url"])
+            try:
+                (trial,) = wait_for("the trial in /trials?state=running", running, 120)
+                assert trial["trial"] == 0 and trial["baseline"] == "uniform"
+                assert c.get(body["url"]).json()["trials"]["running"] == 1
+                events = read_events(c, f"{body['url']}/events")  # ends after events_max_s
+                assert [(e["trial"], e["state"]) for _, k, e in events if k == "trial"] == [(0, "running")]
+            finally:
+                cancel_search(h.db, h.queue, uuid.UUID(body["id"]))
+                thread.join(60)
+            assert out.get("result") == "stopped: search is cancelled", out
+            assert running() == [] and drift_of(h, body["id"]) == []
