@@ -45,7 +45,7 @@ class Services:
         return cls(
             settings=settings,
             db=Database(settings.database_url),
-            reader=StudyReader(settings.database_url, settings.study_cache_size),
+            reader=StudyReader(settings.database_url),
             queue=JobQueue(settings.database_url),
         )
 

@@ -43,6 +43,9 @@ from structsearch.surgery import Importance, build_student_with_recipe, get_impo
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.context import SearchContext, SearchPlan
 
+#: ``on_start(trial)`` as each trial begins (after its guard started), before any work.
+TrialStartFn = Callable[[optuna.Trial], None]
+
 #: User attribute saying why a trial failed: the exception's type, or a guard's own message
 #: (never an exception's text, which may carry paths or URLs). Set on a trial that raised.
 FAILURE_ATTR = "failure"
@@ -94,13 +97,18 @@ def constraints(plan: SearchPlan, rec: TrialAttrs) -> dict[str, float]:
 class Objective:
     """Callable for ``study.optimize``; holds the per-process :class:`SearchContext`."""
 
-    def __init__(self, ctx: SearchContext, guard: TrialGuard | None = None) -> None:
+    def __init__(
+        self, ctx: SearchContext, guard: TrialGuard | None = None, on_start: TrialStartFn | None = None
+    ) -> None:
         self.ctx = ctx
         self.guard = guard
+        self.on_start = on_start
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         if self.guard is not None:
             self.guard.start(trial.number)
+        if self.on_start is not None:
+            self.on_start(trial)
         try:
             return self._run(trial)
         except optuna.TrialPruned:

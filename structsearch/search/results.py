@@ -240,7 +240,7 @@ def study_id(name: str, storage: optuna.storages.BaseStorage) -> int:
 
 
 #: Budget kind -> (study attr with the teacher's figure, record field compared, label for messages).
-_BUDGETS: dict[str, tuple[str, str, str]] = {
+BUDGETS: dict[str, tuple[str, str, str]] = {
     "flops": ("teacher_macs", "macs", "MACs"),
     "params": ("teacher_params", "params", "params"),
     "latency": ("teacher_latency_ms", "latency_ms", "latency"),
@@ -248,13 +248,15 @@ _BUDGETS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _limit(budget: str | None, what: str, study: optuna.Study) -> float | None:
+def budget_limit(budget: str | None, what: str, study: optuna.Study) -> float | None:
+    """The limit a budget text sets on its kind's figure (``"60%"`` of the study's teacher, or an
+    absolute figure); None for no budget."""
     if budget is None:
         return None
     b: Budget = parse_budget(budget, what)
     if not b.relative:
         return b.value if what == "latency" else int(b.value)
-    ref = study.user_attrs.get(_BUDGETS[what][0])
+    ref = study.user_attrs.get(BUDGETS[what][0])
     if ref is None:
         hint = (
             " (the teacher is measured only for a percentage budget in the spec; give an absolute budget)"
@@ -271,7 +273,7 @@ def _fmt_figure(what: str, value: float) -> str:
         return format_ms(value)
     if what == "memory":
         return format_bytes(value)
-    return f"{format_count(value)} {_BUDGETS[what][2]}"
+    return f"{format_count(value)} {BUDGETS[what][2]}"
 
 
 def best_under_budget(
@@ -313,7 +315,7 @@ def best_under_budget(
     fits: list[ScoredRecord] = []
     all_scored: list[tuple[ScoredRecord, dict[str, float]]] = []
     for s in studies:
-        limits = {what: lim for what, text in texts.items() if (lim := _limit(text, what, s)) is not None}
+        limits = {what: lim for what, text in texts.items() if (lim := budget_limit(text, what, s)) is not None}
         for r in scored(records_of(s)):
             all_scored.append((r, limits))
             if all(_within(r, what, lim) for what, lim in limits.items()):
@@ -327,7 +329,7 @@ def best_under_budget(
         r, limits = item
         ratios = []
         for what, lim in limits.items():
-            value = getattr(r, _BUDGETS[what][1])
+            value = getattr(r, BUDGETS[what][1])
             ratios.append(float("inf") if value is None else value / lim)
         return max(ratios, default=0.0)
 
@@ -350,5 +352,5 @@ def best_under_budget(
 
 def _within(r: TrialRecord, what: str, limit: float) -> bool:
     """Whether a record's figure meets a budget; an unmeasured figure does not."""
-    value = getattr(r, _BUDGETS[what][1])
+    value = getattr(r, BUDGETS[what][1])
     return value is not None and value <= limit

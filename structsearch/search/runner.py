@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from structsearch.paths import artifacts_dir
 from structsearch.search.context import build_context, plan_search
 from structsearch.search.guard import TrialGuard
-from structsearch.search.objective import Objective
+from structsearch.search.objective import Objective, TrialStartFn
 from structsearch.search.prescreen import run_prescreen
 from structsearch.search.results import record_of, scored
 from structsearch.search.spec import StudySpec
@@ -25,6 +25,9 @@ from structsearch.search.study import open_study, own_trials, remaining_trials
 
 #: ``on_trial(done, feasible, best_score)`` after every finished trial (progress bars).
 ProgressFn = Callable[[int, int, float | None], None]
+#: ``on_trial_end(trial)`` after a trial finished, as Optuna stored it (not after one whose
+#: objective raised: Optuna re-raises before its callbacks).
+TrialEndFn = Callable[[FrozenTrial], None]
 
 
 class _StopAtTarget:
@@ -57,6 +60,8 @@ def run_search(
     sampler_seed: int | None = None,
     artifacts: Path | None = None,
     guard: TrialGuard | None = None,
+    on_trial_start: TrialStartFn | None = None,
+    on_trial_end: TrialEndFn | None = None,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
@@ -67,7 +72,8 @@ def run_search(
     ``artifacts`` (default: ``$STRUCTSEARCH_ARTIFACTS``, as the CLI has it; a service worker passes
     its settings' directory, the one the API serves downloads from). ``guard`` stops a trial past its
     deadline or asked to stop (a service worker's per-trial deadline and cancel; see
-    :mod:`structsearch.search.guard`).
+    :mod:`structsearch.search.guard`). ``on_trial_start`` and ``on_trial_end`` see each trial as it
+    starts and after it finished (a service worker writes its read model from them).
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
@@ -88,5 +94,8 @@ def run_search(
         study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
     run_prescreen(study, ctx)  # once per study, when spec.prescreen is on
     stopper = _StopAtTarget(spec.trials, on_trial)
-    study.optimize(Objective(ctx, guard), n_trials=todo, callbacks=[stopper], gc_after_trial=False)
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [stopper]
+    if on_trial_end is not None:
+        callbacks.insert(0, lambda _, trial: on_trial_end(trial))
+    study.optimize(Objective(ctx, guard, on_trial_start), n_trials=todo, callbacks=callbacks, gc_after_trial=False)
     return study

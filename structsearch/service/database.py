@@ -7,13 +7,16 @@ transactions by hand.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote, urlencode
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, event, exc, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 
 def libpq_url(url: str) -> str:
@@ -42,13 +45,42 @@ def _part(text: str) -> str:
     return quote(text, safe="")
 
 
+#: A pooled connection idle longer than this is pinged before use (see :func:`_ping_when_idle`).
+PING_IDLE_S = 5.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection on checkout only when it sat in the pool over :data:`PING_IDLE_S`.
+
+    So a worker or API that outlives a database restart gets fresh connections (a failed ping
+    makes the pool replace the connection), without SQLAlchemy's ``pool_pre_ping`` round trip
+    before every unit of work: a connection used moments ago is live (the worker's read-model
+    writes come back to back; its trial's guard queries the database every few seconds). The
+    pool is LIFO, so the connection handed out is the one used last.
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def used(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
+        if time.monotonic() - record.info.get("used_at", float("-inf")) <= PING_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as e:  # any failure: the pool discards it and checks out another
+            raise exc.DisconnectionError(str(e)) from e
+
+
 class Database:
     """The service's engine (created lazily by SQLAlchemy: no connection until first use)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        # pre-ping: a worker or API that outlives a database restart gets fresh connections.
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self.engine: Engine = create_engine(url, pool_use_lifo=True)
+        _ping_when_idle(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -51,7 +51,7 @@ from structsearch.service.faults import (
     trial_deadline,
 )
 from structsearch.service.public_errors import log_error, public_error
-from structsearch.service.readmodel import TrialSync
+from structsearch.service.readmodel import TrialSync, running_trial
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.tables import ACTIVE_STATUSES, SearchStatus
@@ -211,6 +211,7 @@ class TrialRunner:
                     running = [t for t in mine if t.state == TrialState.RUNNING]
                     self._wait_for_any(sid, study, running, should_abort, guard.deadline_s + 3 * heartbeat + 60)
                     continue
+                ended: list[int] = []
                 try:
                     study = run_search(
                         spec,
@@ -220,9 +221,10 @@ class TrialRunner:
                         sampler_seed=secrets.randbits(31),
                         artifacts=self.settings.artifacts,
                         guard=guard,
+                        **(self._read_model_hooks(sync, ended) if sync is not None else {}),
                     )
-                finally:  # the trial it ran (complete, pruned or failed), before the search is done
-                    if sync is not None and (number := guard.trial_number) is not None:
+                finally:  # a trial that raised (Optuna's callbacks skip it): read back from Optuna
+                    if sync is not None and (number := guard.trial_number) is not None and number not in ended:
                         sync.safely(sync.record, [number])
                 if len([t for t in own_trials(study) if t.state != TrialState.RUNNING]) >= spec.trials:
                     self._set(sid, SearchStatus.done)
@@ -230,6 +232,22 @@ class TrialRunner:
         finally:
             storage.remove_session()
             storage.engine.dispose()
+
+    @staticmethod
+    def _read_model_hooks(sync: TrialSync, ended: list[int]) -> dict[str, Callable[..., None]]:
+        """``run_search``'s hooks that write the job's trial to the read model: a running row as
+        it starts (``/trials?state=running`` and ``/events`` show it at once), its final row from
+        the trial Optuna handed its callbacks (no read back); ``ended`` collects the latter's
+        numbers."""
+
+        def started(trial: optuna.Trial) -> None:
+            sync.safely(sync.write, [running_trial(trial)])
+
+        def finished(trial: FrozenTrial) -> None:
+            sync.safely(sync.write, [trial])
+            ended.append(trial.number)
+
+        return {"on_trial_start": started, "on_trial_end": finished}
 
     def _wait_for_any(
         self,

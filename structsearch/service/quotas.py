@@ -7,7 +7,11 @@ would pass them:
 * ``max_trial_steps_per_key`` trial-steps: remaining trials x ``proxy.steps`` summed over those
   searches, where a search's remaining trials are those requested minus its own finished ones
   (complete or pruned; warm-start copies do not count, failed ones are run again). A search that
-  is nearly done holds little of the quota, so its key can queue the next one.
+  is nearly done holds little of the quota, so its key can queue the next one. The finished
+  trials are the read model's counts on the search row (``n_own_complete + n_pruned``: warm
+  start copies only complete trials, so every pruned one is the search's own), not a count of
+  Optuna's tables; a read-model write that failed leaves them low until the next job's
+  catch-up, which holds more of the quota, never less.
 
 Admin keys are exempt: the operator's own key must be able to run anything the service's
 per-search caps allow. Anonymous submissions do not exist (submitting needs a key).
@@ -19,7 +23,7 @@ concurrent submissions of one key cannot both slip under the limit.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from structsearch.errors import TooMany
@@ -29,15 +33,6 @@ from structsearch.service.tables import ACTIVE_STATUSES, Search
 
 #: Namespace of the advisory locks taken here (first half of the two-int lock key).
 _LOCK_SPACE = 0x5351  # "SQ"
-
-#: Own finished trials per study, read from Optuna's tables (same database): complete or pruned,
-#: not copied from an earlier study by warm start.
-_FINISHED_SQL = text(
-    "SELECT s.study_name, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-    "WHERE s.study_name IN :names AND t.state IN ('COMPLETE', 'PRUNED') AND NOT EXISTS ("
-    "SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = 'copied_from') "
-    "GROUP BY s.study_name"
-).bindparams(bindparam("names", expanding=True))
 
 
 def trial_steps(spec: StudySpec) -> int:
@@ -55,7 +50,7 @@ def check_quota(session: Session, api_key_id: int | None, spec: StudySpec, setti
         session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": _LOCK_SPACE, "key": api_key_id})
     active = [s.value for s in ACTIVE_STATUSES]
     rows = session.execute(
-        select(Search.name, Search.trials_requested, Search.spec).where(
+        select(Search.trials_requested, Search.n_own_complete + Search.n_pruned, Search.spec).where(
             Search.api_key_id == api_key_id, Search.status.in_(active)
         )
     ).all()
@@ -65,10 +60,9 @@ def check_quota(session: Session, api_key_id: int | None, spec: StudySpec, setti
             f"this key already has {len(rows)} active searches, the most it may have "
             f"(STRUCTSEARCH_MAX_ACTIVE_SEARCHES_PER_KEY={limit}); wait for one to end or cancel one"
         )
-    finished = _finished(session, [name for name, _, _ in rows])
     queued = sum(
-        max(0, trials - finished.get(name, 0)) * int((spec_json or {}).get("proxy", {}).get("steps", 0))
-        for name, trials, spec_json in rows
+        max(0, trials - finished) * int((spec_json or {}).get("proxy", {}).get("steps", 0))
+        for trials, finished, spec_json in rows
     )
     wanted, cap = trial_steps(spec), settings.max_trial_steps_per_key
     if queued + wanted > cap:
@@ -76,10 +70,3 @@ def check_quota(session: Session, api_key_id: int | None, spec: StudySpec, setti
             f"this search asks for {wanted:,} trial-steps (trials x proxy.steps) and the remaining trials of this "
             f"key's active searches hold {queued:,}; the limit per key is {cap:,} (STRUCTSEARCH_MAX_TRIAL_STEPS_PER_KEY)"
         )
-
-
-def _finished(session: Session, names: list[str]) -> dict[str, int]:
-    """Own finished trials of each named study (absent: none yet)."""
-    if not names:
-        return {}
-    return {name: int(n) for name, n in session.execute(_FINISHED_SQL, {"names": names}).all()}

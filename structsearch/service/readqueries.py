@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session
 
 from structsearch.search.recheck import RECHECK_ATTR
 from structsearch.search.results import (
-    _BUDGETS,
+    BUDGETS,
     COST_FIELDS,
     BaselineGain,
     TrialRecord,
-    _limit,
     baseline_gains,
     best_under_budget,
+    budget_limit,
 )
 from structsearch.service.database import Database
 from structsearch.service.readmodel import FINISHED_STATES, record_from_row, study_attrs
@@ -36,7 +36,7 @@ from structsearch.service.tables import Search, TrialRow
 
 #: Study attributes the API shows or needs: teacher figures (percentage budgets), re-checks, fine-tunings.
 FINETUNE_ATTR = "finetune"
-TEACHER_ATTRS = tuple(attr for attr, _, _ in _BUDGETS.values())
+TEACHER_ATTRS = tuple(attr for attr, _, _ in BUDGETS.values())
 #: Trial states -> the search-row counter holding how many trials are in it.
 STATE_COUNTS = {
     "waiting": "n_waiting",
@@ -72,8 +72,8 @@ def best_within(db: Database, search: Search, budgets: dict[str, str | None]) ->
     """
     storage = _StudyAttrsOnly(search.name, study_attrs(db, search.name, TEACHER_ATTRS))
     study = optuna.load_study(study_name=search.name, storage=storage)
-    limits = {what: lim for what, text in budgets.items() if (lim := _limit(text, what, study)) is not None}
-    fits = [getattr(TrialRow, _BUDGETS[what][1]) <= lim for what, lim in limits.items()]
+    limits = {what: lim for what, text in budgets.items() if (lim := budget_limit(text, what, study)) is not None}
+    fits = [getattr(TrialRow, BUDGETS[what][1]) <= lim for what, lim in limits.items()]
     with db.session() as s:
         found = _records(
             s,

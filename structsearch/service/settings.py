@@ -57,8 +57,6 @@ class ServiceSettings(BaseSettings):
     worker_heartbeat_s: float = Field(default=10.0, gt=0)
     #: A worker silent this long is dead: its jobs are put back in the queue, seconds.
     worker_stalled_after_s: float = Field(default=60.0, gt=0)
-    #: Studies whose finished trials the API keeps in memory (0 turns the cache off).
-    study_cache_size: int = Field(default=64, ge=0)
 
     # --- Bounded work (issue 13): what one request, and one key, may ask of the machines. ---
     #: Largest teacher (and student base), in parameters, counted on the meta device before

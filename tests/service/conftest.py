@@ -137,7 +137,6 @@ def make_settings(db_url: str, artifacts: Path, data_root: Path, **changes: Any)
         trial_heartbeat_s=1,
         worker_heartbeat_s=1.0,
         worker_stalled_after_s=4.0,
-        study_cache_size=8,
     )
     values.update(changes)
     return ServiceSettings(**values)

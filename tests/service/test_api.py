@@ -326,7 +326,7 @@ def test_best_before_any_result_is_404(client: TestClient, key: str) -> None:
 
 
 def test_results_follow_new_trials(client: TestClient, search_with_results) -> None:
-    """The per-study cache is keyed on finished-trial counts: a new trial shows up at once."""
+    """A trial the worker recorded shows up at once (the read model, no cache in between)."""
     body, study = search_with_results
     before = client.get(f"{body['url']}/pareto").json()["front"]
     cheapest = min(r["macs"] for r in before)

@@ -6,7 +6,9 @@ way ``test_faults`` runs them: each ``run`` is one queued job of a worker.
 
 from __future__ import annotations
 
+import functools
 import json
+import random
 import subprocess
 import threading
 import uuid
@@ -14,18 +16,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select, update
+from optuna.trial import TrialState
+from sqlalchemy import delete, select, text, update
 
 from api import create_app
 from structsearch.search.storage import open_storage
-from structsearch.service.readmodel import TrialSync, drift
+from structsearch.service import database
+from structsearch.service.database import Database, libpq_url
+from structsearch.service.migrations import upgrade
+from structsearch.service.readmodel import TrialSync, drift, recount, write_trials
+from structsearch.service.searches import cancel_search
 from structsearch.service.tables import Search, TrialRow
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.synthetic import add_trials
-from tests.service.test_e2e import CLI
-from tests.service.test_faults import Harness, harness_for
+from tests.service.test_e2e import CLI, wait_for
+from tests.service.test_faults import Harness, harness_for, run_in_thread
 
 API = "/api/v1"
 
@@ -95,6 +103,103 @@ class _storage:
 
     def __exit__(self, *exc: object) -> None:
         self.storage.engine.dispose()
+
+
+def test_two_writers_racing_on_new_rows_of_one_search_keep_its_counts(client: TestClient, harness: Harness) -> None:
+    """Two writers on the same new trials at once, one with them running (a job's catch-up that
+    read them a moment ago) and one with them complete (their worker): the complete rows stay,
+    whichever commits last, and the search's counts agree with the rows."""
+    body, study = submit_with_results(client, harness, n=0)
+    sid = uuid.UUID(body["id"])
+    for round_ in range(5):
+        rng = random.Random(round_)
+        study.add_trials([trial_like(rng, study.user_attrs["max_macs"]) for _ in range(8)])  # no row yet
+        done = [t for t in study.get_trials(deepcopy=False) if t.number >= 8 * round_]
+        with _storage(harness) as storage:
+            race(TrialSync(harness.db, storage, sid, study._study_id), [running_copy(t) for t in done], done)
+        row = search_row(harness, body["id"])
+        with harness.db.session() as s:
+            counts = recount(s, sid)
+        assert {k: getattr(row, k) for k in counts} == counts
+        assert counts["n_trials"] == counts["n_complete"] == 8 * (round_ + 1)
+        assert drift_of(harness, body["id"]) == []
+
+
+def test_on_sqlite_the_same_writes_keep_the_counts(tmp_path: Path) -> None:
+    """The embedded default (the API on SQLite) writes the read model step by step in Python:
+    the same rules: a complete row stays complete, the counts equal the rows."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        sid = uuid.uuid4()
+        with db.session() as s:
+            s.add(Search(id=sid, name="lite", requested_name="lite", spec={}, trials_requested=8))
+        rng = random.Random(0)
+        done = [trial_like(rng, 1_000_000) for _ in range(8)]
+        for n, t in enumerate(done):
+            t.number, t._trial_id = n, n + 1
+        with db.session() as s:
+            assert write_trials(s, sid, done) == 8
+        with db.session() as s:
+            assert write_trials(s, sid, [running_copy(t) for t in done]) == 0
+            counts = recount(s, sid)
+            row = s.get(Search, sid)
+            assert row is not None and {k: getattr(row, k) for k in counts} == counts
+        assert counts["n_complete"] == 8 and counts["best_number"] is not None
+    finally:
+        db.dispose()
+
+
+def race(sync: TrialSync, *writes: list[optuna.trial.FrozenTrial]) -> None:
+    """Each write in its own thread, all released at once."""
+    barrier = threading.Barrier(len(writes))
+
+    def write(trials: list[optuna.trial.FrozenTrial]) -> None:
+        barrier.wait()
+        sync.write(trials)
+
+    writers = [threading.Thread(target=write, args=(ts,)) for ts in writes]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+
+
+def running_copy(t: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """The trial as it was while it ran (no values, no attributes yet)."""
+    return optuna.trial.FrozenTrial(
+        t.number, TrialState.RUNNING, None, t.datetime_start, None, {}, {}, {}, {}, {}, t._trial_id
+    )
+
+
+def trial_like(rng: random.Random, max_macs: int) -> optuna.trial.FrozenTrial:
+    macs = rng.randint(100_000, 2 * max_macs)
+    feasible = macs <= max_macs
+    score = round(rng.uniform(10, 99), 3)
+    attrs = {"spec_key": f"{rng.getrandbits(48):012x}", "macs": macs, "params": 1000, "trained": feasible}
+    return optuna.trial.create_trial(
+        values=[score if feasible else 0.0, float(macs)],
+        user_attrs=attrs | ({"score": score} if feasible else {}),
+        system_attrs={"constraints:flops": float(macs - max_macs)},
+    )
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool pings a connection that sat idle (no ping before each write: they come back to
+    back) and replaces it when the database dropped it (a restart, an idle timeout)."""
+    db = Database(db_url)
+    try:
+        with db.engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with psycopg.connect(libpq_url(db_url), autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        monkeypatch.setattr(database, "PING_IDLE_S", 0.0)
+        db.ping()  # would raise "server closed the connection" on the killed connection
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        db.dispose()
 
 
 def test_backfill_fills_an_empty_read_model_and_check_finds_a_deleted_row(harness: Harness) -> None:
@@ -227,8 +332,41 @@ def test_events_deliver_every_completion_of_a_six_trial_search(
             assert sorted(done) == list(range(6)), events
             assert [e["status"] for _, k, e in events if k == "status"][-1] == "done"
             assert events[-1][1] == "end"
-            # a client resuming from the middle gets the changes after it, and nothing twice
+            # a client resuming from the middle gets each trial changed after it once, as it is
+            # now (a trial's running row was replaced by its finished one: one change left)
             middle = [i for i, k, _ in events if k == "trial"][3]
             resumed = read_events(c, f"{body['url']}/events", **{"Last-Event-ID": str(middle)})
-            ids = [i for i, k, _ in resumed if k == "trial"]
-            assert ids == [i for i, k, _ in events if k == "trial" and i is not None and i > middle]
+            last = {e["trial"]: i for i, k, e in events if k == "trial"}
+            assert [i for i, k, _ in resumed if k == "trial"] == sorted(i for i in last.values() if i > middle)
+            assert all(e["state"] != "running" for _, k, e in resumed if k == "trial")
+
+
+def running_trials(c: TestClient, url: str) -> list[dict]:
+    return c.get(f"{url}/trials", params={"state": "running"}).json()["items"]
+
+
+def test_a_running_trial_is_listed_and_streamed_while_it_runs(
+    db_url: str, tmp_path: Path, data_root: Path, service_home: Path, key: str
+) -> None:
+    """The worker writes its trial's row as the trial starts, not at the next job's catch-up."""
+    settings = make_settings(
+        db_url, tmp_path / "artifacts", data_root, max_proxy_steps=1_000_000, events_poll_s=0.2, events_max_s=1.0
+    )
+    for h in harness_for(settings):
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+            # a million proxy steps: the trial runs until the search is cancelled
+            spec = tiny_spec(name="rm-running", trials=1, steps=1_000_000, baselines=["uniform"])
+            body = c.post(f"{API}/searches", json=spec).json()
+            thread, out = run_in_thread(h.runner(), body["id"])
+            running = functools.partial(running_trials, c, body["url"])
+            try:
+                (trial,) = wait_for("the trial in /trials?state=running", running, 120)
+                assert trial["trial"] == 0 and trial["baseline"] == "uniform"
+                assert c.get(body["url"]).json()["trials"]["running"] == 1
+                events = read_events(c, f"{body['url']}/events")  # ends after events_max_s
+                assert [(e["trial"], e["state"]) for _, k, e in events if k == "trial"] == [(0, "running")]
+            finally:
+                cancel_search(h.db, h.queue, uuid.UUID(body["id"]))
+                thread.join(60)
+            assert out.get("result") == "stopped: search is cancelled", out
+            assert running() == [] and drift_of(h, body["id"]) == []
