@@ -25,7 +25,8 @@ log = logging.getLogger("structsearch.api")
 
 
 def error_response(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+    """The error body; line breaks squeezed, as a message may quote what a client sent."""
+    return JSONResponse({"detail": " ".join(detail.split())}, status_code=status_code, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

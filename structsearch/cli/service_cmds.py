@@ -115,7 +115,7 @@ def db_backfill(search: SearchOpt = None, storage: DatabaseOpt = None) -> None:
     """Fill the trials read model (ss_trials, the counts on ss_searches) from Optuna's storage.
 
     Idempotent: rows already right are left alone, counts are set from the rows. Run it once after
-    `structsearch db upgrade` to 0004 on a database with searches, or to repair what `db check` reports.
+    `structsearch db upgrade` to 0004 or later on a database with searches, or to repair what `db check` reports.
     """
 
     from structsearch.service.readmodel import backfill, chosen_searches

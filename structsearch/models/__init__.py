@@ -29,7 +29,7 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `timm.list_models()` lists the known names"
-    raise UnknownModelError(f"unknown model '{name}'{hint}")
+    raise UnknownModelError(f"unknown model {name[:100]!r}{hint}")  # repr: one line, whatever was sent
 
 
 def create_model(

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 from sqlalchemy import Select, and_, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from structsearch.search.recheck import RECHECK_ATTR
@@ -32,7 +33,7 @@ from structsearch.search.results import (
 )
 from structsearch.service.database import Database
 from structsearch.service.readmodel import FINISHED_STATES, record_from_row, study_attrs
-from structsearch.service.tables import Search, TrialRow
+from structsearch.service.tables import FrontRow, Search, TrialRow
 
 #: Study attributes the API shows or needs: teacher figures (percentage budgets), re-checks, fine-tunings.
 FINETUNE_ATTR = "finetune"
@@ -105,14 +106,49 @@ class _StudyAttrsOnly(optuna.storages.InMemoryStorage):
             self.set_study_user_attr(sid, k, v)
 
 
+#: Past this many changed rows a kept front is recomputed rather than brought up to date.
+FOLD_LIMIT = 5000
+
+
 def pareto(db: Database, search: Search, cost: str) -> list[TrialRecord]:
-    """``pareto_front(records, cost)`` in SQL: the feasible scored rows by (cost, score down,
+    """``pareto_front(records, cost)`` from the read model, kept in ``ss_fronts`` per search and axis.
+
+    A kept front is brought up to date by folding in only the rows changed since it was kept:
+    the front of (old front + changed rows) is the front of all rows, as long as no row of the old
+    front changed (then, or after :data:`FOLD_LIMIT` changes, it is recomputed in SQL). Rows are
+    written under their search's lock, so their ``seq`` grows in commit order and none is missed.
+    """
+    with db.session() as s:
+        kept = s.get(FrontRow, (search.id, cost))
+        numbers, seq = (kept.numbers, kept.seq) if kept is not None else ([], None)
+        if seq is not None:
+            changed = s.scalars(
+                select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.seq > seq).limit(FOLD_LIMIT + 1)
+            ).all()
+            if len(changed) > FOLD_LIMIT or not set(numbers).isdisjoint(r.number for r in changed):
+                seq = None  # recompute
+            elif changed:
+                rows = [*_rows_numbered(s, search, numbers), *changed]
+                numbers, seq = _front_numbers(rows, COST_FIELDS[cost]), max(r.seq for r in changed)
+        if seq is None:
+            seq = s.scalar(select(func.max(TrialRow.seq)).where(TrialRow.search_id == search.id)) or 0
+            numbers = list(s.scalars(_front_sql(search, cost)))  # rows changed meanwhile are folded in next time
+        front = [record_from_row(search.name, r) for r in _rows_numbered(s, search, numbers)]
+        if kept is None or seq != kept.seq:
+            _keep(db, FrontRow(search_id=search.id, cost=cost, seq=seq, numbers=numbers))
+    return front
+
+
+def _front_sql(search: Search, cost: str) -> Select[tuple[int]]:
+    """The front's trial numbers in one query: the feasible scored rows by (cost, score down,
     number), kept where the score beats every cheaper row's (a window maximum)."""
     axis = getattr(TrialRow, COST_FIELDS[cost])
     order = (axis, TrialRow.score.desc(), TrialRow.number)
     pts = (
         select(
             TrialRow.number,
+            TrialRow.score,
+            axis.label("cost"),
             func.max(TrialRow.score)
             .over(order_by=order, rows=(None, -1))  # the best score strictly before this row
             .label("before"),
@@ -120,14 +156,44 @@ def pareto(db: Database, search: Search, cost: str) -> list[TrialRecord]:
         .where(TrialRow.search_id == search.id, TrialRow.scored, TrialRow.feasible, axis.is_not(None))
         .subquery()
     )
-    q = (
-        select(TrialRow)
-        .join(pts, and_(TrialRow.search_id == search.id, TrialRow.number == pts.c.number))
-        .where((pts.c.before.is_(None)) | (TrialRow.score > pts.c.before))
-        .order_by(*order)
+    return (
+        select(pts.c.number)
+        .where(pts.c.before.is_(None) | (pts.c.score > pts.c.before))
+        .order_by(pts.c.cost, pts.c.score.desc(), pts.c.number)
     )
-    with db.session() as s:
-        return _records(s, search.name, q)
+
+
+def _front_numbers(rows: Sequence[TrialRow], axis: str) -> list[int]:
+    """:func:`_front_sql` on rows held in memory, in the same order with the same ties."""
+    pts = sorted(
+        (r for r in rows if r.scored and r.feasible and getattr(r, axis) is not None),
+        key=lambda r: (getattr(r, axis), -(r.score or 0.0), r.number),
+    )
+    numbers: list[int] = []
+    best: float | None = None
+    for r in pts:
+        if best is None or (r.score or 0.0) > best:
+            numbers.append(r.number)
+            best = r.score
+    return numbers
+
+
+def _rows_numbered(s: Session, search: Search, numbers: Sequence[int]) -> list[TrialRow]:
+    """The rows of these trial numbers, in that order (by the primary key)."""
+    found = {
+        r.number: r
+        for r in s.scalars(select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.number.in_(numbers)))
+    }
+    return [found[n] for n in numbers if n in found]
+
+
+def _keep(db: Database, front: FrontRow) -> None:
+    """Store a front for the next reader; a race with another reader keeps either (both correct)."""
+    try:
+        with db.session() as s:
+            s.merge(front)
+    except IntegrityError:
+        pass  # another process inserted it first: its front is as good
 
 
 def gains(db: Database, search: Search) -> list[BaselineGain]:

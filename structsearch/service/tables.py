@@ -231,3 +231,21 @@ class TrialRow(Base):
 
 #: Orders every change of ``ss_trials`` (PostgreSQL; the read model is written on PostgreSQL only).
 TRIAL_SEQ = Sequence("ss_trials_seq", metadata=Base.metadata)
+
+
+class FrontRow(Base):
+    """A search's Pareto front on one cost axis, as of change ``seq`` of its trials.
+
+    A front at 100,000 trials takes a scan of every scored row (about a second); kept here, a read
+    only folds in the rows changed since ``seq`` (:func:`structsearch.service.readqueries.pareto`),
+    so every API process shares it and no process starts cold.
+    """
+
+    __tablename__ = "ss_fronts"
+
+    search_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ss_searches.id", ondelete="CASCADE"), primary_key=True)
+    cost: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: The largest ``ss_trials.seq`` of the search folded into ``numbers``.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    #: Trial numbers on the front, cheapest first.
+    numbers: Mapped[list[int]] = mapped_column(JsonDoc)

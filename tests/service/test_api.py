@@ -81,7 +81,7 @@ def submit(client: TestClient, key: str, spec: dict) -> dict:
 def test_health_and_readiness(anon: TestClient) -> None:
     assert anon.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
     r = anon.get("/readyz")
-    assert r.status_code == 200 and r.json()["schema_revision"] == "0004"
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0005"
 
 
 def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
@@ -348,6 +348,31 @@ def test_results_follow_new_trials(client: TestClient, search_with_results) -> N
     after = client.get(f"{body['url']}/pareto").json()["front"]
     assert after[0]["score"] == 100.0 and len(after) == 1  # dominates everything
     assert client.get(body["url"]).json()["trials"]["complete"] == 41
+
+
+def test_a_kept_front_folds_in_new_trials_as_the_library_computes_them(
+    client: TestClient, key: str, settings: ServiceSettings
+) -> None:
+    """/pareto keeps each front in ss_fronts and folds in only the rows changed since: after each
+    batch of new trials, every axis still equals the library's front over all trials."""
+    from sqlalchemy import func, select
+
+    from structsearch.service.tables import FrontRow, TrialRow
+
+    body = submit(client, key, tiny_spec(name="folded", baselines=[]))
+    study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
+    costs = ("macs", "params", "latency")
+    for seed in range(3):
+        add_trials(study, 25, max_macs=study.user_attrs["max_macs"], seed=seed, measured=True)
+        records = study_records(study)
+        for cost in costs:
+            got = client.get(f"{body['url']}/pareto", params={"cost": cost}).json()["front"]
+            assert got == [r.to_dict() for r in pareto_front(records, cost)] and got
+    sid = uuid.UUID(body["id"])
+    with Database(settings.database_url).session() as s:
+        kept = s.scalars(select(FrontRow).where(FrontRow.search_id == sid)).all()
+        last = s.scalar(select(func.max(TrialRow.seq)).where(TrialRow.search_id == sid))
+    assert sorted(k.cost for k in kept) == sorted(costs) and all(k.seq == last for k in kept)
 
 
 def test_trials_pagination_and_state_filter(client: TestClient, search_with_results) -> None:

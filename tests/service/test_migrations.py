@@ -35,14 +35,14 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
     try:
         first = upgrade(url)
         assert upgrade(url) == first  # second run: nothing to do, nothing broken
-        assert first["structsearch"] == head_revision(url) == "0004"
+        assert first["structsearch"] == head_revision(url) == "0005"
         engine = create_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"ss_searches", "ss_api_keys", VERSION_TABLE} <= tables
         assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's, with Optuna's own version table
         assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
         with engine.connect() as conn:
-            assert current_revision(engine) == "0004"
+            assert current_revision(engine) == "0005"
             optuna_rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         assert optuna_rev == optuna.storages.RDBStorage(url).get_current_version()
 
@@ -70,7 +70,7 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
 def test_sqlite_keeps_working(tmp_path: Path) -> None:
     """The embedded default: our tables and Optuna's, no job queue (PostgreSQL only)."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert upgrade(url)["structsearch"] == "0004"
+    assert upgrade(url)["structsearch"] == "0005"
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
@@ -107,7 +107,7 @@ def test_0003_key_scope_expiry_last_use_up_and_down(postgres: Postgres, tmp_path
             assert conn.exec_driver_sql("SELECT name FROM ss_api_keys").scalar() == "old"
             assert current_revision(engine) == "0002"
         command.upgrade(alembic_config(url), "head")
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
     finally:
         engine.dispose()
         if backend == "postgresql":
