@@ -1,4 +1,4 @@
-"""Pareto fronts kept per search and cost axis: ``ss_fronts`` (issue 14).
+"""Pareto fronts kept per search and cost axis: ``ss_fronts``; an index on baseline rows (issue 14).
 
 Empty at first: the first ``/pareto`` of a search computes its front from ``ss_trials`` and keeps it.
 
@@ -33,7 +33,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("search_id", "cost", name=op.f("pk_ss_fronts")),
     )
+    baselines = sa.text("baseline IS NOT NULL")
+    op.create_index(
+        "ix_ss_trials_baseline", "ss_trials", ["search_id"], postgresql_where=baselines, sqlite_where=baselines
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_ss_trials_baseline", table_name="ss_trials")
     op.drop_table("ss_fronts")

@@ -194,6 +194,13 @@ class TrialRow(Base):
         Index("ix_ss_trials_state", "search_id", "state", "number"),
         # /events: the changes of a search after the last one a client saw
         Index("ix_ss_trials_seq", "search_id", "seq"),
+        # baseline gains on /pareto: the few baseline rows of a search
+        Index(
+            "ix_ss_trials_baseline",
+            "search_id",
+            postgresql_where=text("baseline IS NOT NULL"),
+            sqlite_where=text("baseline IS NOT NULL"),
+        ),
     )
 
     # keyset pagination and the upsert key: the primary key (search_id, number)
