@@ -52,7 +52,6 @@ from structsearch.finetune.config import (
 )
 from structsearch.finetune.detection import finetune_detection
 from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
-from structsearch.models import create_model
 from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
@@ -240,11 +239,7 @@ def _prepare_student(
     num_classes = num_classes_of(d.teacher) or probe_classes(d.teacher, teacher_pre(d.test.x[:1]))
     check_labels(d.train, num_classes)
     check_labels(d.test, num_classes)
-    # a from-scratch base is initialised from the study's seed, as the search's was
-    plan, spec = d.plan, stored.study_spec
-    model, start = stored.starting_student(
-        lambda: d.teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
-    )
+    model, start = stored.starting_student(lambda: d.plan.student_base(d.teacher))
     if start == "rebuilt":
         # surgery leaves the teacher's BatchNorm statistics; re-estimate them as the proxy does
         g = torch.Generator().manual_seed(seed)

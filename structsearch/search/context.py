@@ -11,6 +11,7 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,13 @@ class SearchPlan:
                 min_target=smallest / primary if primary else 0.0,
             )
         return self._proposals[resolution]
+
+    def student_base(self, teacher: nn.Module) -> nn.Module:
+        """The model students are cut from: the teacher, or the student base model initialised from
+        the study's seed (so a search, its recheck and its fine-tune start from the same weights)."""
+        return (
+            teacher if self.inherit else create_model(self.base_model, seed=self.spec.seed, **self.base_kwargs).eval()
+        )
 
     def baseline_trials(self) -> list[tuple[str, dict[str, Any]]]:
         """``(name, parameters)`` of the baselines a new study enqueues, at the largest resolution."""
@@ -300,12 +308,46 @@ class StudyData:
     augment: Any  # structsearch.data.Augment
 
 
-def load_study_data(plan: SearchPlan) -> StudyData:
-    """Load the data and load (or train once, cached) the teacher of a planned search."""
-    from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
+def study_teacher(
+    spec: StudySpec,
+    teacher: nn.Module,
+    train: Any,
+    data_key: Callable[[], str],
+    train_idx: torch.Tensor,
+    preprocess: Any,
+    **fit: Any,
+) -> tuple[nn.Module, Any]:
+    """``(teacher, its identity in cache keys)``: ``teacher`` (built from the spec) with its
+    checkpoint's id; or, with ``teacher.train_epochs``, the teacher trained once on ``train_idx``
+    and cached under ``$STRUCTSEARCH_HOME/teachers`` (``fit`` goes to ``trained_teacher``); else
+    ``teacher`` as initialised and ``None`` (then hashed from its random weights)."""
     from structsearch.distill import TeacherId
     from structsearch.paths import home
     from structsearch.teachers import trained_teacher
+
+    t = spec.teacher
+    if t.checkpoint:
+        return teacher, TeacherId.of(t.model, t.kwargs, t.checkpoint)
+    if not t.train_epochs:
+        return teacher, None
+    teacher, path = trained_teacher(
+        t.model,
+        t.kwargs,
+        train,
+        data_key(),
+        train_idx,
+        preprocess,
+        t.train_epochs,
+        spec.seed,
+        home() / "teachers",
+        **fit,
+    )
+    return teacher, TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
+
+
+def load_study_data(plan: SearchPlan) -> StudyData:
+    """Load the data and load (or train once, cached) the teacher of a planned search."""
+    from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
 
     spec = plan.spec
     t = spec.teacher
@@ -320,24 +362,9 @@ def load_study_data(plan: SearchPlan) -> StudyData:
 
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
-    if t.checkpoint:
-        teacher_id = TeacherId.of(t.model, t.kwargs, t.checkpoint)
-    elif t.train_epochs:
-        teacher, path = trained_teacher(
-            t.model,
-            t.kwargs,
-            train_data,
-            fingerprint(train_data),
-            train_idx,
-            preprocess,
-            t.train_epochs,
-            spec.seed,
-            home() / "teachers",
-            augment,
-        )
-        teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
-    else:
-        teacher_id = None  # hashed from its (random) weights
+    teacher, teacher_id = study_teacher(
+        spec, teacher, train_data, lambda: fingerprint(train_data), train_idx, preprocess, augment=augment
+    )
     return StudyData(teacher.eval(), teacher_id, preprocess, train_data, val_data, train_idx, val_idx, augment)
 
 
@@ -355,7 +382,7 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     spec = plan.spec
     d = load_study_data(plan)
     teacher, preprocess, augment = d.teacher, d.preprocess, d.augment
-    base = teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
+    base = plan.student_base(teacher)
     p = spec.proxy
     lr = p.lr if p.lr is not None else default_lr(plan.inherit)
     config = ProxyConfig(
