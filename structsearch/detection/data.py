@@ -205,15 +205,6 @@ def _file_identity(src: DetectionSource) -> Any:
     return (st.st_mtime_ns, st.st_size)
 
 
-def split_rows(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
-    """``(train, val)`` row indices: a seeded permutation, ``val_size`` rows (or that fraction) held out."""
-    count = int(val_size) if val_size >= 1 else int(round(n * float(val_size)))
-    if not 1 <= count < n:
-        raise DataError(f"cannot hold out {val_size} of {n} detection images for validation")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[count:].sort().values, perm[:count].sort().values
-
-
 # -- COCO ------------------------------------------------------------------------------------------
 
 

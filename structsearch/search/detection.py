@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from structsearch.data import Preprocess
-from structsearch.detection import DetectionData, DetectionSource, load_detection_data, split_rows
+from structsearch.data import Preprocess, split_train_val
+from structsearch.detection import DetectionData, DetectionSource, load_detection_data
 from structsearch.errors import DataError, StructsearchError
 from structsearch.models import create_model
 from structsearch.models.detector import Detector
@@ -91,7 +91,8 @@ def load_detection_study(plan: Any) -> DetectionStudy:
         train_idx, val_idx = _rows(train, spec.data.train_size), _rows(val, None)
     else:
         val = train
-        train_idx, val_idx = split_rows(len(train), spec.data.val_size, spec.seed)
+        # one class for every image: the classification split, unstratified
+        train_idx, val_idx = split_train_val(torch.zeros(len(train), dtype=torch.int64), spec.data.val_size, spec.seed)
         train_idx = train_idx[: spec.data.train_size]
     teacher: nn.Module = create_model(t.model, checkpoint=t.checkpoint, seed=spec.seed, **t.kwargs).eval()
     size = tuple(plan.input_size[1:])
