@@ -111,13 +111,14 @@ def finetune_trial(
     device = resolve_device(config.device)
     stored = StoredTrial.open(study, trial, storage_url)
     hyper = KDHyper.of(config, stored.study_spec)
+    out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
     if stored.study_spec.task == "detection":
         unsupported = {"--data": data, "--test": test, "--downstream": downstream, "stop_after_steps": stop_after_steps}
         return finetune_detection(
             stored,
             config,
             hyper,
-            Path(out).expanduser() if out else default_out_dir(study, trial),
+            out_dir,
             unsupported=[k for k, v in unsupported.items() if v is not None],
             on_progress=on_progress,
             on_status=status,
@@ -126,7 +127,6 @@ def finetune_trial(
     status("loading the teacher and data")
     d = _load_data(stored.study_spec, config, data, test)
     student = _prepare_student(stored, d, config, hyper.seed, device)
-    out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
     out_dir.mkdir(parents=True, exist_ok=True)
     augment = Augment.for_size(d.train.x.shape[-2], hflip=stored.study_spec.data.hflip)
     settings = {  # everything that determines the KD phase's result (its checkpoint's settings)
