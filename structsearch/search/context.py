@@ -11,7 +11,6 @@ Two steps, so bad input is rejected before anything is stored or trained:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from structsearch.cost import (
 )
 from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
-from structsearch.models import create_model, file_hash
+from structsearch.models import create_model
 from structsearch.search.baselines import enqueued_params
 from structsearch.search.costmodel import CostModel
 from structsearch.search.datafree import check_synthetic, load_train_data
@@ -308,46 +307,10 @@ class StudyData:
     augment: Any  # structsearch.data.Augment
 
 
-def study_teacher(
-    spec: StudySpec,
-    teacher: nn.Module,
-    train: Any,
-    data_key: Callable[[], str],
-    train_idx: torch.Tensor,
-    preprocess: Any,
-    **fit: Any,
-) -> tuple[nn.Module, Any]:
-    """``(teacher, its identity in cache keys)``: ``teacher`` (built from the spec) with its
-    checkpoint's id; or, with ``teacher.train_epochs``, the teacher trained once on ``train_idx``
-    and cached under ``$STRUCTSEARCH_HOME/teachers`` (``fit`` goes to ``trained_teacher``); else
-    ``teacher`` as initialised and ``None`` (then hashed from its random weights)."""
-    from structsearch.distill import TeacherId
-    from structsearch.paths import home
-    from structsearch.teachers import trained_teacher
-
-    t = spec.teacher
-    if t.checkpoint:
-        return teacher, TeacherId.of(t.model, t.kwargs, t.checkpoint)
-    if not t.train_epochs:
-        return teacher, None
-    teacher, path = trained_teacher(
-        t.model,
-        t.kwargs,
-        train,
-        data_key(),
-        train_idx,
-        preprocess,
-        t.train_epochs,
-        spec.seed,
-        home() / "teachers",
-        **fit,
-    )
-    return teacher, TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
-
-
 def load_study_data(plan: SearchPlan) -> StudyData:
     """Load the data and load (or train once, cached) the teacher of a planned search."""
     from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
+    from structsearch.teachers import study_teacher
 
     spec = plan.spec
     t = spec.teacher
@@ -363,7 +326,7 @@ def load_study_data(plan: SearchPlan) -> StudyData:
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
     teacher, teacher_id = study_teacher(
-        spec, teacher, train_data, lambda: fingerprint(train_data), train_idx, preprocess, augment=augment
+        t, spec.seed, teacher, train_data, lambda: fingerprint(train_data), train_idx, preprocess, augment=augment
     )
     return StudyData(teacher.eval(), teacher_id, preprocess, train_data, val_data, train_idx, val_idx, augment)
 

@@ -82,7 +82,7 @@ def load_detection_study(plan: Any) -> DetectionStudy:
     """Load the data and load (or train once, cached) the teacher of a planned detection search."""
     from structsearch.detection.teacher import fit_detector
     from structsearch.distill.teacher import state_digest
-    from structsearch.search.context import study_teacher
+    from structsearch.teachers import study_teacher
 
     spec, t = plan.spec, plan.spec.teacher
     train = load_detection_data(spec.data.train)  # every data check before any compute
@@ -106,7 +106,7 @@ def load_detection_study(plan: Any) -> DetectionStudy:
             raise DataError(f"{d.source} has {d.num_classes} classes but the detector has {teacher.num_classes}")
     preprocess = Preprocess.from_model(teacher, size)
     teacher, tid = study_teacher(
-        spec, teacher, train, lambda: train.fingerprint, train_idx, preprocess, fit=fit_detector
+        t, spec.seed, teacher, train, lambda: train.fingerprint, train_idx, preprocess, fit=fit_detector
     )
     teacher_id = tid.to_dict() if tid is not None else {"state": state_digest(teacher)}
     assert isinstance(teacher, Detector)  # check_detection_spec made sure
