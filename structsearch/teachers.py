@@ -22,7 +22,9 @@ from torch import nn
 
 from structsearch.atomic import atomic_write
 from structsearch.data import Augment, LoadedData, Preprocess, batches
-from structsearch.models import create_model, load_checkpoint
+from structsearch.distill.teacher import TeacherId
+from structsearch.models import create_model, file_hash, load_checkpoint
+from structsearch.paths import home
 from structsearch.train import make_optimizer, run_steps
 
 
@@ -97,3 +99,30 @@ def trained_teacher(
     (fit or fit_teacher)(net, data, train_idx, preprocess, epochs, seed, augment=augment)
     atomic_write(path, partial(torch.save, net.state_dict()))  # concurrent workers never read half a file
     return net, path
+
+
+def study_teacher(
+    t: Any,
+    seed: int,
+    teacher: nn.Module,
+    data: Any,
+    data_key: Callable[[], str],
+    train_idx: torch.Tensor,
+    preprocess: Preprocess,
+    **fit: Any,
+) -> tuple[nn.Module, TeacherId | None]:
+    """``(teacher, its identity in cache keys)`` for a study's teacher section ``t``.
+
+    ``teacher`` is the model ``t`` names (built by the caller), returned with its checkpoint's id;
+    with ``t.train_epochs`` and no checkpoint, the teacher :func:`trained_teacher` trains once on
+    ``train_idx`` (``fit`` goes to it) and caches under ``$STRUCTSEARCH_HOME/teachers``; otherwise
+    ``teacher`` as initialised and ``None`` (the caller hashes its random weights).
+    """
+    if t.checkpoint:
+        return teacher, TeacherId.of(t.model, t.kwargs, t.checkpoint)
+    if not t.train_epochs:
+        return teacher, None
+    teacher, path = trained_teacher(
+        t.model, t.kwargs, data, data_key(), train_idx, preprocess, t.train_epochs, seed, home() / "teachers", **fit
+    )
+    return teacher, TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))

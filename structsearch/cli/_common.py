@@ -51,6 +51,11 @@ def progress_bar(transient: bool, *extra: ProgressColumn) -> Progress:
     )
 
 
+def say(text: str) -> None:
+    """Print a result line to stdout as written: no highlighting, long lines not wrapped."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line to stderr and exit non-zero: how every user error ends."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -12,10 +12,10 @@ from structsearch.cli._common import (
     Format,
     FormatOpt,
     StorageOpt,
-    console,
     fail,
     print_json,
     progress_bar,
+    say,
 )
 
 
@@ -144,14 +144,12 @@ def finetune(
         return
     kd = result.kd
     spe = kd.seconds_per_epoch
-    console.print(
+    say(
         f"[bold]{study}[/] trial {trial}: {result.epochs} KD epoch{'s' if result.epochs != 1 else ''} on {result.train_images} images of "
         f"{result.train_data} ({result.start} start, {result.device}"
         + (f", {spe:.1f} s/epoch" if spe else "")
         + (f", resumed at step {kd.resumed_from_step}" if kd.resumed_from_step else "")
-        + ")",
-        highlight=False,
-        soft_wrap=True,
+        + ")"
     )
     if result.test_map is not None:  # a detection study's student
         score = (
@@ -163,17 +161,11 @@ def finetune(
             f"test top-1 [bold]{result.test_top1:.2f}%[/] at {result.input_size} px "
             f"(teacher {result.teacher_top1:.2f}% at {result.teacher_input_size} px)"
         )
-    console.print(
-        f"{score} on {result.test_images} images of {result.test_data}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"{score} on {result.test_images} images of {result.test_data}")
     if result.downstream:
         ds = result.downstream
-        console.print(
+        say(
             f"downstream: top-1 [bold]{ds['test_top1']:.2f}%[/] on {ds['test_images']} images of {ds['test_data']} "
-            f"({ds['num_classes']} classes, {ds['epochs']} epoch{'s' if ds['epochs'] != 1 else ''})",
-            highlight=False,
-            soft_wrap=True,
+            f"({ds['num_classes']} classes, {ds['epochs']} epoch{'s' if ds['epochs'] != 1 else ''})"
         )
-    console.print(f"student and result.json in {result.out}", highlight=False, soft_wrap=True)
+    say(f"student and result.json in {result.out}")

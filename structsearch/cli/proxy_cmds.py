@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
+from structsearch.cli._common import Format, FormatOpt, KwOpt, parse_kwargs, print_json, say
 
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local checkpoint (state dict) to load")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")]
@@ -48,11 +48,7 @@ def evaluate(
     if format is Format.json:
         print_json(result)
     else:
-        console.print(
-            f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"{model}: top-1 [bold]{acc:.2f}%[/] on {len(loaded)} images of {loaded.source}")
 
 
 def proxy(
@@ -180,13 +176,11 @@ def proxy(
     if format is Format.json:
         print_json(result)
         return
-    console.print(
+    say(
         f"student {result['student']}: val top-1 [bold]{result['val_top1']:.2f}%[/], "
         f"teacher agreement {100 * result['teacher_agreement']:.1f}%, {result['steps']} steps in "
         f"{result['seconds']:.1f} s ({result['train_images_per_s']:.0f} train images/s); "
-        f"{result['macs']:,} MACs ({100 * result['macs_ratio']:.1f}% of the teacher), {result['params']:,} params",
-        highlight=False,
-        soft_wrap=True,
+        f"{result['macs']:,} MACs ({100 * result['macs_ratio']:.1f}% of the teacher), {result['params']:,} params"
     )
 
 

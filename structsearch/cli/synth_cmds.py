@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
+from structsearch.cli._common import Format, FormatOpt, KwOpt, parse_kwargs, print_json, say
 
 
 def synthesize(
@@ -71,7 +71,7 @@ def synthesize(
     def progress(batch: int, batches: int, losses: dict[str, float]) -> None:
         if format is Format.table:
             terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
-            console.print(f"batch {batch}/{batches}: {terms}", highlight=False, soft_wrap=True)
+            say(f"batch {batch}/{batches}: {terms}")
 
     result = synthesize_spec(
         net,
@@ -96,12 +96,10 @@ def synthesize(
         print_json(info)
         return
     h, w = result.data.image_size
-    console.print(
+    say(
         f"wrote {len(result.data)} {h}x{w} images ({result.method}) to {out}; the teacher predicts the target class "
         f"for {100 * result.target_agreement:.1f}%; {result.seconds:.1f} s, {result.seconds_per_iteration:.3f} s per "
-        f"iteration of a batch{' (read from the cache)' if result.cache_hit else ''}. Use it as --data npz:{out}",
-        highlight=False,
-        soft_wrap=True,
+        f"iteration of a batch{' (read from the cache)' if result.cache_hit else ''}. Use it as --data npz:{out}"
     )
 
 

@@ -63,19 +63,7 @@ _TIME_UNITS: dict[str, Decimal] = {
     "ms": Decimal(1),
     "s": Decimal(1000),
 }
-#: Memory units in bytes (lower-cased): decimal SI as in "50MB", binary IEC as in "64MiB".
-_BYTE_UNITS: dict[str, int] = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-#: Byte units as written back (their canonical spelling).
+#: Memory units as written back (their canonical spelling): decimal SI as in "50MB", binary IEC as in "64MiB".
 _WRITE_BYTE_UNITS: tuple[tuple[str, int], ...] = (
     ("kB", 10**3),
     ("MB", 10**6),
@@ -86,6 +74,8 @@ _WRITE_BYTE_UNITS: tuple[tuple[str, int], ...] = (
     ("GiB", 2**30),
     ("TiB", 2**40),
 )
+#: Memory units in bytes as read (lower-cased, so "50mb" and "64mib" parse too).
+_BYTE_UNITS: dict[str, int] = {"b": 1} | {unit.lower(): scale for unit, scale in _WRITE_BYTE_UNITS}
 _MEASURED_RE = re.compile(r"^(?P<number>(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[^\d\s.][^\s]*)?$", re.IGNORECASE)
 
 

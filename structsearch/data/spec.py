@@ -316,7 +316,7 @@ def _parse_options(kind: str, options: str) -> _SourceFields:
         if key == "download":
             fields["download"] = _parse_download(value)
         else:
-            fields["size"] = _parse_size(value)
+            fields["size"] = parse_size(value)
     return fields
 
 
@@ -348,7 +348,8 @@ def _parse_download(value: str) -> bool:
     raise DataError(f"download must be 1 or 0, got {value!r}")
 
 
-def _parse_size(value: str) -> tuple[int, int]:
+def parse_size(value: str) -> tuple[int, int]:
+    """``"32"`` or ``"32x24"`` (also ``×``) -> ``(H, W)`` in pixels; a one-line :class:`DataError` otherwise."""
     m = _SIZE_RE.match(value)
     if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
         raise DataError(f"size must be H or HxW with positive integers, got {value!r}")

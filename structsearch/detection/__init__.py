@@ -11,6 +11,6 @@ A detection study (``task: detection`` in its spec) searches the backbone of an 
 * :mod:`~structsearch.detection.context` -- the search context a detection study runs with.
 """
 
-from structsearch.detection.data import DetectionData, DetectionSource, load_detection_data, split_rows
+from structsearch.detection.data import DetectionData, DetectionSource, load_detection_data
 
-__all__ = ["DetectionData", "DetectionSource", "load_detection_data", "split_rows"]
+__all__ = ["DetectionData", "DetectionSource", "load_detection_data"]

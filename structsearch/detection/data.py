@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from structsearch.data import DataSpec, load_data
+from structsearch.data.spec import parse_size
 from structsearch.errors import DataError, one_line
 
 FORMS = "coco:IMAGES_DIR:ANNOTATIONS.json[?size=HxW] or mosaic:SOURCE[?n=N&size=S&seed=K&objects=M]"
 _OPTIONS_RE = re.compile(r"\?([A-Za-z_]+=[^?&]*(?:&[A-Za-z_]+=[^?&]*)*)$")
-_SIZE_RE = re.compile(r"^(\d+)(?:[xX](\d+))?$")
 #: Object side as a fraction of the canvas, and the most of a smaller box another may cover.
 SCALE_RANGE = (0.18, 0.4)
 MAX_COVER = 0.5
@@ -130,7 +130,7 @@ class DetectionSource:
             if not images or not annotations:
                 raise DataError(f"coco data needs an images folder and an annotation file; use {FORMS}")
             _only(options, ("size",), "coco")
-            size = _parse_size(options["size"]) if "size" in options else None
+            size = parse_size(options["size"]) if "size" in options else None
             return cls("coco", path=images, annotations=annotations, size=size)
         if kind == "mosaic":
             if not rest:
@@ -172,13 +172,6 @@ def _parse_int(key: str, value: str) -> int:
     return int(value)
 
 
-def _parse_size(value: str) -> tuple[int, int]:
-    m = _SIZE_RE.match(value)
-    if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
-        raise DataError(f"size must be H or HxW with positive integers, got {value!r}")
-    return (int(m.group(1)), int(m.group(2) or m.group(1)))
-
-
 # -- loading ---------------------------------------------------------------------------------------
 
 _CACHE: dict[Any, DetectionData] = {}
@@ -203,15 +196,6 @@ def _file_identity(src: DetectionSource) -> Any:
     except OSError:
         return None  # reported by the loader
     return (st.st_mtime_ns, st.st_size)
-
-
-def split_rows(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
-    """``(train, val)`` row indices: a seeded permutation, ``val_size`` rows (or that fraction) held out."""
-    count = int(val_size) if val_size >= 1 else int(round(n * float(val_size)))
-    if not 1 <= count < n:
-        raise DataError(f"cannot hold out {val_size} of {n} detection images for validation")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[count:].sort().values, perm[:count].sort().values
 
 
 # -- COCO ------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from structsearch.finetune.config import (
 from structsearch.search.context import plan_search
 from structsearch.search.detection import load_detection_study
 from structsearch.search.stored import StoredTrial
-from structsearch.surgery import get_importance
 
 
 def finetune_detection(
@@ -82,10 +81,8 @@ def finetune_detection(
         eval_batch_size=config.eval_batch_size,
     )
     distiller = study.distiller(proxy)
-    if stored.saved() is not None:
-        student, start = stored.load(), "artifact"
-    else:  # the distiller re-estimates BatchNorm statistics before training either way
-        student, start = stored.rebuild(study.teacher, get_importance(spec.importance, spec.seed)), "rebuilt"
+    # the distiller re-estimates BatchNorm statistics before training, artifact or rebuilt
+    student, start = stored.starting_student(lambda: study.teacher)
 
     def on_loss(step: int, loss: float) -> None:
         if on_progress is not None and (step % config.report_every == 0 or step % steps_per_epoch == 0):

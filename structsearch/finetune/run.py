@@ -111,13 +111,14 @@ def finetune_trial(
     device = resolve_device(config.device)
     stored = StoredTrial.open(study, trial, storage_url)
     hyper = KDHyper.of(config, stored.study_spec)
+    out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
     if stored.study_spec.task == "detection":
         unsupported = {"--data": data, "--test": test, "--downstream": downstream, "stop_after_steps": stop_after_steps}
         return finetune_detection(
             stored,
             config,
             hyper,
-            Path(out).expanduser() if out else default_out_dir(study, trial),
+            out_dir,
             unsupported=[k for k, v in unsupported.items() if v is not None],
             on_progress=on_progress,
             on_status=status,
@@ -126,10 +127,25 @@ def finetune_trial(
     status("loading the teacher and data")
     d = _load_data(stored.study_spec, config, data, test)
     student = _prepare_student(stored, d, config, hyper.seed, device)
-    out_dir = Path(out).expanduser() if out else default_out_dir(study, trial)
     out_dir.mkdir(parents=True, exist_ok=True)
     augment = Augment.for_size(d.train.x.shape[-2], hflip=stored.study_spec.data.hflip)
-    settings = _kd_settings(study, trial, config, hyper, d, student, augment)
+    settings = {  # everything that determines the KD phase's result (its checkpoint's settings)
+        "format": CHECKPOINT_FORMAT,
+        "phase": "kd",
+        "study": study,
+        "trial": trial,
+        "arch": student.arch.to_dict(),
+        "start_weights": state_digest(student.model),
+        "teacher": state_digest(d.teacher),
+        "train_data": fingerprint(d.train),
+        "train_idx": tensor_digest(d.train_idx),
+        "teacher_preprocess": asdict(student.teacher_pre),
+        "student_preprocess": asdict(student.pre),
+        "augment": asdict(augment),
+        "epochs": config.epochs,
+        **asdict(hyper),
+        **config.training_settings(),
+    }
     d.teacher.to(device).eval()
     if config.channels_last:
         d.teacher.to(memory_format=torch.channels_last)
@@ -217,50 +233,20 @@ def _prepare_student(
     stored: StoredTrial, d: _Data, config: FinetuneConfig, seed: int, device: torch.device
 ) -> _Student:
     """The trial's student at its resolution; a rebuilt one gets its BatchNorm statistics re-estimated."""
-    teacher_size = d.plan.input_size[1]
-    student_size = stored.record.resolution or teacher_size
+    student_size = stored.record.resolution or d.plan.input_size[1]
     teacher_pre = Preprocess.from_model(d.teacher, d.plan.input_size[1:])
     student_pre = dataclasses.replace(teacher_pre, input_size=(student_size, student_size))
     num_classes = num_classes_of(d.teacher) or probe_classes(d.teacher, teacher_pre(d.test.x[:1]))
     check_labels(d.train, num_classes)
     check_labels(d.test, num_classes)
-    arch, model, start = _start_student(stored, d.plan, d.teacher)
+    model, start = stored.starting_student(lambda: d.plan.student_base(d.teacher))
     if start == "rebuilt":
         # surgery leaves the teacher's BatchNorm statistics; re-estimate them as the proxy does
         g = torch.Generator().manual_seed(seed)
         rows = [d.train_idx[torch.randperm(len(d.train_idx), generator=g)[: config.batch_size]] for _ in range(8)]
         model.to(device)
         recalibrate_bn(model, (prep(student_pre, d.train.x[r].to(device), config.channels_last) for r in rows))
-    return _Student(arch, model, start, teacher_pre, student_pre)
-
-
-def _kd_settings(
-    study: str,
-    trial: int,
-    config: FinetuneConfig,
-    hyper: KDHyper,
-    d: _Data,
-    student: _Student,
-    augment: Augment,
-) -> dict[str, Any]:
-    """Everything that determines the KD phase's result (its checkpoint's settings)."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "phase": "kd",
-        "study": study,
-        "trial": trial,
-        "arch": student.arch.to_dict(),
-        "start_weights": state_digest(student.model),
-        "teacher": state_digest(d.teacher),
-        "train_data": fingerprint(d.train),
-        "train_idx": tensor_digest(d.train_idx),
-        "teacher_preprocess": asdict(student.teacher_pre),
-        "student_preprocess": asdict(student.pre),
-        "augment": asdict(augment),
-        "epochs": config.epochs,
-        **asdict(hyper),
-        **config.training_settings(),
-    }
+    return _Student(stored.arch, model, start, teacher_pre, student_pre)
 
 
 def _test_split(spec: Any, test: str | None, study: StudyData) -> tuple[LoadedData, Tensor, Tensor | None]:
@@ -275,18 +261,3 @@ def _test_split(spec: Any, test: str | None, study: StudyData) -> tuple[LoadedDa
         t = load_data(test)
         return t, torch.arange(len(t)), None
     return study.val, study.val_idx, None if spec.data.val else study.val_idx
-
-
-def _start_student(stored: StoredTrial, plan: Any, teacher: nn.Module) -> tuple[Any, nn.Module, str]:
-    """The trial's structure and its starting weights: the proxy-trained artifact when it is on
-    this machine, else the structure rebuilt from the spec (inherited teacher weights, or the base
-    model's fresh initialisation for a student of another family)."""
-    from structsearch.models import create_model
-    from structsearch.surgery import get_importance
-
-    if stored.saved() is not None:
-        return stored.arch, stored.load(), "artifact"
-    spec = stored.study_spec
-    # a from-scratch base is initialised from the study's seed, as the search's was
-    base = teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
-    return stored.arch, stored.rebuild(base, get_importance(spec.importance, spec.seed)), "rebuilt"

@@ -32,7 +32,6 @@ from structsearch.search.proposal import Caps, ProposalSpace, Shape, evenly, fil
 from structsearch.space import ArchSpec, BlockSpec, Space
 from structsearch.surgery import build_student_with_recipe
 
-BASELINES = ("uniform", "global_magnitude", "depth")
 #: Baselines with a structure of their own rather than shape parameters.
 FIXED_BASELINES = ("global_magnitude", "depth")
 

@@ -33,7 +33,7 @@ from structsearch.cost import (
 )
 from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
-from structsearch.models import create_model, file_hash
+from structsearch.models import create_model
 from structsearch.search.baselines import enqueued_params
 from structsearch.search.costmodel import CostModel
 from structsearch.search.datafree import check_synthetic, load_train_data
@@ -92,6 +92,13 @@ class SearchPlan:
                 min_target=smallest / primary if primary else 0.0,
             )
         return self._proposals[resolution]
+
+    def student_base(self, teacher: nn.Module) -> nn.Module:
+        """The model students are cut from: the teacher, or the student base model initialised from
+        the study's seed (so a search, its recheck and its fine-tune start from the same weights)."""
+        return (
+            teacher if self.inherit else create_model(self.base_model, seed=self.spec.seed, **self.base_kwargs).eval()
+        )
 
     def baseline_trials(self) -> list[tuple[str, dict[str, Any]]]:
         """``(name, parameters)`` of the baselines a new study enqueues, at the largest resolution."""
@@ -303,9 +310,7 @@ class StudyData:
 def load_study_data(plan: SearchPlan) -> StudyData:
     """Load the data and load (or train once, cached) the teacher of a planned search."""
     from structsearch.data import Augment, Preprocess, fingerprint, load_data, train_val_rows
-    from structsearch.distill import TeacherId
-    from structsearch.paths import home
-    from structsearch.teachers import trained_teacher
+    from structsearch.teachers import study_teacher
 
     spec = plan.spec
     t = spec.teacher
@@ -320,24 +325,9 @@ def load_study_data(plan: SearchPlan) -> StudyData:
 
     # crop padding scaled to the images (CIFAR's 4 px at 32 px), flips as the data allows
     augment = Augment.for_size(train_data.x.shape[-2], hflip=spec.data.hflip)
-    if t.checkpoint:
-        teacher_id = TeacherId.of(t.model, t.kwargs, t.checkpoint)
-    elif t.train_epochs:
-        teacher, path = trained_teacher(
-            t.model,
-            t.kwargs,
-            train_data,
-            fingerprint(train_data),
-            train_idx,
-            preprocess,
-            t.train_epochs,
-            spec.seed,
-            home() / "teachers",
-            augment,
-        )
-        teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path))
-    else:
-        teacher_id = None  # hashed from its (random) weights
+    teacher, teacher_id = study_teacher(
+        t, spec.seed, teacher, train_data, lambda: fingerprint(train_data), train_idx, preprocess, augment=augment
+    )
     return StudyData(teacher.eval(), teacher_id, preprocess, train_data, val_data, train_idx, val_idx, augment)
 
 
@@ -355,7 +345,7 @@ def build_context(plan: SearchPlan, artifacts: Path | None = None) -> SearchCont
     spec = plan.spec
     d = load_study_data(plan)
     teacher, preprocess, augment = d.teacher, d.preprocess, d.augment
-    base = teacher if plan.inherit else create_model(plan.base_model, seed=spec.seed, **plan.base_kwargs).eval()
+    base = plan.student_base(teacher)
     p = spec.proxy
     lr = p.lr if p.lr is not None else default_lr(plan.inherit)
     config = ProxyConfig(

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from structsearch.data import Preprocess
-from structsearch.detection import DetectionData, DetectionSource, load_detection_data, split_rows
+from structsearch.data import Preprocess, split_train_val
+from structsearch.detection import DetectionData, DetectionSource, load_detection_data
 from structsearch.errors import DataError, StructsearchError
-from structsearch.models import create_model, file_hash
+from structsearch.models import create_model
 from structsearch.models.detector import Detector
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,10 +81,8 @@ class DetectionStudy:
 def load_detection_study(plan: Any) -> DetectionStudy:
     """Load the data and load (or train once, cached) the teacher of a planned detection search."""
     from structsearch.detection.teacher import fit_detector
-    from structsearch.distill import TeacherId
     from structsearch.distill.teacher import state_digest
-    from structsearch.paths import home
-    from structsearch.teachers import trained_teacher
+    from structsearch.teachers import study_teacher
 
     spec, t = plan.spec, plan.spec.teacher
     train = load_detection_data(spec.data.train)  # every data check before any compute
@@ -93,7 +91,8 @@ def load_detection_study(plan: Any) -> DetectionStudy:
         train_idx, val_idx = _rows(train, spec.data.train_size), _rows(val, None)
     else:
         val = train
-        train_idx, val_idx = split_rows(len(train), spec.data.val_size, spec.seed)
+        # one class for every image: the classification split, unstratified
+        train_idx, val_idx = split_train_val(torch.zeros(len(train), dtype=torch.int64), spec.data.val_size, spec.seed)
         train_idx = train_idx[: spec.data.train_size]
     teacher: nn.Module = create_model(t.model, checkpoint=t.checkpoint, seed=spec.seed, **t.kwargs).eval()
     size = tuple(plan.input_size[1:])
@@ -106,24 +105,10 @@ def load_detection_study(plan: Any) -> DetectionStudy:
         if d.num_classes > getattr(teacher, "num_classes", 0):
             raise DataError(f"{d.source} has {d.num_classes} classes but the detector has {teacher.num_classes}")
     preprocess = Preprocess.from_model(teacher, size)
-    if t.checkpoint:
-        teacher_id = TeacherId.of(t.model, t.kwargs, t.checkpoint).to_dict()
-    elif t.train_epochs:
-        teacher, path = trained_teacher(
-            t.model,
-            t.kwargs,
-            train,
-            train.fingerprint,
-            train_idx,
-            preprocess,
-            t.train_epochs,
-            spec.seed,
-            home() / "teachers",
-            fit=fit_detector,
-        )
-        teacher_id = TeacherId(t.model, tuple(sorted(t.kwargs.items())), file_hash(path)).to_dict()
-    else:
-        teacher_id = {"state": state_digest(teacher)}
+    teacher, tid = study_teacher(
+        t, spec.seed, teacher, train, lambda: train.fingerprint, train_idx, preprocess, fit=fit_detector
+    )
+    teacher_id = tid.to_dict() if tid is not None else {"state": state_digest(teacher)}
     assert isinstance(teacher, Detector)  # check_detection_spec made sure
     return DetectionStudy(teacher.eval(), teacher_id, preprocess, train, train_idx, val, val_idx)
 

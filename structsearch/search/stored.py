@@ -9,6 +9,7 @@ trial, not the whole study, so it is cheap on a large study too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,7 @@ from structsearch.search.results import STUDY_MARKER, TrialRecord, record_of, st
 from structsearch.search.spec import StudySpec, parse_study_spec
 from structsearch.search.storage import open_storage
 from structsearch.space import ArchSpec
-from structsearch.surgery import SPEC_FILE, WEIGHTS_FILE, Importance, build_student, load_student
+from structsearch.surgery import SPEC_FILE, WEIGHTS_FILE, Importance, build_student, get_importance, load_student
 
 
 def stored_study_spec(study: str, study_attrs: dict[str, Any]) -> StudySpec:
@@ -108,3 +109,12 @@ class StoredTrial:
     def rebuild(self, base: nn.Module, importance: Importance) -> nn.Module:
         """The structure rebuilt from ``base`` (the teacher, or the study's student base) with its weights."""
         return build_student(base, self.arch, importance)
+
+    def starting_student(self, base: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+        """``(student, start)`` a fine-tune starts from: the proxy-trained student when it is on this
+        machine (``"artifact"``), else the structure rebuilt from ``base()`` with the study's importance
+        (``"rebuilt"``; ``base`` is only called then)."""
+        if self.saved() is not None:
+            return self.load(), "artifact"
+        spec = self.study_spec
+        return self.rebuild(base(), get_importance(spec.importance, spec.seed)), "rebuilt"
