@@ -35,9 +35,10 @@ from structsearch.devices import resolve_device
 from structsearch.distill import ProxyConfig, TeacherCache
 from structsearch.distill.cache import cache_key
 from structsearch.distill.teacher import tensor_digest
+from structsearch.distill.trainer import run_proxy
 from structsearch.errors import ProxyConfigError
 from structsearch.models.detector import Detector
-from structsearch.train import WarmupCosine, make_optimizer, recalibrate_bn, run_steps
+from structsearch.train import recalibrate_bn
 
 #: Version of what the cached detection teacher outputs mean; bump it when their computation changes.
 CACHE_FORMAT = 1
@@ -155,75 +156,42 @@ class DetectionDistiller:
             raise ProxyConfigError("detection students run at the teacher's input size (no data.resolutions)")
         assert isinstance(student, Detector)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._score(student, callback, check, on_loss)
+            cfg = self.config
+            start = time.perf_counter()
+            student.to(self.device)
+            torch.manual_seed(cfg.seed)
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            recalibrate_bn(
+                student, (self._pre(self.x_train[i]) for i in self._batches(gen, cfg.bn_recalibration_batches))
+            )
 
-    def _score(
-        self,
-        student: Detector,
-        callback: Callable[[int, float], None] | None,
-        check: Callable[[], None] | None,
-        on_loss: Callable[[int, float], None] | None,
-    ) -> DetectionResult:
-        cfg = self.config
-        start = time.perf_counter()
-        student.to(self.device)
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        recalibrate_bn(student, (self._pre(self.x_train[i]) for i in self._batches(gen, cfg.bn_recalibration_batches)))
-        opt = make_optimizer(
-            [p for p in student.parameters() if p.requires_grad],
-            cfg.optimizer,
-            cfg.lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-        )
-        history: list[tuple[int, float]] = []
-        losses: list[float] = []
+            def loss_fn(rows: Tensor) -> tuple[Tensor, None]:
+                x = self._pre(self.x_train[rows])
+                feats = student.features(x)
+                teacher = tuple(t[rows].to(self.device) for t in self.t_head)
+                loss = cfg.alpha * detection_kd_loss(student.head_outputs(feats), teacher, cfg.temperature, CONFIDENCE)  # type: ignore[arg-type]
+                if cfg.alpha < 1:
+                    targets = [self.train_targets[int(r)] for r in rows]
+                    loss = loss + (1 - cfg.alpha) * student.loss(x, targets, feats)
+                if self.t_feats:
+                    loss = loss + cfg.feature_weight * fpn_imitation_loss(
+                        feats, [f[rows].to(self.device) for f in self.t_feats]
+                    )
+                return loss, None
 
-        def loss_fn(rows: Tensor) -> tuple[Tensor, None]:
-            x = self._pre(self.x_train[rows])
-            feats = student.features(x)
-            teacher = tuple(t[rows].to(self.device) for t in self.t_head)
-            loss = cfg.alpha * detection_kd_loss(student.head_outputs(feats), teacher, cfg.temperature, CONFIDENCE)  # type: ignore[arg-type]
-            if cfg.alpha < 1:
-                targets = [self.train_targets[int(r)] for r in rows]
-                loss = loss + (1 - cfg.alpha) * student.loss(x, targets, feats)
-            if self.t_feats:
-                loss = loss + cfg.feature_weight * fpn_imitation_loss(
-                    feats, [f[rows].to(self.device) for f in self.t_feats]
-                )
-            return loss, None
-
-        def after_step(step: int, _rows: Tensor, loss: Tensor, _aux: None) -> None:
-            losses.append(float(loss.detach()))
-            if on_loss is not None:
-                on_loss(step, losses[-1])
-            if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
-                score = self.evaluate(student)[0]
-                history.append((step, score))
-                callback(step, score)
-                student.train()
-
-        student.train()
-        run_steps(
-            self._batches(gen, cfg.steps),
-            loss_fn,
-            opt,
-            WarmupCosine(opt, cfg.steps),
-            after_step=after_step,
-            before_step=check,
-        )
-        m, m50 = self.evaluate(student)
-        tail = losses[-min(10, len(losses)) :]
-        return DetectionResult(
-            val_top1=m,
-            map50=m50,
-            steps=cfg.steps,
-            seconds=time.perf_counter() - start,
-            final_loss=sum(tail) / max(1, len(tail)),
-            history=tuple(history),
-            teacher_cache_hit=self.cache_hit,
-        )
+            params = (p for p in student.parameters() if p.requires_grad)
+            batches, evaluate = self._batches(gen, cfg.steps), lambda: self.evaluate(student)[0]
+            run = run_proxy(student, params, cfg, batches, loss_fn, evaluate, callback, check, on_loss)
+            m, m50 = self.evaluate(student)
+            return DetectionResult(
+                val_top1=m,
+                map50=m50,
+                steps=cfg.steps,
+                seconds=time.perf_counter() - start,
+                final_loss=run.final_loss,
+                history=run.history,
+                teacher_cache_hit=self.cache_hit,
+            )
 
     def evaluate(self, model: nn.Module, *, input_size: int | None = None) -> tuple[float, float]:
         """``(mAP@[.5:.95], mAP@.5)`` in percent on the validation split (model left in eval mode)."""

@@ -19,7 +19,7 @@ learns from logits only; whether it starts from inherited or random weights is t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from structsearch.distill.teacher import (
 from structsearch.distill.vit_kd import ViTHints, ViTTeacherTaps
 from structsearch.errors import DataError, ProxyConfigError, StructsearchError, one_line
 from structsearch.train import (
+    LossFn,
     OptimizerName,
     WarmupCosine,
     fits_on_device,
@@ -128,6 +129,62 @@ class ProxyResult:
     final_loss: float
     history: tuple[tuple[int, float], ...] = field(default=())
     teacher_cache_hit: bool | None = None
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    """What :func:`run_proxy` measured: ``(step, score)`` of the intermediate evaluations, the
+    mean loss of the last (up to) 10 steps, and the training seconds without the evaluations."""
+
+    history: tuple[tuple[int, float], ...]
+    final_loss: float
+    train_seconds: float
+
+
+def run_proxy(
+    student: nn.Module,
+    params: Iterable[Tensor],
+    cfg: ProxyConfig,
+    batches: Iterable[Tensor],
+    loss_fn: LossFn[Tensor],
+    evaluate: Callable[[], float],
+    callback: Callback | None = None,
+    check: Callable[[], None] | None = None,
+    on_loss: Callback | None = None,
+) -> ProxyRun:
+    """The proxy's training run, shared by the classification and the detection distillers.
+
+    ``cfg.steps`` steps of ``loss_fn`` over ``batches`` with ``cfg``'s optimizer over ``params``
+    and the warm-up-free cosine schedule. Every ``cfg.report_every`` steps (before the last) with a
+    ``callback``, ``evaluate()`` scores the student and ``callback(step, score)`` is told (it may
+    raise to prune); ``on_loss(step, loss)`` is told every step's loss; ``check()`` runs before each
+    step and may raise to stop the run. The student is left in train mode.
+    """
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    history: list[tuple[int, float]] = []
+    tail = max(1, min(10, cfg.steps))
+    loss_sum: Tensor | float = 0.0  # summed on the device: no synchronisation per step
+    clock = {"train": 0.0, "t0": 0.0}
+
+    def after_step(step: int, _batch: Tensor, loss: Tensor, _aux: None) -> None:
+        nonlocal loss_sum
+        if step > cfg.steps - tail:
+            loss_sum = loss_sum + loss.detach()
+        if on_loss is not None:
+            on_loss(step, float(loss.detach()))
+        if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
+            clock["train"] += time.perf_counter() - clock["t0"]
+            score = evaluate()
+            history.append((step, score))
+            callback(step, score)
+            student.train()
+            clock["t0"] = time.perf_counter()
+
+    student.train()
+    clock["t0"] = time.perf_counter()
+    run_steps(batches, loss_fn, opt, WarmupCosine(opt, cfg.steps), after_step=after_step, before_step=check)
+    clock["train"] += time.perf_counter() - clock["t0"]
+    return ProxyRun(tuple(history), float(loss_sum) / tail, clock["train"])
 
 
 class Distiller:
@@ -288,7 +345,50 @@ class Distiller:
         """
         size = self._student_size(input_size)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._score(student, callback, size, check)
+            cfg = self.config
+            start = time.perf_counter()
+            self._place(student)
+            torch.manual_seed(cfg.seed)
+            self._probe_student(student, size)
+            self._recalibrate(student, size, cfg.bn_recalibration_batches)
+            hints = self._feature_kd_setup(student) if cfg.feature_kd else None
+
+            params = [p for p in student.parameters() if p.requires_grad] + list(hints.parameters() if hints else [])
+
+            def loss_fn(pairs: Tensor) -> tuple[Tensor, None]:
+                x = self._pre(self.train_views[pairs])
+                t_logits, t_feats = self.source(pairs, x)
+                out = student(self._resize(x, size))
+                y = self.train_y[pairs.to(self.device) % self.n_train]
+                loss = distill_loss(out, t_logits, y, cfg.temperature, cfg.alpha)
+                if hints is not None:
+                    loss = loss + cfg.feature_weight * hints.loss(t_feats)
+                return loss, None
+
+            def evaluate() -> float:
+                top1 = self._evaluate(student, size)[0]
+                if hints is not None:
+                    hints.clear()  # drop the stage outputs the evaluation pass recorded
+                return top1
+
+            try:
+                batches = self._pair_batches(torch.Generator().manual_seed(cfg.seed), cfg.steps)
+                run = run_proxy(student, params, cfg, batches, loss_fn, evaluate, callback, check)
+            finally:
+                if hints is not None:
+                    hints.remove()
+            top1, agreement = self._evaluate(student, size)
+            images = cfg.steps * self._batch_size()
+            return ProxyResult(
+                val_top1=top1,
+                teacher_agreement=agreement,
+                steps=cfg.steps,
+                seconds=time.perf_counter() - start,
+                train_images_per_s=images / run.train_seconds if run.train_seconds > 0 else float("inf"),
+                final_loss=run.final_loss,
+                history=run.history,
+                teacher_cache_hit=self.cache_hit,
+            )
 
     def _student_size(self, input_size: int | None) -> tuple[int, int] | None:
         """``(H, W)`` to resize the student's inputs to, or None when it runs at the teacher's size."""
@@ -311,83 +411,6 @@ class Distiller:
             return x
         out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return out.contiguous(memory_format=torch.channels_last) if self.config.channels_last else out.contiguous()
-
-    def _score(
-        self,
-        student: nn.Module,
-        callback: Callback | None,
-        size: tuple[int, int] | None = None,
-        check: Callable[[], None] | None = None,
-    ) -> ProxyResult:
-        cfg = self.config
-        start = time.perf_counter()
-        self._place(student)
-        torch.manual_seed(cfg.seed)
-        self._probe_student(student, size)
-        self._recalibrate(student, size, cfg.bn_recalibration_batches)
-        hints = self._feature_kd_setup(student) if cfg.feature_kd else None
-
-        params = [p for p in student.parameters() if p.requires_grad] + list(hints.parameters() if hints else [])
-        opt = make_optimizer(params, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        history: list[tuple[int, float]] = []
-        loss_sum = torch.zeros((), device=self.device)
-        tail = max(1, min(10, cfg.steps))
-        clock = {"train": 0.0, "t0": 0.0}
-
-        def loss_fn(pairs: Tensor) -> tuple[Tensor, None]:
-            x = self._pre(self.train_views[pairs])
-            t_logits, t_feats = self.source(pairs, x)
-            out = student(self._resize(x, size))
-            y = self.train_y[pairs.to(self.device) % self.n_train]
-            loss = distill_loss(out, t_logits, y, cfg.temperature, cfg.alpha)
-            if hints is not None:
-                loss = loss + cfg.feature_weight * hints.loss(t_feats)
-            return loss, None
-
-        def after_step(step: int, _pairs: Tensor, loss: Tensor, _aux: None) -> None:
-            nonlocal loss_sum
-            if step > cfg.steps - tail:
-                loss_sum += loss.detach()
-            if callback is not None and step % cfg.report_every == 0 and step < cfg.steps:
-                clock["train"] += time.perf_counter() - clock["t0"]
-                top1, _ = self._evaluate(student, size)
-                history.append((step, top1))
-                if hints is not None:
-                    hints.clear()  # drop the stage outputs the evaluation pass recorded
-                callback(step, top1)
-                student.train()
-                clock["t0"] = time.perf_counter()
-
-        student.train()
-        try:
-            clock["t0"] = time.perf_counter()
-            run_steps(
-                self._pair_batches(gen, cfg.steps),
-                loss_fn,
-                opt,
-                WarmupCosine(opt, cfg.steps),
-                after_step=after_step,
-                before_step=check,
-            )
-            clock["train"] += time.perf_counter() - clock["t0"]
-        finally:
-            if hints is not None:
-                hints.remove()
-        train_seconds = clock["train"]
-        top1, agreement = self._evaluate(student, size)
-        seconds = time.perf_counter() - start
-        images = cfg.steps * self._batch_size()
-        return ProxyResult(
-            val_top1=top1,
-            teacher_agreement=agreement,
-            steps=cfg.steps,
-            seconds=seconds,
-            train_images_per_s=images / train_seconds if train_seconds > 0 else float("inf"),
-            final_loss=float(loss_sum) / tail,
-            history=tuple(history),
-            teacher_cache_hit=self.cache_hit,
-        )
 
     def quick_score(
         self, student: nn.Module, *, batches: int = 4, images: int = 512, input_size: int | None = None
