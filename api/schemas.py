@@ -15,7 +15,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from structsearch.search.results import TrialRecord
+from structsearch.search.results import BaselineGain, TrialRecord
+from structsearch.service.searches import TrialCounts
 
 T = TypeVar("T")
 
@@ -61,18 +62,8 @@ class TrialPublic(CandidatePublic):
     completed_at: datetime | None = None
 
 
-class TrialCountsPublic(BaseModel):
+class TrialCountsPublic(TrialCounts):
     """The search's own trials by state (``copied`` warm-start trials are not among them)."""
-
-    requested: int
-    complete: int
-    pruned: int
-    running: int
-    waiting: int
-    failed: int
-    trained: int
-    over_budget: int
-    copied: int
 
 
 class SearchStatusName(StrEnum):
@@ -134,17 +125,8 @@ class RecheckPublic(BaseModel):
     complete: bool
 
 
-class BaselineGainPublic(BaseModel):
+class BaselineGainPublic(BaselineGain):
     """The search's gain over one of its baselines: its best candidate at equal or lower MACs."""
-
-    baseline: str = Field(examples=["global_magnitude"])
-    trial: int
-    score: float | None
-    macs: int | None
-    searched_trial: int | None
-    searched_score: float | None
-    searched_macs: int | None
-    gain: float | None = Field(description="searched_score - score in points; null until both are scored")
 
 
 class ParetoPublic(BaseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
@@ -140,26 +139,27 @@ def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[ScoredR
     return front
 
 
-@dataclass(frozen=True)
-class BaselineGain:
+class BaselineGain(BaseModel):
     """How far the search beat one of its study's baselines.
 
     ``searched_*`` is the best searched (non-baseline) candidate at equal or lower MACs than the
     baseline; ``gain`` is its score minus the baseline's, in points (None: no searched candidate
-    is that cheap yet, or the baseline is not scored yet).
+    is that cheap yet, or the baseline is not scored yet). The API's ``BaselineGainPublic`` is this model.
     """
 
-    baseline: str
+    model_config = ConfigDict(frozen=True)
+
+    baseline: str = Field(examples=["global_magnitude"])
     trial: int
     score: float | None
     macs: int | None
     searched_trial: int | None
     searched_score: float | None
     searched_macs: int | None
-    gain: float | None
+    gain: float | None = Field(description="searched_score - score in points; null until both are scored")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def baseline_gains(records: list[TrialRecord]) -> list[BaselineGain]:

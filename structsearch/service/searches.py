@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, tuple_
 
 from structsearch.errors import CancelRefused, NameTaken, SubmitFailed
@@ -47,9 +48,11 @@ NAME_MAX = 100
 log = logging.getLogger("structsearch.api")
 
 
-@dataclass(frozen=True)
-class TrialCounts:
-    """Trials of a search's own (warm-start copies are counted apart, in ``copied``)."""
+class TrialCounts(BaseModel):
+    """Trials of a search's own (warm-start copies are counted apart, in ``copied``); the API's
+    ``TrialCountsPublic`` is this model."""
+
+    model_config = ConfigDict(frozen=True)
 
     requested: int
     complete: int
@@ -60,10 +63,6 @@ class TrialCounts:
     trained: int
     over_budget: int
     copied: int
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
 
 
 @dataclass(frozen=True)
