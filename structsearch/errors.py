@@ -141,9 +141,3 @@ class TooMany(StructsearchError):
     """A key is over one of its quotas (active searches, queued trial-steps); retry when some end."""
 
     status = 429
-
-
-class TooLarge(StructsearchError):
-    """A request body over the service's size limit."""
-
-    status = 413

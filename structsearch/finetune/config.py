@@ -211,16 +211,9 @@ class FinetuneResult:
     def study_summary(self) -> dict[str, Any]:
         """The compact record kept on the study (user attr ``finetune``, keyed by trial)."""
         ds = self.downstream or {}
+        figures = ("epochs", "test_top1", "teacher_top1", "test_map", "test_map50", "teacher_map", "teacher_map50")
         return {
-            "epochs": self.epochs,
-            "test_top1": self.test_top1,
-            "teacher_top1": self.teacher_top1,
-            "test_map": self.test_map,
-            "test_map50": self.test_map50,
-            "teacher_map": self.teacher_map,
-            "teacher_map50": self.teacher_map50,
-            "test_data": self.test_data,
-            "train_data": self.train_data,
+            **{k: getattr(self, k) for k in (*figures, "test_data", "train_data")},
             "downstream_data": ds.get("data"),
             "downstream_top1": ds.get("test_top1"),
             "seconds": round(self.seconds, 1),
