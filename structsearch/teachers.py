@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from structsearch.atomic import atomic_write
 from structsearch.data import Augment, LoadedData, Preprocess, batches
@@ -28,10 +28,37 @@ from structsearch.paths import home
 from structsearch.train import make_optimizer, run_steps
 
 
+def fit_epochs(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, torch.Generator], Tensor],
+    n: int,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    **one_cycle: Any,
+) -> nn.Module:
+    """Train ``model`` from scratch for ``epochs`` passes over ``n`` rows; returns it in eval mode.
+
+    ``loss_fn(idx, g)`` is the loss of the batch of row positions ``idx``; ``g`` is the run's
+    generator, seeded by ``seed``, which also shuffles the rows (the last short batch of each epoch
+    is dropped). The rate follows a one-cycle schedule of ``steps`` steps up to ``opt``'s rate
+    (``one_cycle``: more of its settings). Deterministic on CPU for a given seed.
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.defaults["lr"], total_steps=steps, **one_cycle)
+    model.train()
+    epoch_batches = (idx for _ in range(epochs) for idx in batches(n, batch_size, g, drop_last=True))
+    run_steps(epoch_batches, lambda idx: (loss_fn(idx, g), None), opt, sched)
+    return model.eval()
+
+
 def fit_teacher(
     model: nn.Module,
     data: LoadedData,
-    train_idx: torch.Tensor,
+    train_idx: Tensor,
     preprocess: Preprocess,
     epochs: int,
     seed: int = 0,
@@ -40,21 +67,15 @@ def fit_teacher(
     augment: Augment | None = None,
 ) -> nn.Module:
     """Train ``model`` from scratch with cross-entropy (Nesterov SGD, one-cycle, crop+flip); deterministic on CPU."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     augment = augment or Augment.for_size(data.x.shape[-2])
-    steps = max(1, epochs * math.ceil(len(train_idx) / batch_size))
     opt = make_optimizer(model.parameters(), "nesterov", lr, weight_decay=5e-4, momentum=0.9)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
 
-    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def loss_fn(idx: Tensor, g: torch.Generator) -> Tensor:
         rows = train_idx[idx]
-        return F.cross_entropy(model(preprocess(augment(data.x[rows], g))), data.y[rows]), None
+        return F.cross_entropy(model(preprocess(augment(data.x[rows], g))), data.y[rows])
 
-    model.train()
-    epoch_batches = (idx for _ in range(epochs) for idx in batches(len(train_idx), batch_size, g, drop_last=True))
-    run_steps(epoch_batches, loss_fn, opt, sched)
-    return model.eval()
+    steps = max(1, epochs * math.ceil(len(train_idx) / batch_size))
+    return fit_epochs(model, loss_fn, len(train_idx), epochs, seed, batch_size, opt, steps)
 
 
 def trained_teacher(

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from structsearch.data import Preprocess, batches
+from structsearch.data import Preprocess
 from structsearch.detection.data import DetectionData
 from structsearch.models.detector import Detector
-from structsearch.train import make_optimizer, run_steps
+from structsearch.teachers import fit_epochs
+from structsearch.train import make_optimizer
 
 
 def fit_detector(
@@ -34,22 +35,12 @@ def fit_detector(
 ) -> nn.Module:
     """Train ``model`` (a :class:`Detector`) on ``data[train_idx]`` for ``epochs`` epochs; returns it in eval mode."""
     assert isinstance(model, Detector)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, len(train_idx))
-    steps = max(1, epochs * (len(train_idx) // batch_size))
     opt = make_optimizer(model.parameters(), "adamw", lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     targets = data.targets(train_idx)
 
-    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return model.loss(preprocess(data.x[train_idx[idx]]), [targets[int(i)] for i in idx]), None
+    def loss_fn(idx: torch.Tensor, _g: torch.Generator) -> torch.Tensor:
+        return model.loss(preprocess(data.x[train_idx[idx]]), [targets[int(i)] for i in idx])
 
-    model.train()
-    run_steps(
-        (idx for _ in range(epochs) for idx in batches(len(train_idx), batch_size, g, drop_last=True)),
-        loss_fn,
-        opt,
-        sched,
-    )
-    return model.eval()
+    steps = max(1, epochs * (len(train_idx) // batch_size))
+    return fit_epochs(model, loss_fn, len(train_idx), epochs, seed, batch_size, opt, steps, pct_start=0.15)
