@@ -32,6 +32,7 @@ from structsearch.finetune.config import (
     ProgressEvent,
     ProgressFn,
 )
+from structsearch.finetune.phases import full_batches
 from structsearch.search.context import plan_search
 from structsearch.search.detection import load_detection_study
 from structsearch.search.stored import StoredTrial
@@ -60,26 +61,11 @@ def finetune_detection(
     spec = stored.study_spec
     on_status("loading the teacher and data")
     study = load_detection_study(plan_search(spec))
-    steps_per_epoch = len(study.train_idx) // hyper.batch_size
-    if steps_per_epoch == 0:
-        raise FinetuneError(
-            f"batch size {hyper.batch_size} is larger than the {len(study.train_idx)} training images of {study.train.source}"
-        )
+    steps_per_epoch = full_batches(len(study.train_idx), hyper.batch_size, study.train.source)
     total = config.epochs * steps_per_epoch
-    proxy = ProxyConfig(
-        feature_kd=spec.proxy.feature_kd,
-        steps=total,
-        batch_size=hyper.batch_size,
-        optimizer=hyper.optimizer,
-        lr=hyper.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        temperature=hyper.temperature,
-        alpha=hyper.alpha,
-        seed=hyper.seed,
-        device=config.device,
-        eval_batch_size=config.eval_batch_size,
-    )
+    # the proxy's settings are the fine-tune's: KDHyper's fields are ProxyConfig fields
+    shared = {k: getattr(config, k) for k in ("momentum", "weight_decay", "device", "eval_batch_size")}
+    proxy = ProxyConfig(**asdict(hyper), **shared, steps=total, feature_kd=spec.proxy.feature_kd)
     distiller = study.distiller(proxy)
     # the distiller re-estimates BatchNorm statistics before training, artifact or rebuilt
     student, start = stored.starting_student(lambda: study.teacher)

@@ -76,6 +76,13 @@ def kd_loss_fn(
     return loss
 
 
+def full_batches(images: int, batch_size: int, source: str) -> int:
+    """Full batches of ``batch_size`` in ``images`` training images of ``source`` (a one-line error for none)."""
+    if images < batch_size:
+        raise FinetuneError(f"batch size {batch_size} is larger than the {images} training images of {source}")
+    return images // batch_size
+
+
 def _derived_seed(*parts: Any) -> int:
     """A 63-bit seed as a pure function of its parts (``seed, phase, epoch, batch``)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
@@ -119,9 +126,7 @@ def run_phase(
     """
     config, seed, device, on_progress = ctx.config, ctx.seed, ctx.device, ctx.on_progress
     bs = config.batch_size
-    steps_per_epoch = len(idx) // bs
-    if steps_per_epoch == 0:
-        raise FinetuneError(f"batch size {bs} is larger than the {len(idx)} training images of {data.source}")
+    steps_per_epoch = full_batches(len(idx), bs, data.source)
     total = epochs * steps_per_epoch
     x_src = data.x[idx] if len(idx) != len(data) else data.x
     y_src = data.y[idx] if len(idx) != len(data) else data.y

@@ -51,7 +51,7 @@ from structsearch.finetune.config import (
     default_out_dir,
 )
 from structsearch.finetune.detection import finetune_detection
-from structsearch.finetune.phases import PhaseContext, downstream_phase, kd_loss_fn, prep, run_phase
+from structsearch.finetune.phases import PhaseContext, downstream_phase, full_batches, kd_loss_fn, prep, run_phase
 from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
@@ -222,10 +222,7 @@ def _load_data(spec: Any, config: FinetuneConfig, data: str | None, test: str | 
         keep = torch.ones(len(train_data), dtype=torch.bool)
         keep[exclude] = False
         train_idx = train_idx[keep]
-    if len(train_idx) < config.batch_size:
-        raise FinetuneError(
-            f"batch size {config.batch_size} is larger than the {len(train_idx)} training images of {train_data.source}"
-        )
+    full_batches(len(train_idx), config.batch_size, train_data.source)  # refused before any training
     return _Data(plan, study_data.teacher, train_data, train_idx, test_data, test_idx)
 
 
