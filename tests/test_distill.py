@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,20 @@ def test_same_seed_same_score_and_callback_history(digits, split, tmp_path: Path
     assert a.steps == 4 and a.seconds > 0 and a.train_images_per_s > 0 and 0 <= a.teacher_agreement <= 1
     other = make_distiller(teacher, digits, split, tmp_path, seed=1).score(small_student(teacher))
     assert other.final_loss != a.final_loss
+
+
+def test_threads_scoring_at_once_score_as_one_at_a_time(digits, split, tmp_path: Path) -> None:
+    """torch's global generator is one per process: two seeded runs in threads (dropout draws from
+    it) must not interleave their draws, or neither is reproducible."""
+    teacher = make_teacher()
+    distiller = make_distiller(teacher, digits, split, tmp_path, steps=12)
+
+    def score(_: int = 0) -> float:
+        return distiller.score(nn.Sequential(small_student(teacher), nn.Dropout(0.5))).final_loss
+
+    alone = score()
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(score, range(2))) == [alone, alone]
 
 
 def test_student_at_another_resolution_learns_from_the_teachers_own(digits, split, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from structsearch.distill.teacher import tensor_digest
 from structsearch.distill.trainer import run_proxy
 from structsearch.errors import ProxyConfigError
 from structsearch.models.detector import Detector
-from structsearch.train import recalibrate_bn
+from structsearch.train import recalibrate_bn, seeded
 
 #: Version of what the cached detection teacher outputs mean; bump it when their computation changes.
 CACHE_FORMAT = 1
@@ -155,11 +155,10 @@ class DetectionDistiller:
         if input_size is not None and (input_size, input_size) != tuple(self.preprocess.input_size):
             raise ProxyConfigError("detection students run at the teacher's input size (no data.resolutions)")
         assert isinstance(student, Detector)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with seeded(self.config.seed, self.device):
             cfg = self.config
             start = time.perf_counter()
             student.to(self.device)
-            torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             recalibrate_bn(
                 student, (self._pre(self.x_train[i]) for i in self._batches(gen, cfg.bn_recalibration_batches))

@@ -54,6 +54,7 @@ from structsearch.train import (
     probe_classes,
     recalibrate_bn,
     run_steps,
+    seeded,
 )
 
 #: Version of what the cached teacher outputs mean; bump it when their computation changes.
@@ -344,11 +345,10 @@ class Distiller:
         is the unchanged default path.
         """
         size = self._student_size(input_size)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with seeded(self.config.seed, self.device):
             cfg = self.config
             start = time.perf_counter()
             self._place(student)
-            torch.manual_seed(cfg.seed)
             self._probe_student(student, size)
             self._recalibrate(student, size, cfg.bn_recalibration_batches)
             hints = self._feature_kd_setup(student) if cfg.feature_kd else None

@@ -4,7 +4,8 @@
 * :mod:`~structsearch.train.loop` -- the step loop, with hooks for the loss and the bookkeeping;
 * :mod:`~structsearch.train.bn` -- BatchNorm recalibration;
 * :mod:`~structsearch.train.checkpoint` -- atomic, settings-checked resumable checkpoints;
-* :mod:`~structsearch.train.device` -- the on-device size limit and class-count probing.
+* :mod:`~structsearch.train.device` -- the on-device size limit and class-count probing;
+* :mod:`~structsearch.train.rng` -- seeded runs that leave the caller's random streams alone.
 
 Users: the KD proxy (:class:`structsearch.distill.Distiller`), the fine-tune
 (:mod:`structsearch.finetune`), teacher training (:mod:`structsearch.teachers`) and data-free
@@ -16,6 +17,7 @@ from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, sett
 from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
 from structsearch.train.loop import AfterStep, LossFn, run_steps
 from structsearch.train.optim import OptimizerName, WarmupCosine, make_optimizer
+from structsearch.train.rng import seeded
 
 __all__ = [
     "ON_DEVICE_LIMIT",
@@ -32,5 +34,6 @@ __all__ = [
     "recalibrate_bn",
     "run_steps",
     "save_checkpoint",
+    "seeded",
     "settings_hash",
 ]
