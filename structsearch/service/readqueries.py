@@ -119,13 +119,20 @@ def pareto(db: Database, search: Search, cost: str) -> list[TrialRecord]:
     A search with no kept front (rows written before migration 0006) has its fronts computed
     once, in SQL under the search's lock, by one request of each process at most.
     """
+    front = _kept_front(db, search, cost)
+    if front is None:
+        _COMPUTING.run(search.id, functools.partial(_compute_fronts, db, search.id))
+        front = _kept_front(db, search, cost)
+    return front or []
+
+
+def _kept_front(db: Database, search: Search, cost: str) -> list[TrialRecord] | None:
+    """The kept front's records, None when none is kept (one transaction: the numbers and their
+    rows agree)."""
     with db.session() as s:
         numbers = fronts.kept_numbers(s, search.id, cost)
-    if numbers is None:
-        _COMPUTING.run(search.id, functools.partial(_compute_fronts, db, search.id))
-        with db.session() as s:
-            numbers = fronts.kept_numbers(s, search.id, cost) or []
-    with db.session() as s:
+        if numbers is None:
+            return None
         rows = {r["number"]: r for r in s.execute(_numbered(search, numbers)).mappings()}
     return [record_from_row(search.name, rows[n]) for n in numbers if n in rows]
 
