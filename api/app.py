@@ -7,6 +7,7 @@ connect on first use), so importing the app or building it in a test needs no da
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,8 @@ from structsearch.service.settings import ServiceSettings
 
 API_PREFIX = "/api/v1"
 
+log = logging.getLogger("structsearch.api")
+
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
@@ -30,6 +33,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            services.db.warm()  # a cold process's first requests find their connections made
+        except Exception:  # the API still starts: /readyz reports the database, requests retry it
+            log.warning("could not open database connections at startup", exc_info=True)
         try:
             yield
         finally:

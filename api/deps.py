@@ -42,12 +42,8 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Services:
-        return cls(
-            settings=settings,
-            db=Database(settings.database_url),
-            reader=StudyReader(settings.database_url),
-            queue=JobQueue(settings.database_url),
-        )
+        db = Database(settings.database_url)
+        return cls(settings=settings, db=db, reader=StudyReader(db), queue=JobQueue(settings.database_url))
 
     def close(self) -> None:
         self.queue.close()

@@ -6,7 +6,8 @@ What it does:
    else a throwaway cluster from ``scripts/postgres.sh``), migrated;
 2. one search submitted over HTTP (no workers run), then ``--trials`` finished trials seeded
    straight into Optuna's tables and ``ss_trials`` with ``COPY`` (rows built by the worker's own
-   ``readmodel.row_of``; random MACs/params/scores, ~10 % over budget); with ``--searches S``,
+   ``readmodel.row_of``; random MACs/params/scores, ~10 % over budget; then the counts and
+   Pareto fronts the worker's writes keep, and ``ANALYZE``); with ``--searches S``,
    S searches of ``--trials-per-search`` trials each (copies of the submitted one, made in SQL);
 3. the worker's cost of writing the read model, per trial: new trials are started and finished
    in the study one at a time, each written as it starts and as it ends (``TrialSync.write`` of
@@ -49,11 +50,12 @@ from pathlib import Path
 import httpx
 import optuna
 import psycopg
-from sqlalchemy import make_url, select, update
+from sqlalchemy import make_url, select, text, update
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from structsearch.service import fronts  # noqa: E402
 from structsearch.service.apikeys import create_key  # noqa: E402
 from structsearch.service.database import Database, libpq_url  # noqa: E402
 from structsearch.service.migrations import upgrade  # noqa: E402
@@ -160,8 +162,12 @@ def seed(url: str, searches: list[tuple[uuid.UUID, int]], per_search: int, max_m
     db = Database(url)
     try:
         for search_id, _ in searches:
-            with db.session() as s:
+            with db.session() as s:  # the counts and fronts the worker's writes would have kept
                 s.execute(update(Search).where(Search.id == search_id).values(**recount(s, search_id)))
+                fronts.recompute(s, search_id)
+        with db.engine.connect() as conn:  # what autovacuum does within a minute of such a load
+            conn.execute(text("ANALYZE ss_trials"))
+            conn.commit()
     finally:
         db.dispose()
 

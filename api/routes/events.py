@@ -19,11 +19,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
+from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import OwnedSearchDep, Services, ServicesDep
-from api.routes.trials import trial_public
+from api.routes.trials import trial_item
 from api.schemas import ErrorPublic
 from structsearch.service.tables import Search, SearchStatus, TrialRow
 
@@ -59,7 +60,7 @@ async def _stream(services: Services, search: Search, after: int) -> AsyncIterat
         rows, row = await run_in_threadpool(_changes, services, search, after)
         for r in rows:
             after = r.seq
-            yield _event("trial", trial_public(search.name, r).model_dump(mode="json"), after)
+            yield _event("trial", to_jsonable_python(trial_item(search.name, r)), after)
         if row is None:
             yield _event("end", {"reason": "the search is gone"}, after)
             return

@@ -12,16 +12,15 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
+from pydantic_core import to_json
 from starlette.background import BackgroundTask
 
 from api.deps import MAX_PAGE, OwnedSearchDep, ServicesDep, study_id_of
 from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
 from structsearch.errors import NotFound
-from structsearch.service.readmodel import record_from_row
 from structsearch.service.readqueries import trial_page
-from structsearch.service.tables import TrialRow
 
 router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"])
 
@@ -32,14 +31,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def trial_public(study: str, row: TrialRow) -> TrialPublic:
-    return TrialPublic(
-        **record_from_row(study, row).to_dict(),
-        duplicate_of=row.duplicate_of,
-        copied_from=row.copied_from,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-    )
+#: A :class:`TrialPublic`'s fields, in order, and the ``ss_trials`` column each is read from.
+_ITEM_COLUMNS = {
+    name: "number" if name == "trial" else name for name, f in TrialPublic.model_fields.items() if not f.exclude
+}
+
+
+def trial_item(study: str, row: Any) -> dict[str, Any]:
+    """A :class:`TrialPublic` as a plain dict (datetimes left as they are), straight from a row's
+    columns (a ``TrialRow`` or a SQL row): a page of 100 trials built through the models took
+    as long as its query. The columns are the record's fields, already checked when written."""
+    return {name: study if name == "study" else getattr(row, col) for name, col in _ITEM_COLUMNS.items()}
 
 
 @router.get("", response_model=Page[TrialPublic], responses=_ERRORS)
@@ -57,20 +59,23 @@ def list_trials(
     ] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="trials to skip (when `after` is not given)")] = 0,
     state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
-) -> Page[TrialPublic]:
+) -> Response:
     """Trials by number (warm-start copies included, marked by ``copied_from``), from the read model.
 
     Page with ``after`` (keyset: each trial exactly once, however many finish meanwhile);
     ``offset`` still works for a first look.
     """
     page = trial_page(services.db, search, limit, after, offset, state.value if state else None)
-    return Page(
-        items=[trial_public(search.name, r) for r in page.rows],
-        total=page.total,
-        offset=offset if after is None else 0,
-        limit=limit,
-        next=page.next,
-    )
+    body = {
+        "items": [trial_item(search.name, r) for r in page.rows],
+        "total": page.total,
+        "offset": offset if after is None else 0,
+        "limit": limit,
+        "next": page.next,
+    }
+    # the bytes FastAPI's own serializer writes for Page[TrialPublic] (tests compare them), without
+    # validating each row into a model first
+    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
 
 
 @router.get(

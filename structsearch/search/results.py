@@ -40,6 +40,9 @@ class TrialRecord(BaseModel):
     trained: bool
     feasible: bool
     score: float | None = Field(description="validation top-1 accuracy (%) after the KD proxy")
+    map50: float | None = Field(
+        default=None, description="detection studies: mAP@.5 (%) beside the score, which is then mAP@[.5:.95] (%)"
+    )
     macs: int | None = Field(description="multiply-adds (fvcore: 1 multiply-add = 1 flop)")
     params: int | None
     spec: dict[str, Any] | None = Field(description="the student's ArchSpec")

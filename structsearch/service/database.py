@@ -15,8 +15,8 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy import create_engine, event, exc, make_url, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 
 def libpq_url(url: str) -> str:
@@ -100,6 +100,20 @@ class Database:
         """Raise unless the database answers (``/readyz``)."""
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+    def warm(self) -> None:
+        """Open the pool's connections now, all at once (then returned to the pool), so that the
+        first concurrent requests of a fresh process do not each wait for a connection to be made."""
+        configure_mappers()
+        conns = []
+        try:
+            pool = self.engine.pool
+            for _ in range(pool.size() if isinstance(pool, QueuePool) else 1):
+                conns.append(self.engine.connect())
+                conns[-1].execute(text("SELECT 1"))
+        finally:
+            for conn in conns:
+                conn.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

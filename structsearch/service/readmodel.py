@@ -45,7 +45,8 @@ from sqlalchemy.orm import Session
 
 from structsearch.errors import NotFound
 from structsearch.search.record import TrialAttrs
-from structsearch.search.results import TrialRecord, record_of
+from structsearch.search.results import COST_FIELDS, TrialRecord, record_of
+from structsearch.service import fronts
 from structsearch.service.database import Database
 from structsearch.service.tables import Search, TrialRow, utcnow
 
@@ -134,6 +135,7 @@ def row_of(search_id: uuid.UUID, t: FrozenTrial) -> dict[str, Any]:
         "memory_device": r.memory_device,
         "resolution": r.resolution,
         "score": r.score,
+        "map50": r.map50,
         "seconds": r.seconds,
         "trained": r.trained,
         "feasible": r.feasible,
@@ -156,13 +158,13 @@ def running_trial(trial: optuna.Trial) -> FrozenTrial:
 
 
 #: TrialRecord fields taken from a row unchanged (``study`` and ``trial`` are named differently).
-_RECORD_FIELDS = [f for f in TrialRecord.model_fields if f not in ("study", "trial")]
+RECORD_FIELDS = [f for f in TrialRecord.model_fields if f not in ("study", "trial")]
 
 
 def record_from_row(study: str, row: Any) -> TrialRecord:
     """The :class:`TrialRecord` of a stored row (any object or mapping with the row's columns)."""
     get = row.__getitem__ if isinstance(row, Mapping) else lambda k: getattr(row, k)
-    return TrialRecord(study=study, trial=get("number"), **{f: get(f) for f in _RECORD_FIELDS})
+    return TrialRecord(study=study, trial=get("number"), **{f: get(f) for f in RECORD_FIELDS})
 
 
 #: A trial goes waiting -> running -> finished, and a finished one never changes again (Optuna
@@ -213,7 +215,8 @@ def _write_sql() -> TextClause:
     column; the old rows are read, the changed ones upserted (``IS DISTINCT FROM``: an equal row
     is left alone, its ``seq`` too; so is a row at a later stage, :func:`_replaces`), and the search's counts move by the changed rows' new minus
     old contributions (:data:`COUNTERS` as SQL), its best by :func:`_best`'s order over the rows
-    left alone and the changed ones. Returns how many rows changed; none when nothing did."""
+    left alone and the changed ones. Returns the numbers of the rows changed and of those among
+    them that were scored before (they may leave a front); no row when nothing changed."""
     pg = postgresql.dialect()
     table = TrialRow.__table__
     sent = ", ".join(_SENT)
@@ -245,25 +248,31 @@ best AS (
 UPDATE ss_searches s SET {moves},
   best_number = (SELECT number FROM best), best_score = (SELECT score FROM best), trials_changed_at = :now
 FROM d WHERE s.id = :search AND EXISTS (SELECT FROM up)
-RETURNING (SELECT count(*) FROM up)""")
+RETURNING (SELECT array_agg(number) FROM up),
+  (SELECT coalesce(array_agg(number), '{{}}') FROM old WHERE scored AND number IN (SELECT number FROM up))""")
 
 
-def _write_postgres(session: Session, search_id: uuid.UUID, rows: list[dict[str, Any]]) -> int:
+#: What a write changed: the numbers of the rows written, and of those that were scored before.
+Changed = tuple[list[int], list[int]]
+
+
+def _write_postgres(session: Session, search_id: uuid.UUID, rows: list[dict[str, Any]]) -> Changed:
     """Two statements: lock the search row (two workers' writes to one search apply their count
     changes one after the other, each reading the old rows after the other's commit), then
     :func:`_write_sql`."""
     if session.execute(_LOCK_SQL, {"search": search_id}).first() is None:
-        return 0  # the search was deleted
+        return [], []  # the search was deleted
     arrays: dict[str, Any] = {c: [r[c] for r in rows] for c in _SENT}
     arrays["spec"] = [None if v is None else json.dumps(v) for v in arrays["spec"]]
-    return session.execute(_write_sql(), {**arrays, "search": search_id, "now": utcnow()}).scalar() or 0
+    done = session.execute(_write_sql(), {**arrays, "search": search_id, "now": utcnow()}).first()
+    return (list(done[0]), list(done[1])) if done is not None else ([], [])
 
 
-def _write_portable(session: Session, search_id: uuid.UUID, new: dict[int, dict[str, Any]]) -> int:
+def _write_portable(session: Session, search_id: uuid.UUID, new: dict[int, dict[str, Any]]) -> Changed:
     """What :func:`_write_postgres` does, step by step in Python (SQLite: writers are serialised
     by the database's own lock)."""
     if session.scalar(select(Search.id).where(Search.id == search_id)) is None:
-        return 0  # the search was deleted
+        return [], []  # the search was deleted
     cols = [TrialRow.__table__.c[c] for c in _COMPARED]
     old: dict[int, dict[str, Any]] = {
         r["number"]: dict(r)
@@ -273,7 +282,7 @@ def _write_portable(session: Session, search_id: uuid.UUID, new: dict[int, dict[
     }
     changed = [r for n, r in new.items() if _replaces(old.get(n), r)]
     if not changed:
-        return 0
+        return [], []
     _upsert_sqlite(session, changed)
     delta = {name: 0 for name in COUNTERS}
     for r in changed:
@@ -289,11 +298,12 @@ def _write_portable(session: Session, search_id: uuid.UUID, new: dict[int, dict[
         .values(**values, trials_changed_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return len(changed)
+    return [r["number"] for r in changed], [r["number"] for r in changed if (o := old.get(r["number"])) and o["scored"]]
 
 
 def write_trials(session: Session, search_id: uuid.UUID, trials: Iterable[FrozenTrial]) -> int:
-    """Upsert the rows of ``trials`` and move the search's counts; returns how many rows changed.
+    """Upsert the rows of ``trials``, move the search's counts and its kept fronts
+    (:func:`fronts.keep`); returns how many rows changed.
 
     Runs in the caller's transaction (keep it short: it holds the search row's lock).
     """
@@ -301,8 +311,11 @@ def write_trials(session: Session, search_id: uuid.UUID, trials: Iterable[Frozen
     if not new:
         return 0
     if session.get_bind().dialect.name == "postgresql":
-        return _write_postgres(session, search_id, list(new.values()))
-    return _write_portable(session, search_id, new)
+        changed, left = _write_postgres(session, search_id, list(new.values()))
+    else:
+        changed, left = _write_portable(session, search_id, new)
+    fronts.keep(session, search_id, [new[n] for n in changed], left)
+    return len(changed)
 
 
 def recount(session: Session, search_id: uuid.UUID) -> dict[str, Any]:
@@ -373,8 +386,8 @@ class TrialSync:
         return self._write_ids(ids)
 
     def backfill(self, chunk: int = 1000) -> int:
-        """Write every trial (read in one pass), then set the counts from the rows: repairs any
-        drift, not only missing rows."""
+        """Write every trial (read in one pass), then set the counts and the fronts from the rows:
+        repairs any drift, not only missing rows."""
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         written = 0
         for start in range(0, len(trials), chunk):
@@ -383,6 +396,7 @@ class TrialSync:
         with self.db.session() as s:
             counts = recount(s, self.search_id)
             s.execute(update(Search).where(Search.id == self.search_id).values(**counts))
+            fronts.recompute(s, self.search_id)
         return written
 
 
@@ -427,6 +441,7 @@ def drift(db: Database, storage: Any, search: Search) -> list[str]:
         }
         row = s.get(Search, search.id)
         stored = {name: getattr(row, name) for name in _expected_counts([])} if row is not None else {}
+        kept = {cost: fronts.kept_numbers(s, search.id, cost) for cost in COST_FIELDS}
     where = f"search {search.id} ({search.name})"
     lines = []
     for n in sorted(want.keys() | have.keys()):
@@ -439,6 +454,9 @@ def drift(db: Database, storage: Any, search: Search) -> list[str]:
     for name, value in _expected_counts(want.values()).items():
         if stored.get(name) != value:
             lines.append(f"{where}: {name} is {stored.get(name)}, the study says {value}")
+    for cost, axis in COST_FIELDS.items():  # a search with no kept front yet has its front computed on first read
+        if kept[cost] is not None and kept[cost] != (front := fronts.front_numbers(want.values(), axis)):
+            lines.append(f"{where}: the kept {cost} front is trials {kept[cost]}, the study's is {front}")
     return lines
 
 

@@ -10,30 +10,32 @@ code can be reused on a handful of rows (baseline gains, the nearest candidate o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from sqlalchemy import Select, and_, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.orm import Session
 
 from structsearch.search.recheck import RECHECK_ATTR
 from structsearch.search.results import (
     BUDGETS,
-    COST_FIELDS,
     BaselineGain,
     TrialRecord,
     baseline_gains,
     best_under_budget,
     budget_limit,
 )
+from structsearch.service import fronts
 from structsearch.service.database import Database
-from structsearch.service.readmodel import FINISHED_STATES, record_from_row, study_attrs
-from structsearch.service.tables import FrontRow, Search, TrialRow
+from structsearch.service.readmodel import FINISHED_STATES, RECORD_FIELDS, record_from_row, study_attrs
+from structsearch.service.singleflight import SingleFlight
+from structsearch.service.tables import Search, TrialRow
 
 #: Study attributes the API shows or needs: teacher figures (percentage budgets), re-checks, fine-tunings.
 FINETUNE_ATTR = "finetune"
@@ -106,109 +108,59 @@ class _StudyAttrsOnly(optuna.storages.InMemoryStorage):
             self.set_study_user_attr(sid, k, v)
 
 
-#: Past this many changed rows a kept front is recomputed rather than brought up to date.
-FOLD_LIMIT = 5000
+#: Fronts being computed in this process (a search with none kept yet): one computation per search.
+_COMPUTING = SingleFlight()
 
 
 def pareto(db: Database, search: Search, cost: str) -> list[TrialRecord]:
-    """``pareto_front(records, cost)`` from the read model, kept in ``ss_fronts`` per search and axis.
+    """``pareto_front(records, cost)`` from the read model: the front kept in ``ss_fronts`` (by
+    the writer of the rows, :mod:`structsearch.service.fronts`) and its rows, by primary key.
 
-    A kept front is brought up to date by folding in only the rows changed since it was kept:
-    the front of (old front + changed rows) is the front of all rows, as long as no row of the old
-    front changed (then, or after :data:`FOLD_LIMIT` changes, it is recomputed in SQL). Rows are
-    written under their search's lock, so their ``seq`` grows in commit order and none is missed.
+    A search with no kept front (rows written before migration 0006) has its fronts computed
+    once, in SQL under the search's lock, by one request of each process at most.
     """
+    front = _kept_front(db, search, cost)
+    if front is None:
+        _COMPUTING.run(search.id, functools.partial(_compute_fronts, db, search.id))
+        front = _kept_front(db, search, cost)
+    return front or []
+
+
+def _kept_front(db: Database, search: Search, cost: str) -> list[TrialRecord] | None:
+    """The kept front's records, None when none is kept (one transaction: the numbers and their
+    rows agree)."""
     with db.session() as s:
-        kept = s.get(FrontRow, (search.id, cost))
-        numbers, seq = (kept.numbers, kept.seq) if kept is not None else ([], None)
-        if seq is not None:
-            changed = s.scalars(
-                select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.seq > seq).limit(FOLD_LIMIT + 1)
-            ).all()
-            if len(changed) > FOLD_LIMIT or not set(numbers).isdisjoint(r.number for r in changed):
-                seq = None  # recompute
-            elif changed:
-                rows = [*_rows_numbered(s, search, numbers), *changed]
-                numbers, seq = _front_numbers(rows, COST_FIELDS[cost]), max(r.seq for r in changed)
-        if seq is None:
-            seq = s.scalar(select(func.max(TrialRow.seq)).where(TrialRow.search_id == search.id)) or 0
-            numbers = list(s.scalars(_front_sql(search, cost)))  # rows changed meanwhile are folded in next time
-        front = [record_from_row(search.name, r) for r in _rows_numbered(s, search, numbers)]
-        if kept is None or seq != kept.seq:
-            _keep(db, FrontRow(search_id=search.id, cost=cost, seq=seq, numbers=numbers))
-    return front
+        numbers = fronts.kept_numbers(s, search.id, cost)
+        if numbers is None:
+            return None
+        rows = {r["number"]: r for r in s.execute(_numbered(search, numbers)).mappings()}
+    return [record_from_row(search.name, rows[n]) for n in numbers if n in rows]
 
 
-def _front_sql(search: Search, cost: str) -> Select[tuple[int]]:
-    """The front's trial numbers in one query: the feasible scored rows by (cost, score down,
-    number), kept where the score beats every cheaper row's (a window maximum)."""
-    axis = getattr(TrialRow, COST_FIELDS[cost])
-    order = (axis, TrialRow.score.desc(), TrialRow.number)
-    pts = (
-        select(
-            TrialRow.number,
-            TrialRow.score,
-            axis.label("cost"),
-            func.max(TrialRow.score)
-            .over(order_by=order, rows=(None, -1))  # the best score strictly before this row
-            .label("before"),
-        )
-        .where(TrialRow.search_id == search.id, TrialRow.scored, TrialRow.feasible, axis.is_not(None))
-        .subquery()
-    )
-    return (
-        select(pts.c.number)
-        .where(pts.c.before.is_(None) | (pts.c.score > pts.c.before))
-        .order_by(pts.c.cost, pts.c.score.desc(), pts.c.number)
-    )
+def _compute_fronts(db: Database, search_id: uuid.UUID) -> None:
+    with db.session() as s:
+        fronts.recompute(s, search_id, only_missing=True)
 
 
-def _front_numbers(rows: Sequence[TrialRow], axis: str) -> list[int]:
-    """:func:`_front_sql` on rows held in memory, in the same order with the same ties."""
-    pts = sorted(
-        (r for r in rows if r.scored and r.feasible and getattr(r, axis) is not None),
-        key=lambda r: (getattr(r, axis), -(r.score or 0.0), r.number),
-    )
-    numbers: list[int] = []
-    best: float | None = None
-    for r in pts:
-        if best is None or (r.score or 0.0) > best:
-            numbers.append(r.number)
-            best = r.score
-    return numbers
-
-
-def _rows_numbered(s: Session, search: Search, numbers: Sequence[int]) -> list[TrialRow]:
-    """The rows of these trial numbers, in that order (by the primary key)."""
-    found = {
-        r.number: r
-        for r in s.scalars(select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.number.in_(numbers)))
-    }
-    return [found[n] for n in numbers if n in found]
-
-
-def _keep(db: Database, front: FrontRow) -> None:
-    """Store a front for the next reader; a race with another reader keeps either (both correct)."""
-    try:
-        with db.session() as s:
-            s.merge(front)
-    except IntegrityError:
-        pass  # another process inserted it first: its front is as good
+def _numbered(search: Search, numbers: Sequence[int]) -> Select[Any]:
+    """The rows of these trial numbers (by the primary key), the columns a record shows."""
+    cols = [TrialRow.__table__.c[c] for c in ("number", *RECORD_FIELDS)]
+    return select(*cols).where(TrialRow.search_id == search.id, TrialRow.number.in_(list(numbers)))
 
 
 def gains(db: Database, search: Search) -> list[BaselineGain]:
     """``baseline_gains`` of the search from its baselines and, for each, its best cheaper searched
     rival (one indexed query each): the library's answer on those rows is its answer on all rows."""
     with db.session() as s:
-        baselines = _records(
-            s,
-            search.name,
-            select(TrialRow).where(
-                TrialRow.search_id == search.id,
-                TrialRow.baseline.is_not(None),
-                TrialRow.state.in_(FINISHED_STATES),  # as the library sees them: finished trials
-            ),
-        )
+        # exactly the partial index's condition (a state filter here once made the planner walk
+        # every row of the search by state); only finished trials count, as for the library
+        baselines = [
+            r
+            for r in _records(
+                s, search.name, select(TrialRow).where(TrialRow.search_id == search.id, TrialRow.baseline.is_not(None))
+            )
+            if r.state in FINISHED_STATES
+        ]
         rivals: dict[int, TrialRecord] = {}
         for b in baselines:
             if b.macs is None:
@@ -230,7 +182,7 @@ def result_attrs(db: Database, search: Search) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrialPage:
-    rows: list[TrialRow]
+    rows: list[Row[Any]]  #: every column of ``ss_trials``, by name
     total: int
     next: int | None
 
@@ -241,7 +193,7 @@ def trial_page(
     """Trials by number: those after trial ``after`` (keyset: stable while trials are added), else
     from ``offset``. ``next``: the ``after`` of the next page, None on the last. ``total`` comes
     from the search row's counts."""
-    q = select(TrialRow).where(TrialRow.search_id == search.id)
+    q = select(*TrialRow.__table__.c).where(TrialRow.search_id == search.id)
     if state is not None:
         q = q.where(TrialRow.state == state)
     if after is not None:
@@ -249,7 +201,7 @@ def trial_page(
     else:
         q = q.offset(offset)
     with db.session() as s:
-        rows: Sequence[TrialRow] = s.scalars(q.order_by(TrialRow.number).limit(limit + 1)).all()
+        rows = s.execute(q.order_by(TrialRow.number).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     total = getattr(search, STATE_COUNTS[state]) if state is not None else search.n_trials

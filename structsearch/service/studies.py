@@ -13,12 +13,16 @@ import threading
 
 import optuna
 
+from structsearch.service.database import Database
+from structsearch.service.readmodel import study_id_of
+
 
 class StudyReader:
     """Thread-safe read access to the studies in one database (one instance per API process)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.url = db.url
         self._storage: optuna.storages.RDBStorage | None = None
         self._lock = threading.Lock()
         self._ids: dict[str, int] = {}
@@ -38,13 +42,15 @@ class StudyReader:
                 self._storage = None
 
     def study_id(self, name: str) -> int | None:
-        """Optuna's id of the study (ids never change, so they are remembered); None when absent."""
+        """Optuna's id of the study (ids never change, so they are remembered); None when absent.
+
+        Looked up with one indexed query on the service's engine: opening Optuna's storage for it
+        took a cold API process about a second (its schema checks) on its first request."""
         with self._lock:
             if name in self._ids:
                 return self._ids[name]
-        try:
-            sid = self.storage.get_study_id_from_name(name)
-        except KeyError:
+        sid = study_id_of(self.db, name)
+        if sid is None:
             return None
         with self._lock:
             self._ids[name] = sid

@@ -220,6 +220,8 @@ class TrialRow(Base):
     memory_device: Mapped[str | None] = mapped_column(Text, nullable=True)
     resolution: Mapped[int | None] = mapped_column(Integer, nullable=True)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Detection studies: mAP@.5 (%) beside the score (which is mAP@[.5:.95]); None otherwise.
+    map50: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     trained: Mapped[bool] = mapped_column(Boolean)
     #: Every constraint <= 0 (within the search's budgets).
@@ -241,18 +243,16 @@ TRIAL_SEQ = Sequence("ss_trials_seq", metadata=Base.metadata)
 
 
 class FrontRow(Base):
-    """A search's Pareto front on one cost axis, as of change ``seq`` of its trials.
+    """A search's Pareto front on one cost axis, kept up to date by every write of its trials.
 
-    A front at 100,000 trials takes a scan of every scored row (about a second); kept here, a read
-    only folds in the rows changed since ``seq`` (:func:`structsearch.service.readqueries.pareto`),
-    so every API process shares it and no process starts cold.
+    A front at 100,000 trials takes a scan of every scored row (about a second); the read model's
+    writer folds each written row into the kept front instead (:mod:`structsearch.service.fronts`),
+    so ``/pareto`` reads these numbers and their rows and no API process computes a front.
     """
 
     __tablename__ = "ss_fronts"
 
     search_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ss_searches.id", ondelete="CASCADE"), primary_key=True)
     cost: Mapped[str] = mapped_column(String(16), primary_key=True)
-    #: The largest ``ss_trials.seq`` of the search folded into ``numbers``.
-    seq: Mapped[int] = mapped_column(BigInteger)
     #: Trial numbers on the front, cheapest first.
     numbers: Mapped[list[int]] = mapped_column(JsonDoc)

@@ -81,7 +81,7 @@ def submit(client: TestClient, key: str, spec: dict) -> dict:
 def test_health_and_readiness(anon: TestClient) -> None:
     assert anon.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
     r = anon.get("/readyz")
-    assert r.status_code == 200 and r.json()["schema_revision"] == "0005"
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0006"
 
 
 def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
@@ -350,29 +350,129 @@ def test_results_follow_new_trials(client: TestClient, search_with_results) -> N
     assert client.get(body["url"]).json()["trials"]["complete"] == 41
 
 
-def test_a_kept_front_folds_in_new_trials_as_the_library_computes_them(
+def test_the_writer_keeps_each_front_and_a_read_computes_none(
     client: TestClient, key: str, settings: ServiceSettings
 ) -> None:
-    """/pareto keeps each front in ss_fronts and folds in only the rows changed since: after each
-    batch of new trials, every axis still equals the library's front over all trials."""
-    from sqlalchemy import func, select
+    """The read model's writer keeps every front in ss_fronts as it writes trials: after each
+    batch, before any read, each kept front is the library's. A read then only reads it: a row
+    made to dominate everything behind the writer's back (no write, so no front moved) does not
+    show, where a reader computing the front would put it first."""
+    from sqlalchemy import select, update
 
     from structsearch.service.tables import FrontRow, TrialRow
 
     body = submit(client, key, tiny_spec(name="folded", baselines=[]))
     study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
-    costs = ("macs", "params", "latency")
-    for seed in range(3):
-        add_trials(study, 25, max_macs=study.user_attrs["max_macs"], seed=seed, measured=True)
-        records = study_records(study)
-        for cost in costs:
+    sid, db = uuid.UUID(body["id"]), Database(settings.database_url)
+
+    def kept() -> dict[str, list[int]]:
+        with db.session() as s:
+            return {f.cost: f.numbers for f in s.scalars(select(FrontRow).where(FrontRow.search_id == sid))}
+
+    try:
+        for seed in range(3):
+            add_trials(study, 25, max_macs=study.user_attrs["max_macs"], seed=seed, measured=True)
+            records = study_records(study)
+            fronts = {
+                cost: [r.trial for r in pareto_front(records, cost)] for cost in ("macs", "params", "latency", "memory")
+            }
+            assert kept() == fronts and all(fronts.values())
+        with db.session() as s:
+            off_front = s.scalar(
+                select(TrialRow.number)
+                .where(TrialRow.search_id == sid, TrialRow.number.not_in(fronts["macs"]))
+                .limit(1)
+            )
+            s.execute(
+                update(TrialRow)
+                .where(TrialRow.search_id == sid, TrialRow.number == off_front)
+                .values(score=100.0, macs=1, params=1, latency_ms=0.001, memory_bytes=1, scored=True, feasible=True)
+            )
+        for cost, numbers in fronts.items():
             got = client.get(f"{body['url']}/pareto", params={"cost": cost}).json()["front"]
-            assert got == [r.to_dict() for r in pareto_front(records, cost)] and got
-    sid = uuid.UUID(body["id"])
-    with Database(settings.database_url).session() as s:
-        kept = s.scalars(select(FrontRow).where(FrontRow.search_id == sid)).all()
-        last = s.scalar(select(func.max(TrialRow.seq)).where(TrialRow.search_id == sid))
-    assert sorted(k.cost for k in kept) == sorted(costs) and all(k.seq == last for k in kept)
+            assert [c["trial"] for c in got] == numbers
+            assert got == [r.to_dict() for r in pareto_front(records, cost)]
+    finally:
+        db.dispose()
+
+
+def test_a_search_without_kept_fronts_gets_them_on_first_read(
+    client: TestClient, search_with_results, settings: ServiceSettings
+) -> None:
+    """Rows written before the writer kept fronts (migration 0006 drops the old ones): the first
+    reads, concurrent, compute and keep them, and each answers the library's front."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import delete, func, select
+
+    from structsearch.service.tables import FrontRow
+
+    body, study = search_with_results
+    db = Database(settings.database_url)
+    try:
+        with db.session() as s:
+            s.execute(delete(FrontRow))
+        with ThreadPoolExecutor(8) as pool:
+            fronts = list(pool.map(lambda _: client.get(f"{body['url']}/pareto").json()["front"], range(8)))
+        want = [r.to_dict() for r in pareto_front(study_records(study))]
+        assert all(f == want for f in fronts) and want
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(FrontRow)) == 4
+    finally:
+        db.dispose()
+
+
+def test_trial_pages_are_the_models_bytes_and_map50_is_shown_with_scores(
+    client: TestClient, key: str, settings: ServiceSettings
+) -> None:
+    """/trials builds its body from the rows without a model per row: the bytes are those of
+    Page[TrialPublic] built from the records. A detection trial's mAP@.5 (``map50``) is in the
+    read model and beside its score in /trials, /best and /pareto; classification trials have null."""
+    from pydantic import TypeAdapter
+    from sqlalchemy import select
+
+    from api.schemas import Page, TrialPublic
+    from structsearch.service.readmodel import record_from_row
+    from structsearch.service.tables import TrialRow
+
+    body = submit(client, key, tiny_spec(name="map50", baselines=[]))
+    study = optuna.load_study(study_name=body["name"], storage=settings.database_url)
+    add_trials(study, 12, max_macs=study.user_attrs["max_macs"])
+    attrs = {"macs": 1000, "params": 10, "trained": True, "score": 41.5, "map50": 62.25, "spec": {}, "spec_key": "d"}
+    study.add_trial(
+        optuna.trial.create_trial(values=[41.5, 1000.0], user_attrs=attrs, system_attrs={"constraints:flops": -1.0})
+    )
+    record(study)
+    got = client.get(f"{body['url']}/trials", params={"limit": 100})
+    db = Database(settings.database_url)
+    try:
+        with db.session() as s:
+            rows = s.scalars(
+                select(TrialRow).where(TrialRow.search_id == uuid.UUID(body["id"])).order_by(TrialRow.number)
+            )
+            items = [
+                TrialPublic(
+                    **record_from_row(body["name"], r).to_dict(),
+                    duplicate_of=r.duplicate_of,
+                    copied_from=r.copied_from,
+                    started_at=r.started_at,
+                    completed_at=r.completed_at,
+                )
+                for r in rows
+            ]
+    finally:
+        db.dispose()
+    page = Page[TrialPublic](items=items, total=13, offset=0, limit=100, next=None)
+    assert got.status_code == 200 and got.content == TypeAdapter(Page[TrialPublic]).dump_json(page)
+    assert [t["map50"] for t in got.json()["items"]] == [None] * 12 + [62.25]
+    best = client.get(f"{body['url']}/best", params={"budget_flops": "1000"}).json()
+    assert (
+        best["trial"] == 12
+        and best["map50"] == 62.25
+        and best == best_under_budget("1000", None, study=body["name"], storage_url=settings.database_url).to_dict()
+    )
+    front = client.get(f"{body['url']}/pareto").json()["front"]
+    assert front[0]["trial"] == 12 and front[0]["map50"] == 62.25 and all(c["map50"] is None for c in front[1:])
 
 
 def test_trials_pagination_and_state_filter(client: TestClient, search_with_results) -> None:

@@ -79,7 +79,7 @@ class Harness:
 
 def harness_for(settings: ServiceSettings) -> Iterator[Harness]:
     db = Database(settings.database_url)
-    h = Harness(settings, db, StudyReader(settings.database_url), JobQueue(settings.database_url))
+    h = Harness(settings, db, StudyReader(db), JobQueue(settings.database_url))
     try:
         yield h
     finally:

@@ -35,14 +35,14 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
     try:
         first = upgrade(url)
         assert upgrade(url) == first  # second run: nothing to do, nothing broken
-        assert first["structsearch"] == head_revision(url) == "0005"
+        assert first["structsearch"] == head_revision(url) == "0006"
         engine = create_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"ss_searches", "ss_api_keys", VERSION_TABLE} <= tables
         assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's, with Optuna's own version table
         assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
         with engine.connect() as conn:
-            assert current_revision(engine) == "0005"
+            assert current_revision(engine) == "0006"
             optuna_rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         assert optuna_rev == optuna.storages.RDBStorage(url).get_current_version()
 
@@ -70,7 +70,7 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
 def test_sqlite_keeps_working(tmp_path: Path) -> None:
     """The embedded default: our tables and Optuna's, no job queue (PostgreSQL only)."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert upgrade(url)["structsearch"] == "0005"
+    assert upgrade(url)["structsearch"] == "0006"
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
@@ -107,11 +107,53 @@ def test_0003_key_scope_expiry_last_use_up_and_down(postgres: Postgres, tmp_path
             assert conn.exec_driver_sql("SELECT name FROM ss_api_keys").scalar() == "old"
             assert current_revision(engine) == "0002"
         command.upgrade(alembic_config(url), "head")
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0006"
     finally:
         engine.dispose()
         if backend == "postgresql":
             postgres.drop(name)
+
+
+def test_0006_fills_map50_from_the_trials_and_drops_reader_kept_fronts_up_and_down(postgres: Postgres) -> None:
+    """0006 adds ss_trials.map50, filled from each trial's ``map50`` user attribute (null when it
+    has none), and drops the fronts 0005's readers kept (their ``seq`` with them); downgrading
+    drops map50 and gives ss_fronts its ``seq`` back, empty."""
+    from alembic import command
+    from structsearch.service.migrations import alembic_config
+
+    name = f"ss_mig_{uuid.uuid4().hex[:8]}"
+    url = postgres.create(name)
+    engine = create_engine(url)
+    try:
+        study = optuna.create_study(study_name="det", storage=url)  # Optuna's tables, with two trials
+        study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"map50": 62.25}))
+        study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs={"score": 2.0}))
+        command.upgrade(alembic_config(url), "0005")
+        sid = uuid.uuid4()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO ss_searches (id, name, requested_name, spec, status, trials_requested, created_at, "
+                f"updated_at) VALUES ('{sid}', 'det', 'det', '{{}}', 'done', 2, now(), now())"
+            )
+            for number, trial_id in conn.exec_driver_sql("SELECT number, trial_id FROM trials ORDER BY number"):
+                conn.exec_driver_sql(
+                    "INSERT INTO ss_trials (search_id, number, trial_id, state, trained, feasible, scored, seq) "
+                    f"VALUES ('{sid}', {number}, {trial_id}, 'complete', true, true, false, {number})"
+                )
+            conn.exec_driver_sql(f"INSERT INTO ss_fronts VALUES ('{sid}', 'macs', 1, '[0]')")
+        command.upgrade(alembic_config(url), "0006")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT map50 FROM ss_trials ORDER BY number").scalars().all() == [62.25, None]
+            assert conn.exec_driver_sql("SELECT count(*) FROM ss_fronts").scalar() == 0
+        assert "seq" not in {c["name"] for c in inspect(engine).get_columns("ss_fronts")}
+        command.downgrade(alembic_config(url), "0005")
+        assert "map50" not in {c["name"] for c in inspect(engine).get_columns("ss_trials")}
+        assert "seq" in {c["name"] for c in inspect(engine).get_columns("ss_fronts")}
+        command.upgrade(alembic_config(url), "head")
+        assert current_revision(engine) == "0006"
+    finally:
+        engine.dispose()
+        postgres.drop(name)
 
 
 def test_upgrade_creates_a_read_only_dashboard_role(postgres: Postgres) -> None:
