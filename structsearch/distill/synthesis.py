@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypedDict, TypeVar, Unpack, cast
 
 import numpy as np
 import torch
@@ -91,6 +91,17 @@ log = logging.getLogger(__name__)
 SYNTHESIS_FORMAT = 1
 
 Progress = Callable[[int, int, dict[str, float]], None]
+
+
+class SynthesisOptions(TypedDict, total=False):
+    """Where a set is kept and how it is made, beyond its spec (see :func:`synthesize_spec`)."""
+
+    teacher_id: TeacherId | None
+    cache: TeacherCache | None
+    config: SynthesisConfig | None
+    progress: Progress | None
+
+
 #: What a synthesised set is made into: classification's :class:`LoadedData`, detection's ``DetectionData``.
 DataT = TypeVar("DataT")
 
@@ -425,18 +436,16 @@ def synthesize_spec(
     spec: SynthesisSpec,
     *,
     device: str | torch.device = "auto",
-    teacher_id: TeacherId | None = None,
-    cache: TeacherCache | None = None,
-    config: SynthesisConfig | None = None,
-    progress: Progress | None = None,
+    **options: Unpack[SynthesisOptions],
 ) -> SynthesisResult[LoadedData]:
     """``spec.n`` uint8 images at the teacher's input resolution (as a ``synthetic:N?...`` data spec
     asks), the teacher's labels for them, and how they were made (targets, method, timings, losses,
     cache hit).
 
-    See the module docstring for the methods. ``teacher_id`` names the teacher in the cache key
-    (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
-    ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
+    See the module docstring for the methods. ``options``: ``teacher_id`` names the teacher in the
+    cache key (without it its weights are hashed); ``cache`` (default none) keeps the set on disk;
+    ``config`` the loss and optimiser settings; ``progress(batch, batches, losses)`` is called after
+    each optimised batch (never on a cache hit).
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     teacher.eval()
@@ -456,19 +465,7 @@ def synthesize_spec(
         return LoadedData(x=x, y=y, num_classes=num_classes, class_names=names, source=source)
 
     objective = TeacherObjective("ce", F.cross_entropy, label, agreement)
-    return synthesize_with(
-        teacher,
-        preprocess,
-        spec,
-        objective,
-        data,
-        num_classes,
-        device=dev,
-        teacher_id=teacher_id,
-        cache=cache,
-        config=config,
-        progress=progress,
-    )
+    return synthesize_with(teacher, preprocess, spec, objective, data, num_classes, device=dev, **options)
 
 
 def synthesize_with(
