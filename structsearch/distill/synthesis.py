@@ -151,8 +151,9 @@ class SynthesisResult(Generic[DataT]):
 
     ``data`` is labelled by the teacher on the quantised images (classification: ``data.y`` its
     predictions); ``targets`` the classes the optimisation aimed at, so ``target_agreement`` (the
-    fraction of images whose labels agree with their target) says how well the inversion converged. ``seconds`` and ``seconds_per_iteration`` (one optimisation step of
-    one batch) are those of the run that made the set, also on a cache hit (read from the entry).
+    fraction of images whose labels agree with their target) says how well the inversion
+    converged. ``seconds`` and ``seconds_per_iteration`` (one optimisation step of one batch) are
+    those of the run that made the set, also on a cache hit (read from the entry).
     ``losses`` are the last iteration's loss terms, averaged over batches; ``initial_losses`` the
     first iteration's (on the random start).
     """
