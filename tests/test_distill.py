@@ -245,6 +245,15 @@ def test_corrupt_cache_entry_is_recomputed(digits, split, tmp_path: Path) -> Non
     assert make_distiller(teacher, digits, split, tmp_path).cache_hit is True
 
 
+def test_empty_arrays_are_stored_and_read_back(tmp_path: Path) -> None:
+    # a synthetic detection set where the teacher detected nothing has zero boxes in all
+    cache = TeacherCache(tmp_path)
+    arrays = {"boxes": np.zeros((0, 4), dtype=np.float32), "counts": np.zeros(3, dtype=np.int64)}
+    cache.save("k", arrays)
+    found = cache.load("k")
+    assert found is not None and found["boxes"].shape == (0, 4) and found["counts"].tolist() == [0, 0, 0]
+
+
 def test_cache_dir_defaults_and_env_override(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("STRUCTSEARCH_CACHE", raising=False)
     monkeypatch.setenv("STRUCTSEARCH_HOME", str(tmp_path / "home"))

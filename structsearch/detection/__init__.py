@@ -8,6 +8,7 @@ A detection study (``task: detection`` in its spec) searches the backbone of an 
 * :mod:`~structsearch.detection.losses` -- KD on the head outputs (and optionally FPN features);
 * :mod:`~structsearch.detection.proxy` -- the cached-teacher proxy and its mAP score;
 * :mod:`~structsearch.detection.teacher` -- training a detection teacher when a spec has no checkpoint;
+* :mod:`~structsearch.detection.synthetic` -- ``synthetic:`` training canvases with the teacher's pseudo-boxes;
 * :mod:`~structsearch.detection.context` -- the search context a detection study runs with.
 """
 

@@ -17,6 +17,10 @@ Two source forms (a detection study's ``data.train`` / ``data.val``)::
         covered). Digits (bright strokes on black) are blended with ``max`` and boxed tightly
         around their strokes; other images are pasted opaque and boxed whole. Deterministic: the
         same string gives the same tensors and boxes in any process.
+    synthetic:N[?iters=K&method=M&seed=S&batch=B]
+        ``data.train`` only: N canvases synthesised from the teacher's checkpoint, labelled with its
+        confident detections (:mod:`structsearch.detection.synthetic`); the options are
+        classification's ``synthetic:`` options. It is made by the study, not loaded here.
 
 Everything is decoded once per process (as :func:`structsearch.data.load_data` does) and kept in
 memory as a :class:`DetectionData`.
@@ -40,10 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from structsearch.data import DataSpec, load_data
-from structsearch.data.spec import parse_size
+from structsearch.data.spec import SynthesisSpec, parse_size
 from structsearch.errors import DataError, one_line
 
-FORMS = "coco:IMAGES_DIR:ANNOTATIONS.json[?size=HxW] or mosaic:SOURCE[?n=N&size=S&seed=K&objects=M]"
+FORMS = (
+    "coco:IMAGES_DIR:ANNOTATIONS.json[?size=HxW], mosaic:SOURCE[?n=N&size=S&seed=K&objects=M] "
+    "or synthetic:N[?iters=K&method=M&seed=S&batch=B] (data.train only)"
+)
 _OPTIONS_RE = re.compile(r"\?([A-Za-z_]+=[^?&]*(?:&[A-Za-z_]+=[^?&]*)*)$")
 #: Object side as a fraction of the canvas, and the most of a smaller box another may cover.
 SCALE_RANGE = (0.18, 0.4)
@@ -105,8 +112,9 @@ class DetectionData:
 class DetectionSource:
     """A parsed source string (syntax only: parsing reads no file)."""
 
-    kind: str  # "coco" or "mosaic"
-    #: coco: images folder and annotation file; mosaic: the object source (a classification spec).
+    kind: str  # "coco", "mosaic" or "synthetic"
+    #: coco: images folder and annotation file; mosaic: the object source (a classification spec);
+    #: synthetic: the classification form of the same ``synthetic:`` spec (what :attr:`synthesis` reads).
     path: str = ""
     annotations: str = ""
     objects_from: str = ""
@@ -120,6 +128,8 @@ class DetectionSource:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"empty detection data source; use {FORMS}")
         text = text.strip()
+        if text.partition(":")[0].lower() == "synthetic":  # classification's grammar and messages
+            return cls("synthetic", objects_from=str(DataSpec.parse(text)))
         options: dict[str, str] = {}
         if m := _OPTIONS_RE.search(text):
             options = dict(item.partition("=")[::2] for item in m.group(1).split("&"))
@@ -152,7 +162,14 @@ class DetectionSource:
             return src
         raise DataError(f"unknown detection data source {text!r}; use {FORMS}")
 
+    @property
+    def synthesis(self) -> SynthesisSpec | None:
+        """How a ``synthetic:`` source is made from the teacher; ``None`` for every other kind."""
+        return DataSpec.parse(self.objects_from).synthesis if self.kind == "synthetic" else None
+
     def __str__(self) -> str:
+        if self.kind == "synthetic":
+            return self.objects_from
         if self.kind == "coco":
             size = f"?size={self.size[0]}x{self.size[1]}" if self.size else ""
             return f"coco:{self.path}:{self.annotations}{size}"
@@ -181,6 +198,10 @@ _LOCK = threading.Lock()
 def load_detection_data(text: str | DetectionSource) -> DetectionData:
     """Load (once per process, cached on the source and its files' identity) a detection source."""
     src = text if isinstance(text, DetectionSource) else DetectionSource.parse(text)
+    if src.kind == "synthetic":
+        raise DataError(
+            f"{src} is synthesised from a detection teacher, not loaded: use it as a detection study's data.train"
+        )
     key: Any = (str(src), _file_identity(src))
     with _LOCK:
         if key not in _CACHE:

@@ -66,7 +66,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _checksum(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
+    data = np.ascontiguousarray(array)
+    # a memoryview with a zero in its shape cannot be cast (an empty array: no boxes in a synthetic set)
+    return hashlib.sha256(data.data.cast("B") if data.size else b"").hexdigest()
 
 
 class TeacherCache:

@@ -54,6 +54,9 @@ on disk beside the teacher outputs (:class:`~structsearch.distill.cache.TeacherC
 writes, checksums), keyed by the teacher's identity (:class:`TeacherId` or a digest of its weights),
 the image count, method, iterations, seed, batch size, resolution, preprocessing and every loss
 setting. A second call with the same inputs reads the images back instead of optimising.
+
+Detectors are inverted by the same loop (:func:`synthesize_with`); only the term on the teacher's
+output and the labels differ (a :class:`TeacherObjective`, :mod:`structsearch.detection.synthetic`).
 """
 
 from __future__ import annotations
@@ -62,10 +65,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypedDict, TypeVar, Unpack, cast
 
 import numpy as np
 import torch
@@ -90,12 +93,27 @@ SYNTHESIS_FORMAT = 1
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
+class SynthesisOptions(TypedDict, total=False):
+    """Where a set is kept and how it is made, beyond its spec (see :func:`synthesize_spec`)."""
+
+    teacher_id: TeacherId | None
+    cache: TeacherCache | None
+    config: SynthesisConfig | None
+    progress: Progress | None
+
+
+#: What a synthesised set is made into: classification's :class:`LoadedData`, detection's ``DetectionData``.
+DataT = TypeVar("DataT")
+
+
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Loss weights and optimiser settings; every field is part of the cache key.
 
     ``lr=None`` takes the method's default (:attr:`SynthesisMethod.lr`); ``jitter=None`` rolls by up to
-    ``max(1, H // 16)`` pixels (2 at 32 px, as DeepInversion's CIFAR code).
+    ``max(1, H // 16)`` pixels (2 at 32 px, as DeepInversion's CIFAR code). ``ce_weight`` weighs
+    the :class:`TeacherObjective`'s term: CE for a classifier, the detection-confidence term for a
+    detector (the name is CE's because it is part of the cache key of every stored set).
     """
 
     lr: float | None = None
@@ -128,18 +146,19 @@ class SynthesisConfig:
 
 
 @dataclass(frozen=True)
-class SynthesisResult:
+class SynthesisResult(Generic[DataT]):
     """A synthesised set and how it was made.
 
-    ``data.y`` are the teacher's predictions on the quantised images; ``targets`` the classes the
-    optimisation aimed at, so ``target_agreement`` (the fraction where they coincide) says how well
-    the inversion converged. ``seconds`` and ``seconds_per_iteration`` (one optimisation step of
-    one batch) are those of the run that made the set, also on a cache hit (read from the entry).
+    ``data`` is labelled by the teacher on the quantised images (classification: ``data.y`` its
+    predictions); ``targets`` the classes the optimisation aimed at, so ``target_agreement`` (the
+    fraction of images whose labels agree with their target) says how well the inversion
+    converged. ``seconds`` and ``seconds_per_iteration`` (one optimisation step of one batch) are
+    those of the run that made the set, also on a cache hit (read from the entry).
     ``losses`` are the last iteration's loss terms, averaged over batches; ``initial_losses`` the
     first iteration's (on the random start).
     """
 
-    data: LoadedData
+    data: DataT
     targets: Tensor
     method: str
     cache_hit: bool
@@ -152,10 +171,11 @@ class SynthesisResult:
     def info(self) -> dict[str, Any]:
         """JSON-ready figures (no arrays)."""
         figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("data", "targets")}
+        data = cast(Any, self.data)  # LoadedData or DetectionData: both have these
         return {
-            "source": self.data.source,
-            "images": len(self.data),
-            "image_size": list(self.data.image_size),
+            "source": data.source,
+            "images": len(data),
+            "image_size": list(data.image_size),
             **figures,
         }
 
@@ -371,6 +391,30 @@ def bn_statistics_loss(teacher: nn.Module, x: Tensor) -> float:
 # -- synthesis -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TeacherObjective:
+    """What the inversion asks of the teacher's output, and how the finished images are labelled.
+
+    The classifier's (in :func:`synthesize_spec`): cross-entropy towards each image's target class,
+    labels the teacher's top-1. A detector's (:mod:`structsearch.detection.synthetic`): a confident
+    detection of the target class, labels the teacher's confident boxes. The rest of the inversion
+    (the method's prior, image priors, optimiser, quantisation, cache) is the same for both.
+
+    ``loss(out, targets)`` maps the teacher's output on a batch and its target classes to the term
+    to minimise (weighted by :attr:`SynthesisConfig.ce_weight`, reported as ``term``);
+    ``label(images)`` the uint8 images to the label arrays cached beside them;
+    ``agreement(arrays, targets)`` is the fraction of images whose labels agree with their target;
+    ``key`` names what the labels depend on in the cache key (empty for classifiers, whose keys
+    predate this class, so their cached sets stay valid).
+    """
+
+    term: str
+    loss: Callable[[Tensor, Tensor], Tensor]
+    label: Callable[[Tensor], dict[str, np.ndarray]]
+    agreement: Callable[[Mapping[str, np.ndarray], Tensor], float]
+    key: Mapping[str, Any] = field(default_factory=dict)
+
+
 def synthesize(
     teacher: nn.Module,
     preprocess: Preprocess,
@@ -381,7 +425,7 @@ def synthesize(
     batch_size: int = 256,
     seed: int = 0,
     **options: Any,
-) -> SynthesisResult:
+) -> SynthesisResult[LoadedData]:
     """:func:`synthesize_spec` with the spec's fields as arguments (``options``: that function's keywords)."""
     # the data spec validates n, iterations, batch size, seed and the method name with its messages
     return synthesize_spec(teacher, preprocess, SynthesisSpec(n, method, iterations, seed, batch_size), **options)
@@ -393,25 +437,59 @@ def synthesize_spec(
     spec: SynthesisSpec,
     *,
     device: str | torch.device = "auto",
-    teacher_id: TeacherId | None = None,
-    cache: TeacherCache | None = None,
-    config: SynthesisConfig | None = None,
-    progress: Progress | None = None,
-) -> SynthesisResult:
+    **options: Unpack[SynthesisOptions],
+) -> SynthesisResult[LoadedData]:
     """``spec.n`` uint8 images at the teacher's input resolution (as a ``synthetic:N?...`` data spec
     asks), the teacher's labels for them, and how they were made (targets, method, timings, losses,
     cache hit).
 
-    See the module docstring for the methods. ``teacher_id`` names the teacher in the cache key
-    (without it its weights are hashed); ``cache=None`` keeps nothing on disk.
-    ``progress(batch, batches, losses)`` is called after each optimised batch (never on a cache hit).
+    See the module docstring for the methods. ``options``: ``teacher_id`` names the teacher in the
+    cache key (without it its weights are hashed); ``cache`` (default none) keeps the set on disk;
+    ``config`` the loss and optimiser settings; ``progress(batch, batches, losses)`` is called after
+    each optimised batch (never on a cache hit).
     """
-    cfg = config or SynthesisConfig()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    teacher.eval()
+    h, w = preprocess.input_size
+    num_classes = num_classes_of(teacher) or probe_classes(teacher.to(dev), torch.zeros(1, 3, h, w, device=dev))
+
+    def label(images: Tensor) -> dict[str, np.ndarray]:
+        return {"y": predict(teacher, images, preprocess, 256, dev).numpy().astype(np.int64)}
+
+    def agreement(arrays: Mapping[str, np.ndarray], targets: Tensor) -> float:
+        return float((torch.from_numpy(np.array(arrays["y"], dtype=np.int64)) == targets).double().mean())
+
+    def data(arrays: Mapping[str, np.ndarray], source: str) -> LoadedData:
+        x = torch.from_numpy(np.array(arrays["x"], dtype=np.uint8))
+        y = torch.from_numpy(np.array(arrays["y"], dtype=np.int64))
+        names = tuple(str(i) for i in range(num_classes))
+        return LoadedData(x=x, y=y, num_classes=num_classes, class_names=names, source=source)
+
+    objective = TeacherObjective("ce", F.cross_entropy, label, agreement)
+    return synthesize_with(teacher, preprocess, spec, objective, data, num_classes, device=dev, **options)
+
+
+def synthesize_with(
+    teacher: nn.Module,
+    preprocess: Preprocess,
+    spec: SynthesisSpec,
+    objective: TeacherObjective,
+    make_data: Callable[[Mapping[str, np.ndarray], str], DataT],
+    num_classes: int,
+    *,
+    device: torch.device,
+    teacher_id: TeacherId | None = None,
+    cache: TeacherCache | None = None,
+    config: SynthesisConfig | None = None,
+    progress: Progress | None = None,
+) -> SynthesisResult[DataT]:
+    """The set ``spec`` asks for, inverted towards ``objective`` with targets balanced over
+    ``num_classes``, made into ``make_data(arrays, source)`` (arrays: ``x`` uint8 images,
+    ``targets``, the objective's labels). Read from ``cache`` when it holds the same key."""
+    cfg = config or SynthesisConfig()
     teacher.eval()
     spec = replace(spec, method=resolve_method(teacher, spec.method))
     h, w = preprocess.input_size
-    num_classes = num_classes_of(teacher) or probe_classes(teacher.to(dev), torch.zeros(1, 3, h, w, device=dev))
     ident = teacher_id.to_dict() if teacher_id is not None else {"state": state_digest(teacher)}
     key_parts = {
         "what": "synthetic-images",
@@ -426,12 +504,13 @@ def synthesize_spec(
         "preprocess": asdict(preprocess),
         "config": asdict(cfg),
         "num_classes": num_classes,
+        **objective.key,
     }
     options = spec.options_str()
     source = f"synthetic:{spec.n}" + (f"?{options}" if options else "")
 
     def compute() -> dict[str, np.ndarray]:
-        return _run(teacher, preprocess, spec, dev, cfg, num_classes, progress, stats)
+        return _run(teacher, preprocess, spec, device, cfg, num_classes, objective, progress, stats)
 
     # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
     # report the timings and losses of the run that made the set
@@ -443,22 +522,17 @@ def synthesize_spec(
         arrays, hit = cache.get_or_compute(key, compute, {**key_parts, "stats": stats})
         if hit:
             stats = _stored_stats(cache, key)
-    x = torch.from_numpy(np.array(arrays["x"], dtype=np.uint8))
-    y = torch.from_numpy(np.array(arrays["y"], dtype=np.int64))
     targets = torch.from_numpy(np.array(arrays["targets"], dtype=np.int64))
-    data = LoadedData(
-        x=x, y=y, num_classes=num_classes, class_names=tuple(str(i) for i in range(num_classes)), source=source
-    )
     if hit:
         log.info("synthetic set %s read from the cache (%s)", source, key[:12])
     return SynthesisResult(
-        data=data,
+        data=make_data(arrays, source),
         targets=targets,
         method=spec.method,
         cache_hit=hit,
         seconds=float(stats.get("seconds", float("nan"))),
         seconds_per_iteration=float(stats.get("seconds_per_iteration", float("nan"))),
-        target_agreement=float((y == targets).double().mean()),
+        target_agreement=objective.agreement(arrays, targets),
         losses=dict(stats.get("losses", {})),
         initial_losses=dict(stats.get("initial_losses", {})),
     )
@@ -478,6 +552,7 @@ def _run(
     device: torch.device,
     cfg: SynthesisConfig,
     num_classes: int,
+    objective: TeacherObjective,
     progress: Progress | None,
     stats: dict[str, Any],
 ) -> dict[str, np.ndarray]:
@@ -500,7 +575,16 @@ def _run(
             t0 = time.perf_counter()
             batch_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b + 1)
             x, first, last = _invert(
-                teacher, targets[rows].to(device), preprocess.input_size, method, iterations, cfg, mean, std, batch_gen
+                teacher,
+                targets[rows].to(device),
+                preprocess.input_size,
+                method,
+                objective,
+                iterations,
+                cfg,
+                mean,
+                std,
+                batch_gen,
             )
             optimise_seconds += time.perf_counter() - t0
             # normalised floats -> uint8 pixels (de-normalise, clamp, round)
@@ -509,15 +593,15 @@ def _run(
             finals.append(last)
             if progress is not None:
                 progress(b + 1, len(chunks), last)
-    labels = predict(teacher, images, preprocess, 256, device)
+    labels = objective.label(images)
     stats.update(
         seconds=time.perf_counter() - start,
         seconds_per_iteration=optimise_seconds / (len(chunks) * iterations),
         losses=_average(finals),
         initial_losses=_average(initials),
-        target_agreement=float((labels == targets).double().mean()),
+        target_agreement=objective.agreement(labels, targets),
     )
-    return {"x": images.numpy(), "y": labels.numpy().astype(np.int64), "targets": targets.numpy().astype(np.int64)}
+    return {"x": images.numpy(), **labels, "targets": targets.numpy().astype(np.int64)}
 
 
 def _average(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -542,6 +626,7 @@ def _invert(
     targets: Tensor,
     size: tuple[int, int],
     method: SynthesisMethod,
+    objective: TeacherObjective,
     iterations: int,
     cfg: SynthesisConfig,
     mean: Tensor,
@@ -572,10 +657,10 @@ def _invert(
         if flips[it]:
             xj = torch.flip(xj, dims=(3,))
         out = teacher(xj.contiguous(memory_format=torch.channels_last))
-        terms: dict[str, Tensor] = {"ce": F.cross_entropy(out, targets)}
+        terms: dict[str, Tensor] = {objective.term: objective.loss(out, targets)}
         terms[method.term] = prior.take(gen)
         terms["tv"] = total_variation(xj)
-        loss = cfg.ce_weight * terms["ce"] + weight * terms[method.term] + cfg.tv_weight * terms["tv"]
+        loss = cfg.ce_weight * terms[objective.term] + weight * terms[method.term] + cfg.tv_weight * terms["tv"]
         if cfg.l2_weight:
             terms["l2"] = xj.norm()
             loss = loss + cfg.l2_weight * terms["l2"]

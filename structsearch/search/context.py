@@ -179,9 +179,8 @@ def plan_search(spec: StudySpec) -> SearchPlan:
         raise StructsearchError(f"teacher checkpoint not found: {spec.teacher.checkpoint}")
     teacher = create_model(spec.teacher.model, **spec.teacher.kwargs).eval()
     if detection:
-        check_detection_spec(spec, teacher)  # coco:/mosaic: sources, a detector teacher
-    else:
-        check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
+        check_detection_spec(spec, teacher)  # coco:/mosaic:/synthetic: sources, a detector teacher
+    check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
     size = (3, spec.data.input_size, spec.data.input_size) if spec.data.input_size else default_input_size(teacher)
     base_model = spec.student.model or spec.teacher.model
     base_kwargs = dict(spec.student.kwargs) if spec.student.model else dict(spec.teacher.kwargs)

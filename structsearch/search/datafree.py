@@ -10,11 +10,16 @@ predictions, so a candidate's score is then its top-1 *agreement with the teache
 synthetic images*, and the teacher itself scores 100 %. A real ``data.val`` (e.g. a small labelled
 set) may still be given; the candidates are then scored on it as usual.
 
-Two rules, checked by :func:`check_synthetic` in ``plan_search`` before anything is stored:
+Detection studies (``task: detection``) synthesise canvases labelled with the teacher's confident
+boxes (:mod:`structsearch.detection.synthetic`); their validation is never carved from them.
+
+The rules, checked by :func:`check_synthetic` in ``plan_search`` before anything is stored:
 
 * the teacher needs a checkpoint: synthesis inverts *trained* weights, and ``teacher.train_epochs``
   would need real data to train on;
-* ``data.val`` cannot itself be synthetic (leave it out to carve validation from the set).
+* ``data.val`` cannot itself be synthetic (leave it out to carve validation from the set);
+* a detection study needs a real ``data.val``: mAP against the teacher's own pseudo-boxes would
+  score agreement with the teacher, not detection.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from structsearch.data import DataSpec, LoadedData, Preprocess
+from structsearch.data.spec import SynthesisSpec
+from structsearch.detection import DetectionSource
 from structsearch.errors import DataError
 
 if TYPE_CHECKING:
@@ -37,13 +44,22 @@ def check_synthetic(spec: StudySpec, teacher: nn.Module) -> None:
     """
     from structsearch.distill.synthesis import resolve_method
 
-    if spec.data.val and DataSpec.parse(spec.data.val).kind == "synthetic":
-        raise DataError(
-            "data.val cannot be synthetic; leave data.val out to carve validation from the synthetic data.train"
+    detection = spec.task == "detection"
+    if spec.data.val and _synthesis(spec.data.val, spec.task) is not None:
+        instead = (
+            "give real data (coco: or mosaic:) to score mAP on"
+            if detection
+            else "leave data.val out to carve validation from the synthetic data.train"
         )
-    train = DataSpec.parse(spec.data.train)
-    if train.synthesis is None:
+        raise DataError(f"data.val cannot be synthetic; {instead}")
+    synthesis = _synthesis(spec.data.train, spec.task)
+    if synthesis is None:
         return
+    if detection and not spec.data.val:
+        raise DataError(
+            f"data.train {spec.data.train} needs a real data.val (coco: or mosaic:) in a detection study: "
+            "mAP on the teacher's own pseudo-boxes would score agreement with the teacher, not detection"
+        )
     t = spec.teacher
     if not t.checkpoint:
         why = (
@@ -54,7 +70,12 @@ def check_synthetic(spec: StudySpec, teacher: nn.Module) -> None:
         raise DataError(
             f"data.train {spec.data.train} is synthesised from the teacher's trained weights, so the teacher needs a checkpoint ({why})"
         )
-    resolve_method(teacher, train.synthesis.method, t.model)
+    resolve_method(teacher, synthesis.method, t.model)
+
+
+def _synthesis(text: str, task: str) -> SynthesisSpec | None:
+    """How the data source ``text`` is synthesised (``None``: it is loaded), in ``task``'s grammar."""
+    return (DetectionSource.parse(text) if task == "detection" else DataSpec.parse(text)).synthesis
 
 
 def load_train_data(spec: StudySpec, teacher: nn.Module, preprocess: Preprocess) -> LoadedData:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def check_detection_spec(spec: StudySpec, teacher: Any) -> None:
-    """The cheap checks of a detection study (``plan_search``): source syntax, a detector teacher."""
+    """The cheap checks of a detection study (``plan_search``): source syntax, a detector teacher
+    (synthetic data's own rules: :func:`~structsearch.search.datafree.check_synthetic`)."""
     DetectionSource.parse(spec.data.train)
     if spec.data.val:
         DetectionSource.parse(spec.data.val)
@@ -79,24 +80,27 @@ class DetectionStudy:
 
 
 def load_detection_study(plan: Any) -> DetectionStudy:
-    """Load the data and load (or train once, cached) the teacher of a planned detection search."""
+    """Load the data and load (or train once, cached) the teacher of a planned detection search.
+
+    A ``synthetic:`` ``data.train`` is synthesised from the teacher (its checkpoint) once its real
+    ``data.val`` has been loaded and checked, and read back from the cache after the first time.
+    """
+    from structsearch.detection.synthetic import synthesize_detection
     from structsearch.detection.teacher import fit_detector
+    from structsearch.distill import TeacherCache, TeacherId
     from structsearch.distill.teacher import state_digest
     from structsearch.teachers import study_teacher
 
     spec, t = plan.spec, plan.spec.teacher
-    train = load_detection_data(spec.data.train)  # every data check before any compute
-    if spec.data.val:
-        val = load_detection_data(spec.data.val)
-        train_idx, val_idx = _rows(train, spec.data.train_size), _rows(val, None)
-    else:
-        val = train
-        # one class for every image: the classification split, unstratified
-        train_idx, val_idx = split_train_val(torch.zeros(len(train), dtype=torch.int64), spec.data.val_size, spec.seed)
-        train_idx = train_idx[: spec.data.train_size]
+    synthesis = DetectionSource.parse(spec.data.train).synthesis
+    # every data check before any compute (synthetic data is compute: made below)
+    loaded = None if synthesis else load_detection_data(spec.data.train)
+    val = load_detection_data(spec.data.val) if spec.data.val else None
     teacher: nn.Module = create_model(t.model, checkpoint=t.checkpoint, seed=spec.seed, **t.kwargs).eval()
     size = tuple(plan.input_size[1:])
-    for d in (train, val):
+    for d in (loaded, val):
+        if d is None:
+            continue
         if d.image_size != size:
             raise DataError(
                 f"{d.source}: images are {d.image_size[0]}x{d.image_size[1]} but the detector runs at "
@@ -105,6 +109,25 @@ def load_detection_study(plan: Any) -> DetectionStudy:
         if d.num_classes > getattr(teacher, "num_classes", 0):
             raise DataError(f"{d.source} has {d.num_classes} classes but the detector has {teacher.num_classes}")
     preprocess = Preprocess.from_model(teacher, size)
+    if synthesis is not None:  # check_synthetic: the teacher has a checkpoint, a real data.val is given
+        assert isinstance(teacher, Detector)
+        loaded = synthesize_detection(
+            teacher,
+            preprocess,
+            synthesis,
+            device=spec.proxy.device,
+            teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint),
+            cache=TeacherCache(),
+        ).data
+    assert loaded is not None
+    train = loaded  # not Optional, for the closure below
+    if val is not None:
+        train_idx, val_idx = _rows(train, spec.data.train_size), _rows(val, None)
+    else:
+        val = train
+        # one class for every image: the classification split, unstratified
+        train_idx, val_idx = split_train_val(torch.zeros(len(train), dtype=torch.int64), spec.data.val_size, spec.seed)
+        train_idx = train_idx[: spec.data.train_size]
     teacher, tid = study_teacher(
         t, spec.seed, teacher, train, lambda: train.fingerprint, train_idx, preprocess, fit=fit_detector
     )

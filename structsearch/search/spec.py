@@ -184,7 +184,7 @@ class StudySpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     #: Start a new study from earlier trials of the same teacher, data and proxy in the storage.
     warm_start: bool = True
-    #: ``detection``: the teacher is a detector (``fcos_detector``), the data ``coco:``/``mosaic:``
+    #: ``detection``: the teacher is a detector (``fcos_detector``), the data ``coco:``/``mosaic:``/``synthetic:``
     #: sources (:mod:`structsearch.detection.data`) and the score mAP@[.5:.95] (see ``search.detection``).
     task: Literal["classification", "detection"] = "classification"
 
