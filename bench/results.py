@@ -241,6 +241,20 @@ def stage_detection() -> dict[str, Any]:
     return {"commands": log, "detection": result}
 
 
+def stage_tradeoffs() -> dict[str, Any]:
+    """The CNN/ViT trade-off table (``bench/tradeoffs.py``, an estimated 5-8 hours on 2 idle cores): for each
+    teacher x student family x budget x resolution, the best student's proxy and fine-tuned top-1,
+    MACs, CPU latency and peak memory. The ViT teacher's rows need ``teachers/cifar_vit.safetensors``."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "tradeoffs_raw.json"
+    argv = [sys.executable, "bench/tradeoffs.py", "--home", os.environ["STRUCTSEARCH_HOME"]]
+    vit = ROOT / "teachers" / "cifar_vit.safetensors"
+    if vit.is_file():
+        argv += ["--vit-teacher", str(vit.relative_to(ROOT))]
+    result = run([*argv, "--json", str(raw.relative_to(ROOT))], log, raw)
+    return {"commands": log, "tradeoffs": result}
+
+
 def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:
     """``{"hostile list": counts, "schemathesis": counts}`` from the sweep tests' printed lines."""
     out: dict[str, dict[str, int]] = {}
@@ -271,6 +285,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "trial_cost": stage_trial_cost,
     "reliability": stage_reliability,
     "detection": stage_detection,
+    "tradeoffs": stage_tradeoffs,
 }
 
 

@@ -472,6 +472,98 @@ def section_detection(s: Stages) -> str:
     )
 
 
+def section_tradeoffs(s: Stages) -> str:
+    st = s.get("tradeoffs")
+    head = "## Trade-offs: CNN and ViT teachers and students, budgets, resolutions\n\n"
+    if not st:
+        return head + "not run yet\n"
+    t = st["tradeoffs"]
+    rows, done = [], []
+    for c in t["cells"]:
+        cell = [c["teacher"], c["family"], c["budget"], f"{c['resolution']} px"]
+        if "skipped" in c:
+            rows.append([*cell, f"skipped: {c['skipped']}", "", "", "", ""])
+            continue
+        b = c["best"]
+        done.append(c)
+        latency = "-" if b["latency_ms"] is None else f"{b['latency_ms']:.2f} ms"
+        memory = "-" if b["memory_bytes"] is None else f"{b['memory_bytes'] / 1e3:.0f} kB"
+        rows.append([*cell, pct(b["proxy_top1"]), pct(b["finetuned_top1"]), mega(b["macs"]), latency, memory])
+    z = t["sizes"]
+    text = (
+        head + f"Each row is its own search ({z['trials']} trials of {z['steps']} proxy steps, batch {z['batch']}, "
+        f"{z['train']} training images, selected on test[:{z['val']}]); its best feasible student by proxy top-1 is "
+        f"fine-tuned for {z['epochs']} epoch(s) and tested on test[5000:{5000 + z['test']}]. A student of the "
+        "teacher's family inherits its weights; one of the other family learns from its logits from scratch. "
+        "Latency and peak activation memory: PyTorch eager on the CPU, batch 1, one thread "
+        f"({next((c['best']['latency_device'] for c in done if c['best']['latency_device']), '-')}).\n\n"
+        + table(
+            [
+                "teacher",
+                "student",
+                "budget",
+                "resolution",
+                "proxy top-1",
+                "fine-tuned",
+                "MACs",
+                "latency",
+                "peak memory",
+            ],
+            rows,
+        )
+    )
+    if done:
+        text += "\n" + _tradeoff_winners(done) + "\n\n![trade-offs](results/tradeoffs.png)\n\n"
+        _tradeoff_plot(done, OUT / "tradeoffs.png")
+    return text + commands(st)
+
+
+def _tradeoff_winners(cells: list[dict[str, Any]]) -> str:
+    """Which teacher -> student pairing has the best fine-tuned top-1 at each budget and resolution."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["budget"], c["resolution"]), []).append(c)
+    parts = []
+    for (budget, res), group in sorted(groups.items()):
+        ranked = sorted(group, key=lambda c: c["best"]["finetuned_top1"] or 0.0, reverse=True)
+        w = ranked[0]
+        margin = (
+            ""
+            if len(ranked) < 2
+            else f", {w['best']['finetuned_top1'] - (ranked[1]['best']['finetuned_top1'] or 0):.1f} points ahead"
+        )
+        parts.append(
+            f"{budget} at {res} px: {w['teacher']} -> {w['family']} ({pct(w['best']['finetuned_top1'])}{margin})"
+        )
+    return "Best fine-tuned pairing per budget and resolution (read from the table): " + "; ".join(parts) + "."
+
+
+def _tradeoff_plot(cells: list[dict[str, Any]], path: Path) -> None:
+    """Fine-tuned top-1 against measured latency, one colour per pairing, one marker per resolution."""
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    pairings = sorted({(c["teacher"], c["family"]) for c in cells})
+    markers = {24: "s", 32: "o"}
+    for i, (teacher, family) in enumerate(pairings):
+        for res, marker in markers.items():
+            pts = [c for c in cells if (c["teacher"], c["family"], c["resolution"]) == (teacher, family, res)]
+            pts = [c for c in pts if c["best"]["latency_ms"] is not None and c["best"]["finetuned_top1"] is not None]
+            if pts:
+                ax.scatter(
+                    [c["best"]["latency_ms"] for c in pts],
+                    [c["best"]["finetuned_top1"] for c in pts],
+                    color=f"C{i}",
+                    marker=marker,
+                    label=f"{teacher} -> {family}, {res} px",
+                )
+    ax.set_xlabel("latency (ms, CPU, batch 1, 1 thread)")
+    ax.set_ylabel("fine-tuned top-1 (%)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -493,6 +585,7 @@ def render(stages: Stages) -> Path:
         section_trial_cost(stages),
         section_reliability(stages),
         section_detection(stages),
+        section_tradeoffs(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

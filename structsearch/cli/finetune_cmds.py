@@ -51,6 +51,13 @@ def finetune(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step")] = 128,
+    feature_kd: Annotated[
+        bool | None,
+        typer.Option(
+            "--feature-kd/--no-feature-kd",
+            help="ViT feature KD (hidden states + attention maps) in the KD phase (default: the study's proxy.feature_kd)",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: $STRUCTSEARCH_HOME/finetune/STUDY/trial-NNNNN)")
@@ -97,6 +104,7 @@ def finetune(
         optimizer=optimizer,  # type: ignore[arg-type]  # checked by FinetuneConfig
         lr=lr,
         batch_size=batch_size,
+        feature_kd=feature_kd,
         device=device,
         checkpoint_every=checkpoint_every,
         downstream_epochs=downstream_epochs,

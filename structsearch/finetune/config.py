@@ -44,6 +44,10 @@ class FinetuneConfig:
     #: Default: the study's own proxy settings (``proxy.temperature``, ``proxy.alpha``).
     temperature: float | None = None
     alpha: float | None = None
+    #: Feature KD during the KD phase; default: the study's own ``proxy.feature_kd``, applied as the
+    #: proxy applies it (inherited students only). Implemented for ViT teachers and students
+    #: (:mod:`structsearch.distill.vit_kd`: hidden states + attention maps); other pairs are refused.
+    feature_kd: bool | None = None
     #: Default: the study's seed.
     seed: int | None = None
     device: str = "auto"
@@ -72,6 +76,8 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise FinetuneError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
+        if self.feature_kd not in (None, True, False):
+            raise FinetuneError(f"feature-kd must be true or false, got {self.feature_kd!r}")
         if self.optimizer not in (None, "sgd", "adamw"):
             raise FinetuneError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
         if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data, train_val_rows
 from structsearch.distill import distill_loss, top1
 from structsearch.distill.teacher import state_digest, tensor_digest
+from structsearch.distill.vit_kd import ViTHints, ViTTeacherTaps
 from structsearch.finetune.checkpoint import (
     CHECKPOINT_FORMAT,
     DOWNSTREAM_CHECKPOINT_PREFIX,
@@ -62,16 +63,30 @@ def kd_loss_fn(
     temperature: float,
     alpha: float,
     channels_last: bool,
+    hints: ViTHints | None = None,
+    feature_weight: float = 1.0,
 ) -> LossFn:
-    """Hinton KD against the teacher run online on the same (augmented) batch, each at its own preprocessing."""
+    """Hinton KD against the teacher run online on the same (augmented) batch, each at its own preprocessing.
+
+    With ``hints`` (ViT feature KD, attached to the student) the teacher's block tokens and attention
+    maps are taken on the same pass and ``feature_weight`` x the hints' loss is added.
+    """
+    teacher_taps = ViTTeacherTaps(teacher, hints.attention_weight > 0) if hints is not None else None
 
     def loss(x_uint8: Tensor, y: Tensor, model: nn.Module) -> tuple[Tensor, Tensor]:
         x_teacher = prep(teacher_pre, x_uint8, channels_last)
+        t_feats: list[Tensor] = []
         with torch.no_grad():  # not inference_mode: its tensors may not be saved for the student's backward
-            t_logits = teacher(x_teacher)
+            if teacher_taps is None:
+                t_logits = teacher(x_teacher)
+            else:
+                t_logits, t_feats = teacher_taps(y, x_teacher)
         x_student = x_teacher if student_pre == teacher_pre else prep(student_pre, x_uint8, channels_last)
         logits = model(x_student)
-        return distill_loss(logits, t_logits, y, temperature, alpha), logits
+        total = distill_loss(logits, t_logits, y, temperature, alpha)
+        if hints is not None:
+            total = total + feature_weight * hints.loss(t_feats)
+        return total, logits
 
     return loss
 
@@ -116,8 +131,12 @@ def run_phase(
     ckpt: Path,
     settings: dict[str, Any],
     stop_after_steps: int | None = None,
+    aux: nn.Module | None = None,
 ) -> PhaseResult:
     """Train ``model`` in place for ``epochs`` epochs over rows ``idx`` of ``data``, resumably.
+
+    ``aux``: modules the loss trains beside the model without being part of it (feature-KD
+    projections); they share its optimizer and are checkpointed beside it.
 
     Batch ``b`` of epoch ``e`` is the ``b``-th slice of a permutation seeded by ``(seed, phase, e)``
     and augmented with a generator seeded by ``(seed, phase, e, b)``: no generator state has to
@@ -137,7 +156,8 @@ def run_phase(
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
+    aux_params = list(aux.to(device).parameters()) if aux is not None else []
+    params = [p for p in model.parameters() if p.requires_grad] + aux_params
     opt = make_optimizer(params, optimizer, lr, weight_decay=config.weight_decay, momentum=config.momentum)
     sched = WarmupCosine(opt, total)
 
@@ -148,7 +168,9 @@ def run_phase(
         step, before = 0, 0.0  # the steps and training seconds of earlier calls
         run = Running()
         if ckpt.exists() and ctx.resume:
-            state = load_checkpoint(ckpt, settings, **states, needed=("running",))
+            state = load_checkpoint(ckpt, settings, **states, needed=("running",) + (("aux",) if aux else ()))
+            if aux is not None:
+                aux.load_state_dict(state["aux"])
             step, run, before = state["step"], Running(**state["running"]), float(state.get("train_seconds", 0.0))
         elif ckpt.exists():
             ckpt.unlink()
@@ -186,6 +208,8 @@ def run_phase(
             if end_of_epoch or step % config.checkpoint_every == 0 or stop_here:
                 seconds = before + time.perf_counter() - t0  # training seconds of every call so far
                 extra = {"running": run.state(), "train_seconds": seconds}
+                if aux is not None:
+                    extra["aux"] = {k: v.detach().to("cpu") for k, v in aux.state_dict().items()}
                 save_checkpoint(ckpt, settings, step=step, **states, extra=extra)
             return stop_here
 

@@ -23,6 +23,7 @@ Optuna trials cannot take new user attributes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,8 +35,10 @@ from torch import Tensor, nn
 
 from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data
 from structsearch.devices import resolve_device
-from structsearch.distill import top1
+from structsearch.distill import ProxyConfig, top1
+from structsearch.distill.taps import check_feature_pair
 from structsearch.distill.teacher import state_digest, tensor_digest
+from structsearch.distill.vit_kd import ViTHints, restore_origins
 from structsearch.finetune.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -54,7 +57,13 @@ from structsearch.finetune.detection import finetune_detection
 from structsearch.finetune.phases import PhaseContext, downstream_phase, full_batches, kd_loss_fn, prep, run_phase
 from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
+from structsearch.space import family_for
+from structsearch.surgery import RECIPE_FILE
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
+
+#: ViT feature KD's weights: the proxy's (``distill.ProxyConfig``), so both train the same loss.
+_FEATURE_WEIGHT = ProxyConfig.feature_weight
+_ATTENTION_WEIGHT = ProxyConfig.attention_weight
 
 
 @dataclass(frozen=True)
@@ -146,29 +155,45 @@ def finetune_trial(
         **asdict(hyper),
         **config.training_settings(),
     }
+    hints = _feature_hints(stored, config, d, student, hyper.seed)
+    if hints is not None:  # absent when off: runs without feature KD keep their checkpoints' settings
+        settings["feature_kd"] = {"feature_weight": _FEATURE_WEIGHT, "attention_weight": hints.attention_weight}
     d.teacher.to(device).eval()
     if config.channels_last:
         d.teacher.to(memory_format=torch.channels_last)
 
     status("training")
     ctx = PhaseContext(config, hyper.seed, device, out_dir, resume, on_progress)
-    kd = run_phase(
-        ctx,
-        phase="kd",
-        model=student.model,
-        data=d.train,
-        idx=d.train_idx,
-        augment=augment,
-        loss_fn=kd_loss_fn(
-            d.teacher, student.teacher_pre, student.pre, hyper.temperature, hyper.alpha, config.channels_last
-        ),
-        epochs=config.epochs,
-        optimizer=hyper.optimizer,
-        lr=hyper.lr,
-        ckpt=out_dir / CHECKPOINT_FILE,
-        settings=settings,
-        stop_after_steps=stop_after_steps,
+    loss_fn = kd_loss_fn(
+        d.teacher,
+        student.teacher_pre,
+        student.pre,
+        hyper.temperature,
+        hyper.alpha,
+        config.channels_last,
+        hints,
+        _FEATURE_WEIGHT,
     )
+    try:
+        kd = run_phase(
+            ctx,
+            phase="kd",
+            model=student.model,
+            data=d.train,
+            idx=d.train_idx,
+            augment=augment,
+            loss_fn=loss_fn,
+            epochs=config.epochs,
+            optimizer=hyper.optimizer,
+            lr=hyper.lr,
+            ckpt=out_dir / CHECKPOINT_FILE,
+            settings=settings,
+            stop_after_steps=stop_after_steps,
+            aux=hints,
+        )
+    finally:
+        if hints is not None:
+            hints.remove()
     result = FinetuneResult(
         study=study,
         trial=trial,
@@ -185,7 +210,7 @@ def finetune_trial(
         teacher_input_size=student.teacher_pre.input_size[0],
         kd=kd,
         settings_hash=settings_hash(settings),
-        extra=asdict(hyper),
+        extra={**asdict(hyper), "feature_kd": hints is not None},
     )
     if not kd.completed:
         result.seconds = time.perf_counter() - t_start
@@ -244,6 +269,39 @@ def _prepare_student(
         model.to(device)
         recalibrate_bn(model, (prep(student_pre, d.train.x[r].to(device), config.channels_last) for r in rows))
     return _Student(stored.arch, model, start, teacher_pre, student_pre)
+
+
+def _feature_hints(
+    stored: StoredTrial, config: FinetuneConfig, d: _Data, student: _Student, seed: int
+) -> ViTHints | None:
+    """The student side of ViT feature KD when it is on (the setting's, else the study's proxy's), else None.
+
+    As in the proxy, the study's ``proxy.feature_kd`` applies to inherited students only; feature
+    KD in a fine-tune is implemented for ViT teacher/student pairs at one resolution, and refused
+    (one line) for anything else rather than silently trained without.
+    """
+    study_default = stored.study_spec.proxy.feature_kd and d.plan.inherit
+    wanted = config.feature_kd if config.feature_kd is not None else study_default
+    if not wanted:
+        return None
+    check_feature_pair(d.teacher, student.model)  # same family, or a one-line FeatureKDError
+    family = family_for(d.teacher).name
+    if family != "vit":
+        raise FinetuneError(
+            f"feature KD in the fine-tune is implemented for ViT teachers and students, not {family}; "
+            "pass --no-feature-kd to fine-tune from logits"
+        )
+    if student.pre.input_size != student.teacher_pre.input_size:
+        raise FinetuneError(
+            f"feature KD needs the student at the teacher's resolution ({student.teacher_pre.input_size[0]} px), "
+            f"not {student.pre.input_size[0]} px; pass --no-feature-kd"
+        )
+    saved = stored.saved()
+    if student.start == "artifact" and saved is not None and (saved / RECIPE_FILE).is_file():
+        restore_origins(student.model, json.loads((saved / RECIPE_FILE).read_text()))
+    with torch.random.fork_rng(devices=[]):  # the projections' initialisation is part of the reproducible run
+        torch.manual_seed(seed)
+        return ViTHints(d.teacher, student.model, _ATTENTION_WEIGHT)
 
 
 def _test_split(spec: Any, test: str | None, study: StudyData) -> tuple[LoadedData, Tensor, Tensor | None]:
