@@ -92,8 +92,6 @@ def require_key(key: OptionalKeyDep) -> ApiKey:
 
 
 KeyDep = Annotated[ApiKey, Depends(require_key)]
-#: The key of a request that changes something (submit, cancel).
-WriterDep = KeyDep
 
 
 def read_access(services: ServicesDep, key: OptionalKeyDep) -> ApiKey | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import ResultSearchDep, ServicesDep, study_id_of
 from api.schemas import (
@@ -24,8 +24,8 @@ from api.schemas import (
     ParetoPublic,
     RecheckPublic,
 )
-from structsearch.cost import parse_budget
 from structsearch.search.recheck import rechecks_from_attrs
+from structsearch.search.results import check_budgets
 from structsearch.service import readqueries
 
 router = APIRouter(prefix="/searches/{search_id}", tags=["results"])
@@ -110,13 +110,9 @@ def best(
     message names the nearest candidate.
     """
     texts = {"flops": budget_flops, "params": budget_params, "latency": budget_latency, "memory": budget_memory}
-    if all(t is None for t in texts.values()):
-        raise HTTPException(
-            422, "give budget_flops, budget_params, budget_latency and/or budget_memory, e.g. ?budget_flops=300M"
-        )
-    for what, text in texts.items():
-        if text is not None:
-            parse_budget(text, what)  # BudgetError -> 422 (api.errors)
+    check_budgets(  # BudgetError -> 422 (api.errors)
+        texts, "give budget_flops, budget_params, budget_latency and/or budget_memory, e.g. ?budget_flops=300M"
+    )
     study_id_of(search, services)
     tag = readqueries.etag(search)  # the teacher figures of percentage budgets never change
     if _not_modified(tag, if_none_match, response):

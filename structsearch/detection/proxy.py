@@ -98,7 +98,7 @@ class DetectionDistiller:
         self.device = resolve_device(config.device)
         self.preprocess = preprocess
         self.teacher = teacher.eval().to(self.device)
-        self.train, self.train_idx = train, train_idx
+        self.train_idx = train_idx
         self.x_train = train.x[train_idx]
         self.train_targets = train.targets(train_idx, self.device)
         self.val_x = self._pre(val.x[val_idx])

@@ -279,6 +279,15 @@ def _fmt_figure(what: str, value: float) -> str:
     return f"{format_count(value)} {BUDGETS[what][2]}"
 
 
+def check_budgets(texts: dict[str, str | None], none_given: str) -> None:
+    """Refuse (:class:`BudgetError`) a malformed budget text, or none at all (with ``none_given``)."""
+    if all(t is None for t in texts.values()):
+        raise BudgetError(none_given)
+    for what, text in texts.items():
+        if text is not None:
+            parse_budget(text, what)
+
+
 def best_under_budget(
     budget_flops: str | None = None,
     budget_params: str | None = None,
@@ -303,13 +312,9 @@ def best_under_budget(
     instead of opening the storage and reading every trial per call.
     """
     texts = {"flops": budget_flops, "params": budget_params, "latency": budget_latency, "memory": budget_memory}
-    if all(t is None for t in texts.values()):
-        raise BudgetError(
-            "give --budget-flops, --budget-params, --budget-latency and/or --budget-memory, e.g. --budget-flops 300M"
-        )
-    for what, text in texts.items():  # malformed budgets fail before any storage is opened
-        if text is not None:
-            parse_budget(text, what)
+    check_budgets(  # before any storage is opened
+        texts, "give --budget-flops, --budget-params, --budget-latency and/or --budget-memory, e.g. --budget-flops 300M"
+    )
     storage = storage or open_storage(storage_url, create=False)
     records_of = records_of or study_records
     studies = [load_study(study, storage)] if study else structsearch_studies(storage)

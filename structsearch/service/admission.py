@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,19 +79,8 @@ class WorkLimits:
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> WorkLimits:
-        return cls(
-            max_model_params=settings.max_model_params,
-            max_num_classes=settings.max_num_classes,
-            max_image_side=settings.max_image_side,
-            max_measure_batch=settings.max_measure_batch,
-            max_measure_repeats=settings.max_measure_repeats,
-            max_measure_warmup=settings.max_measure_warmup,
-            max_proxy_steps=settings.max_proxy_steps,
-            max_proxy_batch=settings.max_proxy_batch,
-            max_train_epochs=settings.max_train_epochs,
-            max_batch_pixels=settings.max_batch_pixels,
-            max_mosaic_pixels=settings.max_mosaic_pixels,
-        )
+        """The service's settings of the same names (``max_threads`` stays the CPU count)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "max_threads"})
 
 
 #: Objects pasted on one ``mosaic:`` canvas at most (placement work per canvas).

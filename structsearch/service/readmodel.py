@@ -105,8 +105,14 @@ COUNTERS: dict[str, Count] = {
     "n_over_budget": Count(states=("complete",), copied=False, feasible=False),
     "n_feasible": Count(scored=True, feasible=True),
 }
+#: Trial states -> the search-row counter holding how many trials are in it (the counters of one state alone).
+STATE_COUNTS = {c.states[0]: name for name, c in COUNTERS.items() if len(c.states) == 1 and c == Count(c.states)}
 #: Columns a row is compared on (everything but the change sequence).
 _COMPARED = [c.name for c in TrialRow.__table__.columns if c.name != "seq"]
+
+
+#: TrialRecord fields a row holds as they are (``study`` and ``trial`` are named differently).
+RECORD_FIELDS = [f for f in TrialRecord.model_fields if f not in ("study", "trial")]
 
 
 def _aware(when: datetime | None) -> datetime | None:
@@ -123,26 +129,9 @@ def row_of(search_id: uuid.UUID, t: FrozenTrial) -> dict[str, Any]:
         "search_id": search_id,
         "number": t.number,
         "trial_id": t._trial_id,
-        "state": r.state,
+        **{f: getattr(r, f) for f in RECORD_FIELDS},
         "spec_key": a.spec_key,
-        "spec": r.spec,
-        "macs": r.macs,
-        "params": r.params,
-        "latency_ms": r.latency_ms,
-        "latency_device": r.latency_device,
-        "latency_runtime": r.latency_runtime,
-        "memory_bytes": r.memory_bytes,
-        "memory_device": r.memory_device,
-        "resolution": r.resolution,
-        "score": r.score,
-        "map50": r.map50,
-        "seconds": r.seconds,
-        "trained": r.trained,
-        "feasible": r.feasible,
         "scored": r.state == "complete" and r.trained and None not in (r.score, r.macs, r.params),
-        "baseline": r.baseline,
-        "duplicate_of": a.duplicate_of,
-        "copied_from": a.copied_from,
         "artifact": a.artifact,
         "started_at": _aware(t.datetime_start),
         "completed_at": _aware(t.datetime_complete),
@@ -155,10 +144,6 @@ def running_trial(trial: optuna.Trial) -> FrozenTrial:
     written without reading the trial again. Not changed here; write it before the trial's
     objective sets attributes on it."""
     return trial._cached_frozen_trial
-
-
-#: TrialRecord fields taken from a row unchanged (``study`` and ``trial`` are named differently).
-RECORD_FIELDS = [f for f in TrialRecord.model_fields if f not in ("study", "trial")]
 
 
 def record_from_row(study: str, row: Any) -> TrialRecord:
@@ -320,12 +305,9 @@ def write_trials(session: Session, search_id: uuid.UUID, trials: Iterable[Frozen
 
 def recount(session: Session, search_id: uuid.UUID) -> dict[str, Any]:
     """The search's counts and best summed from its rows (what the stored counts must equal)."""
-    cols = [TrialRow.__table__.c[c] for c in ("state", "copied_from", "trained", "feasible", "scored")]
-    rows = [dict(r) for r in session.execute(select(*cols).where(TrialRow.search_id == search_id)).mappings()]
-    counts: dict[str, Any] = {name: sum(1 for r in rows if pred(r)) for name, pred in COUNTERS.items()}
-    best = _best(session, search_id)
-    counts |= {"best_number": best.number if best else None, "best_score": best.score if best else None}
-    return counts
+    names = ("number", "state", "copied_from", "trained", "feasible", "scored", "score", "macs")
+    cols = [TrialRow.__table__.c[c] for c in names]
+    return _expected_counts(session.execute(select(*cols).where(TrialRow.search_id == search_id)).mappings())
 
 
 # -- keeping it in step with Optuna ------------------------------------------------------------
@@ -414,7 +396,7 @@ def study_attrs(db: Database, study_name: str, keys: Sequence[str]) -> dict[str,
 
 
 def _expected_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """:func:`recount` of rows held in memory (Optuna's trials, for :func:`drift`)."""
+    """The counts and best of these rows: the stored ones (:func:`recount`) or Optuna's trials (:func:`drift`)."""
     rows = list(rows)
     counts: dict[str, Any] = {name: sum(1 for r in rows if pred(r)) for name, pred in COUNTERS.items()}
     good = [r for r in rows if r["scored"] and r["feasible"]]

@@ -33,21 +33,13 @@ from structsearch.search.results import (
 )
 from structsearch.service import fronts
 from structsearch.service.database import Database
-from structsearch.service.readmodel import FINISHED_STATES, RECORD_FIELDS, record_from_row, study_attrs
+from structsearch.service.readmodel import FINISHED_STATES, RECORD_FIELDS, STATE_COUNTS, record_from_row, study_attrs
 from structsearch.service.singleflight import SingleFlight
 from structsearch.service.tables import Search, TrialRow
 
 #: Study attributes the API shows or needs: teacher figures (percentage budgets), re-checks, fine-tunings.
 FINETUNE_ATTR = "finetune"
 TEACHER_ATTRS = tuple(attr for attr, _, _ in BUDGETS.values())
-#: Trial states -> the search-row counter holding how many trials are in it.
-STATE_COUNTS = {
-    "waiting": "n_waiting",
-    "running": "n_running",
-    "complete": "n_complete",
-    "pruned": "n_pruned",
-    "fail": "n_failed",
-}
 
 
 def etag(search: Search, *extra: Any) -> str:

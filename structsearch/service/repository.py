@@ -44,9 +44,6 @@ class SearchRepository:
     def get(self, search_id: uuid.UUID) -> Search | None:
         return self.session.get(Search, search_id)
 
-    def name_exists(self, name: str) -> bool:
-        return bool(self.session.scalar(select(func.count()).select_from(Search).where(Search.name == name)))
-
     def page(
         self, offset: int, limit: int, status: SearchStatus | None = None, owner: ApiKey | None = None
     ) -> tuple[Sequence[Search], int]:
