@@ -307,7 +307,8 @@ def recount(session: Session, search_id: uuid.UUID) -> dict[str, Any]:
     """The search's counts and best summed from its rows (what the stored counts must equal)."""
     names = ("number", "state", "copied_from", "trained", "feasible", "scored", "score", "macs")
     cols = [TrialRow.__table__.c[c] for c in names]
-    return _expected_counts(session.execute(select(*cols).where(TrialRow.search_id == search_id)).mappings())
+    rows = session.execute(select(*cols).where(TrialRow.search_id == search_id)).mappings()
+    return _expected_counts(dict(r) for r in rows)
 
 
 # -- keeping it in step with Optuna ------------------------------------------------------------
