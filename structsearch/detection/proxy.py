@@ -117,8 +117,9 @@ class DetectionDistiller:
             arrays = self._teacher_outputs()
         else:
             arrays, self.cache_hit = cache.get_or_compute(cache_key(key), self._teacher_outputs, key)
-        self.t_head = tuple(torch.from_numpy(np.asarray(arrays[k])) for k in ("cls", "box", "ctr"))
-        self.t_feats = [torch.from_numpy(np.asarray(arrays[k])) for k in sorted(arrays) if k.startswith("feat")]
+        # np.array: a writable copy (the cache hands out read-only arrays, which torch warns about)
+        self.t_head = tuple(torch.from_numpy(np.array(arrays[k])) for k in ("cls", "box", "ctr"))
+        self.t_feats = [torch.from_numpy(np.array(arrays[k])) for k in sorted(arrays) if k.startswith("feat")]
 
     def _pre(self, x_uint8: Tensor) -> Tensor:
         return self.preprocess(x_uint8.to(self.device))

@@ -44,6 +44,7 @@ from structsearch.train import (
     make_optimizer,
     run_steps,
     save_checkpoint,
+    seeded,
     settings_hash,
 )
 
@@ -162,9 +163,7 @@ def run_phase(
     sched = WarmupCosine(opt, total)
 
     states: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "device": device}
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # the caller's random streams are left alone
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         step, before = 0, 0.0  # the steps and training seconds of earlier calls
         run = Running()
         if ckpt.exists() and ctx.resume:
@@ -253,9 +252,7 @@ def downstream_phase(
     if not callable(getattr(student, "reset_classifier", None)):
         raise FinetuneError(f"{arch.model} has no reset_classifier(); it cannot take a new head for {data.source}")
     model = copy.deepcopy(student)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # the new head's initialisation is part of the reproducible run
+    with seeded(seed, device):  # the new head's initialisation is part of the reproducible run
         model.reset_classifier(num_classes)  # type: ignore[operator]  # checked callable above
     augment = Augment.for_size(data.x.shape[-2], hflip=config.downstream_hflip)
     settings = {

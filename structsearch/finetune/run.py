@@ -59,7 +59,7 @@ from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.space import family_for
 from structsearch.surgery import RECIPE_FILE
-from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, settings_hash
+from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, seeded, settings_hash
 
 #: ViT feature KD's weights: the proxy's (``distill.ProxyConfig``), so both train the same loss.
 _FEATURE_WEIGHT = ProxyConfig.feature_weight
@@ -299,8 +299,7 @@ def _feature_hints(
     saved = stored.saved()
     if student.start == "artifact" and saved is not None and (saved / RECIPE_FILE).is_file():
         restore_origins(student.model, json.loads((saved / RECIPE_FILE).read_text()))
-    with torch.random.fork_rng(devices=[]):  # the projections' initialisation is part of the reproducible run
-        torch.manual_seed(seed)
+    with seeded(seed, torch.device("cpu")):  # the projections' initialisation is part of the reproducible run
         return ViTHints(d.teacher, student.model, _ATTENTION_WEIGHT)
 
 
