@@ -458,6 +458,10 @@ def section_detection(s: Stages) -> str:
     ]
     r = d["recheck"]
     phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in d["seconds"].items())
+
+    def gain(key: str) -> float:
+        return d["compared"]["searched"][key] - d["compared"]["uniform"][key]
+
     return (
         head + f"{z['canvas']} px canvases of CIFAR-10 objects (1-4 each; {z['train']} training, {z['val']} validation "
         f"canvases), an FCOS detector over the shared CIFAR ResNet-20 trained {z['teacher_epochs']} epochs: "
@@ -467,6 +471,8 @@ def section_detection(s: Stages) -> str:
         + f"\nThe best searched student within the budget next to uniform width scaling at the same budget, after the "
         f"search's short KD and after a {z['epochs']}-epoch fine-tune (detection KD + ground-truth loss):\n\n"
         + table(["student", "MACs", "of budget", "short KD mAP", "fine-tuned mAP", "fine-tuned mAP@.5"], compared)
+        + f"\nThe searched student's gain over uniform width scaling: {gain('short_kd_map'):+.2f} mAP after the short KD, "
+        f"{gain('finetuned_map'):+.2f} after the fine-tune.\n"
         + f"\nProxy fidelity: {len(r['entries'])} students retrained {r['steps']} steps, **Kendall tau = {r['tau']}** "
         f"(p = {r['tau_p_value']}). Phases: {phases}.\n\n" + commands(st)
     )
