@@ -32,7 +32,8 @@ FUZZ: dict[str, Any] = {"key": "", "search": "", "counter": itertools.count(), "
 
 @pytest.fixture
 def api_schema(db_url: str, tmp_path, data_root) -> Iterator[schemathesis.BaseSchema]:
-    settings_ = make_settings(db_url, tmp_path / "artifacts", data_root)
+    # a progress stream of the (never worked) search stays open up to events_max_s: keep each one short
+    settings_ = make_settings(db_url, tmp_path / "artifacts", data_root, events_poll_s=0.1, events_max_s=0.3)
     app = create_app(settings_)
     db = Database(db_url)
     FUZZ["key"] = create_key(db, "fuzz")
