@@ -28,9 +28,13 @@ from structsearch.service.queue import JobQueue
 from structsearch.service.repository import ApiKeyRepository, SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
-from structsearch.service.tables import ApiKey, Search, SearchStatus, utcnow
+from structsearch.service.tables import ApiKey, FrontRow, Search, SearchStatus, TrialRow, utcnow
 
 MAX_PAGE = 100
+
+
+#: The tables requests read (the service's and Optuna's study attributes), warmed on each connection.
+_READ_TABLES = (*(t.__tablename__ for t in (Search, TrialRow, FrontRow, ApiKey)), "studies", "study_user_attributes")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Services:
         """Open the database connections and run the requests' read paths once (API-key lookup,
         search rows and pages, the read model's queries; for a search that does not exist), so
         a fresh process's first requests cost what its later ones do."""
-        self.db.warm()
+        self.db.warm(_READ_TABLES)
         authenticate(self.db, "")  # no such key: the lookup runs, nothing is touched
         nowhere = uuid.UUID(int=0)
         with self.db.session() as s:
