@@ -11,6 +11,7 @@ an unknown id.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
@@ -20,15 +21,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.middleware import STATE_KEY
 from structsearch.errors import NotFound
+from structsearch.service import readqueries
 from structsearch.service.apikeys import authenticate
 from structsearch.service.database import Database
 from structsearch.service.queue import JobQueue
-from structsearch.service.repository import SearchRepository
+from structsearch.service.repository import ApiKeyRepository, SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
-from structsearch.service.tables import ApiKey, Search
+from structsearch.service.tables import ApiKey, FrontRow, Search, SearchStatus, TrialRow, utcnow
 
 MAX_PAGE = 100
+
+
+#: The tables requests read (the service's and Optuna's study attributes), warmed on each connection.
+_READ_TABLES = (*(t.__tablename__ for t in (Search, TrialRow, FrontRow, ApiKey)), "studies", "study_user_attributes")
 
 
 @dataclass
@@ -44,6 +50,23 @@ class Services:
     def from_settings(cls, settings: ServiceSettings) -> Services:
         db = Database(settings.database_url)
         return cls(settings=settings, db=db, reader=StudyReader(db), queue=JobQueue(settings.database_url))
+
+    def warm(self) -> None:
+        """Open the database connections and run the requests' read paths once (API-key lookup,
+        search rows and pages, the read model's queries; for a search that does not exist), so
+        a fresh process's first requests cost what its later ones do."""
+        self.db.warm(_READ_TABLES)
+        authenticate(self.db, "")  # no such key: the lookup runs, nothing is touched
+        nowhere = uuid.UUID(int=0)
+        with self.db.session() as s:
+            ApiKeyRepository(s).touch(0, utcnow(), utcnow())  # no key 0: compiled, nothing written
+            repo = SearchRepository(s)
+            repo.get(nowhere)
+            repo.with_best(nowhere)
+            for status_, owner in itertools.product((None, SearchStatus.running), (None, ApiKey(id=0))):
+                repo.page(0, 1, status_, owner)
+        self.reader.study_id("")  # no such study (not remembered)
+        readqueries.warm_up(self.db)
 
     def close(self) -> None:
         self.queue.close()

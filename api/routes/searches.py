@@ -6,10 +6,11 @@ Routes are plain ``def``: FastAPI runs them in its threadpool, which is where th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
+from sqlalchemy import Row
 
 from api.deps import KeyDep, OwnedSearchDep, PageDep, Services, ServicesDep
 from api.schemas import (
@@ -19,12 +20,14 @@ from api.schemas import (
     SearchAccepted,
     SearchPublic,
     SearchStatusName,
-    TrialCountsPublic,
+    json_response,
+    trial_body,
+    trial_columns,
 )
 from structsearch.errors import NotFound
-from structsearch.service.repository import SearchRepository
-from structsearch.service.searches import cancel_search, progress, submit_search
-from structsearch.service.tables import Search, SearchStatus
+from structsearch.service.repository import BEST, SearchRepository
+from structsearch.service.searches import COUNT_COLUMNS, cancel_search, submit_search
+from structsearch.service.tables import SearchStatus
 
 router = APIRouter(prefix="/searches", tags=["searches"])
 
@@ -44,27 +47,28 @@ EXAMPLE_SPEC = {
 }
 
 
-def search_public(row: Search, services: Services) -> SearchPublic:
-    return searches_public([row], services)[0]
+#: A :class:`SearchPublic`'s fields, in order; its best trial's and the columns they are read from.
+_FIELDS = list(SearchPublic.model_fields)
+_BEST_COLUMNS = {name: BEST + col for name, col in trial_columns(CandidatePublic).items()}
 
 
-def searches_public(rows: Sequence[Search], services: Services) -> list[SearchPublic]:
-    """Counts from the search rows, bests in one query (the read model; no study is read)."""
-    return [
-        SearchPublic(
-            id=row.id,
-            name=row.name,
-            requested_name=row.requested_name,
-            status=SearchStatusName(row.status),
-            error=row.error,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            spec=row.spec,
-            trials=TrialCountsPublic(**vars(p.counts)),
-            best=CandidatePublic(**p.best.to_dict()) if p.best else None,
-        )
-        for row, p in zip(rows, progress(services.db, rows), strict=True)
-    ]
+def search_item(row: Row[Any]) -> dict[str, Any]:
+    """A :class:`SearchPublic` as a plain dict, from a row of :meth:`SearchRepository.page` or
+    :meth:`~SearchRepository.with_best` (the search's columns, its counts among them, and its
+    best trial's): no study is read."""
+    derived = {
+        "trials": {name: getattr(row, col) for name, col in COUNT_COLUMNS.items()},
+        "best": None if getattr(row, BEST + "number") is None else trial_body(_BEST_COLUMNS, row.name, row),
+    }
+    return {name: derived[name] if name in derived else getattr(row, name) for name in _FIELDS}
+
+
+def _described(services: Services, search_id: uuid.UUID) -> Response:
+    with services.db.session() as s:
+        row = SearchRepository(s).with_best(search_id)
+    if row is None:
+        raise NotFound(f"no search with id '{search_id}'")
+    return json_response(search_item(row))
 
 
 @router.post(
@@ -127,28 +131,27 @@ def list_searches(
     status_: Annotated[
         SearchStatusName | None, Query(alias="status", description="only searches in this status")
     ] = None,
-) -> Page[SearchPublic]:
+) -> Response:
     """The caller's searches (an admin key: everyone's), newest first, with their progress."""
     with services.db.session() as s:
         rows, total = SearchRepository(s).page(
             page.offset, page.limit, SearchStatus(status_.value) if status_ else None, owner=key
         )
-    items = searches_public(rows, services)
-    return Page(items=items, total=total, offset=page.offset, limit=page.limit)
+    items = [search_item(r) for r in rows]
+    return json_response({"items": items, "total": total, "offset": page.offset, "limit": page.limit, "next": None})
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
-def get_search(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
+def get_search(search: OwnedSearchDep, services: ServicesDep) -> Response:
     """Status, spec, trial counts and the best candidate so far (the owner's or an admin key)."""
-    return search_public(search, services)
+    return _described(services, search.id)
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
-def cancel(search: OwnedSearchDep, services: ServicesDep) -> SearchPublic:
+def cancel(search: OwnedSearchDep, services: ServicesDep) -> Response:
     """Start no new trials; running trials finish and are kept. 409 if the search already ended.
 
     The owner's key or an admin key only; any other key gets the 404 of an unknown search."""
-    row = cancel_search(services.db, services.queue, search.id)
-    if row is None:
+    if cancel_search(services.db, services.queue, search.id) is None:
         raise NotFound(f"no search with id '{search.id}'")
-    return search_public(row, services)
+    return _described(services, search.id)

@@ -14,11 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from pydantic_core import to_json
 from starlette.background import BackgroundTask
 
 from api.deps import MAX_PAGE, OwnedSearchDep, ServicesDep, study_id_of
-from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName
+from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName, json_response, trial_body, trial_columns
 from structsearch.errors import NotFound
 from structsearch.service.readqueries import trial_page
 
@@ -32,16 +31,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 #: A :class:`TrialPublic`'s fields, in order, and the ``ss_trials`` column each is read from.
-_ITEM_COLUMNS = {
-    name: "number" if name == "trial" else name for name, f in TrialPublic.model_fields.items() if not f.exclude
-}
+_ITEM_COLUMNS = trial_columns(TrialPublic)
 
 
 def trial_item(study: str, row: Any) -> dict[str, Any]:
-    """A :class:`TrialPublic` as a plain dict (datetimes left as they are), straight from a row's
-    columns (a ``TrialRow`` or a SQL row): a page of 100 trials built through the models took
-    as long as its query. The columns are the record's fields, already checked when written."""
-    return {name: study if name == "study" else getattr(row, col) for name, col in _ITEM_COLUMNS.items()}
+    """A :class:`TrialPublic` as a plain dict, from a row's columns."""
+    return trial_body(_ITEM_COLUMNS, study, row)
 
 
 @router.get("", response_model=Page[TrialPublic], responses=_ERRORS)
@@ -73,9 +68,7 @@ def list_trials(
         "limit": limit,
         "next": page.next,
     }
-    # the bytes FastAPI's own serializer writes for Page[TrialPublic] (tests compare them), without
-    # validating each row into a model first
-    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
+    return json_response(body)
 
 
 @router.get(

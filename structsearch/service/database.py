@@ -8,7 +8,7 @@ transactions by hand.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -101,9 +101,11 @@ class Database:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
-    def warm(self) -> None:
+    def warm(self, tables: Sequence[str] = ()) -> None:
         """Open the pool's connections now, all at once (then returned to the pool), so that the
-        first concurrent requests of a fresh process do not each wait for a connection to be made."""
+        first concurrent requests of a fresh process do not each wait for a connection to be made;
+        on each, read ``tables``' catalog entries (a new connection's first query of a table took
+        1-2 ms more for them)."""
         configure_mappers()
         conns = []
         try:
@@ -111,6 +113,8 @@ class Database:
             for _ in range(pool.size() if isinstance(pool, QueuePool) else 1):
                 conns.append(self.engine.connect())
                 conns[-1].execute(text("SELECT 1"))
+                for table in tables:
+                    conns[-1].execute(text(f"SELECT 1 FROM {table} LIMIT 0"))
         finally:
             for conn in conns:
                 conn.close()

@@ -79,21 +79,69 @@ def _upsert(session: Session, fronts: list[dict[str, Any]]) -> None:
     )
 
 
-def keep(session: Session, search_id: uuid.UUID, changed: Sequence[Mapping[str, Any]], left: Collection[int]) -> None:
+#: The kept fronts of a search (cost -> trial numbers) and the points of the rows on them (by number).
+Kept = tuple[dict[str, list[int]], dict[int, dict[str, Any]]]
+
+#: :func:`read_kept` in one PostgreSQL statement (sent by the writer with its others, one round
+#: trip): a row per front and trial number on it, in order (a front with none: one row of NULLs).
+#: Each row is looked up by its primary key (the LIMIT keeps the planner from hashing all the
+#: search's rows instead: it expects 100 numbers per front).
+KEPT_SQL = text(f"""
+SELECT f.cost, n.number, {", ".join(f"t.{c}" for c in _POINT_COLUMNS)}
+FROM ss_fronts f
+LEFT JOIN LATERAL jsonb_array_elements_text(f.numbers) WITH ORDINALITY AS n(number, i) ON TRUE
+LEFT JOIN LATERAL (
+  SELECT {", ".join(_POINT_COLUMNS)} FROM ss_trials
+  WHERE search_id = f.search_id AND number = CAST(n.number AS INTEGER) LIMIT 1
+) t ON TRUE
+WHERE f.search_id = :search ORDER BY f.cost, n.i""")
+
+
+def kept_of(rows: Iterable[Sequence[Any]]) -> Kept:
+    """:data:`KEPT_SQL`'s rows as :data:`Kept`."""
+    kept: dict[str, list[int]] = {}
+    points: dict[int, dict[str, Any]] = {}
+    for cost, number, *point in rows:
+        numbers = kept.setdefault(cost, [])
+        if number is not None:
+            numbers.append(int(number))
+        if point[0] is not None:
+            points[point[0]] = dict(zip(_POINT_COLUMNS, point, strict=True))
+    return kept, points
+
+
+def read_kept(session: Session, search_id: uuid.UUID) -> Kept:
+    kept = {f.cost: f.numbers for f in session.scalars(select(FrontRow).where(FrontRow.search_id == search_id))}
+    on_fronts = {n for numbers in kept.values() for n in numbers}
+    return kept, {r["number"]: r for r in _points(session, search_id, on_fronts)}
+
+
+def may_move(changed: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether rows written may enter a front (feasible, scored): otherwise only a row that left
+    one (a repair) makes :func:`keep` read anything."""
+    return any(r["scored"] and r["feasible"] for r in changed)
+
+
+def keep(
+    session: Session,
+    search_id: uuid.UUID,
+    changed: Sequence[Mapping[str, Any]],
+    left: Collection[int],
+    kept: Kept | None = None,
+) -> None:
     """Bring the search's kept fronts up to date with rows just written, in the writer's
     transaction (which holds the search row's lock, so fronts of one search move one write at a
     time). ``changed``: the rows written, as stored now; ``left``: those of them that were scored
-    before this write (they may have been on a front). Costs nothing when no changed row can be
+    before this write (they may have been on a front); ``kept``: the fronts and their points, when
+    the writer read them already (:data:`KEPT_SQL`). Costs nothing when no changed row can be
     on a front (a running trial, an over-budget or failed one)."""
     entering = [r for r in changed if r["scored"] and r["feasible"]]
     if not entering and not left:
         return
-    kept = {f.cost: f.numbers for f in session.scalars(select(FrontRow).where(FrontRow.search_id == search_id))}
-    on_fronts = {n for numbers in kept.values() for n in numbers}
-    points = {r["number"]: r for r in _points(session, search_id, on_fronts)}
+    fronts, points = kept if kept is not None else read_kept(session, search_id)
     moved = []
     for cost, axis in COST_FIELDS.items():
-        old = kept.get(cost)
+        old = fronts.get(cost)
         if old is None or not set(old).isdisjoint(left):
             numbers = list(session.scalars(front_sql(search_id, cost)))
         else:

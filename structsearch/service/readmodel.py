@@ -16,11 +16,12 @@ skips rows already equal, so a re-run job or a second backfill changes nothing):
 * the API at submission (the enqueued baselines, warm-start copies);
 * ``structsearch db backfill`` for studies written before the read model (or by the CLI).
 
-Each write is one short transaction of two statements on PostgreSQL: the search row is locked
-(``FOR UPDATE``) so that two workers finishing trials of one search at once apply their count
-changes one after the other, then one statement upserts the rows and moves the counts by the
-difference between each changed row's old and new contribution (:data:`COUNTERS`), so a write
-costs the same at 10 or 100,000 trials (about 2 ms, ``bench/api_load.py``). A row never moves
+Each write is one short transaction on PostgreSQL: the search row is locked (``FOR UPDATE``) so
+that two workers finishing trials of one search at once apply their count changes one after the
+other, then one statement upserts the rows and moves the counts by the difference between each
+changed row's old and new contribution (:data:`COUNTERS`), then (a row that may enter a front)
+the kept fronts are read; the three are sent in one round trip, and the commit is the other. A
+write costs the same at 10 or 100,000 trials (``bench/api_load.py``). A row never moves
 back a stage (waiting, running, finished). ``structsearch db check`` compares both with
 Optuna's trials and reports any drift.
 """
@@ -38,9 +39,11 @@ from functools import cache
 from typing import Any
 
 import optuna
+import psycopg
 from optuna.trial import FrozenTrial
 from sqlalchemy import Row, TextClause, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from structsearch.errors import NotFound
@@ -211,7 +214,7 @@ def _write_sql() -> TextClause:
     moves = ", ".join(f"{name} = s.{name} + d.{name}" for name in COUNTERS)
     order = "score DESC, macs, number"
     return text(f"""
-WITH new ({sent}) AS (SELECT * FROM unnest({arrays})),
+WITH new ({sent}) AS (SELECT * FROM unnest({arrays}) WHERE EXISTS (SELECT FROM ss_searches WHERE id = :search)),
 old AS (SELECT o.* FROM ss_trials o JOIN new USING (number) WHERE o.search_id = :search),
 up AS (
   INSERT INTO ss_trials AS t (search_id, {sent}, seq)
@@ -241,16 +244,35 @@ RETURNING (SELECT array_agg(number) FROM up),
 Changed = tuple[list[int], list[int]]
 
 
-def _write_postgres(session: Session, search_id: uuid.UUID, rows: list[dict[str, Any]]) -> Changed:
-    """Two statements: lock the search row (two workers' writes to one search apply their count
-    changes one after the other, each reading the old rows after the other's commit), then
-    :func:`_write_sql`."""
-    if session.execute(_LOCK_SQL, {"search": search_id}).first() is None:
-        return [], []  # the search was deleted
+@cache
+def _write_sql_psycopg() -> tuple[str, str, str]:
+    """The lock, :func:`_write_sql` and :data:`fronts.KEPT_SQL` as psycopg runs them (``%(name)s``)."""
+    lock, write, kept = (str(q.compile(dialect=psycopg_dialect())) for q in (_LOCK_SQL, _write_sql(), fronts.KEPT_SQL))
+    return lock, write, kept
+
+
+def _write_postgres(
+    session: Session, search_id: uuid.UUID, rows: list[dict[str, Any]]
+) -> tuple[Changed, fronts.Kept | None]:
+    """Lock the search row (two workers' writes to one search apply their count changes one
+    after the other, each reading the old rows after the other's commit), then
+    :func:`_write_sql`, then, when a row may enter a front, read the kept fronts: three
+    statements run one after the other as ever, sent together in one round trip (psycopg's
+    pipeline; with the transaction's BEGIN, four round trips became one)."""
     arrays: dict[str, Any] = {c: [r[c] for r in rows] for c in _SENT}
     arrays["spec"] = [None if v is None else json.dumps(v) for v in arrays["spec"]]
-    done = session.execute(_write_sql(), {**arrays, "search": search_id, "now": utcnow()}).first()
-    return (list(done[0]), list(done[1])) if done is not None else ([], [])
+    lock_sql, write_sql, kept_sql = _write_sql_psycopg()
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)  # the service's engines are postgresql+psycopg
+    with conn.pipeline():
+        lock = conn.execute(lock_sql, {"search": search_id})
+        done = conn.execute(write_sql, {**arrays, "search": search_id, "now": utcnow()})
+        kept = conn.execute(kept_sql, {"search": search_id}) if fronts.may_move(rows) else None
+    if lock.fetchone() is None:
+        return ([], []), None  # the search was deleted: the write found no search row and wrote nothing
+    changed = done.fetchone()
+    front = fronts.kept_of(kept.fetchall()) if kept is not None else None
+    return ((list(changed[0]), list(changed[1])) if changed is not None else ([], [])), front
 
 
 def _write_portable(session: Session, search_id: uuid.UUID, new: dict[int, dict[str, Any]]) -> Changed:
@@ -295,11 +317,12 @@ def write_trials(session: Session, search_id: uuid.UUID, trials: Iterable[Frozen
     new = {r["number"]: r for r in (row_of(search_id, t) for t in trials)}
     if not new:
         return 0
+    kept = None
     if session.get_bind().dialect.name == "postgresql":
-        changed, left = _write_postgres(session, search_id, list(new.values()))
+        (changed, left), kept = _write_postgres(session, search_id, list(new.values()))
     else:
         changed, left = _write_portable(session, search_id, new)
-    fronts.keep(session, search_id, [new[n] for n in changed], left)
+    fronts.keep(session, search_id, [new[n] for n in changed], left, kept)
     return len(changed)
 
 

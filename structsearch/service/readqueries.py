@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import optuna
 from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.orm import Session
 
+from structsearch.errors import StructsearchError
 from structsearch.search.recheck import RECHECK_ATTR
 from structsearch.search.results import (
     BUDGETS,
@@ -33,7 +35,14 @@ from structsearch.search.results import (
 )
 from structsearch.service import fronts
 from structsearch.service.database import Database
-from structsearch.service.readmodel import FINISHED_STATES, RECORD_FIELDS, STATE_COUNTS, record_from_row, study_attrs
+from structsearch.service.readmodel import (
+    COUNTERS,
+    FINISHED_STATES,
+    RECORD_FIELDS,
+    STATE_COUNTS,
+    record_from_row,
+    study_attrs,
+)
 from structsearch.service.singleflight import SingleFlight
 from structsearch.service.tables import Search, TrialRow
 
@@ -198,3 +207,35 @@ def trial_page(
     rows = rows[:limit]
     total = getattr(search, STATE_COUNTS[state]) if state is not None else search.n_trials
     return TrialPage(list(rows), total, rows[-1].number if more and rows else None)
+
+
+#: An absolute budget of each kind, for :func:`warm_up` (any value gives the same statement).
+_SOME_BUDGET = {"flops": "1", "params": "1", "latency": "1ms", "memory": "1B"}
+
+
+def no_search() -> Search:
+    """A search that does not exist (every count 0, a best trial 0): warm-ups' queries about it
+    find nothing."""
+    return Search(id=uuid.UUID(int=0), name="", trials_requested=0, best_number=0, **dict.fromkeys(COUNTERS, 0))
+
+
+def warm_up(db: Database) -> None:
+    """Run every query of this module once, for a search that does not exist (nothing is found,
+    nothing is written), so that a fresh API process compiles its statements -- SQLAlchemy
+    caches them per process, a few ms each -- at startup and not on its first requests: at
+    concurrency 8 a cold process's first requests took several times the others'."""
+    nowhere = no_search()
+    etag(nowhere, result_attrs(db, nowhere))
+    kinds = list(_SOME_BUDGET)
+    for n in range(1, len(kinds) + 1):  # one statement per combination of budgets given
+        for given in itertools.combinations(kinds, n):
+            try:
+                best_within(db, nowhere, {k: _SOME_BUDGET[k] for k in given})
+            except StructsearchError:  # "no trained candidates yet": the statements ran
+                pass
+    with db.session() as s:
+        fronts.kept_numbers(s, nowhere.id, "macs")
+        s.execute(_numbered(nowhere, [0]))
+    gains(db, nowhere)
+    for after, state in itertools.product((None, 0), (None, "complete")):
+        trial_page(db, nowhere, 1, after, 0, state)

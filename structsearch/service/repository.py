@@ -20,12 +20,25 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, func, or_, select, update
+from sqlalchemy import CursorResult, Row, Select, Update, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from structsearch.errors import NameTaken
-from structsearch.service.tables import ApiKey, KeyScope, Search, SearchStatus, utcnow
+from structsearch.service.tables import ApiKey, KeyScope, Search, SearchStatus, TrialRow, utcnow
+
+#: In the rows of :meth:`SearchRepository.page` and :meth:`SearchRepository.with_best`, the best
+#: trial's ``ss_trials`` columns are named with this prefix (a search row has its own ``best_number``).
+BEST = "best_trial_"
+
+
+def _with_best() -> Select[Any]:
+    """Every column of the searches and of each one's best trial (all NULL when it has none): one
+    primary-key lookup per search, in the same statement."""
+    best = TrialRow.__table__.alias("best")
+    return select(*Search.__table__.c, *(c.label(BEST + c.name) for c in best.c)).outerjoin(
+        best, and_(best.c.search_id == Search.id, best.c.number == Search.best_number)
+    )
 
 
 class SearchRepository:
@@ -44,14 +57,18 @@ class SearchRepository:
     def get(self, search_id: uuid.UUID) -> Search | None:
         return self.session.get(Search, search_id)
 
+    def with_best(self, search_id: uuid.UUID) -> Row[Any] | None:
+        """The search's columns and its best trial's (:data:`BEST`), None when it does not exist."""
+        return self.session.execute(_with_best().where(Search.id == search_id)).first()
+
     def page(
         self, offset: int, limit: int, status: SearchStatus | None = None, owner: ApiKey | None = None
-    ) -> tuple[Sequence[Search], int]:
-        """Newest first; returns one page and the total number of matching searches.
+    ) -> tuple[Sequence[Row[Any]], int]:
+        """Newest first; returns one page (as :meth:`with_best`) and the number of matching searches.
 
         With ``owner``, only the searches that key may see (its own; all for an admin key).
         """
-        q = select(Search)
+        q = _with_best()
         count = select(func.count()).select_from(Search)
         if status is not None:
             q = q.where(Search.status == status.value)
@@ -59,7 +76,7 @@ class SearchRepository:
         if owner is not None and not owner.is_admin:
             q = q.where(Search.api_key_id == owner.id)
             count = count.where(Search.api_key_id == owner.id)
-        rows = self.session.scalars(q.order_by(Search.created_at.desc(), Search.id).offset(offset).limit(limit)).all()
+        rows = self.session.execute(q.order_by(Search.created_at.desc(), Search.id).offset(offset).limit(limit)).all()
         return rows, int(self.session.scalar(count) or 0)
 
     def names_owned_by(self, api_key_id: int | None) -> set[str]:

@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, tuple_
 
 from structsearch.errors import CancelRefused, NameTaken, SubmitFailed
-from structsearch.search.results import TrialRecord
 from structsearch.search.spec import StudySpec
 from structsearch.service.admission import WorkLimits, admit_spec
 from structsearch.service.database import Database
@@ -37,15 +33,30 @@ from structsearch.service.planning import PlanningChild
 from structsearch.service.public_errors import STORAGE_ERROR, log_error, public_error
 from structsearch.service.queue import JobQueue
 from structsearch.service.quotas import check_quota
-from structsearch.service.readmodel import TrialSync, record_from_row
+from structsearch.service.readmodel import TrialSync
 from structsearch.service.repository import SearchRepository
 from structsearch.service.settings import ServiceSettings
 from structsearch.service.studies import StudyReader
-from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus, TrialRow
+from structsearch.service.tables import ACTIVE_STATUSES, Search, SearchStatus
 
 NAME_MAX = 100
 
 log = logging.getLogger("structsearch.api")
+
+
+#: :class:`TrialCounts`' fields and the ``ss_searches`` column each is read from (the read model
+#: keeps them on the search's row).
+COUNT_COLUMNS = {
+    "requested": "trials_requested",
+    "complete": "n_own_complete",
+    "pruned": "n_pruned",
+    "running": "n_running",
+    "waiting": "n_waiting",
+    "failed": "n_failed",
+    "trained": "n_trained",
+    "over_budget": "n_over_budget",
+    "copied": "n_copied",
+}
 
 
 class TrialCounts(BaseModel):
@@ -63,12 +74,6 @@ class TrialCounts(BaseModel):
     trained: int
     over_budget: int
     copied: int
-
-
-@dataclass(frozen=True)
-class Progress:
-    counts: TrialCounts
-    best: TrialRecord | None
 
 
 def submit_search(
@@ -172,30 +177,3 @@ def record_study(db: Database, reader: StudyReader, row: Search) -> None:
     if study_id is not None:
         sync = TrialSync(db, reader.storage, row.id, study_id)
         sync.safely(sync.catch_up)
-
-
-def counts_of(row: Search) -> TrialCounts:
-    """The search's trial counts, as the read model keeps them on its row."""
-    return TrialCounts(
-        requested=row.trials_requested,
-        complete=row.n_own_complete,
-        pruned=row.n_pruned,
-        running=row.n_running,
-        waiting=row.n_waiting,
-        failed=row.n_failed,
-        trained=row.n_trained,
-        over_budget=row.n_over_budget,
-        copied=row.n_copied,
-    )
-
-
-def progress(db: Database, rows: Sequence[Search]) -> list[Progress]:
-    """Trial counts and the best feasible trained trial so far of each search: read from the
-    search rows and, for the bests, one query of ``ss_trials`` by primary key."""
-    keys = [(r.id, r.best_number) for r in rows if r.best_number is not None]
-    best: dict[uuid.UUID, TrialRow] = {}
-    if keys:
-        with db.session() as s:
-            found = s.scalars(select(TrialRow).where(tuple_(TrialRow.search_id, TrialRow.number).in_(keys)))
-            best = {t.search_id: t for t in found}
-    return [Progress(counts_of(r), record_from_row(r.name, best[r.id]) if r.id in best else None) for r in rows]

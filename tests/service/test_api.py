@@ -422,6 +422,99 @@ def test_a_search_without_kept_fronts_gets_them_on_first_read(
         db.dispose()
 
 
+def test_a_fresh_process_compiles_its_reads_at_startup(search_with_results, key: str, settings) -> None:
+    """A new API process (its own engine and statement cache) has every statement of the read
+    endpoints compiled by its startup: its first requests compile none (they took several times
+    the later ones' latency), and what it imported is frozen out of the garbage collector's walks."""
+    import gc
+
+    from sqlalchemy.engine.interfaces import CacheStats
+
+    body, study = search_with_results
+    app = create_app(settings)
+    misses: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        if context.cache_hit is CacheStats.CACHE_MISS:
+            misses.append(statement)
+
+    engine = app.state.services.db.engine
+    with TestClient(app, headers=auth(key)) as c:
+        event.listen(engine, "after_cursor_execute", seen)
+        try:
+            assert gc.get_freeze_count() > 0
+            url = body["url"]
+            for path in (
+                f"{url}/pareto",
+                f"{url}/best?budget_flops={study.user_attrs['max_macs']}&budget_params=250k",
+                f"{url}/trials?limit=100&after=3",
+                url,
+                f"{API}/searches?limit=100",
+            ):
+                r = c.get(path)
+                assert r.status_code == 200, (path, r.text)
+        finally:
+            event.remove(engine, "after_cursor_execute", seen)
+    assert misses == []
+
+
+def test_search_bodies_are_the_models_bytes(client: TestClient, key: str, settings: ServiceSettings) -> None:
+    """The list and a search's summary build their bodies from rows (the search's columns and
+    its best trial's, one statement) without a model per row: the bytes are those of the
+    ``SearchPublic`` models built from the ORM rows and the best trial's record."""
+    from pydantic import TypeAdapter
+    from sqlalchemy import select
+
+    from api.schemas import CandidatePublic, Page, SearchPublic, SearchStatusName, TrialCountsPublic
+    from structsearch.service.readmodel import record_from_row
+    from structsearch.service.tables import Search, TrialRow
+
+    submit(client, key, tiny_spec(name="no-trials-yet", baselines=[]))  # first: nothing to warm-start from
+    scored = submit(client, key, tiny_spec(name="with-best", baselines=[]))
+    study = optuna.load_study(study_name=scored["name"], storage=settings.database_url)
+    add_trials(study, 12, max_macs=study.user_attrs["max_macs"])
+    record(study)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as s:
+            items = []
+            for row in s.scalars(select(Search).order_by(Search.created_at.desc(), Search.id)):
+                best = s.get(TrialRow, (row.id, row.best_number)) if row.best_number is not None else None
+                items.append(
+                    SearchPublic(
+                        id=row.id,
+                        name=row.name,
+                        requested_name=row.requested_name,
+                        status=SearchStatusName(row.status),
+                        error=row.error,
+                        created_at=row.created_at,
+                        updated_at=row.updated_at,
+                        spec=row.spec,
+                        trials=TrialCountsPublic(
+                            requested=row.trials_requested,
+                            complete=row.n_own_complete,
+                            pruned=row.n_pruned,
+                            running=row.n_running,
+                            waiting=row.n_waiting,
+                            failed=row.n_failed,
+                            trained=row.n_trained,
+                            over_budget=row.n_over_budget,
+                            copied=row.n_copied,
+                        ),
+                        best=CandidatePublic(**record_from_row(row.name, best).to_dict()) if best else None,
+                    )
+                )
+    finally:
+        db.dispose()
+    assert items[0].best is not None and items[0].trials.complete == 12 and items[1].best is None
+    got = client.get(f"{API}/searches", params={"limit": 100})
+    page = Page[SearchPublic](items=items, total=2, offset=0, limit=100)
+    assert got.status_code == 200 and got.content == TypeAdapter(Page[SearchPublic]).dump_json(page)
+    for item in items:
+        one = client.get(f"{API}/searches/{item.id}")
+        assert one.status_code == 200 and one.content == item.model_dump_json().encode()
+
+
 def test_trial_pages_are_the_models_bytes_and_map50_is_shown_with_scores(
     client: TestClient, key: str, settings: ServiceSettings
 ) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from api import create_app
 from structsearch.search.storage import open_storage
@@ -123,6 +123,33 @@ def test_two_writers_racing_on_new_rows_of_one_search_keep_its_counts(client: Te
         assert {k: getattr(row, k) for k in counts} == counts
         assert counts["n_trials"] == counts["n_complete"] == 8 * (round_ + 1)
         assert drift_of(harness, body["id"]) == []
+
+
+def test_one_round_trip_writes_keep_the_fronts_and_skip_a_deleted_search(client: TestClient, harness: Harness) -> None:
+    """The writer sends its lock, upsert and front read together (one round trip): trials
+    written one at a time, as a worker does, leave the fronts the library computes from all the
+    rows, the fronts read in one statement are those read table by table, and a write for a
+    search deleted meanwhile writes nothing (its rows would have no search)."""
+    from structsearch.search.results import COST_FIELDS
+    from structsearch.service import fronts
+
+    body, study = submit_with_results(client, harness, n=0)
+    sid = uuid.UUID(body["id"])
+    rng = random.Random(7)
+    study.add_trials([trial_like(rng, study.user_attrs["max_macs"]) for _ in range(30)])
+    sync = TrialSync(harness.db, None, sid, study._study_id)
+    for t in study.get_trials(deepcopy=False):
+        assert sync.write([t]) == 1
+    with harness.db.session() as s:
+        rows = [dict(r) for r in s.execute(select(TrialRow.__table__)).mappings()]
+        kept = fronts.kept_of(s.execute(fronts.KEPT_SQL, {"search": sid}).all())
+        assert kept == fronts.read_kept(s, sid)
+    want = {cost: fronts.front_numbers(rows, axis) for cost, axis in COST_FIELDS.items()}
+    assert kept[0] == want and want["macs"]
+    assert drift_of(harness, body["id"]) == []
+    with harness.db.session() as s:
+        assert write_trials(s, uuid.uuid4(), study.get_trials(deepcopy=False)[:3]) == 0
+        assert s.scalar(select(func.count()).select_from(TrialRow)) == 30
 
 
 def test_on_sqlite_the_same_writes_keep_the_counts(tmp_path: Path) -> None:
