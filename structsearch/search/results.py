@@ -8,8 +8,8 @@ never trained, and their score is not a measurement.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -19,6 +19,8 @@ from structsearch.cost import Budget, format_bytes, format_count, format_ms, par
 from structsearch.errors import BudgetError, NotFound, NothingWithinBudget, StructsearchError
 from structsearch.search.record import TrialAttrs
 from structsearch.search.storage import open_storage
+
+P = TypeVar("P")
 
 #: Marks an Optuna study as created by structsearch (other studies in the storage are ignored).
 STUDY_MARKER = "structsearch_spec"
@@ -132,13 +134,20 @@ def pareto_front(records: list[TrialRecord], cost: str = "macs") -> list[ScoredR
     if cost not in COST_FIELDS:
         raise StructsearchError(f"unknown cost axis '{cost}'; use one of {', '.join(COST_FIELDS)}")
     pts = [r for r in scored(records) if r.feasible and r.cost(cost) is not None]
-    pts.sort(key=lambda r: (r.cost(cost), -r.score))
-    front: list[ScoredRecord] = []
+    return front_sweep(pts, lambda r: (r.cost(cost), r.score))
+
+
+def front_sweep(points: Iterable[P], cost_score: Callable[[P], tuple[Any, float]]) -> list[P]:
+    """The points not dominated in (lower cost, higher score), cheapest first: sorted by cost,
+    then score down (stable: equal points keep their input order), each kept when its score
+    beats every cheaper point's. The one front rule, for records here and the service's kept
+    fronts (:mod:`structsearch.service.fronts`)."""
+    front: list[P] = []
     best = float("-inf")
-    for r in pts:
-        if r.score > best:
-            front.append(r)
-            best = r.score
+    for (_, score), p in sorted(((cost_score(p), p) for p in points), key=lambda cp: (cp[0][0], -cp[0][1])):
+        if score > best:
+            front.append(p)
+            best = score
     return front
 
 

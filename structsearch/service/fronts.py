@@ -23,7 +23,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from structsearch.search.results import COST_FIELDS
+from structsearch.search.results import COST_FIELDS, front_sweep
 from structsearch.service.tables import FrontRow, TrialRow
 
 _LOCK_SQL = text("SELECT 1 FROM ss_searches WHERE id = :search FOR UPDATE")
@@ -58,17 +58,8 @@ def front_sql(search_id: uuid.UUID, cost: str) -> Select[Any]:
 def front_numbers(rows: Iterable[Mapping[str, Any]], axis: str) -> list[int]:
     """:func:`front_sql` on rows held in memory (mappings with :data:`_POINT_COLUMNS`), in the
     same order with the same ties."""
-    pts = sorted(
-        (r for r in rows if r["scored"] and r["feasible"] and r[axis] is not None),
-        key=lambda r: (r[axis], -r["score"], r["number"]),
-    )
-    numbers: list[int] = []
-    best: float | None = None
-    for r in pts:
-        if best is None or r["score"] > best:
-            numbers.append(r["number"])
-            best = r["score"]
-    return numbers
+    pts = sorted((r for r in rows if r["scored"] and r["feasible"] and r[axis] is not None), key=lambda r: r["number"])
+    return [r["number"] for r in front_sweep(pts, lambda r: (r[axis], r["score"]))]
 
 
 def _upsert(session: Session, fronts: list[dict[str, Any]]) -> None:
