@@ -197,6 +197,11 @@ def trial_body(columns: dict[str, str], study: str, row: Any) -> dict[str, Any]:
     return {name: study if name == "study" else getattr(row, col) for name, col in columns.items()}
 
 
+def json_bytes(body: Any) -> bytes:
+    """``body`` (plain dicts and lists) as the bytes FastAPI's own serializer writes for the
+    route's response model."""
+    return to_json(body, inf_nan_mode="null")
+
+
 def json_response(body: Any) -> Response:
-    """``body`` as the bytes FastAPI's own serializer writes for the route's response model."""
-    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
+    return Response(json_bytes(body), media_type="application/json")

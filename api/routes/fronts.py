@@ -11,6 +11,7 @@ trial changes. They are the owner's (or an admin's), or anyone's when the servic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
@@ -45,22 +46,19 @@ _CACHED: dict[int | str, dict[str, Any]] = {
 IfNoneMatch = Annotated[str | None, Header(description="an ETag of an earlier response: 304 while it still holds")]
 
 
-def _not_modified(tag: str, if_none_match: str | None, response: Response) -> bool:
-    """Set the ETag; True when the client's copy is current (the route answers 304)."""
-    response.headers["ETag"] = tag
-    response.headers["Cache-Control"] = "no-cache"  # revalidate each time: trials finish any moment
-    return if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}
-
-
-def _304(tag: str) -> Response:
-    return Response(status_code=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
+def _tagged(tag: str, if_none_match: str | None, body: Callable[[], bytes]) -> Response:
+    """A 304 when the client's copy (``If-None-Match``) is current, else ``body()``; with the ETag
+    either way, to be revalidated each time (trials finish any moment)."""
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return Response(body(), media_type="application/json", headers=headers)
 
 
 @router.get("/pareto", response_model=ParetoPublic, responses=_CACHED)
 def pareto(
     search: ResultSearchDep,
     services: ServicesDep,
-    response: Response,
     cost: Annotated[
         Literal["macs", "params", "latency", "memory"],
         Query(
@@ -73,24 +71,29 @@ def pareto(
     study_id_of(search, services)
     attrs = readqueries.result_attrs(services.db, search)
     tag = readqueries.etag(search, attrs)
-    if _not_modified(tag, if_none_match, response):
-        return _304(tag)
-    front = readqueries.pareto(services.db, search, cost)
-    return ParetoPublic(
-        search_id=search.id,
-        study=search.name,
-        cost=cost,
-        front=[CandidatePublic(**r.to_dict()) for r in front],
-        recheck=[RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)],
-        baselines=[BaselineGainPublic(**g.to_dict()) for g in readqueries.gains(services.db, search)],
-    )
+
+    def make() -> bytes:
+        front = readqueries.pareto(services.db, search, cost)
+        return (
+            ParetoPublic(
+                search_id=search.id,
+                study=search.name,
+                cost=cost,
+                front=[CandidatePublic(**r.to_dict()) for r in front],
+                recheck=[RecheckPublic(**r.to_dict()) for r in rechecks_from_attrs(attrs)],
+                baselines=[BaselineGainPublic(**g.to_dict()) for g in readqueries.gains(services.db, search)],
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    return _tagged(tag, if_none_match, lambda: services.bodies.body(("pareto", search.id, tag, cost), make))
 
 
 @router.get("/best", response_model=CandidatePublic, responses=_CACHED)
 def best(
     search: ResultSearchDep,
     services: ServicesDep,
-    response: Response,
     budget_flops: Annotated[
         str | None, Query(max_length=32, description="MACs budget: 300M, 1.2G or 60% (of the teacher)")
     ] = None,
@@ -115,9 +118,13 @@ def best(
     )
     study_id_of(search, services)
     tag = readqueries.etag(search)  # the teacher figures of percentage budgets never change
-    if _not_modified(tag, if_none_match, response):
-        return _304(tag)
-    return CandidatePublic(**readqueries.best_within(services.db, search, texts).to_dict())
+
+    def make() -> bytes:
+        return (
+            CandidatePublic(**readqueries.best_within(services.db, search, texts).to_dict()).model_dump_json().encode()
+        )
+
+    return _tagged(tag, if_none_match, lambda: services.bodies.body(("best", search.id, tag, *texts.values()), make))
 
 
 @router.get("/finetune", response_model=list[FinetunePublic], responses=_ERRORS)

@@ -20,11 +20,13 @@ from api.schemas import (
     SearchAccepted,
     SearchPublic,
     SearchStatusName,
+    json_bytes,
     json_response,
     trial_body,
     trial_columns,
 )
 from structsearch.errors import NotFound
+from structsearch.service.readqueries import etag
 from structsearch.service.repository import BEST, SearchRepository
 from structsearch.service.searches import COUNT_COLUMNS, cancel_search, submit_search
 from structsearch.service.tables import SearchStatus
@@ -63,12 +65,12 @@ def search_item(row: Row[Any]) -> dict[str, Any]:
     return {name: derived[name] if name in derived else getattr(row, name) for name in _FIELDS}
 
 
-def _described(services: Services, search_id: uuid.UUID) -> Response:
+def _described(services: Services, search_id: uuid.UUID) -> bytes:
     with services.db.session() as s:
         row = SearchRepository(s).with_best(search_id)
     if row is None:
         raise NotFound(f"no search with id '{search_id}'")
-    return json_response(search_item(row))
+    return json_bytes(search_item(row))
 
 
 @router.post(
@@ -144,7 +146,8 @@ def list_searches(
 @router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
 def get_search(search: OwnedSearchDep, services: ServicesDep) -> Response:
     """Status, spec, trial counts and the best candidate so far (the owner's or an admin key)."""
-    return _described(services, search.id)
+    body = services.bodies.body(("search", search.id, etag(search)), lambda: _described(services, search.id))
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
@@ -154,4 +157,4 @@ def cancel(search: OwnedSearchDep, services: ServicesDep) -> Response:
     The owner's key or an admin key only; any other key gets the 404 of an unknown search."""
     if cancel_search(services.db, services.queue, search.id) is None:
         raise NotFound(f"no search with id '{search.id}'")
-    return _described(services, search.id)
+    return Response(_described(services, search.id), media_type="application/json")

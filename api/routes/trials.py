@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import MAX_PAGE, OwnedSearchDep, ServicesDep, study_id_of
-from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName, json_response, trial_body, trial_columns
+from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName, json_bytes, trial_body, trial_columns
 from structsearch.errors import NotFound
-from structsearch.service.readqueries import trial_page
+from structsearch.service.readqueries import etag, trial_page
 
 router = APIRouter(prefix="/searches/{search_id}/trials", tags=["trials"])
 
@@ -60,15 +60,20 @@ def list_trials(
     Page with ``after`` (keyset: each trial exactly once, however many finish meanwhile);
     ``offset`` still works for a first look.
     """
-    page = trial_page(services.db, search, limit, after, offset, state.value if state else None)
-    body = {
-        "items": [trial_item(search.name, r) for r in page.rows],
-        "total": page.total,
-        "offset": offset if after is None else 0,
-        "limit": limit,
-        "next": page.next,
-    }
-    return json_response(body)
+
+    def make() -> bytes:
+        page = trial_page(services.db, search, limit, after, offset, state.value if state else None)
+        body = {
+            "items": [trial_item(search.name, r) for r in page.rows],
+            "total": page.total,
+            "offset": offset if after is None else 0,
+            "limit": limit,
+            "next": page.next,
+        }
+        return json_bytes(body)
+
+    key = ("trials", search.id, etag(search), limit, after, offset, state)
+    return Response(services.bodies.body(key, make), media_type="application/json")
 
 
 @router.get(

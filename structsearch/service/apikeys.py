@@ -14,12 +14,13 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from datetime import datetime, timedelta
 
 from structsearch.errors import NameTaken, StructsearchError
 from structsearch.service.database import Database
 from structsearch.service.repository import ApiKeyRepository
-from structsearch.service.tables import ApiKey, KeyScope, utcnow
+from structsearch.service.tables import ApiKey, KeyScope, Search, utcnow
 
 KEY_PREFIX = "ss_"
 #: ``last_used_at`` is written when it is older than this (so a busy key costs one write a minute).
@@ -69,13 +70,21 @@ def authenticate(db: Database, key: str, now: datetime | None = None) -> ApiKey 
     Lookup by hash; compare again in constant time. Records the use when the last recorded one is
     older than :data:`TOUCH_EVERY`.
     """
+    return authenticate_for(db, key, None, now)[0]
+
+
+def authenticate_for(
+    db: Database, key: str, search_id: uuid.UUID | None, now: datetime | None = None
+) -> tuple[ApiKey | None, Search | None]:
+    """:func:`authenticate`, and the search ``search_id`` read by the same query (None when it
+    does not exist or the key is unusable): a request about one search costs one statement."""
     now = now or utcnow()
     digest = hash_key(key)
     with db.session() as s:
         repo = ApiKeyRepository(s)
-        row = repo.active_by_hash(digest, now)
+        row, search = repo.active_by_hash(digest, now, search_id)
         if row is None or not hmac.compare_digest(row.key_hash, digest):
-            return None
+            return None, None
         if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
             repo.touch(row.id, now, now - TOUCH_EVERY)
-    return row
+    return row, search

@@ -52,10 +52,13 @@ TEACHER_ATTRS = tuple(attr for attr, _, _ in BUDGETS.values())
 
 
 def etag(search: Search, *extra: Any) -> str:
-    """A weak ETag of what a search's results are made of: its trial count and last trial change
-    (moved by every read-model write), plus anything else the answer shows (study attributes)."""
+    """A weak ETag of what a search's answers are made of: its trial count and last trial change
+    (moved by every read-model write), its last status change, and anything else the answer
+    shows (study attributes). The API also keeps bodies by it (:mod:`api.bodycache`)."""
     changed = search.trials_changed_at.isoformat() if search.trials_changed_at else "-"
-    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([search.updated_at, *extra], sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
     return f'W/"{search.n_trials}-{changed}-{digest}"'
 
 

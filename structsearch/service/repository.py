@@ -15,6 +15,7 @@ Concurrency contract (the API's threads and any number of workers on many machin
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -32,9 +33,11 @@ from structsearch.service.tables import ApiKey, KeyScope, Search, SearchStatus, 
 BEST = "best_trial_"
 
 
+@functools.cache
 def _with_best() -> Select[Any]:
     """Every column of the searches and of each one's best trial (all NULL when it has none): one
-    primary-key lookup per search, in the same statement."""
+    primary-key lookup per search, in the same statement. Built once: building its ~50 labelled
+    columns took 0.8 ms, twice the query's own cost."""
     best = TrialRow.__table__.alias("best")
     return select(*Search.__table__.c, *(c.label(BEST + c.name) for c in best.c)).outerjoin(
         best, and_(best.c.search_id == Search.id, best.c.number == Search.best_number)
@@ -129,16 +132,22 @@ class ApiKeyRepository:
             raise NameTaken(name) from None
         return row
 
-    def active_by_hash(self, key_hash: str, now: datetime | None = None) -> ApiKey | None:
-        """The key with this hash, unless it is revoked or expired (at ``now``)."""
+    def active_by_hash(
+        self, key_hash: str, now: datetime | None = None, search_id: uuid.UUID | None = None
+    ) -> tuple[ApiKey | None, Search | None]:
+        """The key with this hash, unless it is revoked or expired (at ``now``), and in the same
+        statement the search ``search_id`` (None when there is no such search, or no key)."""
         now = now or utcnow()
-        return self.session.scalar(
-            select(ApiKey).where(
+        found = self.session.execute(
+            select(ApiKey, Search)
+            .outerjoin(Search, Search.id == search_id)
+            .where(
                 ApiKey.key_hash == key_hash,
                 ApiKey.revoked_at.is_(None),
                 or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
             )
-        )
+        ).first()
+        return (None, None) if found is None else (found[0], found[1])
 
     def touch(self, key_id: int, now: datetime, unless_after: datetime) -> None:
         """Record a use at ``now`` unless one after ``unless_after`` is recorded (another process's)."""
