@@ -16,7 +16,8 @@ What it does:
 4. two API processes (uvicorn, ``structsearch serve``), started fresh (cold caches); for
    ``/pareto``, ``/best``, ``/trials`` (keyset, mid-study), the search summary and the list
    (``/searches?limit=100``): ``--requests`` requests, ``--concurrency`` in flight, alternating
-   between the two processes, spread over the searches;
+   between the two processes, spread over the searches; with the CPU the API processes and this
+   client used per request (they share the machine's cores with PostgreSQL);
 5. with ``--old``, the same against the previous code path (the tree at ``--old-ref``, by
    default the commit before the read model, exported with ``git archive``): its API reads
    Optuna's storage through its per-process study cache. The ratio is the headline.
@@ -238,6 +239,19 @@ def start_servers(url: str, home: Path, count: int, source: Path | None = None) 
     return servers
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (Linux ``/proc``; 0 elsewhere). On a small
+    machine the API, PostgreSQL and this client share the cores: the latencies are read with it."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def stop(servers: list[tuple[subprocess.Popen, str]]) -> None:
     for proc, _ in servers:
         proc.terminate()
@@ -407,16 +421,23 @@ def main() -> None:
             f"\n{args.searches} search(es) x {per_search} trials, concurrency {args.concurrency}, "
             f"{args.processes} API processes started cold per path, PostgreSQL on 127.0.0.1"
         )
-        print(f"{'endpoint':<18} {'path':<22} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'errors':>6}")
+        print(
+            f"{'endpoint':<18} {'path':<22} {'requests':>8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'errors':>6}"
+            f" {'API CPU ms/req':>15} {'client CPU ms/req':>18}"
+        )
         results: dict[tuple[str, str], dict[str, float]] = {}
         for label, source, paths, n in runs:
             servers = start_servers(url, home, args.processes, source)
             try:
                 for name, targets in paths.items():
+                    api_cpu, client_cpu = cpu_seconds([p.pid for p, _ in servers]), time.process_time()
                     m = asyncio.run(load([b for _, b in servers], targets, n, args.concurrency, key))
+                    api_cpu = cpu_seconds([p.pid for p, _ in servers]) - api_cpu
+                    client_cpu = time.process_time() - client_cpu
                     results[(label, name)] = m
                     print(
                         f"{name:<18} {label:<22} {n:>8} {m['p50']:>9.1f} {m['p99']:>9.1f} {m['rps']:>8.1f} {m['errors']:>6}"
+                        f" {api_cpu / n * 1000:>15.2f} {client_cpu / n * 1000:>18.2f}"
                     )
             finally:
                 stop(servers)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from pydantic_core import from_json
 from sqlalchemy import create_engine, event, exc, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
@@ -79,7 +80,9 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, pool_use_lifo=True)
+        # JSON columns (specs) parsed by pydantic-core's parser, about twice as fast as json.loads:
+        # a page of 100 searches parses 200 specs
+        self.engine: Engine = create_engine(url, pool_use_lifo=True, json_deserializer=from_json)
         _ping_when_idle(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -286,6 +286,39 @@ def test_pareto_and_best_answer_304_while_no_trial_changes(client: TestClient, h
         assert client.get(f"{body['url']}/{p}", params=budget, headers={"If-None-Match": tag}).status_code == 200
 
 
+def test_kept_bodies_are_what_a_cold_process_answers_after_trials_and_a_cancel(
+    client: TestClient, harness: Harness, key: str
+) -> None:
+    body, study = submit_with_results(client, harness, n=20)
+    budget = {"budget_flops": str(study.user_attrs["max_macs"]), "budget_params": "250k"}
+    reads = [
+        (f"{body['url']}/pareto", {}),
+        (f"{body['url']}/best", budget),
+        (f"{body['url']}/trials", {"limit": 100}),
+        (body["url"], {}),
+    ]
+
+    def answers(c: TestClient) -> list[bytes]:
+        got = [c.get(path, params=params) for path, params in reads]
+        assert all(r.status_code == 200 for r in got), [r.text for r in got]
+        return [r.content for r in got]
+
+    def cold() -> list[bytes]:
+        with TestClient(create_app(harness.settings), headers={"Authorization": f"Bearer {key}"}) as c:
+            return answers(c)
+
+    before = answers(client)
+    assert answers(client) == before == cold()  # kept, and the same bytes
+    add_trials(study, 15, max_macs=study.user_attrs["max_macs"], seed=11)
+    after = answers(client)
+    assert after == cold()
+    assert after[2] != before[2] and after[3] != before[3]  # the page and the counts moved (the front may not)
+    assert client.get(f"{body['url']}/trials", params={"limit": 100}).json()["total"] == 35
+    assert client.post(f"{body['url']}/cancel").status_code == 200  # a status change, no trial
+    assert client.get(body["url"]).json()["status"] == "cancelled"
+    assert answers(client) == cold()
+
+
 def test_keyset_pages_return_every_trial_once_while_trials_are_added(client: TestClient, harness: Harness) -> None:
     body, study = submit_with_results(client, harness, n=25)
     seen: list[int] = []
