@@ -3,9 +3,10 @@
 They are read from the service's read model (``ss_trials``; :mod:`structsearch.service.readqueries`),
 indexed queries that give the search package's own answers (:func:`pareto_front`,
 :func:`best_under_budget`), so the CLI and the API cannot disagree, and no request reads Optuna's
-trials. ``/pareto`` and ``/best`` carry a weak ETag (the search's trial count and last trial
-change, and the study attributes shown): a poller sending ``If-None-Match`` gets a 304 until a
-trial changes. They are the owner's (or an admin's), or anyone's when the service runs with
+trials. ``/pareto`` and ``/best`` carry a weak ETag (the search's trial count, last trial and
+status change, and the study attributes shown): a poller sending ``If-None-Match`` gets a 304
+until a trial changes, and each process keeps their bodies by the same tag (:mod:`api.bodycache`).
+They are the owner's (or an admin's), or anyone's when the service runs with
 ``STRUCTSEARCH_OPEN_READS``: a front names structures and scores, not the spec's paths.
 """
 
