@@ -203,5 +203,6 @@ def json_bytes(body: Any) -> bytes:
     return to_json(body, inf_nan_mode="null")
 
 
-def json_response(body: Any) -> Response:
-    return Response(json_bytes(body), media_type="application/json")
+def json_response(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """A JSON body already serialized (:func:`json_bytes`, a model's ``model_dump_json``, or kept)."""
+    return Response(body, media_type="application/json", headers=headers)

@@ -25,6 +25,7 @@ from api.schemas import (
     FinetunePublic,
     ParetoPublic,
     RecheckPublic,
+    json_response,
 )
 from structsearch.search.recheck import rechecks_from_attrs
 from structsearch.search.results import check_budgets
@@ -53,7 +54,7 @@ def _tagged(tag: str, if_none_match: str | None, body: Callable[[], bytes]) -> R
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
-    return Response(body(), media_type="application/json", headers=headers)
+    return json_response(body(), headers)
 
 
 @router.get("/pareto", response_model=ParetoPublic, responses=_CACHED)

@@ -140,14 +140,17 @@ def list_searches(
             page.offset, page.limit, SearchStatus(status_.value) if status_ else None, owner=key
         )
     items = [search_item(r) for r in rows]
-    return json_response({"items": items, "total": total, "offset": page.offset, "limit": page.limit, "next": None})
+    return json_response(
+        json_bytes({"items": items, "total": total, "offset": page.offset, "limit": page.limit, "next": None})
+    )
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=_ERRORS)
 def get_search(search: OwnedSearchDep, services: ServicesDep) -> Response:
     """Status, spec, trial counts and the best candidate so far (the owner's or an admin key)."""
-    body = services.bodies.body(("search", search.id, etag(search)), lambda: _described(services, search.id))
-    return Response(body, media_type="application/json")
+    return json_response(
+        services.bodies.body(("search", search.id, etag(search)), lambda: _described(services, search.id))
+    )
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**_ERRORS, 409: {"model": ErrorPublic}})
@@ -157,4 +160,4 @@ def cancel(search: OwnedSearchDep, services: ServicesDep) -> Response:
     The owner's key or an admin key only; any other key gets the 404 of an unknown search."""
     if cancel_search(services.db, services.queue, search.id) is None:
         raise NotFound(f"no search with id '{search.id}'")
-    return Response(_described(services, search.id), media_type="application/json")
+    return json_response(_described(services, search.id))

@@ -17,7 +17,16 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import MAX_PAGE, OwnedSearchDep, ServicesDep, study_id_of
-from api.schemas import ErrorPublic, Page, TrialPublic, TrialStateName, json_bytes, trial_body, trial_columns
+from api.schemas import (
+    ErrorPublic,
+    Page,
+    TrialPublic,
+    TrialStateName,
+    json_bytes,
+    json_response,
+    trial_body,
+    trial_columns,
+)
 from structsearch.errors import NotFound
 from structsearch.service.readqueries import etag, trial_page
 
@@ -73,7 +82,7 @@ def list_trials(
         return json_bytes(body)
 
     key = ("trials", search.id, etag(search), limit, after, offset, state)
-    return Response(services.bodies.body(key, make), media_type="application/json")
+    return json_response(services.bodies.body(key, make))
 
 
 @router.get(

@@ -56,9 +56,8 @@ def etag(search: Search, *extra: Any) -> str:
     (moved by every read-model write), its last status change, and anything else the answer
     shows (study attributes). The API also keeps bodies by it (:mod:`api.bodycache`)."""
     changed = search.trials_changed_at.isoformat() if search.trials_changed_at else "-"
-    digest = hashlib.sha256(json.dumps([search.updated_at, *extra], sort_keys=True, default=str).encode()).hexdigest()[
-        :12
-    ]
+    shown = json.dumps([search.updated_at, *extra], sort_keys=True, default=str)
+    digest = hashlib.sha256(shown.encode()).hexdigest()[:12]
     return f'W/"{search.n_trials}-{changed}-{digest}"'
 
 
