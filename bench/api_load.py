@@ -52,16 +52,15 @@ from pathlib import Path
 import httpx
 import optuna
 import psycopg
-from sqlalchemy import make_url, select, text, update
+from sqlalchemy import make_url, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from structsearch.service import fronts  # noqa: E402
 from structsearch.service.apikeys import create_key  # noqa: E402
 from structsearch.service.database import Database, libpq_url  # noqa: E402
 from structsearch.service.migrations import upgrade  # noqa: E402
-from structsearch.service.readmodel import TrialSync, recount, row_of  # noqa: E402
+from structsearch.service.readmodel import TrialSync, refresh_search, row_of  # noqa: E402
 from structsearch.service.tables import Search, TrialRow  # noqa: E402
 
 SPEC = {
@@ -165,8 +164,7 @@ def seed(url: str, searches: list[tuple[uuid.UUID, int]], per_search: int, max_m
     try:
         for search_id, _ in searches:
             with db.session() as s:  # the counts and fronts the worker's writes would have kept
-                s.execute(update(Search).where(Search.id == search_id).values(**recount(s, search_id)))
-                fronts.recompute(s, search_id)
+                refresh_search(s, search_id)
         with db.engine.connect() as conn:  # what autovacuum does within a minute of such a load
             conn.execute(text("ANALYZE ss_trials"))
             conn.commit()
@@ -429,10 +427,11 @@ def main() -> None:
         for label, source, paths, n in runs:
             servers = start_servers(url, home, args.processes, source)
             try:
+                pids, bases = [p.pid for p, _ in servers], [b for _, b in servers]
                 for name, targets in paths.items():
-                    api_cpu, client_cpu = cpu_seconds([p.pid for p, _ in servers]), time.process_time()
-                    m = asyncio.run(load([b for _, b in servers], targets, n, args.concurrency, key))
-                    api_cpu = cpu_seconds([p.pid for p, _ in servers]) - api_cpu
+                    api_cpu, client_cpu = cpu_seconds(pids), time.process_time()
+                    m = asyncio.run(load(bases, targets, n, args.concurrency, key))
+                    api_cpu = cpu_seconds(pids) - api_cpu
                     client_cpu = time.process_time() - client_cpu
                     results[(label, name)] = m
                     print(

@@ -51,7 +51,6 @@ SHARED = ROOT.parent / "shared"
 TRAIN = SHARED / "data" / "cifar10" / "train.npz"
 TEST = SHARED / "data" / "cifar10" / "test.npz"
 RESNET56 = SHARED / "weights" / "cifar_resnet" / "resnet56-4bfd9763.th"
-VIT_TEACHER = ROOT / "teachers" / "cifar_vit.safetensors"
 
 #: ``full``: the table's sizes; ``quick``: a smoke run of every cell.
 SIZES: dict[str, dict[str, int]] = {

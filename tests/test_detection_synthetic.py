@@ -100,7 +100,10 @@ def test_synthetic_canvases_carry_the_teachers_confident_detections(teacher: Det
         assert torch.equal(det["labels"][keep], labels)
         torch.testing.assert_close(det["boxes"][keep], boxes, atol=1e-4, rtol=0)
     assert sum(len(b) for b in data.boxes) > 0 and dropped > 0  # the threshold kept some and dropped some
-    assert 0.0 <= res.target_agreement <= 1.0 and "confidence" in res.losses and "bn" in res.losses
+    # the agreement is the fraction of canvases with a pseudo-box of their target class
+    hit = [bool((y == int(t)).any()) for y, t in zip(data.labels, res.targets, strict=True)]
+    assert res.target_agreement == pytest.approx(sum(hit) / len(hit))
+    assert "confidence" in res.losses and "bn" in res.losses
 
 
 def test_canvases_without_detections_are_kept_empty(teacher: Detector) -> None:
@@ -110,6 +113,7 @@ def test_canvases_without_detections_are_kept_empty(teacher: Detector) -> None:
     assert len(none) == 4 and all(f["boxes"].shape == (0, 4) and len(f["labels"]) == 0 for f in none)
     some = pseudo_boxes(teacher, x, pre, CPU, score=0.0)
     mixed = [some[0], none[1], some[2]]  # an empty canvas between two with boxes survives the cache format
+    assert len(mixed[0]["boxes"]) and len(mixed[2]["boxes"])
     boxes, labels = _unflatten(_flatten(mixed))
     assert [len(b) for b in boxes] == [len(f["boxes"]) for f in mixed] and len(boxes[1]) == 0
     assert all(torch.equal(b, f["boxes"]) and torch.equal(y, f["labels"]) for b, y, f in zip(boxes, labels, mixed))

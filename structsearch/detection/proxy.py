@@ -117,9 +117,14 @@ class DetectionDistiller:
             arrays = self._teacher_outputs()
         else:
             arrays, self.cache_hit = cache.get_or_compute(cache_key(key), self._teacher_outputs, key)
-        # np.array: a writable copy (the cache hands out read-only arrays, which torch warns about)
-        self.t_head = tuple(torch.from_numpy(np.array(arrays[k])) for k in ("cls", "box", "ctr"))
-        self.t_feats = [torch.from_numpy(np.array(arrays[k])) for k in sorted(arrays) if k.startswith("feat")]
+        # kept as the cache hands them out (read-only, memory-mapped): each step gathers its batch
+        self.t_head = [arrays[k] for k in ("cls", "box", "ctr")]
+        self.t_feats = [arrays[k] for k in sorted(arrays) if k.startswith("feat")]
+
+    def _teacher_rows(self, arrays: list[np.ndarray], rows: Tensor) -> list[Tensor]:
+        """These rows of cached teacher outputs, on the device (indexing copies just the batch)."""
+        idx = rows.cpu().numpy()
+        return [torch.from_numpy(a[idx]).to(self.device) for a in arrays]
 
     def _pre(self, x_uint8: Tensor) -> Tensor:
         return self.preprocess(x_uint8.to(self.device))
@@ -168,15 +173,13 @@ class DetectionDistiller:
             def loss_fn(rows: Tensor) -> tuple[Tensor, None]:
                 x = self._pre(self.x_train[rows])
                 feats = student.features(x)
-                teacher = tuple(t[rows].to(self.device) for t in self.t_head)
+                teacher = tuple(self._teacher_rows(self.t_head, rows))
                 loss = cfg.alpha * detection_kd_loss(student.head_outputs(feats), teacher, cfg.temperature, CONFIDENCE)  # type: ignore[arg-type]
                 if cfg.alpha < 1:
                     targets = [self.train_targets[int(r)] for r in rows]
                     loss = loss + (1 - cfg.alpha) * student.loss(x, targets, feats)
                 if self.t_feats:
-                    loss = loss + cfg.feature_weight * fpn_imitation_loss(
-                        feats, [f[rows].to(self.device) for f in self.t_feats]
-                    )
+                    loss = loss + cfg.feature_weight * fpn_imitation_loss(feats, self._teacher_rows(self.t_feats, rows))
                 return loss, None
 
             params = (p for p in student.parameters() if p.requires_grad)

@@ -76,7 +76,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise FinetuneError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
-        if self.feature_kd not in (None, True, False):
+        if self.feature_kd is not None and not isinstance(self.feature_kd, bool):
             raise FinetuneError(f"feature-kd must be true or false, got {self.feature_kd!r}")
         if self.optimizer not in (None, "sgd", "adamw"):
             raise FinetuneError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")

@@ -65,7 +65,8 @@ def finetune_detection(
     total = config.epochs * steps_per_epoch
     # the proxy's settings are the fine-tune's: KDHyper's fields are ProxyConfig fields
     shared = {k: getattr(config, k) for k in ("momentum", "weight_decay", "device", "eval_batch_size")}
-    proxy = ProxyConfig(**asdict(hyper), **shared, steps=total, feature_kd=spec.proxy.feature_kd)
+    feature_kd = spec.proxy.feature_kd if config.feature_kd is None else config.feature_kd  # --[no-]feature-kd
+    proxy = ProxyConfig(**asdict(hyper), **shared, steps=total, feature_kd=feature_kd)
     distiller = study.distiller(proxy)
     # the distiller re-estimates BatchNorm statistics before training, artifact or rebuilt
     student, start = stored.starting_student(lambda: study.teacher)

@@ -24,7 +24,7 @@ The rules, checked by :func:`check_synthetic` in ``plan_search`` before anything
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -81,18 +81,22 @@ def _synthesis(text: str, task: str) -> SynthesisSpec | None:
 def load_train_data(spec: StudySpec, teacher: nn.Module, preprocess: Preprocess) -> LoadedData:
     """``data.train`` of a spec: loaded from files, or synthesised from ``teacher`` (cached on disk)."""
     from structsearch.data import load_data
-    from structsearch.distill import TeacherCache, TeacherId
     from structsearch.distill.synthesis import synthesize_spec
 
     train = DataSpec.parse(spec.data.train)
     if train.synthesis is None:
         return load_data(train)
+    return synthesize_spec(teacher, preprocess, train.synthesis, **synthesis_options(spec)).data
+
+
+def synthesis_options(spec: StudySpec) -> dict[str, Any]:
+    """Where a study's synthetic set is made and cached (classification and detection alike):
+    the proxy's device, and the on-disk cache keyed by the teacher."""
+    from structsearch.distill import TeacherCache, TeacherId
+
     t = spec.teacher
-    return synthesize_spec(
-        teacher,
-        preprocess,
-        train.synthesis,
-        device=spec.proxy.device,
-        teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint),
-        cache=TeacherCache(),
-    ).data
+    return {
+        "device": spec.proxy.device,
+        "teacher_id": TeacherId.of(t.model, t.kwargs, t.checkpoint),
+        "cache": TeacherCache(),
+    }

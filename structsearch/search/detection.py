@@ -87,8 +87,8 @@ def load_detection_study(plan: Any) -> DetectionStudy:
     """
     from structsearch.detection.synthetic import synthesize_detection
     from structsearch.detection.teacher import fit_detector
-    from structsearch.distill import TeacherCache, TeacherId
     from structsearch.distill.teacher import state_digest
+    from structsearch.search.datafree import synthesis_options
     from structsearch.teachers import study_teacher
 
     spec, t = plan.spec, plan.spec.teacher
@@ -111,14 +111,7 @@ def load_detection_study(plan: Any) -> DetectionStudy:
     preprocess = Preprocess.from_model(teacher, size)
     if synthesis is not None:  # check_synthetic: the teacher has a checkpoint, a real data.val is given
         assert isinstance(teacher, Detector)
-        loaded = synthesize_detection(
-            teacher,
-            preprocess,
-            synthesis,
-            device=spec.proxy.device,
-            teacher_id=TeacherId.of(t.model, t.kwargs, t.checkpoint),
-            cache=TeacherCache(),
-        ).data
+        loaded = synthesize_detection(teacher, preprocess, synthesis, **synthesis_options(spec)).data
     assert loaded is not None
     train = loaded  # not Optional, for the closure below
     if val is not None:

@@ -400,10 +400,15 @@ class TrialSync:
             with self.db.session() as s:
                 written += write_trials(s, self.search_id, trials[start : start + chunk])
         with self.db.session() as s:
-            counts = recount(s, self.search_id)
-            s.execute(update(Search).where(Search.id == self.search_id).values(**counts))
-            fronts.recompute(s, self.search_id)
+            refresh_search(s, self.search_id)
         return written
+
+
+def refresh_search(session: Session, search_id: uuid.UUID) -> None:
+    """A search's counts, best and kept fronts recomputed from its rows (after a backfill, or rows
+    loaded in bulk)."""
+    session.execute(update(Search).where(Search.id == search_id).values(**recount(session, search_id)))
+    fronts.recompute(session, search_id)
 
 
 def study_id_of(db: Database, study_name: str) -> int | None:
