@@ -17,7 +17,7 @@ from torch import nn
 
 import structsearch
 from structsearch.data import Preprocess
-from structsearch.distill.vit_kd import ViTHints, ViTTeacherTaps, block_origins, restore_origins
+from structsearch.distill.vit_kd import ViTHints, ViTTeacherTaps, block_origins
 from structsearch.errors import StructsearchError
 from structsearch.finetune import FinetuneConfig, FinetuneError, finetune_trial
 from structsearch.search import parse_study_spec, run_search, study_records
@@ -52,9 +52,8 @@ def _artifact(study: optuna.Study, trial: int) -> Path:
     return StoredTrial.open(study.study_name, trial).require_saved()
 
 
-def _feature_loss(teacher: nn.Module, student: nn.Module, recipe: dict, x: torch.Tensor) -> float:
-    """Hidden-state MSE + attention KL of ``student`` against ``teacher`` (blocks paired by the recipe)."""
-    restore_origins(student, recipe)
+def _feature_loss(teacher: nn.Module, student: nn.Module, x: torch.Tensor) -> float:
+    """Hidden-state MSE + attention KL of ``student`` against ``teacher`` (blocks paired as loaded: by the recipe)."""
     hints = ViTHints(teacher, student.eval(), attention_weight=1.0)
     _, t_feats = ViTTeacherTaps(teacher, attention=True)(torch.arange(len(x)), x)
     with torch.no_grad():
@@ -67,7 +66,6 @@ def _feature_loss(teacher: nn.Module, student: nn.Module, recipe: dict, x: torch
 def test_feature_kd_fine_tune_lowers_the_feature_loss(study: optuna.Study, tmp_path: Path) -> None:
     (rec,) = [r for r in study_records(study) if r.trained]
     artifact = _artifact(study, rec.trial)
-    recipe = json.loads((artifact / RECIPE_FILE).read_text())
     assert len(structsearch.load(artifact).blocks) < TINY["depth"], "the baseline should have dropped a block"
 
     on = finetune_trial(study.study_name, rec.trial, FinetuneConfig(**FAST), out=tmp_path / "on")
@@ -87,8 +85,8 @@ def test_feature_kd_fine_tune_lowers_the_feature_loss(study: optuna.Study, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # the KD phase moves the student away from the teacher's features; feature KD holds it closer
-    with_kd = _feature_loss(d.teacher, structsearch.load(on.out), recipe, x)
-    without = _feature_loss(d.teacher, structsearch.load(off.out), recipe, x)
+    with_kd = _feature_loss(d.teacher, structsearch.load(on.out), x)
+    without = _feature_loss(d.teacher, structsearch.load(off.out), x)
     assert with_kd < 0.8 * without, (with_kd, without)
     assert not any(m._forward_hooks for m in d.teacher.modules())
 
@@ -99,7 +97,6 @@ def test_a_loaded_student_is_paired_by_its_recipe(study: optuna.Study) -> None:
     student = structsearch.load(artifact)
     recipe = json.loads((artifact / RECIPE_FILE).read_text())
     kept = [int(name.split(".")[1]) for name, e in recipe["blocks"].items() if e["keep"]]
-    restore_origins(student, recipe)
     teacher = load_study_data(plan_search(parse_study_spec(STUDY))).teacher
     assert block_origins(teacher, student) == kept != list(range(len(kept)))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,6 @@ from timm.layers import Attention
 from torch import Tensor, nn
 
 from structsearch.distill.taps import Hooks
-from structsearch.errors import FeatureKDError
 
 
 def block_origins(teacher: nn.Module, student: nn.Module) -> list[int]:
@@ -40,22 +38,6 @@ def block_origins(teacher: nn.Module, student: nn.Module) -> list[int]:
     if all(hasattr(b, "teacher_index") for b in blocks) and len(blocks) <= t_depth:
         return [int(b.teacher_index) for b in blocks]
     return [math.ceil((j + 1) * t_depth / len(blocks)) - 1 for j in range(len(blocks))]
-
-
-def restore_origins(student: nn.Module, recipe: dict[str, Any]) -> None:
-    """Tag a ViT student loaded from its files with the origins its ``recipe.json`` records.
-
-    The adapter's tags are plain attributes, so a saved and reloaded student has lost them and
-    would be paired evenly, i.e. with teacher blocks and heads it was not cut from.
-    """
-    entries = sorted((int(name.rsplit(".", 1)[1]), e) for name, e in recipe["blocks"].items())
-    kept = [(j, e) for j, e in entries if e["keep"]]
-    blocks = list(student.blocks)  # type: ignore[arg-type]
-    if len(kept) != len(blocks):
-        raise FeatureKDError(f"the recipe keeps {len(kept)} blocks but the student has {len(blocks)}")
-    for block, (j, entry) in zip(blocks, kept):
-        block.__dict__["teacher_index"] = j
-        block.attn.__dict__["teacher_heads"] = list(entry.get("heads", range(block.attn.num_heads)))
 
 
 def head_origins(teacher_attn: nn.Module, student_attn: nn.Module) -> list[int] | None:

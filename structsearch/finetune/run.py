@@ -23,7 +23,6 @@ Optuna trials cannot take new user attributes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from structsearch.devices import resolve_device
 from structsearch.distill import ProxyConfig, top1
 from structsearch.distill.taps import check_feature_pair
 from structsearch.distill.teacher import state_digest, tensor_digest
-from structsearch.distill.vit_kd import ViTHints, restore_origins
+from structsearch.distill.vit_kd import ViTHints
 from structsearch.finetune.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -58,7 +57,6 @@ from structsearch.finetune.phases import PhaseContext, downstream_phase, full_ba
 from structsearch.search.context import StudyData, load_study_data, plan_search
 from structsearch.search.stored import StoredTrial
 from structsearch.space import family_for
-from structsearch.surgery import RECIPE_FILE
 from structsearch.train import num_classes_of, probe_classes, recalibrate_bn, seeded, settings_hash
 
 #: ViT feature KD's weights: the proxy's (``distill.ProxyConfig``), so both train the same loss.
@@ -296,9 +294,6 @@ def _feature_hints(
             f"feature KD needs the student at the teacher's resolution ({student.teacher_pre.input_size[0]} px), "
             f"not {student.pre.input_size[0]} px; pass --no-feature-kd"
         )
-    saved = stored.saved()
-    if student.start == "artifact" and saved is not None and (saved / RECIPE_FILE).is_file():
-        restore_origins(student.model, json.loads((saved / RECIPE_FILE).read_text()))
     with seeded(seed, torch.device("cpu")):  # the projections' initialisation is part of the reproducible run
         return ViTHints(d.teacher, student.model, _ATTENTION_WEIGHT)
 

@@ -162,3 +162,9 @@ class Family(ABC):
         The recipe is JSON-serialisable and records what was kept: block names and the kept
         channel / head indices per block, so a candidate can be explained and rebuilt.
         """
+
+    def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Tag a student rebuilt from its saved files with where its parts came from, as its
+        ``recipe`` records. :meth:`shrink` tags the parts it keeps of the teacher; a rebuilt
+        student was shrunk from a fresh base instead, so its tags name the wrong parts. Families
+        that tag nothing have nothing to restore."""

@@ -36,6 +36,7 @@ unknown subclasses, whose ``forward`` may differ, out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from structsearch.errors import CheckpointError
 from structsearch.pruning.importance import Importance, TensorDim
 from structsearch.pruning.ops import head_channels, keep_blocks, slice_linear, slice_norm
 from structsearch.space.base import BlockChoices, Family
@@ -150,6 +152,13 @@ def _refresh_feature_info(model: VisionTransformer) -> None:
     ]
 
 
+def _tag_origin(block: nn.Module, index: int, heads: Iterable[int]) -> None:
+    """Record the teacher block and heads a block was cut from (ViT feature KD pairs them by it):
+    plain attributes, what ``nn.Module.__setattr__`` does with them, outside the state dict."""
+    block.__dict__["teacher_index"] = index
+    block.get_submodule("attn").__dict__["teacher_heads"] = [int(h) for h in heads]
+
+
 @register_family
 class ViTFamily(Family):
     name = "vit"
@@ -184,17 +193,23 @@ class ViTFamily(Family):
         for j, (block, b, c) in enumerate(zip(blocks, stage_spec, choices)):
             attn, mlp = block.get_submodule("attn"), block.get_submodule("mlp")
             assert isinstance(attn, Attention) and isinstance(mlp, Mlp), "a block _plain_block accepted"
-            # where the kept parts came from: ViT feature KD pairs student and teacher blocks/heads by it
-            # plain attributes (what nn.Module.__setattr__ does with them), outside the state dict
-            block.__dict__["teacher_index"] = j
-            attn.__dict__["teacher_heads"] = list(range(attn.num_heads))
             entry: dict[str, Any] = {"keep": b.keep}
+            heads = list(range(attn.num_heads))
             if b.keep and b.width < 1.0:
                 entry["channels"] = shrink_mlp(mlp, c.channels(b.width), importance)
             if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
-                entry["heads"] = shrink_heads(attn, b.heads, importance)
-                attn.__dict__["teacher_heads"] = entry["heads"]
+                entry["heads"] = heads = shrink_heads(attn, b.heads, importance)
+            _tag_origin(block, j, heads)
             recipe[c.name] = entry
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
         _refresh_feature_info(model)
         return {"blocks": recipe}
+
+    def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:
+        entries = sorted((int(name.rsplit(".", 1)[1]), e) for name, e in recipe["blocks"].items())
+        kept = [(j, e) for j, e in entries if e["keep"]]
+        blocks = list(getattr(model, STAGE))
+        if len(kept) != len(blocks):
+            raise CheckpointError(f"the recipe keeps {len(kept)} blocks but the student has {len(blocks)}")
+        for block, (j, entry) in zip(blocks, kept, strict=True):
+            _tag_origin(block, j, entry.get("heads", range(block.attn.num_heads)))

@@ -112,4 +112,9 @@ def load_student(directory: str | Path) -> nn.Module:
         student.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"weights in {d} do not fit the spec beside them: {one_line(e)}") from None
+    if (d / RECIPE_FILE).is_file():  # where its parts came from (ViT feature KD pairs blocks and heads by it)
+        try:
+            family_for(student).restore_origins(student, json.loads((d / RECIPE_FILE).read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{d / RECIPE_FILE} does not describe the student beside it: {one_line(e)}") from None
     return student.eval()
