@@ -52,7 +52,7 @@ def create_model(
             if seed is not None:
                 torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except TypeError as e:  # a kwarg the model does not accept
+    except (TypeError, ValueError) as e:  # a kwarg the model does not accept, or a value it refuses
         raise UnknownModelError(f"cannot build '{name}' with {kwargs}: {e}") from None
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -117,17 +117,21 @@ def teach(
     mixup = _mixup(recipe)
     eval_steps = recipe.eval_steps or recipe.eval_every * spe
 
+    def forward(x: Tensor) -> Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+            return model(x).float()
+
     def loss_fn(batch: tuple[int, Tensor]) -> tuple[Tensor, None]:
         at, rows = batch
         x, y, t_logits = stream.batch(at // spe, rows)
         if mixup is None:
-            out = model(x)
+            out = forward(x)
             ce = F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
         else:
             np.random.seed((recipe.seed * 1_000_003 + at) % 2**32)  # timm's Mixup draws from numpy
             x, y_soft = mixup(x, y)
             t_logits = stream.teacher_on(x)  # DeiT: the teacher sees the mixed image
-            out = model(x)
+            out = forward(x)
             ce = torch.sum(-y_soft * F.log_softmax(out, dim=-1), dim=-1).mean()
         return _with_teacher(recipe, ce, out, t_logits), None
 
