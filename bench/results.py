@@ -1,4 +1,4 @@
-"""Regenerate ``docs/results.md`` and its plots from real runs on CIFAR-10 with the ResNet-56 teacher.
+"""Regenerate ``docs/results.md`` and its plots from real runs on CIFAR-10 with the ResNet-56 and ViT teachers.
 
 Every figure on the page comes from a ``structsearch`` command (or a bench script) that the page
 names. This script runs those commands as a user would -- subprocesses with ``--format json`` --
@@ -45,6 +45,7 @@ RES_SPEC = "studies/cifar10_resnet56_resolution.yaml"
 RES_STUDY = "cifar10-resnet56-resolution"
 VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
 VIT_STUDY = "cifar10-resnet56-vit"
+VIT_TEACHER = "teachers/cifar_vit.safetensors"
 
 
 def run(
@@ -255,6 +256,27 @@ def stage_tradeoffs() -> dict[str, Any]:
     return {"commands": log, "tradeoffs": result}
 
 
+def stage_vit_teacher() -> dict[str, Any]:
+    """The shipped ViT teacher: how it was trained (its sidecar, written by ``structsearch teach``) and its
+    accuracy measured again on the shipped file. Training it again (about 2 h) is not part of this run."""
+    log: list[dict[str, Any]] = []
+    sidecar = json.loads((ROOT / VIT_TEACHER).with_suffix(".json").read_text())
+    common = ["--model", "cifar_vit", "--checkpoint", VIT_TEACHER, "--format", "json"]
+    report = run([*CLI, "eval", *common, "--data", REPORT], log)
+    cost = run([*CLI, "cost", "cifar_vit", "--latency", "--memory", "--format", "json"], log)
+    return {"commands": log, "sidecar": sidecar, "report": report, "cost": cost}
+
+
+def stage_vit_inherit() -> dict[str, Any]:
+    """ViT-to-ViT search at 50% and 25% of the ViT teacher's MACs; every student again from scratch and
+    with feature KD (``bench/vit_inherit.py``)."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "vit_inherit_raw.json"
+    argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--json", str(raw.relative_to(ROOT))]
+    result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
+    return {"commands": log, "vit_inherit": result}
+
+
 def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:
     """``{"hostile list": counts, "schemathesis": counts}`` from the sweep tests' printed lines."""
     out: dict[str, dict[str, int]] = {}
@@ -286,6 +308,8 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "reliability": stage_reliability,
     "detection": stage_detection,
     "tradeoffs": stage_tradeoffs,
+    "vit_teacher": stage_vit_teacher,
+    "vit_inherit": stage_vit_inherit,
 }
 
 

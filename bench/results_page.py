@@ -570,10 +570,76 @@ def _tradeoff_plot(cells: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def section_vit_teacher(s: Stages) -> str:
+    st = s.get("vit_teacher")
+    if not st:
+        return "## The ViT teacher\n\nnot run yet\n"
+    side, c = st["sidecar"], st["cost"]
+    r = side["recipe"]
+    curve = ", ".join(f"{h['val_top1']:.1f}" for h in side["history"])
+    views = (
+        "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
+    )
+    arch = ", ".join(f"{k} {v}" for k, v in side["kwargs"].items()) or "the registered defaults (see `cifar_vit`)"
+    return (
+        "## The ViT teacher\n\n"
+        f"`teachers/cifar_vit.safetensors`: `{side['model']}` ({arch}), {side['params']:,} params in fp16, "
+        f"{mega(c.get('macs'))} MACs"
+        + (f", latency {c['latency']['median_ms']:.2f} ms ({c['latency']['device']})" if c.get("latency") else "")
+        + (f", peak activation memory {c['memory']['peak_bytes'] / 1e3:.1f} kB" if c.get("memory") else "")
+        + f". Distilled from `{r['distill_from']['model']}` ({r['distillation']} KD at T={r['temperature']:g}, "
+        f"weight {r['alpha']:g}, {views}) for {r['epochs']} epochs in {side['train_seconds'] / 3600:.2f} h on this CPU "
+        f"({side['images_per_s']:.0f} images/s, {r['precision']}), seed {side['seed']}. Weights selected on "
+        f"{side['val']['data']} (epoch {side['best_epoch']:g}: {pct(side['val']['top1'])}).\n\n"
+        + table(
+            ["data", "images", "top-1 (sidecar)", "top-1 (`structsearch eval` on the file)"],
+            [[st["report"]["data"], st["report"]["images"], pct(side["test"]["top1"]), pct(st["report"]["top1"])]],
+        )
+        + f"\nValidation top-1 after each epoch: {curve}.\n\nTrained by `{side['command']}`.\n\n"
+        + commands(st)
+    )
+
+
+def section_vit_inherit(s: Stages) -> str:
+    st = s.get("vit_inherit")
+    if not st:
+        return "## ViT -> ViT: inherited weights against training from scratch\n\nnot run yet\n"
+    v = st["vit_inherit"]
+    rows = [
+        [
+            budget,
+            row["trial"],
+            row["baseline"] or "searched",
+            mega(row["macs"]),
+            pct(row["inherited"]),
+            pct(row["scratch"]),
+            f"{row['inherited'] - row['scratch']:+.2f}",
+            pct(row["feature_kd"]),
+        ]
+        for budget, res in v["budgets"].items()
+        for row in res["students"]
+    ]
+    summary = "; ".join(
+        f"{budget}: inherited - scratch min {res['min_gap']:+.2f}, mean {res['mean_gap']:+.2f} points, "
+        f"feature KD {res['mean_feature_kd_change']:+.2f} points on average"
+        for budget, res in v["budgets"].items()
+    )
+    return (
+        "## ViT -> ViT: inherited weights against training from scratch\n\n"
+        "A search of the ViT teacher's depth, heads and MLP width under each budget (the study's baselines, then TPE), "
+        "students inheriting its weights; every trained student trained again by the same proxy from a fresh "
+        "initialisation (AdamW 1e-3 against 5e-4 inherited) and, inherited, with ViT feature KD (token MSE + "
+        "attention KL) added. Proxy val top-1 on test[:2000].\n\n"
+        + table(["budget", "trial", "student", "MACs", "inherited", "scratch", "gap", "+ feature KD"], rows)
+        + f"\n{summary}.\n\n"
+        + commands(st)
+    )
+
+
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
-        "# Results: ResNet-56 teacher on CIFAR-10\n",
+        "# Results: ResNet-56 and ViT teachers on CIFAR-10\n",
         "Regenerate with `.venv/bin/python bench/results.py` (stage outputs are kept in `docs/results/*.json`; "
         "`--force STAGE` reruns one). All runs on a 2-core CPU (no GPU was available), so the search proxies are "
         "100 steps of batch 64 on 10k training images and the fine-tune is one epoch; the teacher's outputs are "
@@ -592,6 +658,8 @@ def render(stages: Stages) -> Path:
         section_reliability(stages),
         section_detection(stages),
         section_tradeoffs(stages),
+        section_vit_teacher(stages),
+        section_vit_inherit(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

@@ -27,7 +27,7 @@ baseline and one searched student --, 8 fine-tune steps, 256 test images): measu
 (590 s CPU) for all 16 cells on this shared 2-core EPYC at load average 6-10; it is dominated by
 per-trial overheads (fvcore counts, latency and memory measurement, teacher caches), not training.
 The full run is estimated, not measured: per cell 8 x 150 x 64 = 77k training images at 50-100
-images/s (a 50%-MACs student; the full cifar_vit trains at 21-31 images/s under load) is 13-25 min,
+images/s (a 50%-MACs student; the full cifar_vit trains at 134 images/s in fp32 on 2 idle cores) is 13-25 min,
 plus a 10k-image fine-tune with the teacher online and 5k test images (~5 min); the two teachers'
 outputs on 2 x 10k views are cached once each (~5 min each). About 5-8 hours on 2 idle cores; on a
 GPU, well under an hour.

@@ -79,6 +79,8 @@ def run_budget(teacher: Path, budget: str, args: argparse.Namespace) -> dict[str
     t0 = time.perf_counter()
     study = run_search(parse_study_spec(study_spec(teacher, budget, args, "inherited"), "bench spec"))
     trained = [r for r in scored(study_records(study)) if r.trained and r.spec is not None]
+    if not trained:
+        raise SystemExit(f"the {budget} search trained no student: nothing to compare")
     rows: list[dict[str, Any]] = [
         {"trial": r.trial, "baseline": r.baseline, "macs": r.macs, "inherited": r.score} for r in trained
     ]

@@ -34,8 +34,21 @@ def test_a_conv_stem_vit_runs_at_other_resolutions_with_dynamic_img_size() -> No
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"stem": "resnet"}, "stem must be one of"), ({"patch_size": 3}, "power-of-two patch size")],
+    [
+        ({"stem": "resnet"}, "stem must be one of"),
+        ({"patch_size": 3}, "power-of-two patch size"),
+        ({"img_size": 30}, "divisible by the patch size 4"),  # the stem would make 64 tokens for 49 positions
+    ],
 )
 def test_bad_stems_are_one_line_errors(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(UnknownModelError, match=message):
+    with pytest.raises(UnknownModelError, match=message) as e:
         create_model("cifar_vit", **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_the_conv_stem_keeps_its_patch_size_when_the_input_size_changes() -> None:
+    vit = create_model("cifar_vit", seed=0, depth=1)
+    vit.set_input_size(img_size=16)
+    assert vit.patch_embed.grid_size == (4, 4) and vit.eval()(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+    with pytest.raises(ValueError, match="cannot change its patch size"):
+        vit.set_input_size(patch_size=8)

@@ -307,9 +307,12 @@ def _patch_embed_img_size(model: nn.Module) -> tuple[int, int] | None:
 
 
 def _patch_embed_channels(model: nn.Module) -> int:
-    """Input channels of a ViT without a cfg, from its patch projection (3 if not found)."""
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    return int(getattr(proj, "in_channels", 3))
+    """Input channels of a ViT without a cfg, from the first convolution of its patch embedding
+    (a patchify layer or a conv stem; 3 if there is none)."""
+    patch_embed = getattr(model, "patch_embed", None)
+    convs = (m for m in patch_embed.modules() if isinstance(m, nn.Conv2d)) if isinstance(patch_embed, nn.Module) else ()
+    first = next(iter(convs), None)
+    return first.in_channels if first is not None else 3
 
 
 def _jit_shape(value: Any) -> list[int] | None:

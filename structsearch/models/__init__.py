@@ -1,7 +1,7 @@
 """Creating teachers and base models by name, with optional checkpoints.
 
 Every model structsearch works with is a timm model found by name; importing this package also
-registers structsearch's own timm models (the CIFAR ResNets). Errors are one line: an unknown name
+registers structsearch's own timm models (the CIFAR ResNets, ``cifar_vit``). Errors are one line: an unknown name
 suggests close matches, a checkpoint that does not fit lists the mismatched keys.
 """
 
@@ -53,7 +53,7 @@ def create_model(
                 torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (TypeError, ValueError) as e:  # a kwarg the model does not accept, or a value it refuses
-        raise UnknownModelError(f"cannot build '{name}' with {kwargs}: {e}") from None
+        raise UnknownModelError(f"cannot build '{name}' with {kwargs}: {one_line(e)}") from None
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model

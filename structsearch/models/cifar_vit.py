@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.layers import LayerNorm2d, PatchEmbed
+from timm.layers import LayerNorm2d, PatchEmbed, to_2tuple
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -36,7 +36,8 @@ class ConvStem(PatchEmbed):
     3x3 convolution per halving of the patch size (channels doubling up to ``embed_dim``), each with
     LayerNorm over channels and GELU, and a final 1x1 projection (Xiao et al., 2021). The output grid
     is the patchify layer's (``img_size / patch_size``), so everything downstream -- position
-    embedding, token count, FLOPs of the blocks -- is that of the plain ViT.
+    embedding, token count, FLOPs of the blocks -- is that of the plain ViT. The image size must be a
+    multiple of the patch size: the patchify layer crops a remainder, strided convolutions round up.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -44,19 +45,34 @@ class ConvStem(PatchEmbed):
         patch = self.patch_size[0]
         if self.patch_size[0] != self.patch_size[1] or patch < 2 or patch & (patch - 1):
             raise ValueError(f"stem='conv' needs a square power-of-two patch size, got {self.patch_size}")
+        if self.img_size is not None and any(side % patch for side in self.img_size):
+            raise ValueError(
+                f"stem='conv' needs an image size divisible by the patch size {patch}, got {self.img_size}"
+            )
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         embed_dim: int = self.proj.out_channels
         width = max(1, embed_dim // 4)
-        layers: list[nn.Module] = [*_conv(self.proj.in_channels, width, 1)]
+        layers: list[nn.Module] = [*_conv(self.proj.in_channels, width, 1, factory)]
         while patch > 1:
             nxt = min(embed_dim, width * 2)
-            layers += _conv(width, nxt, 2)
+            layers += _conv(width, nxt, 2, factory)
             width, patch = nxt, patch // 2
-        layers.append(nn.Conv2d(width, embed_dim, 1))
+        layers.append(nn.Conv2d(width, embed_dim, 1, bias=kwargs.get("bias", True), **factory))
         self.proj = nn.Sequential(*layers)  # type: ignore[assignment]
 
+    def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
+        """A new image size is fine (the grid follows); a new patch size would need another stem."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise ValueError("stem='conv' cannot change its patch size; build the model with the new patch_size")
+        super().set_input_size(img_size=img_size)
 
-def _conv(cin: int, cout: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), LayerNorm2d(cout), nn.GELU()]
+
+def _conv(cin: int, cout: int, stride: int, factory: dict[str, Any]) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False, **factory),
+        LayerNorm2d(cout, **factory),
+        nn.GELU(),
+    ]
 
 
 #: ``stem`` kwarg -> timm embed layer.
@@ -76,7 +92,7 @@ default_cfgs = {
         interpolation="bilinear",
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
-        first_conv="patch_embed.proj.0",
+        first_conv="patch_embed.proj.0",  # the conv stem's first layer; patch_embed.proj with stem="patch"
         classifier="head",
     )
 }
@@ -94,4 +110,6 @@ def cifar_vit(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     # the data config (and so Preprocess.from_model) reads the input size from the cfg: keep it the model's
     overlay = {**(args.pop("pretrained_cfg_overlay", None) or {}), "input_size": (3, *hw)}
+    if stem == "patch":
+        overlay["first_conv"] = "patch_embed.proj"
     return build_model_with_cfg(VisionTransformer, "cifar_vit", pretrained, pretrained_cfg_overlay=overlay, **args)

@@ -377,6 +377,7 @@ ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
     **{name: _flag for name in ("qkv_bias", "class_token", "no_embed_class", "pre_norm", "fc_norm")},
     "global_pool": _word,
     "act_layer": _word,
+    "stem": _word,  # cifar_vit: conv or patch
     # fcos_detector (detection studies): its backbone by name, started from a checkpoint that
     # ``check_paths`` keeps inside the data roots, and the sizes of its FPN and head
     "backbone": _word,
