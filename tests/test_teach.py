@@ -52,6 +52,8 @@ def test_a_resumed_run_exports_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert not stopped.finished and stopped.step == 1 and not (tmp_path / "b.safetensors").exists()
     resumed = teach(recipe, tmp_path / "b", tmp_path / "b.safetensors")
     assert resumed.finished
+    # the speed of a resumed run counts the images of every invocation over their summed seconds
+    assert resumed.images_per_s * resumed.train_seconds == pytest.approx(16 * 64)
     a, b = _weights(tmp_path / "a.safetensors"), _weights(tmp_path / "b.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -49,7 +49,7 @@ class ConvStem(PatchEmbed):
             raise ValueError(
                 f"stem='conv' needs an image size divisible by the patch size {patch}, got {self.img_size}"
             )
-        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        factory: dict[str, Any] = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         embed_dim: int = self.proj.out_channels
         width = max(1, embed_dim // 4)
         layers: list[nn.Module] = [*_conv(self.proj.in_channels, width, 1, factory)]

@@ -113,7 +113,7 @@ def teach(
         )
 
     deadline = time.monotonic() + hours * 3600 if hours is not None else math.inf
-    clock = {"t0": time.perf_counter(), "images": 0}
+    clock = {"t0": time.perf_counter()}
     mixup = _mixup(recipe)
     eval_steps = recipe.eval_steps or recipe.eval_every * spe
 
@@ -137,7 +137,6 @@ def teach(
 
     def after_step(at: int, batch: tuple[int, Tensor], _loss: Tensor, _aux: None) -> bool:
         nonlocal best_weights
-        clock["images"] += len(batch[1])
         epoch_done = at % spe == 0
         if at % eval_steps == 0 or at == total:
             state["train_seconds"] += time.perf_counter() - clock["t0"]
@@ -157,7 +156,7 @@ def teach(
                 {
                     "event": "eval",
                     **entry,
-                    "images_per_s": round(clock["images"] / max(1e-9, state["train_seconds"]), 1),
+                    "images_per_s": round(at * recipe.batch_size / max(1e-9, state["train_seconds"]), 1),
                 }
             )
             clock["t0"] = time.perf_counter()
@@ -169,11 +168,11 @@ def teach(
         return out_of_time
 
     model.train()
-    start_images = clock["images"]
     step = run_steps(
         _batches(recipe, len(train), spe, step), loss_fn, opt, sched, after_step=after_step, start_step=step
     )
-    speed = (clock["images"] - start_images) / max(1e-9, state["train_seconds"]) if state["train_seconds"] else 0.0
+    # every step is a full batch; train_seconds spans every invocation of a resumed run
+    speed = step * recipe.batch_size / state["train_seconds"] if state["train_seconds"] else 0.0
     result = TeachResult(
         finished=step >= total,
         step=step,
