@@ -272,7 +272,8 @@ def stage_vit_inherit() -> dict[str, Any]:
     with feature KD (``bench/vit_inherit.py``)."""
     log: list[dict[str, Any]] = []
     raw = OUT / "vit_inherit_raw.json"
-    argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--json", str(raw.relative_to(ROOT))]
+    argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--trials", "4"]
+    argv += ["--json", str(raw.relative_to(ROOT))]
     result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
     return {"commands": log, "vit_inherit": result}
 

@@ -580,7 +580,10 @@ def section_vit_teacher(s: Stages) -> str:
     views = (
         "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
     )
-    arch = ", ".join(f"{k} {v}" for k, v in side["kwargs"].items()) or "the registered defaults (see `cifar_vit`)"
+    arch = (
+        ", ".join(f"{k} {v}" for k, v in side["kwargs"].items())
+        or "its registered defaults: conv stem, patch 4 at 32 px, width 192, 6 blocks x 3 heads"
+    )
     return (
         "## The ViT teacher\n\n"
         f"`teachers/cifar_vit.safetensors`: `{side['model']}` ({arch}), {side['params']:,} params in fp16, "

@@ -1,6 +1,6 @@
 """Benchmark: ViT-to-ViT search with inherited weights, against the same students from scratch (issue 15).
 
-    .venv/bin/python bench/vit_inherit.py [--teacher teachers/cifar_vit.safetensors] [--trials 5]
+    .venv/bin/python bench/vit_inherit.py [--teacher teachers/cifar_vit.safetensors] [--budgets 50%,25%] [--trials 5]
                                           [--steps 150] [--train N] [--val N] [--home DIR] [--json OUT.json]
 
 For each MACs budget (50 % and 25 % of the shipped ViT teacher) it runs a search of ``cifar_vit``'s
@@ -111,6 +111,7 @@ def run_budget(teacher: Path, budget: str, args: argparse.Namespace) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", type=Path, default=ROOT / "teachers" / "cifar_vit.safetensors")
+    ap.add_argument("--budgets", default=",".join(BUDGETS), help="MACs budgets, comma-separated")
     ap.add_argument("--trials", type=int, default=5, help="trials per budget, the 3 baselines included")
     ap.add_argument("--steps", type=int, default=150, help="proxy steps per student (batch 64)")
     ap.add_argument("--train", type=int, default=10_000, help="training images, train.npz[:N]")
@@ -126,7 +127,7 @@ def main() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    results = {budget: run_budget(args.teacher, budget, args) for budget in BUDGETS}
+    results = {budget: run_budget(args.teacher, budget, args) for budget in args.budgets.split(",")}
     print("\nbudget  trial  baseline          MMACs  inherited  scratch    gap  +feature KD")
     for budget, res in results.items():
         for row in res["students"]:
