@@ -635,6 +635,7 @@ def section_vit_inherit(s: Stages) -> str:
         "attention KL) added. Proxy val top-1 on test[:2000].\n\n"
         + table(["budget", "trial", "student", "MACs", "inherited", "scratch", "gap", "+ feature KD"], rows)
         + f"\n{summary}.\n\n"
+        + (f"Note: {st['note']}.\n\n" if st.get("note") else "")
         + commands(st)
     )
 
