@@ -111,3 +111,21 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_weights_kept(tmp_path: Pat
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
     moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k.startswith("exp_avg")]
     assert moments and all(v.dtype == torch.float32 for v in moments)
+
+
+def test_bf16_runs_the_teachers_batch_forward_in_bfloat16_and_hands_back_float32_logits(tmp_path: Path) -> None:
+    from structsearch.teach.run import _Stream
+
+    logits = {}
+    for p in ("fp32", "bf16"):
+        recipe = _recipe(tmp_path, precision=p)
+        data = load_data(recipe.data.train)
+        model = create_model(recipe.model, seed=0, **recipe.kwargs)
+        stream = _Stream(recipe, data, Preprocess.from_model(model), torch.device("cpu"), None)
+        _x, _y, logits[p] = stream.batch(0, torch.arange(32))
+    assert logits["bf16"] is not None and logits["fp32"] is not None
+    assert logits["bf16"].dtype == torch.float32
+    assert not torch.equal(logits["bf16"], logits["fp32"])  # the arithmetic was bfloat16 ...
+    # ... and its argmax agrees with float32's on nearly every image
+    agree = (logits["bf16"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
+    assert agree >= 0.9

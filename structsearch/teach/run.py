@@ -239,6 +239,7 @@ class _Stream:
         self, recipe: TeachRecipe, data: LoadedData, pre: Preprocess, dev: torch.device, cache: TeacherCache | None
     ) -> None:
         self.recipe, self.data, self.pre, self.dev = recipe, data, pre, dev
+        self.bf16 = recipe.precision == "bf16"
         self.augment = Augment(crop_padding=recipe.crop_padding, hflip=recipe.hflip)
         self.teacher: nn.Module | None = None
         self.teacher_pre = pre
@@ -270,8 +271,9 @@ class _Stream:
     def teacher_on(self, x: Tensor) -> Tensor | None:
         if self.teacher is None:
             return None
-        with torch.no_grad():
-            return self.teacher(x if self.teacher_pre == self.pre else self._renormalise(x))
+        x = x if self.teacher_pre == self.pre else self._renormalise(x)
+        with torch.no_grad(), torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.teacher(x).float()
 
     def _renormalise(self, x: Tensor) -> Tensor:
         """The teacher's normalisation of an image normalised for the student."""
