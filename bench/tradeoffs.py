@@ -33,6 +33,11 @@ outputs on 2 x 10k views are cached once each (~5 min each). About 5-8 hours on 
 GPU, well under an hour.
 
 Everything goes to a private ``$STRUCTSEARCH_HOME`` (``--home``, default a fresh temporary folder).
+
+The run can be split across sittings: with ``--json OUT``, OUT is rewritten after every cell, and a
+later run with the same sizes keeps the cells OUT already has (``--fresh`` reruns them). ``--hours H``
+starts no new cell after H hours; ``--teachers`` runs one teacher's rows only. The page's stage
+(``bench/results.py``) then reuses every finished cell.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 #: The studies' baselines, the first ``baselines`` of them per size.
 BASELINES = ("uniform", "global_magnitude", "depth")
+TEACHERS = ("ResNet-56", "ViT")
 BUDGETS = ("25%", "50%")
 RESOLUTIONS = (24, 32)
 #: The student families: the architecture students are cut from, and its proxy optimizer and rates
@@ -188,7 +194,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, help="trials per cell, baselines included (default: 8; quick 2)")
     ap.add_argument("--steps", type=int, help="proxy steps per trial (default: 150; quick 4)")
     ap.add_argument("--home", help="STRUCTSEARCH_HOME (default: a fresh temporary one)")
-    ap.add_argument("--json", type=Path, help="write every figure and timing here")
+    ap.add_argument("--json", type=Path, help="write every figure and timing here (after each cell)")
+    ap.add_argument("--fresh", action="store_true", help="rerun cells the --json file already has")
+    ap.add_argument("--hours", type=float, help="start no new cell after this many hours")
+    ap.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS), help="rows to run")
     args = ap.parse_args()
     os.environ["STRUCTSEARCH_HOME"] = args.home or tempfile.mkdtemp(prefix="bench-tradeoffs-")
     size = "quick" if args.quick else "full"
@@ -200,6 +209,7 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     print(f"{size} bench in {os.environ['STRUCTSEARCH_HOME']}: {json.dumps(s)}", flush=True)
     t0 = time.perf_counter()
+    done = {} if args.fresh else finished_cells(args.json, s)
     cells: list[dict[str, Any]] = []
     lines: list[str] = []
     for tname, teacher in teachers(args.vit_teacher).items():
@@ -207,24 +217,54 @@ def main() -> None:
             for budget in BUDGETS:
                 for res in RESOLUTIONS:
                     cell = Cell(tname, family, budget, res)
-                    if isinstance(teacher, str):
-                        result: dict[str, Any] = {"skipped": teacher}
+                    result: dict[str, Any]
+                    if cell in done:
+                        result = done[cell]
+                    elif isinstance(teacher, str):
+                        result = {"skipped": teacher}
+                    elif tname not in args.teachers:
+                        result = {"skipped": "not run yet (--teachers)"}
+                    elif args.hours is not None and time.perf_counter() - t0 > args.hours * 3600:
+                        result = {"skipped": "not run yet (--hours)"}
                     else:
                         print(f"== {cell.name}", flush=True)
                         result = run_cell(cell, teacher, s)
                     lines.append(row(cell, result))
                     print(lines[-1], flush=True)
                     cells.append({"teacher": tname, "family": family, "budget": budget, "resolution": res, **result})
+                    if args.json:  # after every cell, so an interrupted run keeps what it finished
+                        write_json(args.json, {"size": size, "sizes": s, "cells": cells})
     total = time.perf_counter() - t0
     print(
         "\nteacher   fam  bud  res   proxy%  tuned%  MMACs  lat(ms)  mem(kB)\n" + "\n".join(lines),
-        f"\ntotal: {total / 60:.1f} min",
+        f"\ntotal: {total / 60:.1f} min (cells run in earlier sittings not counted)",
         flush=True,
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)}
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        write_json(args.json, {"size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)})
+
+
+def finished_cells(path: Path | None, sizes: dict[str, int]) -> dict[Cell, dict[str, Any]]:
+    """The cells an earlier run with the same sizes finished (found in its ``--json`` file)."""
+    if path is None or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("sizes") != sizes:
+        print(f"{path} was written with other sizes: every cell runs again", flush=True)
+        return {}
+    keys = ("teacher", "family", "budget", "resolution")
+    return {
+        Cell(*(c[k] for k in keys)): {k: v for k, v in c.items() if k not in keys}
+        for c in earlier["cells"]
+        if "best" in c
+    }
+
+
+def write_json(path: Path, out: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
