@@ -497,7 +497,8 @@ def section_tradeoffs(s: Stages) -> str:
         rows.append([*cell, pct(b["proxy_top1"]), pct(b["finetuned_top1"]), mega(b["macs"]), latency, memory])
     z = t["sizes"]
     text = (
-        head + f"Each row is its own search ({z['trials']} trials of {z['steps']} proxy steps, batch {z['batch']}, "
+        head + f"Each row is its own search ({z['trials']} trials of {z['steps']} proxy steps, batch {z['batch']}"
+        f"{', ' + z['precision'] if z.get('precision', 'fp32') != 'fp32' else ''}, "
         f"{z['train']} training images, selected on test[:{z['val']}]); its best feasible student by proxy top-1 is "
         f"fine-tuned for {z['epochs']} epoch(s) and tested on test[5000:{5000 + z['test']}]. A student of the "
         "teacher's family inherits its weights; one of the other family learns from its logits from scratch. "

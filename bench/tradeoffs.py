@@ -1,7 +1,8 @@
 """Benchmark: the CNN/ViT KD trade-off table (issue 15): teacher x student family x budget x resolution.
 
     .venv/bin/python bench/tradeoffs.py [--vit-teacher teachers/cifar_vit.safetensors] [--quick]
-                                        [--trials 8] [--steps 150] [--home DIR] [--json OUT.json]
+                                        [--trials 8] [--steps 150] [--precision fp32|bf16] [--home DIR]
+                                        [--json OUT.json] [--hours H] [--teachers ResNet-56 ViT] [--fresh]
 
 For every cell of {ResNet-56 (shared checkpoint), the ViT teacher (``--vit-teacher``, a ``cifar_vit``
 safetensors file; its rows are skipped with the reason printed when the file is absent)} x student
@@ -99,7 +100,7 @@ def teachers(vit_teacher: Path | None) -> dict[str, dict[str, Any] | str]:
     return out
 
 
-def cell_spec(cell: Cell, teacher: dict[str, Any], s: dict[str, int]) -> dict[str, Any]:
+def cell_spec(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """The study of one cell (see the module docstring for its choices)."""
     fam = FAMILIES[cell.family]
     inherit = fam["model"] == teacher["model"]
@@ -116,6 +117,7 @@ def cell_spec(cell: Cell, teacher: dict[str, Any], s: dict[str, int]) -> dict[st
             "batch_size": s["batch"],
             "optimizer": fam["optimizer"],
             "lr": fam["lr"][0 if inherit else 1],
+            "precision": s["precision"],
         },
         "measure": {"runtime": "torch", "device": "cpu", "batch_size": 1, "threads": 1, "repeats": s["repeats"]},
         "baselines": list(BASELINES[: s["baselines"]]),
@@ -129,7 +131,7 @@ def cell_spec(cell: Cell, teacher: dict[str, Any], s: dict[str, int]) -> dict[st
     return raw
 
 
-def run_cell(cell: Cell, teacher: dict[str, Any], s: dict[str, int]) -> dict[str, Any]:
+def run_cell(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """Search, pick the best feasible student by proxy accuracy, fine-tune it; every figure of its row."""
     from structsearch.finetune import FinetuneConfig, finetune_trial
     from structsearch.search import parse_study_spec, run_search
@@ -198,11 +200,13 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="rerun cells the --json file already has")
     ap.add_argument("--hours", type=float, help="start no new cell after this many hours")
     ap.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS), help="rows to run")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the proxies' (proxy.precision)")
     args = ap.parse_args()
     os.environ["STRUCTSEARCH_HOME"] = args.home or tempfile.mkdtemp(prefix="bench-tradeoffs-")
     size = "quick" if args.quick else "full"
-    s = dict(SIZES[size])
+    s: dict[str, Any] = dict(SIZES[size])
     s.update({k: v for k, v in (("trials", args.trials), ("steps", args.steps)) if v is not None})
+    s["precision"] = args.precision
 
     import torch
 
@@ -244,7 +248,7 @@ def main() -> None:
         write_json(args.json, {"size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)})
 
 
-def finished_cells(path: Path | None, sizes: dict[str, int]) -> dict[Cell, dict[str, Any]]:
+def finished_cells(path: Path | None, sizes: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
     """The cells an earlier run with the same sizes finished (found in its ``--json`` file)."""
     if path is None or not path.is_file():
         return {}

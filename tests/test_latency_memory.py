@@ -314,7 +314,7 @@ def test_spec_validation_of_measured_settings() -> None:
     # still warm-start from older studies; with resolutions the fingerprint differs
     plain = parse_study_spec({**RES, "data": {"train": "digits", "input_size": 8}})
     old = plain.model_dump(include={"teacher", "student", "data", "proxy", "importance", "seed"})
-    del old["data"]["resolutions"]
+    del old["data"]["resolutions"], old["proxy"]["precision"]
     assert plain.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert (
         parse_study_spec({**RES, "data": {**plain.data.model_dump(), "resolutions": [8]}}).fingerprint()

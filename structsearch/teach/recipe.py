@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from structsearch.errors import TeachError, one_line
+from structsearch.train.precision import Precision
 
 
 class _Strict(BaseModel):
@@ -67,7 +68,7 @@ class TeachRecipe(_Strict):
     mixup: float = Field(default=0.0, ge=0)
     cutmix: float = Field(default=0.0, ge=0)
     teacher_views: int = Field(default=0, ge=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     eval_every: int = Field(default=1, ge=1, description="epochs between validation passes")
     #: Steps between validation passes instead (a short run's curve); 0: every ``eval_every`` epochs.
     eval_steps: int = Field(default=0, ge=0)

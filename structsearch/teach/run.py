@@ -37,7 +37,7 @@ from structsearch.distill.losses import kd_loss
 from structsearch.distill.teacher import TeacherId, augmented_view, run_teacher, tensor_digest
 from structsearch.models import create_model, load_checkpoint
 from structsearch.teach.recipe import TeachRecipe
-from structsearch.train import WarmupCosine, make_optimizer, run_steps
+from structsearch.train import WarmupCosine, autocast, make_optimizer, run_steps
 from structsearch.train import load_checkpoint as load_train_checkpoint
 from structsearch.train import save_checkpoint as save_train_checkpoint
 
@@ -118,7 +118,7 @@ def teach(
     eval_steps = recipe.eval_steps or recipe.eval_every * spe
 
     def forward(x: Tensor) -> Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+        with autocast(dev, recipe.precision):
             return model(x).float()
 
     def loss_fn(batch: tuple[int, Tensor]) -> tuple[Tensor, None]:
@@ -239,7 +239,6 @@ class _Stream:
         self, recipe: TeachRecipe, data: LoadedData, pre: Preprocess, dev: torch.device, cache: TeacherCache | None
     ) -> None:
         self.recipe, self.data, self.pre, self.dev = recipe, data, pre, dev
-        self.bf16 = recipe.precision == "bf16"
         self.augment = Augment(crop_padding=recipe.crop_padding, hflip=recipe.hflip)
         self.teacher: nn.Module | None = None
         self.teacher_pre = pre
@@ -272,7 +271,7 @@ class _Stream:
         if self.teacher is None:
             return None
         x = x if self.teacher_pre == self.pre else self._renormalise(x)
-        with torch.no_grad(), torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.no_grad(), autocast(self.dev, self.recipe.precision):
             return self.teacher(x).float()
 
     def _renormalise(self, x: Tensor) -> Tensor:

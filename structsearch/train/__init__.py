@@ -5,7 +5,8 @@
 * :mod:`~structsearch.train.bn` -- BatchNorm recalibration;
 * :mod:`~structsearch.train.checkpoint` -- atomic, settings-checked resumable checkpoints;
 * :mod:`~structsearch.train.device` -- the on-device size limit and class-count probing;
-* :mod:`~structsearch.train.rng` -- seeded runs that leave the caller's random streams alone.
+* :mod:`~structsearch.train.rng` -- seeded runs that leave the caller's random streams alone;
+* :mod:`~structsearch.train.precision` -- bfloat16 autocast (``precision: bf16``).
 
 Users: the KD proxy (:class:`structsearch.distill.Distiller`), the fine-tune
 (:mod:`structsearch.finetune`), teacher training (:mod:`structsearch.teachers`) and data-free
@@ -17,6 +18,7 @@ from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, sett
 from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
 from structsearch.train.loop import AfterStep, LossFn, run_steps
 from structsearch.train.optim import OptimizerName, WarmupCosine, make_optimizer
+from structsearch.train.precision import Precision, autocast
 from structsearch.train.rng import seeded
 
 __all__ = [
@@ -24,7 +26,9 @@ __all__ = [
     "AfterStep",
     "LossFn",
     "OptimizerName",
+    "Precision",
     "WarmupCosine",
+    "autocast",
     "batchnorms",
     "fits_on_device",
     "load_checkpoint",
