@@ -1,7 +1,8 @@
 """Benchmark: does a data-free proxy rank candidates like the real-data proxy? (issues 6 and 15)
 
     .venv/bin/python bench/datafree.py [--teacher resnet56|vit] [--n 2048] [--iters 2000] [--warmup 100]
-                                       [--candidates 10] [--steps 100] [--finetune-steps 0] [--json out.json]
+                                       [--candidates 10] [--steps 100] [--finetune-steps 0] [--precision bf16]
+                                       [--json out.json]
     .venv/bin/python bench/datafree.py --n 256 --iters 20 --candidates 3 --steps 20     # smoke run
 
 Teacher (``--teacher``): the shared ResNet-56 CIFAR-10 checkpoint (DeepInversion), or the shipped ViT
@@ -104,6 +105,7 @@ def main() -> None:
         "--train-size", type=int, default=None, help="real training images (default: as many as synthetic ones)"
     )
     ap.add_argument("--val-size", type=int, default=2000, help="real validation images, test.npz[:val-size]")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the proxies' (proxy.precision)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -138,6 +140,7 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "precision": args.precision,
         "candidates": args.candidates,
         "budget": args.budget,
     }
@@ -180,6 +183,7 @@ def main() -> None:
         batch_size=args.batch_size,
         optimizer=optimizer,
         lr=args.lr,
+        precision=args.precision,
         seed=args.seed,
         device=str(device),
     )
