@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/tradeoffs.py [--vit-teacher teachers/cifar_vit.safetensors] [--quick]
                                         [--trials 8] [--steps 150] [--precision fp32|bf16] [--home DIR]
-                                        [--json OUT.json] [--hours H] [--teachers ResNet-56 ViT] [--fresh]
+                                        [--json OUT.json] [--hours H] [--teachers ResNet-56 ViT]
 
 For every cell of {ResNet-56 (shared checkpoint), the ViT teacher (``--vit-teacher``, a ``cifar_vit``
 safetensors file; its rows are skipped with the reason printed when the file is absent)} x student
@@ -36,7 +36,9 @@ GPU, well under an hour.
 Everything goes to a private ``$STRUCTSEARCH_HOME`` (``--home``, default a fresh temporary folder).
 
 The run can be split across sittings: with ``--json OUT``, OUT is rewritten after every cell, and a
-later run with the same sizes keeps the cells OUT already has (``--fresh`` reruns them). ``--hours H``
+later run with the same sizes and the same teacher files keeps the cells OUT already has (to rerun
+them, write to another file); each cell's study is named after its sizes and teacher file, so a
+retrained teacher or other sizes never resume an old study in the same ``--home``. ``--hours H``
 starts no new cell after H hours; ``--teachers`` runs one teacher's rows only. The page's stage
 (``bench/results.py``) then reuses every finished cell.
 """
@@ -44,6 +46,7 @@ starts no new cell after H hours; ``--teachers`` runs one teacher's rows only. T
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -87,6 +90,16 @@ class Cell:
     def name(self) -> str:
         return f"tradeoffs-{self.teacher}-{self.family}-{self.budget.rstrip('%')}pct-{self.resolution}px".lower()
 
+    def study_name(self, s: dict[str, Any], teacher_digest: str) -> str:
+        """The cell's study: its name plus a hash of the sizes and the teacher file it was run with."""
+        key = hashlib.sha256(json.dumps([s, teacher_digest], sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{key}"
+
+
+def file_digest(path: str | Path) -> str:
+    """A short content hash of a teacher's checkpoint: a retrained teacher is another teacher."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
 
 def teachers(vit_teacher: Path | None) -> dict[str, dict[str, Any] | str]:
     """Each teacher's spec section, or the reason its rows are skipped."""
@@ -102,11 +115,12 @@ def teachers(vit_teacher: Path | None) -> dict[str, dict[str, Any] | str]:
 
 def cell_spec(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """The study of one cell (see the module docstring for its choices)."""
+    digest = file_digest(teacher["checkpoint"])
     fam = FAMILIES[cell.family]
     inherit = fam["model"] == teacher["model"]
     dynamic = {"dynamic_img_size": True} if fam["model"] == "cifar_vit" and cell.resolution != 32 else {}
     raw: dict[str, Any] = {
-        "name": cell.name,
+        "name": cell.study_name(s, digest),
         "teacher": {**teacher, "kwargs": {"num_classes": 10, **(dynamic if inherit else {})}},
         "data": {"train": f"npz:{TRAIN}[:{s['train']}]", "val": f"npz:{TEST}[:{s['val']}]"},
         "budget": {"flops": cell.budget},
@@ -138,12 +152,13 @@ def run_cell(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str
     from structsearch.search.results import scored, study_records
 
     start = time.perf_counter()
+    digest = file_digest(teacher["checkpoint"])
     spec = parse_study_spec(cell_spec(cell, teacher, s), "bench spec")
     study = run_search(spec)
     records = study_records(study)
     feasible = [r for r in scored(records) if r.feasible]
     if not feasible:
-        return {"skipped": "no feasible student was trained", "trials": len(records)}
+        return {"skipped": "no feasible student was trained", "trials": len(records), "teacher_digest": digest}
     best = max(feasible, key=lambda r: (r.score, -r.macs))
     searched = time.perf_counter() - start
     tuned = finetune_trial(
@@ -155,6 +170,7 @@ def run_cell(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str
     )
     return {
         "study": study.study_name,
+        "teacher_digest": digest,
         "trials": len(records),
         "trained": len(feasible),
         "teacher_macs": study.user_attrs.get("teacher_macs"),
@@ -197,7 +213,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="proxy steps per trial (default: 150; quick 4)")
     ap.add_argument("--home", help="STRUCTSEARCH_HOME (default: a fresh temporary one)")
     ap.add_argument("--json", type=Path, help="write every figure and timing here (after each cell)")
-    ap.add_argument("--fresh", action="store_true", help="rerun cells the --json file already has")
     ap.add_argument("--hours", type=float, help="start no new cell after this many hours")
     ap.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS), help="rows to run")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the proxies' (proxy.precision)")
@@ -213,10 +228,12 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     print(f"{size} bench in {os.environ['STRUCTSEARCH_HOME']}: {json.dumps(s)}", flush=True)
     t0 = time.perf_counter()
-    done = {} if args.fresh else finished_cells(args.json, s)
+    specs = teachers(args.vit_teacher)
+    digests = {t: file_digest(spec["checkpoint"]) for t, spec in specs.items() if not isinstance(spec, str)}
+    done = finished_cells(args.json, s, digests)
     cells: list[dict[str, Any]] = []
     lines: list[str] = []
-    for tname, teacher in teachers(args.vit_teacher).items():
+    for tname, teacher in specs.items():
         for family in FAMILIES:
             for budget in BUDGETS:
                 for res in RESOLUTIONS:
@@ -248,8 +265,9 @@ def main() -> None:
         write_json(args.json, {"size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)})
 
 
-def finished_cells(path: Path | None, sizes: dict[str, Any]) -> dict[Cell, dict[str, Any]]:
-    """The cells an earlier run with the same sizes finished (found in its ``--json`` file)."""
+def finished_cells(path: Path | None, sizes: dict[str, Any], digests: dict[str, str]) -> dict[Cell, dict[str, Any]]:
+    """The cells an earlier run with the same sizes and teacher files ran (found in its ``--json`` file),
+    including those where no student was feasible (a seeded search would find none again)."""
     if path is None or not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
@@ -260,7 +278,7 @@ def finished_cells(path: Path | None, sizes: dict[str, Any]) -> dict[Cell, dict[
     return {
         Cell(*(c[k] for k in keys)): {k: v for k, v in c.items() if k not in keys}
         for c in earlier["cells"]
-        if "best" in c
+        if "trials" in c and c.get("teacher_digest") == digests.get(c["teacher"])
     }
 
 

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from structsearch.data import LoadedData, load_data, split_train_val
-from structsearch.distill import ProxyConfig
+from structsearch.data import LoadedData, Preprocess, load_data, split_train_val
+from structsearch.distill import Distiller, ProxyConfig, TeacherCache, TeacherId, uniform_width_spec
+from structsearch.distill.vit_kd import attention_log_probs
 from structsearch.errors import StructsearchError
+from structsearch.models import create_model
 from structsearch.search import parse_study_spec
+from structsearch.space import space_of
+from structsearch.surgery import build_student
 from structsearch.train import autocast
 from tests.cli_helpers import one_line_error
 from tests.test_distill import FAST, make_distiller, make_teacher, small_student
@@ -32,6 +37,7 @@ def split(digits: LoadedData) -> tuple[torch.Tensor, torch.Tensor]:
     return split_train_val(digits.y, 200, 0, train_size=300)
 
 
+VIT_TINY = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=10)
 SPEC = {
     "name": "bf16",
     "teacher": {"model": "cifar_resnet20"},
@@ -46,6 +52,32 @@ def test_autocast_runs_matmuls_in_bfloat16_only_when_asked() -> None:
         assert (a @ b).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "fp32"):
         assert (a @ b).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        autocast(torch.device("cpu"), "fp16")  # type: ignore[arg-type]
+
+
+def test_bf16_with_feature_kd_trains_cnn_hints_and_vit_taps(digits, split, tmp_path: Path) -> None:
+    teacher = make_teacher()
+    cnn = make_distiller(teacher, digits, split, tmp_path, precision="bf16", feature_kd=True)
+    assert math.isfinite(cnn.score(small_student(teacher)).final_loss)
+    vit = create_model("cifar_vit", seed=0, **VIT_TINY).eval()
+    student = build_student(vit, uniform_width_spec(space_of(vit, "cifar_vit", VIT_TINY), 0.5))
+    config = ProxyConfig(**{**FAST, "channels_last": False, "feature_kd": True, "precision": "bf16"})
+    distiller = Distiller(
+        vit, digits, *split, Preprocess.from_model(vit), config,
+        teacher_id=TeacherId("cifar_vit", tuple(VIT_TINY.items())), cache=TeacherCache(tmp_path), augment=None,
+    )  # fmt: skip
+    assert math.isfinite(distiller.score(student).final_loss)
+
+
+def test_attention_maps_for_kd_stay_float32_under_bf16_autocast() -> None:
+    vit = create_model("cifar_vit", seed=0, **VIT_TINY).eval()
+    attn = vit.blocks[0].attn
+    qkv = attn.qkv(torch.randn(2, 17, VIT_TINY["embed_dim"]))
+    with autocast(torch.device("cpu"), "bf16"):
+        inside = attention_log_probs(attn, qkv.bfloat16())
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, attention_log_probs(attn, qkv.bfloat16().float()))
 
 
 def test_a_bf16_proxy_trains_in_bfloat16_and_keeps_float32_weights(digits, split, tmp_path: Path) -> None:

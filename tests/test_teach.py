@@ -126,6 +126,6 @@ def test_bf16_runs_the_teachers_batch_forward_in_bfloat16_and_hands_back_float32
     assert logits["bf16"] is not None and logits["fp32"] is not None
     assert logits["bf16"].dtype == torch.float32
     assert not torch.equal(logits["bf16"], logits["fp32"])  # the arithmetic was bfloat16 ...
-    # ... and its argmax agrees with float32's on nearly every image
-    agree = (logits["bf16"].argmax(1) == logits["fp32"].argmax(1)).float().mean().item()
-    assert agree >= 0.9
+    # ... and the logits are float32's up to bfloat16's rounding
+    scale = logits["fp32"].abs().max().item()
+    assert scale > 0 and (logits["bf16"] - logits["fp32"]).abs().max().item() < 0.05 * scale

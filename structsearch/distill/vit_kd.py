@@ -50,11 +50,16 @@ def head_origins(teacher_attn: nn.Module, student_attn: nn.Module) -> list[int] 
 
 
 def attention_log_probs(attn: Attention, qkv_out: Tensor) -> Tensor:
-    """``log softmax(q k^T * scale)`` of timm's ``Attention`` from its ``qkv`` output: B x heads x N x N."""
+    """``log softmax(q k^T * scale)`` of timm's ``Attention`` from its ``qkv`` output: B x heads x N x N.
+
+    Always in float32, also inside a bfloat16-autocast training step: the KL between attention maps
+    compares log-probabilities, which bfloat16's 8-bit mantissa would round to about 3 digits.
+    """
     b, n, _ = qkv_out.shape
     q, k, _v = qkv_out.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    return torch.log_softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
+    with torch.autocast(qkv_out.device.type, enabled=False):
+        return torch.log_softmax((q.float() * attn.scale) @ k.float().transpose(-2, -1), dim=-1)
 
 
 class _BlockTaps(Hooks):

@@ -94,6 +94,8 @@ def teach(
     opt = make_optimizer(_param_groups(model, recipe.weight_decay), "adamw", recipe.lr)
     sched = WarmupCosine(opt, total, round(recipe.warmup_epochs * spe))
     settings = {"format": 1, **recipe.model_dump(mode="json")}
+    if recipe.precision == "bf16":  # checkpoints from before the teacher's forward ran in bf16 too don't resume
+        settings["teacher_precision"] = "bf16"
     ckpt = work_dir / CHECKPOINT
     state: dict[str, Any] = {"history": [], "best_val_top1": None, "best_epoch": None, "train_seconds": 0.0}
     best_weights: dict[str, Tensor] | None = None

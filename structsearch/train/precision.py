@@ -19,4 +19,6 @@ Precision = Literal["fp32", "bf16"]
 
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """The autocast context of ``precision`` on ``device`` (disabled, a no-op, for ``fp32``)."""
+    if precision not in ("fp32", "bf16"):  # ProxyConfig is a plain dataclass: nothing validated it
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
