@@ -378,3 +378,27 @@ def test_prescreen_enqueues_the_best_quick_scores_once(home: Path) -> None:
     assert all(0.9 * max_macs <= t.user_attrs["macs"] <= max_macs for t in screened)  # aimed at the budget
     again = run_search(spec.with_overrides(trials=6))  # resumed: not pre-screened twice
     assert sum("prescreen_score" in t.user_attrs for t in again.get_trials()) == len(screened)
+
+
+def test_a_changed_teacher_checkpoint_is_another_teacher(home: Path, tmp_path: Path) -> None:
+    """Same spec, same path, retrained weights: no resume across it, no warm start from it."""
+    import torch
+
+    from structsearch.models import create_model
+    from structsearch.search.study import open_study
+
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(create_model("cifar_resnet20", seed=0).state_dict(), ckpt)
+    base = {**TINY, "teacher": {"model": "cifar_resnet20", "checkpoint": str(ckpt)}, "trials": 1}
+    first = run_search(parse_study_spec({**base, "name": "ckpt-old", "baselines": ["uniform"]}))
+    assert first.user_attrs["teacher_checkpoint"] and [t.state for t in first.get_trials()] == [TrialState.COMPLETE]
+    same = run_search(parse_study_spec({**base, "name": "ckpt-same", "budget": {"flops": "30%"}}))
+    assert any("copied_from" in t.user_attrs for t in same.get_trials())  # the same file: warm-started
+    torch.save(create_model("cifar_resnet20", seed=1).state_dict(), ckpt)  # "retrained" in place
+    with pytest.raises(StructsearchError, match="was run with another .*teacher.pt"):
+        open_study(
+            plan_search(parse_study_spec({**base, "name": "ckpt-old", "baselines": ["uniform"]})), open_storage()
+        )
+    fresh = run_search(parse_study_spec({**base, "name": "ckpt-new", "budget": {"flops": "30%"}}))
+    assert not any("copied_from" in t.user_attrs for t in fresh.get_trials())
+    assert fresh.user_attrs["teacher_checkpoint"] != first.user_attrs["teacher_checkpoint"]

@@ -33,7 +33,7 @@ from structsearch.cost import (
 )
 from structsearch.data import DataSpec
 from structsearch.errors import BudgetError, StructsearchError
-from structsearch.models import create_model
+from structsearch.models import create_model, file_hash
 from structsearch.search.baselines import enqueued_params
 from structsearch.search.costmodel import CostModel
 from structsearch.search.datafree import check_synthetic, load_train_data
@@ -71,6 +71,9 @@ class SearchPlan:
     teacher_memory: MemoryReport | None = None
     #: The base model students are cut from (the teacher itself when they inherit its weights).
     base: nn.Module | None = None
+    #: Content hash of ``teacher.checkpoint``: a retrained teacher at the same path is another teacher,
+    #: so a study never resumes or warm-starts across it (:mod:`structsearch.search.study`).
+    teacher_checkpoint: str | None = None
     _proposals: dict[int | None, ProposalSpace] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def proposals(self, resolution: int | None = None) -> ProposalSpace:
@@ -157,6 +160,7 @@ class SearchPlan:
             "input_size": list(self.input_size),
             "convention": self.teacher_cost.convention,
             "fingerprint": s.fingerprint(),
+            "teacher_checkpoint": self.teacher_checkpoint,
             "trials_requested": s.trials,
         }
 
@@ -219,6 +223,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
         max_params,
         resolutions=resolutions,
         base=base,
+        teacher_checkpoint=file_hash(spec.teacher.checkpoint) if spec.teacher.checkpoint else None,
     )
     _resolve_measured_budgets(plan, teacher, smallest_student)
     return plan

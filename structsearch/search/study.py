@@ -6,6 +6,9 @@
   (same :meth:`StudySpec.fingerprint`) in the same storage: their scores stay valid, only the
   constraints are recomputed for the new budget, so a new budget does not retrain known structures.
   The service narrows "earlier studies" to the submitting key's own (``warm_from``).
+* The teacher's checkpoint is identified by content, not path: a study run with an earlier version
+  of the file is neither resumed nor warm-started from (studies stored before the hash existed can
+  still be resumed, but are not warm-started from).
 * A new study enqueues its baselines (``spec.baselines``) as its first trials; they are stored
   WAITING, so a study interrupted before running them still runs them when resumed.
 * Metric names and per-trial MACs, params, spec and scores are stored on the study, so the Optuna
@@ -109,6 +112,12 @@ def open_study(
                 f"study '{spec.name}' already exists with different {', '.join(changed)}; "
                 "give the search a new name (it will start from the earlier trials)"
             )
+        ran_with = existing[spec.name].user_attrs.get("teacher_checkpoint")
+        if ran_with is not None and ran_with != plan.teacher_checkpoint:
+            raise StructsearchError(
+                f"study '{spec.name}' was run with another {spec.teacher.checkpoint} (the file changed since); "
+                "give the search a new name: its trials were scored against the old teacher"
+            )
         if sampler_seed is None:  # a resumed study must not replay the proposals of its first run
             sampler_seed = spec.seed + len(
                 storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False)
@@ -152,6 +161,8 @@ def warm_start(
     for other in structsearch_studies(storage):
         if other.study_name == study.study_name or other.user_attrs.get("fingerprint") != fp:
             continue
+        if other.user_attrs.get("teacher_checkpoint") != plan.teacher_checkpoint:
+            continue  # the same spec, but its checkpoint file held another teacher then
         if only is not None and other.study_name not in only:
             continue
         for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
