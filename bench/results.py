@@ -48,6 +48,14 @@ VIT_STUDY = "cifar10-resnet56-vit"
 VIT_TEACHER = "teachers/cifar_vit.safetensors"
 
 
+def file_hash(path: Path) -> str:
+    """The ViT teacher file a stage ran with (``structsearch.models.file_hash``), so the page can say
+    when the shipped teacher has changed since."""
+    from structsearch.models import file_hash as digest
+
+    return digest(path)
+
+
 def run(
     argv: list[str],
     log: list[dict[str, Any]],
@@ -253,7 +261,7 @@ def stage_tradeoffs() -> dict[str, Any]:
     if vit.is_file():
         argv += ["--vit-teacher", str(vit.relative_to(ROOT))]
     result = run([*argv, "--json", str(raw.relative_to(ROOT))], log, raw)
-    return {"commands": log, "tradeoffs": result}
+    return {"commands": log, "tradeoffs": result, "teacher_file": file_hash(vit) if vit.is_file() else None}
 
 
 def stage_vit_teacher() -> dict[str, Any]:
@@ -275,7 +283,7 @@ def stage_vit_inherit() -> dict[str, Any]:
     argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--trials", "4"]
     argv += ["--json", str(raw.relative_to(ROOT))]
     result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
-    return {"commands": log, "vit_inherit": result}
+    return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
 
 
 def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:

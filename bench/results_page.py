@@ -16,7 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 OUT = DOCS / "results"
 
 Stages = dict[str, dict[str, Any]]
@@ -522,7 +523,7 @@ def section_tradeoffs(s: Stages) -> str:
     if done:
         text += "\n" + _tradeoff_winners(done) + "\n\n![trade-offs](results/tradeoffs.png)\n\n"
         _tradeoff_plot(done, OUT / "tradeoffs.png")
-    return text + commands(st)
+    return text + stale_teacher(st) + commands(st)
 
 
 def _tradeoff_winners(cells: list[dict[str, Any]]) -> str:
@@ -637,7 +638,21 @@ def section_vit_inherit(s: Stages) -> str:
         + table(["budget", "trial", "student", "MACs", "inherited", "scratch", "gap", "+ feature KD"], rows)
         + f"\n{summary}.\n\n"
         + (f"Note: {st['note']}.\n\n" if st.get("note") else "")
+        + stale_teacher(st)
         + commands(st)
+    )
+
+
+def stale_teacher(st: dict[str, Any]) -> str:
+    """A warning when a stage ran with another ViT teacher file than the one shipped now."""
+    from structsearch.models import file_hash
+
+    ran_with, shipped = st.get("teacher_file"), ROOT / "teachers" / "cifar_vit.safetensors"
+    if ran_with is None or not shipped.is_file() or file_hash(shipped) == ran_with:
+        return ""
+    return (
+        f"**Stale:** measured with an earlier ViT teacher file (sha256 {ran_with}...), not the one shipped now; "
+        "rerun this stage (`bench/results.py --force STAGE`).\n\n"
     )
 
 
