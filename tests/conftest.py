@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from structsearch.data import LoadedData, load_data, split_train_val
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -22,6 +24,18 @@ def needs_shared(*paths: Path) -> pytest.MarkDecorator:
     """Skip a test when the shared real data is absent (it is present here and in CI)."""
     missing = [str(p) for p in paths if not p.exists()]
     return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {missing}")
+
+
+@pytest.fixture(scope="module")
+def digits() -> LoadedData:
+    """scikit-learn's digits (8 px), the embedded default data of the fast proxy tests."""
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def split(digits: LoadedData) -> tuple[torch.Tensor, torch.Tensor]:
+    """300 training and 200 validation rows of :func:`digits`."""
+    return split_train_val(digits.y, 200, 0, train_size=300)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from structsearch.cli import app
-from structsearch.data import Augment, LoadedData, Preprocess, load_data, split_train_val
+from structsearch.data import Augment, LoadedData, Preprocess, load_data
 from structsearch.distill import (
     Distiller,
     FeatureKDError,
@@ -121,16 +121,6 @@ def test_recalibrate_bn_reestimates_running_stats() -> None:
 
 
 # -- the proxy trainer on digits -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits() -> LoadedData:
-    return load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def split(digits: LoadedData) -> tuple[torch.Tensor, torch.Tensor]:
-    return split_train_val(digits.y, 200, 0, train_size=300)
 
 
 def make_teacher(seed: int = 0) -> nn.Module:

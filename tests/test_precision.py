@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from structsearch.data import LoadedData, Preprocess, load_data, split_train_val
+from structsearch.data import Preprocess
 from structsearch.distill import Distiller, ProxyConfig, TeacherCache, TeacherId, uniform_width_spec
 from structsearch.distill.vit_kd import attention_log_probs
 from structsearch.errors import StructsearchError
@@ -25,17 +25,6 @@ from structsearch.surgery import build_student
 from structsearch.train import autocast
 from tests.cli_helpers import one_line_error
 from tests.test_distill import FAST, make_distiller, make_teacher, small_student
-
-
-@pytest.fixture(scope="module")
-def digits() -> LoadedData:
-    return load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def split(digits: LoadedData) -> tuple[torch.Tensor, torch.Tensor]:
-    return split_train_val(digits.y, 200, 0, train_size=300)
-
 
 VIT_TINY = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=10)
 SPEC = {
