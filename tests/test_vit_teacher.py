@@ -16,6 +16,7 @@ from structsearch.distill.synthesis import synthesize
 from structsearch.models import create_model
 from structsearch.space import space_of
 from structsearch.surgery import build_student
+from structsearch.teach import load_recipe
 from tests.cli_helpers import runner
 from tests.conftest import CIFAR_TEST, needs_shared
 
@@ -37,8 +38,10 @@ def test_the_shipped_file_is_small_fp16_and_says_how_it_was_made() -> None:
     side = json.loads(SIDECAR.read_text())
     assert SHIPPED.stat().st_size <= 6 * 1024 * 1024
     assert side["dtype"] == "float16" and side["model"] == "cifar_vit" and side["seed"] == 0
-    assert side["command"].startswith("structsearch teach studies/teach_vit_cifar10.yaml")
+    assert side["command"].startswith("structsearch teach ")
     assert side["test"]["data"].endswith("test.npz[5000:]")
+    # the recipe it was trained by is the one shipped beside it
+    assert side["recipe"] == load_recipe(ROOT / "studies" / "teach_vit_cifar10.yaml").model_dump(mode="json")
 
 
 @pytest.mark.slow
