@@ -145,8 +145,8 @@ class ProxySection(_Strict):
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.9, ge=0, le=1)
     feature_kd: bool = False
-    #: ``bf16``: bfloat16 autocast for the students' training steps -- 1.7-1.8x faster on CPUs with
-    #: AVX512-BF16/AMX and on GPUs, slower on other CPUs (``structsearch.train.precision``).
+    #: ``bf16``: bfloat16 autocast for the students' training steps -- 1.2-1.3x faster proxies on a CPU
+    #: with AVX512-BF16 (measured), slower on CPUs without it (``structsearch.train.precision``).
     precision: Precision = "fp32"
     device: str = "auto"
 

@@ -2,8 +2,9 @@
 
 ``bf16`` runs a model's forward -- and so its backward -- under ``torch.autocast`` with bfloat16:
 matrix multiplies and convolutions in bfloat16, reductions and the weights, gradients and optimiser
-state in float32. On a CPU with AVX512-BF16 or AMX (the shared 2-core EPYC here) that trains
-``cifar_vit`` 1.8x and ResNet-56 1.7x faster than float32; on CUDA it is the usual speed-up; on a CPU
+state in float32. On a CPU with AVX512-BF16 (the shared 2-core EPYC here) a full ``cifar_vit``
+training step runs 1.8x faster than float32, and the KD proxy (batch 64, half-width students, data
+and teacher-cache overheads included) 1.29x for a ViT and 1.21x for a ResNet-56 student; on a CPU
 without bfloat16 instructions it is slower than float32, so ``fp32`` stays every loop's default.
 No loss scaling is needed: bfloat16 has float32's exponent range.
 """
