@@ -256,7 +256,7 @@ def stage_tradeoffs() -> dict[str, Any]:
     MACs, CPU latency and peak memory. The ViT teacher's rows need ``teachers/cifar_vit.safetensors``."""
     log: list[dict[str, Any]] = []
     raw = OUT / "tradeoffs_raw.json"
-    argv = [sys.executable, "bench/tradeoffs.py", "--home", os.environ["STRUCTSEARCH_HOME"]]
+    argv = [sys.executable, "bench/tradeoffs.py", "--precision", "bf16", "--home", os.environ["STRUCTSEARCH_HOME"]]
     vit = ROOT / "teachers" / "cifar_vit.safetensors"
     if vit.is_file():
         argv += ["--vit-teacher", str(vit.relative_to(ROOT))]
