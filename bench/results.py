@@ -48,14 +48,6 @@ VIT_STUDY = "cifar10-resnet56-vit"
 VIT_TEACHER = "teachers/cifar_vit.safetensors"
 
 
-def file_hash(path: Path) -> str:
-    """The ViT teacher file a stage ran with (``structsearch.models.file_hash``), so the page can say
-    when the shipped teacher has changed since."""
-    from structsearch.models import file_hash as digest
-
-    return digest(path)
-
-
 def run(
     argv: list[str],
     log: list[dict[str, Any]],
@@ -261,6 +253,8 @@ def stage_tradeoffs() -> dict[str, Any]:
     if vit.is_file():
         argv += ["--vit-teacher", str(vit.relative_to(ROOT))]
     result = run([*argv, "--json", str(raw.relative_to(ROOT))], log, raw)
+    from structsearch.models import file_hash  # the page flags the stage stale when the file changes
+
     return {"commands": log, "tradeoffs": result, "teacher_file": file_hash(vit) if vit.is_file() else None}
 
 
@@ -283,6 +277,8 @@ def stage_vit_inherit() -> dict[str, Any]:
     argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--trials", "4"]
     argv += ["--json", str(raw.relative_to(ROOT))]
     result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
+    from structsearch.models import file_hash  # the page flags the stage stale when the file changes
+
     return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
 
 

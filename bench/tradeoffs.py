@@ -97,8 +97,10 @@ class Cell:
 
 
 def file_digest(path: str | Path) -> str:
-    """A short content hash of a teacher's checkpoint: a retrained teacher is another teacher."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """The checkpoint's content hash (``structsearch.models.file_hash``): a retrained teacher is another teacher."""
+    from structsearch.models import file_hash
+
+    return file_hash(path)
 
 
 def teachers(vit_teacher: Path | None) -> dict[str, dict[str, Any] | str]:
