@@ -16,7 +16,8 @@ study's ``measure:`` section measured (PyTorch eager, batch 1, one thread).
 
 A student of the teacher's own family inherits its weights (SGD at the proxy's inherited rate for
 CNNs; AdamW at 5e-4 for ViTs); one of the other family learns from the teacher's logits from scratch
-(SGD at 0.05 for CNNs, AdamW at 1e-3 for ViTs, as ``studies/cifar10_resnet56_vit.yaml``). A ViT at
+(SGD at 0.05 for CNNs, AdamW at 1e-3 for ViTs, as ``studies/cifar10_resnet56_vit.yaml``). The
+fine-tune continues at the same optimizer and rate (``FinetuneConfig``'s default). A ViT at
 24 px runs with timm's ``dynamic_img_size`` (its 8x8 position embedding resampled to 6x6), so an
 inherited ViT keeps the teacher's embedding. The teacher always sees 32 px. Each cell is its own
 study (``warm_start: false``: cells with the same teacher and data would otherwise share trials).
@@ -61,6 +62,10 @@ TRAIN = SHARED / "data" / "cifar10" / "train.npz"
 TEST = SHARED / "data" / "cifar10" / "test.npz"
 RESNET56 = SHARED / "weights" / "cifar_resnet" / "resnet56-4bfd9763.th"
 
+#: What a cell's figures mean; cells written under another format are run again. 2: the fine-tune
+#: continues at the proxy's rate (``FinetuneConfig``'s default since then; 0.02 SGD before, which cost
+#: inherited CNN students 4-10 points in a 1-epoch fine-tune).
+FORMAT = 2
 #: ``full``: the table's sizes; ``quick``: a smoke run of every cell.
 SIZES: dict[str, dict[str, int]] = {
     "full": dict(train=10000, val=2000, test=5000, trials=8, steps=150, batch=64, epochs=1, repeats=20, baselines=3),
@@ -192,6 +197,8 @@ def run_cell(cell: Cell, teacher: dict[str, Any], s: dict[str, Any]) -> dict[str
             "memory_bytes": best.memory_bytes,
             "memory_device": best.memory_device,
             "finetune_steps": tuned.kd.total_steps,
+            "finetune_optimizer": tuned.extra["optimizer"],
+            "finetune_lr": tuned.extra["lr"],
         },
         "seconds": {"search": round(searched, 1), "finetune": round(tuned.seconds, 1)},
     }
@@ -259,7 +266,7 @@ def main() -> None:
                     print(lines[-1], flush=True)
                     cells.append({"teacher": tname, "family": family, "budget": budget, "resolution": res, **result})
                     if args.json:  # after every cell, so an interrupted run keeps what it finished
-                        write_json(args.json, {"size": size, "sizes": s, "cells": cells})
+                        write_json(args.json, {"format": FORMAT, "size": size, "sizes": s, "cells": cells})
     total = time.perf_counter() - t0
     print(
         "\nteacher   fam  bud  res   proxy%  tuned%  MMACs  lat(ms)  mem(kB)\n" + "\n".join(lines),
@@ -267,7 +274,7 @@ def main() -> None:
         flush=True,
     )
     if args.json:
-        write_json(args.json, {"size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)})
+        write_json(args.json, {"format": FORMAT, "size": size, "sizes": s, "cells": cells, "seconds": round(total, 1)})
 
 
 def finished_cells(path: Path | None, sizes: dict[str, Any], digests: dict[str, str]) -> dict[Cell, dict[str, Any]]:
@@ -276,8 +283,8 @@ def finished_cells(path: Path | None, sizes: dict[str, Any], digests: dict[str, 
     if path is None or not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier.get("sizes") != sizes:
-        print(f"{path} was written with other sizes: every cell runs again", flush=True)
+    if earlier.get("format") != FORMAT or earlier.get("sizes") != sizes:
+        print(f"{path} was written in another format or with other sizes: every cell runs again", flush=True)
         return {}
     keys = ("teacher", "family", "budget", "resolution")
     return {

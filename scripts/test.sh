@@ -5,10 +5,18 @@
 # The service tests need PostgreSQL: with $STRUCTSEARCH_TEST_DATABASE_URL unset, a throwaway
 # cluster is started here (scripts/postgres.sh; installs Debian's server package if needed) and
 # removed afterwards. If none can be had, the service tests skip and say why.
+# tests/test_compose.py parses docker-compose.yml with Debian's docker-compose (no engine needed):
+# installed here as root when missing, else that test skips and says why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev,service
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+if ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing Debian's docker-compose (to validate docker-compose.yml)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; } >&2 \
+    || echo "scripts/test.sh: docker-compose could not be installed; tests/test_compose.py will skip" >&2
+fi
 
 pgdir=""
 if [ -z "${STRUCTSEARCH_TEST_DATABASE_URL:-}" ]; then

@@ -21,6 +21,7 @@ import torch
 import structsearch
 from structsearch.cli import app
 from structsearch.data import load_data
+from structsearch.distill.trainer import INHERITED_LR, SCRATCH_LR
 from structsearch.errors import CheckpointError, NotFound, StructsearchError
 from structsearch.finetune import (
     CHECKPOINT_FILE,
@@ -31,7 +32,7 @@ from structsearch.finetune import (
     ProgressEvent,
     finetune_trial,
 )
-from structsearch.finetune.config import ADAMW_LR, SGD_LR
+from structsearch.finetune.config import ADAMW_LR
 from structsearch.search import parse_study_spec, run_search, study_records
 from tests.cli_helpers import one_line_error, runner
 
@@ -235,11 +236,17 @@ def test_bad_requests_are_one_line_errors(study: optuna.Study, trained: list[int
 
 
 def test_optimizer_and_lr_default_to_the_studys() -> None:
-    assert FinetuneConfig(epochs=1).optimizer_and_lr("sgd", 0.05) == ("sgd", SGD_LR)
-    assert FinetuneConfig(epochs=1).optimizer_and_lr("adamw", 0.001) == ("adamw", 0.001)
-    assert FinetuneConfig(epochs=1).optimizer_and_lr("adamw", None) == ("adamw", ADAMW_LR)
-    assert FinetuneConfig(epochs=1, optimizer="adamw").optimizer_and_lr("sgd", 0.05) == ("adamw", ADAMW_LR)
-    assert FinetuneConfig(epochs=1, lr=0.3).optimizer_and_lr("adamw", 0.001) == ("adamw", 0.3)
+    """The fine-tune continues at the proxy's rate: the study's own, else the proxy's default."""
+    ft = FinetuneConfig(epochs=1)
+    assert ft.optimizer_and_lr("sgd", 0.05, inherit=True) == ("sgd", 0.05)
+    assert ft.optimizer_and_lr("sgd", None, inherit=True) == ("sgd", INHERITED_LR)
+    assert ft.optimizer_and_lr("sgd", None, inherit=False) == ("sgd", SCRATCH_LR)
+    assert ft.optimizer_and_lr("adamw", 0.001, inherit=True) == ("adamw", 0.001)
+    assert ft.optimizer_and_lr("adamw", None, inherit=True) == ("adamw", ADAMW_LR)
+    # another optimizer than the study's never takes the study's rate
+    assert FinetuneConfig(epochs=1, optimizer="adamw").optimizer_and_lr("sgd", 0.05, True) == ("adamw", ADAMW_LR)
+    assert FinetuneConfig(epochs=1, optimizer="sgd").optimizer_and_lr("adamw", 1e-4, False) == ("sgd", SCRATCH_LR)
+    assert FinetuneConfig(epochs=1, lr=0.3).optimizer_and_lr("adamw", 0.001, True) == ("adamw", 0.3)
     with pytest.raises(FinetuneError, match="optimizer"):
         FinetuneConfig(epochs=1, optimizer="lbfgs")  # type: ignore[arg-type]
 

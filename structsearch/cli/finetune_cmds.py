@@ -47,7 +47,7 @@ def finetune(
     lr: Annotated[
         float | None,
         typer.Option(
-            help="Peak learning rate, cosine-annealed to 0 (default: 0.02 with SGD; with AdamW the study's proxy lr)"
+            help="Peak learning rate, cosine-annealed to 0 (default: the study's proxy rate, as its trials trained)"
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step")] = 128,

@@ -172,6 +172,14 @@ def _resolve(text: str | None, what: str, reference: int) -> int | None:
     return round(b.resolve(reference)) if b.relative else int(b.value)  # a count: already whole
 
 
+def inherits(spec: StudySpec) -> bool:
+    """Whether the study's students are cut from the teacher itself (no other ``student:`` model or
+    kwargs) and so start from its weights; else they train from scratch."""
+    if not spec.student.model:
+        return True
+    return spec.student.model == spec.teacher.model and dict(spec.student.kwargs) == dict(spec.teacher.kwargs)
+
+
 def plan_search(spec: StudySpec) -> SearchPlan:
     """Check a spec against its models and budgets without training anything."""
     detection = spec.task == "detection"
@@ -188,7 +196,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
     size = (3, spec.data.input_size, spec.data.input_size) if spec.data.input_size else default_input_size(teacher)
     base_model = spec.student.model or spec.teacher.model
     base_kwargs = dict(spec.student.kwargs) if spec.student.model else dict(spec.teacher.kwargs)
-    inherit = base_model == spec.teacher.model and base_kwargs == dict(spec.teacher.kwargs)
+    inherit = inherits(spec)
     if not inherit:
         base_kwargs.setdefault("num_classes", getattr(teacher, "num_classes", 1000))
     base = teacher if inherit else create_model(base_model, **base_kwargs).eval()
