@@ -503,6 +503,9 @@ def section_tradeoffs(s: Stages) -> str:
         f"{z['train']} training images, selected on test[:{z['val']}]); its best feasible student by proxy top-1 is "
         f"fine-tuned for {z['epochs']} epoch(s) and tested on test[5000:{5000 + z['test']}]. A student of the "
         "teacher's family inherits its weights; one of the other family learns from its logits from scratch. "
+        f"The fine-tune continues at the proxy's optimizer and rate ({_finetune_rates(done)}). "
+        f"Budgets are fractions of each teacher's own MACs ({_teacher_macs(done)}), so a percentage is a "
+        "different absolute budget under each teacher. "
         "Latency and peak activation memory: PyTorch eager on the CPU, batch 1, one thread "
         f"({next((c['best']['latency_device'] for c in done if c['best']['latency_device']), '-')}).\n\n"
         + table(
@@ -526,6 +529,20 @@ def section_tradeoffs(s: Stages) -> str:
     return text + stale_teacher(st) + commands(st)
 
 
+def _teacher_macs(cells: list[dict[str, Any]]) -> str:
+    """``ResNet-56 126.6M, ViT 206.1M``: each teacher's MACs as its cells recorded them."""
+    macs = {c["teacher"]: c["teacher_macs"] for c in cells if c.get("teacher_macs")}
+    return ", ".join(f"{name} {mega(m)}" for name, m in macs.items()) or "not recorded"
+
+
+def _finetune_rates(cells: list[dict[str, Any]]) -> str:
+    """The fine-tunes' optimizers and rates, e.g. ``sgd 0.003, adamw 0.0005`` (cells before format 2 record none)."""
+    rates = sorted(
+        {(c["best"]["finetune_optimizer"], c["best"]["finetune_lr"]) for c in cells if "finetune_lr" in c["best"]}
+    )
+    return ", ".join(f"{opt} {lr:g}" for opt, lr in rates) or "not recorded"
+
+
 def _tradeoff_winners(cells: list[dict[str, Any]]) -> str:
     """Which teacher -> student pairing has the best fine-tuned top-1 at each budget and resolution."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -543,7 +560,48 @@ def _tradeoff_winners(cells: list[dict[str, Any]]) -> str:
         parts.append(
             f"{budget} at {res} px: {w['teacher']} -> {w['family']} ({pct(w['best']['finetuned_top1'])}{margin})"
         )
-    return "Best fine-tuned pairing per budget and resolution (read from the table): " + "; ".join(parts) + "."
+    text = "Best fine-tuned pairing per budget and resolution (read from the table): " + "; ".join(parts) + "."
+    return text + _family_gap(cells) + _resolution_gap(cells)
+
+
+def _tuned(cells: list[dict[str, Any]], **key: Any) -> float | None:
+    """The fine-tuned top-1 of the one cell matching ``key`` (``None`` when absent)."""
+    hits = [c for c in cells if all(c[k] == v for k, v in key.items())]
+    return hits[0]["best"]["finetuned_top1"] if hits else None
+
+
+def _family_gap(cells: list[dict[str, Any]]) -> str:
+    """How far a student of the teacher's own family (inherited weights) is ahead of the other family's."""
+    own = {"ResNet-56": "CNN", "ViT": "ViT"}
+    gaps = []
+    for c in cells:
+        if own.get(c["teacher"]) != c["family"]:
+            continue
+        other = "ViT" if c["family"] == "CNN" else "CNN"
+        rival = _tuned(cells, teacher=c["teacher"], family=other, budget=c["budget"], resolution=c["resolution"])
+        if rival is not None and c["best"]["finetuned_top1"] is not None:
+            gaps.append(c["best"]["finetuned_top1"] - rival)
+    if not gaps:
+        return ""
+    return (
+        f" A student of the teacher's own family, which inherits its weights, is {min(gaps):+.1f} to "
+        f"{max(gaps):+.1f} points ahead of the other family's under the same teacher, budget and resolution "
+        f"({len(gaps)} cells)."
+    )
+
+
+def _resolution_gap(cells: list[dict[str, Any]]) -> str:
+    """What 32 px buys over 24 px for the same pairing and budget."""
+    gaps = []
+    for c in cells:
+        if c["resolution"] != 32 or c["best"]["finetuned_top1"] is None:
+            continue
+        low = _tuned(cells, teacher=c["teacher"], family=c["family"], budget=c["budget"], resolution=24)
+        if low is not None:
+            gaps.append(c["best"]["finetuned_top1"] - low)
+    if not gaps:
+        return ""
+    return f" 32 px against 24 px for the same pairing and budget: {min(gaps):+.1f} to {max(gaps):+.1f} points ({len(gaps)} pairs)."
 
 
 def _tradeoff_plot(cells: list[dict[str, Any]], path: Path) -> None:
