@@ -105,7 +105,12 @@ def main() -> None:
         "--train-size", type=int, default=None, help="real training images (default: as many as synthetic ones)"
     )
     ap.add_argument("--val-size", type=int, default=2000, help="real validation images, test.npz[:val-size]")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the proxies' (proxy.precision)")
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the synthesis' and the proxies' (proxy.precision)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -158,7 +163,7 @@ def main() -> None:
         device=device,
         teacher_id=teacher_id,
         cache=cache,
-        config=SynthesisConfig(warmup=args.warmup),
+        config=SynthesisConfig(warmup=args.warmup, precision=args.precision),
         progress=lambda b, nb, losses: print(
             f"  synthesis batch {b}/{nb}: " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()), flush=True
         ),

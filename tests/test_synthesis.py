@@ -197,6 +197,30 @@ def test_cache_hit_returns_identical_images_without_optimising(cnn: nn.Module, t
     assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 2
 
 
+def test_killed_synthesis_resumes_at_its_first_unfinished_batch(cnn: nn.Module, tmp_path: Path) -> None:
+    pre = Preprocess.from_model(cnn, 8)
+    kw = dict(iterations=4, batch_size=8, seed=0, device="cpu")
+    whole = synthesize(cnn, pre, 24, **kw).data  # uninterrupted, no cache
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second(batch: int, batches: int, losses: dict) -> None:
+        if batch == 2:
+            raise Killed
+
+    cache = TeacherCache(tmp_path / "cache")
+    with pytest.raises(Killed):
+        synthesize(cnn, pre, 24, cache=cache, progress=kill_after_second, **kw)
+    calls: list[int] = []
+    resumed = synthesize(cnn, pre, 24, cache=cache, progress=lambda b, n, losses: calls.append(b), **kw)
+    assert calls == [3]  # batches 1 and 2 were read back, not optimised again
+    assert not resumed.cache_hit and resumed.seconds_per_iteration > 0 and "bn" in resumed.losses
+    assert torch.equal(resumed.data.x, whole.x) and torch.equal(resumed.data.y, whole.y)
+    # the finished set is the only entry left: its batches are deleted
+    assert len([d for d in (tmp_path / "cache").iterdir() if d.is_dir()]) == 1
+
+
 def test_method_choice_and_errors(cnn: nn.Module) -> None:
     assert [m.name for m in list_methods()] == ["deepinversion", "psaq"]  # auto's order of preference
     with pytest.raises(ValueError, match="already registered"):
@@ -238,6 +262,26 @@ def test_vit_path_raises_patch_similarity_entropy() -> None:
         assert torch.equal(res.data.y, vit(pre(res.data.x)).argmax(1))
     assert res.losses["entropy"] > res.initial_losses["entropy"]
     assert res.losses["ce"] < res.initial_losses["ce"]
+
+
+def test_bf16_inversion_converges_and_keeps_fp32_cache_keys(cnn: nn.Module, tmp_path: Path) -> None:
+    """bfloat16 autocast still inverts both methods; it is its own cache entry, and fp32 keys are unchanged."""
+    bf16 = SynthesisConfig(precision="bf16")
+    pre = Preprocess.from_model(cnn, 8)
+    cache = TeacherCache(tmp_path / "cache")
+    res = synthesize(cnn, pre, 20, iterations=20, batch_size=20, seed=1, device="cpu", cache=cache, config=bf16)
+    assert res.losses["bn"] < 0.8 * res.initial_losses["bn"] and res.losses["ce"] < res.initial_losses["ce"]
+    with torch.no_grad():
+        assert torch.equal(res.data.y, cnn(pre(res.data.x)).argmax(1))  # labelled in float32
+    fp32 = synthesize(cnn, pre, 20, iterations=20, batch_size=20, seed=1, device="cpu", cache=cache)
+    assert not fp32.cache_hit and not torch.equal(fp32.data.x, res.data.x)
+    # a set cached before the setting existed keeps its key: fp32 adds nothing to it
+    assert "precision" not in SynthesisConfig().key() and bf16.key()["precision"] == "bf16"
+    with pytest.raises(DataError, match="precision must be fp32 or bf16"):
+        SynthesisConfig(precision="fp16")  # type: ignore[arg-type]
+    vit = make_vit()
+    res = synthesize(vit, Preprocess.from_model(vit, 8), 10, iterations=20, batch_size=10, device="cpu", config=bf16)
+    assert res.losses["entropy"] > res.initial_losses["entropy"] and res.losses["ce"] < res.initial_losses["ce"]
 
 
 # -- search, proxy and CLI integration -------------------------------------------------------------
@@ -416,6 +460,7 @@ def test_cli_synthesize_one_line_errors(tmp_path: Path, cnn_ckpt: Path) -> None:
         ([], "--checkpoint"),
         (["--checkpoint", str(cnn_ckpt), "--method", "psaq"], "psaq needs timm self-attention"),
         (["--checkpoint", str(cnn_ckpt), "--method", "gan"], "unknown method"),
+        (["--checkpoint", str(cnn_ckpt), "--precision", "fp16"], "precision must be fp32 or bf16"),
     ):
         res = runner.invoke(app, [*base, *extra])
         assert res.exit_code == 2, res.output

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
 
 from structsearch.data import Augment, Preprocess, fingerprint, load_data
-from structsearch.models import create_model
+from structsearch.models import create_model, file_hash
 from structsearch.teachers import trained_teacher
 
 
@@ -50,3 +52,16 @@ def test_a_seeded_model_is_reproducible_and_leaves_the_callers_stream_alone() ->
     assert torch.equal(after, expected_next)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_file_hash_is_remembered_but_follows_a_rewritten_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"a" * 10)
+    assert file_hash(path) == hashlib.sha256(b"a" * 10).hexdigest()[:16]
+    assert file_hash(path, 8) == hashlib.sha256(b"a" * 10).hexdigest()[:8]  # the memo keeps the whole digest
+    path.write_bytes(b"b" * 11)  # rewritten in place
+    assert file_hash(path) == hashlib.sha256(b"b" * 11).hexdigest()[:16]
+    other = tmp_path / "new.pt"
+    other.write_bytes(b"c" * 11)
+    os.replace(other, path)  # same size, replaced atomically (how checkpoints are written)
+    assert file_hash(path) == hashlib.sha256(b"c" * 11).hexdigest()[:16]

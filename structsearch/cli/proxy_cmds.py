@@ -117,7 +117,7 @@ def proxy(
     from structsearch.cost import measure_cost
     from structsearch.data import DataSpec, Preprocess, load_data, train_val_rows
     from structsearch.distill import Distiller, TeacherCache, TeacherId
-    from structsearch.distill.synthesis import synthesize_spec
+    from structsearch.distill.synthesis import SynthesisConfig, synthesize_spec
     from structsearch.distill.taps import check_feature_pair
     from structsearch.errors import DataError, StructsearchError
     from structsearch.models import create_model
@@ -155,7 +155,13 @@ def proxy(
         load_data(source)
         if source.synthesis is None
         else synthesize_spec(
-            net, preprocess, source.synthesis, device=config.device, teacher_id=teacher_id, cache=cache
+            net,
+            preprocess,
+            source.synthesis,
+            device=config.device,
+            teacher_id=teacher_id,
+            cache=cache,
+            config=SynthesisConfig(precision=config.precision),
         ).data
     )
     val = train if val_data is None else load_data(val_data)

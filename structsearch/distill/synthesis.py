@@ -53,7 +53,11 @@ Synthesis is expensive (thousands of teacher forward and backward passes), so th
 on disk beside the teacher outputs (:class:`~structsearch.distill.cache.TeacherCache`: atomic
 writes, checksums), keyed by the teacher's identity (:class:`TeacherId` or a digest of its weights),
 the image count, method, iterations, seed, batch size, resolution, preprocessing and every loss
-setting. A second call with the same inputs reads the images back instead of optimising.
+setting. A second call with the same inputs reads the images back instead of optimising. Each
+finished batch is kept in the cache too (every batch has its own seeded generator, so it does not
+depend on the others), so a synthesis that is killed -- hours into a CPU run at thousands of images
+-- resumes at its first unfinished batch and ends with the same images; the batches are deleted
+once the whole set is stored.
 
 Detectors are inverted by the same loop (:func:`synthesize_with`); only the term on the teacher's
 output and the labels differ (a :class:`TeacherObjective`, :mod:`structsearch.detection.synthetic`).
@@ -64,6 +68,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -83,7 +88,16 @@ from structsearch.distill.evaluate import predict
 from structsearch.distill.taps import Hooks
 from structsearch.distill.teacher import TeacherId, state_digest
 from structsearch.errors import DataError
-from structsearch.train import WarmupCosine, batchnorms, make_optimizer, num_classes_of, probe_classes, run_steps
+from structsearch.train import (
+    Precision,
+    WarmupCosine,
+    autocast,
+    batchnorms,
+    make_optimizer,
+    num_classes_of,
+    probe_classes,
+    run_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +128,9 @@ class SynthesisConfig:
     ``max(1, H // 16)`` pixels (2 at 32 px, as DeepInversion's CIFAR code). ``ce_weight`` weighs
     the :class:`TeacherObjective`'s term: CE for a classifier, the detection-confidence term for a
     detector (the name is CE's because it is part of the cache key of every stored set).
+    ``precision="bf16"`` runs the teacher's forward and backward under bfloat16 autocast
+    (:mod:`structsearch.train.precision`); the priors' statistics and the pixels stay float32. It
+    enters the cache key only when it is not ``fp32``, so sets cached before it existed stay valid.
     """
 
     lr: float | None = None
@@ -130,6 +147,7 @@ class SynthesisConfig:
     max_pairs: int = 1024
     kde_points: int = 32
     kde_bandwidth: float = 0.01
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         weights = ("ce_weight", "bn_weight", "entropy_weight", "tv_weight", "l2_weight", "kde_bandwidth")
@@ -143,6 +161,15 @@ class SynthesisConfig:
             raise DataError(f"synthesis jitter must be >= 0 pixels, got {self.jitter!r}")
         if self.max_pairs < 2 or self.kde_points < 2 or self.warmup < 0:
             raise DataError("synthesis max_pairs and kde_points must be >= 2 and warmup >= 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise DataError(f"synthesis precision must be fp32 or bf16, got {self.precision!r}")
+
+    def key(self) -> dict[str, Any]:
+        """The settings as they enter a set's cache key (``precision`` only when not the default)."""
+        settings = asdict(self)
+        if self.precision == "fp32":
+            del settings["precision"]
+        return settings
 
 
 @dataclass(frozen=True)
@@ -279,12 +306,12 @@ class _BNStatistics(Hooks):
         self.handles = [m.register_forward_hook(self._hook) for m in batchnorms(model)]
 
     def _hook(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # bfloat16 under autocast: the statistics are compared in float32
         dims = [0, *range(2, x.ndim)]
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        rm = cast(Tensor, module.running_mean).to(x.dtype)
-        rv = cast(Tensor, module.running_var).to(x.dtype)
+        rm = cast(Tensor, module.running_mean).float()
+        rv = cast(Tensor, module.running_var).float()
         self.terms.append(torch.linalg.vector_norm(mean - rm) + torch.linalg.vector_norm(var - rv))
 
     def take(self, gen: torch.Generator | None = None) -> Tensor:
@@ -314,7 +341,7 @@ class _PatchSimilarity(Hooks):
 
     def _hook_for(self, heads: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            x = inputs[0]
+            x = inputs[0].float()  # bfloat16 under autocast: similarities and densities in float32
             if x.ndim == 3 and x.shape[-1] % heads == 0:
                 self.features.append(x.reshape(*x.shape[:2], heads, x.shape[-1] // heads).mean(2))
 
@@ -502,26 +529,29 @@ def synthesize_with(
         "seed": spec.seed,
         "resolution": [h, w],
         "preprocess": asdict(preprocess),
-        "config": asdict(cfg),
+        "config": cfg.key(),
         "num_classes": num_classes,
         **objective.key,
     }
     options = spec.options_str()
     source = f"synthetic:{spec.n}" + (f"?{options}" if options else "")
 
+    batches = None if cache is None else _BatchStore(cache, key_parts)
+
     def compute() -> dict[str, np.ndarray]:
-        return _run(teacher, preprocess, spec, device, cfg, num_classes, objective, progress, stats)
+        return _run(teacher, preprocess, spec, device, cfg, num_classes, objective, progress, stats, batches)
 
     # filled by compute(); the cache's meta.json stores it (save runs after compute), so a hit can
     # report the timings and losses of the run that made the set
     stats: dict[str, Any] = {}
     key = cache_key(key_parts)
-    if cache is None:
+    if batches is None:
         arrays, hit = compute(), False
     else:
-        arrays, hit = cache.get_or_compute(key, compute, {**key_parts, "stats": stats})
+        arrays, hit = batches.cache.get_or_compute(key, compute, {**key_parts, "stats": stats})
         if hit:
-            stats = _stored_stats(cache, key)
+            stats = _stored_stats(batches.cache, key)
+        batches.clear()
     targets = torch.from_numpy(np.array(arrays["targets"], dtype=np.int64))
     if hit:
         log.info("synthetic set %s read from the cache (%s)", source, key[:12])
@@ -545,6 +575,34 @@ def _stored_stats(cache: TeacherCache, key: str) -> dict[str, Any]:
         return {}
 
 
+@dataclass(frozen=True)
+class _BatchStore:
+    """The finished batches of a set being made, kept in ``cache`` under the set's key parts plus the
+    batch number, so that a killed synthesis resumes at its first unfinished batch."""
+
+    cache: TeacherCache
+    parts: Mapping[str, Any]
+
+    def _key(self, batch: int) -> str:
+        return cache_key({**self.parts, "what": "synthetic-batch", "batch": batch})
+
+    def load(self, batch: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The batch's uint8 images and its ``seconds``/``first``/``last`` losses, or ``None``."""
+        arrays = self.cache.load(self._key(batch))
+        if arrays is None:
+            return None
+        info = _stored_stats(self.cache, self._key(batch))
+        return (np.array(arrays["x"]), info) if {"seconds", "first", "last"} <= info.keys() else None
+
+    def save(self, batch: int, images: Tensor, info: dict[str, Any]) -> None:
+        self.cache.save(self._key(batch), {"x": images.numpy()}, {"stats": info})
+
+    def clear(self) -> None:
+        """Delete the stored batches (the whole set is stored, or read back, by now)."""
+        for batch in range(math.ceil(int(self.parts["n"]) / int(self.parts["batch_size"]))):
+            shutil.rmtree(self.cache.path(self._key(batch)), ignore_errors=True)
+
+
 def _run(
     teacher: nn.Module,
     preprocess: Preprocess,
@@ -555,8 +613,10 @@ def _run(
     objective: TeacherObjective,
     progress: Progress | None,
     stats: dict[str, Any],
+    batches: _BatchStore | None,
 ) -> dict[str, np.ndarray]:
-    """Optimise every batch, quantise, label; fills ``stats`` (timings, losses) for the cache entry."""
+    """Optimise every batch (or read it from ``batches``, and store it there), quantise, label;
+    fills ``stats`` (timings, losses) for the cache entry."""
     start = time.perf_counter()
     n, iterations, seed, method = spec.n, spec.iterations, spec.seed, _METHODS[spec.method]
     gen = torch.Generator().manual_seed(int(seed))
@@ -572,6 +632,13 @@ def _run(
     optimise_seconds = 0.0
     with _frozen(teacher):
         for b, rows in enumerate(chunks):
+            done = batches.load(b) if batches is not None else None
+            if done is not None:  # finished by an earlier, interrupted run
+                images[rows] = torch.from_numpy(done[0])
+                optimise_seconds += float(done[1]["seconds"])
+                initials.append(done[1]["first"])
+                finals.append(done[1]["last"])
+                continue
             t0 = time.perf_counter()
             batch_gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b + 1)
             x, first, last = _invert(
@@ -586,11 +653,14 @@ def _run(
                 std,
                 batch_gen,
             )
-            optimise_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            optimise_seconds += seconds
             # normalised floats -> uint8 pixels (de-normalise, clamp, round)
             images[rows] = (x * std + mean).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
             initials.append(first)
             finals.append(last)
+            if batches is not None:
+                batches.save(b, images[rows], {"seconds": seconds, "first": first, "last": last})
             if progress is not None:
                 progress(b + 1, len(chunks), last)
     labels = objective.label(images)
@@ -656,8 +726,9 @@ def _invert(
         xj = torch.roll(x, shifts=tuple(shifts[it]), dims=(2, 3)) if jitter else x
         if flips[it]:
             xj = torch.flip(xj, dims=(3,))
-        out = teacher(xj.contiguous(memory_format=torch.channels_last))
-        terms: dict[str, Tensor] = {objective.term: objective.loss(out, targets)}
+        with autocast(device, cfg.precision):
+            out = teacher(xj.contiguous(memory_format=torch.channels_last))
+            terms: dict[str, Tensor] = {objective.term: objective.loss(out, targets).float()}
         terms[method.term] = prior.take(gen)
         terms["tv"] = total_variation(xj)
         loss = cfg.ce_weight * terms[objective.term] + weight * terms[method.term] + cfg.tv_weight * terms["tv"]

@@ -8,7 +8,9 @@ suggests close matches, a checkpoint that does not fit lists the mismatched keys
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +121,23 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 
 
 def file_hash(path: str | Path, length: int = 16) -> str:
-    """Short sha256 of a file: identifies a checkpoint in cache keys and stored results."""
+    """Short sha256 of a file: identifies a checkpoint in cache keys and stored results.
+
+    Remembered per process by path, inode, size and modification time: a worker plans, scores and
+    records against the same checkpoint many times, and an ImageNet teacher is hundreds of MB.
+    """
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)[:length]
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """sha256 of the file at ``path``; the other arguments only key the memo (a rewritten file misses it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:length]
+    return h.hexdigest()
 
 
 @register_model

@@ -91,12 +91,15 @@ def load_train_data(spec: StudySpec, teacher: nn.Module, preprocess: Preprocess)
 
 def synthesis_options(spec: StudySpec) -> dict[str, Any]:
     """Where a study's synthetic set is made and cached (classification and detection alike):
-    the proxy's device, and the on-disk cache keyed by the teacher."""
+    the proxy's device and precision (``proxy.precision: bf16`` inverts under bfloat16 autocast
+    too), and the on-disk cache keyed by the teacher."""
     from structsearch.distill import TeacherCache, TeacherId
+    from structsearch.distill.synthesis import SynthesisConfig
 
     t = spec.teacher
     return {
         "device": spec.proxy.device,
         "teacher_id": TeacherId.of(t.model, t.kwargs, t.checkpoint),
         "cache": TeacherCache(),
+        "config": SynthesisConfig(precision=spec.proxy.precision),
     }
