@@ -182,6 +182,7 @@ def main() -> None:
     train_size = args.train_size or args.n
     real_train = load_data(f"npz:{TRAIN}[:{train_size}]")
     real_val = load_data(f"npz:{TEST}[:{args.val_size}]")
+    figures["real_train"] = len(real_train)
     s_train_idx, s_val_idx = split_train_val(synth.data.y, args.synth_val_size, args.seed)
     config = ProxyConfig(
         steps=args.steps,

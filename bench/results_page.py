@@ -165,7 +165,8 @@ def section_datafree(s: Stages) -> str:
     return (
         "## Data-free proxy vs real-data proxy\n\n"
         f"{syn['images']} images synthesised from the teacher alone ({syn['method']}, {d['iters']} iterations per batch "
-        f"of {d['synth_batch']}, {syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration"
+        f"of {d['synth_batch']}{', ' + d['precision'] if d.get('precision', 'fp32') != 'fp32' else ''}, "
+        f"{syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration"
         f"{' when the cached set was made' if syn.get('cache_hit') else ''}; the "
         f"teacher predicts the target class for {100 * syn['target_agreement']:.0f}% of them). The same {len(rows_in)} "
         f"random students under {d['budget']:.0%} of the teacher's MACs are scored by the {d['steps']}-step proxy on "
@@ -178,7 +179,23 @@ def section_datafree(s: Stages) -> str:
             ["candidate", "MACs / teacher", "real-data proxy", "data-free proxy", "data-free trained, real val"], rows
         )
         + f"\n![data-free vs real]({OUT.name}/{png})\n\n"
+        + _datafree_finetune(d)
         + commands(st)
+    )
+
+
+def _datafree_finetune(d: dict[str, Any]) -> str:
+    """What a user without data ends with: the best data-free student trained longer on synthetic images
+    only, next to the same student trained on real images."""
+    ft = d.get("finetune")
+    if not ft:
+        return ""
+    synthetic, real = ft["synthetic"]["test_top1"], ft["real"]["test_top1"]
+    return (
+        f"The best student by the data-free score (candidate {ft['candidate']}) trained {ft['steps']} KD steps on the "
+        f"synthetic images only reaches **{pct(synthetic)}** on {ft['data']}; the same student trained the same way "
+        f"on {d.get('real_train', d['n'])} real training images reaches {pct(real)} ({synthetic - real:+.1f} points "
+        f"without data; the teacher: {pct(d['teacher_real_val_top1'])} on the real validation images).\n\n"
     )
 
 
