@@ -395,6 +395,10 @@ def test_cli_eval_and_proxy_json(tmp_path: Path) -> None:
     assert (
         out["images"] == len(load_data("digits:test")) and 0 <= out["top1"] <= 100 and out["model"] == "cifar_resnet20"
     )
+    # the default (text) format says the same figure in words
+    args = ["eval", "--model", "cifar_resnet20", "--checkpoint", str(ckpt), "--data", "digits:test"]
+    text = runner.invoke(app, [*args, "--input-size", "8", "--device", "cpu"])
+    assert text.exit_code == 0 and f"top-1 {out['top1']:.2f}% on {out['images']} images" in text.output, text.output
     res = runner.invoke(
         app,
         [

@@ -19,10 +19,34 @@ Latency (:func:`measure_latency`) and peak activation memory (:func:`measure_mem
 a latency figure without its device is meaningless.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from structsearch.cost.budget import Budget, format_bytes, format_count, format_ms, parse_budget
-from structsearch.cost.counter import CostReport, default_input_size, measure_cost
-from structsearch.cost.latency import LatencyReport, device_name, measure_latency
-from structsearch.cost.memory import MemoryReport, measure_memory
+from structsearch.lazy import lazy_attributes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.cost.counter import CostReport, default_input_size, measure_cost
+    from structsearch.cost.latency import LatencyReport, device_name, measure_latency
+    from structsearch.cost.memory import MemoryReport, measure_memory
+
+#: Names whose modules import torch, loaded on first use: reading budgets and stored figures
+#: (``structsearch best``, the API's read routes) must not pay torch's import time.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "CostReport": "counter",
+        "default_input_size": "counter",
+        "measure_cost": "counter",
+        "LatencyReport": "latency",
+        "device_name": "latency",
+        "measure_latency": "latency",
+        "MemoryReport": "memory",
+        "measure_memory": "memory",
+    },
+)
+
 
 __all__ = [
     "Budget",

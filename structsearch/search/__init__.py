@@ -9,10 +9,9 @@ Entry points used by the CLI and the API alike:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from structsearch.search.export import export_trial
-from structsearch.search.plot import plot_front
+from structsearch.lazy import lazy_attributes
 from structsearch.search.results import (
     TrialRecord,
     best_under_budget,
@@ -21,9 +20,18 @@ from structsearch.search.results import (
     structsearch_studies,
     study_records,
 )
-from structsearch.search.runner import run_search
 from structsearch.search.spec import StudySpec, load_study_spec, parse_study_spec
 from structsearch.search.storage import open_storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.search.export import export_trial
+    from structsearch.search.plot import plot_front
+    from structsearch.search.runner import run_search
+
+#: Names whose modules import torch and timm, loaded on first use, so that reading results
+#: (``structsearch best``/``pareto``/``list``) starts in a fraction of a second.
+__getattr__ = lazy_attributes(__name__, {"export_trial": "export", "plot_front": "plot", "run_search": "runner"})
+
 
 #: The embedded default: a study that needs no files (shipped as studies/digits_default.yaml too).
 DEFAULT_SPEC: dict[str, Any] = {

@@ -23,13 +23,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
-from scipy import stats
 
 from structsearch.errors import StructsearchError
 from structsearch.search.results import ScoredRecord, TrialRecord, load_study, pareto_front, scored, study_records
 from structsearch.search.storage import open_storage
-from structsearch.search.stored import StoredTrial, stored_study_spec
-from structsearch.surgery import get_importance
 
 #: Study user attribute holding every re-check of the study: ``{str(steps): RecheckResult dict}``.
 RECHECK_ATTR = "recheck"
@@ -79,6 +76,8 @@ class RecheckResult:
 
 def rank_agreement(proxy: list[float], long: list[float]) -> tuple[float | None, float | None, float | None]:
     """``(kendall_tau_b, its two-sided p-value, spearman_rho)``; ``None`` where undefined."""
+    from scipy import stats  # here, not at the top: ``structsearch pareto`` reads re-checks without scipy
+
     if len(proxy) < 2 or len(set(proxy)) < 2 or len(set(long)) < 2:
         return None, None, None
     tau = stats.kendalltau(proxy, long)
@@ -148,7 +147,10 @@ def recheck(
     ``on_entry(done, total, entry)`` reports progress (``entry`` is ``None`` before the first one).
     Candidates already re-checked at this length are not trained again.
     """
+    # torch and timm load here, not at the top: ``structsearch pareto`` reads stored re-checks
     from structsearch.search.context import build_context, plan_search
+    from structsearch.search.stored import StoredTrial, stored_study_spec
+    from structsearch.surgery import get_importance
 
     storage = open_storage(storage_url, create=False)
     study = load_study(study_name, storage)

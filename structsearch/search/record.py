@@ -10,13 +10,15 @@ are stored (``None`` is never stored: an absent key and ``None`` read the same).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from structsearch.cost import LatencyReport, MemoryReport
 from structsearch.errors import StructsearchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.cost import LatencyReport, MemoryReport
 
 
 class TrialAttrs(BaseModel):

@@ -13,13 +13,33 @@ Users: the KD proxy (:class:`structsearch.distill.Distiller`), the fine-tune
 synthesis (:mod:`structsearch.distill.synthesis`).
 """
 
-from structsearch.train.bn import batchnorms, recalibrate_bn
-from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, settings_hash
-from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
-from structsearch.train.loop import AfterStep, LossFn, run_steps
-from structsearch.train.optim import OptimizerName, WarmupCosine, make_optimizer
-from structsearch.train.precision import Precision, autocast
-from structsearch.train.rng import seeded
+from typing import TYPE_CHECKING
+
+from structsearch.lazy import lazy_attributes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.train.bn import batchnorms, recalibrate_bn
+    from structsearch.train.checkpoint import load_checkpoint, save_checkpoint, settings_hash
+    from structsearch.train.device import ON_DEVICE_LIMIT, fits_on_device, num_classes_of, probe_classes
+    from structsearch.train.loop import AfterStep, LossFn, run_steps
+    from structsearch.train.optim import OptimizerName, WarmupCosine, make_optimizer
+    from structsearch.train.precision import Precision, autocast
+    from structsearch.train.rng import seeded
+
+#: Every name loads its module on first use: a study spec names ``Precision`` without importing
+#: torch and timm (``structsearch.lazy``).
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        **dict.fromkeys(("batchnorms", "recalibrate_bn"), "bn"),
+        **dict.fromkeys(("load_checkpoint", "save_checkpoint", "settings_hash"), "checkpoint"),
+        **dict.fromkeys(("ON_DEVICE_LIMIT", "fits_on_device", "num_classes_of", "probe_classes"), "device"),
+        **dict.fromkeys(("AfterStep", "LossFn", "run_steps"), "loop"),
+        **dict.fromkeys(("OptimizerName", "WarmupCosine", "make_optimizer"), "optim"),
+        **dict.fromkeys(("Precision", "autocast"), "precision"),
+        "seeded": "rng",
+    },
+)
 
 __all__ = [
     "ON_DEVICE_LIMIT",

@@ -11,15 +11,19 @@ No loss scaling is needed: bfloat16 has float32's exponent range.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
+#: Imported by study specs, which must validate without importing torch (``structsearch.lazy``).
 Precision = Literal["fp32", "bf16"]
 
 
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """The autocast context of ``precision`` on ``device`` (disabled, a no-op, for ``fp32``)."""
+    import torch
+
     if precision not in ("fp32", "bf16"):  # ProxyConfig is a plain dataclass: nothing validated it
         raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
