@@ -22,6 +22,7 @@ from structsearch.data.spec import SynthesisSpec
 from structsearch.distill import TeacherCache, TeacherId
 from structsearch.distill.synthesis import (
     SynthesisConfig,
+    _similarity_entropy,
     bn_statistics_loss,
     list_methods,
     register_method,
@@ -262,6 +263,23 @@ def test_vit_path_raises_patch_similarity_entropy() -> None:
         assert torch.equal(res.data.y, vit(pre(res.data.x)).argmax(1))
     assert res.losses["entropy"] > res.initial_losses["entropy"]
     assert res.losses["ce"] < res.initial_losses["ce"]
+
+
+def test_patch_similarity_entropy_is_the_kde_entropy_of_sampled_cosine_similarities() -> None:
+    """The fast path (unit-vector matmul, flat gather) equals PSAQ-ViT's definition written out."""
+    feats = torch.randn(3, 1 + 16, 8, dtype=torch.float64)  # one prefix token, 16 patches
+    cfg = SynthesisConfig(max_pairs=50, kde_points=16, kde_bandwidth=0.05)
+    got = _similarity_entropy(feats, 1, cfg, torch.Generator().manual_seed(0))
+    # the reference: every pair's cosine similarity, the same 50 sampled pairs, a Gaussian KDE on a grid
+    patches = feats[:, 1:]
+    rows, cols = torch.triu_indices(16, 16, offset=1)
+    keep = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(0))[:50]
+    sims = torch.nn.functional.cosine_similarity(patches.unsqueeze(1), patches.unsqueeze(2), dim=-1)
+    s = sims[:, rows[keep], cols[keep]]
+    grid = torch.linspace(0, 1, 16, dtype=s.dtype) * (s.max() - s.min() + 1e-6) + s.min()
+    kernel = torch.exp(-0.5 * ((grid.view(1, -1, 1) - s.unsqueeze(1)) / 0.05) ** 2)
+    pdf = kernel.mean(-1) / (0.05 * (2 * torch.pi) ** 0.5) + 1e-4
+    assert torch.allclose(got, torch.trapezoid(-pdf * pdf.log(), grid, dim=-1).mean(), rtol=1e-9)
 
 
 def test_bf16_inversion_converges_and_keeps_fp32_cache_keys(cnn: nn.Module, tmp_path: Path) -> None:

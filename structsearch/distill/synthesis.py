@@ -361,17 +361,21 @@ def _similarity_entropy(feats: Tensor, prefix: int, cfg: SynthesisConfig, gen: t
     n = patches.shape[1]
     if n < 2:
         return feats.new_zeros(())
-    sims = F.cosine_similarity(patches.unsqueeze(1), patches.unsqueeze(2), dim=-1)  # B×N×N
     rows, cols = torch.triu_indices(n, n, offset=1)
     if rows.numel() > cfg.max_pairs:
         keep = torch.randperm(rows.numel(), generator=gen)[: cfg.max_pairs]
         rows, cols = rows[keep], cols[keep]
-    s = sims[:, rows.to(sims.device), cols.to(sims.device)]  # B×P
+    # cosine similarities as one batched matmul of unit vectors (B×N×N), then the sampled pairs by a
+    # flat gather: F.cosine_similarity broadcast over every pair held B×N×N×D (1.9 GB, 15 s an
+    # iteration for 256 images of the shipped ViT), gathering the pairs' D-vectors 4 s
+    unit = F.normalize(patches, dim=-1)
+    sims = (unit @ unit.transpose(1, 2)).flatten(1)  # B×N²
+    s = sims.index_select(1, (rows * n + cols).to(sims.device))  # B×P
     lo, hi = s.detach().min(), s.detach().max()
     grid = torch.linspace(0.0, 1.0, cfg.kde_points, device=s.device, dtype=s.dtype) * (hi - lo + 1e-6) + lo
     h = cfg.kde_bandwidth
     diffs = grid.view(1, -1, 1) - s.unsqueeze(1)  # B×G×P
-    pdf = torch.exp(-0.5 * (diffs / h) ** 2).mean(-1) / (h * math.sqrt(2 * math.pi)) + 1e-4
+    pdf = torch.exp(diffs.square() * (-0.5 / h**2)).mean(-1) / (h * math.sqrt(2 * math.pi)) + 1e-4
     return torch.trapezoid(-pdf * pdf.log(), grid, dim=-1).mean()
 
 
