@@ -36,7 +36,7 @@ from torch import nn
 from structsearch.cost import CostReport, measure_cost
 from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
 from structsearch.search.guard import TrialGuard, TrialInterrupted
-from structsearch.search.record import TrialAttrs
+from structsearch.search.record import FAILURE_ATTR, TrialAttrs
 from structsearch.space import ArchSpec
 from structsearch.surgery import Importance, build_student_with_recipe, get_importance, save_student
 
@@ -45,10 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: ``on_start(trial)`` as each trial begins (after its guard started), before any work.
 TrialStartFn = Callable[[optuna.Trial], None]
-
-#: User attribute saying why a trial failed: the exception's type, or a guard's own message
-#: (never an exception's text, which may carry paths or URLs). Set on a trial that raised.
-FAILURE_ATTR = "failure"
 
 
 def failure_of(error: BaseException) -> str:

@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from structsearch.cost import LatencyReport, MemoryReport
 
 
+#: User attribute saying why a trial failed: the exception's type, or a guard's own message
+#: (never an exception's text, which may carry paths or URLs). Set by the objective on a trial that
+#: raised; read by the service's retry policy (:mod:`structsearch.service.faults`).
+FAILURE_ATTR = "failure"
+
+
 class TrialAttrs(BaseModel):
     """The user attributes of one trial (see the module docstring)."""
 

@@ -25,8 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
 
-from structsearch.search.objective import FAILURE_ATTR
-from structsearch.search.record import TrialAttrs
+from structsearch.search.record import FAILURE_ATTR, TrialAttrs
 
 #: Seconds per proxy step assumed before any trial of a search has been timed: a small CNN on a
 #: CPU; GPUs are 10-100x faster, so the first deadlines are generous there.
@@ -76,7 +75,7 @@ def failures_in_a_row(trials: Iterable[FrozenTrial]) -> tuple[int, str | None]:
     """``(count, last failure)``: how many of the most recently finished trials failed in a row.
 
     Trials are taken in the order they finished; a complete or pruned trial ends the run. A failed
-    trial without :data:`~structsearch.search.objective.FAILURE_ATTR` did not raise: its worker died
+    trial without :data:`~structsearch.search.record.FAILURE_ATTR` did not raise: its worker died
     and Optuna failed it for its stale heartbeat (and queued its parameters again), so it neither
     counts nor ends the run. Warm-start copies are not the search's own and are skipped.
     """
