@@ -1,6 +1,6 @@
 """Package attributes imported on first use (PEP 562's module ``__getattr__``).
 
-Reading results -- ``structsearch best``/``pareto``/``list``, a study spec's validation -- needs
+Reading results -- ``structsearch best``/``pareto``/``studies``, a study spec's validation -- needs
 neither torch nor timm, whose imports take 2-4 s of every command's start; packages that re-export
 torch-backed names load those modules only when a name is first used. Each package still imports
 the names under ``TYPE_CHECKING`` so type checkers and editors see them.

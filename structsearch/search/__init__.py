@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from structsearch.search.runner import run_search
 
 #: Names whose modules import torch and timm, loaded on first use, so that reading results
-#: (``structsearch best``/``pareto``/``list``) starts in a fraction of a second.
+#: (``structsearch best``/``pareto``/``studies``) starts in a fraction of a second.
 __getattr__ = lazy_attributes(__name__, {"export_trial": "export", "plot_front": "plot", "run_search": "runner"})
 
 
