@@ -140,17 +140,20 @@ def section_recheck(s: Stages) -> str:
     )
 
 
-def section_datafree(s: Stages) -> str:
-    st = s.get("datafree")
+def section_datafree(s: Stages, stage: str = "datafree", teacher: str = "ResNet-56") -> str:
+    """One teacher's data-free proxy against its real-data proxy (stage ``datafree``: DeepInversion on
+    ResNet-56; ``datafree_vit``: PSAQ-ViT on the shipped ViT)."""
+    title = f"## Data-free proxy vs real-data proxy: {teacher} teacher"
+    st = s.get(stage)
     if not st:
-        return "## Data-free proxy vs real-data proxy\n\nnot run yet\n"
+        return f"{title}\n\nnot run yet\n"
     d = st["datafree"]
     rows_in = d["rows"]
     syn = d["synthesis"]
     tau = d["datafree_vs_real"]
     tau_rv = d["datafree_train_real_val_vs_real"]
     png = scatter(
-        OUT / "datafree.png",
+        OUT / f"{stage}.png",
         [r["real"] for r in rows_in],
         [r["datafree"] for r in rows_in],
         [f"{r['macs_ratio']:.2f}" for r in rows_in],
@@ -163,7 +166,7 @@ def section_datafree(s: Stages) -> str:
         for i, r in enumerate(rows_in)
     ]
     return (
-        "## Data-free proxy vs real-data proxy\n\n"
+        f"{title}\n\n"
         f"{syn['images']} images synthesised from the teacher alone ({syn['method']}, {d['iters']} iterations per batch "
         f"of {d['synth_batch']}{', ' + d['precision'] if d.get('precision', 'fp32') != 'fp32' else ''}, "
         f"{syn['seconds'] / 60:.1f} min, {syn['seconds_per_iteration']:.2f} s per iteration"
@@ -180,6 +183,7 @@ def section_datafree(s: Stages) -> str:
         )
         + f"\n![data-free vs real]({OUT.name}/{png})\n\n"
         + _datafree_finetune(d)
+        + stale_teacher(st)
         + commands(st)
     )
 
@@ -752,6 +756,7 @@ def render(stages: Stages) -> Path:
         section_search(stages),
         section_recheck(stages),
         section_datafree(stages),
+        section_datafree(stages, "datafree_vit", "ViT"),
         section_resolution(stages),
         section_vit(stages),
         section_finetune(stages),
