@@ -27,10 +27,30 @@ Every problem with user data raises :class:`structsearch.errors.DataError` with 
 before any training starts.
 """
 
-from structsearch.data.loading import LoadedData, check_labels, clear_cache, fingerprint, load_data
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from structsearch.data.spec import DataSpec
-from structsearch.data.splits import batch_stream, batches, proportional_counts, split_train_val, train_val_rows
-from structsearch.data.transforms import Augment, Preprocess
+from structsearch.lazy import lazy_attributes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.data.loading import LoadedData, check_labels, clear_cache, fingerprint, load_data
+    from structsearch.data.splits import batch_stream, batches, proportional_counts, split_train_val, train_val_rows
+    from structsearch.data.transforms import Augment, Preprocess
+
+#: Everything but the spec imports torch, loaded on first use: parsing a spec's data sources (the
+#: API's admission of a study) must not pay torch's import time and memory in every API process.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        **dict.fromkeys(("LoadedData", "check_labels", "clear_cache", "fingerprint", "load_data"), "loading"),
+        **dict.fromkeys(
+            ("batch_stream", "batches", "proportional_counts", "split_train_val", "train_val_rows"), "splits"
+        ),
+        **dict.fromkeys(("Augment", "Preprocess"), "transforms"),
+    },
+)
 
 __all__ = [
     "Augment",

@@ -4,7 +4,8 @@ A detection study (``task: detection`` in its spec) searches the backbone of an 
 (:mod:`structsearch.models.detector`) block-wise, exactly as a classifier is searched (the
 ``detector`` family adapter, :mod:`structsearch.space.detector`); what differs is here:
 
-* :mod:`~structsearch.detection.data` -- ``coco:`` and ``mosaic:`` sources as :class:`DetectionData`;
+* :mod:`~structsearch.detection.source` -- parsing ``coco:``/``mosaic:``/``synthetic:`` strings (no torch);
+* :mod:`~structsearch.detection.data` -- loading them as :class:`DetectionData`;
 * :mod:`~structsearch.detection.losses` -- KD on the head outputs (and optionally FPN features);
 * :mod:`~structsearch.detection.proxy` -- the cached-teacher proxy and its mAP score;
 * :mod:`~structsearch.detection.teacher` -- training a detection teacher when a spec has no checkpoint;
@@ -12,6 +13,17 @@ A detection study (``task: detection`` in its spec) searches the backbone of an 
 * :mod:`~structsearch.detection.context` -- the search context a detection study runs with.
 """
 
-from structsearch.detection.data import DetectionData, DetectionSource, load_detection_data
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from structsearch.detection.source import DetectionSource
+from structsearch.lazy import lazy_attributes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.detection.data import DetectionData, load_detection_data
+
+#: Loading imports torch; validating a spec's sources (the API's admission) must not.
+__getattr__ = lazy_attributes(__name__, {"DetectionData": "data", "load_detection_data": "data"})
 
 __all__ = ["DetectionData", "DetectionSource", "load_detection_data"]
