@@ -280,6 +280,18 @@ def stage_vit_inherit() -> dict[str, Any]:
     return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
 
 
+def stage_feature_kd() -> dict[str, Any]:
+    """ViT feature KD: two searches differing only in ``proxy.feature_kd``, their students fine-tuned
+    with and without it (``bench/feature_kd.py``)."""
+    log: list[dict[str, Any]] = []
+    raw = OUT / "feature_kd_raw.json"
+    argv = [sys.executable, "bench/feature_kd.py", "--json", str(raw.relative_to(ROOT))]
+    result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
+    from structsearch.models import file_hash
+
+    return {"commands": log, "feature_kd": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
+
+
 def _sweep_counts(stdout: str) -> dict[str, dict[str, int]]:
     """``{"hostile list": counts, "schemathesis": counts}`` from the sweep tests' printed lines."""
     out: dict[str, dict[str, int]] = {}
@@ -314,6 +326,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "tradeoffs": stage_tradeoffs,
     "vit_teacher": stage_vit_teacher,
     "vit_inherit": stage_vit_inherit,
+    "feature_kd": stage_feature_kd,
 }
 
 

@@ -8,7 +8,7 @@ section lists the commands that produced it.
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import median
+from statistics import fmean, median
 from typing import Any
 
 import matplotlib
@@ -730,6 +730,59 @@ def section_vit_inherit(s: Stages) -> str:
     )
 
 
+def section_feature_kd(s: Stages) -> str:
+    title = "## ViT feature KD: in the proxy, in the fine-tune\n\n"
+    st = s.get("feature_kd")
+    if not st:
+        return title + "not run yet\n"
+    f = st["feature_kd"]
+    students, summ = f["students"], f["summary"]
+    rows = [
+        [
+            "feature KD" if r["study"].endswith("true") else "logit KD",
+            r["trial"],
+            r["baseline"] or "searched",
+            mega(r["macs"]),
+            pct(r["proxy"]),
+            pct(r["no-feature-kd"]),
+            pct(r["feature-kd"]),
+            f"{r['feature-kd'] - r['no-feature-kd']:+.2f}",
+        ]
+        for r in students
+    ]
+    changes = summ["feature_kd_finetune_minus_logit"]
+    best = "; ".join(
+        f"{'feature-KD' if k.startswith('vit-fkd-true') else 'logit-KD'} proxy, fine-tuned with "
+        f"{'feature KD' if k.endswith(' feature-kd') else 'logit KD'}: trial {v['trial']}, {pct(v['top1'])} "
+        f"at {v['macs_share']:.0%} of the MACs"
+        for k, v in summ.items()
+        if " best after " in k
+    )
+    ft_seconds = {recipe: sum(r[f"{recipe}_seconds"] for r in students) for recipe in ("no-feature-kd", "feature-kd")}
+    search = f["search_trial_seconds"]
+    return (
+        title
+        + f"Two searches of `studies/cifar10_vit.yaml` ({f['args']['trials']} trials: the 3 baselines, then TPE), "
+        "identical but for `proxy.feature_kd`. Each study's students worth a look (its front within 5 proxy points "
+        "of its best, and its best searched student) are then fine-tuned by **both** recipes: "
+        f"{f['args']['epochs']} epoch(s) over the 50,000 training images, batch 64, AdamW 5e-4, logit KD with and without ViT feature KD (token MSE + attention KL), scored on "
+        "test[5000:]. Proxy: val top-1 on test[:2000].\n\n"
+        + table(
+            ["proxy", "trial", "student", "MACs", "proxy score", "fine-tuned, logit KD", "+ feature KD", "change"],
+            rows,
+        )
+        + f"\nFeature KD in the fine-tune: {fmean(changes):+.2f} points on average "
+        f"({min(changes):+.2f} to {max(changes):+.2f}) over {len(changes)} students, at "
+        f"{ft_seconds['feature-kd'] / ft_seconds['no-feature-kd']:.2f}x the fine-tune's time. Best student of each "
+        f"proxy after the same fine-tune: {best}.\n\n"
+        f"Seconds of the searches' trials: logit KD {search['feature_kd=False']:.0f}, feature KD "
+        f"{search['feature_kd=True']:.0f}; of the fine-tunes' training: logit KD {ft_seconds['no-feature-kd']:.0f}, "
+        f"feature KD {ft_seconds['feature-kd']:.0f}.\n\n"
+        + stale_teacher(st)
+        + commands({**st, "seconds": None})  # a rerun re-reads finished searches and fine-tunes: see the seconds above
+    )
+
+
 def stale_teacher(st: dict[str, Any]) -> str:
     """A warning when a stage ran with another ViT teacher file than the one shipped now."""
     from structsearch.models import file_hash
@@ -768,6 +821,7 @@ def render(stages: Stages) -> Path:
         section_tradeoffs(stages),
         section_vit_teacher(stages),
         section_vit_inherit(stages),
+        section_feature_kd(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))
