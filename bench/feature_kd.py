@@ -60,10 +60,14 @@ def run(argv: list[str]) -> tuple[Any, float]:
     return json.loads(proc.stdout), seconds
 
 
+def study_name(feature_kd: bool) -> str:
+    return f"vit-fkd-{str(feature_kd).lower()}"
+
+
 def study_spec(feature_kd: bool, trials: int, home: Path) -> Path:
     """``studies/cifar10_vit.yaml`` with absolute paths, ``trials`` and ``proxy.feature_kd`` set."""
     raw = yaml.safe_load(SPEC.read_text())
-    raw["name"] = f"vit-fkd-{str(feature_kd).lower()}"
+    raw["name"] = study_name(feature_kd)
     raw["trials"] = trials
     raw["teacher"]["checkpoint"] = str(ROOT / raw["teacher"]["checkpoint"])
     raw["data"] = {k: v.replace("../shared", str(SHARED)) for k, v in raw["data"].items()}
@@ -73,16 +77,14 @@ def study_spec(feature_kd: bool, trials: int, home: Path) -> Path:
     return path
 
 
-def chosen(study: str) -> tuple[list[dict[str, Any]], int, float]:
+def chosen(feature_kd: bool) -> tuple[list[dict[str, Any]], int, float]:
     """The study's students worth fine-tuning (front points near its best, its best searched one),
     its teacher's MACs and the seconds its trials took (a resumed search's own time is not that)."""
-    import optuna
+    from structsearch.search.results import load_study, pareto_front, scored, study_records
+    from structsearch.search.storage import open_storage
 
-    from structsearch.search.results import pareto_front, scored, study_records
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    url = f"sqlite:///{os.environ['STRUCTSEARCH_HOME']}/studies.db"
-    st = optuna.load_study(study_name=study, storage=url)
+    study = study_name(feature_kd)
+    st = load_study(study, open_storage(create=False))
     everything = study_records(st)
     records = scored(everything)
     best = max(r.score for r in records)
@@ -92,7 +94,14 @@ def chosen(study: str) -> tuple[list[dict[str, Any]], int, float]:
         top = max(searched, key=lambda r: r.score)
         picks.setdefault(top.trial, top)
     rows = [
-        {"study": study, "trial": r.trial, "baseline": r.baseline, "macs": r.macs, "proxy": r.score}
+        {
+            "study": study,
+            "proxy_feature_kd": feature_kd,
+            "trial": r.trial,
+            "baseline": r.baseline,
+            "macs": r.macs,
+            "proxy": r.score,
+        }
         for r in sorted(picks.values(), key=lambda r: r.macs)
     ]
     return rows, int(st.user_attrs["teacher_macs"]), round(sum(r.seconds or 0.0 for r in records), 1)
@@ -100,7 +109,7 @@ def chosen(study: str) -> tuple[list[dict[str, Any]], int, float]:
 
 def finetune(row: dict[str, Any], recipe: str, epochs: int, home: Path) -> None:
     out = home / f"ft-{row['study']}-{row['trial']}-{recipe}"
-    res, seconds = run(
+    res, _seconds = run(
         [
             "finetune",
             "--study",
@@ -126,20 +135,25 @@ def finetune(row: dict[str, Any], recipe: str, epochs: int, home: Path) -> None:
 
 
 def summary(rows: list[dict[str, Any]], teacher_macs: int) -> dict[str, Any]:
-    """The recipe's effect per student, and each proxy's best student under each recipe."""
+    """The recipe's effect per student, and each proxy's best student after each recipe."""
     out: dict[str, Any] = {
         "feature_kd_finetune_minus_logit": [round(r["feature-kd"] - r["no-feature-kd"], 2) for r in rows],
     }
     out["mean_finetune_gain"] = round(statistics.fmean(out["feature_kd_finetune_minus_logit"]), 2)
-    for study in sorted({r["study"] for r in rows}):
-        mine = [r for r in rows if r["study"] == study]
+    out["best"] = []
+    for feature_kd in (False, True):
+        mine = [r for r in rows if r["proxy_feature_kd"] == feature_kd]
         for recipe in RECIPES:
             top = max(mine, key=lambda r: r[recipe])
-            out[f"{study} best after {recipe}"] = {
-                "trial": top["trial"],
-                "top1": top[recipe],
-                "macs_share": round(top["macs"] / teacher_macs, 3),
-            }
+            out["best"].append(
+                {
+                    "proxy_feature_kd": feature_kd,
+                    "recipe": recipe,
+                    "trial": top["trial"],
+                    "top1": top[recipe],
+                    "macs_share": round(top["macs"] / teacher_macs, 3),
+                }
+            )
     return out
 
 
@@ -159,7 +173,7 @@ def main() -> None:
     teacher_macs = 0
     for fkd in (False, True):
         run(["search", str(study_spec(fkd, args.trials, home))])
-        picks, teacher_macs, searches[f"feature_kd={fkd}"] = chosen(f"vit-fkd-{str(fkd).lower()}")
+        picks, teacher_macs, searches[f"feature_kd={fkd}"] = chosen(fkd)
         rows += picks
     for row in rows:
         for recipe in RECIPES:
@@ -173,9 +187,11 @@ def main() -> None:
             f"{r['feature-kd'] - r['no-feature-kd']:+6.2f}"
         )
     print(f"feature KD in the fine-tune, mean change: {figures['mean_finetune_gain']:+.2f} points")
-    for key, value in figures.items():
-        if " best after " in key:
-            print(f"{key}: trial {value['trial']}, {value['top1']:.2f}% at {value['macs_share']:.1%} of the MACs")
+    for b in figures["best"]:
+        print(
+            f"{study_name(b['proxy_feature_kd'])} best after {b['recipe']}: trial {b['trial']}, {b['top1']:.2f}% "
+            f"at {b['macs_share']:.1%} of the MACs"
+        )
     total = time.perf_counter() - t0
     print(f"seconds of the searches' trials: {searches}; this run: {total / 60:.1f} min", flush=True)
     if args.json:

@@ -739,7 +739,7 @@ def section_feature_kd(s: Stages) -> str:
     students, summ = f["students"], f["summary"]
     rows = [
         [
-            "feature KD" if r["study"].endswith("true") else "logit KD",
+            "feature KD" if r["proxy_feature_kd"] else "logit KD",
             r["trial"],
             r["baseline"] or "searched",
             mega(r["macs"]),
@@ -752,11 +752,10 @@ def section_feature_kd(s: Stages) -> str:
     ]
     changes = summ["feature_kd_finetune_minus_logit"]
     best = "; ".join(
-        f"{'feature-KD' if k.startswith('vit-fkd-true') else 'logit-KD'} proxy, fine-tuned with "
-        f"{'feature KD' if k.endswith(' feature-kd') else 'logit KD'}: trial {v['trial']}, {pct(v['top1'])} "
-        f"at {v['macs_share']:.0%} of the MACs"
-        for k, v in summ.items()
-        if " best after " in k
+        f"{'feature-KD' if b['proxy_feature_kd'] else 'logit-KD'} proxy, fine-tuned with "
+        f"{'feature KD' if b['recipe'] == 'feature-kd' else 'logit KD'}: trial {b['trial']}, {pct(b['top1'])} "
+        f"at {b['macs_share']:.0%} of the MACs"
+        for b in summ["best"]
     )
     ft_seconds = {recipe: sum(r[f"{recipe}_seconds"] for r in students) for recipe in ("no-feature-kd", "feature-kd")}
     search = f["search_trial_seconds"]
@@ -765,8 +764,9 @@ def section_feature_kd(s: Stages) -> str:
         + f"Two searches of `studies/cifar10_vit.yaml` ({f['args']['trials']} trials: the 3 baselines, then TPE), "
         "identical but for `proxy.feature_kd`. Each study's students worth a look (its front within 5 proxy points "
         "of its best, and its best searched student) are then fine-tuned by **both** recipes: "
-        f"{f['args']['epochs']} epoch(s) over the 50,000 training images, batch 64, AdamW 5e-4, logit KD with and without ViT feature KD (token MSE + attention KL), scored on "
-        "test[5000:]. Proxy: val top-1 on test[:2000].\n\n"
+        f"{f['args']['epochs']} epoch(s) over the 50,000 training images, batch 64, AdamW 5e-4, logit KD with "
+        "and without ViT feature KD (token MSE + attention KL), scored on test[5000:]. Proxy: val top-1 on "
+        "test[:2000].\n\n"
         + table(
             ["proxy", "trial", "student", "MACs", "proxy score", "fine-tuned, logit KD", "+ feature KD", "change"],
             rows,

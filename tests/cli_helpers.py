@@ -13,7 +13,7 @@ def one_line_error(args: list[str], *fragments: str) -> None:
     """``structsearch ARGS`` exits 2 with exactly one stderr line containing every fragment."""
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert isinstance(res.exception, SystemExit), res.exception  # a clean exit, not a raised error
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     for f in fragments:
