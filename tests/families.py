@@ -8,6 +8,15 @@ from __future__ import annotations
 
 FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
     "cifar_resnet": [("cifar_resnet20", {}, 32)],
+    "convnext": [
+        ("convnext_atto", {"num_classes": 10}, 32),  # 1x1-conv MLP, layer scale
+        ("convnextv2_atto", {"num_classes": 10}, 32),  # GRN in the MLP, no layer scale
+        (  # linear MLP on channels-last pixels, as convnext_tiny and larger build it
+            "convnext_tiny",
+            {"num_classes": 10, "dims": (16, 32, 64, 128), "depths": (2, 2, 4, 2), "ls_init_value": 1.0},
+            32,
+        ),
+    ],
     "resnet": [("resnet18", {"num_classes": 10}, 64), ("resnet50", {"num_classes": 10}, 64)],
     "mobilenet": [("mobilenetv2_100", {"num_classes": 10}, 64), ("efficientnet_b0", {"num_classes": 10}, 64)],
     "vit": [

@@ -31,7 +31,14 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str
 
 def test_models_lists_every_family() -> None:
     res = run("models", "--format", "json")
-    assert {f["family"] for f in json.loads(res.stdout)} == {"cifar_resnet", "detector", "resnet", "mobilenet", "vit"}
+    assert {f["family"] for f in json.loads(res.stdout)} == {
+        "cifar_resnet",
+        "convnext",
+        "detector",
+        "resnet",
+        "mobilenet",
+        "vit",
+    }
 
 
 def test_space_prints_blocks_and_mac_range() -> None:
@@ -66,7 +73,8 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     "args,fragments",
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
-        (("space", "convnext_atto"), ("no search-space adapter", "ConvNeXt")),
+        (("space", "regnetx_002"), ("no search-space adapter", "RegNet")),
+        (("cost", "convnext_atto", "--input-size", "8"), ("cannot run on 3x8x8 inputs", "larger images")),
         (("cost", "--spec", "/nonexistent/spec.json"), ("spec file not found",)),
         (("cost", "resnet18", "--kw", "oops"), ("--kw 'oops'",)),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import random
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from structsearch.cost import measure_cost
-from structsearch.errors import SpecError
+from structsearch.errors import CostError, SpecError
 from structsearch.models import create_model
 from structsearch.space import ArchSpec, BlockSpec, Space, family_for, list_families, space_of
 from structsearch.surgery import RandomImportance, build_student, build_student_with_recipe, save_student
@@ -142,7 +143,7 @@ def test_spec_json_round_trip_and_hash(family: str, name: str, kwargs: dict, siz
     spec = space.sample(random.Random(5))
     again = ArchSpec.from_json(spec.to_json())
     assert again == spec and hash(again) == hash(spec)
-    assert again.kwargs == kwargs
+    assert again.kwargs == json.loads(json.dumps(kwargs))  # the JSON form: tuples come back as lists
 
 
 def test_invalid_specs_name_the_block() -> None:
@@ -177,3 +178,28 @@ def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> No
     assert isinstance(get_importance("l1"), L1Magnitude) and get_importance("random", seed=3).seed == 3
     with pytest.raises(ValueError, match="unknown importance 'l3'.*l1, random"):
         get_importance("l3")
+
+
+@pytest.mark.parametrize(
+    "family,name,kwargs,size", [c for c in CASES if c[0] not in ("vit", "detector")], ids=lambda v: v
+)
+def test_cnn_feature_taps_pair_teacher_and_student(family: str, name: str, kwargs: dict, size: int) -> None:
+    """Feature KD compares stage outputs: a random student keeps the teacher's stage names and shapes."""
+    from structsearch.distill.taps import check_feature_pair, tapped
+
+    teacher, space, _ = _setup(name, kwargs)
+    student = build_student(teacher, space.sample(random.Random(3))).eval()
+    names = check_feature_pair(teacher, student)
+    x = torch.randn(2, 3, size, size)
+    shapes = []
+    for model in (teacher, student):
+        with tapped(model, names) as tap, torch.no_grad():
+            model(x)
+            shapes.append([tuple(f.shape) for f in tap.take()])
+    assert len(names) >= 3 and shapes[0] == shapes[1]
+
+
+def test_input_too_small_for_the_model_is_a_cost_error() -> None:
+    teacher, _, _ = _setup("convnext_atto", {"num_classes": 10})
+    with pytest.raises(CostError, match=r"ConvNeXt cannot run on 3x8x8 inputs \(.*Kernel size"):
+        measure_cost(teacher, 8)

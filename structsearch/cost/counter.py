@@ -125,7 +125,8 @@ def measure_cost(model: nn.Module, input_size: int | tuple[int, int, int]) -> Co
         input_size: ``(C, H, W)``, or an int ``S`` for ``(3, S, S)``.
 
     Raises:
-        CostError: ``input_size`` is malformed, or a matmul-like op had no MAC handler.
+        CostError: ``input_size`` is malformed, the model cannot run on it (too small for its
+            downsampling, or not the size a ViT was built for), or a matmul-like op had no MAC handler.
     """
     size = _normalize_input_size(input_size)
     analysis = _run_analysis(model, size)
@@ -233,7 +234,14 @@ def _run_analysis(model: nn.Module, size: tuple[int, int, int]) -> FlopCountAnal
             # concern fvcore's implementation, not the user's model.
             .tracer_warnings("none")
         )
-        analysis.total()  # trace now, while in eval mode and without autograd
+        try:
+            analysis.total()  # trace now, while in eval mode and without autograd
+        except (RuntimeError, AssertionError) as e:  # the first forward of a model: shape errors show here
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CostError(
+                f"{type(model).__name__} cannot run on {size[0]}x{size[1]}x{size[2]} inputs ({reason}); "
+                "use larger images (data.input_size resizes them) or a model made for this size"
+            ) from e
     return analysis
 
 

@@ -8,7 +8,8 @@ untouched once the :class:`FeatureTap` context exits.
 Which modules are stages is a property of the family (the names survive surgery: adapters shrink
 blocks inside a stage but keep the stage module and its output width):
 
-* ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``mobilenet``: ``blocks.0..N-1``.
+* ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``convnext``: ``stages.0..3``;
+  ``mobilenet``: ``blocks.0..N-1``.
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
   not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
 """
@@ -26,6 +27,7 @@ from structsearch.errors import FeatureKDError
 _FIXED_STAGES: dict[str, tuple[str, ...]] = {
     "cifar_resnet": ("layer1", "layer2", "layer3"),
     "resnet": ("layer1", "layer2", "layer3", "layer4"),
+    "convnext": ("stages.0", "stages.1", "stages.2", "stages.3"),
 }
 
 

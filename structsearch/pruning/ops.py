@@ -71,10 +71,15 @@ def slice_norm(norm: nn.Module, idx: Tensor) -> None:
         norm.normalized_shape = (len(idx),)
     else:
         raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
-    if norm.weight is not None:
-        norm.weight = _param(norm.weight.data[idx], norm.weight)
-    if norm.bias is not None:
-        norm.bias = _param(norm.bias.data[idx], norm.bias)
+    slice_params(norm, ("weight", "bias"), idx)
+
+
+def slice_params(module: nn.Module, names: tuple[str, ...], idx: Tensor) -> None:
+    """Keep entries ``idx`` (along dimension 0) of the named parameters of ``module`` that are set."""
+    for name in names:
+        p = getattr(module, name)
+        if p is not None:
+            setattr(module, name, _param(p.data[idx], p))
 
 
 def head_channels(heads: Tensor, head_dim: int) -> Tensor:

@@ -46,6 +46,7 @@ from torch import nn
 
 from structsearch.errors import CheckpointError
 from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.mlp import shrink_mlp, sliceable_mlp
 from structsearch.pruning.ops import head_channels, keep_blocks, slice_linear, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
@@ -62,7 +63,7 @@ def _gate(attn: nn.Module) -> nn.Module | None:
 
 
 def _sliceable_norm(norm: nn.Module) -> bool:
-    """Hidden/scale norms we can narrow: none at all, or a LayerNorm over the sliced channels."""
+    """Attention scale norms we can narrow: none at all, or a LayerNorm over the sliced channels."""
     return isinstance(norm, (nn.Identity, nn.LayerNorm))
 
 
@@ -79,13 +80,8 @@ def _plain_attention(attn: nn.Module) -> bool:
 
 
 def _plain_mlp(mlp: nn.Module) -> bool:
-    """timm's two-layer ``Mlp`` on tokens (linear, not 1x1 convolutions)."""
-    return (
-        type(mlp) is Mlp
-        and isinstance(mlp.fc1, nn.Linear)
-        and isinstance(mlp.fc2, nn.Linear)
-        and _sliceable_norm(mlp.norm)
-    )
+    """timm's two-layer ``Mlp`` on tokens (linear, not 1x1 convolutions), with a sliceable hidden norm."""
+    return type(mlp) is Mlp and isinstance(mlp.fc1, nn.Linear) and sliceable_mlp(mlp)
 
 
 def _plain_block(block: nn.Module) -> bool:
@@ -94,17 +90,6 @@ def _plain_block(block: nn.Module) -> bool:
 
 
 # -- surgery on one block -------------------------------------------------------------------------
-def shrink_mlp(mlp: Mlp, channels: int, importance: Importance) -> list[int]:
-    """Keep ``channels`` hidden units of ``mlp`` (``fc1`` out, hidden ``norm``, ``fc2`` in)."""
-    assert isinstance(mlp.fc1, nn.Linear) and isinstance(mlp.fc2, nn.Linear), "a token Mlp (see _plain_mlp)"
-    idx = importance.select([(mlp.fc1.weight, 0), (mlp.fc2.weight, 1)], channels)
-    slice_linear(mlp.fc1, out_idx=idx)
-    if not isinstance(mlp.norm, nn.Identity):
-        slice_norm(mlp.norm, idx)
-    slice_linear(mlp.fc2, in_idx=idx)
-    return idx.tolist()
-
-
 def _head_views(attn: Attention) -> list[TensorDim]:
     """Every weight that belongs to a head, viewed so that the head is one indexed dimension."""
     heads, head_dim = attn.num_heads, attn.head_dim

@@ -1,0 +1,81 @@
+"""Narrowing timm's two-layer MLPs: the hidden width of ViT blocks and of ConvNeXt blocks.
+
+Both families build their MLP from the same two timm modules (``timm/layers/mlp.py``):
+
+* ``Mlp``: ``fc1 -> act -> norm -> fc2``, the layers ``nn.Linear`` on tokens / channels-last
+  pixels, or 1x1 ``nn.Conv2d`` on NCHW maps (``use_conv=True``, ConvNeXt's ``conv_mlp``);
+* ``GlobalResponseNormMlp`` (ConvNeXt-V2): ``fc1 -> act -> grn -> fc2``, where the GRN layer keeps
+  one weight and bias per hidden channel.
+
+Narrowing keeps ``fc1``'s most important output rows, the same channels of the hidden norm / GRN and
+``fc2``'s input columns. The hidden LayerNorm and GRN both divide by a statistic over the hidden
+channels (their variance; the mean response norm), so after slicing they normalise over the kept
+channels only: the identity is exact, a narrowed MLP approximates the teacher's, and the
+distillation proxy recovers the rest. Gated MLPs (``GluMlp``, ``SwiGLU``: hidden units split into
+value and gate halves) are not sliceable this way and are refused by :func:`sliceable_mlp`.
+"""
+
+from __future__ import annotations
+
+from timm.layers import GlobalResponseNormMlp, Mlp
+from timm.layers.grn import GlobalResponseNorm
+from torch import nn
+
+from structsearch.pruning.importance import Importance
+from structsearch.pruning.ops import slice_conv, slice_linear, slice_norm, slice_params
+
+#: The MLP modules handled here (exact types: a subclass may compute something else).
+MLP_TYPES: tuple[type[nn.Module], ...] = (Mlp, GlobalResponseNormMlp)
+
+
+def _pointwise(layer: nn.Module) -> bool:
+    """A ``Linear``, or a dense 1x1 convolution (the same map on NCHW tensors)."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.kernel_size == (1, 1)
+
+
+def hidden_norm(mlp: nn.Module) -> nn.Module:
+    """The per-hidden-channel layer between ``fc1`` and ``fc2``: ``Mlp.norm`` or ``GlobalResponseNormMlp.grn``."""
+    return mlp.get_submodule("grn" if isinstance(mlp, GlobalResponseNormMlp) else "norm")
+
+
+def _fc(mlp: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
+    layer = mlp.get_submodule(name)
+    assert isinstance(layer, (nn.Linear, nn.Conv2d)), "an MLP sliceable_mlp accepted"
+    return layer
+
+
+def hidden_width(mlp: nn.Module) -> int:
+    """The MLP's hidden size: ``fc1``'s outputs."""
+    return int(_fc(mlp, "fc1").weight.shape[0])
+
+
+def sliceable_mlp(mlp: nn.Module) -> bool:
+    """Whether :func:`shrink_mlp` can narrow ``mlp``: a plain ``Mlp`` / ``GlobalResponseNormMlp`` whose
+    ``fc1`` and ``fc2`` are both linear or both 1x1 convolutions, with no hidden norm, a LayerNorm or a GRN."""
+    if type(mlp) not in MLP_TYPES:
+        return False
+    fc1, fc2 = mlp.get_submodule("fc1"), mlp.get_submodule("fc2")
+    if not (_pointwise(fc1) and _pointwise(fc2) and type(fc1) is type(fc2)):
+        return False
+    return isinstance(hidden_norm(mlp), (nn.Identity, nn.LayerNorm, GlobalResponseNorm))
+
+
+def shrink_mlp(mlp: nn.Module, channels: int, importance: Importance) -> list[int]:
+    """Keep ``channels`` hidden units of ``mlp`` (one :func:`sliceable_mlp` accepts), ranked by
+    ``fc1``'s rows and ``fc2``'s columns together; returns the kept indices in ascending order."""
+    fc1, fc2 = _fc(mlp, "fc1"), _fc(mlp, "fc2")
+    idx = importance.select([(fc1.weight, 0), (fc2.weight, 1)], channels)
+    norm = hidden_norm(mlp)
+    if isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d):
+        slice_conv(fc1, out_idx=idx)
+        slice_conv(fc2, in_idx=idx)
+    elif isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
+        slice_linear(fc1, out_idx=idx)
+        slice_linear(fc2, in_idx=idx)
+    if isinstance(norm, GlobalResponseNorm):
+        slice_params(norm, ("weight", "bias"), idx)
+    elif not isinstance(norm, nn.Identity):
+        slice_norm(norm, idx)
+    return idx.tolist()
