@@ -46,6 +46,8 @@ RES_STUDY = "cifar10-resnet56-resolution"
 VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
 VIT_STUDY = "cifar10-resnet56-vit"
 VIT_TEACHER = "teachers/cifar_vit.safetensors"
+#: The ConvNeXt teacher's recipe: trained by the ``convnext`` stage into $STRUCTSEARCH_HOME, not shipped.
+CONVNEXT_RECIPE = "studies/teach_convnext_cifar10.yaml"
 
 
 def run(
@@ -269,15 +271,31 @@ def stage_vit_teacher() -> dict[str, Any]:
 
 def stage_vit_inherit() -> dict[str, Any]:
     """ViT-to-ViT search at 50% and 25% of the ViT teacher's MACs; every student again from scratch and
-    with feature KD (``bench/vit_inherit.py``)."""
+    with feature KD (``bench/inherit.py``)."""
     log: list[dict[str, Any]] = []
     raw = OUT / "vit_inherit_raw.json"
-    argv = [sys.executable, "bench/vit_inherit.py", "--teacher", VIT_TEACHER, "--trials", "4"]
+    argv = [sys.executable, "bench/inherit.py", "--teacher", VIT_TEACHER, "--trials", "4"]
     argv += ["--json", str(raw.relative_to(ROOT))]
     result = run([*argv, "--home", os.environ["STRUCTSEARCH_HOME"]], log, raw)
     from structsearch.models import file_hash  # the page flags the stage stale when the file changes
 
     return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
+
+
+def stage_convnext() -> dict[str, Any]:
+    """A ConvNeXt teacher trained by its recipe (resumable; about 20 min here), then ConvNeXt -> ConvNeXt
+    search at 50% and 25% of its MACs, every student again from scratch and with feature KD
+    (``bench/inherit.py``)."""
+    log: list[dict[str, Any]] = []
+    home = os.environ["STRUCTSEARCH_HOME"]
+    teacher = Path(home) / "convnext_atto_cifar10.safetensors"
+    run([*CLI, "teach", CONVNEXT_RECIPE, "--out", str(teacher), "--format", "json"], log)
+    sidecar = json.loads(teacher.with_suffix(".json").read_text())
+    raw = OUT / "convnext_inherit_raw.json"
+    argv = [sys.executable, "bench/inherit.py", "--model", "convnext_atto", "--teacher", str(teacher)]
+    argv += ["--trials", "6", "--json", str(raw.relative_to(ROOT))]
+    result = run([*argv, "--home", home], log, raw)
+    return {"commands": log, "sidecar": sidecar, "inherit": result}
 
 
 def stage_feature_kd() -> dict[str, Any]:
@@ -327,6 +345,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "vit_teacher": stage_vit_teacher,
     "vit_inherit": stage_vit_inherit,
     "feature_kd": stage_feature_kd,
+    "convnext": stage_convnext,
 }
 
 

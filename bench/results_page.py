@@ -692,11 +692,8 @@ def section_vit_teacher(s: Stages) -> str:
     )
 
 
-def section_vit_inherit(s: Stages) -> str:
-    st = s.get("vit_inherit")
-    if not st:
-        return "## ViT -> ViT: inherited weights against training from scratch\n\nnot run yet\n"
-    v = st["vit_inherit"]
+def inherit_table(v: dict[str, Any]) -> str:
+    """``bench/inherit.py``'s students (inherited, scratch, the gap, with feature KD) and per-budget summary."""
     rows = [
         [
             budget,
@@ -717,15 +714,49 @@ def section_vit_inherit(s: Stages) -> str:
         for budget, res in v["budgets"].items()
     )
     return (
+        table(["budget", "trial", "student", "MACs", "inherited", "scratch", "gap", "+ feature KD"], rows)
+        + f"\n{summary}.\n\n"
+    )
+
+
+def section_vit_inherit(s: Stages) -> str:
+    st = s.get("vit_inherit")
+    if not st:
+        return "## ViT -> ViT: inherited weights against training from scratch\n\nnot run yet\n"
+    return (
         "## ViT -> ViT: inherited weights against training from scratch\n\n"
         "A search of the ViT teacher's depth, heads and MLP width under each budget (the study's baselines, then TPE), "
         "students inheriting its weights; every trained student trained again by the same proxy from a fresh "
         "initialisation (AdamW 1e-3 against 5e-4 inherited) and, inherited, with ViT feature KD (token MSE + "
         "attention KL) added. Proxy val top-1 on test[:2000].\n\n"
-        + table(["budget", "trial", "student", "MACs", "inherited", "scratch", "gap", "+ feature KD"], rows)
-        + f"\n{summary}.\n\n"
+        + inherit_table(st["vit_inherit"])
         + (f"Note: {st['note']}.\n\n" if st.get("note") else "")
         + stale_teacher(st)
+        + commands(st)
+    )
+
+
+def section_convnext(s: Stages) -> str:
+    title = "## ConvNeXt -> ConvNeXt: a ConvNeXt teacher, inherited weights against training from scratch\n\n"
+    st = s.get("convnext")
+    if not st:
+        return title + "not run yet\n"
+    side = st["sidecar"]
+    r = side["recipe"]
+    views = "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
+    return (
+        title
+        + f"The teacher: `{side['model']}` ({side['params']:,} params) trained by `{side['command']}` "
+        f"(distilled from `{r['distill_from']['model']}`, {r['distillation']} KD at T={r['temperature']:g}, weight "
+        f"{r['alpha']:g}, {views}; {r['epochs']} epochs in {side['train_seconds'] / 60:.1f} min on this CPU, "
+        f"{side['images_per_s']:.0f} images/s, seed {side['seed']}): {pct(side['val']['top1'])} on {side['val']['data']} "
+        f"(epoch {side['best_epoch']:g}), **{pct(side['test']['top1'])} on {side['test']['data']}**. It is not shipped; "
+        "the stage trains it into `$STRUCTSEARCH_HOME`.\n\n"
+        "Then a search of its depth per stage and MLP width per block under each budget (the study's baselines, then "
+        "TPE), students inheriting its weights; every trained student trained again by the same proxy from a fresh "
+        "`convnext_atto` (AdamW 1e-3 against 5e-4 inherited) and, inherited, with feature KD (MSE on the four stage "
+        "outputs) added. Proxy val top-1 on test[:2000].\n\n"
+        + inherit_table(st["inherit"])
         + commands(st)
     )
 
@@ -822,6 +853,7 @@ def render(stages: Stages) -> Path:
         section_vit_teacher(stages),
         section_vit_inherit(stages),
         section_feature_kd(stages),
+        section_convnext(stages),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

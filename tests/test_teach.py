@@ -78,6 +78,23 @@ def test_the_exported_teacher_reproduces_its_sidecar_accuracy(tmp_path: Path) ->
     assert side["val"]["top1"] == round(result.val_top1, 2) and len(side["history"]) == 3
 
 
+def test_input_size_sets_the_resolution_of_training_and_of_the_shipped_accuracy(tmp_path: Path) -> None:
+    """A timm model defaults to its ImageNet size (224 px): ``input_size`` trains it at the size asked for."""
+    kwargs = {"num_classes": 10, "dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
+    recipe = _recipe(tmp_path, model="convnext_atto", kwargs=kwargs, input_size=32, epochs=1)
+    events: list[dict] = []
+    out = tmp_path / "convnext.safetensors"
+    result = teach(recipe, tmp_path / "work", out, log=events.append)
+    assert events[0] == {"event": "start", "model": "convnext_atto", "input_size": "32x32", "steps": 8}
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["input_size"] == [32, 32] and side["recipe"]["input_size"] == 32
+    net = create_model("convnext_atto", **kwargs)
+    load_checkpoint(net, out)
+    assert Preprocess.from_model(net).input_size == (224, 224)  # what it would have trained at
+    test = load_data("digits:test[150:]")
+    assert top1(net, test.x, test.y, Preprocess.from_model(net, 32), 256, torch.device("cpu")) == result.test_top1
+
+
 def test_cached_teacher_views_train_and_are_reused(tmp_path: Path) -> None:
     cache = TeacherCache(tmp_path / "cache")
     recipe = _recipe(tmp_path, teacher_views=2, epochs=1)

@@ -54,6 +54,10 @@ class TeachRecipe(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     distill_from: DistillFrom | None = None
     data: TeachData
+    #: Side of the square images the model trains and is evaluated at; None: the model's own default
+    #: (timm's pretrained config: 224 px for ImageNet models such as ``convnext_atto``, so set 32 to
+    #: train one on CIFAR-10 at native resolution instead of upsampled to 224).
+    input_size: int | None = Field(default=None, ge=8, le=1024)
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0)

@@ -86,14 +86,19 @@ def teach(
     emit = log or (lambda _e: None)
     dev = torch.device(device)
     model = create_model(recipe.model, seed=recipe.seed, **recipe.kwargs).to(dev)
-    pre = Preprocess.from_model(model)
+    pre = Preprocess.from_model(model, recipe.input_size)
     train, val = load_data(recipe.data.train), load_data(recipe.data.val)
-    stream = _Stream(recipe, train, pre, dev, cache)
     spe = len(train) // recipe.batch_size
     total = recipe.epochs * spe
+    emit({"event": "start", "model": recipe.model, "input_size": "x".join(map(str, pre.input_size)), "steps": total})
+    stream = _Stream(recipe, train, pre, dev, cache)  # computes the teacher's cached views first, if any
     opt = make_optimizer(_param_groups(model, recipe.weight_decay), "adamw", recipe.lr)
     sched = WarmupCosine(opt, total, round(recipe.warmup_epochs * spe))
-    settings = {"format": 1, **recipe.model_dump(mode="json")}
+    # a recipe without input_size keeps the settings (and so the resumable checkpoints) it had before the field
+    settings = {
+        "format": 1,
+        **recipe.model_dump(mode="json", exclude={"input_size"} if recipe.input_size is None else None),
+    }
     if recipe.precision == "bf16":  # checkpoints from before the teacher's forward ran in bf16 too don't resume
         settings["teacher_precision"] = "bf16"
     ckpt = work_dir / CHECKPOINT
@@ -203,13 +208,14 @@ def export_teacher(
     atomic_write(path, lambda f: f.write(blob))
     shipped = create_model(recipe.model, **recipe.kwargs)
     load_checkpoint(shipped, path)
-    pre = Preprocess.from_model(shipped)
+    pre = Preprocess.from_model(shipped, recipe.input_size)
     val, test = load_data(recipe.data.val), load_data(recipe.data.test)
     val_acc = top1(shipped, val.x, val.y, pre, 256, torch.device("cpu"))
     test_acc = top1(shipped, test.x, test.y, pre, 256, torch.device("cpu"))
     sidecar = {
         "model": recipe.model,
         "kwargs": recipe.kwargs,
+        "input_size": list(pre.input_size),
         "weights": path.name,
         "dtype": "float16",
         "params": sum(p.numel() for p in shipped.parameters()),

@@ -1,18 +1,21 @@
-"""Benchmark: ViT-to-ViT search with inherited weights, against the same students from scratch (issue 15).
+"""Benchmark: search with weights inherited from the teacher, against the same students from scratch.
 
-    .venv/bin/python bench/vit_inherit.py [--teacher teachers/cifar_vit.safetensors] [--budgets 50%,25%] [--trials 5]
-                                          [--steps 150] [--train N] [--val N] [--home DIR] [--json OUT.json]
+    .venv/bin/python bench/inherit.py [--teacher teachers/cifar_vit.safetensors] [--model cifar_vit]
+                                      [--budgets 50%,25%] [--trials 5] [--steps 150] [--train N] [--val N]
+                                      [--home DIR] [--json OUT.json]
 
-For each MACs budget (50 % and 25 % of the shipped ViT teacher) it runs a search of ``cifar_vit``'s
-blocks (depth, heads, MLP width) through the library API, students inheriting the teacher's
-weights: the study's baselines (uniform, global magnitude, depth) first, then TPE. Every student
-that search trained is then trained again by the same proxy (same steps, batch, images and views,
-teacher logits from the same cache):
+For each MACs budget (50 % and 25 % of the teacher) it runs a search of the teacher's blocks
+(``--model``: the shipped ViT ``cifar_vit`` by default -- depth, heads, MLP width; ``convnext_atto``
+with the checkpoint of ``studies/teach_convnext_cifar10.yaml`` -- depth and MLP width) through the
+library API, students inheriting the teacher's weights: the study's baselines (uniform, global
+magnitude, depth) first, then TPE. Every student that search trained is then trained again by the
+same proxy (same steps, batch, images and views, teacher logits from the same cache):
 
-* **scratch** -- the same structure cut from a freshly initialised ``cifar_vit``, at the proxy's
+* **scratch** -- the same structure cut from a freshly initialised ``--model``, at the proxy's
   from-scratch learning rate (AdamW 1e-3 against 5e-4 inherited: each side at its own rate);
-* **feature KD** -- inherited again, with ViT feature KD added to the logit KD (``proxy.feature_kd``:
-  token hidden-state MSE through a learned projection and attention-map KL per kept head).
+* **feature KD** -- inherited again, with feature KD added to the logit KD (``proxy.feature_kd``:
+  for a ViT, token hidden-state MSE through a learned projection and attention-map KL per kept head;
+  for a CNN, FitNets' MSE on every stage's output).
 
 It prints one row per student (MACs, inherited, scratch, the gap, with feature KD) and per budget
 the smallest and the mean gap, and the mean change that feature KD makes. Data: ``train.npz[:10000]``
@@ -41,12 +44,13 @@ LR_INHERITED, LR_SCRATCH = 0.0005, 0.001
 
 
 def study_spec(teacher: Path, budget: str, args: argparse.Namespace, variant: str) -> dict[str, Any]:
-    """One budget's study; ``variant`` ``scratch`` cuts students from a fresh ``cifar_vit`` instead of the
+    """One budget's study; ``variant`` ``scratch`` cuts students from a fresh ``--model`` instead of the
     teacher (a student model that differs from the teacher's spelling is not inherited), ``feature_kd``
-    adds ViT feature KD."""
+    adds feature KD."""
+    prefix = "vit" if args.model == "cifar_vit" else args.model  # the ViT's study names as before
     raw: dict[str, Any] = {
-        "name": f"vit-inherit-{budget.rstrip('%')}pct-{variant}",
-        "teacher": {"model": "cifar_vit", "checkpoint": str(teacher)},
+        "name": f"{prefix}-inherit-{budget.rstrip('%')}pct-{variant}",
+        "teacher": {"model": args.model, "kwargs": {"num_classes": 10}, "checkpoint": str(teacher)},
         "data": {"train": f"npz:{TRAIN}[:{args.train}]", "val": f"npz:{TEST}[:{args.val}]"},
         "budget": {"flops": budget},
         "objectives": ["accuracy", "macs"],
@@ -64,7 +68,7 @@ def study_spec(teacher: Path, budget: str, args: argparse.Namespace, variant: st
         "seed": 0,
     }
     if variant == "scratch":
-        raw["student"] = {"model": "cifar_vit", "kwargs": {"num_classes": 10}}
+        raw["student"] = {"model": args.model, "kwargs": {"num_classes": 10}}
     return raw
 
 
@@ -111,6 +115,7 @@ def run_budget(teacher: Path, budget: str, args: argparse.Namespace) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", type=Path, default=ROOT / "teachers" / "cifar_vit.safetensors")
+    ap.add_argument("--model", default="cifar_vit", help="the teacher's model (10 classes), also the scratch base")
     ap.add_argument("--budgets", default=",".join(BUDGETS), help="MACs budgets, comma-separated")
     ap.add_argument("--trials", type=int, default=5, help="trials per budget, the 3 baselines included")
     ap.add_argument("--steps", type=int, default=150, help="proxy steps per student (batch 64)")
@@ -120,7 +125,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write every figure and timing here")
     args = ap.parse_args()
     if not args.teacher.is_file():
-        raise SystemExit(f"{args.teacher} does not exist (train it: structsearch teach studies/teach_vit_cifar10.yaml)")
+        raise SystemExit(f"{args.teacher} does not exist (train it: structsearch teach studies/teach_*_cifar10.yaml)")
     os.environ["STRUCTSEARCH_HOME"] = args.home or tempfile.mkdtemp(prefix="bench-vit-inherit-")
 
     import torch
