@@ -743,10 +743,11 @@ def section_convnext(s: Stages) -> str:
         return title + "not run yet\n"
     side = st["sidecar"]
     r = side["recipe"]
-    views = "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
+    views = (
+        "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
+    )
     return (
-        title
-        + f"The teacher: `{side['model']}` ({side['params']:,} params) trained by `{side['command']}` "
+        title + f"The teacher: `{side['model']}` ({side['params']:,} params) trained by `{side['command']}` "
         f"(distilled from `{r['distill_from']['model']}`, {r['distillation']} KD at T={r['temperature']:g}, weight "
         f"{r['alpha']:g}, {views}; {r['epochs']} epochs in {side['train_seconds'] / 60:.1f} min on this CPU, "
         f"{side['images_per_s']:.0f} images/s, seed {side['seed']}): {pct(side['val']['top1'])} on {side['val']['data']} "
@@ -755,9 +756,7 @@ def section_convnext(s: Stages) -> str:
         "Then a search of its depth per stage and MLP width per block under each budget (the study's baselines, then "
         "TPE), students inheriting its weights; every trained student trained again by the same proxy from a fresh "
         "`convnext_atto` (AdamW 1e-3 against 5e-4 inherited) and, inherited, with feature KD (MSE on the four stage "
-        "outputs) added. Proxy val top-1 on test[:2000].\n\n"
-        + inherit_table(st["inherit"])
-        + commands(st)
+        "outputs) added. Proxy val top-1 on test[:2000].\n\n" + inherit_table(st["inherit"]) + commands(st)
     )
 
 
