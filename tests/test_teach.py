@@ -93,6 +93,18 @@ def test_input_size_sets_the_resolution_of_training_and_of_the_shipped_accuracy(
     assert Preprocess.from_model(net).input_size == (224, 224)  # what it would have trained at
     test = load_data("digits:test[150:]")
     assert top1(net, test.x, test.y, Preprocess.from_model(net, 32), 256, torch.device("cpu")) == result.test_top1
+    # a study naming the exported file searches at the size it was trained at, unless data.input_size says otherwise
+    from structsearch.search import parse_study_spec
+    from structsearch.search.context import plan_search
+
+    study: dict = {
+        "name": "t",
+        "teacher": {"model": "convnext_atto", "kwargs": kwargs, "checkpoint": str(out)},
+        "budget": {"flops": "60%"},
+    }
+    assert plan_search(parse_study_spec(study, "test")).input_size == (3, 32, 32)
+    study["data"] = {"input_size": 64}
+    assert plan_search(parse_study_spec(study, "test")).input_size == (3, 64, 64)
 
 
 def test_cached_teacher_views_train_and_are_reused(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ class DataSection(_Strict):
     val: str | None = None
     val_size: int | float = Field(default=0.2, gt=0)
     train_size: int | None = Field(default=None, gt=0)
-    #: Input resolution in pixels; default: the teacher's own.
+    #: Input resolution in pixels; default: the size the teacher checkpoint was trained at when a
+    #: ``structsearch teach`` sidecar beside it says so, else the teacher model's own (timm's config).
     input_size: int | None = Field(default=None, ge=8, le=1024)
     #: Student input resolutions to search over (px), e.g. ``[24, 28, 32]``; absent: no resolution
     #: dimension, every student runs at ``input_size``. The teacher keeps ``input_size`` (its cached

@@ -239,6 +239,18 @@ def sidecar_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def trained_input_size(weights: Path) -> int | None:
+    """The image side a teacher exported by :func:`export_teacher` was trained at, from its sidecar;
+    None without a readable sidecar that records one (checkpoints from elsewhere, older exports)."""
+    try:
+        size = json.loads(sidecar_path(weights).read_text()).get("input_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1] and isinstance(size[0], int):
+        return size[0]
+    return None
+
+
 # -- the data stream ------------------------------------------------------------------------------
 class _Stream:
     """Epoch ``e``'s augmented training images and the teacher's logits on them."""
