@@ -45,8 +45,7 @@ LR_INHERITED, LR_SCRATCH = 0.0005, 0.001
 
 def study_spec(teacher: Path, budget: str, args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """One budget's study; ``variant`` ``scratch`` cuts students from a fresh ``--model`` instead of the
-    teacher (a student model that differs from the teacher's spelling is not inherited), ``feature_kd``
-    adds feature KD."""
+    teacher (``student.inherit: false``), ``feature_kd`` adds feature KD."""
     prefix = "vit" if args.model == "cifar_vit" else args.model  # the ViT's study names as before
     raw: dict[str, Any] = {
         "name": f"{prefix}-inherit-{budget.rstrip('%')}pct-{variant}",
@@ -68,7 +67,7 @@ def study_spec(teacher: Path, budget: str, args: argparse.Namespace, variant: st
         "seed": 0,
     }
     if variant == "scratch":
-        raw["student"] = {"model": args.model, "kwargs": {"num_classes": 10}}
+        raw["student"] = {"inherit": False}
     return raw
 
 

@@ -402,3 +402,23 @@ def test_a_changed_teacher_checkpoint_is_another_teacher(home: Path, tmp_path: P
     fresh = run_search(parse_study_spec({**base, "name": "ckpt-new", "budget": {"flops": "30%"}}))
     assert not any("copied_from" in t.user_attrs for t in fresh.get_trials())
     assert fresh.user_attrs["teacher_checkpoint"] != first.user_attrs["teacher_checkpoint"]
+
+
+def test_student_inherit_false_starts_the_teachers_own_structure_from_scratch(tmp_path: Path) -> None:
+    """The ablation against inheritance: same model and kwargs as the teacher, fresh weights."""
+    import torch
+
+    from structsearch.models import create_model
+
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(create_model("cifar_resnet20", seed=7, num_classes=10).state_dict(), ckpt)
+    teacher = {"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "checkpoint": str(ckpt)}
+    base = {**TINY, "teacher": teacher}
+    inherited = plan_search(parse_study_spec(base))
+    scratch = plan_search(parse_study_spec({**base, "student": {"inherit": False}}))
+    assert inherited.inherit and not scratch.inherit
+    assert (scratch.base_model, scratch.base_kwargs) == (inherited.base_model, inherited.base_kwargs)
+    loaded = create_model("cifar_resnet20", checkpoint=str(ckpt), num_classes=10)
+    fresh = scratch.student_base(loaded).conv1.weight
+    assert inherited.student_base(loaded).conv1.weight is loaded.conv1.weight
+    assert not torch.equal(fresh, loaded.conv1.weight)  # a fresh initialisation from the study's seed

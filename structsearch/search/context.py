@@ -175,7 +175,9 @@ def _resolve(text: str | None, what: str, reference: int) -> int | None:
 
 def inherits(spec: StudySpec) -> bool:
     """Whether the study's students are cut from the teacher itself (no other ``student:`` model or
-    kwargs) and so start from its weights; else they train from scratch."""
+    kwargs, and ``student.inherit`` left on) and so start from its weights; else they train from scratch."""
+    if not spec.student.inherit:
+        return False
     if not spec.student.model:
         return True
     return spec.student.model == spec.teacher.model and dict(spec.student.kwargs) == dict(spec.teacher.kwargs)

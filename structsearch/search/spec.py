@@ -44,6 +44,9 @@ class StudentSpec(_Strict):
 
     model: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: False: students of the teacher's own structure start from a fresh initialisation instead of its
+    #: weights (the ablation that measures what inheritance is worth). Another model never inherits.
+    inherit: bool = True
 
 
 class DataSection(_Strict):
