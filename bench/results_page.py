@@ -829,7 +829,7 @@ def stale_teacher(st: dict[str, Any]) -> str:
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
-        "# Results: ResNet-56 and ViT teachers on CIFAR-10\n",
+        "# Results: ResNet-56, ViT and ConvNeXt teachers on CIFAR-10\n",
         "Regenerate with `.venv/bin/python bench/results.py` (stage outputs are kept in `docs/results/*.json`; "
         "`--force STAGE` reruns one). All runs on a 2-core CPU (no GPU was available), so the search proxies are "
         "100 steps of batch 64 on 10k training images and the fine-tune is one epoch; the teacher's outputs are "
