@@ -659,6 +659,12 @@ def _tradeoff_plot(cells: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def teacher_views(recipe: dict[str, Any]) -> str:
+    """How a teach recipe ran the model it distils from: per batch, or on cached views."""
+    n = recipe["teacher_views"]
+    return f"{n} cached views" if n else "the teacher run on every augmented batch"
+
+
 def section_vit_teacher(s: Stages) -> str:
     st = s.get("vit_teacher")
     if not st:
@@ -666,9 +672,7 @@ def section_vit_teacher(s: Stages) -> str:
     side, c = st["sidecar"], st["cost"]
     r = side["recipe"]
     curve = ", ".join(f"{h['val_top1']:.1f}" for h in side["history"])
-    views = (
-        "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
-    )
+    views = teacher_views(r)
     arch = (
         ", ".join(f"{k} {v}" for k, v in side["kwargs"].items())
         or "its registered defaults: conv stem, patch 4 at 32 px, width 192, 6 blocks x 3 heads"
@@ -743,9 +747,7 @@ def section_convnext(s: Stages) -> str:
         return title + "not run yet\n"
     side = st["sidecar"]
     r = side["recipe"]
-    views = (
-        "the teacher run on every augmented batch" if not r["teacher_views"] else f"{r['teacher_views']} cached views"
-    )
+    views = teacher_views(r)
     return (
         title + f"The teacher: `{side['model']}` ({side['params']:,} params) trained by `{side['command']}` "
         f"(distilled from `{r['distill_from']['model']}`, {r['distillation']} KD at T={r['temperature']:g}, weight "
