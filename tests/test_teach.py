@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from structsearch.cli import app
 from structsearch.data import Preprocess, load_data
 from structsearch.distill import TeacherCache
 from structsearch.distill.evaluate import top1
 from structsearch.errors import TeachError
 from structsearch.models import create_model, load_checkpoint
 from structsearch.teach import TeachRecipe, load_recipe, teach
+from tests.cli_helpers import runner
 
 TINY = dict(img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
 
@@ -93,6 +95,30 @@ def test_input_size_sets_the_resolution_of_training_and_of_the_shipped_accuracy(
     assert Preprocess.from_model(net).input_size == (224, 224)  # what it would have trained at
     test = load_data("digits:test[150:]")
     assert top1(net, test.x, test.y, Preprocess.from_model(net, 32), 256, torch.device("cpu")) == result.test_top1
+    # `structsearch eval` on the file runs it at that size too, and reproduces the accuracy
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "convnext_atto",
+            "--checkpoint",
+            str(out),
+            "--data",
+            "digits:test[150:]",
+            "--kw",
+            "num_classes=10",
+            "--kw",
+            "dims=[8,16,32,64]",
+            "--kw",
+            "depths=[1,1,1,1]",
+            "--format",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert shown["input_size"] == [32, 32] and shown["top1"] == round(result.test_top1, 2)
     # a study naming the exported file searches at the size it was trained at, unless data.input_size says otherwise
     from structsearch.search import parse_study_spec
     from structsearch.search.context import plan_search

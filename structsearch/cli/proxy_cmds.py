@@ -20,7 +20,10 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     kw: KwOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 256,
-    input_size: Annotated[int | None, typer.Option(help="Input resolution (default: the model's)")] = None,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Input resolution (default: the checkpoint's, from a `teach` sidecar; else the model's)"),
+    ] = None,
     device: DeviceOpt = "auto",
     format: FormatOpt = Format.table,
 ) -> None:
@@ -29,6 +32,7 @@ def evaluate(
     from structsearch.data import Preprocess, check_labels, load_data
     from structsearch.distill import resolve_device, top1
     from structsearch.models import create_model
+    from structsearch.teach.run import input_side
     from structsearch.train import num_classes_of
 
     dev = resolve_device(device)
@@ -37,12 +41,14 @@ def evaluate(
     classes = num_classes_of(net)
     if classes is not None:
         check_labels(loaded, classes)
-    acc = top1(net, loaded.x, loaded.y, Preprocess.from_model(net, input_size), batch_size, dev)
+    pre = Preprocess.from_model(net, input_side(input_size, checkpoint))
+    acc = top1(net, loaded.x, loaded.y, pre, batch_size, dev)
     result = {
         "model": model,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "data": loaded.source,
         "images": len(loaded),
+        "input_size": list(pre.input_size),
         "top1": round(acc, 2),
     }
     if format is Format.json:
@@ -98,7 +104,10 @@ def proxy(
     ] = "fp32",
     seed: Annotated[int, typer.Option(help="Training seed (batch order, adapters)")] = 0,
     split_seed: Annotated[int, typer.Option(help="Seed of the train/validation split")] = 0,
-    input_size: Annotated[int | None, typer.Option(help="Input resolution (default: the teacher's)")] = None,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Input resolution (default: the checkpoint's, from a `teach` sidecar; else the teacher's)"),
+    ] = None,
     device: DeviceOpt = "auto",
     cache_dir: Annotated[
         Path | None,
@@ -121,6 +130,7 @@ def proxy(
     from structsearch.distill.taps import check_feature_pair
     from structsearch.errors import DataError, StructsearchError
     from structsearch.models import create_model
+    from structsearch.teach.run import input_side
 
     if student_spec is not None and student_model is not None:
         raise StructsearchError("give --student-spec or --student-model, not both")
@@ -143,7 +153,7 @@ def proxy(
     student, described = _student(net, teacher, teacher_kwargs, student_spec, student_model, student_kw, width)
     if config.feature_kd:
         check_feature_pair(net, student)
-    preprocess = Preprocess.from_model(net, input_size)
+    preprocess = Preprocess.from_model(net, input_side(input_size, checkpoint))
     teacher_id = TeacherId.of(teacher, teacher_kwargs, checkpoint)
     cache = None if no_cache else TeacherCache(cache_dir)
     source = DataSpec.parse(data)

@@ -39,7 +39,10 @@ def synthesize(
         int, typer.Option(min=1, help="Images optimised together (BatchNorm statistics are matched per batch)")
     ] = 256,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random start, targets, jitter and flips")] = 0,
-    input_size: Annotated[int | None, typer.Option(help="Resolution (default: the teacher's)")] = None,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Resolution (default: the checkpoint's, from a `teach` sidecar; else the teacher's)"),
+    ] = None,
     grid: Annotated[Path | None, typer.Option("--grid", help="Also write the first 100 images as a PNG grid")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
     precision: Annotated[
@@ -66,13 +69,14 @@ def synthesize(
     from structsearch.distill.synthesis import SynthesisConfig, synthesize_spec
     from structsearch.errors import StructsearchError
     from structsearch.models import create_model
+    from structsearch.teach.run import input_side
 
     if checkpoint is None:
         raise StructsearchError("synthesize needs the teacher's --checkpoint: synthesis inverts trained weights")
     spec = SynthesisSpec(n, method.lower(), iters, seed, batch_size)
     kwargs = parse_kwargs(kw)
     net = create_model(teacher, checkpoint=checkpoint, **kwargs).eval()
-    preprocess = Preprocess.from_model(net, input_size)
+    preprocess = Preprocess.from_model(net, input_side(input_size, checkpoint))
 
     def progress(batch: int, batches: int, losses: dict[str, float]) -> None:
         if format is Format.table:

@@ -42,7 +42,7 @@ from structsearch.search.proposal import ProposalSpace
 from structsearch.search.spec import StudySpec
 from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
-from structsearch.teach.run import trained_input_size
+from structsearch.teach.run import input_side
 
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.distill import Distiller
@@ -196,9 +196,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
     if detection:
         check_detection_spec(spec, teacher)  # coco:/mosaic:/synthetic: sources, a detector teacher
     check_synthetic(spec, teacher)  # synthetic:N data needs a checkpoint and a method that fits the teacher
-    side = spec.data.input_size or (
-        trained_input_size(Path(spec.teacher.checkpoint)) if spec.teacher.checkpoint else None
-    )
+    side = input_side(spec.data.input_size, spec.teacher.checkpoint)
     size = (3, side, side) if side else default_input_size(teacher)
     base_model = spec.student.model or spec.teacher.model
     base_kwargs = dict(spec.student.kwargs) if spec.student.model else dict(spec.teacher.kwargs)

@@ -251,6 +251,14 @@ def trained_input_size(weights: Path) -> int | None:
     return None
 
 
+def input_side(given: int | None, checkpoint: str | Path | None) -> int | None:
+    """The image side to run a model at: ``given`` when set, else the size its ``checkpoint`` was trained
+    at (:func:`trained_input_size`), else None (the model's own default, from timm's config)."""
+    if given is not None:
+        return given
+    return trained_input_size(Path(checkpoint)) if checkpoint else None
+
+
 # -- the data stream ------------------------------------------------------------------------------
 class _Stream:
     """Epoch ``e``'s augmented training images and the teacher's logits on them."""
