@@ -337,11 +337,17 @@ def test_spec_rejects_a_bad_fill_and_unknown_baselines() -> None:
     assert parse_study_spec({**TINY, "baselines": []}).baselines == ()
 
 
-def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna.Study) -> None:
+def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
+    import yaml
+
     from structsearch.cli import app
     from structsearch.search.results import baseline_gains
     from tests.cli_helpers import runner
 
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    done = runner.invoke(app, ["search", str(spec_file)], env={"COLUMNS": "200"})  # has its trials: runs none
+    assert done.exit_code == 0 and "images at 8x8 px" in done.stdout
     res = runner.invoke(app, ["pareto", "--study", "tiny", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

@@ -160,6 +160,7 @@ def search(
         "over_budget": sum(not r.feasible for r in records),
         "teacher_score": study.user_attrs.get("teacher_score"),
         "teacher_macs": study.user_attrs.get("teacher_macs"),
+        "input_size": study.user_attrs.get("input_size"),
         "pareto": [r.to_dict() for r in front],
         "baselines": [g.to_dict() for g in baseline_gains(records)],
     }
@@ -170,6 +171,7 @@ def search(
     console.print(
         f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
         f"(never trained); teacher: {summary['teacher_score']}% {scores.name} at {_fmt(summary['teacher_macs'])} MACs"
+        + (f", images at {size[-2]}x{size[-1]} px" if (size := summary["input_size"]) else "")
     )
     console.print(_records_table(front, scores, title="Pareto front (score vs MACs)"))
     _print_gains(baseline_gains(records))

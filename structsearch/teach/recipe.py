@@ -79,6 +79,11 @@ class TeachRecipe(_Strict):
     checkpoint_every: int = Field(default=100, ge=1, description="steps between checkpoints")
     seed: int = 0
 
+    def settings(self) -> dict[str, Any]:
+        """The recipe as JSON, for checkpoints and sidecars; ``input_size`` only when set, so a recipe
+        without it matches the checkpoints and the shipped sidecars written before the field existed."""
+        return self.model_dump(mode="json", exclude={"input_size"} if self.input_size is None else None)
+
     @model_validator(mode="after")
     def _consistent(self) -> TeachRecipe:
         if self.distillation != "none" and self.distill_from is None:

@@ -94,11 +94,7 @@ def teach(
     stream = _Stream(recipe, train, pre, dev, cache)  # computes the teacher's cached views first, if any
     opt = make_optimizer(_param_groups(model, recipe.weight_decay), "adamw", recipe.lr)
     sched = WarmupCosine(opt, total, round(recipe.warmup_epochs * spe))
-    # a recipe without input_size keeps the settings (and so the resumable checkpoints) it had before the field
-    settings = {
-        "format": 1,
-        **recipe.model_dump(mode="json", exclude={"input_size"} if recipe.input_size is None else None),
-    }
+    settings = {"format": 1, **recipe.settings()}
     if recipe.precision == "bf16":  # checkpoints from before the teacher's forward ran in bf16 too don't resume
         settings["teacher_precision"] = "bf16"
     ckpt = work_dir / CHECKPOINT
@@ -221,7 +217,7 @@ def export_teacher(
         "params": sum(p.numel() for p in shipped.parameters()),
         "command": command,
         "seed": recipe.seed,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.settings(),
         "val": {"data": recipe.data.val, "top1": round(val_acc, 2)},
         "test": {"data": recipe.data.test, "top1": round(test_acc, 2)},
         "best_epoch": result.best_epoch,
