@@ -184,3 +184,14 @@ def test_bf16_runs_the_teachers_batch_forward_in_bfloat16_and_hands_back_float32
     # ... and the logits are float32's up to bfloat16's rounding
     scale = logits["fp32"].abs().max().item()
     assert scale > 0 and (logits["bf16"] - logits["fp32"]).abs().max().item() < 0.05 * scale
+
+
+def test_the_convnext_recipe_writes_the_teacher_its_study_names() -> None:
+    """``structsearch teach studies/teach_convnext_cifar10.yaml`` then ``search studies/cifar10_convnext.yaml``."""
+    from structsearch.search import load_study_spec
+
+    recipe = load_recipe(Path("studies/teach_convnext_cifar10.yaml"))
+    study = load_study_spec("studies/cifar10_convnext.yaml")
+    assert study.teacher.checkpoint == f"teachers/{recipe.name}.safetensors"  # teach's default --out
+    assert (study.teacher.model, study.teacher.kwargs) == (recipe.model, recipe.kwargs)
+    assert recipe.input_size == 32 and study.data.input_size is None  # the study reads 32 from the sidecar
