@@ -46,9 +46,8 @@ LR_INHERITED, LR_SCRATCH = 0.0005, 0.001
 def study_spec(teacher: Path, budget: str, args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """One budget's study; ``variant`` ``scratch`` cuts students from a fresh ``--model`` instead of the
     teacher (``student.inherit: false``), ``feature_kd`` adds feature KD."""
-    prefix = "vit" if args.model == "cifar_vit" else args.model  # the ViT's study names as before
     raw: dict[str, Any] = {
-        "name": f"{prefix}-inherit-{budget.rstrip('%')}pct-{variant}",
+        "name": f"{args.model}-inherit-{budget.rstrip('%')}pct-{variant}",
         "teacher": {"model": args.model, "kwargs": {"num_classes": 10}, "checkpoint": str(teacher)},
         "data": {"train": f"npz:{TRAIN}[:{args.train}]", "val": f"npz:{TEST}[:{args.val}]"},
         "budget": {"flops": budget},

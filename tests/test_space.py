@@ -180,9 +180,10 @@ def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> No
         get_importance("l3")
 
 
-@pytest.mark.parametrize(
-    "family,name,kwargs,size", [c for c in CASES if c[0] not in ("vit", "detector")], ids=lambda v: v
-)
+CNN_CASES = [c for c in CASES if c[0] not in ("vit", "detector")]  # feature KD pairs their stages by name
+
+
+@pytest.mark.parametrize("family,name,kwargs,size", CNN_CASES, ids=[c[1] for c in CNN_CASES])
 def test_cnn_feature_taps_pair_teacher_and_student(family: str, name: str, kwargs: dict, size: int) -> None:
     """Feature KD compares stage outputs: a random student keeps the teacher's stage names and shapes."""
     from structsearch.distill.taps import check_feature_pair, tapped

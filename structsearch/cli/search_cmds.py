@@ -168,10 +168,11 @@ def search(
         print_json(summary)
         return
     scores = ScoreColumns(study)
+    size = summary["input_size"]
     console.print(
         f"study [bold]{study.study_name}[/]: {summary['trials']} trials, {summary['over_budget']} over budget "
         f"(never trained); teacher: {summary['teacher_score']}% {scores.name} at {_fmt(summary['teacher_macs'])} MACs"
-        + (f", images at {size[-2]}x{size[-1]} px" if (size := summary["input_size"]) else "")
+        + (f", images at {size[-2]}x{size[-1]} px" if size else "")
     )
     console.print(_records_table(front, scores, title="Pareto front (score vs MACs)"))
     _print_gains(baseline_gains(records))
