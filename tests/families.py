@@ -17,7 +17,15 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
-    "resnet": [("resnet18", {"num_classes": 10}, 64), ("resnet50", {"num_classes": 10}, 64)],
+    "regnet": [
+        ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
+        ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)
+    ],
+    "resnet": [
+        ("resnet18", {"num_classes": 10}, 64),
+        ("resnet50", {"num_classes": 10}, 64),
+        ("resnext50_32x4d", {"num_classes": 10}, 64),  # grouped conv2: 32 groups of 4..32 channels
+    ],
     "mobilenet": [("mobilenetv2_100", {"num_classes": 10}, 64), ("efficientnet_b0", {"num_classes": 10}, 64)],
     "vit": [
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),

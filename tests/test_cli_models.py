@@ -35,6 +35,7 @@ def test_models_lists_every_family() -> None:
         "cifar_resnet",
         "convnext",
         "detector",
+        "regnet",
         "resnet",
         "mobilenet",
         "vit",
@@ -73,7 +74,7 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     "args,fragments",
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
-        (("space", "regnetx_002"), ("no search-space adapter", "RegNet")),
+        (("space", "ghostnet_100"), ("no search-space adapter", "GhostNet")),
         (("cost", "convnext_atto", "--input-size", "8"), ("cannot run on 3x8x8 inputs", "larger images")),
         (("cost", "--spec", "/nonexistent/spec.json"), ("spec file not found",)),
         (("cost", "resnet18", "--kw", "oops"), ("--kw 'oops'",)),

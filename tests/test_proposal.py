@@ -140,6 +140,19 @@ def test_baselines_fill_the_budget_and_rank_globally() -> None:
     assert not all(b.keep for _, _, b in depth.blocks())
 
 
+def test_global_magnitude_ranks_whole_groups_of_a_grouped_conv() -> None:
+    """RegNet's bottleneck narrows by whole groups: the baseline ranks groups, not channels."""
+    model, space, cm = _setup("regnety_002", {"num_classes": 10}, 32)
+    budget = int(0.5 * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9)
+    kept = global_units(model, space, cm, proposals.caps())
+    blocks = [(i, j, c) for i, s in enumerate(space.stages) for j, c in enumerate(s)]
+    assert all(c.unit == 8 and kept[(i, j, "width")] % 8 == 0 for i, j, c in blocks)
+    assert any(kept[(i, j, "width")] < c.width_base for i, j, c in blocks)
+    gm = baseline_spec("global_magnitude", model, proposals)
+    assert gm is not None and 0.9 * budget <= cm.macs(gm) <= budget
+
+
 def test_no_budget_means_no_fixed_baselines() -> None:
     model, space, cm = _setup("cifar_resnet20", {}, 32)
     proposals = ProposalSpace(space, cm, None, None, 0.9)

@@ -204,3 +204,18 @@ def test_input_too_small_for_the_model_is_a_cost_error() -> None:
     teacher, _, _ = _setup("convnext_atto", {"num_classes": 10})
     with pytest.raises(CostError, match=r"ConvNeXt cannot run on 3x8x8 inputs \(.*Kernel size"):
         measure_cost(teacher, 8)
+
+
+def test_a_grouped_conv_keeps_whole_groups_and_their_outputs() -> None:
+    """Slicing keeps each kept group's filters on that group's inputs: outputs equal the teacher's."""
+    from structsearch.pruning.ops import group_channels, slice_conv
+
+    conv = torch.nn.Conv2d(12, 12, 3, padding=1, groups=4)  # 4 groups of 3 channels
+    x = torch.randn(2, 12, 5, 5)
+    idx = group_channels(torch.tensor([0, 2]), 3)
+    full = conv(x)[:, idx]
+    slice_conv(conv, out_idx=idx)
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (2, 6, 6)
+    torch.testing.assert_close(conv(x[:, idx]), full)
+    with pytest.raises(ValueError, match="whole groups of 3 channels"):
+        slice_conv(torch.nn.Conv2d(12, 12, 3, groups=4), out_idx=torch.tensor([0, 1, 3]))

@@ -68,7 +68,7 @@ def space(
             str(i),
             str(len(stage)),
             str(sum(c.removable for c in stage)),
-            f"{'/'.join(map(str, widths))} x {min(stage[0].widths):g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
+            f"{'/'.join(map(str, widths))} x {min(stage[0].widths):.3g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
             f"{min(heads)}..{max(heads)}" if heads else "-",
         )
     console.print(table)

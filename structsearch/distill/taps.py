@@ -9,7 +9,7 @@ Which modules are stages is a property of the family (the names survive surgery:
 blocks inside a stage but keep the stage module and its output width):
 
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``convnext``: ``stages.0..3``;
-  ``mobilenet``: ``blocks.0..N-1``.
+  ``regnet``: ``s1..s4``;  ``mobilenet``: ``blocks.0..N-1``.
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
   not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
 """
@@ -28,6 +28,7 @@ _FIXED_STAGES: dict[str, tuple[str, ...]] = {
     "cifar_resnet": ("layer1", "layer2", "layer3"),
     "resnet": ("layer1", "layer2", "layer3", "layer4"),
     "convnext": ("stages.0", "stages.1", "stages.2", "stages.3"),
+    "regnet": ("s1", "s2", "s3", "s4"),
 }
 
 

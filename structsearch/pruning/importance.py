@@ -16,6 +16,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from structsearch.pruning.ops import group_channels
+
 #: A tensor and the dimension along which it is indexed by the units being selected.
 TensorDim = tuple[Tensor, int]
 
@@ -40,6 +42,12 @@ class Importance(ABC):
         # stable: ties broken by position, so selection is deterministic
         order = torch.sort(s, descending=True, stable=True).indices[:k]
         return torch.sort(order).values
+
+    def select_groups(self, tensors: Sequence[TensorDim], group_size: int, channels: int) -> Tensor:
+        """Channel indices of the ``channels // group_size`` best whole groups of ``group_size``
+        consecutive channels (a grouped convolution's groups), each group scored over all its channels."""
+        views = [(t.unflatten(dim, (-1, group_size)), dim) for t, dim in tensors]
+        return group_channels(self.select(views, channels // group_size), group_size)
 
 
 _IMPORTANCES: dict[str, type[Importance]] = {}

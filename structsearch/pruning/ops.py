@@ -33,8 +33,26 @@ def slice_conv(conv: nn.Conv2d, out_idx: Tensor | None = None, in_idx: Tensor | 
         conv.in_channels = conv.out_channels = conv.groups = len(idx)
         return
     if conv.groups != 1:
-        raise ValueError(f"cannot slice a grouped convolution with groups={conv.groups}")
+        _slice_grouped(conv, out_idx, in_idx)
+        return
     _slice_dense(conv, out_idx, in_idx, "out_channels", "in_channels")
+
+
+def _slice_grouped(conv: nn.Conv2d, out_idx: Tensor | None, in_idx: Tensor | None) -> None:
+    """Keep whole groups of a grouped convolution (ResNeXt, RegNet): ``out_idx`` must be the channels
+    of whole output groups (:func:`group_channels`); group ``g``'s inputs go with it, so the layer
+    before must keep ``group_channels(groups, conv.in_channels // conv.groups)``."""
+    if in_idx is not None or out_idx is None:
+        raise ValueError(f"a grouped convolution (groups={conv.groups}) is sliced by whole output groups only")
+    per_out, per_in = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    groups = out_idx.reshape(-1, per_out)[:, 0] // per_out if out_idx.numel() % per_out == 0 else None
+    if groups is None or not torch.equal(group_channels(groups, per_out), out_idx):
+        raise ValueError(f"keep whole groups of {per_out} channels in a grouped convolution")
+    conv.weight = _param(conv.weight.data[out_idx], conv.weight)
+    if conv.bias is not None:
+        conv.bias = _param(conv.bias.data[out_idx], conv.bias)
+    conv.groups = len(groups)
+    conv.out_channels, conv.in_channels = len(out_idx), len(groups) * per_in
 
 
 def slice_linear(lin: nn.Linear, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> None:
@@ -82,9 +100,9 @@ def slice_params(module: nn.Module, names: tuple[str, ...], idx: Tensor) -> None
             setattr(module, name, _param(p.data[idx], p))
 
 
-def head_channels(heads: Tensor, head_dim: int) -> Tensor:
-    """Channel indices of the given heads in a ``(heads * head_dim)`` layout (on ``heads``' device)."""
-    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)[None, :]).reshape(-1)
+def group_channels(groups: Tensor, group_size: int) -> Tensor:
+    """Channel indices of the given groups (attention heads, conv groups) in a ``(groups * group_size)`` layout."""
+    return (groups[:, None] * group_size + torch.arange(group_size, device=groups.device)[None, :]).reshape(-1)
 
 
 def keep_blocks(blocks: nn.Sequential, keep: list[bool]) -> nn.Sequential:

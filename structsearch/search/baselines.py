@@ -102,7 +102,8 @@ def unit_scores(base: nn.Module, space: Space, importance: Importance | None = N
 
     Read by narrowing one block at a time through its family's own surgery with a recording
     importance, so the groups are exactly those the surgery ranks; a block with two channel groups
-    (a bottleneck's two inner widths) gets their mean.
+    (a bottleneck's two inner widths) gets their mean. A block whose surgery keeps whole groups of
+    channels (``BlockChoices.unit``) gets one score per group.
     """
     out: dict[Unit, Tensor] = {}
     full = space.full_spec()
@@ -115,7 +116,7 @@ def unit_scores(base: nn.Module, space: Space, importance: Importance | None = N
             narrowest = BlockSpec(True, min(c.widths), min(c.heads) if c.heads else None)
             build_student_with_recipe(base, full.replace_block(i, j, narrowest), recorder)
             for kind, size in (
-                ("width", c.width_base if len(c.widths) > 1 else 0),
+                ("width", c.width_base // c.unit if len(c.widths) > 1 else 0),
                 ("heads", c.heads_base if searchable_heads else 0),
             ):
                 vectors = [v / v.mean().clamp_min(1e-12) for v in recorder.calls if size and v.numel() == size]
@@ -129,7 +130,7 @@ def global_units(base: nn.Module, space: Space, model: CostModel, caps: Caps) ->
 
     Lowest normalised scores go first, across all blocks, never below a block's narrowest allowed
     width or fewest heads; the exact counts (not yet on the width grid) are what a structured
-    pruner keeps.
+    pruner keeps. A unit is a channel, a head, or a grouped convolution's group of channels.
     """
     scores = unit_scores(base, space)
     kept: dict[Unit, int] = {}
@@ -149,7 +150,7 @@ def global_units(base: nn.Module, space: Space, model: CostModel, caps: Caps) ->
         if kept[(i, j, kind)] <= floor[(i, j, kind)]:
             continue
         before = (kept[(i, j, "width")], kept[(i, j, "heads")])
-        kept[(i, j, kind)] -= 1
+        kept[(i, j, kind)] -= space.stages[i][j].unit if kind == "width" else 1
         after = (kept[(i, j, "width")], kept[(i, j, "heads")])
         macs -= model.block_macs[i][j].at(*before) - model.block_macs[i][j].at(*after)
         params -= model.block_params[i][j].at(*before) - model.block_params[i][j].at(*after)

@@ -9,6 +9,7 @@ from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: F401
 from structsearch.space import convnext as _convnext  # noqa: F401
 from structsearch.space import detector as _detector  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
+from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401
 from structsearch.space import vit as _vit  # noqa: F401
 from structsearch.space.base import BlockChoices, Family, Space

@@ -1,7 +1,7 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``resnet``,
-``mobilenet``, ``vit``) knows two things about the models it handles:
+``mobilenet``, ``regnet``, ``vit``) knows two things about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
@@ -36,7 +36,9 @@ class BlockChoices:
 
     ``width_base`` is the teacher's internal width (bottleneck channels, expansion channels or MLP
     hidden size) and ``widths`` the ratios allowed for it. ``heads_base``/``heads`` are the same for
-    attention heads (``None`` for blocks without attention).
+    attention heads (``None`` for blocks without attention). ``unit`` is how many channels the
+    surgery keeps or drops together: 1, or a grouped convolution's channels per group, in which
+    case every ratio in ``widths`` keeps whole groups (:func:`grouped_widths`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class BlockChoices:
     widths: tuple[float, ...] = WIDTH_GRID
     heads_base: int | None = None
     heads: tuple[int, ...] | None = None
+    unit: int = 1
 
     def channels(self, ratio: float) -> int:
         """Internal width kept for ``ratio`` (at least 1 channel)."""
@@ -52,6 +55,13 @@ class BlockChoices:
 
     def full(self) -> BlockSpec:
         return BlockSpec(keep=True, width=1.0, heads=self.heads_base)
+
+
+def grouped_widths(groups: int) -> tuple[float, ...]:
+    """The width ratios of a block that keeps whole groups out of ``groups``: the grid's ratios, each
+    rounded to the nearest whole number of groups (at least one), so a spec's width is exactly the
+    fraction of channels the student has. A 3-group block gets ``(1/3, 2/3, 1)``."""
+    return tuple(sorted({max(1, round(groups * r)) / groups for r in WIDTH_GRID}))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ the output width) and ``feature_info`` stay valid without any slicing.
 * ``BasicBlock``: the output of ``conv1`` (``conv1 -> bn1 -> aa -> conv2``), as in the CIFAR adapter.
 * ``Bottleneck``: the output of ``conv1`` (``bn1``, ``conv2`` in) *and* of ``conv2`` (``bn2``, ``aa``,
   ``conv3`` in). One ratio applies to both; each side keeps its own most important channels.
+* A grouped ``conv2`` (ResNeXt: ``resnext50_32x4d``, ``seresnext*``) ties the two: group ``g``'s
+  outputs are computed from group ``g``'s inputs only, so both sides keep the same whole groups,
+  ranked together (:func:`~structsearch.space.base.grouped_widths` gives the block's ratios).
 
 The recipe entry of a narrowed block records the kept indices under ``"channels"``: a list for a
 ``BasicBlock`` (as in the CIFAR adapter), ``{"conv1": [...], "conv2": [...]}`` for a ``Bottleneck``.
@@ -15,10 +18,9 @@ The recipe entry of a narrowed block records the kept indices under ``"channels"
 Supported beyond plain ResNets: SE/ECA/GC attention (``seresnet*``, ``ecaresnet*``), deep stems and
 average-pool shortcuts (``resnet*d``), wide ResNets, drop-block/drop-path, and anti-aliasing by
 average pooling (``resnetaa*``) or blur pooling (``resnetblur*``; its per-channel filter is sliced).
-Not handled (``handles`` is False, so the user gets a clear "no adapter" error): grouped ``conv2``
-(ResNeXt -- kept channels would have to stay balanced across groups), non-BatchNorm layers on the
-sliced path (``resnet50_gn``: slicing a GroupNorm changes its groups), unknown anti-aliasing layers,
-and models whose stages were emptied by ``prune_intermediate_layers``.
+Not handled (``handles`` is False, so the user gets a clear "no adapter" error): non-BatchNorm layers
+on the sliced path (``resnet50_gn``: slicing a GroupNorm changes its groups), unknown anti-aliasing
+layers, and models whose stages were emptied by ``prune_intermediate_layers``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
-from structsearch.space.base import BlockChoices, Family
+from structsearch.space.base import BlockChoices, Family, grouped_widths
 from structsearch.space.cifar_resnet import shrink_basic_block
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec, BlockSpec
@@ -56,7 +58,9 @@ def _block_supported(block: nn.Module) -> bool:
         return False
     if isinstance(block, BasicBlock):
         return _is_batchnorm(block.bn1)
-    return block.conv2.groups == 1 and _is_batchnorm(block.bn1) and _is_batchnorm(block.bn2)
+    conv2 = block.conv2
+    grouped_ok = conv2.groups == 1 or conv2.in_channels == conv2.out_channels == block.conv1.out_channels
+    return grouped_ok and _is_batchnorm(block.bn1) and _is_batchnorm(block.bn2)
 
 
 # -- slicing ----------------------------------------------------------------------------------------
@@ -78,21 +82,37 @@ def _shrink_bottleneck(
     """Narrow both internal widths of a bottleneck by ``ratio``; returns the kept indices per conv output.
 
     Both index sets are chosen from the teacher's weights before anything is sliced, so neither
-    choice depends on the other (and the recipe can be replayed in either order).
+    choice depends on the other (and the recipe can be replayed in either order). A grouped
+    ``conv2`` keeps the same whole groups on both sides.
     """
+    if block.conv2.groups > 1:
+        weights = [(block.conv1.weight, 0), (block.conv2.weight, 0), (block.conv3.weight, 1)]
+        idx1 = idx2 = importance.select_groups(weights, choices.unit, choices.channels(ratio))
+    else:
+        idx1, idx2 = _bottleneck_indices(block, choices, ratio, importance)
+    slice_conv(block.conv1, out_idx=idx1)
+    slice_norm(block.bn1, idx1)
+    if block.conv2.groups > 1:
+        slice_conv(block.conv2, out_idx=idx2)
+    else:
+        slice_conv(block.conv2, out_idx=idx2, in_idx=idx1)
+    slice_norm(block.bn2, idx2)
+    _slice_aa(block.aa, idx2)
+    slice_conv(block.conv3, in_idx=idx2)
+    return {"conv1": idx1.tolist(), "conv2": idx2.tolist()}
+
+
+def _bottleneck_indices(
+    block: Bottleneck, choices: BlockChoices, ratio: float, importance: Importance
+) -> tuple[Tensor, Tensor]:
+    """Kept channels of ``conv1``'s and ``conv2``'s outputs in a bottleneck with a dense ``conv2``."""
     idx1 = importance.select(
         [(block.conv1.weight, 0), (block.conv2.weight, 1)], _kept(choices, block.conv1.out_channels, ratio)
     )
     idx2 = importance.select(
         [(block.conv2.weight, 0), (block.conv3.weight, 1)], _kept(choices, block.conv2.out_channels, ratio)
     )
-    slice_conv(block.conv1, out_idx=idx1)
-    slice_norm(block.bn1, idx1)
-    slice_conv(block.conv2, out_idx=idx2, in_idx=idx1)
-    slice_norm(block.bn2, idx2)
-    _slice_aa(block.aa, idx2)
-    slice_conv(block.conv3, in_idx=idx2)
-    return {"conv1": idx1.tolist(), "conv2": idx2.tolist()}
+    return idx1, idx2
 
 
 def _shrink_block(
@@ -109,7 +129,16 @@ def _shrink_block(
 def _choices(name: str, block: BasicBlock | Bottleneck) -> BlockChoices:
     """A block's choices: droppable without a shortcut projection; width = the searched conv's outputs."""
     width = block.conv2.out_channels if isinstance(block, Bottleneck) else block.conv1.out_channels
-    return BlockChoices(name=name, removable=block.downsample is None, width_base=width)
+    groups = block.conv2.groups
+    if groups == 1:
+        return BlockChoices(name=name, removable=block.downsample is None, width_base=width)
+    return BlockChoices(
+        name=name,
+        removable=block.downsample is None,
+        width_base=width,
+        widths=grouped_widths(groups),
+        unit=width // groups,
+    )
 
 
 def _shrink_entry(
@@ -128,8 +157,10 @@ class ResNetFamily(Family):
     """timm ``ResNet``: drop identity-shortcut blocks, narrow each block's internal width."""
 
     name = "resnet"
-    description = "timm ResNets (BasicBlock/Bottleneck, incl. SE/ECA, -d, wide, aa/blur): depth and block width"
-    examples = ("resnet18", "resnet34", "resnet50")
+    description = (
+        "timm ResNets and ResNeXts (BasicBlock/Bottleneck, incl. SE/ECA, -d, wide, aa/blur): depth and block width"
+    )
+    examples = ("resnet18", "resnet50", "resnext50_32x4d")
 
     def handles(self, model: nn.Module) -> bool:
         if not isinstance(model, ResNet):

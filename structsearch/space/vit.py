@@ -47,7 +47,7 @@ from torch import nn
 from structsearch.errors import CheckpointError
 from structsearch.pruning.importance import Importance, TensorDim
 from structsearch.pruning.mlp import shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import head_channels, keep_blocks, slice_linear, slice_norm
+from structsearch.pruning.ops import group_channels, keep_blocks, slice_linear, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -110,7 +110,7 @@ def shrink_heads(attn: Attention, heads: int, importance: Importance) -> list[in
     output with ``attn_dim``, so both attributes are updated along with the weights.
     """
     kept = importance.select(_head_views(attn), heads)
-    channels = head_channels(kept, attn.head_dim)
+    channels = group_channels(kept, attn.head_dim)
     qkv_rows = torch.cat([part * attn.attn_dim + channels for part in range(3)])
     slice_linear(attn.qkv, out_idx=qkv_rows)
     gate = _gate(attn)
