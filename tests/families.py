@@ -26,7 +26,11 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("resnet50", {"num_classes": 10}, 64),
         ("resnext50_32x4d", {"num_classes": 10}, 64),  # grouped conv2: 32 groups of 4..32 channels
     ],
-    "mobilenet": [("mobilenetv2_100", {"num_classes": 10}, 64), ("efficientnet_b0", {"num_classes": 10}, 64)],
+    "mobilenet": [
+        ("mobilenetv2_100", {"num_classes": 10}, 64),
+        ("efficientnet_b0", {"num_classes": 10}, 64),
+        ("mobilenetv4_conv_small", {"num_classes": 10}, 64),  # universal inverted residuals (UIB)
+    ],
     "vit": [
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
         ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),

@@ -1,15 +1,19 @@
-"""Adapter for timm's inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ...
+"""Adapter for timm's inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, MobileNetV4, ...
 
 timm builds all of them from the same blocks (``timm/models/_efficientnet_blocks.py``): the model
 has a stem (``conv_stem -> bn1``), then ``model.blocks``, a ``Sequential`` of stages, each a
 ``Sequential`` of blocks. Models are handled when they are an ``EfficientNet`` (mobilenetv2_*,
 efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasnet, ...) or a
-``MobileNetV3`` (mobilenetv3_*, lcnet_*) *and* every block is one of:
+``MobileNetV3`` (mobilenetv3_*, lcnet_*, the convolutional mobilenetv4_conv_*) *and* every block is one of:
 
 * ``InvertedResidual`` (MBConv: ``conv_pw -> bn1 -> conv_dw -> bn2 -> se -> conv_pwl -> bn3``) --
   its internal width is the expansion: ``conv_pw`` out, ``bn1``, the depthwise ``conv_dw`` (both
   sides), ``bn2``, the SE gate's ``conv_reduce`` in / ``conv_expand`` out (its reduced channels
   stay), ``conv_pwl`` in;
+* ``UniversalInvertedResidual`` (MobileNetV4's UIB: ``dw_start -> pw_exp -> dw_mid -> se -> pw_proj
+  -> dw_end -> layer_scale``) -- the expansion the same way (``pw_exp`` out, its norm, the optional
+  depthwise ``dw_mid``, ``se``, ``pw_proj`` in); ``dw_start``, ``dw_end`` and the layer scale act on
+  the block's input or output, the stream, and stay;
 * ``EdgeResidual`` (FusedMBConv: ``conv_exp -> bn1 -> se -> conv_pwl -> bn2``) -- the expansion
   the same way, without a depthwise conv;
 * ``DepthwiseSeparableConv`` (``conv_dw -> bn1 -> se -> conv_pw -> bn2``) -- no expansion, so its
@@ -25,8 +29,8 @@ efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasn
 A block whose layers are not the plain ones assumed above (MixNet's ``MixedConv2d``, grouped
 instead of depthwise convs, GroupNorm/EvoNorm, anti-aliasing, space-to-depth) keeps its full
 width but may still be dropped: slicing those would need layer-specific code and is left out
-rather than approximated. Models containing other blocks (MobileNetV4's ``UniversalInvertedResidual``
-and ``MobileAttention``) are not handled.
+rather than approximated. Models containing other blocks (the ``MobileAttention`` of MobileNetV4's
+hybrid models) are not handled.
 
 Every block with a residual connection (``has_skip``: stride 1, same in/out channels, no
 ``noskip``) can be dropped -- its removal leaves the identity the skip already carries.
@@ -38,12 +42,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from timm.layers import ConvNormAct
 from timm.models._efficientnet_blocks import (
     ConvBnAct,
     DepthwiseSeparableConv,
     EdgeResidual,
     InvertedResidual,
     SqueezeExcite,
+    UniversalInvertedResidual,
 )
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
@@ -56,7 +62,13 @@ from structsearch.space.registry import register_family
 from structsearch.space.spec import WIDTH_GRID, ArchSpec
 
 #: Block types this adapter knows (``CondConvResidual`` is a subclass of ``InvertedResidual``).
-KNOWN_BLOCKS: tuple[type[nn.Module], ...] = (InvertedResidual, EdgeResidual, DepthwiseSeparableConv, ConvBnAct)
+KNOWN_BLOCKS: tuple[type[nn.Module], ...] = (
+    InvertedResidual,
+    UniversalInvertedResidual,
+    EdgeResidual,
+    DepthwiseSeparableConv,
+    ConvBnAct,
+)
 #: Model classes built from those blocks with a ``conv_stem -> bn1 -> blocks`` trunk.
 KNOWN_MODELS: tuple[type[nn.Module], ...] = (EfficientNet, MobileNetV3)
 
@@ -176,6 +188,32 @@ def _inverted_residual_group(block: InvertedResidual) -> ChannelGroup | None:
     return ChannelGroup(block.conv_pw, (block.bn1, block.bn2), block.conv_dw, block.se, block.conv_pwl)
 
 
+def _plain_conv_norm(m: nn.Module, depthwise: bool = False) -> bool:
+    """timm's ``ConvNormAct`` with a plain (or depthwise) conv, a BatchNorm and no anti-aliasing."""
+    return (
+        type(m) is ConvNormAct
+        and (_is_depthwise(m.conv) if depthwise else _is_conv(m.conv))
+        and _is_bn(m.bn)
+        and isinstance(getattr(m, "aa", None), (nn.Identity, type(None)))
+    )
+
+
+def _universal_group(block: UniversalInvertedResidual) -> ChannelGroup | None:
+    """The expansion channels of a MobileNetV4 UIB block, or ``None`` when its layers are not plain."""
+    mid = block.dw_mid
+    ok = (
+        _plain_conv_norm(block.pw_exp)
+        and (isinstance(mid, nn.Identity) or _plain_conv_norm(mid, depthwise=True))
+        and _is_plain_se(block.se)
+        and _plain_conv_norm(block.pw_proj)
+    )
+    if not ok:
+        return None
+    if isinstance(mid, ConvNormAct):
+        return ChannelGroup(block.pw_exp.conv, (block.pw_exp.bn, mid.bn), mid.conv, block.se, block.pw_proj.conv)
+    return ChannelGroup(block.pw_exp.conv, (block.pw_exp.bn,), None, block.se, block.pw_proj.conv)
+
+
 def _edge_residual_group(block: EdgeResidual) -> ChannelGroup | None:
     """The expansion channels of a FusedMBConv block, or ``None`` when its layers are not plain."""
     ok = (
@@ -215,6 +253,8 @@ def _channel_group(block: nn.Module, producer: Producer | None) -> ChannelGroup 
     """The block's searchable internal width, or ``None`` when it keeps its full width."""
     if type(block) is InvertedResidual:  # not CondConvResidual: its expert kernels are no plain convs
         return _inverted_residual_group(block)
+    if type(block) is UniversalInvertedResidual:
+        return _universal_group(block)
     if isinstance(block, EdgeResidual):
         return _edge_residual_group(block)
     if isinstance(block, DepthwiseSeparableConv):
@@ -226,6 +266,8 @@ def _nominal_width(block: nn.Module) -> int:
     """The internal width reported for a block whose width is fixed (for display only)."""
     if isinstance(block, InvertedResidual):
         return block.conv_pw.out_channels
+    if isinstance(block, UniversalInvertedResidual):
+        return block.pw_exp.conv.out_channels
     if isinstance(block, EdgeResidual):
         return block.conv_exp.out_channels
     if isinstance(block, DepthwiseSeparableConv):
@@ -286,15 +328,16 @@ class MobileNetFamily(Family):
 
     name = "mobilenet"
     description = (
-        "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, ... (depth and expansion width)"
+        "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, MobileNetV4 (conv), ... "
+        "(depth and expansion width)"
     )
-    examples = ("mobilenetv2_100", "efficientnet_b0")
+    examples = ("mobilenetv2_100", "efficientnet_b0", "mobilenetv4_conv_small")
 
     def handles(self, model: nn.Module) -> bool:
         """An ``EfficientNet``/``MobileNetV3`` whose stages hold only known block types.
 
-        Models with other blocks (MobileNetV4's universal inverted residuals and attention) are
-        refused rather than half-supported: dropping or narrowing them has not been checked.
+        Models with other blocks (the attention of MobileNetV4's hybrids) are refused rather than
+        half-supported: dropping or narrowing them has not been checked.
         """
         stages = _stages(model)
         if not isinstance(model, KNOWN_MODELS) or stages is None:
