@@ -6,7 +6,8 @@
 
 For each MACs budget (50 % and 25 % of the teacher) it runs a search of the teacher's blocks
 (``--model``: the shipped ViT ``cifar_vit`` by default -- depth, heads, MLP width; ``convnext_atto``
-with the checkpoint of ``studies/teach_convnext_cifar10.yaml`` -- depth and MLP width) through the
+with the checkpoint of ``studies/teach_convnext_cifar10.yaml`` -- depth and MLP width; ``regnety_002``
+with that of ``studies/teach_regnet_cifar10.yaml`` -- depth and grouped bottleneck width) through the
 library API, students inheriting the teacher's weights: the study's baselines (uniform, global
 magnitude, depth) first, then TPE. Every student that search trained is then trained again by the
 same proxy (same steps, batch, images and views, teacher logits from the same cache):
@@ -124,7 +125,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.teacher.is_file():
         raise SystemExit(f"{args.teacher} does not exist (train it: structsearch teach studies/teach_*_cifar10.yaml)")
-    os.environ["STRUCTSEARCH_HOME"] = args.home or tempfile.mkdtemp(prefix="bench-vit-inherit-")
+    os.environ["STRUCTSEARCH_HOME"] = args.home or tempfile.mkdtemp(prefix="bench-inherit-")
 
     import torch
 

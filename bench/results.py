@@ -46,8 +46,12 @@ RES_STUDY = "cifar10-resnet56-resolution"
 VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
 VIT_STUDY = "cifar10-resnet56-vit"
 VIT_TEACHER = "teachers/cifar_vit.safetensors"
-#: The ConvNeXt teacher's recipe: trained by the ``convnext`` stage into $STRUCTSEARCH_HOME, not shipped.
-CONVNEXT_RECIPE = "studies/teach_convnext_cifar10.yaml"
+#: CNN teachers that a stage trains by its recipe into $STRUCTSEARCH_HOME (not shipped) and then searches
+#: with ``bench/inherit.py``: stage -> (model, recipe). The recipe writes ``<model>_cifar10.safetensors``.
+CNN_TEACHERS = {
+    "convnext": ("convnext_atto", "studies/teach_convnext_cifar10.yaml"),
+    "regnet": ("regnety_002", "studies/teach_regnet_cifar10.yaml"),
+}
 
 
 def run(
@@ -282,20 +286,25 @@ def stage_vit_inherit() -> dict[str, Any]:
     return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
 
 
-def stage_convnext() -> dict[str, Any]:
-    """A ConvNeXt teacher trained by its recipe (resumable; about 20 min here), then ConvNeXt -> ConvNeXt
-    search at 50% and 25% of its MACs, every student again from scratch and with feature KD
-    (``bench/inherit.py``)."""
-    log: list[dict[str, Any]] = []
-    home = os.environ["STRUCTSEARCH_HOME"]
-    teacher = Path(home) / "convnext_atto_cifar10.safetensors"
-    run([*CLI, "teach", CONVNEXT_RECIPE, "--out", str(teacher), "--format", "json"], log)
-    sidecar = json.loads(teacher.with_suffix(".json").read_text())
-    raw = OUT / "convnext_inherit_raw.json"
-    argv = [sys.executable, "bench/inherit.py", "--model", "convnext_atto", "--teacher", str(teacher)]
-    argv += ["--trials", "6", "--json", str(raw.relative_to(ROOT))]
-    result = run([*argv, "--home", home], log, raw)
-    return {"commands": log, "sidecar": sidecar, "inherit": result}
+def cnn_teacher_stage(stage: str) -> Callable[[], dict[str, Any]]:
+    """A stage for one of :data:`CNN_TEACHERS`: the teacher trained by its recipe (resumable; about 20 min
+    here), then a search of its own family at 50% and 25% of its MACs, every student again from scratch
+    and with feature KD (``bench/inherit.py``)."""
+    model, recipe = CNN_TEACHERS[stage]
+
+    def run_stage() -> dict[str, Any]:
+        log: list[dict[str, Any]] = []
+        home = os.environ["STRUCTSEARCH_HOME"]
+        teacher = Path(home) / f"{model}_cifar10.safetensors"
+        run([*CLI, "teach", recipe, "--out", str(teacher), "--format", "json"], log)
+        sidecar = json.loads(teacher.with_suffix(".json").read_text())
+        raw = OUT / f"{stage}_inherit_raw.json"
+        argv = [sys.executable, "bench/inherit.py", "--model", model, "--teacher", str(teacher)]
+        argv += ["--trials", "6", "--json", str(raw.relative_to(ROOT))]
+        result = run([*argv, "--home", home], log, raw)
+        return {"commands": log, "sidecar": sidecar, "inherit": result}
+
+    return run_stage
 
 
 def stage_feature_kd() -> dict[str, Any]:
@@ -345,7 +354,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "vit_teacher": stage_vit_teacher,
     "vit_inherit": stage_vit_inherit,
     "feature_kd": stage_feature_kd,
-    "convnext": stage_convnext,
+    **{stage: cnn_teacher_stage(stage) for stage in CNN_TEACHERS},
 }
 
 

@@ -740,9 +740,11 @@ def section_vit_inherit(s: Stages) -> str:
     )
 
 
-def section_convnext(s: Stages) -> str:
-    title = "## ConvNeXt -> ConvNeXt: a ConvNeXt teacher, inherited weights against training from scratch\n\n"
-    st = s.get("convnext")
+def section_cnn_teacher(s: Stages, stage: str, title: str, searched: str) -> str:
+    """A CNN teacher trained by its recipe, then searched with inherited weights against scratch
+    (``bench/results.py``'s ``CNN_TEACHERS`` stages); ``searched`` says what the space varies."""
+    title = f"## {title}: a {title.split(' ')[0]} teacher, inherited weights against training from scratch\n\n"
+    st = s.get(stage)
     if not st:
         return title + "not run yet\n"
     side = st["sidecar"]
@@ -755,9 +757,9 @@ def section_convnext(s: Stages) -> str:
         f"{side['images_per_s']:.0f} images/s, seed {side['seed']}): {pct(side['val']['top1'])} on {side['val']['data']} "
         f"(epoch {side['best_epoch']:g}), **{pct(side['test']['top1'])} on {side['test']['data']}**. It is not shipped; "
         "the stage trains it into `$STRUCTSEARCH_HOME`.\n\n"
-        "Then a search of its depth per stage and MLP width per block under each budget (the study's baselines, then "
+        f"Then a search of its {searched} under each budget (the study's baselines, then "
         "TPE), students inheriting its weights; every trained student trained again by the same proxy from a fresh "
-        "`convnext_atto` (AdamW 1e-3 against 5e-4 inherited) and, inherited, with feature KD (MSE on the four stage "
+        f"`{side['model']}` (AdamW 1e-3 against 5e-4 inherited) and, inherited, with feature KD (MSE on the four stage "
         "outputs) added. Proxy val top-1 on test[:2000].\n\n" + inherit_table(st["inherit"]) + commands(st)
     )
 
@@ -831,7 +833,7 @@ def stale_teacher(st: dict[str, Any]) -> str:
 def render(stages: Stages) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     parts = [
-        "# Results: ResNet-56, ViT and ConvNeXt teachers on CIFAR-10\n",
+        "# Results: ResNet-56, ViT, ConvNeXt and RegNet teachers on CIFAR-10\n",
         "Regenerate with `.venv/bin/python bench/results.py` (stage outputs are kept in `docs/results/*.json`; "
         "`--force STAGE` reruns one). All runs on a 2-core CPU (no GPU was available), so the search proxies are "
         "100 steps of batch 64 on 10k training images and the fine-tune is one epoch; the teacher's outputs are "
@@ -854,7 +856,10 @@ def render(stages: Stages) -> Path:
         section_vit_teacher(stages),
         section_vit_inherit(stages),
         section_feature_kd(stages),
-        section_convnext(stages),
+        section_cnn_teacher(stages, "convnext", "ConvNeXt -> ConvNeXt", "depth per stage and MLP width per block"),
+        section_cnn_teacher(
+            stages, "regnet", "RegNet -> RegNet", "depth per stage and bottleneck width per block (whole groups)"
+        ),
     ]
     page = DOCS / "results.md"
     page.write_text("\n".join(parts))

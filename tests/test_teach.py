@@ -186,12 +186,13 @@ def test_bf16_runs_the_teachers_batch_forward_in_bfloat16_and_hands_back_float32
     assert scale > 0 and (logits["bf16"] - logits["fp32"]).abs().max().item() < 0.05 * scale
 
 
-def test_the_convnext_recipe_writes_the_teacher_its_study_names() -> None:
-    """``structsearch teach studies/teach_convnext_cifar10.yaml`` then ``search studies/cifar10_convnext.yaml``."""
+@pytest.mark.parametrize("family", ["convnext", "regnet"])
+def test_a_cnn_recipe_writes_the_teacher_its_study_names(family: str) -> None:
+    """``structsearch teach studies/teach_<family>_cifar10.yaml`` then ``search studies/cifar10_<family>.yaml``."""
     from structsearch.search import load_study_spec
 
-    recipe = load_recipe(Path("studies/teach_convnext_cifar10.yaml"))
-    study = load_study_spec("studies/cifar10_convnext.yaml")
+    recipe = load_recipe(Path(f"studies/teach_{family}_cifar10.yaml"))
+    study = load_study_spec(f"studies/cifar10_{family}.yaml")
     assert study.teacher.checkpoint == f"teachers/{recipe.name}.safetensors"  # teach's default --out
     assert (study.teacher.model, study.teacher.kwargs) == (recipe.model, recipe.kwargs)
     assert recipe.input_size == 32 and study.data.input_size is None  # the study reads 32 from the sidecar
