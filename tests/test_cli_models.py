@@ -75,6 +75,9 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
         (("space", "ghostnet_100"), ("no search-space adapter", "GhostNet")),
+        (("cost", "resnet18.zzz"), ("unknown pretrained tag 'zzz' for 'resnet18'", "known tags: a1_in1k")),
+        (("cost", "vit_small_patch16_224.dinov2"), ("did you mean vit_small_patch16_224.dino?",)),
+        (("cost", "cifar_resnet56.x"), ("unknown pretrained tag 'x'", "use 'cifar_resnet56'")),
         (("cost", "convnext_atto", "--input-size", "8"), ("cannot run on 3x8x8 inputs", "larger images")),
         (("cost", "--spec", "/nonexistent/spec.json"), ("spec file not found",)),
         (("cost", "resnet18", "--kw", "oops"), ("--kw 'oops'",)),

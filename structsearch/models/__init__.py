@@ -26,7 +26,22 @@ from structsearch.models.detector import Detector
 
 
 def check_model_name(name: str) -> None:
-    """Raise :class:`UnknownModelError` (with suggestions) unless timm knows ``name``."""
+    """Raise :class:`UnknownModelError` (with suggestions) unless timm knows ``name``.
+
+    ``timm.is_model`` ignores a pretrained tag (``vit_small_patch16_224.dinov2`` passes it), and timm
+    then raises deep inside ``create_model``; a tag is checked against the architecture's own tags.
+    """
+    arch, _, tag = name.partition(".")
+    if tag and timm.is_model(arch):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+        if tag in tags:
+            return
+        close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
+        if close:
+            hint = f"did you mean {', '.join(f'{arch}.{t}' for t in close)}?"
+        else:
+            hint = f"known tags: {', '.join(tags)}" if tags else f"it has none: use '{arch}'"
+        raise UnknownModelError(f"unknown pretrained tag {tag[:100]!r} for '{arch}'; {hint}")
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
