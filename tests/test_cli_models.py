@@ -75,6 +75,11 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
         (("space", "ghostnet_100"), ("no search-space adapter", "GhostNet")),
+        (
+            ("space", "mobilenetv4_hybrid_medium"),
+            ("mobilenet family cannot narrow or drop blocks.2.4 (MobileAttention)",),
+        ),
+        (("space", "resnet50_gn"), ("resnet family cannot narrow or drop layer1.0 (Bottleneck with GroupNorm)",)),
         (("cost", "resnet18.zzz"), ("unknown pretrained tag 'zzz' for 'resnet18'", "known tags: a1_in1k")),
         (("cost", "vit_small_patch16_224.dinov2"), ("did you mean vit_small_patch16_224.dino?",)),
         (("cost", "cifar_resnet56.x"), ("unknown pretrained tag 'x'", "use 'cifar_resnet56'")),

@@ -173,6 +173,11 @@ class Family(ABC):
         channel / head indices per block, so a candidate can be explained and rebuilt.
         """
 
+    def refusal(self, model: nn.Module) -> str | None:
+        """For the "no adapter" error: the first part of a model of a kind this family knows that keeps it
+        from handling this one (``"blocks.2.4 (MobileAttention)"``); None for models of other kinds."""
+        return None
+
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Tag a student rebuilt from its saved files with where its parts came from, as its
         ``recipe`` records. :meth:`shrink` tags the parts it keeps of the teacher; a rebuilt

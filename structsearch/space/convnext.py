@@ -47,6 +47,22 @@ def _block_supported(block: nn.Module) -> bool:
     return type(block) is ConvNeXtBlock and sliceable_mlp(block.get_submodule("mlp"))
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """The first stage or block of a ``ConvNeXt`` the adapter cannot slice, named (None: all can be)."""
+    stages = _stages(model)
+    if not stages:
+        return "stages (none)"
+    for i, s in enumerate(stages):
+        blocks = getattr(s, "blocks", None)
+        if type(s) is not ConvNeXtStage or not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+            return f"stages.{i} ({type(s).__name__})"
+        for j, block in enumerate(blocks):
+            if not _block_supported(block):
+                mlp = getattr(block, "mlp", None)
+                return f"stages.{i}.blocks.{j} ({type(block).__name__}{f' with a {type(mlp).__name__}' if mlp else ''})"
+    return None
+
+
 @register_family
 class ConvNeXtFamily(Family):
     """timm ``ConvNeXt``: drop blocks inside a stage, narrow each block's MLP hidden width."""
@@ -56,16 +72,10 @@ class ConvNeXtFamily(Family):
     examples = ("convnext_atto", "convnext_tiny", "convnextv2_atto")
 
     def handles(self, model: nn.Module) -> bool:
-        if not isinstance(model, ConvNeXt):
-            return False
-        stages = _stages(model)
-        return len(stages) > 0 and all(
-            type(s) is ConvNeXtStage
-            and isinstance(s.blocks, nn.Sequential)
-            and len(s.blocks) > 0
-            and all(map(_block_supported, s.blocks))
-            for s in stages
-        )
+        return isinstance(model, ConvNeXt) and _unsupported(model) is None
+
+    def refusal(self, model: nn.Module) -> str | None:
+        return _unsupported(model) if isinstance(model, ConvNeXt) else None
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(

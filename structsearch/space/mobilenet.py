@@ -315,6 +315,18 @@ def _stages(model: nn.Module) -> list[nn.Sequential] | None:
     return stages if len(stages) == len(blocks) else None
 
 
+def _unknown_block(model: nn.Module) -> str | None:
+    """The first block of ``model`` this adapter does not know, named with its type (None: all known)."""
+    stages = _stages(model)
+    if stages is None:
+        return "blocks (not a Sequential of stages)"
+    for i, stage in enumerate(stages):
+        for j, b in enumerate(stage):
+            if not (isinstance(b, KNOWN_BLOCKS) and hasattr(b, "has_skip")):
+                return f"blocks.{i}.{j} ({type(b).__name__})"
+    return None
+
+
 def _known_stages(model: nn.Module) -> list[nn.Sequential]:
     """The stages of a model :meth:`MobileNetFamily.handles` accepted."""
     stages = _stages(model)
@@ -339,10 +351,10 @@ class MobileNetFamily(Family):
         Models with other blocks (the attention of MobileNetV4's hybrids) are refused rather than
         half-supported: dropping or narrowing them has not been checked.
         """
-        stages = _stages(model)
-        if not isinstance(model, KNOWN_MODELS) or stages is None:
-            return False
-        return all(isinstance(b, KNOWN_BLOCKS) and hasattr(b, "has_skip") for stage in stages for b in stage)
+        return isinstance(model, KNOWN_MODELS) and _unknown_block(model) is None
+
+    def refusal(self, model: nn.Module) -> str | None:
+        return _unknown_block(model) if isinstance(model, KNOWN_MODELS) else None
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(b.choices() for b in stage) for stage in _blocks(model))

@@ -81,6 +81,18 @@ def _blocks(stage: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(stage.named_children())
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """The first stage or block of a ``RegNet`` the adapter cannot slice, named (None: all can be)."""
+    for s in STAGES:
+        stage = getattr(model, s, None)
+        if type(stage) is not RegStage or not _blocks(stage):
+            return f"{s} ({type(stage).__name__})"
+        for name, block in _blocks(stage):
+            if _path(block) is None:
+                return f"{s}.{name} ({type(block).__name__})"
+    return None
+
+
 def _choices(name: str, block: nn.Module, path: _Path) -> BlockChoices:
     groups = path.conv2.groups
     return BlockChoices(
@@ -117,13 +129,10 @@ class RegNetFamily(Family):
     examples = ("regnetx_002", "regnety_002", "regnety_016")
 
     def handles(self, model: nn.Module) -> bool:
-        if not isinstance(model, RegNet):
-            return False
-        stages = [getattr(model, s, None) for s in STAGES]
-        return all(
-            type(s) is RegStage and len(_blocks(s)) > 0 and all(_path(b) is not None for _, b in _blocks(s))
-            for s in stages
-        )
+        return isinstance(model, RegNet) and _unsupported(model) is None
+
+    def refusal(self, model: nn.Module) -> str | None:
+        return _unsupported(model) if isinstance(model, RegNet) else None
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         out = []

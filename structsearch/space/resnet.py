@@ -63,6 +63,19 @@ def _block_supported(block: nn.Module) -> bool:
     return grouped_ok and _is_batchnorm(block.bn1) and _is_batchnorm(block.bn2)
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """The first stage or block of a ``ResNet`` the adapter cannot handle, named (None: all can be)."""
+    for s in STAGES:
+        stage = getattr(model, s, None)
+        if not isinstance(stage, nn.Sequential) or len(stage) == 0:
+            return f"{s} (missing or empty)"
+        for j, block in enumerate(stage):
+            if not _block_supported(block):
+                norms = [type(m).__name__ for m in block.modules() if isinstance(m, nn.GroupNorm)]
+                return f"{s}.{j} ({type(block).__name__}{' with ' + norms[0] if norms else ''})"
+    return None
+
+
 # -- slicing ----------------------------------------------------------------------------------------
 def _slice_aa(aa: nn.Module | None, idx: Tensor) -> None:
     """Keep channels ``idx`` of an anti-aliasing layer; only a channel-sized ``BlurPool2d`` stores any."""
@@ -163,10 +176,10 @@ class ResNetFamily(Family):
     examples = ("resnet18", "resnet50", "resnext50_32x4d")
 
     def handles(self, model: nn.Module) -> bool:
-        if not isinstance(model, ResNet):
-            return False
-        stages = [getattr(model, s, None) for s in STAGES]
-        return all(isinstance(s, nn.Sequential) and len(s) > 0 and all(map(_block_supported, s)) for s in stages)
+        return isinstance(model, ResNet) and _unsupported(model) is None
+
+    def refusal(self, model: nn.Module) -> str | None:
+        return _unsupported(model) if isinstance(model, ResNet) else None
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(_choices(f"{s}.{j}", block) for j, block in enumerate(getattr(model, s))) for s in STAGES)

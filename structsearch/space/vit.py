@@ -89,6 +89,20 @@ def _plain_block(block: nn.Module) -> bool:
     return type(block) is Block and _plain_attention(block.attn) and _plain_mlp(block.mlp)
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """The first block of a ``VisionTransformer`` that is not the plain block we slice (None: none)."""
+    blocks = getattr(model, STAGE, None)
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        return f"{STAGE} (missing or empty)"
+    for j, b in enumerate(blocks):
+        if not _plain_block(b):
+            parts = [
+                f"{type(m).__name__}" for m in (getattr(b, "attn", None), getattr(b, "mlp", None)) if m is not None
+            ]
+            return f"{STAGE}.{j} ({type(b).__name__}{' of ' + ', '.join(parts) if parts else ''})"
+    return None
+
+
 # -- surgery on one block -------------------------------------------------------------------------
 def _head_views(attn: Attention) -> list[TensorDim]:
     """Every weight that belongs to a head, viewed so that the head is one indexed dimension."""
@@ -151,10 +165,10 @@ class ViTFamily(Family):
     examples = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
 
     def handles(self, model: nn.Module) -> bool:
-        if not isinstance(model, VisionTransformer):
-            return False
-        blocks = getattr(model, STAGE, None)
-        return isinstance(blocks, nn.Sequential) and len(blocks) > 0 and all(_plain_block(b) for b in blocks)
+        return isinstance(model, VisionTransformer) and _unsupported(model) is None
+
+    def refusal(self, model: nn.Module) -> str | None:
+        return _unsupported(model) if isinstance(model, VisionTransformer) else None
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         stage = tuple(
