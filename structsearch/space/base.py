@@ -148,7 +148,8 @@ def _keep_at_least_one(blocks: list[BlockSpec]) -> tuple[BlockSpec, ...]:
 
 
 class Family(ABC):
-    """A family adapter. Subclass it, set ``name``, and decorate it with ``@register_family``."""
+    """A family adapter. Subclass it, set ``name`` and ``kinds`` (or override :meth:`handles`), and
+    decorate it with ``@register_family``."""
 
     #: Registry name, e.g. ``"resnet"``.
     name: ClassVar[str]
@@ -157,9 +158,18 @@ class Family(ABC):
     #: timm model names users are likely to want (documentation and tests).
     examples: ClassVar[tuple[str, ...]] = ()
 
-    @abstractmethod
+    #: The model classes this family knows: a model of one is handled unless :meth:`unsupported`
+    #: names a part of it the adapter cannot narrow or drop.
+    kinds: ClassVar[tuple[type[nn.Module], ...]] = ()
+
     def handles(self, model: nn.Module) -> bool:
-        """Whether this adapter understands ``model`` (usually an ``isinstance`` check plus block types)."""
+        """Whether this adapter understands ``model``: one of its ``kinds``, with nothing unsupported."""
+        return isinstance(model, self.kinds) and self.unsupported(model) is None
+
+    def unsupported(self, model: nn.Module) -> str | None:
+        """The first part of a model of one of :attr:`kinds` that the adapter cannot narrow or drop, named
+        with its type (``"blocks.2.4 (MobileAttention)"``); the "no adapter" error says it. None: nothing."""
+        return None
 
     @abstractmethod
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
@@ -172,11 +182,6 @@ class Family(ABC):
         The recipe is JSON-serialisable and records what was kept: block names and the kept
         channel / head indices per block, so a candidate can be explained and rebuilt.
         """
-
-    def refusal(self, model: nn.Module) -> str | None:
-        """For the "no adapter" error: the first part of a model of a kind this family knows that keeps it
-        from handling this one (``"blocks.2.4 (MobileAttention)"``); None for models of other kinds."""
-        return None
 
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Tag a student rebuilt from its saved files with where its parts came from, as its

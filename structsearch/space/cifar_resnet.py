@@ -50,9 +50,7 @@ class CifarResNetFamily(Family):
     name = "cifar_resnet"
     description = "CIFAR ResNets (6n+2 layers, option-A shortcuts): depth and block width"
     examples = ("cifar_resnet20", "cifar_resnet56")
-
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, CifarResNet)
+    kinds = (CifarResNet,)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         stages = []

@@ -70,12 +70,10 @@ class ConvNeXtFamily(Family):
     name = "convnext"
     description = "ConvNeXt V1/V2: depth per stage and MLP hidden width (expansion) per block"
     examples = ("convnext_atto", "convnext_tiny", "convnextv2_atto")
+    kinds = (ConvNeXt,)
 
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, ConvNeXt) and _unsupported(model) is None
-
-    def refusal(self, model: nn.Module) -> str | None:
-        return _unsupported(model) if isinstance(model, ConvNeXt) else None
+    def unsupported(self, model: nn.Module) -> str | None:
+        return _unsupported(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(

@@ -30,9 +30,7 @@ class DetectorFamily(Family):
     name = "detector"
     description = "FCOS detectors over a CNN family backbone: the backbone's depth and widths"
     examples = ("fcos_detector",)
-
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, Detector)
+    kinds = (Detector,)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         assert isinstance(model, Detector)

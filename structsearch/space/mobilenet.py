@@ -344,17 +344,13 @@ class MobileNetFamily(Family):
         "(depth and expansion width)"
     )
     examples = ("mobilenetv2_100", "efficientnet_b0", "mobilenetv4_conv_small")
+    kinds = KNOWN_MODELS
 
-    def handles(self, model: nn.Module) -> bool:
-        """An ``EfficientNet``/``MobileNetV3`` whose stages hold only known block types.
-
-        Models with other blocks (the attention of MobileNetV4's hybrids) are refused rather than
-        half-supported: dropping or narrowing them has not been checked.
-        """
-        return isinstance(model, KNOWN_MODELS) and _unknown_block(model) is None
-
-    def refusal(self, model: nn.Module) -> str | None:
-        return _unknown_block(model) if isinstance(model, KNOWN_MODELS) else None
+    def unsupported(self, model: nn.Module) -> str | None:
+        """The first block of a type this adapter does not know. Models with other blocks (the attention
+        of MobileNetV4's hybrids) are refused rather than half-supported: dropping or narrowing them
+        has not been checked."""
+        return _unknown_block(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(b.choices() for b in stage) for stage in _blocks(model))

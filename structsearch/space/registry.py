@@ -44,7 +44,7 @@ def family_for(model: nn.Module) -> Family:
     for family in _FAMILIES.values():
         if family.handles(model):
             return family
-    reasons = [(f.name, r) for f in _FAMILIES.values() if (r := f.refusal(model))]
+    reasons = [(f.name, r) for f in _FAMILIES.values() if isinstance(model, f.kinds) and (r := f.unsupported(model))]
     what = f"{type(model).__name__} models"
     if reasons:  # a kind of model some family knows, built with a part it cannot narrow or drop
         what = f"this {type(model).__name__} model: the {reasons[0][0]} family cannot narrow or drop {reasons[0][1]}"

@@ -127,12 +127,10 @@ class RegNetFamily(Family):
     name = "regnet"
     description = "RegNetX/Y/V: depth per stage and bottleneck width per block (whole groups of the grouped conv)"
     examples = ("regnetx_002", "regnety_002", "regnety_016")
+    kinds = (RegNet,)
 
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, RegNet) and _unsupported(model) is None
-
-    def refusal(self, model: nn.Module) -> str | None:
-        return _unsupported(model) if isinstance(model, RegNet) else None
+    def unsupported(self, model: nn.Module) -> str | None:
+        return _unsupported(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         out = []

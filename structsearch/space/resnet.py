@@ -174,12 +174,10 @@ class ResNetFamily(Family):
         "timm ResNets and ResNeXts (BasicBlock/Bottleneck, incl. SE/ECA, -d, wide, aa/blur): depth and block width"
     )
     examples = ("resnet18", "resnet50", "resnext50_32x4d")
+    kinds = (ResNet,)
 
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, ResNet) and _unsupported(model) is None
-
-    def refusal(self, model: nn.Module) -> str | None:
-        return _unsupported(model) if isinstance(model, ResNet) else None
+    def unsupported(self, model: nn.Module) -> str | None:
+        return _unsupported(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(_choices(f"{s}.{j}", block) for j, block in enumerate(getattr(model, s))) for s in STAGES)

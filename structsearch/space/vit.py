@@ -163,12 +163,10 @@ class ViTFamily(Family):
     name = "vit"
     description = "Vision Transformers (ViT, DeiT): depth, MLP hidden size, attention heads"
     examples = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_small_patch16_224")
+    kinds = (VisionTransformer,)
 
-    def handles(self, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformer) and _unsupported(model) is None
-
-    def refusal(self, model: nn.Module) -> str | None:
-        return _unsupported(model) if isinstance(model, VisionTransformer) else None
+    def unsupported(self, model: nn.Module) -> str | None:
+        return _unsupported(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         stage = tuple(
