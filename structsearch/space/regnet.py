@@ -104,7 +104,7 @@ def _choices(name: str, block: nn.Module, path: _Path) -> BlockChoices:
     )
 
 
-def shrink_bottleneck(path: _Path, channels: int, importance: Importance) -> list[int]:
+def _shrink_bottleneck(path: _Path, channels: int, importance: Importance) -> list[int]:
     """Keep ``channels`` (whole groups) of the bottleneck, ranked group by group; the kept channel indices."""
     group_size = path.conv2.out_channels // path.conv2.groups
     weights = [(path.conv1.weight, 0), (path.conv2.weight, 0), (path.conv3.weight, 1)]
@@ -151,7 +151,7 @@ class RegNetFamily(Family):
                 entry: dict[str, Any] = {"keep": b.keep}
                 path = _path(block)
                 if b.keep and b.width < 1.0 and path is not None:
-                    entry["channels"] = shrink_bottleneck(path, c.channels(b.width), importance)
+                    entry["channels"] = _shrink_bottleneck(path, c.channels(b.width), importance)
                 if not b.keep:
                     delattr(stage, name)  # RegStage runs its remaining children in order
                 recipe[c.name] = entry
