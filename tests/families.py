@@ -24,7 +24,8 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
     "resnet": [
         ("resnet18", {"num_classes": 10}, 64),
         ("resnet50", {"num_classes": 10}, 64),
-        ("resnext50_32x4d", {"num_classes": 10}, 64),  # grouped conv2: 32 groups of 4..32 channels
+        # grouped conv2 (32 groups of 4..32 channels); fewer blocks than resnext50_32x4d's (3, 4, 6, 3)
+        ("resnext50_32x4d", {"num_classes": 10, "layers": (2, 3, 3, 2)}, 64),
     ],
     "mobilenet": [
         ("mobilenetv2_100", {"num_classes": 10}, 64),

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from structsearch.cost import measure_cost
-from structsearch.errors import CostError, SpecError
-from structsearch.models import create_model
+from structsearch.errors import CostError, NoAdapterError, SpecError, UnknownModelError
+from structsearch.models import check_model_name, create_model
 from structsearch.space import ArchSpec, BlockSpec, Space, family_for, list_families, space_of
 from structsearch.surgery import RandomImportance, build_student, build_student_with_recipe, save_student
 from tests.families import CASE_IDS, CASES, FAMILY_CASES
@@ -219,3 +219,27 @@ def test_a_grouped_conv_keeps_whole_groups_and_their_outputs() -> None:
     torch.testing.assert_close(conv(x[:, idx]), full)
     with pytest.raises(ValueError, match="whole groups of 3 channels"):
         slice_conv(torch.nn.Conv2d(12, 12, 3, groups=4), out_idx=torch.tensor([0, 1, 3]))
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        (
+            "vit_small_patch16_224.dinov2",
+            r"unknown pretrained tag 'dinov2' .*did you mean vit_small_patch16_224\.dino\?",
+        ),
+        ("cifar_resnet56.x", r"unknown pretrained tag 'x' for 'cifar_resnet56'; it has none: use 'cifar_resnet56'"),
+    ],
+)
+def test_a_pretrained_tag_timm_does_not_know_is_an_unknown_model(name: str, message: str) -> None:
+    """``timm.is_model`` ignores tags; timm's own error would come from deep inside ``create_model``."""
+    with pytest.raises(UnknownModelError, match=message):
+        check_model_name(name)
+
+
+def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
+    """A model of a kind a family knows (a ResNet) built with a layer it cannot slice (GroupNorm)."""
+    with pytest.raises(
+        NoAdapterError, match=r"resnet family cannot narrow or drop layer1\.0 \(Bottleneck with GroupNorm\)"
+    ):
+        family_for(create_model("resnet50_gn", num_classes=10))
