@@ -44,8 +44,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             log.warning("could not warm up the database connections at startup", exc_info=True)
         # Everything imported so far (torch, timm, optuna: ~500k objects) lives as long as the
         # process; frozen, the collector stops walking it: each full collection took ~260 ms,
-        # landing on whichever requests were running (the p99 of every endpoint).
-        gc.collect()
+        # landing on whichever requests were running (the p99 of every endpoint). No full
+        # collection first: it costs as much again at every start (in the test suite, ~0.45 s per
+        # app: a quarter of the API tests' time), and all it would free is the little garbage that
+        # imports leave in cycles, which stays frozen until shutdown instead.
         gc.freeze()
         try:
             yield

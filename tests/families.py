@@ -32,6 +32,12 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("efficientnet_b0", {"num_classes": 10}, 64),
         ("mobilenetv4_conv_small", {"num_classes": 10}, 64),  # universal inverted residuals (UIB)
     ],
+    "ghostnet": [
+        # GhostNetV2 at half width: GhostModule in its first two blocks and every ghost2, GhostModuleV2
+        # (a gate branch per channel) in every other ghost1; SE; stride-2 blocks with conv_dw. At 64 px,
+        # as V2's gate pools each block's input by 2 and the last stage's maps are 1x1 at 32 px.
+        ("ghostnet_050", {"num_classes": 10, "version": "v2"}, 64),
+    ],
     "vit": [
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
         ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),

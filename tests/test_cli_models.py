@@ -35,6 +35,7 @@ def test_models_lists_every_family() -> None:
         "cifar_resnet",
         "convnext",
         "detector",
+        "ghostnet",
         "regnet",
         "resnet",
         "mobilenet",
@@ -74,7 +75,7 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     "args,fragments",
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
-        (("space", "ghostnet_100"), ("no search-space adapter", "GhostNet")),
+        (("space", "mobileone_s0"), ("no search-space adapter", "ByobNet")),
         (
             ("space", "mobilenetv4_hybrid_medium"),
             ("mobilenet family cannot narrow or drop blocks.2.4 (MobileAttention)",),

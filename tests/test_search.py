@@ -348,6 +348,7 @@ def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna
     spec_file.write_text(yaml.safe_dump(TINY))
     done = runner.invoke(app, ["search", str(spec_file)], env={"COLUMNS": "200"})  # has its trials: runs none
     assert done.exit_code == 0 and "images at 8x8 px" in done.stdout
+    assert "search tiny at 8x8 px" in done.stderr  # the progress line names the size before any trial
     res = runner.invoke(app, ["pareto", "--study", "tiny", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

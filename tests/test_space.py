@@ -243,3 +243,37 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         NoAdapterError, match=r"resnet family cannot narrow or drop layer1\.0 \(Bottleneck with GroupNorm\)"
     ):
         family_for(create_model("resnet50_gn", num_classes=10))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_narrowed_ghost_module_keeps_its_pairs_outputs(version: str) -> None:
+    """GhostNet keeps a primary channel with its cheap copy: the narrowed block's ghost module (and, in a
+    stride-2 block, its depthwise conv) computes exactly the teacher's kept channels, V2's gate included."""
+    torch.manual_seed(0)
+    teacher = create_model("ghostnet_050", num_classes=10, version=version).eval()
+    space = space_of(teacher, "ghostnet_050", {"num_classes": 10, "version": version})
+    assert type(teacher.blocks[3][0].ghost1).__name__ == ("GhostModule" if version == "v1" else "GhostModuleV2")
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "blocks.3.0")
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    mid = torch.tensor(recipe["blocks"]["blocks.3.0"]["channels"])
+    half = space.stages[i][j].width_base // 2
+    assert len(mid) == half and torch.equal(mid[: half // 2] + half, mid[half // 2 :])  # whole pairs
+
+    def outputs(model: torch.nn.Module) -> list[torch.Tensor]:
+        block, seen = model.blocks[3][0], []
+        hooks = [m.register_forward_hook(lambda *a: seen.append(a[2])) for m in (block.ghost1, block.bn_dw)]
+        with torch.no_grad():
+            model.eval()(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        for h in hooks:
+            h.remove()
+        return seen
+
+    for got, want in zip(outputs(student), outputs(teacher), strict=True):
+        torch.testing.assert_close(got, want[:, mid])
+
+
+def test_ghostnet_v3_is_refused_naming_its_block() -> None:
+    with pytest.raises(
+        NoAdapterError, match=r"ghostnet family cannot narrow or drop blocks\.0\.0 \(GhostBottleneckV3\)"
+    ):
+        family_for(create_model("ghostnetv3_050", num_classes=10))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from structsearch.cli._common import Format, FormatOpt, StorageOpt, console, print_json, progress_bar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.search.context import SearchPlan
 
 FlopsOpt = Annotated[str | None, typer.Option(help="MACs budget (fvcore's FLOPs): 300M, 1.2G or 60% of the teacher")]
 ParamsOpt = Annotated[str | None, typer.Option(help="Params budget: 2M, 850k or 60% of the teacher")]
@@ -150,7 +153,16 @@ def search(
             best_txt = f"best {best:.2f}%" if best is not None else "best -"
             progress.update(task, completed=done, status=f"feasible {feasible}, {best_txt}")
 
-        study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat)
+        def on_plan(plan: SearchPlan) -> None:  # a search at an unintended size shows before its first trial
+            sides = plan.resolutions or ()
+            px = (
+                f"{min(sides)}-{max(sides)}"
+                if len(sides) > 1
+                else "x".join(map(str, plan.student_input_size(None)[1:]))
+            )
+            progress.update(task, description=f"search {spec.name} at {px} px")
+
+        study = run_search(spec, storage, on_trial=on_trial, heartbeat_interval=heartbeat, on_plan=on_plan)
     records = study_records(study)
     front = pareto_front(records)
     summary: dict[str, Any] = {

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from structsearch.paths import artifacts_dir
-from structsearch.search.context import build_context, plan_search
+from structsearch.search.context import SearchPlan, build_context, plan_search
 from structsearch.search.guard import TrialGuard
 from structsearch.search.objective import Objective, TrialStartFn
 from structsearch.search.prescreen import run_prescreen
@@ -62,6 +62,7 @@ def run_search(
     guard: TrialGuard | None = None,
     on_trial_start: TrialStartFn | None = None,
     on_trial_end: TrialEndFn | None = None,
+    on_plan: Callable[[SearchPlan], None] | None = None,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
@@ -73,9 +74,13 @@ def run_search(
     its settings' directory, the one the API serves downloads from). ``guard`` stops a trial past its
     deadline or asked to stop (a service worker's per-trial deadline and cancel; see
     :mod:`structsearch.search.guard`). ``on_trial_start`` and ``on_trial_end`` see each trial as it
-    starts and after it finished (a service worker writes its read model from them).
+    starts and after it finished (a service worker writes its read model from them). ``on_plan``
+    sees the resolved plan (resolution, budgets) before the teacher's outputs are computed, so a
+    progress line can say at once what a long search will run at.
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
+    if on_plan:
+        on_plan(plan)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval)
     study = open_study(plan, storage, sampler_seed)
     if heartbeat_interval:
