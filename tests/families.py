@@ -21,6 +21,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)
     ],
+    "repvit": [
+        # fewer blocks than repvit_m0_9's (2, 2, 14, 2); SE in every other block, distillation head
+        ("repvit_m0_9", {"num_classes": 10, "depth": (2, 2, 3, 1)}, 32),
+    ],
     "resnet": [
         ("resnet18", {"num_classes": 10}, 64),
         ("resnet50", {"num_classes": 10}, 64),

@@ -37,6 +37,7 @@ def test_models_lists_every_family() -> None:
         "detector",
         "ghostnet",
         "regnet",
+        "repvit",
         "resnet",
         "mobilenet",
         "vit",

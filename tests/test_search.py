@@ -341,7 +341,7 @@ def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna
     import yaml
 
     from structsearch.cli import app
-    from structsearch.search.results import baseline_gains
+    from structsearch.search.results import baseline_gains, scored
     from tests.cli_helpers import runner
 
     spec_file = tmp_path / "tiny.yaml"
@@ -349,6 +349,8 @@ def test_cli_pareto_and_best_report_the_baselines(home: Path, tiny_study: optuna
     done = runner.invoke(app, ["search", str(spec_file)], env={"COLUMNS": "200"})  # has its trials: runs none
     assert done.exit_code == 0 and "images at 8x8 px" in done.stdout
     assert "search tiny at 8x8 px" in done.stderr  # the progress line names the size before any trial
+    feasible = [r for r in scored(study_records(tiny_study)) if r.feasible]  # and a resumed study's progress
+    assert f"feasible {len(feasible)}, best {max(r.score for r in feasible):.2f}%" in done.stderr
     res = runner.invoke(app, ["pareto", "--study", "tiny", "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

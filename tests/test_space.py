@@ -277,3 +277,31 @@ def test_ghostnet_v3_is_refused_naming_its_block() -> None:
         NoAdapterError, match=r"ghostnet family cannot narrow or drop blocks\.0\.0 \(GhostBottleneckV3\)"
     ):
         family_for(create_model("ghostnetv3_050", num_classes=10))
+
+
+def test_a_narrowed_repvit_downsample_keeps_the_same_fraction_of_both_mlps() -> None:
+    """A RepViT downsample holds two channel-mixer MLPs of different widths (its input's and its output's):
+    both keep the spec's fraction, and each kept hidden channel computes what the teacher's did."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "repvit_m0_9"))
+    teacher, space, _ = _setup("repvit_m0_9", kwargs)
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.2.downsample")
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    entry = recipe["blocks"]["stages.2.downsample"]
+    down = teacher.stages[2].downsample
+    ffn_idx, pre_idx = torch.tensor(entry["channels"]), torch.tensor(entry["pre_block_channels"])
+    assert len(ffn_idx) * 2 == down.ffn.conv1.c.out_channels
+    assert len(pre_idx) * 2 == down.pre_block.channel_mixer.conv1.c.out_channels
+
+    def hidden(model: torch.nn.Module) -> list[torch.Tensor]:
+        d, seen = model.stages[2].downsample, []
+        mods = (d.pre_block.channel_mixer.conv1, d.ffn.conv1)
+        hooks = [m.register_forward_hook(lambda *a: seen.append(a[2])) for m in mods]
+        with torch.no_grad():
+            model.eval()(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        for h in hooks:
+            h.remove()
+        return seen
+
+    (pre_s, ffn_s), (pre_t, _) = hidden(student), hidden(teacher)
+    torch.testing.assert_close(pre_s, pre_t[:, pre_idx])  # before the narrowed block, inputs agree exactly
+    assert ffn_s.shape[1] == len(ffn_idx)

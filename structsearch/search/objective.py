@@ -37,6 +37,7 @@ from structsearch.cost import CostReport, measure_cost
 from structsearch.search.baselines import FIXED_BASELINES, baseline_spec
 from structsearch.search.guard import TrialGuard, TrialInterrupted
 from structsearch.search.record import FAILURE_ATTR, TrialAttrs
+from structsearch.search.storage import fail_stale_trials
 from structsearch.space import ArchSpec
 from structsearch.surgery import Importance, build_student_with_recipe, get_importance, save_student
 
@@ -255,7 +256,7 @@ def _scored_before(
         time.sleep(poll_s)
         if check is not None:
             check()
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
         running = []
         for trial_id in waiting_on:
             t = study._storage.get_trial(trial_id)

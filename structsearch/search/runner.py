@@ -20,7 +20,7 @@ from structsearch.search.objective import Objective, TrialStartFn
 from structsearch.search.prescreen import run_prescreen
 from structsearch.search.results import record_of, scored
 from structsearch.search.spec import StudySpec
-from structsearch.search.storage import open_storage
+from structsearch.search.storage import fail_stale_trials, open_storage
 from structsearch.search.study import open_study, own_trials, remaining_trials
 
 #: ``on_trial(done, feasible, best_score)`` after every finished trial (progress bars).
@@ -38,17 +38,18 @@ class _StopAtTarget:
         self.on_trial = on_trial
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        mine = own_trials(study)
-        finished = [t for t in mine if t.state != TrialState.RUNNING]
         if self.on_trial:
-            recs = [
-                record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            ]
-            feasible = [r for r in scored(recs) if r.feasible]
-            best = max((r.score for r in feasible), default=None)
-            self.on_trial(len(finished), len(feasible), best)
-        if len(mine) >= self.target:
+            _report(study, self.on_trial)
+        if len(own_trials(study)) >= self.target:
             study.stop()
+
+
+def _report(study: optuna.Study, on_trial: ProgressFn) -> None:
+    """``on_trial(finished own trials, feasible scored trials, best feasible score)`` for ``study`` now."""
+    finished = [t for t in own_trials(study) if t.state != TrialState.RUNNING]
+    recs = [record_of(study.study_name, t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    feasible = [r for r in scored(recs) if r.feasible]
+    on_trial(len(finished), len(feasible), max((r.score for r in feasible), default=None))
 
 
 def run_search(
@@ -86,12 +87,12 @@ def run_search(
     if heartbeat_interval:
         # a trial of a killed run stopped beating: fail it (the retry callback re-queues its
         # structure) before counting, so it neither blocks nor counts toward ``spec.trials``
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
     todo = remaining_trials(study, spec.trials)
     if max_trials is not None:
         todo = min(todo, max_trials)
-    if on_trial:
-        on_trial(len(own_trials(study)), 0, None)
+    if on_trial:  # a resumed study's progress so far
+        _report(study, on_trial)
     if todo == 0:
         return study
     ctx = build_context(plan, artifacts if artifacts is not None else artifacts_dir())

@@ -176,7 +176,7 @@ class TrialRunner:
         from optuna.trial import TrialState
 
         from structsearch.search.runner import run_search
-        from structsearch.search.storage import open_storage
+        from structsearch.search.storage import fail_stale_trials, open_storage
         from structsearch.search.study import own_trials
 
         url, heartbeat = self.settings.database_url, self.settings.trial_heartbeat_s
@@ -197,7 +197,7 @@ class TrialRunner:
                 mine: list[FrozenTrial] = []
                 sync: TrialSync | None = None
                 if study is not None:
-                    optuna.storages.fail_stale_trials(study)
+                    fail_stale_trials(study)
                     sync = TrialSync(self.db, storage, sid, study._study_id)
                     sync.safely(sync.catch_up)  # stale trials failed, retries queued, others' trials
                     mine = own_trials(study)
@@ -264,7 +264,7 @@ class TrialRunner:
         grace period, so after ``max_wait_s`` something is wrong elsewhere and the job is handed
         back to the queue instead of holding this worker.
         """
-        import optuna
+        from structsearch.search.storage import fail_stale_trials
 
         give_up = time.monotonic() + max_wait_s
         while time.monotonic() < give_up:
@@ -272,7 +272,7 @@ class TrialRunner:
                 return  # the loop hands the job back
             if should_abort():
                 return
-            optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
             if any(study._storage.get_trial(t._trial_id).state.is_finished() for t in running):
                 return
             status = self._status(sid)

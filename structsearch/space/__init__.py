@@ -11,6 +11,7 @@ from structsearch.space import detector as _detector  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401
+from structsearch.space import repvit as _repvit  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401
 from structsearch.space import vit as _vit  # noqa: F401
 from structsearch.space.base import BlockChoices, Family, Space
