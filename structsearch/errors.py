@@ -141,3 +141,7 @@ class TooMany(StructsearchError):
     """A key is over one of its quotas (active searches, queued trial-steps); retry when some end."""
 
     status = 429
+
+
+class TeacherWarning(UserWarning):
+    """A teacher that will not teach: e.g. one scoring about chance on the study's validation data."""

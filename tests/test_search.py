@@ -431,3 +431,20 @@ def test_student_inherit_false_starts_the_teachers_own_structure_from_scratch(tm
     fresh = scratch.student_base(loaded).conv1.weight
     assert inherited.student_base(loaded).conv1.weight is loaded.conv1.weight
     assert not torch.equal(fresh, loaded.conv1.weight)  # a fresh initialisation from the study's seed
+
+
+def test_a_teacher_about_as_good_as_chance_is_warned_about_once(home: Path) -> None:
+    """An untrained teacher (as a checkpoint for other data would be) makes every trial a waste: the
+    search says so before its first trial, once per study; a teacher well above chance is not flagged."""
+    import warnings
+
+    from structsearch.errors import TeacherWarning
+    from structsearch.search.runner import _check_teacher
+
+    spec = {**TINY, "name": "untaught", "teacher": {**TINY["teacher"], "train_epochs": 0}, "trials": 1}
+    with pytest.warns(TeacherWarning, match=r"about chance \(10% for 10 classes\)"):
+        run_search(parse_study_spec(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TeacherWarning)
+        run_search(parse_study_spec({**spec, "trials": 2}))  # resumed: told already
+        _check_teacher(plan_search(parse_study_spec(TINY)), 60.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
@@ -62,15 +63,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _warn(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Show a warning as one line on stderr, as errors are: its file and source line mean nothing to a user."""
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 class GuardedGroup(TyperGroup):
     """The app's command group: a :class:`StructsearchError` from any command, sub-groups' included,
-    ends as one line on stderr and exit status 2 (:func:`fail`)."""
+    ends as one line on stderr and exit status 2 (:func:`fail`); a warning is one line too."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click.Context
-        try:
-            return super().invoke(ctx)
-        except StructsearchError as e:
-            fail(str(e))
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn
+            try:
+                return super().invoke(ctx)
+            except StructsearchError as e:
+                fail(str(e))
 
 
 def print_json(data: Any) -> None:

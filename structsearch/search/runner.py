@@ -7,12 +7,14 @@ storage): each stops once the study holds the requested number of trials.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from structsearch.errors import TeacherWarning
 from structsearch.paths import artifacts_dir
 from structsearch.search.context import SearchPlan, build_context, plan_search
 from structsearch.search.guard import TrialGuard
@@ -42,6 +44,24 @@ class _StopAtTarget:
             _report(study, self.on_trial)
         if len(own_trials(study)) >= self.target:
             study.stop()
+
+
+def _check_teacher(plan: SearchPlan, score: float) -> None:
+    """Warn, once per study, when the teacher classifies the validation data about as well as guessing:
+    students distilled from it learn nothing useful (a checkpoint for other data or preprocessing, a
+    teacher training that failed), and the search's trials would be wasted."""
+    classes = plan.base_kwargs.get("num_classes")
+    if plan.spec.task != "classification" or not isinstance(classes, int) or classes < 2:
+        return
+    chance = 100 / classes
+    if score < 1.5 * chance:
+        warnings.warn(
+            f"the teacher scores {score:.1f}% top-1 on the validation data, about chance ({chance:.0f}% for "
+            f"{classes} classes): its students will learn little from it; check its checkpoint, data and "
+            "preprocessing (`structsearch eval`), or train it (`structsearch teach`)",
+            TeacherWarning,
+            stacklevel=2,
+        )
 
 
 def _report(study: optuna.Study, on_trial: ProgressFn) -> None:
@@ -98,6 +118,7 @@ def run_search(
     ctx = build_context(plan, artifacts if artifacts is not None else artifacts_dir())
     if study.user_attrs.get("teacher_score") is None:
         study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
+        _check_teacher(plan, ctx.teacher_score)
     run_prescreen(study, ctx)  # once per study, when spec.prescreen is on
     stopper = _StopAtTarget(spec.trials, on_trial)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [stopper]
