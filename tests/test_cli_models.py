@@ -9,28 +9,43 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import Result
 
+from structsearch.cli import app
 from structsearch.models import create_model
-from structsearch.space import space_of
+from structsearch.space import list_families, space_of
+from tests.cli_helpers import runner
 
 EXE = [sys.executable, "-m", "structsearch.cli"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(EXE + list(args), capture_output=True, text=True)
+def run(*args: str) -> Result:
+    """``structsearch ARGS`` in this process: a CLI process costs ~5 s of imports, so only the tests
+    named "real process" start one."""
+    return runner.invoke(app, list(args))
 
 
-def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr
+def assert_one_line_error(res: Result, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit), res.exception  # a clean exit, not a raised error
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     for f in fragments:
         assert f in lines[0]
 
 
+def test_a_real_process_lists_every_family_and_prints_one_line_for_bad_input() -> None:
+    res = subprocess.run([*EXE, "models", "--format", "json"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert {f["family"] for f in json.loads(res.stdout)} == {f.name for f in list_families()}
+    bad = subprocess.run([*EXE, "cost", "resnet5000"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "unknown model 'resnet5000'" in bad.stderr
+
+
 def test_models_lists_every_family() -> None:
     res = run("models", "--format", "json")
+    assert res.exit_code == 0, res.output
     assert {f["family"] for f in json.loads(res.stdout)} == {
         "cifar_resnet",
         "convnext",
