@@ -6,8 +6,6 @@ Real Optuna study (SQLite), real KD runs on digits with a one-epoch teacher.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -89,40 +87,17 @@ def test_recheck_rejects_a_run_no_longer_than_the_proxy(study: optuna.Study) -> 
 
 
 def test_cli_recheck_and_pareto_show_tau(study: optuna.Study) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "structsearch.cli",
-            "recheck",
-            "--study",
-            study.study_name,
-            "--top",
-            "2",
-            "--steps",
-            "12",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    from structsearch.cli import app
+    from tests.cli_helpers import runner
+
+    res = runner.invoke(
+        app, ["recheck", "--study", study.study_name, "--top", "2", "--steps", "12", "--format", "json"]
     )
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
     assert out["steps"] == 12 and out["complete"] is True and "tau" in out
-    pareto = subprocess.run(
-        [sys.executable, "-m", "structsearch.cli", "pareto", "--study", study.study_name, "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert pareto.returncode == 0, pareto.stderr
+    pareto = runner.invoke(app, ["pareto", "--study", study.study_name, "--format", "json"])
+    assert pareto.exit_code == 0, pareto.output
     assert json.loads(pareto.stdout)["recheck"][0]["tau"] == out["tau"]
-    bad = subprocess.run(
-        [sys.executable, "-m", "structsearch.cli", "recheck", "--study", study.study_name, "--steps", "2"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert bad.returncode == 2 and "not longer" in bad.stderr and "Traceback" not in bad.stderr
+    bad = runner.invoke(app, ["recheck", "--study", study.study_name, "--steps", "2"])
+    assert bad.exit_code == 2 and isinstance(bad.exception, SystemExit) and "not longer" in bad.stderr

@@ -197,20 +197,17 @@ def test_export_reloads_in_fresh_process_and_onnx(home: Path, tiny_study: optuna
 
 
 def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) -> None:
-    exe = [sys.executable, "-m", "structsearch.cli"]
-    env_ok = subprocess.run(
-        exe + ["best", "--budget-flops", "40%", "--study", "tiny", "--format", "json"], capture_output=True, text=True
-    )
-    assert env_ok.returncode == 0, env_ok.stderr
-    data = json.loads(env_ok.stdout)
-    assert {"study", "trial", "macs", "params", "score"} <= set(data)
-    bad = subprocess.run(exe + ["best", "--budget-flops", "300MB"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "300MB" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
-    lst = subprocess.run(exe + ["studies", "--format", "json"], capture_output=True, text=True, check=True)
+    from structsearch.cli import app
+    from tests.cli_helpers import one_line_error, runner
+
+    res = runner.invoke(app, ["best", "--budget-flops", "40%", "--study", "tiny", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert {"study", "trial", "macs", "params", "score"} <= set(json.loads(res.stdout))
+    one_line_error(["best", "--budget-flops", "300MB"], "300MB")
+    lst = runner.invoke(app, ["studies", "--format", "json"])
     assert "tiny" in {r["study"] for r in json.loads(lst.stdout)}
     png = tmp_path / "front.png"
-    subprocess.run(exe + ["pareto", "--study", "tiny", "--plot", str(png)], capture_output=True, check=True)
+    assert runner.invoke(app, ["pareto", "--study", "tiny", "--plot", str(png)]).exit_code == 0
     assert png.stat().st_size > 1000
 
 
