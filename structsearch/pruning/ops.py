@@ -8,6 +8,8 @@ After slicing the removed channels are physically gone: there are no masks.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import torch
 from torch import Tensor, nn
 
@@ -77,9 +79,14 @@ def _slice_dense(
     layer.weight = _param(data, w)
 
 
+def is_batch_norm(m: nn.Module) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm of any kind (incl. timm's ``BatchNormAct2d``): per-channel, so slicing channels is exact."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
 def slice_norm(norm: nn.Module, idx: Tensor) -> None:
     """Keep channels ``idx`` of a BatchNorm (any subclass) or LayerNorm over channels."""
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+    if is_batch_norm(norm):
         for name in ("running_mean", "running_var"):
             buf = getattr(norm, name)
             if buf is not None:

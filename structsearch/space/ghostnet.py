@@ -35,7 +35,7 @@ from timm.models.ghostnet import GhostBottleneck, GhostModule, GhostModuleV2, Gh
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.ops import is_batch_norm, keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family, grouped_widths
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -93,14 +93,10 @@ class _Ghost:
         return mid.tolist()
 
 
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
-
-
 def _conv_bn(seq: nn.Module, depthwise: bool = False) -> tuple[nn.Conv2d, nn.Module] | None:
     """The conv and BatchNorm opening a ghost module's ``Sequential``, if both are plain."""
     conv, norm = seq[0], seq[1]  # type: ignore[index]
-    if type(conv) is not nn.Conv2d or not _is_bn(norm):
+    if type(conv) is not nn.Conv2d or not is_batch_norm(norm):
         return None
     plain = conv.groups == conv.in_channels == conv.out_channels if depthwise else conv.groups == 1
     return (conv, norm) if plain else None
@@ -123,7 +119,7 @@ def _ghost(block: nn.Module) -> _Ghost | None:
     gate: tuple[nn.Module, ...] = tuple(g1.short_conv) if isinstance(g1, GhostModuleV2) else ()
     gate_convs = [m for m in gate if isinstance(m, nn.Conv2d)]
     if gate and not (
-        all(isinstance(m, nn.Conv2d) or _is_bn(m) for m in gate)
+        all(isinstance(m, nn.Conv2d) or is_batch_norm(m) for m in gate)
         and gate_convs[0].groups == 1
         and all(c.groups == c.out_channels == 2 * p for c in gate_convs[1:])
     ):
@@ -133,7 +129,7 @@ def _ghost(block: nn.Module) -> _Ghost | None:
         return None
     dw = None
     if block.conv_dw is not None:
-        if not (block.conv_dw.groups == block.conv_dw.out_channels == 2 * p and _is_bn(block.bn_dw)):
+        if not (block.conv_dw.groups == block.conv_dw.out_channels == 2 * p and is_batch_norm(block.bn_dw)):
             return None
         dw = (block.conv_dw, block.bn_dw)
     return _Ghost(g1, primary[0], cheap[0], (primary[1], cheap[1]), gate, dw, se, consumer[0])

@@ -56,7 +56,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.ops import is_batch_norm, keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import WIDTH_GRID, ArchSpec
@@ -82,11 +82,6 @@ def _is_conv(m: nn.Module) -> bool:
 def _is_depthwise(m: nn.Module) -> bool:
     """A depthwise convolution with channel multiplier 1 (sliceable on both sides by one index set)."""
     return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels
-
-
-def _is_bn(m: nn.Module) -> bool:
-    """BatchNorm (incl. timm's ``BatchNormAct2d``): per-channel, so slicing channels is exact."""
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
 def _is_plain_se(m: nn.Module) -> bool:
@@ -150,7 +145,7 @@ Producer = tuple[nn.Conv2d, nn.Module]
 def _stem_output(model: nn.Module) -> Producer | None:
     """The stem's output layers (``conv_stem``, ``bn1``) when both are plain."""
     conv, norm = getattr(model, "conv_stem", None), getattr(model, "bn1", None)
-    if conv is not None and norm is not None and _is_conv(conv) and _is_bn(norm):
+    if conv is not None and norm is not None and _is_conv(conv) and is_batch_norm(norm):
         return conv, norm
     return None
 
@@ -169,7 +164,7 @@ def _block_output(block: nn.Module) -> Producer | None:
         conv, norm = block.conv, block.bn1
     else:
         return None
-    return (conv, norm) if _is_conv(conv) and _is_bn(norm) else None
+    return (conv, norm) if _is_conv(conv) and is_batch_norm(norm) else None
 
 
 def _inverted_residual_group(block: InvertedResidual) -> ChannelGroup | None:
@@ -177,9 +172,9 @@ def _inverted_residual_group(block: InvertedResidual) -> ChannelGroup | None:
     ok = (
         _no_extras(block)
         and _is_conv(block.conv_pw)
-        and _is_bn(block.bn1)
+        and is_batch_norm(block.bn1)
         and _is_depthwise(block.conv_dw)
-        and _is_bn(block.bn2)
+        and is_batch_norm(block.bn2)
         and _is_plain_se(block.se)
         and _is_conv(block.conv_pwl)
     )
@@ -193,7 +188,7 @@ def _plain_conv_norm(m: nn.Module, depthwise: bool = False) -> bool:
     return (
         type(m) is ConvNormAct
         and (_is_depthwise(m.conv) if depthwise else _is_conv(m.conv))
-        and _is_bn(m.bn)
+        and is_batch_norm(m.bn)
         and isinstance(getattr(m, "aa", None), (nn.Identity, type(None)))
     )
 
@@ -219,7 +214,7 @@ def _edge_residual_group(block: EdgeResidual) -> ChannelGroup | None:
     ok = (
         _no_extras(block)
         and _is_conv(block.conv_exp)
-        and _is_bn(block.bn1)
+        and is_batch_norm(block.bn1)
         and _is_plain_se(block.se)
         and _is_conv(block.conv_pwl)
     )
@@ -239,7 +234,7 @@ def _depthwise_separable_group(block: DepthwiseSeparableConv, producer: Producer
     ok = (
         _no_extras(block)
         and _is_depthwise(block.conv_dw)
-        and _is_bn(block.bn1)
+        and is_batch_norm(block.bn1)
         and _is_plain_se(block.se)
         and _is_conv(block.conv_pw)
     )

@@ -34,7 +34,7 @@ from timm.models.regnet import Bottleneck, PreBottleneck, RegNet, RegStage
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.ops import slice_conv, slice_norm
+from structsearch.pruning.ops import is_batch_norm, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family, grouped_widths
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -68,7 +68,7 @@ def _path(block: nn.Module) -> _Path | None:
     else:
         return None
     convs_ok = all(type(c) is nn.Conv2d for c in (path.conv1, path.conv2, path.conv3))
-    norms_ok = all(isinstance(n, nn.modules.batchnorm._BatchNorm) for n in (path.norm1, path.norm2))
+    norms_ok = all(is_batch_norm(n) for n in (path.norm1, path.norm2))
     se_ok = isinstance(path.se, nn.Identity) or (type(path.se) is SEModule and isinstance(path.se.bn, nn.Identity))
     if not (convs_ok and norms_ok and se_ok):
         return None

@@ -34,7 +34,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.ops import is_batch_norm, keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family, grouped_widths
 from structsearch.space.cifar_resnet import shrink_basic_block
 from structsearch.space.registry import register_family
@@ -47,20 +47,15 @@ _AA_TYPES = (nn.Identity, nn.AvgPool2d, BlurPool2d)
 
 
 # -- what can be handled --------------------------------------------------------------------------
-def _is_batchnorm(module: nn.Module) -> bool:
-    """BatchNorm (incl. timm's ``BatchNormAct2d``) can be sliced per channel without changing its function."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
 def _block_supported(block: nn.Module) -> bool:
     """Whether every layer on the block's sliced path can be sliced by the shared primitives."""
     if not isinstance(block, (BasicBlock, Bottleneck)) or not isinstance(block.aa, _AA_TYPES):
         return False
     if isinstance(block, BasicBlock):
-        return _is_batchnorm(block.bn1)
+        return is_batch_norm(block.bn1)
     conv2 = block.conv2
     grouped_ok = conv2.groups == 1 or conv2.in_channels == conv2.out_channels == block.conv1.out_channels
-    return grouped_ok and _is_batchnorm(block.bn1) and _is_batchnorm(block.bn2)
+    return grouped_ok and is_batch_norm(block.bn1) and is_batch_norm(block.bn2)
 
 
 def _unsupported(model: nn.Module) -> str | None:
