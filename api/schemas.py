@@ -84,6 +84,12 @@ class SearchPublic(BaseModel):
     requested_name: str = Field(description="the name in the submitted spec; differs from `name` when that was taken")
     status: SearchStatusName
     error: str | None = Field(description="why the search failed or was cancelled")
+    warnings: list[str] = Field(
+        default_factory=list, description="what looks wrong but did not stop the search, e.g. a teacher at chance"
+    )
+    teacher_score: float | None = Field(
+        default=None, description="the teacher's score on the validation data (%), once the first trial measured it"
+    )
     created_at: datetime
     updated_at: datetime
     spec: dict[str, Any]

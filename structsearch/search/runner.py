@@ -30,6 +30,8 @@ ProgressFn = Callable[[int, int, float | None], None]
 #: ``on_trial_end(trial)`` after a trial finished, as Optuna stored it (not after one whose
 #: objective raised: Optuna re-raises before its callbacks).
 TrialEndFn = Callable[[FrozenTrial], None]
+#: ``on_teacher(score, warning)``: the teacher's validation score (%) and what is wrong with it, if anything.
+TeacherFn = Callable[[float, str | None], None]
 
 
 class _StopAtTarget:
@@ -46,22 +48,29 @@ class _StopAtTarget:
             study.stop()
 
 
-def _check_teacher(plan: SearchPlan, score: float) -> None:
-    """Warn, once per study, when the teacher classifies the validation data about as well as guessing:
-    students distilled from it learn nothing useful (a checkpoint for other data or preprocessing, a
-    teacher training that failed), and the search's trials would be wasted."""
+def teacher_warning(plan: SearchPlan, score: float) -> str | None:
+    """Why the teacher will not teach, when it classifies the validation data about as well as
+    guessing (below 1.5x chance): students distilled from it learn nothing useful (a checkpoint for
+    other data or preprocessing, a teacher training that failed), and the search's trials would be
+    wasted. None for a teacher well above chance, and for tasks other than classification."""
     classes = plan.base_kwargs.get("num_classes")
     if plan.spec.task != "classification" or not isinstance(classes, int) or classes < 2:
-        return
+        return None
     chance = 100 / classes
-    if score < 1.5 * chance:
-        warnings.warn(
-            f"the teacher scores {score:.1f}% top-1 on the validation data, about chance ({chance:.0f}% for "
-            f"{classes} classes): its students will learn little from it; check its checkpoint, data and "
-            "preprocessing (`structsearch eval`), or train it (`structsearch teach`)",
-            TeacherWarning,
-            stacklevel=2,
-        )
+    if score >= 1.5 * chance:
+        return None
+    return (
+        f"the teacher scores {score:.1f}% top-1 on the validation data, about chance ({chance:.0f}% for "
+        f"{classes} classes): its students will learn little from it; check its checkpoint, data and "
+        "preprocessing (`structsearch eval`), or train it (`structsearch teach`)"
+    )
+
+
+def _warn_teacher(score: float, warning: str | None) -> None:
+    """``run_search``'s default ``on_teacher``: the warning as a :class:`TeacherWarning` (the CLI
+    prints it as one line)."""
+    if warning is not None:
+        warnings.warn(warning, TeacherWarning, stacklevel=3)
 
 
 def _report(study: optuna.Study, on_trial: ProgressFn) -> None:
@@ -84,6 +93,7 @@ def run_search(
     on_trial_start: TrialStartFn | None = None,
     on_trial_end: TrialEndFn | None = None,
     on_plan: Callable[[SearchPlan], None] | None = None,
+    on_teacher: TeacherFn = _warn_teacher,
 ) -> optuna.Study:
     """Validate, create or resume the study, and run trials until it holds ``spec.trials``.
 
@@ -97,7 +107,10 @@ def run_search(
     :mod:`structsearch.search.guard`). ``on_trial_start`` and ``on_trial_end`` see each trial as it
     starts and after it finished (a service worker writes its read model from them). ``on_plan``
     sees the resolved plan (resolution, budgets) before the teacher's outputs are computed, so a
-    progress line can say at once what a long search will run at.
+    progress line can say at once what a long search will run at. ``on_teacher(score, warning)``
+    sees the teacher's validation score once per study, when the first run measures it, with
+    :func:`teacher_warning`'s message about it (default: warn with a :class:`TeacherWarning`; a
+    service worker stores both on its search, where the API shows them).
     """
     plan = plan_search(spec)  # cheap checks first: nothing is stored when they fail
     if on_plan:
@@ -117,8 +130,9 @@ def run_search(
         return study
     ctx = build_context(plan, artifacts if artifacts is not None else artifacts_dir())
     if study.user_attrs.get("teacher_score") is None:
-        study.set_user_attr("teacher_score", round(ctx.teacher_score, 3))
-        _check_teacher(plan, ctx.teacher_score)
+        score = round(ctx.teacher_score, 3)
+        study.set_user_attr("teacher_score", score)
+        on_teacher(score, teacher_warning(plan, ctx.teacher_score))
     run_prescreen(study, ctx)  # once per study, when spec.prescreen is on
     stopper = _StopAtTarget(spec.trials, on_trial)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [stopper]

@@ -221,6 +221,7 @@ class TrialRunner:
                         sampler_seed=secrets.randbits(31),
                         artifacts=self.settings.artifacts,
                         guard=guard,
+                        on_teacher=lambda score, warning: self._note_teacher(sid, score, warning),
                         **(self._read_model_hooks(sync, ended) if sync is not None else {}),
                     )
                 finally:  # a trial that raised (Optuna's callbacks skip it): read back from Optuna
@@ -279,6 +280,17 @@ class TrialRunner:
             if status is None or status.final:
                 return
         raise HandedBack(f"waited {max_wait_s:.0f} s for other workers' trials")
+
+    def _note_teacher(self, sid: uuid.UUID, score: float, warning: str | None) -> None:
+        """``run_search``'s ``on_teacher``: the score and warning go on the search (the API shows
+        them; a worker's own warnings reach no user)."""
+        if warning is not None:
+            log.warning("search %s: %s", sid, warning)
+        try:
+            with self.db.session() as s:
+                SearchRepository(s).note_teacher(sid, score, warning)
+        except Exception:  # a database blip must not fail a trial that can still run
+            log.warning("search %s: could not store its teacher's score", sid, exc_info=True)
 
     def _status(self, sid: uuid.UUID) -> SearchStatus | None:
         with self.db.session() as s:

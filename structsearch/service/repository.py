@@ -110,6 +110,16 @@ class SearchRepository:
             .execution_options(synchronize_session=False),
         )
 
+    def note_teacher(self, search_id: uuid.UUID, score: float, warning: str | None) -> None:
+        """Keep the teacher's validation score on the search, and ``warning`` among its warnings
+        (once: two workers' first jobs may both measure the teacher)."""
+        search = self.get(search_id)
+        if search is None:
+            return
+        search.teacher_score = score
+        if warning is not None and warning not in search.warnings:
+            search.warnings = [*search.warnings, warning[:2000]]
+
 
 class ApiKeyRepository:
     def __init__(self, session: Session) -> None:

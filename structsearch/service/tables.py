@@ -134,6 +134,10 @@ class Search(Base):
     trials_requested: Mapped[int] = mapped_column(Integer)
     #: Why the search failed (one line), or who cancelled it.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The teacher's score on the validation data (%), once the first trial's job measured it.
+    teacher_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: What the search found doubtful but not fatal (one line each; e.g. a teacher at chance).
+    warnings: Mapped[list[str]] = mapped_column(JsonDoc, default=list, server_default=text("'[]'"))
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("ss_api_keys.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -81,7 +81,7 @@ def submit(client: TestClient, key: str, spec: dict) -> dict:
 def test_health_and_readiness(anon: TestClient) -> None:
     assert anon.get("/healthz").json() == {"status": "ok", "database": None, "schema_revision": None}
     r = anon.get("/readyz")
-    assert r.status_code == 200 and r.json()["schema_revision"] == "0006"
+    assert r.status_code == 200 and r.json()["schema_revision"] == "0007"
 
 
 def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Path, data_root: Path) -> None:
@@ -487,6 +487,8 @@ def test_search_bodies_are_the_models_bytes(client: TestClient, key: str, settin
                         requested_name=row.requested_name,
                         status=SearchStatusName(row.status),
                         error=row.error,
+                        warnings=row.warnings,
+                        teacher_score=row.teacher_score,
                         created_at=row.created_at,
                         updated_at=row.updated_at,
                         spec=row.spec,
@@ -713,3 +715,34 @@ def test_a_worker_saves_students_under_the_settings_artifacts(
     assert [p.name for p in (settings.artifacts / body["name"]).iterdir()] == ["trial-00000"]
     assert not (service_home / "artifacts" / body["name"]).exists()  # the environment's folder
     assert client.get(f"{body['url']}/trials/0/artifact").status_code == 200
+
+
+def test_a_teacher_at_chance_is_shown_on_its_search(client: TestClient, key: str, settings: ServiceSettings) -> None:
+    """The warning a CLI user gets about a teacher at chance reaches an API user too: the worker keeps
+    it, once, with the teacher's score on the search; a trained teacher's search has its score and
+    no warning."""
+    untaught = submit(
+        client,
+        key,
+        tiny_spec(
+            name="untaught",
+            trials=2,
+            baselines=[],
+            teacher={"model": "cifar_resnet20", "kwargs": {"num_classes": 10}, "train_epochs": 0},
+        ),
+    )
+    taught = submit(client, key, tiny_spec(name="taught", trials=1, baselines=[]))
+    db = Database(settings.database_url)
+    try:
+        runner = TrialRunner(settings, db)
+        assert [runner.run(untaught["id"]), runner.run(untaught["id"]), runner.run(taught["id"])] == ["ran a trial"] * 3
+    finally:
+        db.dispose()
+    body = client.get(untaught["url"]).json()
+    assert body["status"] == "done" and body["teacher_score"] < 15
+    [warning] = body["warnings"]
+    assert warning.startswith(f"the teacher scores {body['teacher_score']:.1f}% top-1") and "about chance" in warning
+    body = client.get(taught["url"]).json()
+    assert body["teacher_score"] > 15 and body["warnings"] == []
+    listed = {s["name"]: s for s in client.get("/api/v1/searches").json()["items"]}
+    assert listed["untaught"]["warnings"] == [warning]

@@ -35,14 +35,14 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
     try:
         first = upgrade(url)
         assert upgrade(url) == first  # second run: nothing to do, nothing broken
-        assert first["structsearch"] == head_revision(url) == "0006"
+        assert first["structsearch"] == head_revision(url) == "0007"
         engine = create_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"ss_searches", "ss_api_keys", VERSION_TABLE} <= tables
         assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's, with Optuna's own version table
         assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
         with engine.connect() as conn:
-            assert current_revision(engine) == "0006"
+            assert current_revision(engine) == "0007"
             optuna_rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         assert optuna_rev == optuna.storages.RDBStorage(url).get_current_version()
 
@@ -70,7 +70,7 @@ def test_upgrade_creates_three_schemas_and_is_idempotent(postgres: Postgres) -> 
 def test_sqlite_keeps_working(tmp_path: Path) -> None:
     """The embedded default: our tables and Optuna's, no job queue (PostgreSQL only)."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert upgrade(url)["structsearch"] == "0006"
+    assert upgrade(url)["structsearch"] == "0007"
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
@@ -107,17 +107,18 @@ def test_0003_key_scope_expiry_last_use_up_and_down(postgres: Postgres, tmp_path
             assert conn.exec_driver_sql("SELECT name FROM ss_api_keys").scalar() == "old"
             assert current_revision(engine) == "0002"
         command.upgrade(alembic_config(url), "head")
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == "0007"
     finally:
         engine.dispose()
         if backend == "postgresql":
             postgres.drop(name)
 
 
-def test_0006_fills_map50_from_the_trials_and_drops_reader_kept_fronts_up_and_down(postgres: Postgres) -> None:
+def test_0006_and_0007_fill_from_optunas_attributes_up_and_down(postgres: Postgres) -> None:
     """0006 adds ss_trials.map50, filled from each trial's ``map50`` user attribute (null when it
     has none), and drops the fronts 0005's readers kept (their ``seq`` with them); downgrading
-    drops map50 and gives ss_fronts its ``seq`` back, empty."""
+    drops map50 and gives ss_fronts its ``seq`` back, empty. 0007 adds the searches' teacher
+    scores, filled from their study's ``teacher_score`` attribute, and their warnings (none)."""
     from alembic import command
     from structsearch.service.migrations import alembic_config
 
@@ -146,11 +147,18 @@ def test_0006_fills_map50_from_the_trials_and_drops_reader_kept_fronts_up_and_do
             assert conn.exec_driver_sql("SELECT map50 FROM ss_trials ORDER BY number").scalars().all() == [62.25, None]
             assert conn.exec_driver_sql("SELECT count(*) FROM ss_fronts").scalar() == 0
         assert "seq" not in {c["name"] for c in inspect(engine).get_columns("ss_fronts")}
+        # 0007: the search's teacher score from its study's attribute, and no warnings yet
+        study.set_user_attr("teacher_score", 91.5)
+        command.upgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT teacher_score, warnings FROM ss_searches").one() == (91.5, [])
+        command.downgrade(alembic_config(url), "0006")
+        assert not {"teacher_score", "warnings"} & {c["name"] for c in inspect(engine).get_columns("ss_searches")}
         command.downgrade(alembic_config(url), "0005")
         assert "map50" not in {c["name"] for c in inspect(engine).get_columns("ss_trials")}
         assert "seq" in {c["name"] for c in inspect(engine).get_columns("ss_fronts")}
         command.upgrade(alembic_config(url), "head")
-        assert current_revision(engine) == "0006"
+        assert current_revision(engine) == "0007"
     finally:
         engine.dispose()
         postgres.drop(name)
