@@ -42,6 +42,22 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # as V2's gate pools each block's input by 2 and the last stage's maps are 1x1 at 32 px.
         ("ghostnet_050", {"num_classes": 10, "version": "v2"}, 64),
     ],
+    "swin": [
+        # windows of 4 at 32 px (8x8 tokens, then 4x4 in one window, ...), every other block's shifted
+        (
+            "swin_tiny_patch4_window7_224",
+            {
+                "num_classes": 10,
+                "img_size": 32,
+                "window_size": 4,
+                "embed_dim": 32,
+                "depths": (2, 2, 2, 2),
+                "num_heads": (2, 2, 4, 4),
+                "mlp_ratio": 2.0,
+            },
+            32,
+        ),
+    ],
     "vit": [
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
         ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),

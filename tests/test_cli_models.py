@@ -54,6 +54,7 @@ def test_models_lists_every_family() -> None:
         "regnet",
         "repvit",
         "resnet",
+        "swin",
         "mobilenet",
         "vit",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import random
@@ -305,3 +306,35 @@ def test_a_narrowed_repvit_downsample_keeps_the_same_fraction_of_both_mlps() -> 
     (pre_s, ffn_s), (pre_t, _) = hidden(student), hidden(teacher)
     torch.testing.assert_close(pre_s, pre_t[:, pre_idx])  # before the narrowed block, inputs agree exactly
     assert ffn_s.shape[1] == len(ffn_idx)
+
+
+def test_a_swin_block_keeps_its_heads_outputs_with_their_position_biases() -> None:
+    """A shifted-window block cut to one of its two heads: the kept head's attention output (the input
+    of ``proj``) equals the teacher's, so its relative position biases and the shift mask followed it."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "swin_tiny_patch4_window7_224"))
+    cached, space, _ = _setup("swin_tiny_patch4_window7_224", kwargs)
+    teacher = copy.deepcopy(cached)
+    t_block = teacher.layers[0].blocks[1]
+    assert t_block.shift_size == (2, 2) and t_block.attn_mask is not None  # the shifted block of stage 0
+    with torch.no_grad():  # biases differ per head, and the second head ranks first
+        t_block.attn.relative_position_bias_table.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
+        t_block.attn.qkv.weight.view(3, 2, 16, -1)[:, 1] *= 3
+    spec = space.full_spec().replace_block(0, 1, BlockSpec(True, 1.0, heads=1))
+    student, recipe = build_student_with_recipe(teacher, spec)
+    assert recipe["blocks"]["layers.0.blocks.1"]["heads"] == [head := 1]
+    s_attn = student.layers[0].blocks[1].attn
+    assert s_attn.num_heads == 1 and s_attn.relative_position_bias_table.shape[1] == 1
+
+    def proj_input(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        hook = attn.proj.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        with torch.no_grad():
+            attn(x, mask=t_block.attn_mask)
+        hook.remove()
+        return seen[0]
+
+    x = torch.randn(2 * t_block.attn_mask.shape[0], 16, 32, generator=torch.Generator().manual_seed(0))
+    head_dim = 32 // 2
+    torch.testing.assert_close(
+        proj_input(s_attn, x), proj_input(t_block.attn, x)[..., head * head_dim : (head + 1) * head_dim]
+    )

@@ -9,7 +9,8 @@ Which modules are stages is a property of the family (the names survive surgery:
 blocks inside a stage but keep the stage module and its output width):
 
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``convnext``: ``stages.0..3``;
-  ``regnet``: ``s1..s4``;  ``repvit``: ``stages.0..3``;  ``ghostnet``: the last row of each resolution stage;  ``mobilenet``: ``blocks.0..N-1``.
+  ``regnet``: ``s1..s4``;  ``repvit``: ``stages.0..3``;  ``ghostnet``: the last row of each resolution stage;  ``mobilenet``: ``blocks.0..N-1``;
+  ``swin``: ``layers.0..N-1``.
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
   not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
 """
@@ -49,6 +50,8 @@ def stage_names(model: nn.Module) -> tuple[str, ...]:
         return _FIXED_STAGES[family]
     if family in ("mobilenet", "vit"):
         return tuple(f"blocks.{i}" for i in range(len(model.blocks)))  # type: ignore[arg-type]
+    if family == "swin":  # channels-last (B, H, W, C) maps of the teacher's shape: compared as they are
+        return tuple(f"layers.{i}" for i in range(len(model.layers)))  # type: ignore[arg-type]
     raise FeatureKDError(
         f"feature KD is not supported for {family} models (their blocks do not align between "
         "teacher and student); run without --feature-kd to distil from logits"

@@ -39,15 +39,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from structsearch.errors import CheckpointError
-from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.heads import head_views, slice_heads
+from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import group_channels, keep_blocks, slice_linear, slice_norm
+from structsearch.pruning.ops import keep_blocks, slice_linear, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -104,35 +104,23 @@ def _unsupported(model: nn.Module) -> str | None:
 
 
 # -- surgery on one block -------------------------------------------------------------------------
-def _head_views(attn: Attention) -> list[TensorDim]:
-    """Every weight that belongs to a head, viewed so that the head is one indexed dimension."""
-    heads, head_dim = attn.num_heads, attn.head_dim
-    views: list[TensorDim] = [
-        (attn.qkv.weight.view(3, heads, head_dim, -1), 1),  # rows laid out (q|k|v, head, head_dim)
-        (attn.proj.weight.view(-1, heads, head_dim), 1),  # input columns (head, head_dim)
-    ]
-    gate = _gate(attn)
-    if isinstance(gate, nn.Linear):  # the only kind of gate _plain_attention accepts
-        views.append((gate.weight.view(heads, head_dim, -1), 0))
-    return views
-
-
 def shrink_heads(attn: Attention, heads: int, importance: Importance) -> list[int]:
-    """Keep the ``heads`` most important attention heads of ``attn``, each with its full ``head_dim``.
+    """Keep the ``heads`` most important attention heads of ``attn``, each with its full ``head_dim``
+    (ranked by their ``qkv`` rows and ``proj`` columns, and the output gate's rows where present).
 
     ``Attention.forward`` reshapes ``qkv`` output with ``num_heads``/``head_dim`` and the attention
     output with ``attn_dim``, so both attributes are updated along with the weights.
     """
-    kept = importance.select(_head_views(attn), heads)
-    channels = group_channels(kept, attn.head_dim)
-    qkv_rows = torch.cat([part * attn.attn_dim + channels for part in range(3)])
-    slice_linear(attn.qkv, out_idx=qkv_rows)
+    views = head_views(attn.qkv, attn.proj, attn.num_heads)
     gate = _gate(attn)
+    if isinstance(gate, nn.Linear):  # the only kind of gate _plain_attention accepts
+        views.append((gate.weight.view(attn.num_heads, attn.head_dim, -1), 0))
+    kept = importance.select(views, heads)
+    channels = slice_heads(attn.qkv, attn.proj, attn.num_heads, kept)
     if isinstance(gate, nn.Linear):
         slice_linear(gate, out_idx=channels)
     if not isinstance(attn.norm, nn.Identity):
         slice_norm(attn.norm, channels)
-    slice_linear(attn.proj, in_idx=channels)
     attn.num_heads = len(kept)
     attn.attn_dim = len(kept) * attn.head_dim
     return kept.tolist()
