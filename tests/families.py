@@ -58,6 +58,21 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
+    "tinyvit": [
+        # MBConv stage, then windowed attention (windows of 4 and 2 at 32 px) with per-head biases
+        (
+            "tiny_vit_5m_224",
+            {
+                "num_classes": 10,
+                "embed_dims": (16, 32, 48, 64),
+                "depths": (2, 2, 2, 1),
+                "num_heads": (1, 2, 3, 4),
+                "window_sizes": (4, 4, 2, 1),
+                "mlp_ratio": 2.0,
+            },
+            32,
+        ),
+    ],
     "vit": [
         ("vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 4}, 32),
         ("deit_tiny_patch16_224", {"num_classes": 10, "img_size": 64, "patch_size": 16}, 64),

@@ -55,6 +55,7 @@ def test_models_lists_every_family() -> None:
         "repvit",
         "resnet",
         "swin",
+        "tinyvit",
         "mobilenet",
         "vit",
     }

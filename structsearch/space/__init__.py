@@ -14,6 +14,7 @@ from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import repvit as _repvit  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401
 from structsearch.space import swin as _swin  # noqa: F401
+from structsearch.space import tinyvit as _tinyvit  # noqa: F401
 from structsearch.space import vit as _vit  # noqa: F401
 from structsearch.space.base import BlockChoices, Family, Space
 from structsearch.space.registry import family_for, get_family, list_families, register_family, space_of

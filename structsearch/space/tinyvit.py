@@ -1,0 +1,188 @@
+"""Adapter for timm's TinyViT: depth per stage, and per block the MBConv expansion width, the MLP
+hidden size and whole attention heads.
+
+TinyViT (Wu et al., ECCV 2022) is ``patch_embed -> stages.0..3 -> head`` on NCHW maps:
+
+* ``stages.0`` is a ``ConvLayer`` of ``MBConv`` blocks (1x1 expand -> 3x3 depthwise -> 1x1 project,
+  each conv with a BatchNorm, residual): their ``width`` is the expansion, sliced as a MobileNet
+  block's (:class:`~structsearch.space.mobilenet.ChannelGroup`);
+* ``stages.1..`` are ``TinyVitStage``\\ s: a ``PatchMerging`` downsample (kept as it is) and
+  ``TinyVitBlock``\\ s on channels-last maps -- windowed attention, a depthwise ``local_conv`` and a
+  ``NormMlp``, each residual on the stage's width. ``width`` is the MLP hidden size (``fc1`` rows,
+  ``fc2`` columns; its ``norm`` is on the block's input and stays). ``heads`` keeps whole heads of
+  TinyViT's ``Attention``, whose ``qkv`` rows are laid out per head, ``(head, q|k|v)`` with
+  ``key_dim`` rows for q and k and ``val_dim`` for v (unlike ViT's ``(q|k|v, head)``), with each kept
+  head's ``proj`` columns and its row of ``attention_biases``; ``key_dim`` and the softmax scale stay,
+  so a kept head computes what it did in the teacher.
+
+Every block can be dropped (same shape in and out); each stage keeps at least one. Feature KD taps
+``stages.0..N-1``. Subclasses and other blocks are not handled (the user gets the "no adapter" error).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from timm.models.tiny_vit import (
+    Attention,
+    ConvLayer,
+    ConvNorm,
+    MBConv,
+    NormMlp,
+    TinyVit,
+    TinyVitBlock,
+    TinyVitStage,
+)
+from torch import nn
+
+from structsearch.pruning.importance import Importance
+from structsearch.pruning.ops import group_channels, keep_blocks, slice_linear, slice_params
+from structsearch.space.base import BlockChoices, Family
+from structsearch.space.mobilenet import ChannelGroup
+from structsearch.space.registry import register_family
+from structsearch.space.spec import ArchSpec
+
+
+def _stages(model: nn.Module) -> list[ConvLayer | TinyVitStage]:
+    return list(getattr(model, "stages", ()))
+
+
+def _blocks(stage: ConvLayer | TinyVitStage) -> list[nn.Module]:
+    return list(cast(nn.Sequential, stage.blocks))
+
+
+def _conv_norm(m: nn.Module, depthwise: bool = False) -> bool:
+    """timm's ``ConvNorm``: a plain conv (dense, or depthwise when asked) and its BatchNorm."""
+    if type(m) is not ConvNorm or type(m.conv) is not nn.Conv2d or type(m.bn) is not nn.BatchNorm2d:
+        return False
+    conv = cast(nn.Conv2d, m.conv)
+    return conv.groups == (conv.in_channels if depthwise else 1)
+
+
+def _mbconv_group(block: MBConv) -> ChannelGroup:
+    """The MBConv's expansion channels: ``conv1``'s outputs, ``conv2`` (depthwise), ``conv3``'s inputs."""
+    c1, c2, c3 = (cast(ConvNorm, block.get_submodule(n)) for n in ("conv1", "conv2", "conv3"))
+    return ChannelGroup(
+        expand=cast(nn.Conv2d, c1.conv),
+        norms=(c1.bn, c2.bn),
+        depthwise=cast(nn.Conv2d, c2.conv),
+        se=nn.Identity(),
+        project=cast(nn.Conv2d, c3.conv),
+    )
+
+
+def _plain_block(block: nn.Module) -> bool:
+    if type(block) is MBConv:
+        return all(_conv_norm(block.get_submodule(n), n == "conv2") for n in ("conv1", "conv2", "conv3"))
+    if type(block) is not TinyVitBlock:
+        return False
+    attn, mlp = block.attn, block.mlp
+    return (
+        type(attn) is Attention
+        and isinstance(attn.qkv, nn.Linear)
+        and isinstance(attn.proj, nn.Linear)
+        and attn.qkv.out_features == attn.num_heads * (2 * attn.key_dim + attn.val_dim)
+        and attn.proj.in_features == attn.out_dim == attn.num_heads * attn.val_dim
+        and type(mlp) is NormMlp
+        and isinstance(mlp.fc1, nn.Linear)
+        and isinstance(mlp.fc2, nn.Linear)
+    )
+
+
+def _unsupported(model: nn.Module) -> str | None:
+    """The first stage or block of a ``TinyVit`` the adapter cannot slice, named (None: none)."""
+    stages = _stages(model)
+    if not stages:
+        return "stages (none)"
+    for i, stage in enumerate(stages):
+        if type(stage) not in (ConvLayer, TinyVitStage) or not isinstance(stage.blocks, nn.Sequential):
+            return f"stages.{i} ({type(stage).__name__})"
+        if not len(stage.blocks):
+            return f"stages.{i}.blocks (empty)"
+        for j, block in enumerate(_blocks(stage)):
+            if not _plain_block(block):
+                return f"stages.{i}.blocks.{j} ({type(block).__name__})"
+    return None
+
+
+def _width_base(block: nn.Module) -> int:
+    if isinstance(block, MBConv):
+        return _mbconv_group(block).width
+    return cast(TinyVitBlock, block).mlp.fc1.out_features
+
+
+def _shrink_mlp(mlp: NormMlp, channels: int, importance: Importance) -> list[int]:
+    """Keep ``channels`` hidden units of ``mlp`` (ranked by ``fc1``'s rows and ``fc2``'s columns)."""
+    idx = importance.select([(mlp.fc1.weight, 0), (mlp.fc2.weight, 1)], channels)
+    slice_linear(mlp.fc1, out_idx=idx)
+    slice_linear(mlp.fc2, in_idx=idx)
+    return idx.tolist()
+
+
+def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
+    """Keep the ``heads`` most important heads of the block's attention (ranked by their ``qkv`` rows
+    and ``proj`` columns) with their attention biases; ``forward`` reads ``num_heads`` and ``out_dim``."""
+    attn = block.attn
+    per_head = 2 * attn.key_dim + attn.val_dim
+    views = [
+        (attn.qkv.weight.view(attn.num_heads, per_head, -1), 0),
+        (attn.proj.weight.view(-1, attn.num_heads, attn.val_dim), 1),
+    ]
+    kept = importance.select(views, heads)
+    slice_linear(attn.qkv, out_idx=group_channels(kept, per_head))
+    slice_linear(attn.proj, in_idx=group_channels(kept, attn.val_dim))
+    slice_params(attn, ("attention_biases",), kept)
+    attn.attention_bias_cache = {}  # eval mode caches the biases per device
+    attn.num_heads = block.num_heads = len(kept)
+    attn.out_dim = len(kept) * attn.val_dim
+    return kept.tolist()
+
+
+@register_family
+class TinyVitFamily(Family):
+    """timm ``TinyVit``: drop blocks inside a stage; narrow MBConv expansions, MLPs and attention heads."""
+
+    name = "tinyvit"
+    description = "TinyViT: depth per stage, MBConv expansion, MLP hidden size and attention heads per block"
+    examples = ("tiny_vit_5m_224", "tiny_vit_11m_224")
+    kinds = (TinyVit,)
+
+    def unsupported(self, model: nn.Module) -> str | None:
+        return _unsupported(model)
+
+    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
+        out = []
+        for i, stage in enumerate(_stages(model)):
+            choices = []
+            for j, block in enumerate(_blocks(stage)):
+                heads = block.attn.num_heads if isinstance(block, TinyVitBlock) else None
+                choices.append(
+                    BlockChoices(
+                        name=f"stages.{i}.blocks.{j}",
+                        removable=True,  # residual, same shape in and out
+                        width_base=_width_base(block),
+                        heads_base=heads,
+                        heads=tuple(range(1, heads + 1)) if heads else None,
+                    )
+                )
+            out.append(tuple(choices))
+        return tuple(out)
+
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        recipe: dict[str, Any] = {}
+        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
+            for block, b, c in zip(_blocks(stage), stage_spec, choices):
+                entry: dict[str, Any] = {"keep": b.keep}
+                if b.keep and b.width < 1.0:
+                    if isinstance(block, MBConv):
+                        group = _mbconv_group(block)
+                        idx = group.select(importance, c.channels(b.width))
+                        group.apply(idx)
+                        entry["channels"] = idx.tolist()
+                    else:
+                        entry["channels"] = _shrink_mlp(cast(TinyVitBlock, block).mlp, c.channels(b.width), importance)
+                if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
+                    entry["heads"] = shrink_heads(cast(TinyVitBlock, block), b.heads, importance)
+                recipe[c.name] = entry
+            stage.blocks = keep_blocks(cast(nn.Sequential, stage.blocks), [b.keep for b in stage_spec])
+        return {"blocks": recipe}
