@@ -115,27 +115,32 @@ def test_random_importance_differs_from_l1(family: str, name: str, kwargs: dict,
     assert r1["blocks"] != r2["blocks"]
 
 
-@pytest.mark.parametrize("family,name,kwargs,size", CASES[::2], ids=CASE_IDS[::2])
-def test_saved_student_reloads_in_fresh_process(
-    family: str, name: str, kwargs: dict, size: int, tmp_path: Path
-) -> None:
-    teacher, space, _ = _setup(name, kwargs)
-    student, recipe = build_student_with_recipe(teacher, space.sample(random.Random(7)))
-    student.eval()
-    save_student(tmp_path / "s", student, space.sample(random.Random(7)), recipe)
-    x = torch.randn(2, 3, size, size)
-    torch.save(x, tmp_path / "x.pt")
-    with torch.no_grad():
-        torch.save(student(x), tmp_path / "expected.pt")
+def test_saved_students_reload_in_a_fresh_process(tmp_path: Path) -> None:
+    """A random student of every case, saved, reloads by ``structsearch.load`` alone (no teacher, no
+    surgery state) in a process that never built it, and computes what it did. One process for all
+    cases: each fresh process costs seconds of imports."""
+    cases = []
+    for i, (_, name, kwargs, size) in enumerate(CASES):
+        teacher, space, _ = _setup(name, kwargs)
+        spec = space.sample(random.Random(7))
+        student, recipe = build_student_with_recipe(teacher, spec)
+        save_student(tmp_path / f"s{i}", student.eval(), spec, recipe)
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.save((x, student(x)), tmp_path / f"io{i}.pt")
+        cases.append((name, str(tmp_path / f"s{i}"), str(tmp_path / f"io{i}.pt")))
     code = (
-        "import torch, structsearch;"
-        f"m = structsearch.load({str(tmp_path / 's')!r});"
-        f"x = torch.load({str(tmp_path / 'x.pt')!r});"
-        f"e = torch.load({str(tmp_path / 'expected.pt')!r});"
-        "d = (m(x) - e).abs().max().item();"
-        "print(d); assert d < 1e-5"
+        "import sys, torch, structsearch\n"
+        f"for name, saved, io in {cases!r}:\n"
+        "    x, e = torch.load(io)\n"
+        "    with torch.no_grad():\n"
+        "        d = (structsearch.load(saved)(x) - e).abs().max().item()\n"
+        "    print(name, d)\n"
+        "    assert d < 1e-5, name\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(run.stdout.splitlines()) == len(CASES)
 
 
 @pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
