@@ -17,6 +17,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
+    "efficientformer": [
+        # pooling meta blocks, then Flat and an attention block (8 heads, biases for 7x7 tokens: 224 px)
+        ("efficientformer_l1", {"num_classes": 10, "embed_dims": (16, 32, 48, 64), "depths": (2, 2, 2, 3)}, 224),
+    ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)

@@ -50,6 +50,7 @@ def test_models_lists_every_family() -> None:
         "cifar_resnet",
         "convnext",
         "detector",
+        "efficientformer",
         "ghostnet",
         "regnet",
         "repvit",

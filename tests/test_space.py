@@ -345,22 +345,33 @@ def test_a_swin_block_keeps_its_heads_outputs_with_their_position_biases() -> No
     )
 
 
-def test_a_tinyvit_block_keeps_its_heads_outputs_with_their_attention_biases() -> None:
-    """TinyViT lays ``qkv`` out per head (q, k, v of head 0, then of head 1, ...), unlike ViT: a block cut
-    to one of its two heads computes that head's attention output (``proj``'s input) exactly, with its
-    row of ``attention_biases`` -- not the teacher's biases cached by an earlier forward in eval mode."""
-    kwargs = dict(next(c[2] for c in CASES if c[1] == "tiny_vit_5m_224"))
-    cached, space, _ = _setup("tiny_vit_5m_224", kwargs)
+@pytest.mark.parametrize(
+    "name,block,attn_name,tokens",
+    [
+        ("tiny_vit_5m_224", "stages.1.blocks.0", "attn", 16),
+        ("efficientformer_l1", "stages.3.blocks.3", "token_mixer", 49),
+    ],
+)
+def test_a_levit_style_attention_keeps_its_heads_outputs_with_their_biases(
+    name: str, block: str, attn_name: str, tokens: int
+) -> None:
+    """TinyViT and EfficientFormer lay ``qkv`` out per head (q, k, v of head 0, then of head 1, ...),
+    unlike ViT: a block cut to one head computes that head's attention output (``proj``'s input)
+    exactly, with its row of ``attention_biases`` -- not the teacher's biases cached by an earlier
+    forward in eval mode."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == name))
+    cached, space, _ = _setup(name, kwargs)
     teacher = copy.deepcopy(cached)
-    t_attn = teacher.stages[1].blocks[0].attn
+    t_attn = teacher.get_submodule(f"{block}.{attn_name}")
+    heads, dim = t_attn.num_heads, t_attn.qkv.in_features
     with torch.no_grad():  # biases differ per head, and the second head ranks first
         t_attn.attention_biases.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
-        t_attn.qkv.weight.view(2, -1, 32)[1] *= 3
-        teacher.eval()(torch.randn(1, 3, 32, 32))  # caches the biases of both heads
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.1.blocks.0")
+        t_attn.qkv.weight.view(heads, -1, dim)[1] *= 3
+        teacher.eval()(torch.randn(1, 3, _size(name), _size(name)))  # caches the biases of every head
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == block)
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 1.0, 1)))
-    assert recipe["blocks"]["stages.1.blocks.0"]["heads"] == [1]
-    s_attn = student.stages[1].blocks[0].attn
+    assert recipe["blocks"][block]["heads"] == [1]
+    s_attn = student.get_submodule(f"{block}.{attn_name}")
 
     def proj_input(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         seen: list[torch.Tensor] = []
@@ -370,7 +381,8 @@ def test_a_tinyvit_block_keeps_its_heads_outputs_with_their_attention_biases() -
         hook.remove()
         return seen[0]
 
-    x = torch.randn(3, 16, 32, generator=torch.Generator().manual_seed(0))  # 3 windows of 4x4 tokens
+    x = torch.randn(3, tokens, dim, generator=torch.Generator().manual_seed(0))  # e.g. 3 windows of 4x4 tokens
     assert s_attn.num_heads == 1 and s_attn.attention_biases.shape[0] == 1
-    assert not s_attn.training  # (a mode change would clear the cache; TinyViT's Attention.train returns None)
-    torch.testing.assert_close(proj_input(s_attn, x), proj_input(t_attn, x)[..., t_attn.val_dim :])
+    assert not s_attn.training  # (a mode change would clear the cache; their Attention.train returns None)
+    val = t_attn.val_dim
+    torch.testing.assert_close(proj_input(s_attn, x), proj_input(t_attn, x)[..., val : 2 * val])

@@ -8,6 +8,7 @@ with a :class:`Family` subclass decorated by :func:`register_family` and import 
 from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: F401
 from structsearch.space import convnext as _convnext  # noqa: F401
 from structsearch.space import detector as _detector  # noqa: F401
+from structsearch.space import efficientformer as _efficientformer  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401

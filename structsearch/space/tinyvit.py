@@ -35,8 +35,9 @@ from timm.models.tiny_vit import (
 )
 from torch import nn
 
+from structsearch.pruning.heads import shrink_biased_heads
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.ops import group_channels, keep_blocks, slice_linear, slice_params
+from structsearch.pruning.ops import keep_blocks, slice_linear
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.mobilenet import ChannelGroup
 from structsearch.space.registry import register_family
@@ -120,21 +121,11 @@ def _shrink_mlp(mlp: NormMlp, channels: int, importance: Importance) -> list[int
 
 
 def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
-    """Keep the ``heads`` most important heads of the block's attention (ranked by their ``qkv`` rows
-    and ``proj`` columns) with their attention biases; ``forward`` reads ``num_heads`` and ``out_dim``."""
-    attn = block.attn
-    per_head = 2 * attn.key_dim + attn.val_dim
-    views = [
-        (attn.qkv.weight.view(attn.num_heads, per_head, -1), 0),
-        (attn.proj.weight.view(-1, attn.num_heads, attn.val_dim), 1),
-    ]
-    kept = importance.select(views, heads)
-    slice_linear(attn.qkv, out_idx=group_channels(kept, per_head))
-    slice_linear(attn.proj, in_idx=group_channels(kept, attn.val_dim))
-    slice_params(attn, ("attention_biases",), kept)
-    attn.attention_bias_cache = {}  # eval mode caches the biases per device
-    attn.num_heads = block.num_heads = len(kept)
-    attn.out_dim = len(kept) * attn.val_dim
+    """Keep the ``heads`` most important heads of the block's attention with their biases;
+    ``forward`` reads ``num_heads`` and ``out_dim``."""
+    kept = shrink_biased_heads(block.attn, heads, importance)
+    block.num_heads = len(kept)
+    block.attn.out_dim = len(kept) * block.attn.val_dim
     return kept.tolist()
 
 
