@@ -1,4 +1,5 @@
-"""Narrowing timm's two-layer MLPs: the hidden width of ViT blocks and of ConvNeXt blocks.
+"""Narrowing two-layer MLPs: :func:`shrink_hidden` for any two pointwise layers (every family's MLP),
+:func:`shrink_mlp` for timm's own ``Mlp`` modules (the hidden width of ViT, Swin and ConvNeXt blocks).
 
 Both families build their MLP from the same two timm modules (``timm/layers/mlp.py``):
 
@@ -62,20 +63,35 @@ def sliceable_mlp(mlp: nn.Module) -> bool:
     return isinstance(hidden_norm(mlp), (nn.Identity, nn.LayerNorm, GlobalResponseNorm))
 
 
+def shrink_hidden(
+    fc1: nn.Linear | nn.Conv2d,
+    fc2: nn.Linear | nn.Conv2d,
+    channels: int,
+    importance: Importance,
+    norms: tuple[nn.Module, ...] = (),
+) -> list[int]:
+    """Keep ``channels`` hidden units between two pointwise layers: ``fc1``'s outputs, the same
+    channels of each per-channel layer in ``norms`` (a BatchNorm, LayerNorm or GRN), ``fc2``'s inputs.
+    Units are ranked by ``fc1``'s rows and ``fc2``'s columns together; returns the kept indices in
+    ascending order. Every family's two-layer MLP narrows through this."""
+    idx = importance.select([(fc1.weight, 0), (fc2.weight, 1)], channels)
+    if isinstance(fc1, nn.Conv2d):
+        slice_conv(fc1, out_idx=idx)
+    else:
+        slice_linear(fc1, out_idx=idx)
+    if isinstance(fc2, nn.Conv2d):
+        slice_conv(fc2, in_idx=idx)
+    else:
+        slice_linear(fc2, in_idx=idx)
+    for norm in norms:
+        if isinstance(norm, GlobalResponseNorm):
+            slice_params(norm, ("weight", "bias"), idx)
+        elif not isinstance(norm, nn.Identity):
+            slice_norm(norm, idx)
+    return idx.tolist()
+
+
 def shrink_mlp(mlp: nn.Module, channels: int, importance: Importance) -> list[int]:
     """Keep ``channels`` hidden units of ``mlp`` (one :func:`sliceable_mlp` accepts), ranked by
     ``fc1``'s rows and ``fc2``'s columns together; returns the kept indices in ascending order."""
-    fc1, fc2 = _fc(mlp, "fc1"), _fc(mlp, "fc2")
-    idx = importance.select([(fc1.weight, 0), (fc2.weight, 1)], channels)
-    norm = hidden_norm(mlp)
-    if isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d):
-        slice_conv(fc1, out_idx=idx)
-        slice_conv(fc2, in_idx=idx)
-    elif isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
-        slice_linear(fc1, out_idx=idx)
-        slice_linear(fc2, in_idx=idx)
-    if isinstance(norm, GlobalResponseNorm):
-        slice_params(norm, ("weight", "bias"), idx)
-    elif not isinstance(norm, nn.Identity):
-        slice_norm(norm, idx)
-    return idx.tolist()
+    return shrink_hidden(_fc(mlp, "fc1"), _fc(mlp, "fc2"), channels, importance, (hidden_norm(mlp),))

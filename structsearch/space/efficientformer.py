@@ -37,8 +37,8 @@ from torch import nn
 
 from structsearch.pruning.heads import shrink_biased_heads
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.mlp import hidden_width, shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import is_batch_norm, keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.mlp import hidden_width, shrink_hidden, shrink_mlp, sliceable_mlp
+from structsearch.pruning.ops import is_batch_norm, keep_blocks
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -93,16 +93,6 @@ def _unsupported(model: nn.Module) -> str | None:
     return None
 
 
-def _shrink_conv_mlp(mlp: ConvMlpWithNorm, channels: int, importance: Importance) -> list[int]:
-    """Keep ``channels`` hidden channels of ``mlp`` (ranked by ``fc1``'s filters and ``fc2``'s columns)."""
-    fc1, fc2 = cast(nn.Conv2d, mlp.fc1), cast(nn.Conv2d, mlp.fc2)
-    idx = importance.select([(fc1.weight, 0), (fc2.weight, 1)], channels)
-    slice_conv(fc1, out_idx=idx)
-    slice_norm(mlp.norm1, idx)
-    slice_conv(fc2, in_idx=idx)
-    return idx.tolist()
-
-
 @register_family
 class EfficientFormerFamily(Family):
     """timm ``EfficientFormer``: drop meta blocks inside a stage; narrow MLPs and attention heads."""
@@ -142,7 +132,10 @@ class EfficientFormerFamily(Family):
                 entry: dict[str, Any] = {"keep": b.keep}
                 if b.keep and b.width < 1.0:
                     if isinstance(block, MetaBlock2d):
-                        entry["channels"] = _shrink_conv_mlp(block.mlp, c.channels(b.width), importance)
+                        mlp = block.mlp
+                        entry["channels"] = shrink_hidden(
+                            mlp.fc1, mlp.fc2, c.channels(b.width), importance, (mlp.norm1,)
+                        )
                     else:
                         entry["channels"] = shrink_mlp(cast(nn.Module, block.mlp), c.channels(b.width), importance)
                 if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):

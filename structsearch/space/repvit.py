@@ -29,7 +29,8 @@ from timm.models.repvit import ConvNorm, RepVit, RepViTBlock, RepVitDownsample, 
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.ops import keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.mlp import shrink_hidden
+from structsearch.pruning.ops import keep_blocks
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
@@ -87,11 +88,7 @@ def _hidden(mlp: RepVitMlp) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]:
 def _shrink_mlp(mlp: RepVitMlp, ratio: float, importance: Importance) -> list[int]:
     """Keep ``ratio`` of ``mlp``'s hidden channels (at least one), ranked by ``importance``; their indices."""
     up, norm, down = _hidden(mlp)
-    idx = importance.select([(up.weight, 0), (down.weight, 1)], max(1, round(up.out_channels * ratio)))
-    slice_conv(up, out_idx=idx)
-    slice_norm(norm, idx)
-    slice_conv(down, in_idx=idx)
-    return idx.tolist()
+    return shrink_hidden(up, down, max(1, round(up.out_channels * ratio)), importance, (norm,))
 
 
 @register_family

@@ -37,7 +37,8 @@ from torch import nn
 
 from structsearch.pruning.heads import shrink_biased_heads
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.ops import keep_blocks, slice_linear
+from structsearch.pruning.mlp import shrink_hidden
+from structsearch.pruning.ops import keep_blocks
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.mobilenet import ChannelGroup
 from structsearch.space.registry import register_family
@@ -112,14 +113,6 @@ def _width_base(block: nn.Module) -> int:
     return cast(TinyVitBlock, block).mlp.fc1.out_features
 
 
-def _shrink_mlp(mlp: NormMlp, channels: int, importance: Importance) -> list[int]:
-    """Keep ``channels`` hidden units of ``mlp`` (ranked by ``fc1``'s rows and ``fc2``'s columns)."""
-    idx = importance.select([(mlp.fc1.weight, 0), (mlp.fc2.weight, 1)], channels)
-    slice_linear(mlp.fc1, out_idx=idx)
-    slice_linear(mlp.fc2, in_idx=idx)
-    return idx.tolist()
-
-
 def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
     """Keep the ``heads`` most important heads of the block's attention with their biases;
     ``forward`` reads ``num_heads`` and ``out_dim``."""
@@ -171,7 +164,8 @@ class TinyVitFamily(Family):
                         group.apply(idx)
                         entry["channels"] = idx.tolist()
                     else:
-                        entry["channels"] = _shrink_mlp(cast(TinyVitBlock, block).mlp, c.channels(b.width), importance)
+                        mlp = cast(TinyVitBlock, block).mlp  # its norm is on the input: not sliced
+                        entry["channels"] = shrink_hidden(mlp.fc1, mlp.fc2, c.channels(b.width), importance)
                 if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
                     entry["heads"] = shrink_heads(cast(TinyVitBlock, block), b.heads, importance)
                 recipe[c.name] = entry
