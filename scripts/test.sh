@@ -2,6 +2,11 @@
 # Install everything the tests need into .venv/ and run the whole test suite.
 # Usage: scripts/test.sh [PYTEST ARGS]   e.g. scripts/test.sh -m "not slow"
 #
+# With no arguments the suite runs in two phases: every test not marked `serial` on all cores at once
+# (pytest-xdist, one worker per core, at most 4), then the `serial` ones (worker processes,
+# heartbeats, signals, time limits) alone, so that no other test steals their CPU. With arguments,
+# pytest runs once, in this process, with exactly those arguments.
+#
 # The service tests need PostgreSQL: with $STRUCTSEARCH_TEST_DATABASE_URL unset, a throwaway
 # cluster is started here (scripts/postgres.sh; installs Debian's server package if needed) and
 # removed afterwards. If none can be had, the service tests skip and say why.
@@ -30,4 +35,13 @@ fi
 stop_postgres() { [ -n "$pgdir" ] && scripts/postgres.sh stop "$pgdir" || true; }
 trap stop_postgres EXIT
 
-.venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  .venv/bin/python -m pytest "$@"
+  exit 0  # (set -e: a failing run has exited with its status already)
+fi
+workers="$(nproc 2>/dev/null || echo 1)"
+workers=$(( workers > 4 ? 4 : workers ))
+rc=0
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n "$workers" -m "not serial" || rc=$?
+.venv/bin/python -m pytest -m serial || { r=$?; [ "$rc" = 0 ] && rc=$r; }
+exit "$rc"

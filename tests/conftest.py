@@ -10,7 +10,10 @@ import torch
 
 from structsearch.data import LoadedData, load_data, split_train_val
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two threads, or the cores shared out among pytest-xdist's workers (scripts/test.sh runs most tests
+# on every core at once, one worker per core).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_TRAIN = SHARED / "data" / "cifar10" / "train.npz"

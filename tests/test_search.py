@@ -212,6 +212,7 @@ def test_cli_end_to_end(home: Path, tiny_study: optuna.Study, tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # heartbeats of 1 s: run alone
 def test_killed_cli_search_resumes_to_the_requested_trials(home: Path, tmp_path: Path) -> None:
     """``kill -9`` mid-trial: the dead trial stops beating, is failed on resume, and the resumed
     search still ends with ``trials`` finished trials of its own."""

@@ -22,6 +22,9 @@ from structsearch.service.tables import KeyScope
 from tests.service.conftest import Postgres, make_settings, tiny_spec
 from tests.service.synthetic import add_trials
 
+#: Worker processes, heartbeats or time limits: run alone (scripts/test.sh), not beside other tests.
+pytestmark = pytest.mark.serial
+
 API = "/api/v1"
 
 

@@ -35,7 +35,8 @@ from structsearch.service.database import Database
 from structsearch.service.queue import JobQueue
 from tests.service.conftest import ROOT, tiny_spec
 
-pytestmark = pytest.mark.slow
+#: Worker processes, heartbeats and signals: run alone (scripts/test.sh), not beside other tests.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 #: The console script installed next to this interpreter (what users and the image run).
 CLI = [str(Path(sys.executable).parent / "structsearch")]

@@ -45,6 +45,9 @@ from structsearch.service.studies import StudyReader
 from tests.service.conftest import make_settings, tiny_spec
 from tests.service.test_e2e import CLI, Proc, wait_for
 
+#: Worker processes, heartbeats or time limits: run alone (scripts/test.sh), not beside other tests.
+pytestmark = pytest.mark.serial
+
 
 @dataclass
 class Harness:

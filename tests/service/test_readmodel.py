@@ -36,6 +36,9 @@ from tests.service.synthetic import add_trials
 from tests.service.test_e2e import CLI, wait_for
 from tests.service.test_faults import Harness, harness_for, run_in_thread
 
+#: Worker processes, heartbeats or time limits: run alone (scripts/test.sh), not beside other tests.
+pytestmark = pytest.mark.serial
+
 API = "/api/v1"
 
 
