@@ -208,8 +208,11 @@ def test_cnn_feature_taps_pair_teacher_and_student(family: str, name: str, kwarg
 
 def test_input_too_small_for_the_model_is_a_cost_error() -> None:
     teacher, _, _ = _setup("convnext_atto", {"num_classes": 10})
-    with pytest.raises(CostError, match=r"ConvNeXt cannot run on 3x8x8 inputs \(.*Kernel size"):
+    with pytest.raises(CostError, match=r"ConvNeXt cannot run on 3x8x8 inputs \(.*Kernel size.*larger images"):
         measure_cost(teacher, 8)
+    swin = create_model("swin_tiny_patch4_window7_224", num_classes=10, embed_dim=16, depths=(1, 1), num_heads=(1, 1))
+    with pytest.raises(CostError, match=r"built for 224x224 images: .* img_size=32 \(`--kw img_size=32`"):
+        measure_cost(swin, 32)  # a transformer built for another size is told how to rebuild it
 
 
 def test_a_grouped_conv_keeps_whole_groups_and_their_outputs() -> None:

@@ -238,9 +238,16 @@ def _run_analysis(model: nn.Module, size: tuple[int, int, int]) -> FlopCountAnal
             analysis.total()  # trace now, while in eval mode and without autograd
         except (RuntimeError, AssertionError) as e:  # the first forward of a model: shape errors show here
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            built = _patch_embed_img_size(model)
+            if built is not None and built != size[1:] and size[1] == size[2]:  # a ViT or Swin built for another size
+                hint = (
+                    f"it is built for {built[0]}x{built[1]} images: build it for these with the model kwarg "
+                    f"img_size={size[1]} (`--kw img_size={size[1]}`, or `kwargs: {{img_size: {size[1]}}}` in a spec)"
+                )
+            else:
+                hint = "use larger images (data.input_size resizes them) or a model made for this size"
             raise CostError(
-                f"{type(model).__name__} cannot run on {size[0]}x{size[1]}x{size[2]} inputs ({reason}); "
-                "use larger images (data.input_size resizes them) or a model made for this size"
+                f"{type(model).__name__} cannot run on {size[0]}x{size[1]}x{size[2]} inputs ({reason}); {hint}"
             ) from e
     return analysis
 

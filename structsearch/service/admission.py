@@ -360,7 +360,7 @@ def _word(v: Any, limits: WorkLimits) -> str | None:
 
 
 #: The model kwargs a client may set, each with its bounds: the sizes a search needs (classes,
-#: channels, image and patch size, ViT width/depth/heads) and regularisation rates. Anything else
+#: channels, image, patch and window size, ViT width/depth/heads) and regularisation rates. Anything else
 #: (e.g. a ``block_fn``, a ``norm_layer`` or a file) is refused. Sizes that build a big model
 #: inside these bounds are caught by the parameter count.
 ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
@@ -368,6 +368,7 @@ ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
     "in_chans": _int_in(1, 16),
     "img_size": _int_in(8, "max_image_side"),
     "patch_size": _int_in(1, "max_image_side"),
+    "window_size": _int_in(1, "max_image_side"),  # Swin at small images: windows that fit its token map
     "embed_dim": _int_in(1, 8192),
     "depth": _int_in(1, 128),
     "num_heads": _int_in(1, 128),
