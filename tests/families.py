@@ -35,6 +35,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # grouped conv2 (32 groups of 4..32 channels); fewer blocks than resnext50_32x4d's (3, 4, 6, 3)
         ("resnext50_32x4d", {"num_classes": 10, "layers": (2, 3, 3, 2)}, 64),
     ],
+    "levit": [
+        # 4x4 tokens at 64 px, then subsampling attention to 2x2 and 1x1; BatchNorms on every linear layer
+        ("levit_128s", {"num_classes": 10, "img_size": 64}, 64),
+    ],
     "mobilenet": [
         ("mobilenetv2_100", {"num_classes": 10}, 64),
         ("efficientnet_b0", {"num_classes": 10}, 64),

@@ -52,6 +52,7 @@ def test_models_lists_every_family() -> None:
         "detector",
         "efficientformer",
         "ghostnet",
+        "levit",
         "regnet",
         "repvit",
         "resnet",

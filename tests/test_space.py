@@ -353,12 +353,13 @@ def test_a_swin_block_keeps_its_heads_outputs_with_their_position_biases() -> No
     [
         ("tiny_vit_5m_224", "stages.1.blocks.0", "attn", 16),
         ("efficientformer_l1", "stages.3.blocks.3", "token_mixer", 49),
+        ("levit_128s", "stages.0.blocks.1", "attn", 16),  # qkv is a Linear and a BatchNorm
     ],
 )
 def test_a_levit_style_attention_keeps_its_heads_outputs_with_their_biases(
     name: str, block: str, attn_name: str, tokens: int
 ) -> None:
-    """TinyViT and EfficientFormer lay ``qkv`` out per head (q, k, v of head 0, then of head 1, ...),
+    """LeViT, TinyViT and EfficientFormer lay ``qkv`` out per head (q, k, v of head 0, then head 1, ...),
     unlike ViT: a block cut to one head computes that head's attention output (``proj``'s input)
     exactly, with its row of ``attention_biases`` -- not the teacher's biases cached by an earlier
     forward in eval mode."""
@@ -366,10 +367,11 @@ def test_a_levit_style_attention_keeps_its_heads_outputs_with_their_biases(
     cached, space, _ = _setup(name, kwargs)
     teacher = copy.deepcopy(cached)
     t_attn = teacher.get_submodule(f"{block}.{attn_name}")
-    heads, dim = t_attn.num_heads, t_attn.qkv.in_features
+    qkv = getattr(t_attn.qkv, "linear", t_attn.qkv)  # LeViT's LinearNorm or a Linear
+    heads, dim = t_attn.num_heads, qkv.in_features
     with torch.no_grad():  # biases differ per head, and the second head ranks first
         t_attn.attention_biases.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
-        t_attn.qkv.weight.view(heads, -1, dim)[1] *= 3
+        qkv.weight.view(heads, -1, dim)[1] *= 3
         teacher.eval()(torch.randn(1, 3, _size(name), _size(name)))  # caches the biases of every head
     i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == block)
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 1.0, 1)))

@@ -7,8 +7,8 @@ timm's ViT ``Attention`` and Swin's ``WindowAttention`` both project tokens with
 A kept head keeps its ``head_dim`` (so the softmax scale, ``head_dim ** -0.5``, is unchanged) and
 computes exactly what it did in the teacher; the caller slices what else its attention holds per
 head (ViT's output gate and scale norm, Swin's relative position bias table) and updates the
-module's head count. LeViT-style attentions (TinyViT, EfficientFormer) lay their ``qkv`` out per
-head instead and learn a bias per head: :func:`shrink_biased_heads`.
+module's head count. LeViT-style attentions lay their ``qkv`` out per
+head instead and learn a bias per head (LeViT, TinyViT, EfficientFormer): :func:`shrink_biased_heads`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import group_channels, slice_linear
+from structsearch.pruning.ops import group_channels, slice_linear, slice_norm
 
 
 def head_views(qkv: nn.Linear, proj: nn.Linear, heads: int) -> list[TensorDim]:
@@ -50,28 +50,36 @@ class BiasedAttention(Protocol):
     num_heads: int
     key_dim: int
     val_dim: int
-    qkv: nn.Linear
-    proj: nn.Linear
     attention_biases: nn.Parameter
     attention_bias_cache: dict[str, Tensor]
 
 
-def shrink_biased_heads(attn: BiasedAttention, heads: int, importance: Importance) -> Tensor:
-    """Keep the ``heads`` most important heads of a LeViT-style attention (TinyViT's and
+def shrink_biased_heads(
+    attn: BiasedAttention,
+    qkv: nn.Linear,
+    proj: nn.Linear,
+    heads: int,
+    importance: Importance,
+    qkv_norm: nn.Module | None = None,
+) -> Tensor:
+    """Keep the ``heads`` most important heads of a LeViT-style attention (LeViT's, TinyViT's and
     EfficientFormer's ``Attention``) and return them.
 
-    These lay ``qkv``'s rows out per head, ``(head, q|k|v)`` with ``key_dim`` rows for q and k and
-    ``val_dim`` for v (``qkv(x).view(B, N, heads, -1).split(...)``), ``proj``'s columns
-    ``(head, val_dim)``, and learn one row of ``attention_biases`` per head, cached per device in
-    eval mode. Heads are ranked by their ``qkv`` rows and ``proj`` columns; the kept heads' rows,
-    columns and biases stay, the cache is emptied and ``num_heads`` set. The caller updates the
-    attention's other derived widths (they differ between the two models).
+    These lay the rows of their ``qkv`` projection out per head, ``(head, q|k|v)`` with ``key_dim``
+    rows for q and k and ``val_dim`` for v (``qkv(x).view(B, N, heads, -1).split(...)``), the columns
+    of the output projection ``proj`` as ``(head, val_dim)``, and learn one row of
+    ``attention_biases`` per head, cached per device in eval mode. Heads are ranked by their ``qkv``
+    rows and ``proj`` columns; the kept heads' rows (and their channels of ``qkv_norm``, LeViT's
+    BatchNorm), columns and biases stay, the cache is emptied and ``num_heads`` set. The caller
+    updates the attention's other derived widths (they differ between the models).
     """
     n, key_dim, val_dim = attn.num_heads, attn.key_dim, attn.val_dim
-    qkv, proj = attn.qkv, attn.proj
     per_head = 2 * key_dim + val_dim
     kept = importance.select([(qkv.weight.view(n, per_head, -1), 0), (proj.weight.view(-1, n, val_dim), 1)], heads)
-    slice_linear(qkv, out_idx=group_channels(kept, per_head))
+    rows = group_channels(kept, per_head)
+    slice_linear(qkv, out_idx=rows)
+    if qkv_norm is not None:
+        slice_norm(qkv_norm, rows)
     slice_linear(proj, in_idx=group_channels(kept, val_dim))
     biases = attn.attention_biases
     attn.attention_biases = nn.Parameter(biases.detach()[kept], requires_grad=biases.requires_grad)

@@ -10,6 +10,7 @@ from structsearch.space import convnext as _convnext  # noqa: F401
 from structsearch.space import detector as _detector  # noqa: F401
 from structsearch.space import efficientformer as _efficientformer  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
+from structsearch.space import levit as _levit  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import repvit as _repvit  # noqa: F401

@@ -140,7 +140,7 @@ class EfficientFormerFamily(Family):
                         entry["channels"] = shrink_mlp(cast(nn.Module, block.mlp), c.channels(b.width), importance)
                 if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
                     attn = cast(MetaBlock1d, block).token_mixer
-                    kept = shrink_biased_heads(attn, b.heads, importance)
+                    kept = shrink_biased_heads(attn, attn.qkv, attn.proj, b.heads, importance)
                     attn.key_attn_dim = len(kept) * attn.key_dim
                     attn.val_attn_dim = len(kept) * attn.val_dim
                     entry["heads"] = kept.tolist()

@@ -116,9 +116,10 @@ def _width_base(block: nn.Module) -> int:
 def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
     """Keep the ``heads`` most important heads of the block's attention with their biases;
     ``forward`` reads ``num_heads`` and ``out_dim``."""
-    kept = shrink_biased_heads(block.attn, heads, importance)
+    attn = block.attn
+    kept = shrink_biased_heads(attn, attn.qkv, attn.proj, heads, importance)
     block.num_heads = len(kept)
-    block.attn.out_dim = len(kept) * block.attn.val_dim
+    attn.out_dim = len(kept) * attn.val_dim
     return kept.tolist()
 
 
