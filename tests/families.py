@@ -65,6 +65,20 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             },
             32,
         ),
+        # V2: post-norm blocks, cosine attention with a position-bias MLP; heads stay, depth and MLP width shrink
+        (
+            "swinv2_tiny_window8_256",
+            {
+                "num_classes": 10,
+                "img_size": 32,
+                "window_size": 4,
+                "embed_dim": 32,
+                "depths": (2, 2, 2, 2),
+                "num_heads": (2, 2, 4, 4),
+                "mlp_ratio": 2.0,
+            },
+            32,
+        ),
     ],
     "tinyvit": [
         # MBConv stage, then windowed attention (windows of 4 and 2 at 32 px) with per-head biases

@@ -1,4 +1,4 @@
-"""Adapter for timm's Swin Transformers: depth per stage, MLP hidden size and attention heads per block.
+"""Adapter for timm's Swin Transformers (V1, V2): depth per stage, MLP hidden size and (V1) attention heads.
 
 timm's ``SwinTransformer`` is ``patch_embed -> layers.0..3 -> norm -> head``; each
 ``SwinTransformerStage`` is a ``downsample`` (``PatchMerging``, identity in stage 0) and ``blocks``, a
@@ -17,9 +17,10 @@ shrinks:
 * ``keep`` -- any block can be dropped (same shape in and out); each stage keeps at least one. A
   block keeps its own window shift and mask, so a student may have two shifted blocks in a row.
 
-Feature KD taps ``layers.0..N-1`` (their outputs keep the teacher's shapes). SwinV2
-(``SwinTransformerV2``: cosine attention, a continuous position bias MLP, post-norm blocks) and
-subclasses of these modules are not handled: the user gets the "no adapter" error.
+SwinV2 (``SwinTransformerV2``: cosine attention, a continuous position bias MLP, post-norm blocks)
+is searched in depth and MLP width only: its attention reshapes its output to the block's width, so
+its heads stay. Feature KD taps ``layers.0..N-1`` (their outputs keep the teacher's shapes).
+Subclasses of these modules are not handled: the user gets the "no adapter" error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from timm.layers import Mlp
+from timm.models import swin_transformer_v2 as v2
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, SwinTransformerStage, WindowAttention
 from torch import nn
 
@@ -38,13 +40,23 @@ from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
 
+#: V1's stage and block types, then V2's.
+_STAGES = (SwinTransformerStage, v2.SwinTransformerV2Stage)
+_BLOCKS = (SwinTransformerBlock, v2.SwinTransformerV2Block)
+
 
 def _stages(model: nn.Module) -> list[SwinTransformerStage]:
     return list(getattr(model, "layers", ()))
 
 
-def _blocks(stage: SwinTransformerStage) -> list[SwinTransformerBlock]:
-    return cast(list[SwinTransformerBlock], list(stage.blocks))
+def _blocks(stage: nn.Module) -> list[SwinTransformerBlock]:
+    """The stage's blocks (a ``Sequential`` in V1, a ``ModuleList`` in V2)."""
+    return cast(list[SwinTransformerBlock], list(cast(nn.Module, stage.blocks).children()))
+
+
+def _searched_heads(block: nn.Module) -> int | None:
+    """The block's head count when its heads can be searched (V1), None when they stay (V2)."""
+    return cast(WindowAttention, block.attn).num_heads if type(block) is SwinTransformerBlock else None
 
 
 def _plain_attention(attn: nn.Module) -> bool:
@@ -61,9 +73,10 @@ def _plain_attention(attn: nn.Module) -> bool:
 
 def _plain_block(block: nn.Module) -> bool:
     mlp = getattr(block, "mlp", None)
+    attention_ok = type(block) is v2.SwinTransformerV2Block or _plain_attention(cast(nn.Module, block.attn))
     return (
-        type(block) is SwinTransformerBlock
-        and _plain_attention(block.attn)
+        type(block) in _BLOCKS
+        and attention_ok
         and type(mlp) is Mlp
         and isinstance(mlp.fc1, nn.Linear)
         and sliceable_mlp(mlp)
@@ -77,7 +90,7 @@ def _unsupported(model: nn.Module) -> str | None:
         return "layers (none)"
     for i, stage in enumerate(stages):
         blocks = getattr(stage, "blocks", None)
-        if type(stage) is not SwinTransformerStage or not isinstance(blocks, nn.Sequential) or not len(blocks):
+        if type(stage) not in _STAGES or not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not len(blocks):
             return f"layers.{i} ({type(stage).__name__})"
         for j, block in enumerate(blocks):
             if not _plain_block(block):
@@ -101,27 +114,30 @@ class SwinFamily(Family):
     """timm ``SwinTransformer``: drop blocks inside a stage, narrow each block's MLP and heads."""
 
     name = "swin"
-    description = "Swin Transformers: depth per stage, MLP hidden size and attention heads per block"
-    examples = ("swin_tiny_patch4_window7_224", "swin_s3_tiny_224")
-    kinds = (SwinTransformer,)
+    description = "Swin Transformers V1/V2: depth per stage, MLP hidden size per block and (V1) attention heads"
+    examples = ("swin_tiny_patch4_window7_224", "swin_s3_tiny_224", "swinv2_tiny_window8_256")
+    kinds = (SwinTransformer, v2.SwinTransformerV2)
 
     def unsupported(self, model: nn.Module) -> str | None:
         return _unsupported(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        return tuple(
-            tuple(
-                BlockChoices(
-                    name=f"layers.{i}.blocks.{j}",
-                    removable=True,  # residual, same map shape in and out
-                    width_base=hidden_width(block.mlp),
-                    heads_base=block.attn.num_heads,
-                    heads=tuple(range(1, block.attn.num_heads + 1)),
+        out = []
+        for i, stage in enumerate(_stages(model)):
+            choices = []
+            for j, block in enumerate(_blocks(stage)):
+                heads = _searched_heads(block)
+                choices.append(
+                    BlockChoices(
+                        name=f"layers.{i}.blocks.{j}",
+                        removable=True,  # residual, same map shape in and out
+                        width_base=hidden_width(block.mlp),
+                        heads_base=heads,
+                        heads=tuple(range(1, heads + 1)) if heads else None,
+                    )
                 )
-                for j, block in enumerate(_blocks(stage))
-            )
-            for i, stage in enumerate(_stages(model))
-        )
+            out.append(tuple(choices))
+        return tuple(out)
 
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
         recipe: dict[str, Any] = {}
@@ -133,5 +149,6 @@ class SwinFamily(Family):
                 if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
                     entry["heads"] = shrink_window_heads(block.attn, b.heads, importance)
                 recipe[c.name] = entry
-            stage.blocks = keep_blocks(stage.blocks, [b.keep for b in stage_spec])
+            kept = keep_blocks(nn.Sequential(*_blocks(stage)), [b.keep for b in stage_spec])
+            stage.blocks = kept if isinstance(stage.blocks, nn.Sequential) else nn.ModuleList(kept)  # V2: a list
         return {"blocks": recipe}
