@@ -36,7 +36,8 @@ class BlockChoices:
 
     ``width_base`` is the teacher's internal width (bottleneck channels, expansion channels or MLP
     hidden size) and ``widths`` the ratios allowed for it. ``heads_base``/``heads`` are the same for
-    attention heads (``None`` for blocks without attention). ``unit`` is how many channels the
+    attention heads (``None`` for blocks without attention, or whose heads are not searched); ``heads``
+    defaults to every count from 1 to ``heads_base``. ``unit`` is how many channels the
     surgery keeps or drops together: 1, or a grouped convolution's channels per group, in which
     case every ratio in ``widths`` keeps whole groups (:func:`grouped_widths`).
     """
@@ -48,6 +49,10 @@ class BlockChoices:
     heads_base: int | None = None
     heads: tuple[int, ...] | None = None
     unit: int = 1
+
+    def __post_init__(self) -> None:
+        if self.heads is None and self.heads_base is not None:
+            object.__setattr__(self, "heads", tuple(range(1, self.heads_base + 1)))
 
     def channels(self, ratio: float) -> int:
         """Internal width kept for ``ratio`` (at least 1 channel)."""

@@ -118,7 +118,6 @@ class EfficientFormerFamily(Family):
                         removable=True,  # residual, same shape in and out
                         width_base=width,
                         heads_base=heads,
-                        heads=tuple(range(1, heads + 1)) if heads else None,
                     )
                 )
             out.append(tuple(choices))

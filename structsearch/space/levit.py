@@ -120,7 +120,6 @@ class LevitFamily(Family):
                         removable=name != "downsample",
                         width_base=cast(LinearNorm, cast(LevitMlp, block.mlp).ln1).linear.out_features,
                         heads_base=heads,
-                        heads=tuple(range(1, heads + 1)) if heads else None,
                     )
                 )
             out.append(tuple(choices))

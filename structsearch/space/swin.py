@@ -133,7 +133,6 @@ class SwinFamily(Family):
                         removable=True,  # residual, same map shape in and out
                         width_base=hidden_width(block.mlp),
                         heads_base=heads,
-                        heads=tuple(range(1, heads + 1)) if heads else None,
                     )
                 )
             out.append(tuple(choices))

@@ -147,7 +147,6 @@ class TinyVitFamily(Family):
                         removable=True,  # residual, same shape in and out
                         width_base=_width_base(block),
                         heads_base=heads,
-                        heads=tuple(range(1, heads + 1)) if heads else None,
                     )
                 )
             out.append(tuple(choices))

@@ -163,7 +163,6 @@ class ViTFamily(Family):
                 removable=True,  # residual, same token shape in and out
                 width_base=block.mlp.fc1.out_features,
                 heads_base=block.attn.num_heads,
-                heads=tuple(range(1, block.attn.num_heads + 1)),
             )
             for j, block in enumerate(getattr(model, STAGE))
         )
