@@ -360,7 +360,8 @@ def _word(v: Any, limits: WorkLimits) -> str | None:
 
 
 #: The model kwargs a client may set, each with its bounds: the sizes a search needs (classes,
-#: channels, image, patch and window size, ViT width/depth/heads) and regularisation rates. Anything else
+#: channels, image, patch and window size, transformer widths, depths and heads, per stage where a
+#: model has stages) and regularisation rates. Anything else
 #: (e.g. a ``block_fn``, a ``norm_layer`` or a file) is refused. Sizes that build a big model
 #: inside these bounds are caught by the parameter count.
 ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
@@ -369,8 +370,11 @@ ALLOWED_KWARGS: dict[str, Callable[[Any, WorkLimits], str | None]] = {
     "img_size": _int_in(8, "max_image_side"),
     "patch_size": _int_in(1, "max_image_side"),
     "window_size": _int_in(1, "max_image_side"),  # Swin at small images: windows that fit its token map
+    "window_sizes": _int_in(1, "max_image_side"),  # TinyViT's, per stage
     "embed_dim": _int_in(1, 8192),
+    "embed_dims": _int_in(1, 8192),  # hierarchical models (Swin, TinyViT, EfficientFormer): per stage
     "depth": _int_in(1, 128),
+    "depths": _int_in(1, 128),
     "num_heads": _int_in(1, 128),
     "reg_tokens": _int_in(0, 64),
     "mlp_ratio": _float_in(0.0, 16.0),

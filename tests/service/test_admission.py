@@ -90,9 +90,14 @@ def test_model_kwargs_are_allow_listed_and_bounded() -> None:
     """Only size and regularisation kwargs, within bounds that name their setting (issue 13)."""
     ok = tiny_spec(teacher={"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4, "depth": 6}})
     assert admit_spec(ok, [], 10).teacher.kwargs["depth"] == 6
-    swin = tiny_spec(teacher={"model": "swin_tiny_patch4_window7_224", "kwargs": {"img_size": 32, "window_size": 4}})
-    assert admit_spec(swin, [], 10).teacher.kwargs["window_size"] == 4
+    small_swin = {"img_size": 32, "window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4]}
+    swin = tiny_spec(teacher={"model": "swin_tiny_patch4_window7_224", "kwargs": small_swin})
+    assert admit_spec(swin, [], 10).teacher.kwargs["depths"] == [2, 2, 2, 2]
+    tinyvit = {"embed_dims": [16, 32, 48, 64], "depths": [2, 2, 2, 1], "window_sizes": [4, 4, 2, 1]}
+    assert admit_spec(tiny_spec(teacher={"model": "tiny_vit_5m_224", "kwargs": tinyvit}), [], 10)
     for kwargs, fragment in (
+        ({"depths": [2, 2, 500, 2]}, "from 1 to 128"),
+        ({"embed_dims": list(range(1, 10))}, "a short list"),
         ({"window_size": 60_000}, "STRUCTSEARCH_MAX_IMAGE_SIDE"),
         ({"num_classes": 6_000_000}, "from 1 to 100000 (setting STRUCTSEARCH_MAX_NUM_CLASSES)"),
         ({"img_size": 60_000}, "STRUCTSEARCH_MAX_IMAGE_SIDE"),
