@@ -95,6 +95,7 @@ def test_finetune_trains_a_detection_student_with_kd_and_reports_map(study: optu
     )
     assert r.completed and r.start == "artifact" and r.kd.total_steps == 2 * (96 // 16)
     assert r.test_top1 is None and r.test_map is not None and r.test_map50 is not None
+    assert 0 <= r.test_map <= r.test_map50 <= 100  # mAP@.5 counts every match mAP@[.5:.95] counts, and more
     assert r.teacher_map == pytest.approx(study.user_attrs["teacher_score"], abs=1e-3)  # the study's own teacher
     assert events and events[-1].step == r.kd.total_steps and events[-1].running_top1 is None
     # what was saved is what was scored

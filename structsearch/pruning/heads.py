@@ -13,13 +13,13 @@ head instead and learn a bias per head (LeViT, TinyViT, EfficientFormer): :func:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import group_channels, slice_linear, slice_norm
+from structsearch.pruning.ops import group_channels, slice_linear, slice_norm, slice_params
 
 
 def head_views(qkv: nn.Linear, proj: nn.Linear, heads: int) -> list[TensorDim]:
@@ -81,8 +81,7 @@ def shrink_biased_heads(
     if qkv_norm is not None:
         slice_norm(qkv_norm, rows)
     slice_linear(proj, in_idx=group_channels(kept, val_dim))
-    biases = attn.attention_biases
-    attn.attention_biases = nn.Parameter(biases.detach()[kept], requires_grad=biases.requires_grad)
+    slice_params(cast(nn.Module, attn), ("attention_biases",), kept)
     attn.attention_bias_cache = {}  # eval mode caches the biases of every head per device
     attn.num_heads = len(kept)
     return kept
