@@ -6,6 +6,7 @@ import copy
 import functools
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,29 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         NoAdapterError, match=r"resnet family cannot narrow or drop layer1\.0 \(Bottleneck with GroupNorm\)"
     ):
         family_for(create_model("resnet50_gn", num_classes=10))
+
+
+@pytest.mark.parametrize(
+    "name,part,refused",
+    [
+        ("convnext_atto", "stages.1.blocks.0", "stages.1.blocks.0 (Custom with a Mlp)"),
+        ("repvit_m0_9", "stages.2.downsample", "stages.2.downsample (Custom)"),
+        ("levit_128s", "stages.1.blocks.0", "stages.1.blocks.0 (Custom)"),
+        ("tiny_vit_5m_224", "stages.0.blocks.1", "stages.0.blocks.1 (Custom)"),
+        ("efficientformer_l1", "stages.3.blocks.3", "stages.3.blocks.3 (Custom)"),  # after Flat: its own index
+        ("swinv2_tiny_window8_256", "layers.1.blocks.1", "layers.1.blocks.1 (Custom)"),
+        ("swin_tiny_patch4_window7_224", "layers.2", "layers.2 (Custom)"),
+    ],
+)
+def test_a_staged_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
+    """A subclass of a timm block or stage may compute something else: every staged family refuses it,
+    naming the module by its path in the model (the one walk of :class:`StagedFamily`)."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == name))
+    model = copy.deepcopy(_setup(name, kwargs)[0])
+    module = model.get_submodule(part)
+    module.__class__ = type("Custom", (type(module),), {})
+    with pytest.raises(NoAdapterError, match=rf"cannot narrow or drop {re.escape(refused)}"):
+        family_for(model)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

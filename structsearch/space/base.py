@@ -8,6 +8,11 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
 2. :meth:`Family.shrink` -- how to make a model physically smaller in place to match an
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
+Most modern families (ConvNeXt, RepViT, LeViT, TinyViT, EfficientFormer, Swin) are laid out as
+stages of a ``downsample`` and ``blocks``; their adapters subclass
+:class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
+narrow one block.
+
 Contract for adapters: ``shrink`` only removes (never adds) structure, must leave a model that
 matches the spec exactly, and must be deterministic given the importance strategy. The identity
 spec must leave the model's function unchanged. Adapters raise

@@ -25,76 +25,38 @@ by the shared MLP code.
 
 from __future__ import annotations
 
-from typing import Any
-
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import hidden_width, shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import keep_blocks
-from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
-from structsearch.space.spec import ArchSpec
-
-
-def _stages(model: nn.Module) -> list[ConvNeXtStage]:
-    return list(getattr(model, "stages", ()))
-
-
-def _block_supported(block: nn.Module) -> bool:
-    """timm's own block (exact type: a subclass may compute something else) with a sliceable MLP."""
-    return type(block) is ConvNeXtBlock and sliceable_mlp(block.get_submodule("mlp"))
-
-
-def _unsupported(model: nn.Module) -> str | None:
-    """The first stage or block of a ``ConvNeXt`` the adapter cannot slice, named (None: all can be)."""
-    stages = _stages(model)
-    if not stages:
-        return "stages (none)"
-    for i, s in enumerate(stages):
-        blocks = getattr(s, "blocks", None)
-        if type(s) is not ConvNeXtStage or not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
-            return f"stages.{i} ({type(s).__name__})"
-        for j, block in enumerate(blocks):
-            if not _block_supported(block):
-                mlp = getattr(block, "mlp", None)
-                return f"stages.{i}.blocks.{j} ({type(block).__name__}{f' with a {type(mlp).__name__}' if mlp else ''})"
-    return None
+from structsearch.space.staged import StagedFamily
 
 
 @register_family
-class ConvNeXtFamily(Family):
+class ConvNeXtFamily(StagedFamily):
     """timm ``ConvNeXt``: drop blocks inside a stage, narrow each block's MLP hidden width."""
 
     name = "convnext"
     description = "ConvNeXt V1/V2: depth per stage and MLP hidden width (expansion) per block"
     examples = ("convnext_atto", "convnext_tiny", "convnextv2_atto")
     kinds = (ConvNeXt,)
+    stage_kinds = (ConvNeXtStage,)
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        return _unsupported(model)
+    def block_ok(self, block: nn.Module) -> bool:
+        # timm's own block (exact type: a subclass may compute something else) with a sliceable MLP
+        return type(block) is ConvNeXtBlock and sliceable_mlp(block.get_submodule("mlp"))
 
-    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        return tuple(
-            tuple(
-                BlockChoices(
-                    name=f"stages.{i}.blocks.{j}",
-                    removable=isinstance(block.shortcut, nn.Identity),
-                    width_base=hidden_width(block.get_submodule("mlp")),
-                )
-                for j, block in enumerate(stage.blocks)
-            )
-            for i, stage in enumerate(_stages(model))
-        )
+    def refused(self, block: nn.Module) -> str:
+        mlp = getattr(block, "mlp", None)
+        return f"{type(block).__name__}{f' with a {type(mlp).__name__}' if mlp else ''}"
 
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
-        recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
-            for block, b, c in zip(stage.blocks, stage_spec, choices):
-                entry: dict[str, Any] = {"keep": b.keep}
-                if b.keep and b.width < 1.0:
-                    entry["channels"] = shrink_mlp(block.get_submodule("mlp"), c.channels(b.width), importance)
-                recipe[c.name] = entry
-            stage.blocks = keep_blocks(stage.blocks, [b.keep for b in stage_spec])
-        return {"blocks": recipe}
+    def removable(self, block: nn.Module) -> bool:
+        return isinstance(block.shortcut, nn.Identity)
+
+    def width_base(self, block: nn.Module) -> int:
+        return hidden_width(block.get_submodule("mlp"))
+
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        return {"channels": shrink_mlp(block.get_submodule("mlp"), channels, importance)}

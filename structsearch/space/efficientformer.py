@@ -21,7 +21,7 @@ and not handled.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from timm.layers import Mlp
 from timm.models.efficientformer import (
@@ -38,19 +38,9 @@ from torch import nn
 from structsearch.pruning.heads import shrink_biased_heads
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import hidden_width, shrink_hidden, shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import is_batch_norm, keep_blocks
-from structsearch.space.base import BlockChoices, Family
+from structsearch.pruning.ops import is_batch_norm
 from structsearch.space.registry import register_family
-from structsearch.space.spec import ArchSpec
-
-
-def _stages(model: nn.Module) -> list[EfficientFormerStage]:
-    return list(getattr(model, "stages", ()))
-
-
-def _searched(stage: EfficientFormerStage) -> list[tuple[int, nn.Module]]:
-    """The stage's meta blocks with their index in ``blocks`` (``Flat`` is not searched)."""
-    return [(j, b) for j, b in enumerate(cast(nn.Sequential, stage.blocks)) if type(b) is not Flat]
+from structsearch.space.staged import StagedFamily
 
 
 def _conv_mlp(mlp: nn.Module) -> bool:
@@ -77,74 +67,37 @@ def _plain_block(block: nn.Module) -> bool:
     return False
 
 
-def _unsupported(model: nn.Module) -> str | None:
-    """The first stage or block of an ``EfficientFormer`` the adapter cannot slice, named (None: none)."""
-    stages = _stages(model)
-    if not stages:
-        return "stages (none)"
-    for i, stage in enumerate(stages):
-        if type(stage) is not EfficientFormerStage or not isinstance(stage.blocks, nn.Sequential):
-            return f"stages.{i} ({type(stage).__name__})"
-        if not _searched(stage):
-            return f"stages.{i}.blocks (no meta block)"
-        for j, block in _searched(stage):
-            if not _plain_block(block):
-                return f"stages.{i}.blocks.{j} ({type(block).__name__})"
-    return None
-
-
 @register_family
-class EfficientFormerFamily(Family):
+class EfficientFormerFamily(StagedFamily):
     """timm ``EfficientFormer``: drop meta blocks inside a stage; narrow MLPs and attention heads."""
 
     name = "efficientformer"
     description = "EfficientFormer (V1): depth per stage, MLP hidden size per block and attention heads"
     examples = ("efficientformer_l1", "efficientformer_l3")
     kinds = (EfficientFormer,)
+    stage_kinds = (EfficientFormerStage,)
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        return _unsupported(model)
+    def searched(self, block: nn.Module) -> bool:
+        return type(block) is not Flat  # no weights: always kept
 
-    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        out = []
-        for i, stage in enumerate(_stages(model)):
-            choices = []
-            for j, block in _searched(stage):
-                width = hidden_width(cast(nn.Module, block.mlp))  # fc1's outputs, conv or linear
-                heads = block.token_mixer.num_heads if isinstance(block, MetaBlock1d) else None
-                choices.append(
-                    BlockChoices(
-                        name=f"stages.{i}.blocks.{j}",
-                        removable=True,  # residual, same shape in and out
-                        width_base=width,
-                        heads_base=heads,
-                    )
-                )
-            out.append(tuple(choices))
-        return tuple(out)
+    def block_ok(self, block: nn.Module) -> bool:
+        return _plain_block(block)
 
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
-        recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
-            searched = _searched(stage)
-            for (_, block), b, c in zip(searched, stage_spec, choices):
-                entry: dict[str, Any] = {"keep": b.keep}
-                if b.keep and b.width < 1.0:
-                    if isinstance(block, MetaBlock2d):
-                        mlp = block.mlp
-                        entry["channels"] = shrink_hidden(
-                            mlp.fc1, mlp.fc2, c.channels(b.width), importance, (mlp.norm1,)
-                        )
-                    else:
-                        entry["channels"] = shrink_mlp(cast(nn.Module, block.mlp), c.channels(b.width), importance)
-                if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
-                    attn = cast(MetaBlock1d, block).token_mixer
-                    kept = shrink_biased_heads(attn, attn.qkv, attn.proj, b.heads, importance)
-                    attn.key_attn_dim = len(kept) * attn.key_dim
-                    attn.val_attn_dim = len(kept) * attn.val_dim
-                    entry["heads"] = kept.tolist()
-                recipe[c.name] = entry
-            keep = {j: b.keep for (j, _), b in zip(searched, stage_spec)}
-            blocks = cast(nn.Sequential, stage.blocks)
-            stage.blocks = keep_blocks(blocks, [keep.get(j, True) for j in range(len(blocks))])  # Flat stays
-        return {"blocks": recipe}
+    def width_base(self, block: nn.Module) -> int:
+        return hidden_width(cast(nn.Module, block.mlp))  # fc1's outputs, conv or linear
+
+    def heads_base(self, block: nn.Module) -> int | None:
+        return block.token_mixer.num_heads if isinstance(block, MetaBlock1d) else None
+
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        if isinstance(block, MetaBlock2d):
+            conv = block.mlp
+            return {"channels": shrink_hidden(conv.fc1, conv.fc2, channels, importance, (conv.norm1,))}
+        return {"channels": shrink_mlp(cast(nn.Module, block.mlp), channels, importance)}
+
+    def shrink_heads(self, block: nn.Module, heads: int, importance: Importance) -> list[int]:
+        attn = cast(MetaBlock1d, block).token_mixer
+        kept = shrink_biased_heads(attn, attn.qkv, attn.proj, heads, importance)
+        attn.key_attn_dim = len(kept) * attn.key_dim
+        attn.val_attn_dim = len(kept) * attn.val_dim
+        return kept.tolist()

@@ -23,21 +23,15 @@ deployment. Not handled (the user gets the "no adapter" error): blocks or MLPs o
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from timm.models.repvit import ConvNorm, RepVit, RepViTBlock, RepVitDownsample, RepVitMlp, RepVitStage
 from torch import nn
 
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import shrink_hidden
-from structsearch.pruning.ops import keep_blocks
-from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
-from structsearch.space.spec import ArchSpec
-
-
-def _stages(model: nn.Module) -> list[RepVitStage]:
-    return list(getattr(model, "stages", ()))
+from structsearch.space.staged import StagedFamily
 
 
 def _plain_mlp(mlp: nn.Module) -> bool:
@@ -60,26 +54,6 @@ def _mlps(block: nn.Module) -> list[RepVitMlp] | None:
     return mlps if all(_plain_mlp(m) for m in mlps) else None
 
 
-def _searched(stage: RepVitStage) -> list[tuple[str, nn.Module]]:
-    """The stage's searched blocks by name: its downsample (when it has one), then its blocks."""
-    down = [] if isinstance(stage.downsample, nn.Identity) else [("downsample", stage.downsample)]
-    return down + [(f"blocks.{j}", b) for j, b in enumerate(stage.blocks)]
-
-
-def _unsupported(model: nn.Module) -> str | None:
-    """The first stage or block of a ``RepVit`` the adapter cannot slice, named (None: all can be)."""
-    stages = _stages(model)
-    if not stages:
-        return "stages (none)"
-    for i, stage in enumerate(stages):
-        if type(stage) is not RepVitStage or not isinstance(stage.blocks, nn.Sequential) or not _searched(stage):
-            return f"stages.{i} ({type(stage).__name__})"  # (a student's stage may have a downsample only)
-        for name, block in _searched(stage):
-            if _mlps(block) is None:
-                return f"stages.{i}.{name} ({type(block).__name__})"
-    return None
-
-
 def _hidden(mlp: RepVitMlp) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]:
     """The layers on ``mlp``'s hidden channels: ``conv1``'s conv and norm, then ``conv2``'s conv."""
     return cast(nn.Conv2d, mlp.conv1.c), cast(nn.BatchNorm2d, mlp.conv1.bn), cast(nn.Conv2d, mlp.conv2.c)
@@ -92,48 +66,25 @@ def _shrink_mlp(mlp: RepVitMlp, ratio: float, importance: Importance) -> list[in
 
 
 @register_family
-class RepVitFamily(Family):
-    """timm ``RepVit``: drop blocks inside a stage, narrow each block's channel-mixer MLP."""
+class RepVitFamily(StagedFamily):
+    """timm ``RepVit``: drop blocks inside a stage, narrow each block's (and downsample's) channel-mixer MLP."""
 
     name = "repvit"
     description = "RepViT: depth per stage and channel-mixer (MLP) hidden width per block"
     examples = ("repvit_m0_9", "repvit_m1_1")
     kinds = (RepVit,)
+    stage_kinds = (RepVitStage,)
+    search_downsample = True
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        return _unsupported(model)
+    def block_ok(self, block: nn.Module) -> bool:
+        return _mlps(block) is not None
 
-    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        out = []
-        for i, stage in enumerate(_stages(model)):
-            choices = []
-            for name, block in _searched(stage):
-                mlps = _mlps(block)
-                assert mlps is not None  # handles() checked every block
-                choices.append(
-                    BlockChoices(
-                        name=f"stages.{i}.{name}",
-                        removable=name != "downsample",
-                        width_base=_hidden(mlps[0])[0].out_channels,
-                    )
-                )
-            out.append(tuple(choices))
-        return tuple(out)
+    def width_base(self, block: nn.Module) -> int:
+        return _hidden(cast(list[RepVitMlp], _mlps(block))[0])[0].out_channels
 
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
-        recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
-            for (_, block), b, c in zip(_searched(stage), stage_spec, choices):
-                entry: dict[str, Any] = {"keep": b.keep}
-                mlps = _mlps(block)
-                if b.keep and b.width < 1.0 and mlps is not None:
-                    # the first MLP keeps exactly c.channels(b.width); a downsample's second the same fraction
-                    ratio = c.channels(b.width) / c.width_base
-                    kept = [_shrink_mlp(m, ratio, importance) for m in mlps]
-                    entry["channels"] = kept[0]
-                    if len(kept) > 1:
-                        entry["pre_block_channels"] = kept[1]
-                recipe[c.name] = entry
-            has_down = not isinstance(stage.downsample, nn.Identity)
-            stage.blocks = keep_blocks(stage.blocks, [b.keep for b in stage_spec[int(has_down) :]])
-        return {"blocks": recipe}
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        # the first MLP keeps exactly ``channels``; a downsample's second the same fraction of its own
+        mlps = cast(list[RepVitMlp], _mlps(block))
+        ratio = channels / self.width_base(block)
+        kept = [_shrink_mlp(m, ratio, importance) for m in mlps]
+        return {"channels": kept[0], **({"pre_block_channels": kept[1]} if len(kept) > 1 else {})}

@@ -25,7 +25,7 @@ Subclasses of these modules are not handled: the user gets the "no adapter" erro
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from timm.layers import Mlp
 from timm.models import swin_transformer_v2 as v2
@@ -35,23 +35,11 @@ from torch import nn
 from structsearch.pruning.heads import head_views, slice_heads
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import hidden_width, shrink_mlp, sliceable_mlp
-from structsearch.pruning.ops import keep_blocks
-from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
-from structsearch.space.spec import ArchSpec
+from structsearch.space.staged import StagedFamily
 
-#: V1's stage and block types, then V2's.
-_STAGES = (SwinTransformerStage, v2.SwinTransformerV2Stage)
+#: V1's block type, then V2's.
 _BLOCKS = (SwinTransformerBlock, v2.SwinTransformerV2Block)
-
-
-def _stages(model: nn.Module) -> list[SwinTransformerStage]:
-    return list(getattr(model, "layers", ()))
-
-
-def _blocks(stage: nn.Module) -> list[SwinTransformerBlock]:
-    """The stage's blocks (a ``Sequential`` in V1, a ``ModuleList`` in V2)."""
-    return cast(list[SwinTransformerBlock], list(cast(nn.Module, stage.blocks).children()))
 
 
 def _searched_heads(block: nn.Module) -> int | None:
@@ -83,21 +71,6 @@ def _plain_block(block: nn.Module) -> bool:
     )
 
 
-def _unsupported(model: nn.Module) -> str | None:
-    """The first stage or block of a ``SwinTransformer`` the adapter cannot slice, named (None: none)."""
-    stages = _stages(model)
-    if not stages:
-        return "layers (none)"
-    for i, stage in enumerate(stages):
-        blocks = getattr(stage, "blocks", None)
-        if type(stage) not in _STAGES or not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not len(blocks):
-            return f"layers.{i} ({type(stage).__name__})"
-        for j, block in enumerate(blocks):
-            if not _plain_block(block):
-                return f"layers.{i}.blocks.{j} ({type(block).__name__})"
-    return None
-
-
 def shrink_window_heads(attn: WindowAttention, heads: int, importance: Importance) -> list[int]:
     """Keep the ``heads`` most important heads of ``attn`` (ranked by their ``qkv`` rows and ``proj``
     columns) with their relative position biases; ``forward`` reads the head count from ``num_heads``."""
@@ -110,44 +83,27 @@ def shrink_window_heads(attn: WindowAttention, heads: int, importance: Importanc
 
 
 @register_family
-class SwinFamily(Family):
-    """timm ``SwinTransformer``: drop blocks inside a stage, narrow each block's MLP and heads."""
+class SwinFamily(StagedFamily):
+    """timm ``SwinTransformer``: drop blocks inside a stage, narrow each block's MLP and (V1) heads."""
 
     name = "swin"
     description = "Swin Transformers V1/V2: depth per stage, MLP hidden size per block and (V1) attention heads"
     examples = ("swin_tiny_patch4_window7_224", "swin_s3_tiny_224", "swinv2_tiny_window8_256")
     kinds = (SwinTransformer, v2.SwinTransformerV2)
+    stages_attr = "layers"
+    stage_kinds = (SwinTransformerStage, v2.SwinTransformerV2Stage)  # V2's blocks are a ModuleList
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        return _unsupported(model)
+    def block_ok(self, block: nn.Module) -> bool:
+        return _plain_block(block)
 
-    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        out = []
-        for i, stage in enumerate(_stages(model)):
-            choices = []
-            for j, block in enumerate(_blocks(stage)):
-                heads = _searched_heads(block)
-                choices.append(
-                    BlockChoices(
-                        name=f"layers.{i}.blocks.{j}",
-                        removable=True,  # residual, same map shape in and out
-                        width_base=hidden_width(block.mlp),
-                        heads_base=heads,
-                    )
-                )
-            out.append(tuple(choices))
-        return tuple(out)
+    def width_base(self, block: nn.Module) -> int:
+        return hidden_width(cast(nn.Module, block.mlp))
 
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
-        recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
-            for block, b, c in zip(_blocks(stage), stage_spec, choices):
-                entry: dict[str, Any] = {"keep": b.keep}
-                if b.keep and b.width < 1.0:
-                    entry["channels"] = shrink_mlp(block.mlp, c.channels(b.width), importance)
-                if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
-                    entry["heads"] = shrink_window_heads(block.attn, b.heads, importance)
-                recipe[c.name] = entry
-            kept = keep_blocks(nn.Sequential(*_blocks(stage)), [b.keep for b in stage_spec])
-            stage.blocks = kept if isinstance(stage.blocks, nn.Sequential) else nn.ModuleList(kept)  # V2: a list
-        return {"blocks": recipe}
+    def heads_base(self, block: nn.Module) -> int | None:
+        return _searched_heads(block)
+
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        return {"channels": shrink_mlp(cast(nn.Module, block.mlp), channels, importance)}
+
+    def shrink_heads(self, block: nn.Module, heads: int, importance: Importance) -> list[int]:
+        return shrink_window_heads(cast(WindowAttention, block.attn), heads, importance)

@@ -21,7 +21,7 @@ Every block can be dropped (same shape in and out); each stage keeps at least on
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from timm.models.tiny_vit import (
     Attention,
@@ -38,19 +38,9 @@ from torch import nn
 from structsearch.pruning.heads import shrink_biased_heads
 from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import shrink_hidden
-from structsearch.pruning.ops import keep_blocks
-from structsearch.space.base import BlockChoices, Family
 from structsearch.space.mobilenet import ChannelGroup
 from structsearch.space.registry import register_family
-from structsearch.space.spec import ArchSpec
-
-
-def _stages(model: nn.Module) -> list[ConvLayer | TinyVitStage]:
-    return list(getattr(model, "stages", ()))
-
-
-def _blocks(stage: ConvLayer | TinyVitStage) -> list[nn.Module]:
-    return list(cast(nn.Sequential, stage.blocks))
+from structsearch.space.staged import StagedFamily
 
 
 def _conv_norm(m: nn.Module, depthwise: bool = False) -> bool:
@@ -91,29 +81,7 @@ def _plain_block(block: nn.Module) -> bool:
     )
 
 
-def _unsupported(model: nn.Module) -> str | None:
-    """The first stage or block of a ``TinyVit`` the adapter cannot slice, named (None: none)."""
-    stages = _stages(model)
-    if not stages:
-        return "stages (none)"
-    for i, stage in enumerate(stages):
-        if type(stage) not in (ConvLayer, TinyVitStage) or not isinstance(stage.blocks, nn.Sequential):
-            return f"stages.{i} ({type(stage).__name__})"
-        if not len(stage.blocks):
-            return f"stages.{i}.blocks (empty)"
-        for j, block in enumerate(_blocks(stage)):
-            if not _plain_block(block):
-                return f"stages.{i}.blocks.{j} ({type(block).__name__})"
-    return None
-
-
-def _width_base(block: nn.Module) -> int:
-    if isinstance(block, MBConv):
-        return _mbconv_group(block).width
-    return cast(TinyVitBlock, block).mlp.fc1.out_features
-
-
-def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
+def _shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> list[int]:
     """Keep the ``heads`` most important heads of the block's attention with their biases;
     ``forward`` reads ``num_heads`` and ``out_dim``."""
     attn = block.attn
@@ -124,50 +92,34 @@ def shrink_heads(block: TinyVitBlock, heads: int, importance: Importance) -> lis
 
 
 @register_family
-class TinyVitFamily(Family):
+class TinyVitFamily(StagedFamily):
     """timm ``TinyVit``: drop blocks inside a stage; narrow MBConv expansions, MLPs and attention heads."""
 
     name = "tinyvit"
     description = "TinyViT: depth per stage, MBConv expansion, MLP hidden size and attention heads per block"
     examples = ("tiny_vit_5m_224", "tiny_vit_11m_224")
     kinds = (TinyVit,)
+    stage_kinds = (ConvLayer, TinyVitStage)  # PatchMerging downsamples are kept as they are
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        return _unsupported(model)
+    def block_ok(self, block: nn.Module) -> bool:
+        return _plain_block(block)
 
-    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
-        out = []
-        for i, stage in enumerate(_stages(model)):
-            choices = []
-            for j, block in enumerate(_blocks(stage)):
-                heads = block.attn.num_heads if isinstance(block, TinyVitBlock) else None
-                choices.append(
-                    BlockChoices(
-                        name=f"stages.{i}.blocks.{j}",
-                        removable=True,  # residual, same shape in and out
-                        width_base=_width_base(block),
-                        heads_base=heads,
-                    )
-                )
-            out.append(tuple(choices))
-        return tuple(out)
+    def width_base(self, block: nn.Module) -> int:
+        if isinstance(block, MBConv):
+            return _mbconv_group(block).width
+        return cast(TinyVitBlock, block).mlp.fc1.out_features
 
-    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
-        recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(_stages(model), spec.stages, self.describe(model)):
-            for block, b, c in zip(_blocks(stage), stage_spec, choices):
-                entry: dict[str, Any] = {"keep": b.keep}
-                if b.keep and b.width < 1.0:
-                    if isinstance(block, MBConv):
-                        group = _mbconv_group(block)
-                        idx = group.select(importance, c.channels(b.width))
-                        group.apply(idx)
-                        entry["channels"] = idx.tolist()
-                    else:
-                        mlp = cast(TinyVitBlock, block).mlp  # its norm is on the input: not sliced
-                        entry["channels"] = shrink_hidden(mlp.fc1, mlp.fc2, c.channels(b.width), importance)
-                if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
-                    entry["heads"] = shrink_heads(cast(TinyVitBlock, block), b.heads, importance)
-                recipe[c.name] = entry
-            stage.blocks = keep_blocks(cast(nn.Sequential, stage.blocks), [b.keep for b in stage_spec])
-        return {"blocks": recipe}
+    def heads_base(self, block: nn.Module) -> int | None:
+        return block.attn.num_heads if isinstance(block, TinyVitBlock) else None
+
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        if isinstance(block, MBConv):
+            group = _mbconv_group(block)
+            idx = group.select(importance, channels)
+            group.apply(idx)
+            return {"channels": idx.tolist()}
+        mlp = cast(TinyVitBlock, block).mlp  # its norm is on the input: not sliced
+        return {"channels": shrink_hidden(mlp.fc1, mlp.fc2, channels, importance)}
+
+    def shrink_heads(self, block: nn.Module, heads: int, importance: Importance) -> list[int]:
+        return _shrink_heads(cast(TinyVitBlock, block), heads, importance)

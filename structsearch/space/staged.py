@@ -1,0 +1,143 @@
+"""The adapter base of the staged families: ``<stages>.0..N-1``, each a ``downsample`` and ``blocks``.
+
+Most modern timm models -- ConvNeXt, RepViT, LeViT, TinyViT, EfficientFormer, Swin -- share one
+layout: a list of stages, each an optional ``downsample`` (the stride and width change) followed by
+``blocks``, a ``Sequential`` (or ``ModuleList``) of residual blocks on the stage's width. Walking the
+stages, naming the blocks, refusing the parts an adapter cannot slice, building the
+:class:`BlockChoices` and dropping blocks is the same for all of them, so it lives here once; a
+family says only what differs, per block:
+
+* :meth:`StagedFamily.block_ok` -- whether the adapter can narrow this block (timm's exact type,
+  sliceable layers);
+* :meth:`StagedFamily.width_base` / :meth:`StagedFamily.shrink_width` -- the block's searched inner
+  width (MLP hidden size, expansion) and how to keep ``channels`` of it;
+* :meth:`StagedFamily.heads_base` / :meth:`StagedFamily.shrink_heads` -- the same for attention
+  heads, for blocks whose heads are searched.
+
+A stage's ``downsample`` is searched (in width only: it changes the shapes, so it is never dropped)
+when the family sets ``search_downsample``; blocks that :meth:`StagedFamily.searched` excludes
+(EfficientFormer's weightless ``Flat``) are always kept. Block names are the modules' own paths
+(``stages.2.blocks.0``, ``layers.1.downsample``), so a recipe names what it cut.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from torch import nn
+
+from structsearch.pruning.ops import keep_blocks
+from structsearch.space.base import BlockChoices, Family
+from structsearch.space.spec import ArchSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.pruning.importance import Importance
+
+
+class StagedFamily(Family):
+    """A family of ``<stages_attr>.i.{downsample, blocks}`` models; subclasses implement the per-block hooks."""
+
+    #: The model's attribute holding the stages (``stages``; Swin's ``layers``).
+    stages_attr: ClassVar[str] = "stages"
+    #: The exact stage types the adapter knows (a subclass may compute something else).
+    stage_kinds: ClassVar[tuple[type[nn.Module], ...]] = ()
+    #: Whether a stage's (non-identity) ``downsample`` is a searched block of its own.
+    search_downsample: ClassVar[bool] = False
+
+    # -- per-block hooks ------------------------------------------------------------------------
+    @abstractmethod
+    def block_ok(self, block: nn.Module) -> bool:
+        """Whether this adapter can narrow (and, when :meth:`removable`, drop) ``block``."""
+
+    @abstractmethod
+    def width_base(self, block: nn.Module) -> int:
+        """The teacher's searched inner width of ``block`` (the channels ``BlockSpec.width`` scales)."""
+
+    @abstractmethod
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        """Keep the ``channels`` most important inner channels of ``block``; the recipe entries
+        (``{"channels": kept indices}``, plus any other part narrowed with them)."""
+
+    def heads_base(self, block: nn.Module) -> int | None:
+        """The block's attention heads when they are searched; None (the default) when not."""
+        return None
+
+    def shrink_heads(self, block: nn.Module, heads: int, importance: Importance) -> list[int]:
+        """Keep the ``heads`` most important heads of ``block``; their indices. Only called for blocks
+        whose :meth:`heads_base` is not None."""
+        raise NotImplementedError(f"{type(self).__name__} searches no heads")
+
+    def searched(self, block: nn.Module) -> bool:
+        """Whether a member of ``blocks`` is searched at all (False: kept as it is, e.g. a reshape)."""
+        return True
+
+    def removable(self, block: nn.Module) -> bool:
+        """Whether ``block`` can be dropped: residual, same shape in and out (the default)."""
+        return True
+
+    def refused(self, block: nn.Module) -> str:
+        """How the "no adapter" error names a block :meth:`block_ok` refuses (its type by default)."""
+        return type(block).__name__
+
+    # -- the walk every staged family shares --------------------------------------------------------
+    def stages(self, model: nn.Module) -> list[nn.Module]:
+        return list(getattr(model, self.stages_attr, ()))
+
+    def searched_blocks(self, stage: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The stage's searched blocks by their path in the stage: ``downsample`` first when it is
+        searched, then ``blocks.j``."""
+        down = getattr(stage, "downsample", None)
+        first = (
+            [("downsample", down)] if self.search_downsample and not isinstance(down, (nn.Identity, type(None))) else []
+        )
+        blocks = cast(nn.Module, stage.blocks).children()
+        return first + [(f"blocks.{j}", b) for j, b in enumerate(blocks) if self.searched(b)]
+
+    def unsupported(self, model: nn.Module) -> str | None:
+        attr, stages = self.stages_attr, self.stages(model)
+        if not stages:
+            return f"{attr} (none)"
+        for i, stage in enumerate(stages):
+            blocks = getattr(stage, "blocks", None)
+            if type(stage) not in self.stage_kinds or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+                return f"{attr}.{i} ({type(stage).__name__})"
+            searched = self.searched_blocks(stage)
+            if not searched:  # (a student's stage may keep its searched downsample only)
+                return f"{attr}.{i}.blocks (no searched block)"
+            for name, block in searched:
+                if not self.block_ok(block):
+                    return f"{attr}.{i}.{name} ({self.refused(block)})"
+        return None
+
+    def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
+        return tuple(
+            tuple(
+                BlockChoices(
+                    name=f"{self.stages_attr}.{i}.{name}",
+                    removable=name != "downsample" and self.removable(block),
+                    width_base=self.width_base(block),
+                    heads_base=self.heads_base(block),
+                )
+                for name, block in self.searched_blocks(stage)
+            )
+            for i, stage in enumerate(self.stages(model))
+        )
+
+    def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
+        recipe: dict[str, Any] = {}
+        for stage, stage_spec, choices in zip(self.stages(model), spec.stages, self.describe(model)):
+            kept: dict[str, bool] = {}
+            for (name, block), b, c in zip(self.searched_blocks(stage), stage_spec, choices):
+                entry: dict[str, Any] = {"keep": b.keep}
+                if b.keep and b.width < 1.0:
+                    entry.update(self.shrink_width(block, c.channels(b.width), importance))
+                if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
+                    entry["heads"] = self.shrink_heads(block, b.heads, importance)
+                recipe[c.name] = entry
+                kept[name] = b.keep
+            blocks = cast(nn.Module, stage.blocks)
+            members = nn.Sequential(*blocks.children())
+            remaining = keep_blocks(members, [kept.get(f"blocks.{j}", True) for j in range(len(members))])
+            stage.blocks = remaining if isinstance(blocks, nn.Sequential) else nn.ModuleList(remaining)
+        return {"blocks": recipe}
