@@ -17,6 +17,14 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
+    "edgenext": [
+        # conv blocks, then a split-transpose (cross-covariance attention) block ending stages 1..3
+        ("edgenext_xx_small", {"num_classes": 10}, 32),
+    ],
+    "fastvit": [
+        # RepMixer blocks, then conditional position encoding and attention blocks in the last stage
+        ("fastvit_sa12", {"num_classes": 10, "layers": (2, 1, 2, 2), "embed_dims": (16, 32, 64, 128)}, 32),
+    ],
     "efficientformer": [
         # pooling meta blocks, then Flat and an attention block (8 heads, biases for 7x7 tokens: 224 px)
         ("efficientformer_l1", {"num_classes": 10, "embed_dims": (16, 32, 48, 64), "depths": (2, 2, 2, 3)}, 224),

@@ -264,6 +264,8 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("tiny_vit_5m_224", "stages.0.blocks.1", "stages.0.blocks.1 (Custom)"),
         ("efficientformer_l1", "stages.3.blocks.3", "stages.3.blocks.3 (Custom)"),  # after Flat: its own index
         ("swinv2_tiny_window8_256", "layers.1.blocks.1", "layers.1.blocks.1 (Custom)"),
+        ("edgenext_xx_small", "stages.2.blocks.5", "stages.2.blocks.5 (Custom)"),  # split-transpose
+        ("fastvit_sa12", "stages.3.blocks.1", "stages.3.blocks.1 (Custom)"),  # attention
         ("swin_tiny_patch4_window7_224", "layers.2", "layers.2 (Custom)"),
     ],
 )
@@ -415,3 +417,20 @@ def test_a_levit_style_attention_keeps_its_heads_outputs_with_their_biases(
     assert not s_attn.training  # (a mode change would clear the cache; their Attention.train returns None)
     val = t_attn.val_dim
     torch.testing.assert_close(proj_input(s_attn, x), proj_input(t_attn, x)[..., val : 2 * val])
+
+
+def test_a_fastvit_student_reparameterises_for_deployment() -> None:
+    """FastViT is deployed re-parameterised (each RepMixer and large-kernel branch fused into one conv):
+    a narrowed, shallower student fuses like its teacher and computes the same outputs fused."""
+    from timm.utils.model import reparameterize_model
+
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "fastvit_sa12"))
+    teacher, space, _ = _setup("fastvit_sa12", kwargs)
+    student = build_student(teacher, space.sample(random.Random(1))).eval()
+    assert sum(b.keep for s in space.sample(random.Random(1)).stages for b in s) < space.num_blocks
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unfused = student(x)
+        fused = reparameterize_model(student)
+        assert fused.stages[0].blocks[0].token_mixer.reparam_conv is not None
+        torch.testing.assert_close(fused(x), unfused, atol=1e-5, rtol=1e-4)

@@ -9,7 +9,7 @@ Which modules are stages is a property of the family (the names survive surgery:
 blocks inside a stage but keep the stage module and its output width):
 
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``convnext``: ``stages.0..3``;
-  ``regnet``: ``s1..s4``;  ``repvit``, ``tinyvit``, ``efficientformer``: ``stages.0..3``;  ``levit``: ``stages.0..2``;  ``ghostnet``: the last row of each resolution stage;  ``mobilenet``: ``blocks.0..N-1``;
+  ``regnet``: ``s1..s4``;  ``repvit``, ``tinyvit``, ``efficientformer``, ``edgenext``, ``fastvit``: ``stages.0..3``;  ``levit``: ``stages.0..2``;  ``ghostnet``: the last row of each resolution stage;  ``mobilenet``: ``blocks.0..N-1``;
   ``swin``: ``layers.0..N-1``.
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
   not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
@@ -34,6 +34,8 @@ _FIXED_STAGES: dict[str, tuple[str, ...]] = {
     "tinyvit": ("stages.0", "stages.1", "stages.2", "stages.3"),
     "efficientformer": ("stages.0", "stages.1", "stages.2", "stages.3"),
     "levit": ("stages.0", "stages.1", "stages.2"),
+    "edgenext": ("stages.0", "stages.1", "stages.2", "stages.3"),
+    "fastvit": ("stages.0", "stages.1", "stages.2", "stages.3"),
     # the last row of each resolution stage (timm builds every GhostNet from one table); a row whose
     # blocks were all dropped is an empty Sequential, and its hook still sees the stage's output
     "ghostnet": ("blocks.0", "blocks.2", "blocks.4", "blocks.6", "blocks.8"),

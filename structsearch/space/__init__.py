@@ -8,7 +8,9 @@ with a :class:`Family` subclass decorated by :func:`register_family` and import 
 from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: F401
 from structsearch.space import convnext as _convnext  # noqa: F401
 from structsearch.space import detector as _detector  # noqa: F401
+from structsearch.space import edgenext as _edgenext  # noqa: F401
 from structsearch.space import efficientformer as _efficientformer  # noqa: F401
+from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import levit as _levit  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401

@@ -1,6 +1,6 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
-A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``efficientformer``, ``resnet``,
+A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``, ``efficientformer``, ``fastvit``, ``resnet``,
 ``ghostnet``, ``levit``, ``mobilenet``, ``regnet``, ``repvit``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
@@ -8,7 +8,7 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
 2. :meth:`Family.shrink` -- how to make a model physically smaller in place to match an
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
-Most modern families (ConvNeXt, RepViT, LeViT, TinyViT, EfficientFormer, Swin) are laid out as
+Most modern families (ConvNeXt, EdgeNeXt, FastViT, RepViT, LeViT, TinyViT, EfficientFormer, Swin) are laid out as
 stages of a ``downsample`` and ``blocks``; their adapters subclass
 :class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
 narrow one block.
