@@ -52,6 +52,12 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("efficientnet_b0", {"num_classes": 10}, 64),
         ("mobilenetv4_conv_small", {"num_classes": 10}, 64),  # universal inverted residuals (UIB)
     ],
+    "mobilevit": [
+        # inverted residuals, then MobileViT blocks of 2-4 ViT blocks on 2x2 patches (at 64 px: 8x8 to 2x2 maps)
+        ("mobilevit_xxs", {"num_classes": 10}, 64),
+        # V2: separable (linear) self-attention, no heads; ConvMlp on (B, C, P, N) patches
+        ("mobilevitv2_050", {"num_classes": 10}, 64),
+    ],
     "ghostnet": [
         # GhostNetV2 at half width: GhostModule in its first two blocks and every ghost2, GhostModuleV2
         # (a gate branch per channel) in every other ghost1; SE; stride-2 blocks with conv_dw. At 64 px,

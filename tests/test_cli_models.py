@@ -61,6 +61,7 @@ def test_models_lists_every_family() -> None:
         "swin",
         "tinyvit",
         "mobilenet",
+        "mobilevit",
         "vit",
     }
 

@@ -266,12 +266,14 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("swinv2_tiny_window8_256", "layers.1.blocks.1", "layers.1.blocks.1 (Custom)"),
         ("edgenext_xx_small", "stages.2.blocks.5", "stages.2.blocks.5 (Custom)"),  # split-transpose
         ("fastvit_sa12", "stages.3.blocks.1", "stages.3.blocks.1 (Custom)"),  # attention
+        ("mobilevit_xxs", "stages.3.1.transformer.2", "stages.3.1.transformer.2 (Custom)"),  # not staged
+        ("mobilevitv2_050", "stages.1.1", "stages.1.1 (Custom)"),
         ("swin_tiny_patch4_window7_224", "layers.2", "layers.2 (Custom)"),
     ],
 )
-def test_a_staged_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
-    """A subclass of a timm block or stage may compute something else: every staged family refuses it,
-    naming the module by its path in the model (the one walk of :class:`StagedFamily`)."""
+def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
+    """A subclass of a timm block or stage may compute something else: every family refuses it, naming
+    the module by its path in the model (the staged families through their one walk, ``StagedFamily``)."""
     kwargs = dict(next(c[2] for c in CASES if c[1] == name))
     model = copy.deepcopy(_setup(name, kwargs)[0])
     module = model.get_submodule(part)

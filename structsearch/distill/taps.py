@@ -8,9 +8,12 @@ untouched once the :class:`FeatureTap` context exits.
 Which modules are stages is a property of the family (the names survive surgery: adapters shrink
 blocks inside a stage but keep the stage module and its output width):
 
-* ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``convnext``: ``stages.0..3``;
-  ``regnet``: ``s1..s4``;  ``repvit``, ``tinyvit``, ``efficientformer``, ``edgenext``, ``fastvit``: ``stages.0..3``;  ``levit``: ``stages.0..2``;  ``ghostnet``: the last row of each resolution stage;  ``mobilenet``: ``blocks.0..N-1``;
-  ``swin``: ``layers.0..N-1``.
+* ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``regnet``: ``s1..s4``;  ``ghostnet``:
+  the last row of each resolution stage;
+* every stage of the staged families: ``stages.0..N-1`` (``convnext``, ``repvit``, ``tinyvit``,
+  ``efficientformer``, ``levit``, ``edgenext``, ``fastvit``, ``mobilevit``), ``layers.0..N-1``
+  (``swin``: channels-last ``(B, H, W, C)`` maps, compared as they are), ``blocks.0..N-1``
+  (``mobilenet``);
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
   not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
 """
@@ -28,17 +31,20 @@ from structsearch.errors import FeatureKDError
 _FIXED_STAGES: dict[str, tuple[str, ...]] = {
     "cifar_resnet": ("layer1", "layer2", "layer3"),
     "resnet": ("layer1", "layer2", "layer3", "layer4"),
-    "convnext": ("stages.0", "stages.1", "stages.2", "stages.3"),
     "regnet": ("s1", "s2", "s3", "s4"),
-    "repvit": ("stages.0", "stages.1", "stages.2", "stages.3"),
-    "tinyvit": ("stages.0", "stages.1", "stages.2", "stages.3"),
-    "efficientformer": ("stages.0", "stages.1", "stages.2", "stages.3"),
-    "levit": ("stages.0", "stages.1", "stages.2"),
-    "edgenext": ("stages.0", "stages.1", "stages.2", "stages.3"),
-    "fastvit": ("stages.0", "stages.1", "stages.2", "stages.3"),
     # the last row of each resolution stage (timm builds every GhostNet from one table); a row whose
     # blocks were all dropped is an empty Sequential, and its hook still sees the stage's output
     "ghostnet": ("blocks.0", "blocks.2", "blocks.4", "blocks.6", "blocks.8"),
+}
+
+#: Families whose stages are every member of one list attribute, and that attribute.
+_STAGE_LISTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("convnext", "repvit", "tinyvit", "efficientformer", "levit", "edgenext", "fastvit", "mobilevit"), "stages"
+    ),
+    "swin": "layers",
+    "mobilenet": "blocks",
+    "vit": "blocks",
 }
 
 
@@ -53,10 +59,9 @@ def stage_names(model: nn.Module) -> tuple[str, ...]:
     family = _family_name(model)
     if family in _FIXED_STAGES:
         return _FIXED_STAGES[family]
-    if family in ("mobilenet", "vit"):
-        return tuple(f"blocks.{i}" for i in range(len(model.blocks)))  # type: ignore[arg-type]
-    if family == "swin":  # channels-last (B, H, W, C) maps of the teacher's shape: compared as they are
-        return tuple(f"layers.{i}" for i in range(len(model.layers)))  # type: ignore[arg-type]
+    if family in _STAGE_LISTS:
+        attr = _STAGE_LISTS[family]
+        return tuple(f"{attr}.{i}" for i in range(len(getattr(model, attr))))
     raise FeatureKDError(
         f"feature KD is not supported for {family} models (their blocks do not align between "
         "teacher and student); run without --feature-kd to distil from logits"

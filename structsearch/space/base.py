@@ -1,7 +1,7 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``, ``efficientformer``, ``fastvit``, ``resnet``,
-``ghostnet``, ``levit``, ``mobilenet``, ``regnet``, ``repvit``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
+``ghostnet``, ``levit``, ``mobilenet``, ``mobilevit``, ``regnet``, ``repvit``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);

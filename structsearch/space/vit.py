@@ -84,7 +84,7 @@ def _plain_mlp(mlp: nn.Module) -> bool:
     return type(mlp) is Mlp and isinstance(mlp.fc1, nn.Linear) and sliceable_mlp(mlp)
 
 
-def _plain_block(block: nn.Module) -> bool:
+def plain_block(block: nn.Module) -> bool:
     """The standard pre-norm block whose attention and MLP we know how to slice."""
     return type(block) is Block and _plain_attention(block.attn) and _plain_mlp(block.mlp)
 
@@ -95,7 +95,7 @@ def _unsupported(model: nn.Module) -> str | None:
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         return f"{STAGE} (missing or empty)"
     for j, b in enumerate(blocks):
-        if not _plain_block(b):
+        if not plain_block(b):
             parts = [
                 f"{type(m).__name__}" for m in (getattr(b, "attn", None), getattr(b, "mlp", None)) if m is not None
             ]
@@ -176,7 +176,7 @@ class ViTFamily(Family):
         recipe: dict[str, Any] = {}
         for j, (block, b, c) in enumerate(zip(blocks, stage_spec, choices)):
             attn, mlp = block.get_submodule("attn"), block.get_submodule("mlp")
-            assert isinstance(attn, Attention) and isinstance(mlp, Mlp), "a block _plain_block accepted"
+            assert isinstance(attn, Attention) and isinstance(mlp, Mlp), "a block plain_block accepted"
             entry: dict[str, Any] = {"keep": b.keep}
             heads = list(range(attn.num_heads))
             if b.keep and b.width < 1.0:
