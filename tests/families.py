@@ -29,6 +29,14 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # pooling meta blocks, then Flat and an attention block (8 heads, biases for 7x7 tokens: 224 px)
         ("efficientformer_l1", {"num_classes": 10, "embed_dims": (16, 32, 48, 64), "depths": (2, 2, 2, 3)}, 224),
     ],
+    "efficientformer_v2": [
+        # conv-MLP blocks, then attention blocks (talking heads, biases for 4x4 and 2x2 maps at 64 px)
+        (
+            "efficientformerv2_s0",
+            {"num_classes": 10, "img_size": 64, "depths": (2, 2, 3, 2), "embed_dims": (16, 24, 48, 88)},
+            64,
+        ),
+    ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)

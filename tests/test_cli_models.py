@@ -52,6 +52,7 @@ def test_models_lists_every_family() -> None:
         "detector",
         "edgenext",
         "efficientformer",
+        "efficientformer_v2",
         "fastvit",
         "ghostnet",
         "levit",

@@ -1,15 +1,17 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
-A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``, ``efficientformer``, ``fastvit``, ``resnet``,
-``ghostnet``, ``levit``, ``mobilenet``, ``mobilevit``, ``regnet``, ``repvit``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
+A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
+``efficientformer``, ``efficientformer_v2``, ``fastvit``, ``ghostnet``, ``levit``, ``mobilenet``,
+``mobilevit``, ``regnet``, ``repvit``, ``resnet``, ``swin``, ``tinyvit``, ``vit``) knows two things
+about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
 2. :meth:`Family.shrink` -- how to make a model physically smaller in place to match an
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
-Most modern families (ConvNeXt, EdgeNeXt, FastViT, RepViT, LeViT, TinyViT, EfficientFormer, Swin) are laid out as
-stages of a ``downsample`` and ``blocks``; their adapters subclass
+Most modern families (ConvNeXt, EdgeNeXt, FastViT, RepViT, LeViT, TinyViT, EfficientFormer V1/V2,
+Swin) are laid out as stages of a ``downsample`` and ``blocks``; their adapters subclass
 :class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
 narrow one block.
 
