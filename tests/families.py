@@ -30,11 +30,11 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("efficientformer_l1", {"num_classes": 10, "embed_dims": (16, 32, 48, 64), "depths": (2, 2, 2, 3)}, 224),
     ],
     "efficientformer_v2": [
-        # conv-MLP blocks, then attention blocks (talking heads, biases for 4x4 and 2x2 maps at 64 px)
+        # conv-MLP blocks, then attention blocks (talking heads; biases for 1x1 maps at 32 px)
         (
             "efficientformerv2_s0",
-            {"num_classes": 10, "img_size": 64, "depths": (2, 2, 3, 2), "embed_dims": (16, 24, 48, 88)},
-            64,
+            {"num_classes": 10, "img_size": 32, "depths": (2, 2, 3, 2), "embed_dims": (16, 24, 48, 88)},
+            32,
         ),
     ],
     "regnet": [
@@ -61,10 +61,11 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         ("mobilenetv4_conv_small", {"num_classes": 10}, 64),  # universal inverted residuals (UIB)
     ],
     "mobilevit": [
-        # inverted residuals, then MobileViT blocks of 2-4 ViT blocks on 2x2 patches (at 64 px: 8x8 to 2x2 maps)
-        ("mobilevit_xxs", {"num_classes": 10}, 64),
+        # inverted residuals, then MobileViT blocks of 2-4 ViT blocks on 2x2 patches (4x4 to 1x1 maps at 32 px:
+        # the last is interpolated to one patch, as timm does for maps smaller than a patch)
+        ("mobilevit_xxs", {"num_classes": 10}, 32),
         # V2: separable (linear) self-attention, no heads; ConvMlp on (B, C, P, N) patches
-        ("mobilevitv2_050", {"num_classes": 10}, 64),
+        ("mobilevitv2_050", {"num_classes": 10}, 32),
     ],
     "ghostnet": [
         # GhostNetV2 at half width: GhostModule in its first two blocks and every ghost2, GhostModuleV2
