@@ -21,8 +21,6 @@ from structsearch.space import Space, space_of
 from structsearch.surgery import build_student
 from tests.families import CASE_IDS, CASES
 
-EXACT_FAMILIES = {"cifar_resnet", "resnet", "vit"}
-
 
 @cache
 def _case(name: str, kwargs_items: tuple, size: int) -> tuple[object, Space, CostModel]:
@@ -46,17 +44,29 @@ def _measure(model, size):
 
 @pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
 def test_cost_model_matches_fvcore(family: str, name: str, kwargs: dict, size: int) -> None:
-    """Exact for families whose blocks only change themselves. Where a block narrows its producer
-    too (MobileNet's first depthwise-separable block narrows the stem) the model leaves the stem at
-    full width: it over-states, never under-states, and proposals correct by measuring."""
+    """Exact for every registered case: each block's cost depends on its own choices only, counting
+    the layers outside it that its width sets (MobileNet's stem, a ``ConvBnAct``'s producer:
+    ``Family.cost_owners``) with it."""
     model, space, cm = _setup(name, kwargs, size)
     rng = random.Random(0)
     for spec in [space.full_spec(), space.smallest_spec()] + [space.sample(rng) for _ in range(4)]:
         measured = measure_cost(build_student(model, spec), (3, size, size))
-        if family in EXACT_FAMILIES:
-            assert (cm.macs(spec), cm.params(spec)) == (measured.macs, measured.params)
-        else:
-            assert measured.macs <= cm.macs(spec) <= 1.2 * measured.macs
+        assert (cm.macs(spec), cm.params(spec)) == (measured.macs, measured.params)
+
+
+def test_mobilenet_v1_chains_are_approximate_and_corrected_by_measuring() -> None:
+    """MobileNetV1's depthwise-separable blocks each narrow the previous one's output, so a conv's cost
+    is bilinear in two blocks' widths: the additive model is off, and proposals measure to fill anyway."""
+    model, space, cm = _setup("mobilenetv1_100", {"num_classes": 10}, 32)
+    rng = random.Random(0)
+    ratios = [
+        cm.macs(s) / _measure(model, 32)(s)[0] for s in [space.smallest_spec()] + [space.sample(rng) for _ in range(4)]
+    ]
+    assert max(abs(r - 1) for r in ratios) > 0.01  # would pass if the model became exact here: then drop this test
+    budget = int(0.5 * cm.macs(space.full_spec()))
+    proposals = ProposalSpace(space, cm, budget, None, 0.9)
+    spec = proposals.propose(proposals.largest(), _measure(model, 32))
+    assert 0.9 * budget <= _measure(model, 32)(spec)[0] <= budget
 
 
 @pytest.mark.parametrize("family,name,kwargs,size", CASES, ids=CASE_IDS)
@@ -69,7 +79,7 @@ def test_proposals_fill_the_budget(
     the space can meet (a study refuses the others before any trial)."""
     model, space, cm = _setup(name, kwargs, size)
     budget = int(fraction * cm.macs(space.full_spec()))
-    assume(cm.macs(space.smallest_spec()) <= budget)  # mobilenetv4_conv_small: its fixed conv stages are half the MACs
+    assume(cm.macs(space.smallest_spec()) <= budget)  # a study refuses a budget below its smallest student
     proposals = ProposalSpace(space, cm, budget, None, 0.9)
     params = {n: data.draw(st.floats(lo, hi), label=n) for n, (lo, hi) in proposals.param_ranges().items()}
     spec = proposals.propose(params, _measure(model, size))

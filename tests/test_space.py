@@ -437,3 +437,29 @@ def test_a_fastvit_student_reparameterises_for_deployment() -> None:
         fused = reparameterize_model(student)
         assert fused.stages[0].blocks[0].token_mixer.reparam_conv is not None
         torch.testing.assert_close(fused(x), unfused, atol=1e-5, rtol=1e-4)
+
+
+def test_a_mobilenetv4_conv_stage_narrows_the_channels_between_its_two_convs() -> None:
+    """MobileNetV4's first stages are two ``ConvBnAct`` (3x3 stride 2, then 1x1): a fused inverted
+    residual written as two blocks. The second one's width is the channels between them: the first's
+    kept outputs are exactly the teacher's, and the stage's output keeps the teacher's width."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "mobilenetv4_conv_small"))
+    teacher, space, _ = _setup("mobilenetv4_conv_small", kwargs)
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "blocks.1.1")
+    assert space.stages[i][j - 1].widths == (1.0,)  # the first takes the previous stage's output as it is
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    kept = torch.tensor(recipe["blocks"]["blocks.1.1"]["channels"])
+    assert len(kept) == space.stages[i][j].width_base // 2
+
+    def outputs(model: torch.nn.Module) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda *a: seen.append(a[2])) for m in (model.blocks[1][0], model.blocks[1])]
+        with torch.no_grad():
+            model.eval()(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        for h in hooks:
+            h.remove()
+        return seen
+
+    (s_mid, s_out), (t_mid, t_out) = outputs(student), outputs(teacher)
+    torch.testing.assert_close(s_mid, t_mid[:, kept])
+    assert s_out.shape == t_out.shape

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.table import Table
 
 from structsearch.cli._common import Format, FormatOpt, KwOpt, console, parse_kwargs, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from structsearch.space import BlockChoices
 
 
 def models(format: FormatOpt = Format.table) -> None:
@@ -62,13 +65,12 @@ def space(
     console.print(f"[bold]{model}[/] (family {sp.family}), input {size[1]}x{size[2]}, {sp.num_blocks} blocks")
     table = Table("stage", "blocks", "droppable", "width (base x ratios)", "heads")
     for i, stage in enumerate(sp.stages):
-        widths = sorted({c.width_base for c in stage})
         heads = sorted({h for c in stage for h in (c.heads or ())})
         table.add_row(
             str(i),
             str(len(stage)),
             str(sum(c.removable for c in stage)),
-            f"{'/'.join(map(str, widths))} x {min(stage[0].widths):.3g}..{max(stage[0].widths):g} ({len(stage[0].widths)} ratios)",
+            _stage_widths(stage),
             f"{min(heads)}..{max(heads)}" if heads else "-",
         )
     console.print(table)
@@ -77,6 +79,17 @@ def space(
         f"largest {format_count(largest.macs)} ({format_count(largest.params)} params)  ({largest.convention})",
         highlight=False,
     )
+
+
+def _stage_widths(stage: tuple[BlockChoices, ...]) -> str:
+    """One stage's internal widths for the table: bases, the ratios searched, the blocks kept at full width."""
+    bases = "/".join(map(str, sorted({c.width_base for c in stage})))
+    searched = [c for c in stage if len(c.widths) > 1]
+    if not searched:
+        return f"{bases} (fixed)"
+    ratios = sorted({w for c in searched for w in c.widths})
+    fixed = len(stage) - len(searched)
+    return f"{bases} x {ratios[0]:.3g}..{ratios[-1]:g} ({len(ratios)} ratios{f'; {fixed} fixed' if fixed else ''})"
 
 
 def cost(

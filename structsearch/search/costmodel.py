@@ -12,20 +12,25 @@ and output widths (the residual stream) never change::
     cost(spec) = outside + sum over kept blocks j of (a_j + b_j * ch_j + e_j * ch_j**2 + d_j * heads_j)
 
 It is calibrated from four students with every block kept (see :func:`_calibration_specs`), read
-per block from fvcore's per-module breakdown, so it is exact where the property holds (ResNets, CIFAR ResNets, ViTs: checked against fvcore by the
-tests). Where a narrowed block also narrows a layer outside it (a MobileNet depthwise-separable
-first block narrows the stem), the outside part is taken at full width: the model overstates such
-students slightly, and :meth:`ProposalSpace.realise` corrects against the measured count.
+per block from fvcore's per-module breakdown. A layer outside a block whose width that block sets
+(a MobileNet's stem narrowed with its first depthwise-separable block, the conv before a narrowed
+``ConvBnAct``) is counted with that block (:meth:`~structsearch.space.base.Family.cost_owners`), so
+the model is exact for every registered family's test case (checked against fvcore by the tests).
+Where one layer's input and output are set by two different blocks (MobileNetV1's chain of
+depthwise-separable blocks) its cost is bilinear in their widths and the model is approximate:
+:meth:`ProposalSpace.propose` corrects against the measured count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
 from structsearch.cost.counter import _normalize_input_size, _run_analysis, count_params
-from structsearch.space import ArchSpec, BlockChoices, BlockSpec, Space
+from structsearch.space import ArchSpec, BlockChoices, BlockSpec, Space, get_family
 from structsearch.surgery import build_student
 
 
@@ -57,8 +62,8 @@ def _fit(points: list[tuple[int, int, float]]) -> _BlockCost:
     # the channel part through (c_min, y_min), (c_mid, y_mid), (c_full, y_full - d * (h_full - h_min))
     xs = sorted({(c_min, y_min), (c_mid, y_mid), (c_full, y_full - d * (h_full - h_min))})
     xs = list({x: y for x, y in xs}.items())
-    if len(xs) == 1:
-        b = e = 0.0
+    if len(xs) == 1:  # a fixed width; a cost that still varies comes from narrowed neighbours: take it at full
+        return _BlockCost(y_full - d * h_full, 0.0, 0.0, d)
     elif len(xs) == 2:
         (x0, y0), (x1, y1) = xs
         b, e = (y1 - y0) / (x1 - x0), 0.0
@@ -91,14 +96,15 @@ class CostModel:
         for spec in specs:
             student = base if spec == specs[0] else build_student(base, spec)
             readings.append((student, _run_analysis(student, size).by_module()))
+        owners = get_family(space.family).cost_owners(base)
         macs_rows, params_rows = [], []
         inside_macs = inside_params = 0.0
         for i, stage in enumerate(space.stages):
             m_row, p_row = [], []
             for j, c in enumerate(stage):
                 shape = [(c.channels(s.stages[i][j].width), s.stages[i][j].heads or 0) for s in specs]
-                macs = [float(by_module.get(c.name, 0)) for _, by_module in readings]
-                params = [float(count_params(student.get_submodule(c.name))) for student, _ in readings]
+                macs = [_block_count(partial(_macs_at, by_module), c.name, owners) for _, by_module in readings]
+                params = [_block_count(partial(_params_at, student), c.name, owners) for student, _ in readings]
                 m_row.append(_fit([(ch, h, y) for (ch, h), y in zip(shape, macs)]))
                 p_row.append(_fit([(ch, h, y) for (ch, h), y in zip(shape, params)]))
                 inside_macs += macs[0]
@@ -128,6 +134,22 @@ class CostModel:
                 c = self.space.stages[i][j]
                 total += rows[i][j].at(c.channels(b.width), b.heads or 0)
         return total
+
+
+def _macs_at(by_module: Mapping[str, int], path: str) -> float:
+    return float(by_module.get(path, 0))
+
+
+def _params_at(model: nn.Module, path: str) -> float:
+    return float(count_params(model.get_submodule(path)))
+
+
+def _block_count(count: Callable[[str], float], name: str, owners: dict[str, str]) -> float:
+    """``count`` (MACs or params by module path) of block ``name``, with the layers outside it that its
+    width sets and without its layers that another block's width sets (``Family.cost_owners``)."""
+    gained = sum(count(m) for m, owner in owners.items() if owner == name)
+    lost = sum(count(m) for m, owner in owners.items() if m.startswith(name + ".") and owner != name)
+    return count(name) + gained - lost
 
 
 def _calibration_specs(space: Space) -> tuple[ArchSpec, ArchSpec, ArchSpec, ArchSpec]:

@@ -195,6 +195,13 @@ class Family(ABC):
         channel / head indices per block, so a candidate can be explained and rebuilt.
         """
 
+    def cost_owners(self, model: nn.Module) -> dict[str, str]:
+        """Layers outside a block whose width that block's choice sets, by module path -> block name
+        (e.g. the stem conv a MobileNet's first block narrows with its input). The search's cost
+        model counts their MACs and params with that block, so its per-block costs depend on the
+        block's own choices only. Families whose blocks narrow only themselves have none."""
+        return {}
+
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Tag a student rebuilt from its saved files with where its parts came from, as its
         ``recipe`` records. :meth:`shrink` tags the parts it keeps of the teacher; a rebuilt

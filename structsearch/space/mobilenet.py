@@ -22,7 +22,11 @@ efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasn
   that producer adds a residual (a residual ties the width to the stream). That holds for the
   first block of MobileNetV2 / EfficientNet-B0 (the stem feeds it) and for every block of
   MobileNetV1. Otherwise the block gets ``widths=(1.0,)``;
-* ``ConvBnAct`` (EfficientNetV2 / EdgeTPU stems of stages) -- no internal width: ``widths=(1.0,)``;
+* ``ConvBnAct`` (a conv, a norm, an activation: MobileNetV4's first stages and its last 1x1 conv,
+  EfficientNetV2 / EdgeTPU stems of stages) -- no internal width either: like a DS block, its input
+  narrows together with its producer when no residual ties them to the stream (MobileNetV4's),
+  except the input of a stage (the previous stage's output, which feature KD taps); a residual
+  ``ConvBnAct`` (EfficientNetV2's) gets ``widths=(1.0,)``;
 * ``CondConvResidual`` -- an ``InvertedResidual`` with per-example expert kernels; its weights are
   not plain convolutions, so it gets ``widths=(1.0,)`` (it can still be dropped).
 
@@ -244,8 +248,18 @@ def _depthwise_separable_group(block: DepthwiseSeparableConv, producer: Producer
     return ChannelGroup(conv, (norm, block.bn1), block.conv_dw, block.se, block.conv_pw)
 
 
-def _channel_group(block: nn.Module, producer: Producer | None) -> ChannelGroup | None:
-    """The block's searchable internal width, or ``None`` when it keeps its full width."""
+def _conv_input_group(block: ConvBnAct, producer: Producer | None) -> ChannelGroup | None:
+    """The input channels of a ``ConvBnAct``, narrowed together with the unit that produces them --
+    as a DS block's, under the same conditions, with no depthwise conv in between."""
+    if producer is None or block.has_skip or not (_no_extras(block) and _is_conv(block.conv)):
+        return None
+    conv, norm = producer
+    return ChannelGroup(conv, (norm,), None, nn.Identity(), block.conv)
+
+
+def _channel_group(block: nn.Module, producer: Producer | None, after: nn.Module | None) -> ChannelGroup | None:
+    """The block's searchable internal width, or ``None`` when it keeps its full width; ``after`` is
+    the block before it in its stage (None for a stage's first)."""
     if type(block) is InvertedResidual:  # not CondConvResidual: its expert kernels are no plain convs
         return _inverted_residual_group(block)
     if type(block) is UniversalInvertedResidual:
@@ -254,6 +268,8 @@ def _channel_group(block: nn.Module, producer: Producer | None) -> ChannelGroup 
         return _edge_residual_group(block)
     if isinstance(block, DepthwiseSeparableConv):
         return _depthwise_separable_group(block, producer)
+    if type(block) is ConvBnAct and type(after) is ConvBnAct:
+        return _conv_input_group(block, producer)
     return None
 
 
@@ -295,7 +311,8 @@ def _blocks(model: nn.Module) -> list[list[_Block]]:
     for i, stage in enumerate(_known_stages(model)):
         blocks = []
         for j, block in enumerate(stage):
-            blocks.append(_Block(f"blocks.{i}.{j}", block, _channel_group(block, producer)))
+            group = _channel_group(block, producer, after=stage[j - 1] if j else None)
+            blocks.append(_Block(f"blocks.{i}.{j}", block, group))
             producer = _block_output(block)
         stages.append(blocks)
     return stages
@@ -350,11 +367,21 @@ class MobileNetFamily(Family):
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(tuple(b.choices() for b in stage) for stage in _blocks(model))
 
+    def cost_owners(self, model: nn.Module) -> dict[str, str]:
+        """The producer conv and norm of every block whose input narrows (DS blocks, ``ConvBnAct``)."""
+        names = {id(m): name for name, m in model.named_modules()}
+        owners: dict[str, str] = {}
+        for stage in _blocks(model):
+            for b in stage:
+                if b.group is not None and isinstance(b.module, (DepthwiseSeparableConv, ConvBnAct)):
+                    owners[names[id(b.group.expand)]] = owners[names[id(b.group.norms[0])]] = b.name
+        return owners
+
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
         """Narrow, then drop, in place; the recipe's ``channels`` are the kept internal channels.
 
-        For a ``DepthwiseSeparableConv`` those are its input channels, kept in its producer (the
-        stem's ``conv_stem``/``bn1`` or the previous block's output conv/norm) as well. All
+        For a ``DepthwiseSeparableConv`` or a ``ConvBnAct`` those are its input channels, kept in its
+        producer (the stem's ``conv_stem``/``bn1`` or the previous block's output conv/norm) as well. All
         channels are chosen from the unmodified teacher weights before any layer is sliced, so one
         block's choice never depends on another's.
         """
