@@ -214,6 +214,12 @@ def test_input_too_small_for_the_model_is_a_cost_error() -> None:
     swin = create_model("swin_tiny_patch4_window7_224", num_classes=10, embed_dim=16, depths=(1, 1), num_heads=(1, 1))
     with pytest.raises(CostError, match=r"built for 224x224 images: .* img_size=32 \(`--kw img_size=32`"):
         measure_cost(swin, 32)  # a transformer built for another size is told how to rebuild it
+    levit = create_model("levit_128s", num_classes=10, img_size=64)  # attention biases sized for 64 px
+    with pytest.raises(CostError, match=r"built for one input size: .* img_size=32 \(`--kw img_size=32`"):
+        measure_cost(levit, 32)
+    v1 = create_model("efficientformer_l1", num_classes=10, embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1))
+    with pytest.raises(CostError, match=r"larger images"):  # timm builds it for 224 px only, whatever img_size says
+        measure_cost(v1, 64)
 
 
 def test_a_grouped_conv_keeps_whole_groups_and_their_outputs() -> None:

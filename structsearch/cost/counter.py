@@ -238,12 +238,12 @@ def _run_analysis(model: nn.Module, size: tuple[int, int, int]) -> FlopCountAnal
             analysis.total()  # trace now, while in eval mode and without autograd
         except (RuntimeError, AssertionError) as e:  # the first forward of a model: shape errors show here
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            kwarg = f"img_size={size[1]} (`--kw img_size={size[1]}`, or `kwargs: {{img_size: {size[1]}}}` in a spec)"
             built = _patch_embed_img_size(model)
             if built is not None and built != size[1:] and size[1] == size[2]:  # a ViT or Swin built for another size
-                hint = (
-                    f"it is built for {built[0]}x{built[1]} images: build it for these with the model kwarg "
-                    f"img_size={size[1]} (`--kw img_size={size[1]}`, or `kwargs: {{img_size: {size[1]}}}` in a spec)"
-                )
+                hint = f"it is built for {built[0]}x{built[1]} images: build it for these with the model kwarg {kwarg}"
+            elif _buildable_for(model, size):  # LeViT, EfficientFormerV2: biases sized for one input
+                hint = f"it is built for one input size: build it for this one with the model kwarg {kwarg}"
             else:
                 hint = "use larger images (data.input_size resizes them) or a model made for this size"
             raise CostError(
@@ -308,6 +308,24 @@ def _normalize_input_size(input_size: int | Sequence[int]) -> tuple[int, int, in
             "tuple of positive ints, e.g. 224 or (3, 32, 32)"
         )
     return (dims[0], dims[1], dims[2])
+
+
+def _buildable_for(model: nn.Module, size: tuple[int, int, int]) -> bool:
+    """Whether timm builds ``model``'s architecture, a fixed-input-size one, for square ``size`` inputs
+    when asked with ``img_size`` (tried, on the error path only: EfficientFormer V1 accepts the
+    kwarg and ignores it)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg.get("fixed_input_size") or not cfg.get("architecture") or size[1] != size[2]:
+        return False
+    from structsearch.models import create_model
+
+    try:
+        probe = create_model(cfg["architecture"], img_size=size[1]).eval()
+        with torch.no_grad():
+            probe(torch.zeros(1, *size))
+    except Exception:  # noqa: BLE001 (any failure means "no": the caller gives the general hint)
+        return False
+    return True
 
 
 def _patch_embed_img_size(model: nn.Module) -> tuple[int, int] | None:
