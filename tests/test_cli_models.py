@@ -99,11 +99,15 @@ def test_cost_json_and_student_spec(tmp_path: Path) -> None:
     "args,fragments",
     [
         (("cost", "resnet5000"), ("unknown model 'resnet5000'",)),
-        (("space", "mobileone_s0"), ("no search-space adapter", "ByobNet")),
         (
-            ("space", "mobilenetv4_hybrid_medium"),
-            ("mobilenet family cannot narrow or drop blocks.2.4 (MobileAttention)",),
+            ("space", "mobileone_s0"),
+            (
+                "no search-space adapter",
+                "ByobNet",
+                "mobilevit family cannot narrow or drop stages.0.0 (MobileOneBlock)",
+            ),
         ),
+        (("space", "ghostnetv3_050"), ("ghostnet family cannot narrow or drop blocks.0.0 (GhostBottleneckV3)",)),
         (("cost", "resnet18.zzz"), ("unknown pretrained tag 'zzz' for 'resnet18'", "known tags: a1_in1k")),
         (("cost", "convnext_atto", "--input-size", "8"), ("cannot run on 3x8x8 inputs", "larger images")),
         (("cost", "--spec", "/nonexistent/spec.json"), ("spec file not found",)),

@@ -469,3 +469,41 @@ def test_a_mobilenetv4_conv_stage_narrows_the_channels_between_its_two_convs() -
     (s_mid, s_out), (t_mid, t_out) = outputs(student), outputs(teacher)
     torch.testing.assert_close(s_mid, t_mid[:, kept])
     assert s_out.shape == t_out.shape
+
+
+def test_a_mobilenetv4_hybrid_attention_keeps_its_query_heads_outputs() -> None:
+    """MobileNetV4's multi-query attention shares one key and value among its query heads: a block cut
+    to one head computes that head's output (the output projection's input) exactly, and the cost
+    model stays exact with heads searched."""
+    from structsearch.search.costmodel import CostModel
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10}
+    teacher = create_model("mobilenetv4_hybrid_medium", **kwargs).eval()
+    space = space_of(teacher, "mobilenetv4_hybrid_medium", kwargs)
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.heads_base)
+    name = space.stages[i][j].name
+    t_attn = teacher.get_submodule(f"{name}.attn")
+    n, key_dim = t_attn.num_heads, t_attn.key_dim
+    with torch.no_grad():  # the second head ranks first
+        t_attn.query.proj.weight.view(n, key_dim, -1)[1] *= 3
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 1.0, 1)))
+    assert recipe["blocks"][name]["heads"] == [1]
+    s_attn = student.get_submodule(f"{name}.attn")
+
+    def output_input(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        hook = attn.output.proj.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        with torch.no_grad():
+            attn(x)
+        hook.remove()
+        return seen[0]
+
+    x = torch.randn(2, t_attn.query.proj.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    value_dim = t_attn.value_dim
+    assert s_attn.num_heads == 1
+    torch.testing.assert_close(output_input(s_attn, x), output_input(t_attn, x)[:, value_dim : 2 * value_dim])
+    model = CostModel.calibrate(teacher, space, 64)
+    for spec in [space.smallest_spec(), space.sample(random.Random(0))]:
+        measured = measure_cost(build_student(teacher, spec), 64)
+        assert (model.macs(spec), model.params(spec)) == (measured.macs, measured.params)

@@ -4,7 +4,7 @@ timm builds all of them from the same blocks (``timm/models/_efficientnet_blocks
 has a stem (``conv_stem -> bn1``), then ``model.blocks``, a ``Sequential`` of stages, each a
 ``Sequential`` of blocks. Models are handled when they are an ``EfficientNet`` (mobilenetv2_*,
 efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasnet, ...) or a
-``MobileNetV3`` (mobilenetv3_*, lcnet_*, the convolutional mobilenetv4_conv_*) *and* every block is one of:
+``MobileNetV3`` (mobilenetv3_*, lcnet_*, mobilenetv4_conv_* and mobilenetv4_hybrid_*) *and* every block is one of:
 
 * ``InvertedResidual`` (MBConv: ``conv_pw -> bn1 -> conv_dw -> bn2 -> se -> conv_pwl -> bn3``) --
   its internal width is the expansion: ``conv_pw`` out, ``bn1``, the depthwise ``conv_dw`` (both
@@ -30,11 +30,15 @@ efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasn
 * ``CondConvResidual`` -- an ``InvertedResidual`` with per-example expert kernels; its weights are
   not plain convolutions, so it gets ``widths=(1.0,)`` (it can still be dropped).
 
+* ``MobileAttention`` (MobileNetV4's hybrids: multi-query attention, one key and one value
+  projection shared by every query head) -- no internal width; its *query heads* are searched: a
+  head's rows of the query projection and its columns of the output projection (both laid out
+  per head), so a kept head computes what it did in the teacher. Any other attention keeps its heads.
+
 A block whose layers are not the plain ones assumed above (MixNet's ``MixedConv2d``, grouped
 instead of depthwise convs, GroupNorm/EvoNorm, anti-aliasing, space-to-depth) keeps its full
 width but may still be dropped: slicing those would need layer-specific code and is left out
-rather than approximated. Models containing other blocks (the ``MobileAttention`` of MobileNetV4's
-hybrid models) are not handled.
+rather than approximated. Models containing other blocks are not handled.
 
 Every block with a residual connection (``has_skip``: stride 1, same in/out channels, no
 ``noskip``) can be dropped -- its removal leaves the identity the skip already carries.
@@ -44,14 +48,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from timm.layers import ConvNormAct
+from timm.layers.attention2d import MultiQueryAttention2d
 from timm.models._efficientnet_blocks import (
     ConvBnAct,
     DepthwiseSeparableConv,
     EdgeResidual,
     InvertedResidual,
+    MobileAttention,
     SqueezeExcite,
     UniversalInvertedResidual,
 )
@@ -60,7 +66,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import is_batch_norm, keep_blocks, slice_conv, slice_norm
+from structsearch.pruning.ops import group_channels, is_batch_norm, keep_blocks, slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import WIDTH_GRID, ArchSpec
@@ -72,6 +78,7 @@ KNOWN_BLOCKS: tuple[type[nn.Module], ...] = (
     EdgeResidual,
     DepthwiseSeparableConv,
     ConvBnAct,
+    MobileAttention,
 )
 #: Model classes built from those blocks with a ``conv_stem -> bn1 -> blocks`` trunk.
 KNOWN_MODELS: tuple[type[nn.Module], ...] = (EfficientNet, MobileNetV3)
@@ -273,6 +280,32 @@ def _channel_group(block: nn.Module, producer: Producer | None, after: nn.Module
     return None
 
 
+def _query_heads(block: nn.Module) -> MultiQueryAttention2d | None:
+    """A ``MobileAttention``'s multi-query attention when its query heads can be narrowed: plain 1x1
+    query and output projections laid out per head (None: its heads stay)."""
+    attn = getattr(block, "attn", None)
+    if type(block) is not MobileAttention or type(attn) is not MultiQueryAttention2d:
+        return None
+    q, out = (cast(nn.Conv2d, part.get_submodule("proj")) for part in (attn.query, attn.output))
+    per_head = (q.out_channels == attn.num_heads * attn.key_dim) and (
+        out.in_channels == attn.num_heads * attn.value_dim
+    )
+    return attn if per_head and all(_is_conv(c) and c.kernel_size == (1, 1) for c in (q, out)) else None
+
+
+def shrink_query_heads(attn: MultiQueryAttention2d, heads: int, importance: Importance) -> list[int]:
+    """Keep the ``heads`` most important query heads (ranked by their query rows and output columns);
+    the shared key and value stay, and so does the softmax scale (``key_dim`` is unchanged)."""
+    q, out = (cast(nn.Conv2d, part.get_submodule("proj")) for part in (attn.query, attn.output))
+    n, key_dim, value_dim = attn.num_heads, attn.key_dim, attn.value_dim
+    views: list[TensorDim] = [(q.weight.view(n, key_dim, -1), 0), (out.weight.view(out.out_channels, n, -1), 1)]
+    kept = importance.select(views, heads)
+    slice_conv(q, out_idx=group_channels(kept, key_dim))
+    slice_conv(out, in_idx=group_channels(kept, value_dim))
+    attn.num_heads = len(kept)
+    return kept.tolist()
+
+
 def _nominal_width(block: nn.Module) -> int:
     """The internal width reported for a block whose width is fixed (for display only)."""
     if isinstance(block, InvertedResidual):
@@ -283,6 +316,8 @@ def _nominal_width(block: nn.Module) -> int:
         return block.conv_exp.out_channels
     if isinstance(block, DepthwiseSeparableConv):
         return block.conv_dw.out_channels
+    if isinstance(block, MobileAttention):
+        return block.norm.num_features  # the stream it attends over
     assert isinstance(block, ConvBnAct), "one of KNOWN_BLOCKS"
     return block.conv.out_channels
 
@@ -296,11 +331,13 @@ class _Block:
     group: ChannelGroup | None
 
     def choices(self) -> BlockChoices:
+        attn = _query_heads(self.module)
         return BlockChoices(
             name=self.name,
             removable=bool(self.module.has_skip),
             width_base=self.group.width if self.group is not None else _nominal_width(self.module),
             widths=WIDTH_GRID if self.group is not None else (1.0,),
+            heads_base=attn.num_heads if attn is not None else None,
         )
 
 
@@ -352,16 +389,15 @@ class MobileNetFamily(Family):
 
     name = "mobilenet"
     description = (
-        "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, MobileNetV4 (conv), ... "
-        "(depth and expansion width)"
+        "inverted-residual nets: MobileNetV2, EfficientNet, MNASNet, MobileNetV3, MobileNetV4 (conv and hybrid), "
+        "... (depth, expansion width, query heads of MobileNetV4's attention)"
     )
-    examples = ("mobilenetv2_100", "efficientnet_b0", "mobilenetv4_conv_small")
+    examples = ("mobilenetv2_100", "efficientnet_b0", "mobilenetv4_conv_small", "mobilenetv4_hybrid_medium")
     kinds = KNOWN_MODELS
 
     def unsupported(self, model: nn.Module) -> str | None:
-        """The first block of a type this adapter does not know. Models with other blocks (the attention
-        of MobileNetV4's hybrids) are refused rather than half-supported: dropping or narrowing them
-        has not been checked."""
+        """The first block of a type this adapter does not know. Models with other blocks are refused
+        rather than half-supported: dropping or narrowing them has not been checked."""
         return _unknown_block(model)
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
@@ -395,6 +431,9 @@ class MobileNetFamily(Family):
                     idx = block.group.select(importance, block.choices().channels(b.width))
                     chosen.append((block.group, idx))
                     entry["channels"] = idx.tolist()
+                attn = _query_heads(block.module)
+                if b.keep and attn is not None and b.heads is not None and b.heads < attn.num_heads:
+                    entry["heads"] = shrink_query_heads(attn, b.heads, importance)  # in no channel group
                 recipe[block.name] = entry
         for group, idx in chosen:
             group.apply(idx)
