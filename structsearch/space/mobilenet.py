@@ -23,13 +23,14 @@ efficientnet_*, efficientnetv2_*, mnasnet_*, mixnet_*, tinynet_*, fbnetc, spnasn
   first block of MobileNetV2 / EfficientNet-B0 (the stem feeds it) and for every block of
   MobileNetV1. Otherwise the block gets ``widths=(1.0,)``;
 * ``ConvBnAct`` (a conv, a norm, an activation: MobileNetV4's first stages and its last 1x1 conv,
-  EfficientNetV2 / EdgeTPU stems of stages) -- no internal width either: like a DS block, its input
-  narrows together with its producer when no residual ties them to the stream (MobileNetV4's),
-  except the input of a stage (the previous stage's output, which feature KD taps); a residual
-  ``ConvBnAct`` (EfficientNetV2's) gets ``widths=(1.0,)``;
+  EfficientNetV2 / EdgeTPU stems of stages) -- no internal width either. One that follows another
+  ``ConvBnAct`` of its stage without a residual (MobileNetV4's first stages: a fused inverted
+  residual written as two blocks) narrows the channels between them, like a DS block with its
+  producer. Every other gets ``widths=(1.0,)``: its input is the residual stream, a stage's input
+  (which feature KD compares at the teacher's width), or the output of a conv whose input another
+  block already narrows (whose cost would then be bilinear in two blocks' widths);
 * ``CondConvResidual`` -- an ``InvertedResidual`` with per-example expert kernels; its weights are
-  not plain convolutions, so it gets ``widths=(1.0,)`` (it can still be dropped).
-
+  not plain convolutions, so it gets ``widths=(1.0,)`` (it can still be dropped);
 * ``MobileAttention`` (MobileNetV4's hybrids: multi-query attention, one key and one value
   projection shared by every query head) -- no internal width; its *query heads* are searched: a
   head's rows of the query projection and its columns of the output projection (both laid out
@@ -264,7 +265,7 @@ def _conv_input_group(block: ConvBnAct, producer: Producer | None) -> ChannelGro
     return ChannelGroup(conv, (norm,), None, nn.Identity(), block.conv)
 
 
-def _channel_group(block: nn.Module, producer: Producer | None, after: nn.Module | None) -> ChannelGroup | None:
+def _channel_group(block: nn.Module, producer: Producer | None, after: _Block | None) -> ChannelGroup | None:
     """The block's searchable internal width, or ``None`` when it keeps its full width; ``after`` is
     the block before it in its stage (None for a stage's first)."""
     if type(block) is InvertedResidual:  # not CondConvResidual: its expert kernels are no plain convs
@@ -275,8 +276,8 @@ def _channel_group(block: nn.Module, producer: Producer | None, after: nn.Module
         return _edge_residual_group(block)
     if isinstance(block, DepthwiseSeparableConv):
         return _depthwise_separable_group(block, producer)
-    if type(block) is ConvBnAct and type(after) is ConvBnAct:
-        return _conv_input_group(block, producer)
+    if type(block) is ConvBnAct and after is not None and type(after.module) is ConvBnAct and after.group is None:
+        return _conv_input_group(block, producer)  # (``after``'s input fixed: its conv's cost stays linear)
     return None
 
 
@@ -346,9 +347,9 @@ def _blocks(model: nn.Module) -> list[list[_Block]]:
     producer = _stem_output(model)
     stages: list[list[_Block]] = []
     for i, stage in enumerate(_known_stages(model)):
-        blocks = []
+        blocks: list[_Block] = []
         for j, block in enumerate(stage):
-            group = _channel_group(block, producer, after=stage[j - 1] if j else None)
+            group = _channel_group(block, producer, after=blocks[-1] if blocks else None)
             blocks.append(_Block(f"blocks.{i}.{j}", block, group))
             producer = _block_output(block)
         stages.append(blocks)
