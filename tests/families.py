@@ -37,6 +37,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
+    "efficientvit": [
+        # MBConv stages, then blocks of multi-scale linear attention + MBConv (B series; L adds FusedMBConv)
+        ("efficientvit_b0", {"num_classes": 10}, 32),
+    ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)

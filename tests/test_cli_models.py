@@ -53,6 +53,7 @@ def test_models_lists_every_family() -> None:
         "edgenext",
         "efficientformer",
         "efficientformer_v2",
+        "efficientvit",
         "fastvit",
         "ghostnet",
         "levit",

@@ -274,6 +274,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("fastvit_sa12", "stages.3.blocks.1", "stages.3.blocks.1 (Custom)"),  # attention
         ("mobilevit_xxs", "stages.3.1.transformer.2", "stages.3.1.transformer.2 (Custom)"),  # not staged
         ("mobilevitv2_050", "stages.1.1", "stages.1.1 (Custom)"),
+        ("efficientvit_b0", "stages.2.blocks.1.context_module.main", "stages.2.blocks.1 (EfficientVitBlock)"),
         ("efficientformerv2_s0", "stages.2.blocks.2.token_mixer", "stages.2.blocks.2 (EfficientFormerV2Block)"),
         ("swin_tiny_patch4_window7_224", "layers.2", "layers.2 (Custom)"),
     ],

@@ -11,6 +11,7 @@ from structsearch.space import detector as _detector  # noqa: F401
 from structsearch.space import edgenext as _edgenext  # noqa: F401
 from structsearch.space import efficientformer as _efficientformer  # noqa: F401
 from structsearch.space import efficientformer_v2 as _efficientformer_v2  # noqa: F401
+from structsearch.space import efficientvit as _efficientvit  # noqa: F401
 from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import levit as _levit  # noqa: F401

@@ -1,7 +1,7 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
-``efficientformer``, ``efficientformer_v2``, ``fastvit``, ``ghostnet``, ``levit``, ``mobilenet``,
+``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``fastvit``, ``ghostnet``, ``levit``, ``mobilenet``,
 ``mobilevit``, ``regnet``, ``repvit``, ``resnet``, ``swin``, ``tinyvit``, ``vit``) knows two things
 about the models it handles:
 
@@ -10,10 +10,10 @@ about the models it handles:
 2. :meth:`Family.shrink` -- how to make a model physically smaller in place to match an
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
-Most modern families (ConvNeXt, EdgeNeXt, FastViT, RepViT, LeViT, TinyViT, EfficientFormer V1/V2,
-Swin) are laid out as stages of a ``downsample`` and ``blocks``; their adapters subclass
-:class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
-narrow one block.
+Most modern families (ConvNeXt, EdgeNeXt, EfficientViT, FastViT, RepViT, LeViT, TinyViT,
+EfficientFormer V1/V2, Swin) are laid out as stages of a ``downsample`` and ``blocks``; their
+adapters subclass :class:`~structsearch.space.staged.StagedFamily`, which walks that layout once,
+and say only how to narrow one block.
 
 Contract for adapters: ``shrink`` only removes (never adds) structure, must leave a model that
 matches the spec exactly, and must be deterministic given the importance strategy. The identity
