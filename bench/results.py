@@ -46,11 +46,13 @@ RES_STUDY = "cifar10-resnet56-resolution"
 VIT_SPEC = "studies/cifar10_resnet56_vit.yaml"
 VIT_STUDY = "cifar10-resnet56-vit"
 VIT_TEACHER = "teachers/cifar_vit.safetensors"
-#: CNN teachers that a stage trains by its recipe into $STRUCTSEARCH_HOME (not shipped) and then searches
-#: with ``bench/inherit.py``: stage -> (model, recipe). The recipe writes ``<model>_cifar10.safetensors``.
-CNN_TEACHERS = {
+#: Teachers of other families (CNNs, hybrids) that a stage trains by its recipe into $STRUCTSEARCH_HOME
+#: (not shipped) and then searches with ``bench/inherit.py``: stage -> (model, recipe). The recipe writes
+#: ``<model>_cifar10.safetensors``.
+FAMILY_TEACHERS = {
     "convnext": ("convnext_atto", "studies/teach_convnext_cifar10.yaml"),
     "regnet": ("regnety_002", "studies/teach_regnet_cifar10.yaml"),
+    "efficientvit": ("efficientvit_b0", "studies/teach_efficientvit_cifar10.yaml"),
 }
 
 
@@ -286,11 +288,11 @@ def stage_vit_inherit() -> dict[str, Any]:
     return {"commands": log, "vit_inherit": result, "teacher_file": file_hash(ROOT / VIT_TEACHER)}
 
 
-def cnn_teacher_stage(stage: str) -> Callable[[], dict[str, Any]]:
-    """A stage for one of :data:`CNN_TEACHERS`: the teacher trained by its recipe (resumable; about 20 min
+def family_teacher_stage(stage: str) -> Callable[[], dict[str, Any]]:
+    """A stage for one of :data:`FAMILY_TEACHERS`: the teacher trained by its recipe (resumable; about 20 min
     here), then a search of its own family at 50% and 25% of its MACs, every student again from scratch
     and with feature KD (``bench/inherit.py``)."""
-    model, recipe = CNN_TEACHERS[stage]
+    model, recipe = FAMILY_TEACHERS[stage]
 
     def run_stage() -> dict[str, Any]:
         log: list[dict[str, Any]] = []
@@ -354,7 +356,7 @@ STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "vit_teacher": stage_vit_teacher,
     "vit_inherit": stage_vit_inherit,
     "feature_kd": stage_feature_kd,
-    **{stage: cnn_teacher_stage(stage) for stage in CNN_TEACHERS},
+    **{stage: family_teacher_stage(stage) for stage in FAMILY_TEACHERS},
 }
 
 

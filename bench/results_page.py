@@ -740,9 +740,9 @@ def section_vit_inherit(s: Stages) -> str:
     )
 
 
-def section_cnn_teacher(s: Stages, stage: str, title: str, searched: str) -> str:
-    """A CNN teacher trained by its recipe, then searched with inherited weights against scratch
-    (``bench/results.py``'s ``CNN_TEACHERS`` stages); ``searched`` says what the space varies."""
+def section_family_teacher(s: Stages, stage: str, title: str, searched: str) -> str:
+    """A teacher of another family trained by its recipe, then searched with inherited weights against scratch
+    (``bench/results.py``'s ``FAMILY_TEACHERS`` stages); ``searched`` says what the space varies."""
     title = f"## {title}: a {title.split(' ')[0]} teacher, inherited weights against training from scratch\n\n"
     st = s.get(stage)
     if not st:
@@ -856,9 +856,15 @@ def render(stages: Stages) -> Path:
         section_vit_teacher(stages),
         section_vit_inherit(stages),
         section_feature_kd(stages),
-        section_cnn_teacher(stages, "convnext", "ConvNeXt -> ConvNeXt", "depth per stage and MLP width per block"),
-        section_cnn_teacher(
+        section_family_teacher(stages, "convnext", "ConvNeXt -> ConvNeXt", "depth per stage and MLP width per block"),
+        section_family_teacher(
             stages, "regnet", "RegNet -> RegNet", "depth per stage and bottleneck width per block (whole groups)"
+        ),
+        section_family_teacher(
+            stages,
+            "efficientvit",
+            "EfficientViT -> EfficientViT",
+            "depth per stage and MBConv expansion width per block (attention blocks' local MBConv included)",
         ),
     ]
     page = DOCS / "results.md"
