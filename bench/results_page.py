@@ -743,7 +743,9 @@ def section_vit_inherit(s: Stages) -> str:
 def section_family_teacher(s: Stages, stage: str, title: str, searched: str) -> str:
     """A teacher of another family trained by its recipe, then searched with inherited weights against scratch
     (``bench/results.py``'s ``FAMILY_TEACHERS`` stages); ``searched`` says what the space varies."""
-    title = f"## {title}: a {title.split(' ')[0]} teacher, inherited weights against training from scratch\n\n"
+    family = title.split(" ")[0]
+    article = "an" if family[0] in "AEIOU" else "a"
+    title = f"## {title}: {article} {family} teacher, inherited weights against training from scratch\n\n"
     st = s.get(stage)
     if not st:
         return title + "not run yet\n"
