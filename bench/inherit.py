@@ -131,7 +131,12 @@ def main() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    results = {budget: run_budget(args.teacher, budget, args) for budget in args.budgets.split(",")}
+    from structsearch.errors import StructsearchError, one_line
+
+    try:
+        results = {budget: run_budget(args.teacher, budget, args) for budget in args.budgets.split(",")}
+    except StructsearchError as e:  # a budget below the smallest student, a bad checkpoint: one line
+        raise SystemExit(f"error: {one_line(e)}") from None
     print("\nbudget  trial  baseline          MMACs  inherited  scratch    gap  +feature KD")
     for budget, res in results.items():
         for row in res["students"]:
