@@ -6,6 +6,17 @@ over random specs stay fast. A family registered without a case here fails `test
 
 from __future__ import annotations
 
+#: A small Swin (V1 or V2) at 32 px: windows of 4 over 8x8 tokens, then 4x4 tokens in one window, ...
+SMALL_SWIN = {
+    "num_classes": 10,
+    "img_size": 32,
+    "window_size": 4,
+    "embed_dim": 32,
+    "depths": (2, 2, 2, 2),
+    "num_heads": (2, 2, 4, 4),
+    "mlp_ratio": 2.0,
+}
+
 FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
     "cifar_resnet": [("cifar_resnet20", {}, 32)],
     "convnext": [
@@ -81,29 +92,13 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # windows of 4 at 32 px (8x8 tokens, then 4x4 in one window, ...), every other block's shifted
         (
             "swin_tiny_patch4_window7_224",
-            {
-                "num_classes": 10,
-                "img_size": 32,
-                "window_size": 4,
-                "embed_dim": 32,
-                "depths": (2, 2, 2, 2),
-                "num_heads": (2, 2, 4, 4),
-                "mlp_ratio": 2.0,
-            },
+            SMALL_SWIN,
             32,
         ),
         # V2: post-norm blocks, cosine attention with a position-bias MLP; heads stay, depth and MLP width shrink
         (
             "swinv2_tiny_window8_256",
-            {
-                "num_classes": 10,
-                "img_size": 32,
-                "window_size": 4,
-                "embed_dim": 32,
-                "depths": (2, 2, 2, 2),
-                "num_heads": (2, 2, 4, 4),
-                "mlp_ratio": 2.0,
-            },
+            SMALL_SWIN,
             32,
         ),
     ],

@@ -32,7 +32,7 @@ from timm.models.efficientformer_v2 import (
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.space.mobilenet import ChannelGroup
+from structsearch.space.mobilenet import ChannelGroup, plain_group
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
 
@@ -42,21 +42,9 @@ def _hidden(mlp: nn.Module) -> ChannelGroup | None:
     if type(mlp) is not ConvMlpWithNorm or type(mlp.fc1) is not ConvNormAct or type(mlp.fc2) is not ConvNorm:
         return None
     fc1, fc2, mid = cast(ConvNormAct, mlp.fc1), cast(ConvNorm, mlp.fc2), mlp.mid
-    depthwise: nn.Conv2d | None = None
-    norms: tuple[nn.Module, ...] = (fc1.bn,)
     if type(mid) is ConvNormAct:
-        depthwise, norms = cast(nn.Conv2d, mid.conv), (fc1.bn, mid.bn)
-    elif not isinstance(mid, nn.Identity):
-        return None
-    convs = [cast(nn.Conv2d, fc1.conv), cast(nn.Conv2d, fc2.conv)]
-    plain = (
-        all(type(c) is nn.Conv2d and c.groups == 1 and c.kernel_size == (1, 1) for c in convs)
-        and all(isinstance(n, nn.BatchNorm2d) for n in norms)
-        and (depthwise is None or (type(depthwise) is nn.Conv2d and depthwise.groups == depthwise.in_channels))
-    )
-    if not plain:
-        return None
-    return ChannelGroup(expand=convs[0], norms=norms, depthwise=depthwise, se=nn.Identity(), project=convs[1])
+        return plain_group(fc1.conv, (fc1.bn, mid.bn), mid.conv, fc2.conv)
+    return plain_group(fc1.conv, (fc1.bn,), None, fc2.conv) if isinstance(mid, nn.Identity) else None
 
 
 @register_family

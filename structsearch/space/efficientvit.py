@@ -36,19 +36,9 @@ from timm.models.efficientvit_mit import (
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.space.mobilenet import ChannelGroup
+from structsearch.space.mobilenet import ChannelGroup, plain_group
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
-
-
-def _conv(layer: nn.Module, depthwise: bool = False) -> nn.Conv2d | None:
-    """The conv of EfficientViT's ``ConvNormAct`` when plain (dense, or depthwise when asked) and its
-    norm is a BatchNorm or none."""
-    if type(layer) is not ConvNormAct or not isinstance(layer.norm, (nn.BatchNorm2d, nn.Identity)):
-        return None
-    conv = layer.conv
-    groups_ok = conv.groups == conv.in_channels == conv.out_channels if depthwise else conv.groups == 1
-    return conv if type(conv) is nn.Conv2d and groups_ok else None
 
 
 def _group(block: nn.Module) -> ChannelGroup | None:
@@ -59,18 +49,15 @@ def _group(block: nn.Module) -> ChannelGroup | None:
         return None
     if type(main) is MBConv:
         layers = [main.inverted_conv, main.depth_conv, main.point_conv]
-        convs = [_conv(layers[0]), _conv(layers[1], depthwise=True), _conv(layers[2])]
     elif type(main) is FusedMBConv:
         layers = [main.spatial_conv, main.point_conv]
-        convs = [_conv(layers[0]), _conv(layers[1])]
     else:
         return None
-    if any(c is None for c in convs) or cast(nn.Conv2d, convs[-1]).kernel_size != (1, 1):
+    if not all(type(x) is ConvNormAct for x in layers):
         return None
-    norms = tuple(n for n in (cast(ConvNormAct, x).norm for x in layers[:-1]) if not isinstance(n, nn.Identity))
-    expand, project = cast(nn.Conv2d, convs[0]), cast(nn.Conv2d, convs[-1])
-    depthwise = cast(nn.Conv2d, convs[1]) if len(convs) == 3 else None
-    return ChannelGroup(expand=expand, norms=norms, depthwise=depthwise, se=nn.Identity(), project=project)
+    expand, *middle, project = (cast(ConvNormAct, x) for x in layers)
+    norms = tuple(x.norm for x in (expand, *middle) if not isinstance(x.norm, nn.Identity))
+    return plain_group(expand.conv, norms, middle[0].conv if middle else None, project.conv)
 
 
 @register_family

@@ -150,6 +150,25 @@ class ChannelGroup:
         slice_conv(self.project, in_idx=idx)
 
 
+def plain_group(
+    expand: nn.Module, norms: tuple[nn.Module, ...], depthwise: nn.Module | None, project: nn.Module
+) -> ChannelGroup | None:
+    """The expansion of an inverted residual built from other modules than timm's MobileNet blocks
+    (MobileViT, EfficientViT, EfficientFormerV2, TinyViT), when its layers are plain: dense
+    ``expand`` and ``project`` convs, a depthwise conv between them (or none), BatchNorms (None
+    otherwise)."""
+    ok = (
+        _is_conv(expand)
+        and _is_conv(project)
+        and (depthwise is None or _is_depthwise(depthwise))
+        and all(is_batch_norm(n) for n in norms)
+    )
+    if not ok:
+        return None
+    dw = cast(nn.Conv2d, depthwise) if depthwise is not None else None
+    return ChannelGroup(cast(nn.Conv2d, expand), norms, dw, nn.Identity(), cast(nn.Conv2d, project))
+
+
 #: The conv and norm producing a unit's output, when that output can be narrowed on its own.
 Producer = tuple[nn.Conv2d, nn.Module]
 

@@ -33,7 +33,7 @@ from structsearch.pruning.importance import Importance
 from structsearch.pruning.mlp import hidden_width, shrink_hidden, shrink_mlp
 from structsearch.pruning.ops import keep_blocks
 from structsearch.space.base import BlockChoices, Family
-from structsearch.space.mobilenet import ChannelGroup
+from structsearch.space.mobilenet import ChannelGroup, plain_group
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
 from structsearch.space.vit import plain_block, shrink_heads
@@ -49,18 +49,11 @@ def _stages(model: nn.Module) -> list[nn.Sequential]:
 def _group(block: BottleneckBlock) -> ChannelGroup | None:
     """The expansion channels of an inverted residual (None: not one the adapter slices)."""
     parts = [block.get_submodule(n) for n in ("conv1_1x1", "conv2_kxk", "conv3_1x1")]
-    if not all(type(p) is ConvNormAct for p in parts):
+    extras = all(isinstance(block.get_submodule(n), nn.Identity) for n in ("conv2b_kxk", "attn", "attn_last"))
+    if not extras or not all(type(p) is ConvNormAct for p in parts):
         return None
-    expand, dw, project = (cast(nn.Conv2d, p.conv) for p in cast(list[ConvNormAct], parts))
-    norms = tuple(cast(ConvNormAct, p).bn for p in parts[:2])
-    plain = (
-        all(type(c) is nn.Conv2d for c in (expand, dw, project))
-        and expand.kernel_size == project.kernel_size == (1, 1)
-        and dw.groups == dw.in_channels == dw.out_channels == expand.out_channels
-        and all(isinstance(n, nn.BatchNorm2d) for n in norms)
-        and all(isinstance(block.get_submodule(n), nn.Identity) for n in ("conv2b_kxk", "attn", "attn_last"))
-    )
-    return ChannelGroup(expand=expand, norms=norms, depthwise=dw, se=nn.Identity(), project=project) if plain else None
+    expand, dw, project = (cast(ConvNormAct, p) for p in parts)
+    return plain_group(expand.conv, (expand.bn, dw.bn), dw.conv, project.conv)
 
 
 def _transformer_block_ok(block: nn.Module) -> bool:
