@@ -66,6 +66,17 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # grouped conv2 (32 groups of 4..32 channels); fewer blocks than resnext50_32x4d's (3, 4, 6, 3)
         ("resnext50_32x4d", {"num_classes": 10, "layers": (2, 3, 3, 2)}, 64),
     ],
+    "inception_next": [
+        # inception depthwise mixers (3x3 square and 1x9 / 9x1 bands on channel splits), BatchNorm, ConvMlp
+        ("inception_next_atto", {"num_classes": 10, "depths": (2, 1, 3, 1), "dims": (16, 32, 64, 128)}, 32),
+    ],
+    "metaformer": [
+        # timm's MetaFormer entry points fix depths and widths, so these are the smallest it builds:
+        # separable-conv blocks, then attention blocks on tokens (10 and 16 heads of 32 channels)
+        ("caformer_s18", {"num_classes": 10}, 32),
+        # PoolFormer V1: pooling mixers, GroupNorm, biased GELU MLPs with layer scale
+        ("poolformer_s12", {"num_classes": 10}, 32),
+    ],
     "levit": [
         # 4x4 tokens at 64 px, then subsampling attention to 2x2 and 1x1; BatchNorms on every linear layer
         ("levit_128s", {"num_classes": 10, "img_size": 64}, 64),

@@ -277,6 +277,9 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("efficientvit_b0", "stages.2.blocks.1.context_module.main", "stages.2.blocks.1 (EfficientVitBlock)"),
         ("efficientformerv2_s0", "stages.2.blocks.2.token_mixer", "stages.2.blocks.2 (EfficientFormerV2Block)"),
         ("swin_tiny_patch4_window7_224", "layers.2", "layers.2 (Custom)"),
+        ("caformer_s18", "stages.2.blocks.1.token_mixer", "stages.2.blocks.1 (MetaFormerBlock with a Custom)"),
+        ("poolformer_s12", "stages.0.blocks.1", "stages.0.blocks.1 (Custom with a Pooling)"),
+        ("inception_next_atto", "stages.1.blocks.0.mlp", "stages.1.blocks.0 (MetaNeXtBlock)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:

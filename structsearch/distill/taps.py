@@ -11,7 +11,8 @@ blocks inside a stage but keep the stage module and its output width):
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``regnet``: ``s1..s4``;  ``ghostnet``:
   the last row of each resolution stage;
 * every stage of the staged families: ``stages.0..N-1`` (``convnext``, ``repvit``, ``tinyvit``,
-  ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``levit``, ``edgenext``, ``fastvit``, ``mobilevit``), ``layers.0..N-1``
+  ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``levit``, ``edgenext``, ``fastvit``, ``mobilevit``,
+  ``metaformer``, ``inception_next``), ``layers.0..N-1``
   (``swin``: channels-last ``(B, H, W, C)`` maps, compared as they are), ``blocks.0..N-1``
   (``mobilenet``);
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
@@ -51,6 +52,8 @@ _STAGE_LISTS: dict[str, str] = {
             "edgenext",
             "fastvit",
             "mobilevit",
+            "metaformer",
+            "inception_next",
         ),
         "stages",
     ),

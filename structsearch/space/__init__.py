@@ -14,7 +14,9 @@ from structsearch.space import efficientformer_v2 as _efficientformer_v2  # noqa
 from structsearch.space import efficientvit as _efficientvit  # noqa: F401
 from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
+from structsearch.space import inception_next as _inception_next  # noqa: F401
 from structsearch.space import levit as _levit  # noqa: F401
+from structsearch.space import metaformer as _metaformer  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import mobilevit as _mobilevit  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401
