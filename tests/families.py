@@ -99,6 +99,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # as V2's gate pools each block's input by 2 and the last stage's maps are 1x1 at 32 px.
         ("ghostnet_050", {"num_classes": 10, "version": "v2"}, 64),
     ],
+    "starnet": [
+        # stages of a stride-2 ConvBN and star blocks (depthwise 7x7, f1 * f2 hidden, g, depthwise 7x7)
+        ("starnet_s050", {"num_classes": 10}, 32),
+    ],
     "swin": [
         # windows of 4 at 32 px (8x8 tokens, then 4x4 in one window, ...), every other block's shifted
         (

@@ -62,6 +62,7 @@ def test_models_lists_every_family() -> None:
         "regnet",
         "repvit",
         "resnet",
+        "starnet",
         "swin",
         "tinyvit",
         "mobilenet",

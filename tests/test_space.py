@@ -280,6 +280,8 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("caformer_s18", "stages.2.blocks.1.token_mixer", "stages.2.blocks.1 (MetaFormerBlock with a Custom)"),
         ("poolformer_s12", "stages.0.blocks.1", "stages.0.blocks.1 (Custom with a Pooling)"),
         ("inception_next_atto", "stages.1.blocks.0.mlp", "stages.1.blocks.0 (MetaNeXtBlock)"),
+        ("starnet_s050", "stages.2.2", "stages.2.2 (Custom)"),  # index 0 is the stage's downsampler
+        ("starnet_s050", "stages.1", "stages.1 (Custom)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -511,3 +513,26 @@ def test_a_mobilenetv4_hybrid_attention_keeps_its_query_heads_outputs() -> None:
     for spec in [space.smallest_spec(), space.sample(random.Random(0))]:
         measured = measure_cost(build_student(teacher, spec), 64)
         assert (model.macs(spec), model.params(spec)) == (measured.macs, measured.params)
+
+
+def test_a_narrowed_star_block_keeps_its_channels_products() -> None:
+    """A StarNet block multiplies ``act(f1(y))`` and ``f2(y)`` channel by channel: the narrowed block keeps
+    the same channels of both, so it computes the teacher's block with the dropped channels' columns of
+    ``g`` zeroed, exactly; its stage keeps the downsampler at index 0."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "starnet_s050"))
+    teacher, space, _ = _setup("starnet_s050", kwargs)
+    teacher = copy.deepcopy(teacher).eval()
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.2.2")
+    spec = space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)).replace_block(i, j + 1, BlockSpec(False, 1.0))
+    student, recipe = build_student_with_recipe(teacher, spec)
+    student.eval()
+    kept = torch.tensor(recipe["blocks"]["stages.2.2"]["channels"])
+    assert len(kept) == space.stages[i][j].width_base // 2 and recipe["blocks"]["stages.2.3"] == {"keep": False}
+    assert [type(m).__name__ for m in student.stages[2]] == ["ConvBN", "Block", "Block"]  # 1 dropped of 3
+    reference = copy.deepcopy(teacher.stages[2][2])
+    dropped = torch.ones(reference.g.conv.in_channels, dtype=torch.bool)
+    dropped[kept] = False
+    with torch.no_grad():
+        reference.g.conv.weight[:, dropped] = 0
+        x = torch.randn(2, reference.f1.conv.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(student.stages[2][2](x), reference(x))

@@ -22,6 +22,7 @@ from structsearch.space import mobilevit as _mobilevit  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import repvit as _repvit  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401
+from structsearch.space import starnet as _starnet  # noqa: F401
 from structsearch.space import swin as _swin  # noqa: F401
 from structsearch.space import tinyvit as _tinyvit  # noqa: F401
 from structsearch.space import vit as _vit  # noqa: F401

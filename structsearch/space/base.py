@@ -1,9 +1,9 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
-``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``fastvit``, ``ghostnet``, ``inception_next``, ``levit``,
-``metaformer``, ``mobilenet``, ``mobilevit``, ``regnet``, ``repvit``, ``resnet``, ``swin``, ``tinyvit``, ``vit``) knows two things
-about the models it handles:
+``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``fastvit``, ``ghostnet``,
+``inception_next``, ``levit``, ``metaformer``, ``mobilenet``, ``mobilevit``, ``regnet``, ``repvit``,
+``resnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
@@ -11,9 +11,9 @@ about the models it handles:
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
 Most modern families (ConvNeXt, EdgeNeXt, EfficientViT, FastViT, RepViT, LeViT, TinyViT,
-EfficientFormer V1/V2, MetaFormer, InceptionNeXt, Swin) are laid out as stages of a ``downsample`` and ``blocks``; their
-adapters subclass :class:`~structsearch.space.staged.StagedFamily`, which walks that layout once,
-and say only how to narrow one block.
+EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, Swin) are laid out as stages of a
+``downsample`` and ``blocks``; their adapters subclass :class:`~structsearch.space.staged.StagedFamily`,
+which walks that layout once, and say only how to narrow one block.
 
 Contract for adapters: ``shrink`` only removes (never adds) structure, must leave a model that
 matches the spec exactly, and must be deterministic given the importance strategy. The identity

@@ -16,8 +16,10 @@ family says only what differs, per block:
 
 A stage's ``downsample`` is searched (in width only: it changes the shapes, so it is never dropped)
 when the family sets ``search_downsample``; blocks that :meth:`StagedFamily.searched` excludes
-(EfficientFormer's weightless ``Flat``) are always kept. Block names are the modules' own paths
-(``stages.2.blocks.0``, ``layers.1.downsample``), so a recipe names what it cut.
+(EfficientFormer's weightless ``Flat``) are always kept. A family whose stage is itself the
+``Sequential`` of its blocks (StarNet: a downsampler, then blocks) sets ``blocks_attr = None``. Block
+names are the modules' own paths (``stages.2.blocks.0``, ``layers.1.downsample``, ``stages.2.1``), so
+a recipe names what it cut.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class StagedFamily(Family):
     stage_kinds: ClassVar[tuple[type[nn.Module], ...]] = ()
     #: Whether a stage's (non-identity) ``downsample`` is a searched block of its own.
     search_downsample: ClassVar[bool] = False
+    #: The stage's attribute holding its blocks; None when the stage is itself the ``Sequential`` of
+    #: its blocks (StarNet's ``Sequential(downsampler, *blocks)``: the members :meth:`searched`
+    #: excludes, like that downsampler, stay where they are).
+    blocks_attr: ClassVar[str | None] = "blocks"
 
     # -- per-block hooks ------------------------------------------------------------------------
     @abstractmethod
@@ -84,22 +90,29 @@ class StagedFamily(Family):
     def stages(self, model: nn.Module) -> list[nn.Module]:
         return list(getattr(model, self.stages_attr, ()))
 
+    def blocks_of(self, stage: nn.Module) -> nn.Module | None:
+        """The stage's container of blocks (``stage.blocks``, or the stage itself)."""
+        return stage if self.blocks_attr is None else getattr(stage, self.blocks_attr, None)
+
+    def _block_path(self, j: int) -> str:
+        return str(j) if self.blocks_attr is None else f"{self.blocks_attr}.{j}"
+
     def searched_blocks(self, stage: nn.Module) -> list[tuple[str, nn.Module]]:
         """The stage's searched blocks by their path in the stage: ``downsample`` first when it is
-        searched, then ``blocks.j``."""
+        searched, then ``blocks.j`` (``j`` where the stage is its blocks)."""
         down = getattr(stage, "downsample", None)
         first = (
             [("downsample", down)] if self.search_downsample and not isinstance(down, (nn.Identity, type(None))) else []
         )
-        blocks = cast(nn.Module, stage.blocks).children()
-        return first + [(f"blocks.{j}", b) for j, b in enumerate(blocks) if self.searched(b)]
+        blocks = cast(nn.Module, self.blocks_of(stage)).children()
+        return first + [(self._block_path(j), b) for j, b in enumerate(blocks) if self.searched(b)]
 
     def unsupported(self, model: nn.Module) -> str | None:
         attr, stages = self.stages_attr, self.stages(model)
         if not stages:
             return f"{attr} (none)"
         for i, stage in enumerate(stages):
-            blocks = getattr(stage, "blocks", None)
+            blocks = self.blocks_of(stage)
             if type(stage) not in self.stage_kinds or not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
                 return f"{attr}.{i} ({type(stage).__name__})"
             searched = self.searched_blocks(stage)
@@ -126,7 +139,8 @@ class StagedFamily(Family):
 
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
         recipe: dict[str, Any] = {}
-        for stage, stage_spec, choices in zip(self.stages(model), spec.stages, self.describe(model)):
+        stages = cast(nn.Module, getattr(model, self.stages_attr))
+        for i, (stage, stage_spec, choices) in enumerate(zip(self.stages(model), spec.stages, self.describe(model))):
             kept: dict[str, bool] = {}
             for (name, block), b, c in zip(self.searched_blocks(stage), stage_spec, choices):
                 entry: dict[str, Any] = {"keep": b.keep}
@@ -136,8 +150,16 @@ class StagedFamily(Family):
                     entry["heads"] = self.shrink_heads(block, b.heads, importance)
                 recipe[c.name] = entry
                 kept[name] = b.keep
-            blocks = cast(nn.Module, stage.blocks)
+            blocks = cast(nn.Module, self.blocks_of(stage))
             members = nn.Sequential(*blocks.children())
-            remaining = keep_blocks(members, [kept.get(f"blocks.{j}", True) for j in range(len(members))])
-            stage.blocks = remaining if isinstance(blocks, nn.Sequential) else nn.ModuleList(remaining)
+            keep = [kept.get(self._block_path(j), True) for j in range(len(members))]
+            remaining = keep_blocks(members, keep)
+            if self.blocks_attr is None:  # the stage is its blocks: a new stage in the model's list
+                stages.add_module(str(i), remaining)
+            else:
+                setattr(
+                    stage,
+                    self.blocks_attr,
+                    remaining if isinstance(blocks, nn.Sequential) else nn.ModuleList(remaining),
+                )
         return {"blocks": recipe}
