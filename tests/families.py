@@ -52,6 +52,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # MBConv stages, then blocks of multi-scale linear attention + MBConv (B series; L adds FusedMBConv)
         ("efficientvit_b0", {"num_classes": 10}, 32),
     ],
+    "pvt_v2": [
+        # spatial-reduction attention (keys and values from an 8x, 4x, 2x strided conv), MLPs with a depthwise conv
+        ("pvt_v2_b0", {"num_classes": 10}, 32),
+    ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)

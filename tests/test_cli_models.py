@@ -59,6 +59,7 @@ def test_models_lists_every_family() -> None:
         "inception_next",
         "levit",
         "metaformer",
+        "pvt_v2",
         "regnet",
         "repvit",
         "resnet",

@@ -19,6 +19,7 @@ from structsearch.space import levit as _levit  # noqa: F401
 from structsearch.space import metaformer as _metaformer  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import mobilevit as _mobilevit  # noqa: F401
+from structsearch.space import pvt_v2 as _pvt_v2  # noqa: F401
 from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import repvit as _repvit  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401

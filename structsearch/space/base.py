@@ -2,8 +2,9 @@
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
 ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``fastvit``, ``ghostnet``,
-``inception_next``, ``levit``, ``metaformer``, ``mobilenet``, ``mobilevit``, ``regnet``, ``repvit``,
-``resnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
+``inception_next``, ``levit``, ``metaformer``, ``mobilenet``, ``mobilevit``, ``pvt_v2``, ``regnet``,
+``repvit``, ``resnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it
+handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
@@ -11,7 +12,7 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
 Most modern families (ConvNeXt, EdgeNeXt, EfficientViT, FastViT, RepViT, LeViT, TinyViT,
-EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, Swin) are laid out as stages of a
+EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, PVT v2, Swin) are laid out as stages of a
 ``downsample`` and ``blocks``; their adapters subclass :class:`~structsearch.space.staged.StagedFamily`,
 which walks that layout once, and say only how to narrow one block.
 
