@@ -56,6 +56,11 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # spatial-reduction attention (keys and values from an 8x, 4x, 2x strided conv), MLPs with a depthwise conv
         ("pvt_v2_b0", {"num_classes": 10}, 32),
     ],
+    "efficientvit_msra": [
+        # sandwich blocks (depthwise conv, FFN, cascaded group attention in 7x7 windows, depthwise conv, FFN)
+        # on 4x4, 2x2 and 1x1 maps at 64 px; downsamples of two residual FFNs around a PatchMerging with SE
+        ("efficientvit_m0", {"num_classes": 10, "img_size": 64}, 64),
+    ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)
         ("regnetx_002", {"num_classes": 10, "preact": True}, 32),  # PreBottleneck (timm overlays cfg kwargs)

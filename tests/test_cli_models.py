@@ -54,6 +54,7 @@ def test_models_lists_every_family() -> None:
         "efficientformer",
         "efficientformer_v2",
         "efficientvit",
+        "efficientvit_msra",
         "fastvit",
         "ghostnet",
         "inception_next",

@@ -12,7 +12,7 @@ blocks inside a stage but keep the stage module and its output width):
   the last row of each resolution stage;
 * every stage of the staged families: ``stages.0..N-1`` (``convnext``, ``repvit``, ``tinyvit``,
   ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``levit``, ``edgenext``, ``fastvit``, ``mobilevit``,
-  ``metaformer``, ``inception_next``, ``starnet``, ``pvt_v2``), ``layers.0..N-1``
+  ``metaformer``, ``inception_next``, ``starnet``, ``pvt_v2``, ``efficientvit_msra``), ``layers.0..N-1``
   (``swin``: channels-last ``(B, H, W, C)`` maps, compared as they are), ``blocks.0..N-1``
   (``mobilenet``);
 * ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
@@ -56,6 +56,7 @@ _STAGE_LISTS: dict[str, str] = {
             "inception_next",
             "starnet",
             "pvt_v2",
+            "efficientvit_msra",
         ),
         "stages",
     ),

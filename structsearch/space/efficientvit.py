@@ -14,7 +14,7 @@ conv's outputs and norm, the depthwise conv, the project conv's inputs), as a Mo
 (:class:`~structsearch.space.mobilenet.ChannelGroup`); ``keep`` -- every block whose shortcuts are
 identities can be dropped. ``LiteMLA``'s heads stay: its multi-scale aggregation convolves the
 heads' q, k and v in groups that a head subset would have to re-cut. Feature KD taps
-``stages.0..3``. The MSRA EfficientViT (``efficientvit_m*``) is another model and not handled.
+``stages.0..3``. The MSRA EfficientViT (``efficientvit_m*``) is another model: :mod:`.efficientvit_msra`.
 """
 
 from __future__ import annotations
