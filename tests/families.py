@@ -32,6 +32,22 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # conv blocks, then a split-transpose (cross-covariance attention) block ending stages 1..3
         ("edgenext_xx_small", {"num_classes": 10}, 32),
     ],
+    "eva": [
+        # DINOv3-style: 4 register tokens, RoPE, layer scale, plain Mlp (ViT-S's layout at a quarter of its width)
+        (
+            "vit_small_patch16_dinov3",
+            {"num_classes": 10, "img_size": 64, "depth": 3, "embed_dim": 96, "num_heads": 2},
+            64,
+        ),
+        # EVA-02: GluMlp (value and gate halves of one fc1), RoPE
+        ("eva02_tiny_patch14_224", {"num_classes": 10, "img_size": 56, "depth": 3}, 56),
+        # EVA-02 B/L: SwiGLU (separate value and gate layers) with a hidden LayerNorm (scale_mlp)
+        (
+            "eva02_base_patch14_224",
+            {"num_classes": 10, "img_size": 56, "depth": 2, "embed_dim": 96, "num_heads": 2},
+            56,
+        ),
+    ],
     "fastvit": [
         # RepMixer blocks, then conditional position encoding and attention blocks in the last stage
         ("fastvit_sa12", {"num_classes": 10, "layers": (2, 1, 2, 2), "embed_dims": (16, 32, 64, 128)}, 32),

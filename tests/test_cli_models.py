@@ -55,6 +55,7 @@ def test_models_lists_every_family() -> None:
         "efficientformer_v2",
         "efficientvit",
         "efficientvit_msra",
+        "eva",
         "fastvit",
         "ghostnet",
         "inception_next",

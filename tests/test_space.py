@@ -187,7 +187,8 @@ def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> No
         get_importance("l3")
 
 
-CNN_CASES = [c for c in CASES if c[0] not in ("vit", "detector")]  # feature KD pairs their stages by name
+#: feature KD pairs these families' stages by name (ViTs pair blocks by origin; Eva ViTs have no feature KD)
+CNN_CASES = [c for c in CASES if c[0] not in ("vit", "detector", "eva")]
 
 
 @pytest.mark.parametrize("family,name,kwargs,size", CNN_CASES, ids=[c[1] for c in CNN_CASES])
@@ -538,3 +539,62 @@ def test_a_narrowed_star_block_keeps_its_channels_products() -> None:
         reference.g.conv.weight[:, dropped] = 0
         x = torch.randn(2, reference.f1.conv.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(student.stages[2][2](x), reference(x))
+
+
+def test_feature_kd_on_an_eva_vit_is_refused_in_one_line() -> None:
+    """Eva ViTs (DINOv3, EVA-02) keep their heads, which ViT feature KD pairs: asking for feature KD
+    says so and what to do, before any training."""
+    from structsearch.distill.taps import check_feature_pair
+    from structsearch.errors import FeatureKDError
+
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "vit_small_patch16_dinov3"))
+    teacher, space, _ = _setup("vit_small_patch16_dinov3", kwargs)
+    student = build_student(teacher, space.smallest_spec())
+    with pytest.raises(FeatureKDError, match=r"not supported for eva models .* run without --feature-kd"):
+        check_feature_pair(teacher, student)
+
+
+@pytest.mark.parametrize("kind", ["swiglu", "glu", "glu_gate_last"])
+def test_a_narrowed_gated_mlp_keeps_each_units_value_and_gate(kind: str) -> None:
+    """Each hidden unit of a gated MLP is a value times a gate (SwiGLU: two layers; GluMlp: two halves
+    of one): the narrowed MLP keeps both rows of every kept unit, so it computes the teacher's MLP
+    with the dropped units' columns of ``fc2`` zeroed, exactly."""
+    from timm.layers import GluMlp, SwiGLU
+
+    from structsearch.pruning.importance import L1Magnitude
+    from structsearch.pruning.mlp import gated_width, shrink_gated, sliceable_gated
+
+    torch.manual_seed(0)
+    if kind == "swiglu":
+        teacher: torch.nn.Module = SwiGLU(24, 64)
+    else:  # GluMlp's hidden_features counts both halves
+        teacher = GluMlp(24, 128, act_layer=torch.nn.SiLU, gate_last=kind == "glu_gate_last")
+    assert sliceable_gated(teacher) and gated_width(teacher) == 64
+    student = copy.deepcopy(teacher)
+    kept = torch.tensor(shrink_gated(student, 24, L1Magnitude()))
+    assert len(kept) == 24 and gated_width(student) == 24
+    dropped = torch.ones(64, dtype=torch.bool)
+    dropped[kept] = False
+    x = torch.randn(3, 5, 24)
+    with torch.no_grad():
+        teacher.fc2.weight[:, dropped] = 0
+        torch.testing.assert_close(student(x), teacher(x))
+
+
+def test_an_eva_student_exports_to_onnx(tmp_path: Path) -> None:
+    """torch.onnx's TorchScript exporter cannot trace timm's Eva attention; ``export --onnx`` (and
+    onnxruntime latency) fall back to the dynamo exporter, whose graph onnxruntime runs at any batch
+    size with the student's outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    from structsearch.search.export import export_onnx
+
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "vit_small_patch16_dinov3"))
+    teacher, space, _ = _setup("vit_small_patch16_dinov3", kwargs)
+    student = build_student(teacher, space.sample(random.Random(2))).eval()
+    path = export_onnx(student, (3, 64, 64), tmp_path / "student.onnx")
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), student(x), atol=1e-4, rtol=1e-4
+        )

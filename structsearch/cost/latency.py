@@ -31,7 +31,6 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from structsearch.cost.counter import _eval_mode, _normalize_input_size
+from structsearch.cost.onnx_graph import export_graph
 from structsearch.devices import resolve_device
 from structsearch.errors import CostError, one_line
 
@@ -278,9 +278,8 @@ def _time_onnxruntime(
     with tempfile.TemporaryDirectory(prefix="structsearch-latency-") as tmp:
         path = Path(tmp) / "model.onnx"
         try:
-            with _eval_mode(cpu_net), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's notices concern it, not the model
-                torch.onnx.export(cpu_net, (x,), str(path), input_names=["input"], dynamo=False)
+            with _eval_mode(cpu_net), torch.no_grad():
+                export_graph(cpu_net, x, path, "output")
         except Exception as e:  # noqa: BLE001 -- any exporter failure means "cannot time it with onnxruntime"
             raise CostError(
                 f"cannot export {type(model).__name__} to ONNX for onnxruntime latency: {one_line(e)}"

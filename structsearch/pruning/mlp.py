@@ -12,13 +12,17 @@ Narrowing keeps ``fc1``'s most important output rows, the same channels of the h
 ``fc2``'s input columns. The hidden LayerNorm and GRN both divide by a statistic over the hidden
 channels (their variance; the mean response norm), so after slicing they normalise over the kept
 channels only: the identity is exact, a narrowed MLP approximates the teacher's, and the
-distillation proxy recovers the rest. Gated MLPs (``GluMlp``, ``SwiGLU``: hidden units split into
-value and gate halves) are not sliceable this way and are refused by :func:`sliceable_mlp`.
+distillation proxy recovers the rest. Gated MLPs (``GluMlp``, ``SwiGLU``: each hidden unit is a value
+times a gate) are not sliceable this way and are refused by :func:`sliceable_mlp`; :func:`shrink_gated`
+narrows them, keeping each unit's value and gate rows together.
 """
 
 from __future__ import annotations
 
-from timm.layers import GlobalResponseNormMlp, Mlp
+from typing import cast
+
+import torch
+from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
 from timm.layers.grn import GlobalResponseNorm
 from torch import nn
 
@@ -95,3 +99,44 @@ def shrink_mlp(mlp: nn.Module, channels: int, importance: Importance) -> list[in
     """Keep ``channels`` hidden units of ``mlp`` (one :func:`sliceable_mlp` accepts), ranked by
     ``fc1``'s rows and ``fc2``'s columns together; returns the kept indices in ascending order."""
     return shrink_hidden(_fc(mlp, "fc1"), _fc(mlp, "fc2"), channels, importance, (hidden_norm(mlp),))
+
+
+def sliceable_gated(mlp: nn.Module) -> bool:
+    """Whether :func:`shrink_gated` can narrow ``mlp``: timm's ``SwiGLU`` (separate value and gate
+    layers ``fc1_x``/``fc1_g``) or ``GluMlp`` (one ``fc1`` whose halves are value and gate) on tokens,
+    with linear layers and no hidden norm or a LayerNorm."""
+    if type(mlp) is SwiGLU:
+        layers: tuple[nn.Module, ...] = (mlp.fc1_g, mlp.fc1_x, mlp.fc2)
+    elif type(mlp) is GluMlp:
+        layers = (mlp.fc1, mlp.fc2)
+    else:
+        return False
+    return all(type(layer) is nn.Linear for layer in layers) and isinstance(mlp.norm, (nn.Identity, nn.LayerNorm))
+
+
+def gated_width(mlp: nn.Module) -> int:
+    """A gated MLP's hidden size: its units, each a value times a gate (``fc2``'s inputs)."""
+    return int(_fc(mlp, "fc2").weight.shape[1])
+
+
+def shrink_gated(mlp: nn.Module, channels: int, importance: Importance) -> list[int]:
+    """Keep ``channels`` hidden units of a gated MLP (one :func:`sliceable_gated` accepts): each unit's
+    value row, gate row, hidden-norm channel and ``fc2`` column, ranked by all of them together, so
+    a kept unit computes exactly what it did in the teacher. Returns the kept units in ascending order."""
+    fc2 = _fc(mlp, "fc2")
+    width = gated_width(mlp)
+    if type(mlp) is SwiGLU:
+        rows: list[nn.Linear] = [mlp.fc1_g, mlp.fc1_x]
+        idx = importance.select([(r.weight, 0) for r in rows] + [(fc2.weight, 1)], channels)
+        for r in rows:
+            slice_linear(r, out_idx=idx)
+    else:  # GluMlp: fc1's rows are [first half | second half], unit i is rows i and width + i
+        fc1 = cast(nn.Linear, mlp.fc1)
+        halves = fc1.weight.view(2, width, -1)
+        idx = importance.select([(halves, 1), (fc2.weight, 1)], channels)
+        slice_linear(fc1, out_idx=torch.cat([idx, idx + width]))
+    norm = mlp.get_submodule("norm")
+    if not isinstance(norm, nn.Identity):
+        slice_norm(norm, idx)
+    slice_linear(cast(nn.Linear, fc2), in_idx=idx)
+    return idx.tolist()

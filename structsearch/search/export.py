@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import optuna
 import torch
 from torch import nn
 
+from structsearch.cost.onnx_graph import export_graph
 from structsearch.errors import StructsearchError, one_line
 from structsearch.models.detector import Detector
 from structsearch.search.stored import StoredTrial
@@ -79,23 +79,13 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, atol:
     model = model.eval()
     x = torch.randn(2, *input_size)
     output = "head_outputs" if isinstance(model, Detector) else "logits"
-    with warnings.catch_warnings():  # the TorchScript exporter handles every family here; silence its notices
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                input_names=["input"],
-                output_names=[output],
-                dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
-                dynamo=False,
-            )
-        except Exception as e:  # noqa: BLE001 -- the exporter raises many types; any means "no ONNX for this model"
-            raise StructsearchError(
-                f"torch.onnx cannot export {type(model).__name__} to ONNX ({one_line(e)}); "
-                "export without --onnx and use the PyTorch student"
-            ) from None
+    try:
+        export_graph(model, x, path, output, dynamic_batch=True)
+    except Exception as e:  # noqa: BLE001 -- the exporters raise many types; any means "no ONNX for this model"
+        raise StructsearchError(
+            f"torch.onnx cannot export {type(model).__name__} to ONNX ({one_line(e)}); "
+            "export without --onnx and use the PyTorch student"
+        ) from None
     with torch.no_grad():
         expected = model(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

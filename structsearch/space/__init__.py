@@ -13,6 +13,7 @@ from structsearch.space import efficientformer as _efficientformer  # noqa: F401
 from structsearch.space import efficientformer_v2 as _efficientformer_v2  # noqa: F401
 from structsearch.space import efficientvit as _efficientvit  # noqa: F401
 from structsearch.space import efficientvit_msra as _efficientvit_msra  # noqa: F401
+from structsearch.space import eva as _eva  # noqa: F401
 from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import inception_next as _inception_next  # noqa: F401

@@ -1,7 +1,7 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
-``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``fastvit``,
+``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``eva``, ``fastvit``,
 ``ghostnet``, ``inception_next``, ``levit``, ``metaformer``, ``mobilenet``, ``mobilevit``, ``pvt_v2``,
 ``regnet``, ``repvit``, ``resnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about
 the models it handles:
