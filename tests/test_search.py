@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from structsearch.errors import BudgetError, StructsearchError
+from structsearch.errors import BudgetError, FeatureKDError, StructsearchError
 from structsearch.search import (
     best_under_budget,
     default_spec,
@@ -150,6 +150,26 @@ def test_budget_below_smallest_student_stores_nothing(home: Path) -> None:
     with pytest.raises(BudgetError, match="below the smallest student"):
         run_search(parse_study_spec({**TINY, "name": "impossible", "budget": {"flops": "1k"}}))
     assert "impossible" not in optuna.get_all_study_names(open_storage())
+
+
+def test_feature_kd_a_family_cannot_pair_stores_nothing(home: Path) -> None:
+    """Feature KD is checked against the teacher's family before the study is created: an Eva ViT
+    (no feature KD) with ``proxy.feature_kd`` is a one-line error and leaves no study behind."""
+    eva = {
+        "model": "vit_small_patch16_dinov3",
+        "kwargs": {"num_classes": 10, "img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
+    }
+    spec = parse_study_spec(
+        {
+            **TINY,
+            "name": "eva-fkd",
+            "teacher": {**eva, "train_epochs": 1},
+            "proxy": {**TINY["proxy"], "feature_kd": True},
+        }
+    )
+    with pytest.raises(FeatureKDError, match=r"not supported for eva models"):
+        run_search(spec)
+    assert "eva-fkd" not in optuna.get_all_study_names(open_storage())
 
 
 def test_bad_specs_give_one_line_errors() -> None:

@@ -32,6 +32,7 @@ from structsearch.cost import (
     parse_budget,
 )
 from structsearch.data import DataSpec
+from structsearch.distill.taps import check_feature_pair
 from structsearch.errors import BudgetError, StructsearchError
 from structsearch.models import create_model, file_hash
 from structsearch.search.baselines import enqueued_params
@@ -205,6 +206,8 @@ def plan_search(spec: StudySpec) -> SearchPlan:
         base_kwargs.setdefault("num_classes", getattr(teacher, "num_classes", 1000))
     base = teacher if inherit else create_model(base_model, **base_kwargs).eval()
     space = space_of(base, base_model, base_kwargs)
+    if spec.proxy.feature_kd and inherit:  # what the trainer checks first, before a study exists
+        check_feature_pair(teacher, teacher)
     teacher_cost = measure_cost(teacher, size)
     resolutions = spec.data.resolutions
     smallest_size = (size[0], resolutions[0], resolutions[0]) if resolutions else size
