@@ -152,24 +152,17 @@ def test_budget_below_smallest_student_stores_nothing(home: Path) -> None:
     assert "impossible" not in optuna.get_all_study_names(open_storage())
 
 
-def test_feature_kd_a_family_cannot_pair_stores_nothing(home: Path) -> None:
-    """Feature KD is checked against the teacher's family before the study is created: an Eva ViT
-    (no feature KD) with ``proxy.feature_kd`` is a one-line error and leaves no study behind."""
-    eva = {
-        "model": "vit_small_patch16_dinov3",
-        "kwargs": {"num_classes": 10, "img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
-    }
-    spec = parse_study_spec(
-        {
-            **TINY,
-            "name": "eva-fkd",
-            "teacher": {**eva, "train_epochs": 1},
-            "proxy": {**TINY["proxy"], "feature_kd": True},
-        }
-    )
-    with pytest.raises(FeatureKDError, match=r"not supported for eva models"):
+def test_feature_kd_a_family_cannot_pair_stores_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feature KD is checked against the teacher's family before the study is created: a family without
+    feature taps (every registered classification family has them: here the CIFAR ResNets' are taken
+    away) is a one-line error with ``proxy.feature_kd`` and leaves no study behind."""
+    from structsearch.distill import taps
+
+    monkeypatch.delitem(taps._FIXED_STAGES, "cifar_resnet")
+    spec = parse_study_spec({**TINY, "name": "no-taps", "proxy": {**TINY["proxy"], "feature_kd": True}})
+    with pytest.raises(FeatureKDError, match=r"not supported for cifar_resnet models .* run without --feature-kd"):
         run_search(spec)
-    assert "eva-fkd" not in optuna.get_all_study_names(open_storage())
+    assert "no-taps" not in optuna.get_all_study_names(open_storage())
 
 
 def test_bad_specs_give_one_line_errors() -> None:

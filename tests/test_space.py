@@ -187,8 +187,8 @@ def test_importances_are_registered_under_the_names_a_study_spec_accepts() -> No
         get_importance("l3")
 
 
-#: feature KD pairs these families' stages by name (ViTs pair blocks by origin; Eva ViTs have no feature KD)
-CNN_CASES = [c for c in CASES if c[0] not in ("vit", "detector", "eva")]
+#: feature KD pairs these families' stages by name (ViTs, Eva ones too, pair blocks by origin: test_vit_kd)
+CNN_CASES = [c for c in CASES if c[0] not in ("vit", "eva", "detector")]
 
 
 @pytest.mark.parametrize("family,name,kwargs,size", CNN_CASES, ids=[c[1] for c in CNN_CASES])
@@ -539,19 +539,6 @@ def test_a_narrowed_star_block_keeps_its_channels_products() -> None:
         reference.g.conv.weight[:, dropped] = 0
         x = torch.randn(2, reference.f1.conv.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(student.stages[2][2](x), reference(x))
-
-
-def test_feature_kd_on_an_eva_vit_is_refused_in_one_line() -> None:
-    """Eva ViTs (DINOv3, EVA-02) keep their heads, which ViT feature KD pairs: asking for feature KD
-    says so and what to do, before any training."""
-    from structsearch.distill.taps import check_feature_pair
-    from structsearch.errors import FeatureKDError
-
-    kwargs = dict(next(c[2] for c in CASES if c[1] == "vit_small_patch16_dinov3"))
-    teacher, space, _ = _setup("vit_small_patch16_dinov3", kwargs)
-    student = build_student(teacher, space.smallest_spec())
-    with pytest.raises(FeatureKDError, match=r"not supported for eva models .* run without --feature-kd"):
-        check_feature_pair(teacher, student)
 
 
 @pytest.mark.parametrize("kind", ["swiglu", "glu", "glu_gate_last"])

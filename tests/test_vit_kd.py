@@ -93,3 +93,54 @@ def test_the_proxy_runs_vit_feature_kd_and_removes_its_hooks(tmp_path: Path) -> 
     result = distiller.score(student, callback=lambda *_: None)
     assert math.isfinite(result.final_loss) and len(result.history) == 1
     assert not any(m._forward_hooks for m in student.modules()) and not any(m._forward_hooks for m in teacher.modules())
+
+
+EVA = dict(img_size=8, patch_size=2, embed_dim=32, depth=3, num_heads=2, num_classes=10, init_values=1.0)
+
+
+def test_an_eva_student_distils_its_origin_blocks_token_states(tmp_path: Path) -> None:
+    """An Eva ViT (DINOv3's layout: register tokens, rotary embeddings) pairs a student's blocks with
+    the teacher blocks they came from, also after a save and reload, and compares token states only
+    (its attention maps are out of a hook's reach): zero loss at the identity, a positive one for a
+    reduced student, and a narrower Eva from scratch trains its projected loss down."""
+    from structsearch.distill.vit_kd import maps_computable
+    from structsearch.surgery import build_student_with_recipe, load_student, save_student
+
+    teacher = create_model("vit_small_patch16_dinov3", **EVA).eval()
+    space = space_of(teacher, "vit_small_patch16_dinov3", EVA)
+    assert not maps_computable(teacher)
+    x = _x()[:, :, :8, :8]
+    _, t_feats = ViTTeacherTaps(teacher, attention=True)(torch.arange(len(x)), x)
+    assert len(t_feats) == 3  # token states of every block, no maps
+    identity = build_student(teacher, space.full_spec()).train()
+    hints = ViTHints(teacher, identity, attention_weight=1.0)
+    assert hints.attention_weight == 0.0
+    identity(x)
+    assert hints.loss(t_feats).item() == 0.0
+    hints.remove()
+
+    spec = space.full_spec().replace_block(0, 0, BlockSpec(keep=False, width=1.0))
+    spec = spec.replace_block(0, 2, BlockSpec(keep=True, width=0.5))
+    student, recipe = build_student_with_recipe(teacher, spec)
+    reloaded = load_student(save_student(tmp_path / "s", student, spec, recipe))
+    assert block_origins(teacher, student) == block_origins(teacher, reloaded) == [1, 2]
+    hints = ViTHints(teacher, student.train(), attention_weight=1.0)
+    student(x)
+    assert hints.loss(t_feats).item() > 0
+    hints.remove()
+
+    # another Eva of half the width, from scratch: mapped evenly, through a learned projection
+    scratch = create_model("vit_small_patch16_dinov3", **{**EVA, "embed_dim": 16, "depth": 2}).train()
+    hints = ViTHints(teacher, scratch, attention_weight=1.0)
+    assert isinstance(hints.proj[0], nn.Linear) and hints.origins == [1, 2]
+    opt = torch.optim.Adam([*scratch.parameters(), *hints.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        scratch(x)
+        loss = hints.loss(t_feats)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    hints.remove()
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -15,8 +15,9 @@ blocks inside a stage but keep the stage module and its output width):
   ``metaformer``, ``inception_next``, ``starnet``, ``pvt_v2``, ``efficientvit_msra``), ``layers.0..N-1``
   (``swin``: channels-last ``(B, H, W, C)`` maps, compared as they are), ``blocks.0..N-1``
   (``mobilenet``);
-* ``vit``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block ``i`` is
-  not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by origin.
+* ``vit``, ``eva``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block
+  ``i`` is not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by
+  origin.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ _STAGE_LISTS: dict[str, str] = {
     "swin": "layers",
     "mobilenet": "blocks",
     "vit": "blocks",
+    "eva": "blocks",
 }
+
+#: Families whose feature KD pairs blocks by origin (:mod:`structsearch.distill.vit_kd`), not by name.
+VIT_FAMILIES = ("vit", "eva")
 
 
 def _family_name(model: nn.Module) -> str:
@@ -95,7 +100,7 @@ def check_feature_pair(teacher: nn.Module, student: nn.Module) -> tuple[str, ...
             "a student of another family distils from logits only (turn feature KD off)"
         )
     names, s_names = stage_names(teacher), stage_names(student)
-    if names != s_names and t_family != "vit":  # ViT blocks are paired by origin (distill.vit_kd)
+    if names != s_names and t_family not in VIT_FAMILIES:  # ViT blocks are paired by origin (distill.vit_kd)
         raise FeatureKDError(f"teacher stages {names} and student stages {s_names} differ")
     return names
 

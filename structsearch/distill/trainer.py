@@ -32,7 +32,7 @@ from structsearch.data import Augment, LoadedData, Preprocess, batch_stream, che
 from structsearch.devices import resolve_device
 from structsearch.distill.cache import TeacherCache, cache_key
 from structsearch.distill.losses import distill_loss, feature_kd_loss
-from structsearch.distill.taps import FeatureKDError, FeatureTap, check_feature_pair
+from structsearch.distill.taps import VIT_FAMILIES, FeatureKDError, FeatureTap, check_feature_pair
 from structsearch.distill.teacher import (
     CachedTeacher,
     OnlineTeacher,
@@ -539,9 +539,10 @@ class StageHints(nn.Module):
 
 
 def _is_vit(model: nn.Module) -> bool:
+    """A ViT whose feature KD pairs blocks by origin (timm's ``VisionTransformer`` or ``Eva``)."""
     from structsearch.space import family_for
 
-    return family_for(model).name == "vit"
+    return family_for(model).name in VIT_FAMILIES
 
 
 def _as_index(idx: Tensor, n: int, what: str) -> Tensor:

@@ -13,6 +13,8 @@ the head counts differ, compares head-averaged maps. Two terms, summed:
   the attention probabilities ``softmax(q k^T * scale)``. timm's ``Attention`` runs fused SDPA and never
   forms them, so a hook on ``attn.qkv`` recomputes them from its output (with the block's
   ``q_norm``/``k_norm``) -- only while this module is attached, i.e. only when attention KD is on.
+  Eva ViTs (DINOv3, EVA-02) apply rotary embeddings inside their attention, so their maps cannot be
+  recomputed that way: their feature KD is the hidden-state term alone (:func:`maps_computable`).
 
 The teacher's maps cannot come from the on-disk cache (every block's token states and attention
 maps of every view would take gigabytes at CIFAR scale), so ViT feature KD runs the teacher on
@@ -49,6 +51,13 @@ def head_origins(teacher_attn: nn.Module, student_attn: nn.Module) -> list[int] 
     return list(range(n)) if n == teacher_attn.num_heads else None
 
 
+def maps_computable(model: nn.Module) -> bool:
+    """Whether every block's attention is timm's ``Attention``, whose maps :func:`attention_log_probs`
+    recomputes from ``qkv``. Eva ViTs (DINOv3, EVA-02) rotate q and k inside their attention, out of a
+    hook's reach: their feature KD compares token states only."""
+    return all(type(b.get_submodule("attn")) is Attention for b in model.blocks)  # type: ignore[union-attr]
+
+
 def attention_log_probs(attn: Attention, qkv_out: Tensor) -> Tensor:
     """``log softmax(q k^T * scale)`` of timm's ``Attention`` from its ``qkv`` output: B x heads x N x N.
 
@@ -70,7 +79,7 @@ class _BlockTaps(Hooks):
         self.hidden: list[Tensor | None] = [None] * len(blocks)
         self.attn: list[Tensor | None] = [None] * len(blocks)
         self.handles = [b.register_forward_hook(partial(self._keep_hidden, j)) for j, b in enumerate(blocks)]
-        if attention:
+        if attention and maps_computable(model):
             self.handles += [
                 b.attn.qkv.register_forward_hook(partial(self._keep_attn, j, b.attn)) for j, b in enumerate(blocks)
             ]
@@ -121,8 +130,8 @@ class ViTHints(nn.Module):
         self.proj = nn.ModuleList(
             nn.Identity() if s_dim == t_dim else nn.Linear(s_dim, t_dim, bias=False) for _ in s_blocks
         )
-        self.attention_weight = attention_weight
-        self.taps = _BlockTaps(student, attention_weight > 0)
+        self.attention_weight = attention_weight if maps_computable(teacher) and maps_computable(student) else 0.0
+        self.taps = _BlockTaps(student, self.attention_weight > 0)
 
     def loss(self, teacher_feats: list[Tensor]) -> Tensor:
         """Hidden-state MSE plus ``attention_weight`` x attention KL, each averaged over the student's blocks."""

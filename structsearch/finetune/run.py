@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from structsearch.data import Augment, LoadedData, Preprocess, check_labels, fingerprint, load_data
 from structsearch.devices import resolve_device
 from structsearch.distill import ProxyConfig, top1
-from structsearch.distill.taps import check_feature_pair
+from structsearch.distill.taps import VIT_FAMILIES, check_feature_pair
 from structsearch.distill.teacher import state_digest, tensor_digest
 from structsearch.distill.vit_kd import ViTHints
 from structsearch.finetune.checkpoint import (
@@ -284,7 +284,7 @@ def _feature_hints(
         return None
     check_feature_pair(d.teacher, student.model)  # same family, or a one-line FeatureKDError
     family = family_for(d.teacher).name
-    if family != "vit":
+    if family not in VIT_FAMILIES:
         raise FinetuneError(
             f"feature KD in the fine-tune is implemented for ViT teachers and students, not {family}; "
             "pass --no-feature-kd to fine-tune from logits"

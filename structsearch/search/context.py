@@ -206,7 +206,7 @@ def plan_search(spec: StudySpec) -> SearchPlan:
         base_kwargs.setdefault("num_classes", getattr(teacher, "num_classes", 1000))
     base = teacher if inherit else create_model(base_model, **base_kwargs).eval()
     space = space_of(base, base_model, base_kwargs)
-    if spec.proxy.feature_kd and inherit:  # what the trainer checks first, before a study exists
+    if spec.proxy.feature_kd and inherit and not detection:  # the trainer's first check, before a study exists
         check_feature_pair(teacher, teacher)
     teacher_cost = measure_cost(teacher, size)
     resolutions = spec.data.resolutions

@@ -14,10 +14,12 @@ single stage; every block is residual with the same token shape in and out. What
   which keeps each hidden unit's value and gate together.
 
 The attention heads stay: ``EvaAttention`` and ``AttentionRope`` reshape their output to the block's
-width, so a head cannot be cut without rewriting their forward. Feature KD is not offered for this
-family (ViT feature KD pairs heads, which this family does not cut; logit KD applies). After blocks
-are dropped, ``feature_info`` lists the remaining ones. Subclasses and other block parts are
-refused (the "no adapter" error).
+width, so a head cannot be cut without rewriting their forward. Each kept block records the teacher
+block it came from, as the ViT adapter's do, so ViT feature KD (:mod:`structsearch.distill.vit_kd`)
+pairs their token states; attention maps are not compared (the rotary embeddings are applied inside
+the attention, where a hook on its projections cannot see them). After blocks are dropped,
+``feature_info`` lists the remaining ones. Subclasses and other block parts are refused (the "no
+adapter" error).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from structsearch.pruning.ops import keep_blocks
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
+from structsearch.space.vit import restore_block_origins, tag_origin
 
 #: The one stage: timm keeps every transformer block in ``model.blocks``.
 STAGE = "blocks"
@@ -94,8 +97,9 @@ class EvaFamily(Family):
         (stage_spec,) = spec.stages
         blocks: nn.ModuleList = getattr(model, STAGE)
         recipe: dict[str, Any] = {}
-        for block, b, c in zip(blocks, stage_spec, choices):
+        for j, (block, b, c) in enumerate(zip(blocks, stage_spec, choices)):
             entry: dict[str, Any] = {"keep": b.keep}
+            tag_origin(block, j)  # every head: they stay
             if b.keep and b.width < 1.0:
                 mlp = block.get_submodule("mlp")
                 shrink = shrink_gated if sliceable_gated(mlp) else shrink_mlp
@@ -105,6 +109,9 @@ class EvaFamily(Family):
         setattr(model, STAGE, nn.ModuleList(kept))
         _refresh_feature_info(model)
         return {"blocks": recipe}
+
+    def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:
+        restore_block_origins(getattr(model, STAGE), recipe)
 
 
 def _refresh_feature_info(model: Eva) -> None:

@@ -139,11 +139,26 @@ def _refresh_feature_info(model: VisionTransformer) -> None:
     ]
 
 
-def _tag_origin(block: nn.Module, index: int, heads: Iterable[int]) -> None:
-    """Record the teacher block and heads a block was cut from (ViT feature KD pairs them by it):
-    plain attributes, what ``nn.Module.__setattr__`` does with them, outside the state dict."""
+def tag_origin(block: nn.Module, index: int, heads: Iterable[int] | None = None) -> None:
+    """Record the teacher block and heads (default: all of its attention's) a block was cut from (ViT
+    feature KD pairs them by it): plain attributes, what ``nn.Module.__setattr__`` does with them,
+    outside the state dict."""
+    attn = block.get_submodule("attn")
     block.__dict__["teacher_index"] = index
-    block.get_submodule("attn").__dict__["teacher_heads"] = [int(h) for h in heads]
+    all_heads: int = attn.num_heads  # type: ignore[assignment]  # an int attribute of every attention here
+    attn.__dict__["teacher_heads"] = [int(h) for h in (heads if heads is not None else range(all_heads))]
+
+
+def restore_block_origins(blocks: Iterable[nn.Module], recipe: dict[str, Any]) -> None:
+    """Tag a reloaded student's ``blocks`` with their origins from the recipe it was saved with
+    (entries ``blocks.J`` of the teacher's blocks, each ``keep`` and, where heads were cut, ``heads``)."""
+    entries = sorted((int(name.rsplit(".", 1)[1]), e) for name, e in recipe["blocks"].items())
+    kept = [(j, e) for j, e in entries if e["keep"]]
+    blocks = list(blocks)
+    if len(kept) != len(blocks):
+        raise CheckpointError(f"the recipe keeps {len(kept)} blocks but the student has {len(blocks)}")
+    for block, (j, entry) in zip(blocks, kept, strict=True):
+        tag_origin(block, j, entry.get("heads"))
 
 
 @register_family
@@ -183,17 +198,11 @@ class ViTFamily(Family):
                 entry["channels"] = shrink_mlp(mlp, c.channels(b.width), importance)
             if b.keep and b.heads is not None and b.heads < (c.heads_base or 0):
                 entry["heads"] = heads = shrink_heads(attn, b.heads, importance)
-            _tag_origin(block, j, heads)
+            tag_origin(block, j, heads)
             recipe[c.name] = entry
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
         _refresh_feature_info(model)
         return {"blocks": recipe}
 
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:
-        entries = sorted((int(name.rsplit(".", 1)[1]), e) for name, e in recipe["blocks"].items())
-        kept = [(j, e) for j, e in entries if e["keep"]]
-        blocks = list(getattr(model, STAGE))
-        if len(kept) != len(blocks):
-            raise CheckpointError(f"the recipe keeps {len(kept)} blocks but the student has {len(blocks)}")
-        for block, (j, entry) in zip(blocks, kept, strict=True):
-            _tag_origin(block, j, entry.get("heads", range(block.attn.num_heads)))
+        restore_block_origins(getattr(model, STAGE), recipe)
