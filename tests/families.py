@@ -74,8 +74,9 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
     ],
     "efficientvit_msra": [
         # sandwich blocks (depthwise conv, FFN, cascaded group attention in 7x7 windows, depthwise conv, FFN)
-        # on 4x4, 2x2 and 1x1 maps at 64 px; downsamples of two residual FFNs around a PatchMerging with SE
-        ("efficientvit_m0", {"num_classes": 10, "img_size": 64}, 64),
+        # on 2x2 and 1x1 maps at 32 px; downsamples of two residual FFNs around a PatchMerging with SE; fewer
+        # blocks than m0's (1, 2, 3): its per-head attention loop makes every fvcore trace slow
+        ("efficientvit_m0", {"num_classes": 10, "img_size": 32, "depth": (1, 1, 2)}, 32),
     ],
     "regnet": [
         ("regnety_002", {"num_classes": 10}, 32),  # Bottleneck with SE, grouped conv2 (8 channels per group)

@@ -284,7 +284,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("starnet_s050", "stages.2.2", "stages.2.2 (Custom)"),  # index 0 is the stage's downsampler
         ("starnet_s050", "stages.1", "stages.1 (Custom)"),
         ("pvt_v2_b0", "stages.3.blocks.1.attn", "stages.3.blocks.1 (Block)"),
-        ("efficientvit_m0", "stages.1.blocks.1.ffn1.m", "stages.1.blocks.1 (EfficientVitBlock)"),
+        ("efficientvit_m0", "stages.2.blocks.1.ffn1.m", "stages.2.blocks.1 (EfficientVitBlock)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:

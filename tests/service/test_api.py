@@ -98,9 +98,14 @@ def test_readyz_reports_an_unmigrated_database(postgres: Postgres, tmp_path: Pat
 
 
 def test_models(client: TestClient) -> None:
-    body = client.get(f"{API}/models").json()
-    families = {f["family"] for f in body["items"]}
-    assert {"resnet", "cifar_resnet", "vit"} <= families and body["total"] == len(body["items"])
+    """Every registered family, paginated: more families than one default page of 20."""
+    from structsearch.space import list_families
+
+    names = {f.name for f in list_families()}
+    first = client.get(f"{API}/models").json()
+    assert first["total"] == len(names) > first["limit"] == len(first["items"]) == 20
+    rest = client.get(f"{API}/models", params={"offset": 20}).json()
+    assert {f["family"] for f in first["items"] + rest["items"]} == names
 
 
 # -- auth -------------------------------------------------------------------------------------
