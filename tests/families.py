@@ -96,6 +96,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # inception depthwise mixers (3x3 square and 1x9 / 9x1 bands on channel splits), BatchNorm, ConvMlp
         ("inception_next_atto", {"num_classes": 10, "depths": (2, 1, 3, 1), "dims": (16, 32, 64, 128)}, 32),
     ],
+    "mambaout": [
+        # gated CNN blocks on channels-last maps: gate, identity and depthwise-conv parts of one fc1
+        ("mambaout_femto", {"num_classes": 10, "depths": (2, 1, 2, 1)}, 32),
+    ],
     "metaformer": [
         # timm's MetaFormer entry points fix depths and widths, so these are the smallest it builds:
         # separable-conv blocks, then attention blocks on tokens (10 and 16 heads of 32 channels)

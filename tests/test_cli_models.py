@@ -60,6 +60,7 @@ def test_models_lists_every_family() -> None:
         "ghostnet",
         "inception_next",
         "levit",
+        "mambaout",
         "metaformer",
         "pvt_v2",
         "regnet",

@@ -285,6 +285,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("starnet_s050", "stages.1", "stages.1 (Custom)"),
         ("pvt_v2_b0", "stages.3.blocks.1.attn", "stages.3.blocks.1 (Block)"),
         ("efficientvit_m0", "stages.2.blocks.1.ffn1.m", "stages.2.blocks.1 (EfficientVitBlock)"),
+        ("mambaout_femto", "stages.2.blocks.1", "stages.2.blocks.1 (Custom)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -585,3 +586,25 @@ def test_an_eva_student_exports_to_onnx(tmp_path: Path) -> None:
         torch.testing.assert_close(
             torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), student(x), atol=1e-4, rtol=1e-4
         )
+
+
+def test_a_narrowed_gated_cnn_block_keeps_its_units_and_their_conv_share() -> None:
+    """MambaOut's gated CNN block: a kept hidden unit keeps its gate row, value row, ``fc2`` column and,
+    for the conv part, its depthwise filter; the identity and conv parts keep the teacher's proportion.
+    The narrowed block is exactly the teacher's with the dropped units' ``fc2`` columns zeroed."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "mambaout_femto"))
+    teacher, space, _ = _setup("mambaout_femto", kwargs)
+    teacher = copy.deepcopy(teacher).eval()
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.0.blocks.1")
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.stages[0].blocks[1], student.eval().stages[0].blocks[1]
+    hidden, ident, conv = t_block.split_indices
+    assert (hidden, ident, conv) == (128, 80, 48) and s_block.split_indices == (64, 40, 24)
+    kept = torch.tensor(recipe["blocks"]["stages.0.blocks.1"]["channels"])
+    assert len(kept) == 64 and int((kept >= ident).sum()) == 24 == s_block.conv.out_channels
+    dropped = torch.ones(hidden, dtype=torch.bool)
+    dropped[kept] = False
+    with torch.no_grad():
+        t_block.fc2.weight[:, dropped] = 0
+        x = torch.randn(2, 4, 4, 48, generator=torch.Generator().manual_seed(0))  # channels-last
+        torch.testing.assert_close(s_block(x), t_block(x))

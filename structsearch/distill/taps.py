@@ -11,10 +11,10 @@ blocks inside a stage but keep the stage module and its output width):
 * ``cifar_resnet``: ``layer1..3``;  ``resnet``: ``layer1..4``;  ``regnet``: ``s1..s4``;  ``ghostnet``:
   the last row of each resolution stage;
 * every stage of the staged families: ``stages.0..N-1`` (``convnext``, ``repvit``, ``tinyvit``,
-  ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``levit``, ``edgenext``, ``fastvit``, ``mobilevit``,
-  ``metaformer``, ``inception_next``, ``starnet``, ``pvt_v2``, ``efficientvit_msra``), ``layers.0..N-1``
-  (``swin``: channels-last ``(B, H, W, C)`` maps, compared as they are), ``blocks.0..N-1``
-  (``mobilenet``);
+  ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``levit``,
+  ``edgenext``, ``fastvit``, ``mobilevit``, ``metaformer``, ``inception_next``, ``starnet``,
+  ``pvt_v2``, ``mambaout``), ``layers.0..N-1`` (``swin``); Swin's and MambaOut's are channels-last
+  ``(B, H, W, C)`` maps, compared as they are; ``blocks.0..N-1`` (``mobilenet``);
 * ``vit``, ``eva``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block
   ``i`` is not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by
   origin.
@@ -58,6 +58,7 @@ _STAGE_LISTS: dict[str, str] = {
             "starnet",
             "pvt_v2",
             "efficientvit_msra",
+            "mambaout",
         ),
         "stages",
     ),

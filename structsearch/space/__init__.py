@@ -18,6 +18,7 @@ from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
 from structsearch.space import inception_next as _inception_next  # noqa: F401
 from structsearch.space import levit as _levit  # noqa: F401
+from structsearch.space import mambaout as _mambaout  # noqa: F401
 from structsearch.space import metaformer as _metaformer  # noqa: F401
 from structsearch.space import mobilenet as _mobilenet  # noqa: F401
 from structsearch.space import mobilevit as _mobilevit  # noqa: F401

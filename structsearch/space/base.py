@@ -1,10 +1,10 @@
 """The search space of one base model, and the contract every family adapter fulfils.
 
 A *family adapter* (one small module per model family: ``cifar_resnet``, ``convnext``, ``edgenext``,
-``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``eva``, ``fastvit``,
-``ghostnet``, ``inception_next``, ``levit``, ``metaformer``, ``mobilenet``, ``mobilevit``, ``pvt_v2``,
-``regnet``, ``repvit``, ``resnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about
-the models it handles:
+``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``eva``,
+``fastvit``, ``ghostnet``, ``inception_next``, ``levit``, ``mambaout``, ``metaformer``, ``mobilenet``,
+``mobilevit``, ``pvt_v2``, ``regnet``, ``repvit``, ``resnet``, ``starnet``, ``swin``, ``tinyvit``,
+``vit``) knows two things about the models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
@@ -12,9 +12,10 @@ the models it handles:
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
 Most modern families (ConvNeXt, EdgeNeXt, EfficientViT (MIT, MSRA), FastViT, RepViT, LeViT, TinyViT,
-EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, PVT v2, Swin) are laid out as stages of a
-``downsample`` and ``blocks``; their adapters subclass :class:`~structsearch.space.staged.StagedFamily`,
-which walks that layout once, and say only how to narrow one block.
+EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, MambaOut, PVT v2, Swin) are laid out as
+stages of a ``downsample`` and ``blocks``; their adapters subclass
+:class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
+narrow one block.
 
 Contract for adapters: ``shrink`` only removes (never adds) structure, must leave a model that
 matches the spec exactly, and must be deterministic given the importance strategy. The identity
