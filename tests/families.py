@@ -92,6 +92,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # grouped conv2 (32 groups of 4..32 channels); fewer blocks than resnext50_32x4d's (3, 4, 6, 3)
         ("resnext50_32x4d", {"num_classes": 10, "layers": (2, 3, 3, 2)}, 64),
     ],
+    "hgnet": [
+        # PP-HGNetV2: chains of 3 convs (3x3, then 1x1 + depthwise 5x5 "light" ones) aggregated by two 1x1s
+        ("hgnetv2_b0", {"num_classes": 10}, 32),
+    ],
     "inception_next": [
         # inception depthwise mixers (3x3 square and 1x9 / 9x1 bands on channel splits), BatchNorm, ConvMlp
         ("inception_next_atto", {"num_classes": 10, "depths": (2, 1, 3, 1), "dims": (16, 32, 64, 128)}, 32),

@@ -58,6 +58,7 @@ def test_models_lists_every_family() -> None:
         "eva",
         "fastvit",
         "ghostnet",
+        "hgnet",
         "inception_next",
         "levit",
         "mambaout",

@@ -286,6 +286,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("pvt_v2_b0", "stages.3.blocks.1.attn", "stages.3.blocks.1 (Block)"),
         ("efficientvit_m0", "stages.2.blocks.1.ffn1.m", "stages.2.blocks.1 (EfficientVitBlock)"),
         ("mambaout_femto", "stages.2.blocks.1", "stages.2.blocks.1 (Custom)"),
+        ("hgnetv2_b0", "stages.2.blocks.1.layers.1", "stages.2.blocks.1 (HighPerfGpuBlock)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -607,4 +608,35 @@ def test_a_narrowed_gated_cnn_block_keeps_its_units_and_their_conv_share() -> No
     with torch.no_grad():
         t_block.fc2.weight[:, dropped] = 0
         x = torch.randn(2, 4, 4, 48, generator=torch.Generator().manual_seed(0))  # channels-last
+        torch.testing.assert_close(s_block(x), t_block(x))
+
+
+@pytest.mark.parametrize("name", ["stages.1.blocks.0", "stages.2.blocks.1"])  # 3x3 convs; 1x1 + depthwise ("light")
+def test_a_narrowed_hgnet_chain_is_the_teachers_with_the_dropped_channels_unread(name: str) -> None:
+    """A PP-HGNet block's layers each keep the same number of output channels; the next layer and the
+    aggregation read only those. The narrowed block is exactly the teacher's with its consumers'
+    columns for the dropped channels zeroed."""
+    from structsearch.space.hgnet import _aggregation, _entry
+
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "hgnetv2_b0"))
+    teacher, space, _ = _setup("hgnetv2_b0", kwargs)
+    teacher = copy.deepcopy(teacher).eval()
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == name)
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.get_submodule(name), student.eval().get_submodule(name)
+    entry = recipe["blocks"][name]
+    layers = list(t_block.layers)
+    stream, mid = _entry(layers[0]).in_channels, space.stages[i][j].width_base
+    kept = [entry["channels"], *(entry[f"layers.{n}"] for n in range(1, len(layers)))]
+    assert (
+        all(len(k) == mid // 2 for k in kept) and _aggregation(s_block).in_channels == stream + len(layers) * mid // 2
+    )
+    with torch.no_grad():
+        for n, channels in enumerate(kept):
+            dropped = torch.ones(mid, dtype=torch.bool)
+            dropped[channels] = False
+            _aggregation(t_block).weight[:, stream + n * mid : stream + (n + 1) * mid][:, dropped] = 0
+            if n + 1 < len(layers):
+                _entry(layers[n + 1]).weight[:, dropped] = 0
+        x = torch.randn(2, stream, 4, 4, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(s_block(x), t_block(x))

@@ -16,6 +16,7 @@ from structsearch.space import efficientvit_msra as _efficientvit_msra  # noqa: 
 from structsearch.space import eva as _eva  # noqa: F401
 from structsearch.space import fastvit as _fastvit  # noqa: F401
 from structsearch.space import ghostnet as _ghostnet  # noqa: F401
+from structsearch.space import hgnet as _hgnet  # noqa: F401
 from structsearch.space import inception_next as _inception_next  # noqa: F401
 from structsearch.space import levit as _levit  # noqa: F401
 from structsearch.space import mambaout as _mambaout  # noqa: F401
