@@ -34,6 +34,21 @@ def _x() -> torch.Tensor:
     return Preprocess.from_model(_teacher())(digits.x)
 
 
+def _train_on_hints(student: nn.Module, hints: ViTHints, x: torch.Tensor, t_feats: list[torch.Tensor]) -> list[float]:
+    """25 Adam steps of the student and the hints' projections on the feature loss alone; the losses."""
+    opt = torch.optim.Adam([*student.parameters(), *hints.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        student(x)
+        loss = hints.loss(t_feats)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    hints.remove()
+    return losses
+
+
 def test_identity_student_has_zero_hidden_and_attention_loss() -> None:
     teacher = _teacher()
     student = build_student(teacher, space_of(teacher, "cifar_vit", TINY).full_spec()).train()
@@ -60,16 +75,7 @@ def test_vit_feature_kd_loss_decreases_and_projects_other_widths() -> None:
     assert isinstance(hints.proj[0], nn.Linear) and hints.origins == [1, 2] and hints.heads == [None, None]
     x = _x()
     _, t_feats = ViTTeacherTaps(teacher, attention=True)(torch.arange(len(x)), x)
-    opt = torch.optim.Adam([*student.parameters(), *hints.parameters()], lr=3e-3)
-    losses = []
-    for _ in range(25):
-        student(x)
-        loss = hints.loss(t_feats)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    hints.remove()
+    losses = _train_on_hints(student, hints, x, t_feats)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -133,14 +139,5 @@ def test_an_eva_student_distils_its_origin_blocks_token_states(tmp_path: Path) -
     scratch = create_model("vit_small_patch16_dinov3", **{**EVA, "embed_dim": 16, "depth": 2}).train()
     hints = ViTHints(teacher, scratch, attention_weight=1.0)
     assert isinstance(hints.proj[0], nn.Linear) and hints.origins == [1, 2]
-    opt = torch.optim.Adam([*scratch.parameters(), *hints.parameters()], lr=3e-3)
-    losses = []
-    for _ in range(25):
-        scratch(x)
-        loss = hints.loss(t_feats)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    hints.remove()
+    losses = _train_on_hints(scratch, hints, x, t_feats)
     assert losses[-1] < 0.5 * losses[0], losses

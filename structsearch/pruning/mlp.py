@@ -33,8 +33,9 @@ from structsearch.pruning.ops import slice_conv, slice_linear, slice_norm, slice
 MLP_TYPES: tuple[type[nn.Module], ...] = (Mlp, GlobalResponseNormMlp)
 
 
-def _pointwise(layer: nn.Module) -> bool:
-    """A ``Linear``, or a dense 1x1 convolution (the same map on NCHW tensors)."""
+def is_pointwise(layer: nn.Module) -> bool:
+    """A ``Linear``, or a dense 1x1 convolution (the same map on NCHW tensors): a layer whose output
+    channels and input channels can each be sliced on their own."""
     if isinstance(layer, nn.Linear):
         return True
     return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.kernel_size == (1, 1)
@@ -62,7 +63,7 @@ def sliceable_mlp(mlp: nn.Module) -> bool:
     if type(mlp) not in MLP_TYPES:
         return False
     fc1, fc2 = mlp.get_submodule("fc1"), mlp.get_submodule("fc2")
-    if not (_pointwise(fc1) and _pointwise(fc2) and type(fc1) is type(fc2)):
+    if not (is_pointwise(fc1) and is_pointwise(fc2) and type(fc1) is type(fc2)):
         return False
     return isinstance(hidden_norm(mlp), (nn.Identity, nn.LayerNorm, GlobalResponseNorm))
 

@@ -25,7 +25,7 @@ from timm.models.fastvit import Attention, AttentionBlock, ConvMlp, FastVit, Fas
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.mlp import shrink_hidden
+from structsearch.pruning.mlp import is_pointwise, shrink_hidden
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
 
@@ -34,7 +34,7 @@ def _conv_mlp(mlp: nn.Module) -> ConvMlp | None:
     """timm's ``ConvMlp`` with dense 1x1 ``fc1``/``fc2`` (None for anything else)."""
     if type(mlp) is not ConvMlp:
         return None
-    pointwise = all(type(fc) is nn.Conv2d and fc.groups == 1 and fc.kernel_size == (1, 1) for fc in (mlp.fc1, mlp.fc2))
+    pointwise = all(type(fc) is nn.Conv2d and is_pointwise(fc) for fc in (mlp.fc1, mlp.fc2))
     return mlp if pointwise else None
 
 

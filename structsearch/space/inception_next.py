@@ -24,7 +24,7 @@ from timm.models.inception_next import ConvMlp, InceptionDWConv2d, MetaNeXt, Met
 from torch import nn
 
 from structsearch.pruning.importance import Importance
-from structsearch.pruning.mlp import shrink_hidden
+from structsearch.pruning.mlp import is_pointwise, shrink_hidden
 from structsearch.pruning.ops import is_batch_norm
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
@@ -34,8 +34,7 @@ def _sliceable(mlp: nn.Module) -> bool:
     """InceptionNeXt's own ``ConvMlp`` with dense 1x1 ``fc1``/``fc2`` and no hidden norm or a BatchNorm."""
     if type(mlp) is not ConvMlp:
         return False
-    fcs = (mlp.fc1, mlp.fc2)
-    pointwise = all(type(fc) is nn.Conv2d and fc.groups == 1 and fc.kernel_size == (1, 1) for fc in fcs)
+    pointwise = all(type(fc) is nn.Conv2d and is_pointwise(fc) for fc in (mlp.fc1, mlp.fc2))
     return pointwise and (type(mlp.norm) is nn.Identity or is_batch_norm(mlp.norm))
 
 

@@ -27,6 +27,7 @@ from timm.models.starnet import Block, ConvBN, StarNet
 from torch import nn
 
 from structsearch.pruning.importance import Importance
+from structsearch.pruning.mlp import is_pointwise
 from structsearch.pruning.ops import is_batch_norm, slice_conv, slice_norm
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
@@ -38,13 +39,8 @@ def _pointwise(layer: nn.Module) -> bool:
         return False
     parts = dict(layer.named_children())
     conv, bn = parts.get("conv"), parts.get("bn")
-    return (
-        set(parts) <= {"conv", "bn"}
-        and type(conv) is nn.Conv2d
-        and conv.groups == 1
-        and conv.kernel_size == (1, 1)
-        and (bn is None or is_batch_norm(bn))
-    )
+    plain_conv = type(conv) is nn.Conv2d and is_pointwise(conv)
+    return set(parts) <= {"conv", "bn"} and plain_conv and (bn is None or is_batch_norm(bn))
 
 
 @register_family
