@@ -28,6 +28,12 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
             32,
         ),
     ],
+    "cspnet": [
+        # YOLOv5-style cross stages (CrossStage3) of dark blocks: 1x1 then 3x3
+        ("cs3darknet_s", {"num_classes": 10}, 32),
+        # cross stages of bottleneck blocks: 1x1, 3x3, 1x1
+        ("cspresnet50", {"num_classes": 10}, 32),
+    ],
     "edgenext": [
         # conv blocks, then a split-transpose (cross-covariance attention) block ending stages 1..3
         ("edgenext_xx_small", {"num_classes": 10}, 32),

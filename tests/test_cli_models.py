@@ -49,6 +49,7 @@ def test_models_lists_every_family() -> None:
     assert {f["family"] for f in json.loads(res.stdout)} == {
         "cifar_resnet",
         "convnext",
+        "cspnet",
         "detector",
         "edgenext",
         "efficientformer",

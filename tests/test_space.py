@@ -287,6 +287,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("efficientvit_m0", "stages.2.blocks.1.ffn1.m", "stages.2.blocks.1 (EfficientVitBlock)"),
         ("mambaout_femto", "stages.2.blocks.1", "stages.2.blocks.1 (Custom)"),
         ("hgnetv2_b0", "stages.2.blocks.1.layers.1", "stages.2.blocks.1 (HighPerfGpuBlock)"),
+        ("cspresnet50", "stages.1.blocks.2.conv2", "stages.1.blocks.2 (BottleneckBlock)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -639,4 +640,24 @@ def test_a_narrowed_hgnet_chain_is_the_teachers_with_the_dropped_channels_unread
             if n + 1 < len(layers):
                 _entry(layers[n + 1]).weight[:, dropped] = 0
         x = torch.randn(2, stream, 4, 4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(s_block(x), t_block(x))
+
+
+def test_a_narrowed_se_dark_block_is_the_teachers_with_the_dropped_channels_unread() -> None:
+    """A cs3se dark block squeezes and excites its middle channels: the narrowed block keeps the
+    excitation of every kept channel (the squeeze reads only kept ones), so it is exactly the teacher's
+    with the dropped channels' inputs of ``conv2`` and of the squeeze zeroed."""
+    torch.manual_seed(0)
+    teacher = create_model("cs3sedarknet_l", num_classes=10).eval()
+    space = space_of(teacher, "cs3sedarknet_l", {"num_classes": 10})
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.0.blocks.0")
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.stages[0].blocks[0], student.eval().stages[0].blocks[0]
+    assert type(t_block.attn).__name__ == "SEModule" and s_block.attn.fc1.in_channels == 32
+    dropped = torch.ones(64, dtype=torch.bool)
+    dropped[recipe["blocks"]["stages.0.blocks.0"]["channels"]] = False
+    with torch.no_grad():
+        t_block.conv2.conv.weight[:, dropped] = 0
+        t_block.attn.fc1.weight[:, dropped] = 0
+        x = torch.randn(2, t_block.conv1.conv.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(s_block(x), t_block(x))

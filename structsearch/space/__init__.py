@@ -7,6 +7,7 @@ with a :class:`Family` subclass decorated by :func:`register_family` and import 
 # Built-in adapters (registration order is the order `structsearch models` lists them in).
 from structsearch.space import cifar_resnet as _cifar_resnet  # noqa: F401
 from structsearch.space import convnext as _convnext  # noqa: F401
+from structsearch.space import cspnet as _cspnet  # noqa: F401
 from structsearch.space import detector as _detector  # noqa: F401
 from structsearch.space import edgenext as _edgenext  # noqa: F401
 from structsearch.space import efficientformer as _efficientformer  # noqa: F401

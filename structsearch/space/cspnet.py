@@ -1,0 +1,101 @@
+"""Adapter for timm's CSPNet family (CSPResNet, CSPDarkNet, DarkNet, the YOLOv5-style ``cs3*``
+nets): depth per stage and the inner width of every residual block.
+
+timm's ``CspNet`` is ``stem -> stages.0..N-1 -> head``. A stage (``CrossStage``, ``CrossStage3`` or
+``DarkStage``) downsamples and splits or expands its input, runs ``blocks`` -- a ``Sequential`` of
+residual blocks on one width -- and merges the result back; only the blocks are searched. They are
+
+* ``BottleneckBlock`` (CSPResNet): ``x + conv3(conv2(conv1(x)))``, 1x1 / 3x3 / 1x1;
+* ``DarkBlock`` (CSPDarkNet, cs3darknet): ``x + conv2(attn(conv1(x)))``, 1x1 then 3x3;
+* ``EdgeBlock`` (cs3edgenet): ``x + conv2(attn(conv1(x)))``, 3x3 then 1x1,
+
+each conv a ``ConvNormAct`` (conv, BatchNorm with its activation). What shrinks:
+
+* ``width`` -- the channels between the convs (``mid``): ``conv1``'s outputs (and, in a bottleneck,
+  ``conv2``'s too, each side keeping its own most important channels, as in a ResNet bottleneck),
+  with the squeeze-excitation of ``cs3se*`` blocks (``attn`` on those channels) sliced with them.
+  The stage's width (each block's input and output) stays.
+* ``keep`` -- any block: every one adds its input back.
+
+Feature KD taps ``stages.0..N-1``. Not handled (the "no adapter" error): grouped convolutions
+(``cspresnext50``), anti-aliased block convs, attention on a bottleneck's middle channels and
+subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from timm.layers import ConvNormAct, SEModule
+from timm.models.cspnet import BottleneckBlock, CrossStage, CrossStage3, CspNet, DarkBlock, DarkStage, EdgeBlock
+from torch import Tensor, nn
+
+from structsearch.pruning.importance import Importance, TensorDim
+from structsearch.pruning.ops import is_batch_norm, slice_conv, slice_norm
+from structsearch.space.registry import register_family
+from structsearch.space.staged import StagedFamily
+
+
+def _plain(unit: nn.Module) -> bool:
+    """A ``ConvNormAct`` of a dense ``Conv2d``, a BatchNorm (timm's ``BatchNormAct2d``) and no anti-aliasing."""
+    if type(unit) is not ConvNormAct or type(unit.conv) is not nn.Conv2d or not is_batch_norm(unit.bn):
+        return False
+    aa = getattr(unit, "aa", None)
+    return cast(nn.Conv2d, unit.conv).groups == 1 and (aa is None or isinstance(aa, nn.Identity))
+
+
+def _conv(block: nn.Module, name: str) -> nn.Conv2d:
+    return cast(nn.Conv2d, block.get_submodule(f"{name}.conv"))
+
+
+def _narrow(block: nn.Module, producer: str, consumer: str, channels: int, importance: Importance) -> Tensor:
+    """Keep ``channels`` outputs of ``producer`` (its conv and BatchNorm), the squeeze-excitation on them
+    (a dark or edge block's ``attn``) and the matching inputs of ``consumer``; the kept indices."""
+    se = getattr(block, "attn", None) if producer == "conv1" and type(block) is not BottleneckBlock else None
+    views: list[TensorDim] = [(_conv(block, producer).weight, 0), (_conv(block, consumer).weight, 1)]
+    if isinstance(se, SEModule):
+        views += [(se.fc1.weight, 1), (se.fc2.weight, 0)]
+    idx = importance.select(views, channels)
+    slice_conv(_conv(block, producer), out_idx=idx)
+    slice_norm(block.get_submodule(f"{producer}.bn"), idx)
+    if isinstance(se, SEModule):
+        slice_conv(se.fc1, in_idx=idx)
+        slice_conv(se.fc2, out_idx=idx)
+    slice_conv(_conv(block, consumer), in_idx=idx)
+    return idx
+
+
+@register_family
+class CspNetFamily(StagedFamily):
+    """timm ``CspNet``: drop blocks inside a stage, narrow each block's middle channels."""
+
+    name = "cspnet"
+    description = "CSPNet (CSPResNet, CSPDarkNet, DarkNet, cs3darknet/edgenet): depth per stage and block width"
+    examples = ("cspresnet50", "cspdarknet53", "cs3darknet_s")
+    kinds = (CspNet,)
+    stage_kinds = (CrossStage, CrossStage3, DarkStage)
+
+    def block_ok(self, block: nn.Module) -> bool:
+        if type(block) is BottleneckBlock:
+            convs: tuple[str, ...] = ("conv1", "conv2", "conv3")
+            attn_ok = isinstance(block.attn2, nn.Identity)
+        elif type(block) in (DarkBlock, EdgeBlock):
+            convs = ("conv1", "conv2")
+            attn_ok = type(block.attn) in (nn.Identity, SEModule)
+        else:
+            return False
+        if not attn_ok or not all(_plain(block.get_submodule(c)) for c in convs):
+            return False
+        mid = _conv(block, "conv1").out_channels
+        middle = _conv(block, "conv2")
+        return type(block) is not BottleneckBlock or middle.in_channels == middle.out_channels == mid
+
+    def width_base(self, block: nn.Module) -> int:
+        return _conv(block, "conv1").out_channels
+
+    def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        kept = _narrow(block, "conv1", "conv2", channels, importance)
+        if type(block) is not BottleneckBlock:
+            return {"channels": kept.tolist()}
+        second = _narrow(block, "conv2", "conv3", channels, importance)
+        return {"channels": kept.tolist(), "conv2": second.tolist()}
