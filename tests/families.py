@@ -117,6 +117,12 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # PoolFormer V1: pooling mixers, GroupNorm, biased GELU MLPs with layer scale
         ("poolformer_s12", {"num_classes": 10}, 32),
     ],
+    "resnetv2": [
+        # pre-activation bottlenecks with BatchNorm; fewer blocks than resnetv2_50's (3, 4, 6, 3)
+        ("resnetv2_50", {"num_classes": 10, "layers": (1, 2, 1, 1)}, 32),
+        # BiT: GroupNorms of 32 groups (blocks narrow by whole groups), weight-standardised convs
+        ("resnetv2_50x1_bit", {"num_classes": 10}, 32),
+    ],
     "levit": [
         # 4x4 tokens at 64 px, then subsampling attention to 2x2 and 1x1; BatchNorms on every linear layer
         ("levit_128s", {"num_classes": 10, "img_size": 64}, 64),

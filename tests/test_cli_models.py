@@ -68,6 +68,7 @@ def test_models_lists_every_family() -> None:
         "regnet",
         "repvit",
         "resnet",
+        "resnetv2",
         "starnet",
         "swin",
         "tinyvit",

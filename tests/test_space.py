@@ -288,6 +288,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("mambaout_femto", "stages.2.blocks.1", "stages.2.blocks.1 (Custom)"),
         ("hgnetv2_b0", "stages.2.blocks.1.layers.1", "stages.2.blocks.1 (HighPerfGpuBlock)"),
         ("cspresnet50", "stages.1.blocks.2.conv2", "stages.1.blocks.2 (BottleneckBlock)"),
+        ("resnetv2_50", "stages.1.blocks.1", "stages.1.blocks.1 (Custom)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -661,3 +662,32 @@ def test_a_narrowed_se_dark_block_is_the_teachers_with_the_dropped_channels_unre
         t_block.attn.fc1.weight[:, dropped] = 0
         x = torch.randn(2, t_block.conv1.conv.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(s_block(x), t_block(x))
+
+
+def test_a_groupnorm_block_keeps_whole_groups_exactly() -> None:
+    """A pre-activation ResNet with GroupNorms (resnetv2_50d_gn; BiT's layout without its weight
+    standardisation) narrows by whole groups: each kept group normalises over the same channels as in
+    the teacher, so the narrowed block is the teacher's with the dropped channels' inputs zeroed.
+    A GroupNorm asked to keep part of a group refuses."""
+    from structsearch.pruning.ops import slice_norm
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "layers": (1, 2, 1, 1)}
+    teacher = create_model("resnetv2_50d_gn", **kwargs).eval()
+    space = space_of(teacher, "resnetv2_50d_gn", kwargs)
+    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.1.blocks.1")
+    choices = space.stages[i][j]
+    assert choices.unit == 128 // 32 and all(round(w * 32) == w * 32 for w in choices.widths)
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.stages[1].blocks[1], student.eval().stages[1].blocks[1]
+    assert s_block.norm2.num_groups == s_block.norm3.num_groups == 16
+    entry = recipe["blocks"]["stages.1.blocks.1"]
+    with torch.no_grad():
+        for kept, consumer in ((entry["channels"], t_block.conv2), (entry["conv2"], t_block.conv3)):
+            dropped = torch.ones(128, dtype=torch.bool)
+            dropped[kept] = False
+            consumer.weight[:, dropped] = 0
+        x = torch.randn(2, 512, 4, 4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(s_block(x), t_block(x))
+    with pytest.raises(ValueError, match="keeps whole groups"):
+        slice_norm(torch.nn.GroupNorm(4, 16), torch.tensor([0, 1, 2, 5]))

@@ -13,7 +13,7 @@ blocks inside a stage but keep the stage module and its output width):
 * every stage of the staged families: ``stages.0..N-1`` (``convnext``, ``repvit``, ``tinyvit``,
   ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``levit``,
   ``edgenext``, ``fastvit``, ``mobilevit``, ``metaformer``, ``inception_next``, ``starnet``,
-  ``pvt_v2``, ``mambaout``, ``hgnet``, ``cspnet``), ``layers.0..N-1`` (``swin``); Swin's and MambaOut's are channels-last
+  ``pvt_v2``, ``mambaout``, ``hgnet``, ``cspnet``, ``resnetv2``), ``layers.0..N-1`` (``swin``); Swin's and MambaOut's are channels-last
   ``(B, H, W, C)`` maps, compared as they are; ``blocks.0..N-1`` (``mobilenet``);
 * ``vit``, ``eva``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block
   ``i`` is not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by
@@ -61,6 +61,7 @@ _STAGE_LISTS: dict[str, str] = {
             "mambaout",
             "hgnet",
             "cspnet",
+            "resnetv2",
         ),
         "stages",
     ),

@@ -85,7 +85,8 @@ def is_batch_norm(m: nn.Module) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
 
 
 def slice_norm(norm: nn.Module, idx: Tensor) -> None:
-    """Keep channels ``idx`` of a BatchNorm (any subclass) or LayerNorm over channels."""
+    """Keep channels ``idx`` of a BatchNorm (any subclass), a LayerNorm over channels, or a GroupNorm
+    when ``idx`` is whole groups (each group's statistics are its own, so the kept ones are exact)."""
     if is_batch_norm(norm):
         for name in ("running_mean", "running_var"):
             buf = getattr(norm, name)
@@ -94,6 +95,14 @@ def slice_norm(norm: nn.Module, idx: Tensor) -> None:
         norm.num_features = len(idx)
     elif isinstance(norm, nn.LayerNorm):
         norm.normalized_shape = (len(idx),)
+    elif isinstance(norm, nn.GroupNorm):
+        size = norm.num_channels // norm.num_groups
+        groups = idx.reshape(-1, size) if len(idx) % size == 0 else None
+        if groups is None or not torch.equal(groups, group_channels(groups[:, 0] // size, size).reshape(-1, size)):
+            raise ValueError(
+                f"a GroupNorm of groups of {size} channels keeps whole groups, not channels {idx.tolist()}"
+            )
+        norm.num_groups, norm.num_channels = len(groups), len(idx)
     else:
         raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
     slice_params(norm, ("weight", "bias"), idx)

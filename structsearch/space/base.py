@@ -4,7 +4,8 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
 ``edgenext``, ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``,
 ``eva``, ``fastvit``, ``ghostnet``, ``hgnet``, ``inception_next``, ``levit``, ``mambaout``,
 ``metaformer``, ``mobilenet``, ``mobilevit``, ``pvt_v2``, ``regnet``, ``repvit``, ``resnet``,
-``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it handles:
+``resnetv2``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it
+handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
@@ -12,8 +13,8 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
    :class:`~structsearch.space.spec.ArchSpec`, copying the most important channels / heads.
 
 Most modern families (ConvNeXt, EdgeNeXt, EfficientViT (MIT, MSRA), FastViT, RepViT, LeViT, TinyViT,
-EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, MambaOut, PP-HGNet, CSPNet, PVT v2,
-Swin) are laid out as stages of a ``downsample`` and ``blocks``; their adapters subclass
+EfficientFormer V1/V2, MetaFormer, InceptionNeXt, StarNet, MambaOut, PP-HGNet, CSPNet, ResNet-V2,
+PVT v2, Swin) are laid out as stages of a ``downsample`` and ``blocks``; their adapters subclass
 :class:`~structsearch.space.staged.StagedFamily`, which walks that layout once, and say only how to
 narrow one block.
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from torch import nn
 
 from structsearch.pruning.ops import keep_blocks
-from structsearch.space.base import BlockChoices, Family
-from structsearch.space.spec import ArchSpec
+from structsearch.space.base import BlockChoices, Family, grouped_widths
+from structsearch.space.spec import WIDTH_GRID, ArchSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from structsearch.pruning.importance import Importance
@@ -73,6 +73,11 @@ class StagedFamily(Family):
         """Keep the ``heads`` most important heads of ``block``; their indices. Only called for blocks
         whose :meth:`heads_base` is not None."""
         raise NotImplementedError(f"{type(self).__name__} searches no heads")
+
+    def unit(self, block: nn.Module) -> int:
+        """How many of the block's inner channels are kept or dropped together (a GroupNorm's or a
+        grouped conv's groups); 1, the default, for single channels."""
+        return 1
 
     def searched(self, block: nn.Module) -> bool:
         """Whether a member of ``blocks`` is searched at all (False: kept as it is, e.g. a reshape)."""
@@ -125,16 +130,19 @@ class StagedFamily(Family):
 
     def describe(self, model: nn.Module) -> tuple[tuple[BlockChoices, ...], ...]:
         return tuple(
-            tuple(
-                BlockChoices(
-                    name=f"{self.stages_attr}.{i}.{name}",
-                    removable=name != "downsample" and self.removable(block),
-                    width_base=self.width_base(block),
-                    heads_base=self.heads_base(block),
-                )
-                for name, block in self.searched_blocks(stage)
-            )
+            tuple(self._choices(f"{self.stages_attr}.{i}.{name}", block) for name, block in self.searched_blocks(stage))
             for i, stage in enumerate(self.stages(model))
+        )
+
+    def _choices(self, path: str, block: nn.Module) -> BlockChoices:
+        base, unit = self.width_base(block), self.unit(block)
+        return BlockChoices(
+            name=path,
+            removable=not path.endswith(".downsample") and self.removable(block),
+            width_base=base,
+            widths=grouped_widths(base // unit) if unit > 1 else WIDTH_GRID,
+            heads_base=self.heads_base(block),
+            unit=unit,
         )
 
     def shrink(self, model: nn.Module, spec: ArchSpec, importance: Importance) -> dict[str, Any]:
