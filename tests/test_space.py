@@ -27,6 +27,11 @@ from tests.families import CASE_IDS, CASES, FAMILY_CASES
 PROPERTY = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+def _position(space: Space, name: str) -> tuple[int, int]:
+    """The (stage, index) of the block called ``name`` in ``space``, for ``ArchSpec.replace_block``."""
+    return next((i, j) for i, stage in enumerate(space.stages) for j, c in enumerate(stage) if c.name == name)
+
+
 @functools.cache
 def teacher_and_space(name: str, kwargs_items: tuple) -> tuple[torch.nn.Module, Space, int]:
     torch.manual_seed(0)
@@ -311,7 +316,7 @@ def test_a_narrowed_ghost_module_keeps_its_pairs_outputs(version: str) -> None:
     teacher = create_model("ghostnet_050", num_classes=10, version=version).eval()
     space = space_of(teacher, "ghostnet_050", {"num_classes": 10, "version": version})
     assert type(teacher.blocks[3][0].ghost1).__name__ == ("GhostModule" if version == "v1" else "GhostModuleV2")
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "blocks.3.0")
+    i, j = _position(space, "blocks.3.0")
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     mid = torch.tensor(recipe["blocks"]["blocks.3.0"]["channels"])
     half = space.stages[i][j].width_base // 2
@@ -342,7 +347,7 @@ def test_a_narrowed_repvit_downsample_keeps_the_same_fraction_of_both_mlps() -> 
     both keep the spec's fraction, and each kept hidden channel computes what the teacher's did."""
     kwargs = dict(next(c[2] for c in CASES if c[1] == "repvit_m0_9"))
     teacher, space, _ = _setup("repvit_m0_9", kwargs)
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.2.downsample")
+    i, j = _position(space, "stages.2.downsample")
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     entry = recipe["blocks"]["stages.2.downsample"]
     down = teacher.stages[2].downsample
@@ -422,7 +427,7 @@ def test_a_levit_style_attention_keeps_its_heads_outputs_with_their_biases(
         t_attn.attention_biases.normal_(std=1.0, generator=torch.Generator().manual_seed(1))
         qkv.weight.view(heads, -1, dim)[1] *= 3
         teacher.eval()(torch.randn(1, 3, _size(name), _size(name)))  # caches the biases of every head
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == block)
+    i, j = _position(space, block)
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 1.0, 1)))
     assert recipe["blocks"][block]["heads"] == [1]
     s_attn = student.get_submodule(f"{block}.{attn_name}")
@@ -465,7 +470,7 @@ def test_a_mobilenetv4_conv_stage_narrows_the_channels_between_its_two_convs() -
     kept outputs are exactly the teacher's, and the stage's output keeps the teacher's width."""
     kwargs = dict(next(c[2] for c in CASES if c[1] == "mobilenetv4_conv_small"))
     teacher, space, _ = _setup("mobilenetv4_conv_small", kwargs)
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "blocks.1.1")
+    i, j = _position(space, "blocks.1.1")
     assert space.stages[i][j - 1].widths == (1.0,)  # the first takes the previous stage's output as it is
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     kept = torch.tensor(recipe["blocks"]["blocks.1.1"]["channels"])
@@ -530,7 +535,7 @@ def test_a_narrowed_star_block_keeps_its_channels_products() -> None:
     kwargs = dict(next(c[2] for c in CASES if c[1] == "starnet_s050"))
     teacher, space, _ = _setup("starnet_s050", kwargs)
     teacher = copy.deepcopy(teacher).eval()
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.2.2")
+    i, j = _position(space, "stages.2.2")
     spec = space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)).replace_block(i, j + 1, BlockSpec(False, 1.0))
     student, recipe = build_student_with_recipe(teacher, spec)
     student.eval()
@@ -599,7 +604,7 @@ def test_a_narrowed_gated_cnn_block_keeps_its_units_and_their_conv_share() -> No
     kwargs = dict(next(c[2] for c in CASES if c[1] == "mambaout_femto"))
     teacher, space, _ = _setup("mambaout_femto", kwargs)
     teacher = copy.deepcopy(teacher).eval()
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.0.blocks.1")
+    i, j = _position(space, "stages.0.blocks.1")
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     t_block, s_block = teacher.stages[0].blocks[1], student.eval().stages[0].blocks[1]
     hidden, ident, conv = t_block.split_indices
@@ -624,7 +629,7 @@ def test_a_narrowed_hgnet_chain_is_the_teachers_with_the_dropped_channels_unread
     kwargs = dict(next(c[2] for c in CASES if c[1] == "hgnetv2_b0"))
     teacher, space, _ = _setup("hgnetv2_b0", kwargs)
     teacher = copy.deepcopy(teacher).eval()
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == name)
+    i, j = _position(space, name)
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     t_block, s_block = teacher.get_submodule(name), student.eval().get_submodule(name)
     entry = recipe["blocks"][name]
@@ -652,7 +657,7 @@ def test_a_narrowed_se_dark_block_is_the_teachers_with_the_dropped_channels_unre
     torch.manual_seed(0)
     teacher = create_model("cs3sedarknet_l", num_classes=10).eval()
     space = space_of(teacher, "cs3sedarknet_l", {"num_classes": 10})
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.0.blocks.0")
+    i, j = _position(space, "stages.0.blocks.0")
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
     t_block, s_block = teacher.stages[0].blocks[0], student.eval().stages[0].blocks[0]
     assert type(t_block.attn).__name__ == "SEModule" and s_block.attn.fc1.in_channels == 32
@@ -676,7 +681,7 @@ def test_a_groupnorm_block_keeps_whole_groups_exactly() -> None:
     kwargs = {"num_classes": 10, "layers": (1, 2, 1, 1)}
     teacher = create_model("resnetv2_50d_gn", **kwargs).eval()
     space = space_of(teacher, "resnetv2_50d_gn", kwargs)
-    i, j = next((i, j) for i, s in enumerate(space.stages) for j, c in enumerate(s) if c.name == "stages.1.blocks.1")
+    i, j = _position(space, "stages.1.blocks.1")
     choices = space.stages[i][j]
     assert choices.unit == 128 // 32 and all(round(w * 32) == w * 32 for w in choices.widths)
     student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
