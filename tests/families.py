@@ -139,6 +139,10 @@ FAMILY_CASES: dict[str, list[tuple[str, dict, int]]] = {
         # V2: separable (linear) self-attention, no heads; ConvMlp on (B, C, P, N) patches
         ("mobilevitv2_050", {"num_classes": 10}, 32),
     ],
+    "rexnet": [
+        # linear bottlenecks widening at every block (partial residuals), SE with a BatchNorm
+        ("rexnet_100", {"num_classes": 10}, 32),
+    ],
     "ghostnet": [
         # GhostNetV2 at half width: GhostModule in its first two blocks and every ghost2, GhostModuleV2
         # (a gate branch per channel) in every other ghost1; SE; stride-2 blocks with conv_dw. At 64 px,

@@ -69,6 +69,7 @@ def test_models_lists_every_family() -> None:
         "repvit",
         "resnet",
         "resnetv2",
+        "rexnet",
         "starnet",
         "swin",
         "tinyvit",

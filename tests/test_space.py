@@ -295,6 +295,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("hgnetv2_b0", "stages.2.blocks.1.layers.1", "stages.2.blocks.1 (HighPerfGpuBlock)"),
         ("cspresnet50", "stages.1.blocks.2.conv2", "stages.1.blocks.2 (BottleneckBlock)"),
         ("resnetv2_50", "stages.1.blocks.1", "stages.1.blocks.1 (Custom)"),
+        ("rexnet_100", "features.3.se", "features.3 (LinearBottleneck)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
@@ -697,3 +698,26 @@ def test_a_groupnorm_block_keeps_whole_groups_exactly() -> None:
         torch.testing.assert_close(s_block(x), t_block(x))
     with pytest.raises(ValueError, match="keeps whole groups"):
         slice_norm(torch.nn.GroupNorm(4, 16), torch.tensor([0, 1, 2, 5]))
+
+
+def test_a_narrowed_rexnet_bottleneck_keeps_its_partial_residual() -> None:
+    """A ReXNet bottleneck widens the network and adds its input to its first outputs: narrowing its
+    expansion keeps both widths, and the block is exactly the teacher's with the dropped expansion
+    channels unread (``conv_pwl``'s and the squeeze's columns zeroed)."""
+    kwargs = dict(next(c[2] for c in CASES if c[1] == "rexnet_100"))
+    teacher, space, _ = _setup("rexnet_100", kwargs)
+    teacher = copy.deepcopy(teacher).eval()
+    i, j = _position(space, "features.6")
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.features[6], student.eval().features[6]
+    assert t_block.use_shortcut and type(t_block.se).__name__ == "SEModule"
+    assert (s_block.in_channels, s_block.out_channels) == (t_block.in_channels, t_block.out_channels)
+    width = t_block.conv_dw.conv.out_channels
+    dropped = torch.ones(width, dtype=torch.bool)
+    dropped[recipe["blocks"]["features.6"]["channels"]] = False
+    assert int((~dropped).sum()) == width // 2 == s_block.conv_dw.conv.out_channels
+    with torch.no_grad():
+        t_block.conv_pwl.conv.weight[:, dropped] = 0
+        t_block.se.fc1.weight[:, dropped] = 0
+        x = torch.randn(2, t_block.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(s_block(x), t_block(x))

@@ -14,7 +14,8 @@ blocks inside a stage but keep the stage module and its output width):
   ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``, ``levit``,
   ``edgenext``, ``fastvit``, ``mobilevit``, ``metaformer``, ``inception_next``, ``starnet``,
   ``pvt_v2``, ``mambaout``, ``hgnet``, ``cspnet``, ``resnetv2``), ``layers.0..N-1`` (``swin``); Swin's and MambaOut's are channels-last
-  ``(B, H, W, C)`` maps, compared as they are; ``blocks.0..N-1`` (``mobilenet``);
+  ``(B, H, W, C)`` maps, compared as they are; ``blocks.0..N-1`` (``mobilenet``); ``features.0..N-1``
+  (``rexnet``: every block, none is ever dropped);
 * ``vit``, ``eva``: ``blocks.0..N-1`` of the teacher, but students drop whole blocks, so student block
   ``i`` is not teacher block ``i``: :mod:`structsearch.distill.vit_kd` pairs them (and their heads) by
   origin.
@@ -67,6 +68,7 @@ _STAGE_LISTS: dict[str, str] = {
     ),
     "swin": "layers",
     "mobilenet": "blocks",
+    "rexnet": "features",  # every block: none is ever dropped, and each is its own width
     "vit": "blocks",
     "eva": "blocks",
 }

@@ -29,6 +29,7 @@ from structsearch.space import regnet as _regnet  # noqa: F401
 from structsearch.space import repvit as _repvit  # noqa: F401
 from structsearch.space import resnet as _resnet  # noqa: F401
 from structsearch.space import resnetv2 as _resnetv2  # noqa: F401
+from structsearch.space import rexnet as _rexnet  # noqa: F401
 from structsearch.space import starnet as _starnet  # noqa: F401
 from structsearch.space import swin as _swin  # noqa: F401
 from structsearch.space import tinyvit as _tinyvit  # noqa: F401

@@ -4,8 +4,8 @@ A *family adapter* (one small module per model family: ``cifar_resnet``, ``convn
 ``edgenext``, ``efficientformer``, ``efficientformer_v2``, ``efficientvit``, ``efficientvit_msra``,
 ``eva``, ``fastvit``, ``ghostnet``, ``hgnet``, ``inception_next``, ``levit``, ``mambaout``,
 ``metaformer``, ``mobilenet``, ``mobilevit``, ``pvt_v2``, ``regnet``, ``repvit``, ``resnet``,
-``resnetv2``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the models it
-handles:
+``resnetv2``, ``rexnet``, ``starnet``, ``swin``, ``tinyvit``, ``vit``) knows two things about the
+models it handles:
 
 1. :meth:`Family.describe` -- which blocks exist, which can be dropped, and how wide each one is
    inside (the :class:`Space`);
