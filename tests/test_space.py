@@ -296,6 +296,7 @@ def test_no_adapter_names_the_part_a_family_cannot_narrow() -> None:
         ("cspresnet50", "stages.1.blocks.2.conv2", "stages.1.blocks.2 (BottleneckBlock)"),
         ("resnetv2_50", "stages.1.blocks.1", "stages.1.blocks.1 (Custom)"),
         ("rexnet_100", "features.3.se", "features.3 (LinearBottleneck)"),
+        ("vit_small_patch16_dinov3", "blocks.1", "blocks.1 (Custom of EvaAttention, Mlp)"),
     ],
 )
 def test_a_model_with_a_part_of_its_own_is_refused_naming_it(name: str, part: str, refused: str) -> None:
