@@ -722,3 +722,29 @@ def test_a_narrowed_rexnet_bottleneck_keeps_its_partial_residual() -> None:
         t_block.se.fc1.weight[:, dropped] = 0
         x = torch.randn(2, t_block.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(s_block(x), t_block(x))
+
+
+def test_a_cspresnext_bottleneck_keeps_whole_groups_on_both_sides() -> None:
+    """CSPResNeXt's grouped ``conv2`` reads group g's inputs for group g's outputs: a narrowed bottleneck
+    keeps the same whole groups on both sides, is exactly the teacher's with the dropped groups unread
+    by ``conv3``, and the search's cost model stays exact."""
+    from structsearch.search.costmodel import CostModel
+
+    torch.manual_seed(0)
+    teacher = create_model("cspresnext50", num_classes=10).eval()
+    space = space_of(teacher, "cspresnext50", {"num_classes": 10})
+    i, j = _position(space, "stages.1.blocks.1")
+    assert space.stages[i][j].unit == 8 and space.stages[i][j].width_base == 256
+    student, recipe = build_student_with_recipe(teacher, space.full_spec().replace_block(i, j, BlockSpec(True, 0.5)))
+    t_block, s_block = teacher.stages[1].blocks[1], student.eval().stages[1].blocks[1]
+    assert s_block.conv2.conv.groups == 16 and s_block.conv1.conv.out_channels == 128
+    dropped = torch.ones(256, dtype=torch.bool)
+    dropped[recipe["blocks"]["stages.1.blocks.1"]["channels"]] = False
+    with torch.no_grad():
+        t_block.conv3.conv.weight[:, dropped] = 0
+        x = torch.randn(2, t_block.conv1.conv.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(s_block(x), t_block(x))
+    model = CostModel.calibrate(teacher, space, 32)
+    for spec in [space.smallest_spec(), space.sample(random.Random(0))]:
+        measured = measure_cost(build_student(teacher, spec), 32)
+        assert (model.macs(spec), model.params(spec)) == (measured.macs, measured.params)

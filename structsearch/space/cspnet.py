@@ -17,9 +17,9 @@ each conv a ``ConvNormAct`` (conv, BatchNorm with its activation). What shrinks:
   The stage's width (each block's input and output) stays.
 * ``keep`` -- any block: every one adds its input back.
 
-Feature KD taps ``stages.0..N-1``. Not handled (the "no adapter" error): grouped convolutions
-(``cspresnext50``), anti-aliased block convs, attention on a bottleneck's middle channels and
-subclasses.
+A bottleneck's grouped ``conv2`` (CSPResNeXt) ties both sides: they keep the same whole groups
+(the block's ``unit``). Feature KD taps ``stages.0..N-1``. Not handled (the "no adapter" error):
+anti-aliased block convs, attention on a bottleneck's middle channels and subclasses.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
 
 
-def _plain(unit: nn.Module) -> bool:
-    """A ``ConvNormAct`` of a dense ``Conv2d``, a BatchNorm (timm's ``BatchNormAct2d``) and no anti-aliasing."""
+def _plain(unit: nn.Module, grouped_ok: bool = False) -> bool:
+    """A ``ConvNormAct`` of a dense (or, where allowed, grouped) ``Conv2d``, a BatchNorm (timm's
+    ``BatchNormAct2d``) and no anti-aliasing."""
     if type(unit) is not ConvNormAct or type(unit.conv) is not nn.Conv2d or not is_batch_norm(unit.bn):
         return False
     aa = getattr(unit, "aa", None)
-    return cast(nn.Conv2d, unit.conv).groups == 1 and (aa is None or isinstance(aa, nn.Identity))
+    return (grouped_ok or cast(nn.Conv2d, unit.conv).groups == 1) and (aa is None or isinstance(aa, nn.Identity))
 
 
 def _conv(block: nn.Module, name: str) -> nn.Conv2d:
@@ -65,13 +66,26 @@ def _narrow(block: nn.Module, producer: str, consumer: str, channels: int, impor
     return idx
 
 
+def _narrow_groups(block: nn.Module, unit: int, channels: int, importance: Importance) -> Tensor:
+    """Keep ``channels`` (whole groups of ``unit``) of a bottleneck with a grouped ``conv2``: the same
+    groups of ``conv1``'s outputs and ``conv2``'s, ranked over ``conv1``, ``conv2`` and ``conv3``."""
+    conv1, conv2, conv3 = (_conv(block, n) for n in ("conv1", "conv2", "conv3"))
+    idx = importance.select_groups([(conv1.weight, 0), (conv2.weight, 0), (conv3.weight, 1)], unit, channels)
+    slice_conv(conv1, out_idx=idx)
+    slice_norm(block.get_submodule("conv1.bn"), idx)
+    slice_conv(conv2, out_idx=idx)  # a grouped conv keeps its kept groups' inputs with them
+    slice_norm(block.get_submodule("conv2.bn"), idx)
+    slice_conv(conv3, in_idx=idx)
+    return idx
+
+
 @register_family
 class CspNetFamily(StagedFamily):
     """timm ``CspNet``: drop blocks inside a stage, narrow each block's middle channels."""
 
     name = "cspnet"
-    description = "CSPNet (CSPResNet, CSPDarkNet, DarkNet, cs3darknet/edgenet): depth per stage and block width"
-    examples = ("cspresnet50", "cspdarknet53", "cs3darknet_s")
+    description = "CSPNet (CSPResNet/ResNeXt, CSPDarkNet, DarkNet, cs3darknet/edgenet): depth per stage and block width"
+    examples = ("cspresnet50", "cspresnext50", "cs3darknet_s")
     kinds = (CspNet,)
     stage_kinds = (CrossStage, CrossStage3, DarkStage)
 
@@ -84,16 +98,25 @@ class CspNetFamily(StagedFamily):
             attn_ok = type(block.attn) in (nn.Identity, SEModule)
         else:
             return False
-        if not attn_ok or not all(_plain(block.get_submodule(c)) for c in convs):
+        if not attn_ok or not all(_plain(block.get_submodule(c), grouped_ok=c == "conv2") for c in convs):
             return False
         mid = _conv(block, "conv1").out_channels
         middle = _conv(block, "conv2")
-        return type(block) is not BottleneckBlock or middle.in_channels == middle.out_channels == mid
+        if type(block) is not BottleneckBlock:
+            return middle.groups == 1
+        return middle.in_channels == middle.out_channels == mid and mid % middle.groups == 0
 
     def width_base(self, block: nn.Module) -> int:
         return _conv(block, "conv1").out_channels
 
+    def unit(self, block: nn.Module) -> int:
+        """A grouped ``conv2`` (CSPResNeXt) keeps whole groups: its channels per group."""
+        groups = _conv(block, "conv2").groups if type(block) is BottleneckBlock else 1
+        return self.width_base(block) // groups if groups > 1 else 1
+
     def shrink_width(self, block: nn.Module, channels: int, importance: Importance) -> dict[str, list[int]]:
+        if self.unit(block) > 1:  # group g's outputs read group g's inputs only: both sides keep the same groups
+            return {"channels": _narrow_groups(block, self.unit(block), channels, importance).tolist()}
         kept = _narrow(block, "conv1", "conv2", channels, importance)
         if type(block) is not BottleneckBlock:
             return {"channels": kept.tolist()}
