@@ -26,23 +26,15 @@ from __future__ import annotations
 
 from typing import cast
 
-from timm.layers import ConvNormAct, SEModule
+from timm.layers import SEModule
 from timm.models.cspnet import BottleneckBlock, CrossStage, CrossStage3, CspNet, DarkBlock, DarkStage, EdgeBlock
 from torch import Tensor, nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import is_batch_norm, slice_conv, slice_norm
+from structsearch.pruning.ops import slice_conv, slice_norm
+from structsearch.space.mobilenet import plain_conv_norm
 from structsearch.space.registry import register_family
 from structsearch.space.staged import StagedFamily
-
-
-def _plain(unit: nn.Module, grouped_ok: bool = False) -> bool:
-    """A ``ConvNormAct`` of a dense (or, where allowed, grouped) ``Conv2d``, a BatchNorm (timm's
-    ``BatchNormAct2d``) and no anti-aliasing."""
-    if type(unit) is not ConvNormAct or type(unit.conv) is not nn.Conv2d or not is_batch_norm(unit.bn):
-        return False
-    aa = getattr(unit, "aa", None)
-    return (grouped_ok or cast(nn.Conv2d, unit.conv).groups == 1) and (aa is None or isinstance(aa, nn.Identity))
 
 
 def _conv(block: nn.Module, name: str) -> nn.Conv2d:
@@ -98,7 +90,7 @@ class CspNetFamily(StagedFamily):
             attn_ok = type(block.attn) in (nn.Identity, SEModule)
         else:
             return False
-        if not attn_ok or not all(_plain(block.get_submodule(c), grouped_ok=c == "conv2") for c in convs):
+        if not attn_ok or not all(plain_conv_norm(block.get_submodule(c), grouped=c == "conv2") for c in convs):
             return False
         mid = _conv(block, "conv1").out_channels
         middle = _conv(block, "conv2")

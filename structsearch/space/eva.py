@@ -36,7 +36,7 @@ from structsearch.pruning.ops import keep_blocks
 from structsearch.space.base import BlockChoices, Family
 from structsearch.space.registry import register_family
 from structsearch.space.spec import ArchSpec
-from structsearch.space.vit import restore_block_origins, tag_origin
+from structsearch.space.vit import refresh_block_feature_info, restore_block_origins, tag_origin
 
 #: The one stage: timm keeps every transformer block in ``model.blocks``.
 STAGE = "blocks"
@@ -107,17 +107,8 @@ class EvaFamily(Family):
             recipe[c.name] = entry
         kept = keep_blocks(nn.Sequential(*blocks), [b.keep for b in stage_spec])
         setattr(model, STAGE, nn.ModuleList(kept))
-        _refresh_feature_info(model)
+        refresh_block_feature_info(model)
         return {"blocks": recipe}
 
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:
         restore_block_origins(getattr(model, STAGE), recipe)
-
-
-def _refresh_feature_info(model: Eva) -> None:
-    """Point ``feature_info`` (one tap per block, by name) at the blocks that remain."""
-    old: list[dict[str, Any]] = list(getattr(model, "feature_info", None) or [])
-    if not old:
-        return
-    template = {k: v for k, v in old[0].items() if k != "module"}
-    model.feature_info = [dict(template, module=f"{STAGE}.{i}") for i in range(len(model.blocks))]

@@ -214,24 +214,25 @@ def _inverted_residual_group(block: InvertedResidual) -> ChannelGroup | None:
     return ChannelGroup(block.conv_pw, (block.bn1, block.bn2), block.conv_dw, block.se, block.conv_pwl)
 
 
-def _plain_conv_norm(m: nn.Module, depthwise: bool = False) -> bool:
-    """timm's ``ConvNormAct`` with a plain (or depthwise) conv, a BatchNorm and no anti-aliasing."""
-    return (
-        type(m) is ConvNormAct
-        and (_is_depthwise(m.conv) if depthwise else _is_conv(m.conv))
-        and is_batch_norm(m.bn)
-        and isinstance(getattr(m, "aa", None), (nn.Identity, type(None)))
-    )
+def plain_conv_norm(m: nn.Module, depthwise: bool = False, grouped: bool = False) -> bool:
+    """timm's ``ConvNormAct`` with a plain dense conv (or a depthwise one, or any grouped one when
+    asked), a BatchNorm and no anti-aliasing: the unit every ``ConvNormAct``-built family slices
+    (MobileNetV4, CSPNet, ReXNet)."""
+    if type(m) is not ConvNormAct:
+        return False
+    conv = cast(nn.Module, m.conv)
+    conv_ok = _is_depthwise(conv) if depthwise else (isinstance(conv, nn.Conv2d) if grouped else _is_conv(conv))
+    return conv_ok and is_batch_norm(m.bn) and isinstance(getattr(m, "aa", None), (nn.Identity, type(None)))
 
 
 def _universal_group(block: UniversalInvertedResidual) -> ChannelGroup | None:
     """The expansion channels of a MobileNetV4 UIB block, or ``None`` when its layers are not plain."""
     mid = block.dw_mid
     ok = (
-        _plain_conv_norm(block.pw_exp)
-        and (isinstance(mid, nn.Identity) or _plain_conv_norm(mid, depthwise=True))
+        plain_conv_norm(block.pw_exp)
+        and (isinstance(mid, nn.Identity) or plain_conv_norm(mid, depthwise=True))
         and _is_plain_se(block.se)
-        and _plain_conv_norm(block.pw_proj)
+        and plain_conv_norm(block.pw_proj)
     )
     if not ok:
         return None

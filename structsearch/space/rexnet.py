@@ -26,8 +26,9 @@ from timm.models.rexnet import LinearBottleneck, RexNet
 from torch import nn
 
 from structsearch.pruning.importance import Importance, TensorDim
-from structsearch.pruning.ops import is_batch_norm, slice_conv, slice_norm
+from structsearch.pruning.ops import slice_conv, slice_norm
 from structsearch.space.base import BlockChoices, Family
+from structsearch.space.mobilenet import plain_conv_norm
 from structsearch.space.registry import register_family
 from structsearch.space.spec import WIDTH_GRID, ArchSpec
 
@@ -35,22 +36,12 @@ from structsearch.space.spec import WIDTH_GRID, ArchSpec
 STAGE = "features"
 
 
-def _plain(unit: nn.Module | None, depthwise: bool = False) -> bool:
-    """A ``ConvNormAct`` of a plain conv (dense 1x1, or depthwise) and a BatchNorm."""
-    if type(unit) is not ConvNormAct or type(unit.conv) is not nn.Conv2d or not is_batch_norm(unit.bn):
-        return False
-    conv = cast(nn.Conv2d, unit.conv)
-    if depthwise:
-        return conv.groups == conv.in_channels == conv.out_channels
-    return conv.groups == 1 and conv.kernel_size == (1, 1)
-
-
 def _block_ok(block: nn.Module) -> bool:
     return (
         type(block) is LinearBottleneck
-        and (block.conv_exp is None or _plain(block.conv_exp))
-        and _plain(block.conv_dw, depthwise=True)
-        and _plain(block.conv_pwl)
+        and (block.conv_exp is None or plain_conv_norm(block.conv_exp))
+        and plain_conv_norm(block.conv_dw, depthwise=True)
+        and plain_conv_norm(block.conv_pwl)
         and (block.se is None or type(block.se) is SEModule)
     )
 

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from timm.layers import Attention, Mlp
+from timm.models.eva import Eva
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -126,8 +127,9 @@ def shrink_heads(attn: Attention, heads: int, importance: Importance) -> list[in
     return kept.tolist()
 
 
-def _refresh_feature_info(model: VisionTransformer) -> None:
-    """Point ``feature_info`` at the blocks that remain (timm lists one tap per block by name).
+def refresh_block_feature_info(model: VisionTransformer | Eva) -> None:
+    """Point ``feature_info`` at the blocks that remain (timm lists one tap per block by name; the
+    ViT and Eva adapters drop blocks).
 
     ``forward`` and ``forward_intermediates`` read ``len(model.blocks)`` and need nothing else;
     ``feature_info`` is what ``features_only`` wrappers and users read to find the taps.
@@ -201,7 +203,7 @@ class ViTFamily(Family):
             tag_origin(block, j, heads)
             recipe[c.name] = entry
         setattr(model, STAGE, keep_blocks(blocks, [b.keep for b in stage_spec]))
-        _refresh_feature_info(model)
+        refresh_block_feature_info(model)
         return {"blocks": recipe}
 
     def restore_origins(self, model: nn.Module, recipe: dict[str, Any]) -> None:
